@@ -1,0 +1,458 @@
+"""The batch evaluator: a model compiled once to an Ibis expression over two tables.
+
+:func:`compile_model` builds an expression over two *unbound* tables (by default named
+``leads`` and ``events``) and an ``as_of`` parameter, so one compiled plan runs for any data and
+any instant on DuckDB (the default), and compiles to SQL for other Ibis backends.
+
+The tables it expects (the :mod:`leadscore.scoring` layer prepares them from files):
+
+- ``leads``: ``lead_id`` and every profile field the model reads, all text;
+- ``events``: ``lead_id``, ``type``, ``ts_us`` (int64 microseconds since the epoch, UTC),
+  ``item`` and every field a ``where`` reads, all text.
+
+Each rule is computed the way MODEL_SPEC.md says, in as few passes over the events as possible:
+rules that count every event without diminishing returns, ``once`` rules and inactivity rules
+are plain aggregates in one pass; ``diminishing`` needs each event's rank among the rule's
+matches (a running count over the lead's events in time order); ``once_per_item`` first keeps
+each item's latest match, then ranks those. Events at the same instant have the same age, so
+the order among them cannot change a sum.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from leadscore.spec.conditions import (
+    NUMBER_PATTERN,
+    NUMERIC_OPERATORS,
+    AllCondition,
+    AnyCondition,
+    Condition,
+    FieldCondition,
+    NotCondition,
+    condition_fields,
+    parse_number,
+    to_text,
+)
+from leadscore.spec.model import FALLBACK_GRADE, ActivityRule, InactivityRule, Model, ProfileRule
+
+__all__ = ["BatchPlan", "compile_model", "output_columns"]
+
+MICROS_PER_DAY_F = 86_400_000_000.0
+RESERVED_EVENT_COLUMNS = ("lead_id", "type", "ts_us", "item")
+
+Column = Callable[[str], ir.StringValue]
+
+
+def output_columns(model: Model) -> list[str]:
+    """The columns of a plan's result, in order."""
+    cols = ["lead_id", "score", "fit", "engagement", "grade", "band", "mql", "priority"]
+    cols += [f"group:{g.id}" for g in model.groups]
+    cols += [f"rule:{r.id}" for r in model.rules]
+    return cols
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A model compiled for the batch evaluator. Build with :func:`compile_model`."""
+
+    model: Model
+    lead_fields: tuple[str, ...]
+    event_fields: tuple[str, ...]
+    expr: ir.Table
+    as_of: ir.Scalar
+    warning_exprs: tuple[tuple[str, ir.Table], ...]
+    leads_table: str
+    events_table: str
+
+    def execute(self, con: Any, as_of_us: int) -> pa.Table:
+        """Run on an Ibis backend holding the two tables; one row per lead, as Arrow."""
+        result: pa.Table = con.to_pyarrow(self.expr, params={self.as_of: as_of_us})
+        return result
+
+    def warnings(self, con: Any, as_of_us: int) -> dict[str, int]:
+        """Non-numbers met by numeric operators: ``{"rule R: lead field 'f'": count}``."""
+        out: dict[str, int] = {}
+        for label, expr in self.warning_exprs:
+            n = con.to_pyarrow(expr, params={self.as_of: as_of_us}).column(0)[0].as_py()
+            if n:
+                out[label] = int(n)
+        return out
+
+    def sql(self, dialect: str = "duckdb") -> str:
+        """The plan as SQL text (the ``as_of`` parameter appears as a placeholder)."""
+        return str(ibis.to_sql(self.expr, dialect=dialect))
+
+
+def compile_model(
+    model: Model, leads_table: str = "leads", events_table: str = "events"
+) -> BatchPlan:
+    """Compile ``model`` once; run the plan with :meth:`BatchPlan.execute`."""
+    lead_fields: list[str] = []
+    event_fields: list[str] = []
+    for r in model.rules:
+        if isinstance(r, ProfileRule):
+            lead_fields += [f for f in condition_fields(r.condition) if f != "lead_id"]
+        elif isinstance(r, ActivityRule) and r.where is not None:
+            event_fields += [
+                f for f in condition_fields(r.where) if f not in RESERVED_EVENT_COLUMNS
+            ]
+    lead_fields = list(dict.fromkeys(lead_fields))
+    event_fields = list(dict.fromkeys(event_fields))
+
+    leads = ibis.table(
+        {"lead_id": "string", **{f: "string" for f in lead_fields}}, name=leads_table
+    )
+    events = ibis.table(
+        {
+            "lead_id": "string",
+            "type": "string",
+            "ts_us": "int64",
+            "item": "string",
+            **{f: "string" for f in event_fields},
+        },
+        name=events_table,
+    )
+    as_of = ibis.param("int64")
+    builder = _Builder(model, leads, events, as_of)
+    return BatchPlan(
+        model=model,
+        lead_fields=tuple(lead_fields),
+        event_fields=tuple(event_fields),
+        expr=builder.build(),
+        as_of=as_of,
+        warning_exprs=tuple(builder.warning_exprs()),
+        leads_table=leads_table,
+        events_table=events_table,
+    )
+
+
+# --- conditions as SQL --------------------------------------------------------------------------
+
+_NUMBER_FULL = f"^{NUMBER_PATTERN}$"
+
+
+def _number(v: ir.StringValue) -> ir.FloatingValue:
+    trimmed = v.strip()
+    as_float: ir.FloatingValue = trimmed.try_cast("float64")
+    return ibis.ifelse(trimmed.re_search(_NUMBER_FULL), as_float, ibis.null("float64"))
+
+
+def _present(v: ir.StringValue) -> ir.BooleanValue:
+    return v.notnull() & (v.strip() != "")
+
+
+def _texts(operand: Any) -> list[str]:
+    items = operand if isinstance(operand, list) else [operand]
+    out = []
+    for item in items:
+        text = to_text(item)
+        assert text is not None
+        out.append(text.strip(" \t\n\r\x0b\x0c").lower())
+    return out
+
+
+_REGEX_UDFS: dict[str, Any] = {}
+
+
+def _regex_udf(pattern: str) -> Any:
+    """Python's ``re`` inside DuckDB, so ``matches`` means exactly what it means in Python."""
+    if pattern not in _REGEX_UDFS:
+        compiled = re.compile(pattern, re.IGNORECASE)
+
+        def search(value: str | None) -> bool:
+            if value is None:
+                return False
+            s = value.strip(" \t\n\r\x0b\x0c")
+            return s != "" and compiled.search(s) is not None
+
+        name = f"leadscore_re_{len(_REGEX_UDFS)}"
+        _REGEX_UDFS[pattern] = ibis.udf.scalar.python(search, name=name, signature=((str,), bool))
+    return _REGEX_UDFS[pattern]
+
+
+def _field_expr(cond: FieldCondition, col: Column) -> ir.BooleanValue:
+    v = col(cond.field)
+    op, operand = cond.operator, cond.operand
+    present = _present(v)
+    if op in ("exists", "missing"):
+        want_present = (op == "exists") == bool(operand)
+        return present if want_present else ~present
+    if op == "matches":
+        return _regex_udf(operand)(v).fill_null(False)
+    s = v.strip().lower()
+    if op in NUMERIC_OPERATORS:
+        x = _number(v)
+        if op == "between":
+            test = (x >= float(operand[0])) & (x <= float(operand[1]))
+        else:
+            bound = float(operand)
+            test = {"gt": x > bound, "gte": x >= bound, "lt": x < bound, "lte": x <= bound}[op]
+        return (x.notnull() & test).fill_null(False)
+    if op in ("eq", "ne", "in", "not_in"):
+        x = _number(v)
+        hits = []
+        for text in _texts(operand):
+            number = parse_number(text)
+            if number is None:
+                hits.append(s == text)
+            else:
+                hits.append(ibis.ifelse(x.notnull(), x == number, s == text))
+        any_hit = _or(hits)
+        if op in ("ne", "not_in"):
+            any_hit = ~any_hit
+        return (present & any_hit).fill_null(False)
+    needles = _texts(operand)
+    if op in ("contains", "not_contains"):
+        found = _or([s.contains(n) for n in needles])
+    elif op == "starts_with":
+        found = _or([s.startswith(n) for n in needles])
+    else:
+        found = _or([s.endswith(n) for n in needles])
+    if op == "not_contains":
+        found = ~found
+    return (present & found).fill_null(False)
+
+
+def _or(parts: list[ir.BooleanValue]) -> ir.BooleanValue:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out | p
+    return out
+
+
+def condition_expr(cond: Condition, col: Column) -> ir.BooleanValue:
+    """A condition as a never-null boolean column expression."""
+    if isinstance(cond, FieldCondition):
+        return _field_expr(cond, col)
+    if isinstance(cond, AllCondition):
+        out = condition_expr(cond.all[0], col)
+        for c in cond.all[1:]:
+            out = out & condition_expr(c, col)
+        return out
+    if isinstance(cond, AnyCondition):
+        return _or([condition_expr(c, col) for c in cond.any])
+    assert isinstance(cond, NotCondition)
+    return ~condition_expr(cond.not_, col)
+
+
+def _clip(value: ir.FloatingValue, low: float | None, high: float | None) -> ir.FloatingValue:
+    if low is not None:
+        value = ibis.ifelse(value < low, low, value)
+    if high is not None:
+        value = ibis.ifelse(value > high, high, value)
+    return value
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, model: Model, leads: ir.Table, events: ir.Table, as_of: ir.Scalar):
+        self.model = model
+        self.leads = leads
+        self.events = events
+        self.as_of = as_of
+        self.activity = [r for r in model.rules if isinstance(r, ActivityRule)]
+        self.inactivity = [r for r in model.rules if isinstance(r, InactivityRule)]
+
+    def visible_events(self) -> ir.Table:
+        e = self.events
+        visible = e.filter(e.ts_us <= self.as_of)
+        if all(r.events is not None for r in self.inactivity):
+            visible = visible.filter(visible.type.isin(sorted(self.model.event_types)))
+        age = (self.as_of - visible.ts_us).cast("float64") / MICROS_PER_DAY_F
+        return visible.mutate(_age=age)
+
+    def matches(self, rule: ActivityRule, ev: ir.Table) -> ir.BooleanValue:
+        m = ev.type.isin(list(rule.events))
+        if rule.window_days is not None:
+            m = m & (ev._age < rule.window_days)
+        if rule.where is not None:
+            m = m & condition_expr(rule.where, lambda f: ev[f])
+        return m
+
+    @staticmethod
+    def decay(rule: ActivityRule, age: ir.FloatingValue) -> ir.FloatingValue | None:
+        if rule.half_life_days is None:
+            return None
+        return ibis.literal(0.5).pow(age / rule.half_life_days)
+
+    def event_aggregates(self) -> ir.Table | None:
+        ev = self.visible_events()
+        flags: dict[str, ir.BooleanValue] = {}
+        ranks: dict[str, ir.IntegerValue] = {}
+        simple = [r for r in self.activity if r.frequency != "once_per_item"]
+        for r in simple:
+            flags[f"_m:{r.id}"] = self.matches(r, ev)
+        ev = ev.mutate(**flags) if flags else ev
+        window = ibis.cumulative_window(group_by=ev.lead_id, order_by=ev.ts_us)
+        for r in simple:
+            if r.frequency == "every" and r.diminishing != 1.0:
+                # 0 for the rule's first matching event, 1 for the second, ...
+                count = ev[f"_m:{r.id}"].cast("int64").sum().over(window) - 1
+                ranks[f"_k:{r.id}"] = count
+        ev = ev.mutate(**ranks) if ranks else ev
+
+        metrics: dict[str, ir.Value] = {}
+        for r in simple:
+            m = ev[f"_m:{r.id}"]
+            decay = self.decay(r, ev._age)
+            if r.frequency == "once":
+                metrics[f"_last:{r.id}"] = ev.ts_us.max(where=m)
+                continue
+            # ifelse makes the constant a column, so it can be summed
+            value: ir.FloatingValue = ibis.ifelse(m, r.points, 0.0)
+            if r.diminishing != 1.0:
+                value = value * ibis.literal(r.diminishing).pow(ev[f"_k:{r.id}"])
+            if decay is not None:
+                value = value * decay
+            metrics[f"_raw:{r.id}"] = value.sum(where=m)
+        for q in self.inactivity:
+            if q.events is None:
+                metrics[f"_last:{q.id}"] = ev.ts_us.max()
+            else:
+                metrics[f"_last:{q.id}"] = ev.ts_us.max(where=ev.type.isin(list(q.events)))
+        if not metrics:
+            return None
+        return ev.group_by("lead_id").aggregate(**metrics)
+
+    def per_item(self, rule: ActivityRule) -> ir.Table:
+        ev = self.visible_events()
+        ev = ev.filter(self.matches(rule, ev))
+        key = ev.item.strip().fill_null("")
+        latest = ev.group_by([ev.lead_id, key.name("_item")]).aggregate(_ts=ev.ts_us.max())
+        k = ibis.row_number().over(group_by=latest.lead_id, order_by=latest._ts)
+        age = (self.as_of - latest._ts).cast("float64") / MICROS_PER_DAY_F
+        value: ir.FloatingValue = ibis.ifelse(latest._ts.notnull(), rule.points, 0.0)
+        if rule.diminishing != 1.0:
+            value = value * ibis.literal(rule.diminishing).pow(k)
+        decay = self.decay(rule, age)
+        if decay is not None:
+            value = value * decay
+        ranked = latest.mutate(_v=value)
+        return ranked.group_by("lead_id").aggregate(**{f"_raw:{rule.id}": ranked._v.sum()})
+
+    def build(self) -> ir.Table:
+        model = self.model
+        leads = self.leads
+        table = leads
+        agg = self.event_aggregates()
+        if agg is not None:
+            table = table.left_join(agg, "lead_id").select(
+                leads, *[c for c in agg.columns if c != "lead_id"]
+            )
+        for a in self.activity:
+            if a.frequency == "once_per_item":
+                sub = self.per_item(a)
+                table = table.left_join(sub, "lead_id").select(table, sub[f"_raw:{a.id}"])
+
+        cols: dict[str, ir.Value] = {}
+        for r in model.rules:
+            if isinstance(r, ProfileRule):
+                hit = condition_expr(r.condition, lambda f: _lead_col(table, f))
+                cols[f"rule:{r.id}"] = ibis.ifelse(hit, r.points, 0.0)
+            elif isinstance(r, ActivityRule):
+                if r.frequency == "once":
+                    last = table[f"_last:{r.id}"]
+                    age = (self.as_of - last).cast("float64") / MICROS_PER_DAY_F
+                    decay = self.decay(r, age)
+                    once_value: ir.FloatingValue = ibis.literal(r.points, "float64")
+                    if decay is not None:
+                        once_value = once_value * decay
+                    raw = ibis.ifelse(last.notnull(), once_value, 0.0)
+                else:
+                    raw = table[f"_raw:{r.id}"].fill_null(0.0)
+                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
+            else:
+                last = table[f"_last:{r.id}"]
+                age = (self.as_of - last).cast("float64") / MICROS_PER_DAY_F
+                inactive = last.isnull() | (age >= r.no_activity_days)
+                cols[f"rule:{r.id}"] = ibis.ifelse(inactive, r.points, 0.0)
+        scored = table.select("lead_id", **cols)
+
+        groups: dict[str, ir.Value] = {}
+        for g in model.groups:
+            raw_g: ir.FloatingValue = ibis.literal(0.0)
+            for r in g.rules:
+                raw_g = raw_g + scored[f"rule:{r.id}"]
+            groups[f"group:{g.id}"] = _clip(raw_g, g.min, g.max) * g.weight
+        scored = scored.mutate(**groups)
+        total: ir.FloatingValue = ibis.literal(0.0)
+        fit: ir.FloatingValue = ibis.literal(0.0)
+        engagement: ir.FloatingValue = ibis.literal(0.0)
+        for g in model.groups:
+            total = total + scored[f"group:{g.id}"]
+            if g.kind == "profile":
+                fit = fit + scored[f"group:{g.id}"]
+            else:
+                engagement = engagement + scored[f"group:{g.id}"]
+        scored = scored.mutate(
+            score=_clip(total, model.min, model.max), fit=fit, engagement=engagement
+        )
+        scored = scored.mutate(grade=self.grade(scored.fit), band=self.band(scored.score))
+        mql = (
+            scored.score >= model.mql_threshold
+            if model.mql_threshold is not None
+            else ibis.literal(False)
+        )
+        scored = scored.mutate(mql=mql, priority=self.priority(scored.grade, scored.band))
+        return scored.select(*output_columns(model))
+
+    def grade(self, fit: ir.FloatingValue) -> ir.StringValue:
+        if not self.model.grades:
+            return ibis.null("string")
+        cases = [(fit >= threshold, name) for name, threshold in self.model.grades]
+        return ibis.cases(*cases, else_=FALLBACK_GRADE)
+
+    def band(self, total: ir.FloatingValue) -> ir.StringValue:
+        if not self.model.bands:
+            return ibis.null("string")
+        cases = [(total >= lower, name) for name, lower in reversed(self.model.bands)]
+        return ibis.cases(*cases, else_=ibis.null("string"))
+
+    def priority(self, grade: ir.StringValue, band: ir.StringValue) -> ir.StringValue:
+        cells = [
+            ((grade == g) & (band == b), cell)
+            for g, row in self.model.priority.items()
+            for b, cell in row.items()
+        ]
+        if not cells:
+            return ibis.null("string")
+        return ibis.cases(*cells, else_=ibis.null("string"))
+
+    def warning_exprs(self) -> list[tuple[str, ir.Table]]:
+        out: list[tuple[str, ir.Table]] = []
+        leads = self.leads
+        for r in self.model.rules:
+            if isinstance(r, ProfileRule):
+                for f in r.numeric_fields:
+                    v = leads[f] if f in leads.columns else ibis.null("string")
+                    bad = _present(v) & _number(v).isnull()
+                    out.append(
+                        (
+                            f"rule {r.id}: lead field {f!r}",
+                            leads.aggregate(n=bad.cast("int64").sum()),
+                        )
+                    )
+            elif isinstance(r, ActivityRule) and r.numeric_fields:
+                e = self.events
+                ev = e.filter((e.ts_us <= self.as_of) & e.type.isin(list(r.events)))
+                for f in r.numeric_fields:
+                    v = ev[f]
+                    bad = _present(v) & _number(v).isnull()
+                    out.append(
+                        (f"rule {r.id}: event field {f!r}", ev.aggregate(n=bad.cast("int64").sum()))
+                    )
+        return out
+
+
+def _lead_col(table: ir.Table, name: str) -> ir.StringValue:
+    return table[name] if name in table.columns else ibis.null("string")

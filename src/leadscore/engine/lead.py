@@ -1,0 +1,255 @@
+"""The per-lead evaluator: plain Python over one lead's events, with a full explanation.
+
+It serves real-time rescoring and explanations; the batch evaluator
+(:mod:`leadscore.engine.batch`) computes the same numbers in SQL for many leads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from leadscore.engine.result import (
+    CountedEvent,
+    GroupContribution,
+    RuleContribution,
+    ScoreResult,
+    clip,
+)
+from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, now_micros, parse_instant
+from leadscore.spec.conditions import WHITESPACE, parse_number, to_text
+from leadscore.spec.model import ActivityRule, InactivityRule, Model, ProfileRule
+
+__all__ = ["Event", "score_lead"]
+
+_RESERVED = ("lead_id", "type", "ts", "item", "event_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a lead. ``fields`` holds every field a ``where`` condition can name
+    (``type``, ``item`` and any extra column) as text."""
+
+    type: str
+    ts_us: int
+    item: str | None = None
+    event_id: str | None = None
+    fields: Mapping[str, str | None] = field(default_factory=dict)
+
+    @property
+    def ts(self) -> datetime:
+        return from_micros(self.ts_us)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Event:
+        """An event from a dict with ``type``, ``ts`` (datetime, ISO text or epoch) and fields."""
+        if "type" not in data or to_text(data["type"]) in (None, ""):
+            raise ValueError("an event needs a `type`")
+        if "ts" not in data or data["ts"] is None:
+            raise ValueError("an event needs a `ts`")
+        etype = str(to_text(data["type"])).strip(WHITESPACE)
+        item = to_text(data.get("item"))
+        fields = {k: to_text(v) for k, v in data.items() if k not in ("ts", "lead_id")}
+        fields["type"] = etype
+        fields["item"] = item
+        event_id = to_text(data.get("event_id"))
+        return cls(etype, parse_instant(data["ts"]), item, event_id, fields)
+
+
+def _item_key(item: str | None) -> str:
+    return "" if item is None else item.strip(WHITESPACE)
+
+
+def score_lead(
+    model: Model,
+    lead: Mapping[str, Any],
+    events: Iterable[Event | Mapping[str, Any]] = (),
+    as_of: datetime | str | None = None,
+    *,
+    lead_id_column: str = "lead_id",
+    explain: bool = True,
+) -> ScoreResult:
+    """Score one lead, explained point by point (MODEL_SPEC.md, "Arithmetic").
+
+    Parameters
+    ----------
+    model:
+        A model from :func:`leadscore.load_model`.
+    lead:
+        The lead's profile fields (any values; they are compared as text).
+    events:
+        :class:`Event` objects, or dicts with ``type``, ``ts`` and any fields.
+    as_of:
+        The instant of evaluation (default: now); events after it do not exist.
+    explain:
+        With ``False`` the per-event detail is left out (faster); totals are the same.
+
+    Examples
+    --------
+    >>> from leadscore import parse_model, score_lead
+    >>> m = parse_model('''
+    ... version: 1
+    ... name: tiny
+    ... profile: [{id: vp, if: {field: title, contains: vp}, points: 10}]
+    ... activity: [{id: demo, event: demo_request, points: 30, frequency: once}]
+    ... bands: {cold: 0, hot: 40}
+    ... mql: hot
+    ... ''')
+    >>> r = score_lead(m, {"title": "VP Sales"}, [{"type": "demo_request",
+    ...                    "ts": "2026-06-01T00:00:00Z"}], as_of="2026-06-30T00:00:00Z")
+    >>> (r.score, r.band, r.mql)
+    (40.0, 'hot', True)
+    """
+    t_us = now_micros() if as_of is None else parse_instant(as_of)
+    record = {k: to_text(v) for k, v in lead.items()}
+    visible: list[Event] = []
+    for e in events:
+        ev = e if isinstance(e, Event) else Event.from_mapping(e)
+        if ev.ts_us <= t_us:
+            visible.append(ev)
+    visible.sort(key=lambda ev: ev.ts_us)
+    by_type: dict[str, list[Event]] = {}
+    for ev in visible:
+        by_type.setdefault(ev.type, []).append(ev)
+
+    warnings: list[str] = []
+    rule_results: dict[str, RuleContribution] = {}
+    for rule in model.rules:
+        if isinstance(rule, ProfileRule):
+            for name in rule.numeric_fields:
+                _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
+            hit = rule.predicate(record)
+            pts = rule.points if hit else 0.0
+            rule_results[rule.id] = RuleContribution(
+                rule.id, "profile", rule.group, hit, rule.points, pts, pts
+            )
+        elif isinstance(rule, ActivityRule):
+            rule_results[rule.id] = _activity(rule, by_type, t_us, explain, warnings)
+        else:
+            rule_results[rule.id] = _inactivity(rule, visible, by_type, t_us)
+
+    groups: list[GroupContribution] = []
+    fit = engagement = raw_total = 0.0
+    for g in model.groups:
+        raw = 0.0
+        for r in g.rules:
+            raw += rule_results[r.id].points
+        value, side = clip(raw, g.min, g.max)
+        pts = value * g.weight
+        groups.append(GroupContribution(g.id, g.kind, raw, value, g.weight, pts, side))
+        raw_total += pts
+        if g.kind == "profile":
+            fit += pts
+        else:
+            engagement += pts
+    score, total_side = clip(raw_total, model.min, model.max)
+    grade = model.grade_for(fit)
+    band = model.band_for(score)
+    lead_id = record.get(lead_id_column)
+    return ScoreResult(
+        lead_id=lead_id,
+        model=model.name,
+        as_of=from_micros(t_us),
+        score=score,
+        fit=fit,
+        engagement=engagement,
+        grade=grade,
+        band=band,
+        mql=model.is_mql(score),
+        priority=model.priority_for(grade, band),
+        raw_total=raw_total,
+        total_clipped=total_side,
+        groups=tuple(groups),
+        rules=tuple(rule_results[r.id] for r in model.rules),
+        warnings=tuple(warnings),
+    )
+
+
+def _check_number(value: str | None, where: str, warnings: list[str]) -> None:
+    if value is not None and value.strip(WHITESPACE) and parse_number(value) is None:
+        warnings.append(f"{where}: {value!r} is not a number")
+
+
+def _activity(
+    rule: ActivityRule,
+    by_type: Mapping[str, list[Event]],
+    t_us: int,
+    explain: bool,
+    warnings: list[str],
+) -> RuleContribution:
+    if len(rule.events) == 1:
+        candidates = by_type.get(rule.events[0], [])
+    else:
+        candidates = sorted(
+            (e for t in rule.events for e in by_type.get(t, ())), key=lambda e: e.ts_us
+        )
+    window = rule.window_days
+    pred = rule.predicate
+    for name in rule.numeric_fields:
+        for e in candidates:
+            _check_number(e.fields.get(name), f"rule {rule.id}: event field {name!r}", warnings)
+    matching = [
+        e
+        for e in candidates
+        if (window is None or (t_us - e.ts_us) / MICROS_PER_DAY < window)
+        and (pred is None or pred(e.fields))
+    ]
+    if rule.frequency == "every":
+        counted = matching
+    elif rule.frequency == "once":
+        counted = matching[-1:]
+    else:
+        latest: dict[str, Event] = {}
+        for e in matching:  # oldest first: the last one seen per item is the most recent
+            latest[_item_key(e.item)] = e
+        counted = sorted(latest.values(), key=lambda e: e.ts_us)
+
+    points, d, hl = rule.points, rule.diminishing, rule.half_life_days
+    raw = 0.0
+    detail: list[CountedEvent] = []
+    for k, e in enumerate(counted):
+        age = (t_us - e.ts_us) / MICROS_PER_DAY
+        multiplier = d**k
+        decay = 0.5 ** (age / hl) if hl is not None else 1.0
+        value = points * multiplier * decay
+        raw += value
+        if explain:
+            detail.append(
+                CountedEvent(
+                    e.ts, e.type, e.item, e.event_id, k + 1, points, multiplier, decay, age, value
+                )
+            )
+    value, side = clip(raw, rule.min_points, rule.max_points)
+    return RuleContribution(
+        rule_id=rule.id,
+        kind="activity",
+        group=rule.group,
+        matched=bool(counted),
+        base_points=points,
+        raw=raw,
+        points=value,
+        clipped=None if side is None else f"{side}_points",
+        events=tuple(detail),
+        matching_events=len(matching),
+    )
+
+
+def _inactivity(
+    rule: InactivityRule, visible: list[Event], by_type: Mapping[str, list[Event]], t_us: int
+) -> RuleContribution:
+    if rule.events is None:
+        last = visible[-1].ts_us if visible else None
+    else:
+        stamps = [by_type[t][-1].ts_us for t in rule.events if by_type.get(t)]
+        last = max(stamps) if stamps else None
+    inactive = last is None or (t_us - last) / MICROS_PER_DAY >= rule.no_activity_days
+    pts = rule.points if inactive else 0.0
+    if last is None:
+        note = "no events at all"
+    else:
+        note = f"last event {(t_us - last) / MICROS_PER_DAY:.1f} days before as-of"
+    return RuleContribution(
+        rule.id, "inactivity", rule.group, inactive, rule.points, pts, pts, note=note
+    )

@@ -1,0 +1,74 @@
+"""Instants as integer microseconds since the Unix epoch, UTC: the one clock both evaluators use.
+
+Ages are computed from integers (``(T - ts) / 86_400_000_000``), so the per-lead evaluator and
+SQL divide the same exact numbers and get the same float.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+
+__all__ = [
+    "MICROS_PER_DAY",
+    "from_micros",
+    "now_micros",
+    "parse_instant",
+    "to_micros",
+]
+
+MICROS_PER_DAY = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMERIC = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+# Epoch values at or above this are taken as milliseconds (13-digit JavaScript timestamps).
+_MILLIS_FROM = 100_000_000_000
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def now_micros() -> int:
+    return to_micros(datetime.now(UTC))
+
+
+def parse_instant(value: object) -> int:
+    """An instant from a datetime, ISO 8601 text or epoch seconds (milliseconds if 13 digits).
+
+    Times without a zone are UTC. Raises ValueError with a readable message otherwise.
+    """
+    if isinstance(value, datetime):
+        return to_micros(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, (int, float)):
+        return _epoch(float(value), value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMERIC.fullmatch(text):
+            return _epoch(float(text), value)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"not a time: {value!r} (expected ISO 8601 such as 2026-06-30T12:00:00Z, "
+                "or epoch seconds)"
+            ) from None
+        return to_micros(parsed)
+    raise ValueError(f"not a time: {value!r}")
+
+
+def _epoch(seconds: float, original: object) -> int:
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a time: {original!r}")
+    if abs(seconds) >= _MILLIS_FROM:
+        seconds /= 1000.0
+    return round(seconds * 1_000_000)

@@ -1,0 +1,355 @@
+"""Reading leads and events: files or Arrow tables in, normalized Arrow tables out.
+
+Both evaluators read what this module produces, so they see the same text for every value:
+
+- leads: ``lead_id`` (renamed from ``lead_id_column``) and every other column as text;
+- events: ``lead_id``, ``type``, ``ts`` (timestamp, UTC), ``item`` and every other column as
+  text.
+
+Problems name the source, the column and the rows (CSV and JSONL rows are counted as lines of
+the file, the header being line 1 of a CSV). With ``skip_bad_rows`` bad rows are dropped and
+reported as warnings instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from leadscore.engine.timeutil import parse_instant
+from leadscore.errors import InputError, InputProblem
+from leadscore.spec.conditions import to_text
+
+__all__ = ["FORMATS", "LoadReport", "normalize_events", "normalize_leads", "read_table"]
+
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+SHOWN = 5  # rows listed per problem before "and N more"
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+@dataclass
+class LoadReport:
+    """What was dropped or noticed while reading (with ``skip_bad_rows``)."""
+
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    kind: str  # csv | jsonl | parquet | arrow
+
+    def where(self, index: int) -> int:
+        """The row number shown to people for a 0-based row index."""
+        return index + 2 if self.kind == "csv" else index + 1
+
+    @property
+    def unit(self) -> str:
+        return "line" if self.kind in ("csv", "jsonl") else "row"
+
+
+def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
+    """Read a CSV, Parquet or JSON-lines file; every CSV value stays text."""
+    p = Path(path)
+    kind = fmt or FORMATS.get(p.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(FORMATS))
+        raise InputError([InputProblem(str(p), f"unknown file format {p.suffix!r} (use {known})")])
+    if not p.exists():
+        raise InputError([InputProblem(str(p), "no such file")])
+    if p.is_dir():
+        raise InputError([InputProblem(str(p), "is a directory, not a file")])
+    try:
+        if kind == "csv":
+            return _read_csv(p)
+        if kind == "parquet":
+            return pq.read_table(p)
+        return _read_jsonl(p)
+    except InputError:
+        raise
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError([InputProblem(str(p), f"cannot read as {kind}: {exc}")]) from None
+
+
+def _read_csv(p: Path) -> pa.Table:
+    with p.open(encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise InputError([InputProblem(str(p), "the file is empty (no header line)")])
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError([InputProblem(str(p), f"duplicate column names in the header: {dupes}")])
+    convert = pa_csv.ConvertOptions(
+        column_types={h: pa.string() for h in header},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    return pa_csv.read_csv(p, convert_options=convert)
+
+
+def _read_jsonl(p: Path) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+    problems: list[InputProblem] = []
+    with p.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(InputProblem(str(p), f"not JSON: {exc.msg}", row=n))
+                continue
+            if not isinstance(value, dict):
+                problems.append(InputProblem(str(p), "each line must be a JSON object", row=n))
+                continue
+            rows.append({k: _json_text(v) for k, v in value.items()})
+    if problems:
+        raise InputError(problems[:SHOWN], _more(len(problems)))
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+
+
+def _json_text(value: Any) -> str | None:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return to_text(value)
+
+
+def _more(total: int) -> str | None:
+    return f"({total - SHOWN} more not shown)" if total > SHOWN else None
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as text, formatted like :func:`leadscore.spec.conditions.to_text`."""
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return column.cast(pa.string())
+    if pa.types.is_integer(t):
+        return column.cast(pa.string())
+    if pa.types.is_dictionary(t):
+        return _as_text(column.cast(t.value_type))
+    values: list[Any] = column.to_pylist()
+    texts: list[str | None] = []
+    for v in values:
+        if isinstance(v, (datetime, date)):
+            texts.append(v.isoformat())
+        elif isinstance(v, (dict, list)):
+            texts.append(json.dumps(v, default=str))
+        else:
+            texts.append(to_text(v))
+    return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def _source(source: str | Path | pa.Table, label: str) -> tuple[pa.Table, _Source]:
+    if isinstance(source, pa.Table):
+        return source, _Source(label, "arrow")
+    p = Path(source)
+    table = read_table(p)
+    return table, _Source(str(p), FORMATS.get(p.suffix.lower(), "csv"))
+
+
+def _require(table: pa.Table, src: _Source, column: str, what: str, hint: str = "") -> None:
+    if column not in table.column_names:
+        cols = ", ".join(repr(c) for c in table.column_names) or "none"
+        raise InputError(
+            [InputProblem(src.name, f"no {what} column {column!r} (columns: {cols})")],
+            hint or None,
+        )
+
+
+def _bad_rows(
+    mask: Sequence[bool] | pa.ChunkedArray | pa.Array,
+    src: _Source,
+    column: str,
+    message: str,
+    skip: bool,
+    report: LoadReport,
+    samples: Sequence[Any] | None = None,
+) -> list[int]:
+    flags = mask.to_pylist() if hasattr(mask, "to_pylist") else list(mask)
+    rows = [i for i, bad in enumerate(flags) if bad]
+    if not rows:
+        return rows
+    shown = ", ".join(
+        f"{src.where(i)}" + (f" ({samples[i]!r})" if samples is not None else "")
+        for i in rows[:SHOWN]
+    )
+    more = f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
+    text = f"{len(rows)} {src.unit}s {message}: {src.unit}s {shown}{more}"
+    if skip:
+        report.warnings.append(f"{src.name}: column {column!r}: skipped {text}")
+        return rows
+    raise InputError(
+        [InputProblem(src.name, text, column=column)],
+        "Fix those rows, or pass --skip-bad-rows to leave them out.",
+    )
+
+
+def _drop(table: pa.Table, rows: list[int]) -> pa.Table:
+    if not rows:
+        return table
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), pa.array(rows)))
+    return table.filter(keep)
+
+
+def normalize_leads(
+    source: str | Path | pa.Table,
+    lead_id_column: str = "lead_id",
+    *,
+    skip_bad_rows: bool = False,
+    report: LoadReport | None = None,
+    label: str = "leads",
+) -> pa.Table:
+    """Leads as ``lead_id`` + text columns; empty and repeated ids are errors (or skipped)."""
+    report = report if report is not None else LoadReport()
+    table, src = _source(source, label)
+    _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
+    columns = {}
+    for name in table.column_names:
+        out = "lead_id" if name == lead_id_column else name
+        if out == "lead_id" and name != lead_id_column:
+            continue  # a second `lead_id` column when the id is elsewhere: the id wins
+        columns[out] = _as_text(table.column(name))
+    table = pa.table(columns)
+    ids = table.column("lead_id")
+    trimmed = pc.utf8_trim_whitespace(ids)
+    table = table.set_column(table.column_names.index("lead_id"), "lead_id", trimmed)
+    empty = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, "")).fill_null(True)
+    drop = set(_bad_rows(empty, src, lead_id_column, "have no lead id", skip_bad_rows, report))
+    ids_list = trimmed.to_pylist()
+    seen: set[str] = set()
+    dupes = []
+    for i, v in enumerate(ids_list):
+        dupes.append(i not in drop and v in seen)
+        seen.add(v)
+    if any(dupes):
+        drop.update(
+            _bad_rows(
+                dupes,
+                src,
+                lead_id_column,
+                "repeat an earlier lead id",
+                skip_bad_rows,
+                report,
+                samples=ids_list,
+            )
+        )
+    table = _drop(table, sorted(drop))
+    return table
+
+
+def normalize_events(
+    source: str | Path | pa.Table,
+    lead_id_column: str = "lead_id",
+    *,
+    skip_bad_rows: bool = False,
+    report: LoadReport | None = None,
+    label: str = "events",
+) -> pa.Table:
+    """Events as ``lead_id``, ``type``, ``ts`` (UTC), ``item`` + text columns."""
+    report = report if report is not None else LoadReport()
+    table, src = _source(source, label)
+    _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
+    _require(table, src, "type", "event type")
+    _require(table, src, "ts", "timestamp")
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name in table.column_names:
+        out = "lead_id" if name == lead_id_column else name
+        if out == "lead_id" and name != lead_id_column:
+            continue
+        if out == "ts":
+            continue
+        columns[out] = _as_text(table.column(name))
+    columns["lead_id"] = pc.utf8_trim_whitespace(columns["lead_id"])
+    columns["type"] = pc.utf8_trim_whitespace(columns["type"])
+    if "item" not in columns:
+        columns["item"] = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
+    ts, bad_ts = _timestamps(table.column("ts"))
+    order = ["lead_id", "type", "ts", "item"]
+    out_table = pa.table(
+        {
+            "lead_id": columns["lead_id"],
+            "type": columns["type"],
+            "ts": ts,
+            "item": columns["item"],
+            **{k: v for k, v in columns.items() if k not in order},
+        }
+    )
+    drop: set[int] = set()
+    lid = out_table.column("lead_id")
+    empty = pc.or_kleene(pc.is_null(lid), pc.equal(lid, "")).fill_null(True)
+    drop.update(_bad_rows(empty, src, lead_id_column, "have no lead id", skip_bad_rows, report))
+    etype = out_table.column("type")
+    empty_t = pc.or_kleene(pc.is_null(etype), pc.equal(etype, "")).fill_null(True)
+    drop.update(_bad_rows(empty_t, src, "type", "have no event type", skip_bad_rows, report))
+    if bad_ts:
+        raw = table.column("ts").to_pylist()
+        mask = [False] * table.num_rows
+        for i in bad_ts:
+            mask[i] = True
+        drop.update(
+            _bad_rows(
+                mask,
+                src,
+                "ts",
+                "have a missing or unreadable timestamp (expected ISO 8601 or epoch seconds)",
+                skip_bad_rows,
+                report,
+                samples=raw,
+            )
+        )
+    return _drop(out_table, sorted(drop))
+
+
+def _timestamps(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:
+    """Timestamps as UTC microseconds, and the indexes of values that are not times."""
+    t = column.type
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            column = pc.assume_timezone(column, "UTC")
+        cast = column.cast(TS_TYPE)
+        nulls = [i for i, v in enumerate(pc.is_null(cast).to_pylist()) if v]
+        return cast, nulls
+    values = column.to_pylist()
+    out: list[int | None] = []
+    bad: list[int] = []
+    for i, v in enumerate(values):
+        try:
+            out.append(parse_instant(v) if v is not None and v != "" else None)
+        except (ValueError, OverflowError):
+            out.append(None)
+        if out[-1] is None:
+            bad.append(i)
+    return pa.chunked_array([pa.array(out, pa.int64()).cast(TS_TYPE)]), bad
+
+
+def csv_text(table: pa.Table) -> str:
+    """A table as CSV text, quoting only where needed (used by the command line)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for batch in table.to_batches(max_chunksize=50_000):
+        columns = [c.to_pylist() for c in batch.columns]
+        writer.writerows(zip(*columns, strict=True))
+    return buf.getvalue()

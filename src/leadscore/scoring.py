@@ -1,0 +1,245 @@
+"""Scoring many leads: inputs in, one row per lead out, for one or several score sheets.
+
+This is the layer that reads files (through :mod:`leadscore.inputs`) and hands the prepared
+tables to the batch evaluator on an in-process DuckDB; the evaluators themselves do no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import ibis
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leadscore.engine.batch import BatchPlan, compile_model
+from leadscore.engine.lead import Event, score_lead
+from leadscore.engine.result import ScoreResult
+from leadscore.engine.timeutil import from_micros, now_micros, parse_instant
+from leadscore.errors import UsageError
+from leadscore.inputs import LoadReport, normalize_events, normalize_leads
+from leadscore.spec.model import InactivityRule, Model
+
+__all__ = [
+    "PreparedInputs",
+    "ScoreRun",
+    "explain_lead",
+    "iter_lead_events",
+    "prepare",
+    "register_inputs",
+    "score_leads",
+    "score_run",
+]
+
+Source: TypeAlias = "str | Path | pa.Table"
+
+
+@dataclass
+class PreparedInputs:
+    """Leads and events read and normalized once, ready for either evaluator."""
+
+    leads: pa.Table
+    events: pa.Table
+    report: LoadReport = field(default_factory=LoadReport)
+
+
+@dataclass
+class ScoreRun:
+    """The result of :func:`score_run`: the table plus what the run noticed."""
+
+    table: pa.Table
+    as_of: datetime
+    warnings: list[str]
+    sheets: list[str]
+
+
+def prepare(
+    leads: Source,
+    events: Source | None = None,
+    *,
+    lead_id_column: str = "lead_id",
+    skip_bad_rows: bool = False,
+) -> PreparedInputs:
+    """Read and check the inputs (see :mod:`leadscore.inputs`)."""
+    report = LoadReport()
+    lead_table = normalize_leads(leads, lead_id_column, skip_bad_rows=skip_bad_rows, report=report)
+    if events is None:
+        event_table = pa.table(
+            {
+                "lead_id": pa.array([], pa.string()),
+                "type": pa.array([], pa.string()),
+                "ts": pa.array([], pa.timestamp("us", tz="UTC")),
+                "item": pa.array([], pa.string()),
+            }
+        )
+    else:
+        event_table = normalize_events(
+            events, lead_id_column, skip_bad_rows=skip_bad_rows, report=report
+        )
+    return PreparedInputs(lead_table, event_table, report)
+
+
+def _as_of_micros(as_of: datetime | str | None) -> int:
+    if as_of is None:
+        return now_micros()
+    try:
+        return parse_instant(as_of)
+    except ValueError as exc:
+        raise UsageError(f"--as-of: {exc}") from None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def register_inputs(con: Any, prepared: PreparedInputs, plans: Sequence[BatchPlan]) -> None:
+    """Views named ``leads`` and ``events`` with the columns every plan reads, as text."""
+    raw = con.con
+    raw.register("_leadscore_leads", prepared.leads)
+    raw.register("_leadscore_events", prepared.events)
+    lead_cols = set(prepared.leads.column_names)
+    event_cols = set(prepared.events.column_names)
+    lead_fields = dict.fromkeys(f for p in plans for f in p.lead_fields)
+    event_fields = dict.fromkeys(f for p in plans for f in p.event_fields)
+    lead_sel = ["lead_id"] + [
+        f"{_quote(f)}" if f in lead_cols else f"CAST(NULL AS VARCHAR) AS {_quote(f)}"
+        for f in lead_fields
+    ]
+    event_sel = ["lead_id", "type", "epoch_us(ts) AS ts_us", "item"] + [
+        f"{_quote(f)}" if f in event_cols else f"CAST(NULL AS VARCHAR) AS {_quote(f)}"
+        for f in event_fields
+    ]
+    raw.execute(
+        f"CREATE OR REPLACE VIEW leads AS SELECT {', '.join(lead_sel)} FROM _leadscore_leads"
+    )
+    raw.execute(
+        f"CREATE OR REPLACE VIEW events AS SELECT {', '.join(event_sel)} FROM _leadscore_events"
+    )
+
+
+def score_run(
+    models: Model | Sequence[Model],
+    prepared: PreparedInputs,
+    as_of: datetime | str | None = None,
+) -> ScoreRun:
+    """Score prepared inputs with the batch evaluator; several models = several sheets.
+
+    With one model the columns are ``lead_id, score, fit, engagement, grade, band, mql,
+    priority, group:<id>..., rule:<id>...``; with several, every column but ``lead_id`` is
+    prefixed with the sheet (model) name: ``<sheet>.score``.
+    """
+    model_list = [models] if isinstance(models, Model) else list(models)
+    if not model_list:
+        raise UsageError("no model to score with")
+    t_us = _as_of_micros(as_of)
+    plans = [compile_model(m) for m in model_list]
+    con = ibis.duckdb.connect()
+    try:
+        register_inputs(con, prepared, plans)
+        warnings = list(prepared.report.warnings)
+        tables = []
+        for plan in plans:
+            tables.append(plan.execute(con, t_us))
+            for label, count in plan.warnings(con, t_us).items():
+                warnings.append(
+                    f"sheet {plan.model.name}: {label}: {count} value(s) are not numbers "
+                    "(the numeric test was false for them)"
+                )
+        warnings += _event_notes(con, model_list)
+    finally:
+        con.disconnect()
+    table = _in_input_order(tables[0], prepared.leads)
+    if len(model_list) > 1:
+        joined = table.select(["lead_id"])
+        for model, t in zip(model_list, tables, strict=True):
+            t = _in_input_order(t, prepared.leads)
+            for name in t.column_names[1:]:
+                joined = joined.append_column(f"{model.name}.{name}", t.column(name))
+        table = joined
+    return ScoreRun(table, from_micros(t_us), warnings, [m.name for m in model_list])
+
+
+def _event_notes(con: Any, models: Sequence[Model]) -> list[str]:
+    notes = []
+    known = sorted({t for m in models for t in m.event_types})
+    raw = con.con
+    rows = raw.execute(
+        "SELECT type, count(*) FROM _leadscore_events WHERE NOT list_contains(?, type) "
+        "GROUP BY type ORDER BY 2 DESC",
+        [known],
+    ).fetchall()
+    any_type_counts = any(
+        isinstance(r, InactivityRule) and r.events is None for m in models for r in m.rules
+    )
+    if rows and not any_type_counts:
+        listed = ", ".join(f"{t} ({n})" for t, n in rows[:8])
+        notes.append(f"events: types no rule uses were ignored: {listed}")
+    orphans = raw.execute(
+        "SELECT count(*) FROM _leadscore_events e ANTI JOIN _leadscore_leads l USING (lead_id)"
+    ).fetchall()[0][0]
+    if orphans:
+        notes.append(f"events: {orphans} event(s) belong to leads not in the leads input")
+    return notes
+
+
+def _in_input_order(result: pa.Table, leads: pa.Table) -> pa.Table:
+    position = pc.index_in(result.column("lead_id"), value_set=leads.column("lead_id"))
+    return result.take(pc.sort_indices(position))
+
+
+def score_leads(
+    models: Model | Sequence[Model],
+    leads: Source,
+    events: Source | None = None,
+    as_of: datetime | str | None = None,
+    *,
+    lead_id_column: str = "lead_id",
+    skip_bad_rows: bool = False,
+) -> pa.Table:
+    """Score every lead with the batch evaluator; one row per lead, as an Arrow table.
+
+    ``leads`` and ``events`` are Arrow tables or CSV/Parquet/JSON-lines files. Leads without
+    events are scored too. See :func:`score_run` for the columns and for the run's warnings.
+    """
+    prepared = prepare(leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows)
+    return score_run(models, prepared, as_of).table
+
+
+def iter_lead_events(prepared: PreparedInputs) -> Iterator[tuple[dict[str, Any], list[Event]]]:
+    """Each lead's fields and events, for the per-lead evaluator (events grouped in one pass)."""
+    events = prepared.events
+    extra = [c for c in events.column_names if c not in ("lead_id", "ts")]
+    by_lead: dict[str, list[Event]] = {}
+    ids = events.column("lead_id").to_pylist()
+    types = events.column("type").to_pylist()
+    stamps = pc.cast(events.column("ts"), pa.int64()).to_pylist()
+    items = events.column("item").to_pylist()
+    event_ids = events.column("event_id").to_pylist() if "event_id" in events.column_names else None
+    extra_values = {c: events.column(c).to_pylist() for c in extra}
+    for i, lid in enumerate(ids):
+        fields = {c: extra_values[c][i] for c in extra}
+        by_lead.setdefault(lid, []).append(
+            Event(types[i], stamps[i], items[i], event_ids[i] if event_ids else None, fields)
+        )
+    for lead in prepared.leads.to_pylist():
+        yield lead, by_lead.get(lead["lead_id"], [])
+
+
+def explain_lead(
+    model: Model, prepared: PreparedInputs, lead_id: str, as_of: datetime | str | None = None
+) -> ScoreResult:
+    """The per-lead evaluator's full explanation for one lead of prepared inputs."""
+    t_us = _as_of_micros(as_of)
+    ids = prepared.leads.column("lead_id")
+    mask = pc.equal(ids, lead_id)
+    rows = prepared.leads.filter(mask).to_pylist()
+    if not rows:
+        raise UsageError(f"lead {lead_id!r} is not in the leads input")
+    ev_table = prepared.events.filter(pc.equal(prepared.events.column("lead_id"), lead_id))
+    sub = PreparedInputs(prepared.leads.filter(mask), ev_table)
+    ((lead, events),) = list(iter_lead_events(sub))
+    return score_lead(model, lead, events, from_micros(t_us))

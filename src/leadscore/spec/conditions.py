@@ -1,0 +1,376 @@
+"""Conditions: their schema and their meaning (MODEL_SPEC.md, "Conditions").
+
+A condition is ``{field: NAME, OP: VALUE}`` or a combinator ``{all: [...]}``, ``{any: [...]}``,
+``{not: {...}}``. This module fixes the meaning once, in Python; the batch evaluator translates
+the same definitions to SQL and property tests hold the two together.
+
+The shared definitions, in the order they matter:
+
+- a value is *text*: ``None`` or a string (numbers from typed inputs are formatted by
+  :func:`to_text` before they get here);
+- a value is *missing* when it is ``None`` or blank after trimming ASCII whitespace;
+- string comparisons use the trimmed, lower-cased text;
+- a value is a *number* when its trimmed text matches :data:`NUMBER_PATTERN` (so ``1e6`` and
+  ``" 200 "`` are numbers, ``1,200`` and ``n/a`` are not).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "NUMBER_PATTERN",
+    "NUMERIC_OPERATORS",
+    "OPERATORS",
+    "WHITESPACE",
+    "AllCondition",
+    "AnyCondition",
+    "Condition",
+    "FieldCondition",
+    "NotCondition",
+    "Predicate",
+    "compile_condition",
+    "condition_fields",
+    "numeric_fields",
+    "parse_number",
+    "to_text",
+]
+
+WHITESPACE = " \t\n\r\x0b\x0c"
+NUMBER_PATTERN = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
+_NUMBER_RE = re.compile(NUMBER_PATTERN)
+
+NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte", "between")
+OPERATORS = (
+    "eq",
+    "ne",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "matches",
+    *NUMERIC_OPERATORS,
+    "exists",
+    "missing",
+)
+
+Scalar = str | int | float | bool
+Record = Mapping[str, str | None]
+Predicate = Callable[[Record], bool]
+
+
+def to_text(value: Any) -> str | None:
+    """Format a value the way every evaluator sees it: text, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    return str(value)
+
+
+def parse_number(text: str | None) -> float | None:
+    """The number a value stands for, or None when it is missing or not a number."""
+    if text is None:
+        return None
+    stripped = text.strip(WHITESPACE)
+    if not _NUMBER_RE.fullmatch(stripped):
+        return None
+    return float(stripped)
+
+
+def _norm(text: str) -> str:
+    return text.strip(WHITESPACE).lower()
+
+
+def _split_list(value: Scalar | list[Scalar]) -> list[str]:
+    """The operand list of ``in``/``contains``/...: a list, or a string split on ';'."""
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        text = to_text(item)
+        assert text is not None
+        out.append(_norm(text))
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class FieldCondition(_Strict):
+    """``{field: NAME, OP: VALUE}``: exactly one operator."""
+
+    field: str = Field(min_length=1)
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    in_: Scalar | list[Scalar] | None = Field(default=None, alias="in")
+    not_in: Scalar | list[Scalar] | None = None
+    contains: Scalar | list[Scalar] | None = None
+    not_contains: Scalar | list[Scalar] | None = None
+    starts_with: Scalar | list[Scalar] | None = None
+    ends_with: Scalar | list[Scalar] | None = None
+    matches: str | None = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    between: tuple[float, float] | None = None
+    exists: bool | None = None
+    missing: bool | None = None
+
+    @field_validator("in_", "not_in", mode="after")
+    @classmethod
+    def _split_semicolons(cls, value: Scalar | list[Scalar] | None) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip(WHITESPACE) for p in value.split(";")]
+            return [p for p in parts if p]
+        return value
+
+    @field_validator(
+        "in_", "not_in", "contains", "not_contains", "starts_with", "ends_with", mode="after"
+    )
+    @classmethod
+    def _non_empty(cls, value: Scalar | list[Scalar] | None) -> Any:
+        if value is None:
+            return value
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("must list at least one value")
+        for item in items:
+            text = to_text(item)
+            if text is None or not text.strip(WHITESPACE):
+                raise ValueError("values must not be empty")
+        return value
+
+    @field_validator("matches", mode="after")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"regular expression does not compile: {exc}") from None
+        return value
+
+    @field_validator("between", mode="after")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"must be [low, high] with low <= high, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> FieldCondition:
+        given = self.operators_given()
+        if len(given) != 1:
+            ops = ", ".join(OPERATORS)
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"needs exactly one operator ({ops}); found {found}")
+        return self
+
+    def operators_given(self) -> list[str]:
+        return [op for op in OPERATORS if getattr(self, _attr(op)) is not None]
+
+    @property
+    def operator(self) -> str:
+        return self.operators_given()[0]
+
+    @property
+    def operand(self) -> Any:
+        return getattr(self, _attr(self.operator))
+
+
+def _attr(op: str) -> str:
+    return "in_" if op == "in" else op
+
+
+class AllCondition(_Strict):
+    all: list[Condition] = Field(min_length=1)
+
+
+class AnyCondition(_Strict):
+    any: list[Condition] = Field(min_length=1)
+
+
+class NotCondition(_Strict):
+    not_: Condition = Field(alias="not")
+
+
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        for key in ("all", "any", "not"):
+            if key in value:
+                return f"<{key}>"
+        return "<field>"
+    if isinstance(value, BaseModel):
+        return {
+            AllCondition: "<all>",
+            AnyCondition: "<any>",
+            NotCondition: "<not>",
+        }.get(type(value), "<field>")
+    return "<field>"
+
+
+Condition = Annotated[
+    Annotated[FieldCondition, Tag("<field>")]
+    | Annotated[AllCondition, Tag("<all>")]
+    | Annotated[AnyCondition, Tag("<any>")]
+    | Annotated[NotCondition, Tag("<not>")],
+    Discriminator(_condition_kind),
+]
+
+AllCondition.model_rebuild()
+AnyCondition.model_rebuild()
+NotCondition.model_rebuild()
+
+
+# --- meaning ---------------------------------------------------------------------------------
+
+
+def _field_predicate(cond: FieldCondition) -> Predicate:
+    name = cond.field
+    op = cond.operator
+    operand = cond.operand
+
+    if op == "exists" or op == "missing":
+        want_present = (op == "exists") == bool(operand)
+
+        def presence(rec: Record) -> bool:
+            v = rec.get(name)
+            present = v is not None and v.strip(WHITESPACE) != ""
+            return present == want_present
+
+        return presence
+
+    if op in NUMERIC_OPERATORS:
+        if op == "between":
+            low, high = operand
+
+            def test(x: float) -> bool:
+                return bool(low <= x <= high)
+        else:
+            bound = float(operand)
+            test = {
+                "gt": lambda x: x > bound,
+                "gte": lambda x: x >= bound,
+                "lt": lambda x: x < bound,
+                "lte": lambda x: x <= bound,
+            }[op]
+
+        def numeric(rec: Record) -> bool:
+            x = parse_number(rec.get(name))
+            return x is not None and test(x)
+
+        return numeric
+
+    if op == "matches":
+        pattern = re.compile(operand, re.IGNORECASE)
+
+        def regex(rec: Record) -> bool:
+            v = rec.get(name)
+            if v is None:
+                return False
+            s = v.strip(WHITESPACE)
+            return s != "" and pattern.search(s) is not None
+
+        return regex
+
+    if op in ("eq", "ne", "in", "not_in"):
+        options = [(t, parse_number(t)) for t in _split_list(operand)]
+        negate = op in ("ne", "not_in")
+
+        def equal(rec: Record) -> bool:
+            v = rec.get(name)
+            if v is None:
+                return False
+            s = _norm(v)
+            if s == "":
+                return False
+            x = parse_number(s)
+            hit = False
+            for text, number in options:
+                if (x == number) if (x is not None and number is not None) else (s == text):
+                    hit = True
+                    break
+            return hit != negate
+
+        return equal
+
+    needles = tuple(_split_list(operand))
+    negate = op == "not_contains"
+    if op in ("contains", "not_contains"):
+
+        def found(s: str) -> bool:
+            return any(n in s for n in needles)
+    elif op == "starts_with":
+
+        def found(s: str) -> bool:
+            return s.startswith(needles)
+    else:
+
+        def found(s: str) -> bool:
+            return s.endswith(needles)
+
+    def substring(rec: Record) -> bool:
+        v = rec.get(name)
+        if v is None:
+            return False
+        s = _norm(v)
+        return s != "" and found(s) != negate
+
+    return substring
+
+
+def compile_condition(cond: Condition) -> Predicate:
+    """A fast Python predicate over a record of text values."""
+    if isinstance(cond, FieldCondition):
+        return _field_predicate(cond)
+    if isinstance(cond, AllCondition):
+        parts = [compile_condition(c) for c in cond.all]
+        return lambda rec: all(p(rec) for p in parts)
+    if isinstance(cond, AnyCondition):
+        parts = [compile_condition(c) for c in cond.any]
+        return lambda rec: any(p(rec) for p in parts)
+    inner = compile_condition(cond.not_)
+    return lambda rec: not inner(rec)
+
+
+def _walk(cond: Condition) -> Sequence[FieldCondition]:
+    if isinstance(cond, FieldCondition):
+        return [cond]
+    if isinstance(cond, AllCondition):
+        return [f for c in cond.all for f in _walk(c)]
+    if isinstance(cond, AnyCondition):
+        return [f for c in cond.any for f in _walk(c)]
+    return _walk(cond.not_)
+
+
+def condition_fields(cond: Condition) -> list[str]:
+    """Every field a condition reads, in order, without repeats."""
+    return list(dict.fromkeys(f.field for f in _walk(cond)))
+
+
+def numeric_fields(cond: Condition) -> list[str]:
+    """Fields read by a numeric operator: a non-number there is counted as a warning."""
+    return list(dict.fromkeys(f.field for f in _walk(cond) if f.operator in NUMERIC_OPERATORS))

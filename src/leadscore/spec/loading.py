@@ -1,0 +1,308 @@
+"""Reading model files: every problem reported at once as ``file:line: path: message``.
+
+The YAML is parsed once into plain data and once into a node tree that remembers the line of
+every key and item, so schema errors (from pydantic) and cross-field errors (from
+:func:`~leadscore.spec.model.semantic_issues`) can both point at a line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from leadscore.errors import ModelError, ModelIssue
+from leadscore.spec.conditions import OPERATORS
+from leadscore.spec.model import Loc, Model, resolve, semantic_issues
+from leadscore.spec.schema import (
+    ActivityRuleSpec,
+    ExampleExpectSpec,
+    ExampleSpec,
+    GroupSpec,
+    InactivityRuleSpec,
+    ModelSpec,
+    ProfileRuleSpec,
+)
+
+__all__ = ["load_model", "load_models", "model_json_schema", "parse_model"]
+
+_KNOWN_KEYS = sorted(
+    {
+        *(
+            f.alias or n
+            for cls in (
+                ModelSpec,
+                GroupSpec,
+                ProfileRuleSpec,
+                ActivityRuleSpec,
+                InactivityRuleSpec,
+                ExampleSpec,
+                ExampleExpectSpec,
+            )
+            for n, f in cls.model_fields.items()
+        ),
+        *OPERATORS,
+        "field",
+        "all",
+        "any",
+        "not",
+    }
+)
+
+
+def parse_model(text: str, source: str = "<model>") -> Model:
+    """Validate model text (YAML) and return the resolved :class:`Model`.
+
+    Raises :class:`~leadscore.errors.ModelError` listing every problem found.
+    """
+    issues: list[ModelIssue] = []
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ModelError([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
+    if raw is None:
+        raise ModelError([ModelIssue(source, 1, "", "the file is empty")])
+    if not isinstance(raw, dict):
+        raise ModelError([ModelIssue(source, 1, "", "a model file must be a mapping of keys")])
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines, issues, source)
+
+    spec: ModelSpec | None = None
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(_schema_issues(exc, raw, lines, source))
+    for loc, message in semantic_issues(raw):
+        issues.append(ModelIssue(source, _line(lines, loc), _fmt_loc(loc), message))
+    if issues or spec is None:
+        unique = {(i.line or 0, i.path, i.message): i for i in issues}
+        raise ModelError([unique[k] for k in sorted(unique)])
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return resolve(spec, source=source, fingerprint=fingerprint)
+
+
+def load_model(path: str | Path) -> Model:
+    """Load and validate one model file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError([ModelIssue(str(p), None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise ModelError([ModelIssue(str(p), None, "", "is a directory, not a file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ModelError([ModelIssue(str(p), None, "", f"not UTF-8 text: {exc}")]) from None
+    return parse_model(text, source=str(p))
+
+
+def load_models(paths: Iterable[str | Path]) -> list[Model]:
+    """Load score sheets: files, and directories of ``*.yaml``/``*.yml`` files.
+
+    Every file is validated; all problems of all files are raised together. Sheet names (the
+    models' ``name``) must be unique.
+    """
+    files: list[Path] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise ModelError([ModelIssue(str(p), None, "", "no *.yaml model files here")])
+            files.extend(found)
+        else:
+            files.append(p)
+    models: list[Model] = []
+    issues: list[ModelIssue] = []
+    for f in files:
+        try:
+            models.append(load_model(f))
+        except ModelError as exc:
+            issues.extend(exc.issues)
+    names: dict[str, str] = {}
+    for m in models:
+        if m.name in names:
+            issues.append(
+                ModelIssue(
+                    m.source, None, "name", f"sheet name {m.name!r} is also used by {names[m.name]}"
+                )
+            )
+        names[m.name] = m.source
+    if issues:
+        raise ModelError(issues)
+    return models
+
+
+def model_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a model file, for editors (YAML language servers read it)."""
+    schema = ModelSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "leadscore model, version 1"
+    return schema
+
+
+# --- line numbers -----------------------------------------------------------------------------
+
+
+def _index_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], issues: list[ModelIssue], source: str
+) -> None:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                issues.append(
+                    ModelIssue(
+                        source, key_node.start_mark.line + 1, _fmt_loc((*loc, key)), "duplicate key"
+                    )
+                )
+            seen.add(key)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+            _index_lines(value_node, (*loc, key), lines, issues, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*loc, i), lines, issues, source)
+
+
+def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+    key = tuple(str(p) if not isinstance(p, int) else p for p in loc)
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return lines.get((), 1)
+
+
+def _fmt_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --- pydantic errors in the user's words ------------------------------------------------------
+
+
+def _schema_issues(
+    exc: ValidationError, raw: Any, lines: Mapping[Loc, int], source: str
+) -> list[ModelIssue]:
+    by_loc: dict[Loc, list[str]] = {}
+    for err in exc.errors():
+        loc = _data_loc(err["loc"], raw, err["type"])
+        message = _message(err, loc)
+        messages = by_loc.setdefault(loc, [])
+        if message not in messages:
+            messages.append(message)
+    out = []
+    for loc, messages in by_loc.items():
+        # A union reports once per member: say it once, with the value once at the end.
+        suffixes = {m[m.index(", got ") :] for m in messages if ", got " in m}
+        if len(messages) > 1 and len(suffixes) == 1:
+            suffix = suffixes.pop()
+            messages = [m.removesuffix(suffix) for m in messages]
+            text = " or ".join(messages) + suffix
+        else:
+            text = " or ".join(messages)
+        out.append(ModelIssue(source, _line(lines, loc), _fmt_loc(loc), text))
+    return out
+
+
+def _data_loc(loc: tuple[int | str, ...], raw: Any, kind: str) -> Loc:
+    """Keep the part of pydantic's location that names real places in the data."""
+    out: list[str | int] = []
+    here = raw
+    parts = [p for p in loc if not (isinstance(p, str) and p.startswith("<"))]
+    for n, part in enumerate(parts):
+        last = n == len(parts) - 1
+        if isinstance(here, Mapping) and part in here:
+            out.append(part)
+            here = here[part]
+        elif isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here):
+            out.append(part)
+            here = here[part]
+        elif kind == "missing" and last and isinstance(here, Mapping):
+            out.append(part)
+            break
+        else:
+            break
+    return tuple(out)
+
+
+_TYPE_WORDS = {
+    "string_type": "must be text",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "datetime_type": "must be a date-time such as 2026-06-30T12:00:00Z",
+    "datetime_parsing": "must be a date-time such as 2026-06-30T12:00:00Z",
+    "datetime_from_date_parsing": "must be a date-time such as 2026-06-30T12:00:00Z",
+}
+
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def _message(err: Any, loc: Loc) -> str:
+    kind: str = err["type"]
+    given = err.get("input")
+    ctx = err.get("ctx") or {}
+    got = f", got {given!r}" if isinstance(given, (str, int, float, bool)) or given is None else ""
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {key!r}{hint}"
+    if kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        bound = ctx.get(name)
+        shown = f"{bound:g}" if isinstance(bound, (int, float)) else str(bound)
+        return f"must be {sign} {shown}{got}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}{got}"
+    if kind == "string_pattern_mismatch":
+        return f"must start with a letter or digit and use only letters, digits, '-', '_', '.'{got}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind in ("too_long",):
+        return "has too many items"
+    if kind == "value_error":
+        text = str(ctx.get("error") or err.get("msg", ""))
+        return text.removeprefix("Value error, ")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return (
+            "must be a condition: {field: NAME, OP: VALUE}, {all: [...]}, {any: [...]} "
+            "or {not: ...}"
+        )
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind] + got
+    msg: str = err.get("msg", kind)
+    return msg[:1].lower() + msg[1:] + got

@@ -1,0 +1,190 @@
+"""The command line as a user runs it: exit codes, messages, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leadscore.cli import app
+from tests.conftest import MODELS
+
+runner = CliRunner()
+AS_OF = "2026-06-30T12:00:00Z"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_validate_ok_and_invalid(tmp_path: Path) -> None:
+    code, out, _ = run("validate", str(MODELS / "b2b-default.yaml"))
+    assert code == 0 and "ok:" in out and "sheet b2b-default" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nactivity:\n  - {id: a, event: e, points: 1, hl: 3}\n")
+    code, _, err = run("validate", str(bad))
+    assert code == 1
+    assert f"{bad}:4: activity[0].hl: unknown key 'hl'" in err
+
+
+def test_score_writes_every_format(conformance: Path, tmp_path: Path) -> None:
+    args = [
+        "score",
+        str(conformance / "model.yaml"),
+        "--leads",
+        str(conformance / "leads.csv"),
+        "--events",
+        str(conformance / "events.csv"),
+        "--as-of",
+        AS_OF,
+    ]
+    code, _, err = run(*args, "--output", str(tmp_path / "out.csv"))
+    assert code == 0, err
+    assert "28 value(s) are not numbers" in err
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(rows) == 300
+    assert list(rows[0])[:8] == [
+        "lead_id",
+        "score",
+        "fit",
+        "engagement",
+        "grade",
+        "band",
+        "mql",
+        "priority",
+    ]
+    assert {"group:fit", "rule:webinar"} <= set(rows[0])
+    code, _, _ = run(*args, "--output", str(tmp_path / "out.json"))
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert code == 0 and len(data) == 300 and data[0]["lead_id"] == "L00000"
+    code, _, _ = run(*args, "--output", str(tmp_path / "out.parquet"))
+    import pyarrow.parquet as pq
+
+    assert code == 0 and pq.read_table(tmp_path / "out.parquet").num_rows == 300
+
+
+def test_score_table_and_sheets(conformance: Path, tmp_path: Path) -> None:
+    sheets = tmp_path / "sheets"
+    sheets.mkdir()
+    (sheets / "a.yaml").write_text((conformance / "model.yaml").read_text())
+    (sheets / "b.yaml").write_text(
+        (conformance / "model.yaml").read_text().replace("name: b2b-default", "name: other")
+    )
+    args = [
+        "score",
+        str(sheets),
+        "--leads",
+        str(conformance / "leads.csv"),
+        "--events",
+        str(conformance / "events.csv"),
+        "--as-of",
+        AS_OF,
+    ]
+    code, out, _ = run(*args, "--format", "csv")
+    header = out.splitlines()[0].split(",")
+    assert code == 0
+    assert header[:3] == ["lead_id", "b2b-default.score", "b2b-default.fit"]
+    assert "other.rule:webinar" in header
+    code, out, _ = run(*args, "--top", "3")
+    assert code == 0 and "Top leads - sheet other" in out and "300 leads; bands:" in out
+
+
+def test_explain_text_and_json(conformance: Path) -> None:
+    args = [
+        "explain",
+        str(conformance / "model.yaml"),
+        "L00179",
+        "--leads",
+        str(conformance / "leads.csv"),
+        "--events",
+        str(conformance / "events.csv"),
+        "--as-of",
+        AS_OF,
+    ]
+    code, out, _ = run(*args)
+    assert code == 0
+    assert "Score 63.77 = fit 45.00 + engagement 18.77" in out
+    assert "#2 2026-06-16 12:00 page_view: 15.00 x 1.0000 x decay 0.7236" in out
+    code, out, _ = run(*args, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["priority"] == "B1" and len(data["rules"]) == 11
+    code, _, err = run(*args[:2], "NOPE", *args[3:])
+    assert code == 2 and "lead 'NOPE' is not in the leads input" in err
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,x\n1,2\n")
+    code, _, err = run("score", str(MODELS / "b2b-default.yaml"), "--leads", str(leads))
+    assert code == 1
+    assert "Error: the input cannot be used:" in err and "no lead id column" in err
+    assert "Traceback" not in err
+    code, _, err = run(
+        "score",
+        str(MODELS / "b2b-default.yaml"),
+        "--leads",
+        str(leads),
+        "--lead-id-column",
+        "id",
+        "--as-of",
+        "tomorrow",
+    )
+    assert code == 2 and "--as-of: not a time: 'tomorrow'" in err
+
+
+def test_test_schema_and_init(tmp_path: Path) -> None:
+    code, out, _ = run("test", str(MODELS))
+    assert code == 0 and "passed, 0 failed" in out
+    failing = tmp_path / "m.yaml"
+    failing.write_text(
+        "version: 1\nname: m\nprofile: [{id: a, if: {field: t, eq: x}, points: 5}]\n"
+        "examples:\n  - {name: wrong, as_of: 2026-01-01T00:00:00Z, lead: {t: x}, "
+        "expect: {score: 6}}\n"
+    )
+    code, out, _ = run("test", str(failing))
+    assert code == 1 and "FAIL m: wrong" in out and "score: expected 6, got 5" in out
+    code, out, _ = run("schema")
+    assert code == 0 and json.loads(out)["title"] == "leadscore model, version 1"
+    code, out, _ = run("init", str(tmp_path / "starter"), "--leads", "50")
+    assert code == 0
+    code, out, _ = run(
+        "score",
+        str(tmp_path / "starter" / "model.yaml"),
+        "--leads",
+        str(tmp_path / "starter" / "leads.csv"),
+        "--events",
+        str(tmp_path / "starter" / "events.csv"),
+        "--as-of",
+        AS_OF,
+    )
+    assert code == 0 and "50 leads; bands:" in out
+    code, _, err = run("init", str(tmp_path / "starter"))
+    assert code == 2 and "use --force" in err
+
+
+@pytest.mark.slow
+def test_demo_runs_as_installed_script() -> None:
+    exe = Path(sys.executable).with_name("leadscore")
+    proc = subprocess.run(
+        [str(exe), "demo", "--leads", "2000", "--events", "40000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Top leads - default B2B model" in proc.stdout
+    assert "How the top lead earned its score:" in proc.stdout
+
+
+def test_help_lists_every_command() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for command in ("validate", "score", "explain", "test", "schema", "init", "demo"):
+        assert command in out

@@ -1,0 +1,110 @@
+"""Bad input gets a message naming the file, column and rows, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from leadscore import InputError, prepare
+from leadscore.inputs import normalize_events, normalize_leads
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_missing_id_column_names_the_columns(tmp_path: Path) -> None:
+    leads = write(tmp_path / "leads.csv", "id,Job Title\n1,VP\n")
+    with pytest.raises(InputError) as info:
+        normalize_leads(leads)
+    assert str(info.value) == (
+        f"{leads}: no lead id column 'lead_id' (columns: 'id', 'Job Title')\n"
+        "Name the id column with --lead-id-column."
+    )
+    table = normalize_leads(leads, "id")
+    assert table.column_names == ["lead_id", "Job Title"]
+
+
+def test_bad_rows_are_listed_by_line(tmp_path: Path) -> None:
+    events = write(
+        tmp_path / "events.csv",
+        "lead_id,type,ts\n"
+        "a,page_view,2026-01-01T00:00:00Z\n"
+        "a,page_view,yesterday\n"  # line 3
+        ",page_view,2026-01-01\n"  # line 4: no id
+        "b,email_open,1767225600\n"  # epoch seconds
+        "b,email_open,\n",  # line 6: no time
+    )
+    with pytest.raises(InputError) as info:
+        normalize_events(events)
+    assert "column 'lead_id': 1 lines have no lead id: lines 4" in str(info.value)
+    with pytest.raises(InputError) as info:
+        normalize_events(write(tmp_path / "e2.csv", "lead_id,type,ts\na,x,yesterday\nb,y,\n"))
+    text = str(info.value)
+    assert "column 'ts': 2 lines have a missing or unreadable timestamp" in text
+    assert "lines 2 ('yesterday'), 3 (None)" in text
+    assert "--skip-bad-rows" in text
+
+
+def test_skip_bad_rows_keeps_the_good_ones(tmp_path: Path) -> None:
+    leads = write(tmp_path / "leads.csv", "lead_id,x\na,1\n,2\nb,3\na,4\n")
+    events = write(
+        tmp_path / "events.csv",
+        "lead_id,type,ts,url\na,page_view,2026-01-01T00:00:00Z,/p\nb,page_view,nope,/q\n",
+    )
+    prepared = prepare(leads, events, skip_bad_rows=True)
+    assert prepared.leads.column("lead_id").to_pylist() == ["a", "b"]
+    assert prepared.events.num_rows == 1
+    warnings = "\n".join(prepared.report.warnings)
+    assert "skipped 1 lines have no lead id: lines 3" in warnings
+    assert "skipped 1 lines repeat an earlier lead id: lines 5 ('a')" in warnings
+    assert "skipped 1 lines have a missing or unreadable timestamp" in warnings
+
+
+def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        normalize_leads(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match=r"unknown file format '\.xlsx'"):
+        normalize_leads(write(tmp_path / "l.xlsx", "x"))
+
+
+def test_formats_agree(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "lead_id": ["a", "b"],
+            "employees": pa.array([200, None], pa.int64()),
+            "score_hint": [1.5, 2.0],
+        }
+    )
+    pq.write_table(table, tmp_path / "l.parquet")
+    write(
+        tmp_path / "l.jsonl",
+        '{"lead_id": "a", "employees": 200, "score_hint": 1.5}\n'
+        '{"lead_id": "b", "employees": null, "score_hint": 2.0}\n',
+    )
+    write(tmp_path / "l.csv", "lead_id,employees,score_hint\na,200,1.5\nb,,2\n")
+    got = [normalize_leads(tmp_path / n).to_pylist() for n in ("l.parquet", "l.jsonl", "l.csv")]
+    assert (
+        got[0]
+        == got[1]
+        == got[2]
+        == [
+            {"lead_id": "a", "employees": "200", "score_hint": "1.5"},
+            {"lead_id": "b", "employees": None, "score_hint": "2"},
+        ]
+    )
+
+
+def test_naive_times_are_utc_and_epoch_millis_are_read(tmp_path: Path) -> None:
+    events = write(
+        tmp_path / "e.csv",
+        "lead_id,type,ts\na,x,2026-01-01T00:00:00\na,x,2026-01-01T01:00:00+01:00\n"
+        "a,x,1767225600000\n",
+    )
+    stamps = normalize_events(events).column("ts").cast(pa.int64()).to_pylist()
+    assert stamps == [1767225600000000] * 3

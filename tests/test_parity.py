@@ -1,0 +1,274 @@
+"""The two evaluators agree to 1e-9 on random models, leads and events (ARCHITECTURE.md #1).
+
+Hypothesis builds models with every rule kind, option, operator, cap, weight, decay, window and
+frequency, negative points included, and messy leads and events (blank and non-numeric values,
+mixed case, stray spaces, events in the future and exactly on window edges, missing items).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leadscore import parse_model, score_lead
+from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
+from leadscore.scoring import iter_lead_events, prepare, score_run
+
+AS_OF = "2026-06-30T12:00:00Z"
+T_US = 1782820800 * 1_000_000  # 2026-06-30T12:00:00Z
+
+LEAD_FIELDS = ["title", "industry", "employees"]
+EVENT_TYPES = ["page_view", "email_open", "demo_request"]
+TEXTS = ["", " ", "VP Sales", " vp ", "Chief", "software", "Software ", "abc", "n/a", "x;y"]
+NUMBERS = ["200", " 200 ", "1e3", "199.5", "-5", "0", "5000", "+7", ".5", "1,200"]
+VALUES = st.one_of(st.none(), st.sampled_from(TEXTS + NUMBERS))
+URLS = st.one_of(
+    st.none(), st.sampled_from(["/pricing", "/Pricing/x", "/careers", "/", "10", "3.5"])
+)
+ITEMS = st.one_of(st.none(), st.sampled_from(["", " ", "a", "A", " a", "b", "w1"]))
+# Ages in days: exact window edges, fractional, and the future (negative).
+AGES = st.one_of(
+    st.sampled_from([0, 1, 7, 14, 30, 45, 60, 90, -1, -0.5]),
+    st.floats(min_value=-2, max_value=400, allow_nan=False),
+)
+POINTS = st.one_of(st.integers(-50, 60), st.floats(-50, 60, allow_nan=False)).map(float)
+SMALL_POSITIVE = st.sampled_from([1, 7, 14, 30, 45, 60, 90, 0.5, 2.5])
+
+
+def operand_for(op: str) -> st.SearchStrategy[Any]:
+    if op in ("gt", "gte", "lt", "lte"):
+        return st.sampled_from([0, 5, 199.5, 200, 1000, -10])
+    if op == "between":
+        return st.sampled_from([[0, 200], [200, 5000], [-10, 0.5], [5, 5]])
+    if op in ("exists", "missing"):
+        return st.booleans()
+    if op == "matches":
+        return st.sampled_from(["^vp", r"\d+", "soft|chief", "^$", "A.C"])
+    if op in ("eq", "ne"):
+        return st.sampled_from(["vp sales", "200", 200, 1000.0, "software", "abc", True])
+    scalar = st.sampled_from(["vp", "Soft", "200", "c", "/pricing", "1", "x"])
+    return st.one_of(
+        scalar,
+        st.lists(scalar, min_size=1, max_size=3),
+        st.just("software; Chief ;200"),
+    )
+
+
+OPS = [
+    "eq",
+    "ne",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "matches",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "between",
+    "exists",
+    "missing",
+]
+
+
+def field_condition(fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.tuples(st.sampled_from(fields), st.sampled_from(OPS)).flatmap(
+        lambda fo: operand_for(fo[1]).map(lambda v: {"field": fo[0], fo[1]: v})
+    )
+
+
+def condition(fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.recursive(
+        field_condition(fields),
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=1, max_size=3).map(lambda c: {"all": c}),
+            st.lists(inner, min_size=1, max_size=3).map(lambda c: {"any": c}),
+            inner.map(lambda c: {"not": c}),
+        ),
+        max_leaves=4,
+    )
+
+
+@st.composite
+def models(draw: st.DrawFn) -> dict[str, Any]:
+    n_profile_groups = draw(st.integers(1, 2))
+    n_activity_groups = draw(st.integers(1, 2))
+    groups: dict[str, Any] = {}
+    for kind, n in (("profile", n_profile_groups), ("activity", n_activity_groups)):
+        for i in range(n):
+            g: dict[str, Any] = {"kind": kind}
+            low = draw(st.one_of(st.none(), st.sampled_from([-50.0, -10.0, 0.0])))
+            high = draw(st.one_of(st.none(), st.sampled_from([10.0, 40.0, 100.0])))
+            if low is not None:
+                g["min"] = low
+            if high is not None:
+                g["max"] = high
+            if draw(st.booleans()):
+                g["weight"] = draw(st.sampled_from([0.0, 0.5, 1.5, 2.0]))
+            groups[f"{kind[0]}{i}"] = g
+    pgroups = [k for k, v in groups.items() if v["kind"] == "profile"]
+    agroups = [k for k, v in groups.items() if v["kind"] == "activity"]
+    profile = []
+    for i in range(draw(st.integers(0, 3))):
+        rule: dict[str, Any] = {
+            "id": f"p{i}",
+            "group": draw(st.sampled_from(pgroups)),
+            "if": draw(condition(LEAD_FIELDS)),
+        }
+        if draw(st.booleans()):
+            rule["points"] = draw(POINTS)
+        else:
+            rule["stars"] = draw(st.integers(1, 5))
+        profile.append(rule)
+    activity = []
+    for i in range(draw(st.integers(0, 4))):
+        types = draw(st.lists(st.sampled_from(EVENT_TYPES), min_size=1, max_size=2, unique=True))
+        rule = {
+            "id": f"a{i}",
+            "group": draw(st.sampled_from(agroups)),
+            "event": types[0] if len(types) == 1 else types,
+            "points": draw(POINTS),
+            "frequency": draw(st.sampled_from(["every", "once", "once_per_item"])),
+        }
+        if draw(st.booleans()):
+            rule["where"] = draw(condition(["url", "item", "type"]))
+        if draw(st.booleans()):
+            rule["diminishing"] = draw(st.sampled_from([0.5, 0.7, 0.9, 1.0]))
+        if draw(st.booleans()):
+            rule["half_life_days"] = draw(SMALL_POSITIVE)
+        if draw(st.booleans()):
+            rule["window_days"] = draw(SMALL_POSITIVE)
+        if draw(st.booleans()):
+            rule["max_points"] = draw(st.sampled_from([5.0, 20.0, 50.0]))
+        if draw(st.booleans()):
+            rule["min_points"] = draw(st.sampled_from([-30.0, -5.0, 0.0]))
+        activity.append(rule)
+    inactivity = []
+    for i in range(draw(st.integers(0, 2))):
+        rule = {
+            "id": f"q{i}",
+            "group": draw(st.sampled_from(agroups)),
+            "no_activity_days": draw(SMALL_POSITIVE),
+            "points": draw(POINTS),
+        }
+        if draw(st.booleans()):
+            rule["event"] = draw(
+                st.lists(st.sampled_from(EVENT_TYPES), min_size=1, max_size=2, unique=True)
+            )
+        inactivity.append(rule)
+    model: dict[str, Any] = {
+        "version": 1,
+        "name": "random",
+        "points_per_star": draw(st.sampled_from([1, 10, 2.5])),
+        "groups": groups,
+        "profile": profile,
+        "activity": activity,
+        "inactivity": inactivity,
+        "grades": {"A": 60.0, "B": 30.0, "C": 0.0},
+        "bands": {"cold": -math.inf, "warm": 10.0, "hot": 40.0},
+        "mql": draw(st.sampled_from(["hot", "warm", 25, 0])),
+        "priority": {"A": {"hot": "A1", "warm": "A2"}, "F": {"cold": "F3"}},
+    }
+    if draw(st.booleans()):
+        model["min"], model["max"] = -20.0, draw(st.sampled_from([50.0, 120.0]))
+    return model
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> tuple[pa.Table, pa.Table]:
+    n = draw(st.integers(1, 6))
+    leads = {"lead_id": [f"L{i}" for i in range(n)]}
+    for f in LEAD_FIELDS:
+        leads[f] = [draw(VALUES) for _ in range(n)]
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, n),  # n = a lead not in the leads table
+                st.sampled_from([*EVENT_TYPES, "other"]),
+                AGES,
+                ITEMS,
+                URLS,
+            ),
+            max_size=25,
+        )
+    )
+    events = {
+        "lead_id": [f"L{r[0]}" for r in rows],
+        "type": [r[1] for r in rows],
+        "ts": [from_micros(T_US - round(r[2] * MICROS_PER_DAY)) for r in rows],
+        "item": [r[3] for r in rows],
+        "url": [r[4] for r in rows],
+    }
+    lead_table = pa.table({k: pa.array(v, pa.string()) for k, v in leads.items()})
+    event_table = pa.table(
+        {
+            **{k: pa.array(v, pa.string()) for k, v in events.items() if k != "ts"},
+            "ts": pa.array(events["ts"], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    return lead_table, event_table
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def near(value: float, thresholds: list[float]) -> bool:
+    return any(abs(value - t) <= 1e-9 * max(1.0, abs(t)) for t in thresholds if math.isfinite(t))
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(raw=models(), data=datasets())
+def test_batch_equals_per_lead(raw: dict[str, Any], data: tuple[pa.Table, pa.Table]) -> None:
+    model = parse_model(yaml.safe_dump(raw, sort_keys=False))
+    prepared = prepare(*data)
+    batch = {r["lead_id"]: r for r in score_run(model, prepared, AS_OF).table.to_pylist()}
+    assert len(batch) == prepared.leads.num_rows  # every lead, with or without events
+    grade_cuts = [t for _, t in model.grades]
+    band_cuts = [t for _, t in model.bands] + [model.mql_threshold or 0.0]
+    for lead, events in iter_lead_events(prepared):
+        one = score_lead(model, lead, events, AS_OF)
+        row = batch[lead["lead_id"]]
+        for rule_id, points in one.contributions.items():
+            assert close(points, row[f"rule:{rule_id}"]), (rule_id, points, row)
+        for group_id, points in one.group_points.items():
+            assert close(points, row[f"group:{group_id}"]), (group_id, points, row)
+        assert close(one.score, row["score"])
+        assert close(one.fit, row["fit"])
+        assert close(one.engagement, row["engagement"])
+        if not near(one.fit, grade_cuts):
+            assert one.grade == row["grade"]
+        if not near(one.score, band_cuts):
+            assert one.band == row["band"]
+            assert one.mql == row["mql"]
+            if not near(one.fit, grade_cuts):
+                assert one.priority == row["priority"]
+
+
+def test_parity_strategy_reaches_every_frequency() -> None:
+    """Guard the generator itself: it must produce each rule option the test relies on."""
+    seen: set[str] = set()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(models())
+    def collect(raw: dict[str, Any]) -> None:
+        for r in raw["activity"]:
+            seen.add(r["frequency"])
+            seen.update(k for k in ("diminishing", "half_life_days", "window_days") if k in r)
+        if raw["inactivity"]:
+            seen.add("inactivity")
+
+    collect()
+    assert {"every", "once", "once_per_item", "diminishing", "half_life_days"} <= seen

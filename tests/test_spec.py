@@ -1,0 +1,166 @@
+"""Model files: every problem at once, as file:line: path: message."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from leadscore import ModelError, load_model, load_models, model_json_schema, parse_model
+
+BAD = textwrap.dedent(
+    """\
+    version: 1
+    name: bad
+    groups:
+      fit: {kind: profile, max: 100}
+    profile:
+      - id: a
+        group: fitt
+        if: {field: job_title, containz: vp}
+        points: 5
+      - id: a
+        if: {field: x, matches: "("}
+        stars: 7
+    activity:
+      - id: b
+        event: page_view
+        half_life_days: -3
+        points: 2
+        frequency: sometimes
+      - id: c
+        event: page_view
+        where: {field: url, contains: /p, eq: 3}
+        points: 1
+    grades: {A: 20, B: 40}
+    bands: {cold: 0, hot: 40}
+    mql: warm
+    """
+)
+
+
+def test_every_error_reported_at_once_with_lines() -> None:
+    with pytest.raises(ModelError) as info:
+        parse_model(BAD, "bad.yaml")
+    lines = [str(i) for i in info.value.issues]
+    assert lines == [
+        "bad.yaml:7: profile[0].group: unknown group 'fitt' (declared: engagement, fit)",
+        "bad.yaml:8: profile[0].if.containz: unknown key 'containz' (did you mean 'contains'?)",
+        "bad.yaml:10: profile[1].id: duplicate rule id 'a' (profile[0].id)",
+        "bad.yaml:11: profile[1].if.matches: regular expression does not compile: "
+        "missing ), unterminated subpattern at position 0",
+        "bad.yaml:12: profile[1].stars: must be <= 5, got 7",
+        "bad.yaml:16: activity[0].half_life_days: must be > 0, got -3",
+        "bad.yaml:18: activity[0].frequency: must be 'every', 'once' or 'once_per_item', "
+        "got 'sometimes'",
+        "bad.yaml:21: activity[1].where: needs exactly one operator (eq, ne, in, not_in, "
+        "contains, not_contains, starts_with, ends_with, matches, gt, gte, lt, lte, between, "
+        "exists, missing); found eq, contains",
+        "bad.yaml:23: grades.B: grades must be listed best to worst, thresholds falling: "
+        "B (40) after A (20)",
+        "bad.yaml:25: mql: unknown band 'warm' (cold, hot)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("version: 2\nname: x\n", "x.yaml:1: version: must be 1, got 2"),
+        ("version: 1\n", "x.yaml:1: name: required"),
+        ("version: 1\nname: x\ncolour: red\n", "x.yaml:3: colour: unknown key 'colour'"),
+        ("version: 1\nname: x\nname: y\n", "x.yaml:3: name: duplicate key"),
+        (
+            "version: 1\nname: x\nbands: {cold: 0, hot: -1}\n",
+            "x.yaml:3: bands.hot: bands must be listed lowest first, bounds rising: hot (-1) after "
+            "cold (0)",
+        ),
+        (
+            "version: 1\nname: x\nactivity:\n  - {id: a, event: e}\n",
+            "x.yaml:4: activity[0]: needs exactly one of `points` or `stars`",
+        ),
+        (
+            "version: 1\nname: x\nactivity:\n  - {id: a, event: e, points: 1, diminishing: 1.5}\n",
+            "x.yaml:4: activity[0].diminishing: must be <= 1, got 1.5",
+        ),
+        (
+            "version: 1\nname: x\nprofile:\n  - {id: a, group: engagement, if: {field: f, exists: "
+            "true}, points: 1}\nactivity:\n  - {id: b, event: e, points: 1}\n",
+            "x.yaml:6: activity[0]: group 'engagement' holds profile rules; a activity rule cannot "
+            "join it (a group holds profile rules or activity/inactivity rules, never both)",
+        ),
+        (
+            "version: 1\nname: x\nprofile:\n"
+            "  - {id: a, if: {field: f, between: [5, 1]}, points: 1}\n",
+            "x.yaml:4: profile[0].if.between: must be [low, high] with low <= high, got [5.0, 1.0]",
+        ),
+        ("version: 1\nname: x\n  bad: [\n", "x.yaml:3: not valid YAML"),
+        ("", "x.yaml:1: the file is empty"),
+    ],
+)
+def test_single_errors(snippet: str, expected: str) -> None:
+    with pytest.raises(ModelError) as info:
+        parse_model(snippet, "x.yaml")
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_resolution_stars_implicit_groups_and_tables() -> None:
+    m = parse_model(
+        textwrap.dedent(
+            """\
+            version: 1
+            name: s
+            points_per_star: 7
+            profile:
+              - {id: p, if: {field: f, exists: true}, stars: 3}
+            activity:
+              - {id: a, event: [x, y], points: 2}
+            inactivity:
+              - {id: q, no_activity_days: 10, points: -1}
+            grades: {A: 10, B: 5}
+            bands: {low: -.inf, high: 10}
+            mql: 8
+            """
+        )
+    )
+    assert m.rule("p").points == 21
+    assert [(g.id, g.kind, [r.id for r in g.rules]) for g in m.groups] == [
+        ("fit", "profile", ["p"]),
+        ("engagement", "activity", ["a", "q"]),
+    ]
+    assert m.grade_for(4.9) == "F" and m.grade_for(5) == "B" and m.grade_for(100) == "A"
+    assert m.band_for(-1e9) == "low" and m.band_for(10) == "high"
+    assert m.is_mql(8) and not m.is_mql(7.99)
+    assert m.event_types == {"x", "y"}
+
+
+def test_missing_file_and_sheets(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such file"):
+        load_model(tmp_path / "nope.yaml")
+    (tmp_path / "a.yaml").write_text("version: 1\nname: one\n")
+    (tmp_path / "b.yaml").write_text("version: 1\nname: one\n")
+    with pytest.raises(ModelError, match="sheet name 'one' is also used by"):
+        load_models([tmp_path])
+    (tmp_path / "b.yaml").write_text("version: 1\nname: two\n")
+    assert [m.name for m in load_models([tmp_path])] == ["one", "two"]
+
+
+def test_json_schema_describes_the_file() -> None:
+    schema = model_json_schema()
+    json.dumps(schema)
+    assert set(schema["properties"]) >= {"version", "name", "profile", "activity", "bands"}
+    assert schema["additionalProperties"] is False
+    rule = schema["$defs"]["ProfileRuleSpec"]["properties"]
+    assert "if" in rule
+
+
+def test_shipped_models_are_valid_and_their_examples_pass() -> None:
+    from leadscore import run_examples
+    from tests.conftest import MODELS
+
+    for path in MODELS.glob("*.yaml"):
+        model = load_model(path)
+        outcomes = run_examples(model)
+        assert outcomes, f"{path.name} has no examples"
+        assert [o.problems for o in outcomes if not o.passed] == []
