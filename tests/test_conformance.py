@@ -78,3 +78,22 @@ def test_warnings_count_non_numbers(inputs) -> None:  # type: ignore[no-untyped-
     model, prepared, _ = inputs
     run = score_run(model, prepared, AS_OF)
     assert any("'employees': 28 value(s) are not numbers" in w for w in run.warnings)
+
+
+def test_ibis_tables_on_their_own_backend(inputs) -> None:  # type: ignore[no-untyped-def]
+    """The plan bound to a user's Ibis tables gives the vector results too."""
+    import ibis
+
+    from leadscore import score_leads
+
+    model, prepared, expected = inputs
+    con = ibis.duckdb.connect()
+    leads = con.create_table("crm_leads", prepared.leads)
+    events = con.create_table("web_events", prepared.events)
+    rows = score_leads(
+        [model, model.__class__(**{**model.__dict__, "name": "copy"})], leads, events, AS_OF
+    ).to_pylist()
+    assert [r["lead_id"] for r in rows] == sorted(expected)
+    for r in rows:
+        one = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith("copy.")}
+        assert _check(expected[r["lead_id"]], one) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import ibis
+import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -152,14 +153,7 @@ def score_run(
         warnings += _event_notes(con, model_list)
     finally:
         con.disconnect()
-    table = _in_input_order(tables[0], prepared.leads)
-    if len(model_list) > 1:
-        joined = table.select(["lead_id"])
-        for model, t in zip(model_list, tables, strict=True):
-            t = _in_input_order(t, prepared.leads)
-            for name in t.column_names[1:]:
-                joined = joined.append_column(f"{model.name}.{name}", t.column(name))
-        table = joined
+    table = _sheets(model_list, [_in_input_order(t, prepared.leads) for t in tables])
     return ScoreRun(table, from_micros(t_us), warnings, [m.name for m in model_list])
 
 
@@ -191,10 +185,42 @@ def _in_input_order(result: pa.Table, leads: pa.Table) -> pa.Table:
     return result.take(pc.sort_indices(position))
 
 
+def _score_ibis(
+    models: Sequence[Model], leads: ir.Table, events: ir.Table | None, t_us: int
+) -> pa.Table:
+    if events is None:
+        events = ibis.memtable(
+            {"lead_id": [], "type": [], "ts": [], "item": []},
+            schema={
+                "lead_id": "string",
+                "type": "string",
+                "ts": "timestamp('UTC')",
+                "item": "string",
+            },
+        )
+    tables = []
+    for model in models:
+        plan = compile_model(model)
+        result = plan.bind(leads, events).to_pyarrow(params={plan.as_of: t_us})
+        tables.append(result.sort_by("lead_id"))
+    return _sheets(models, tables)
+
+
+def _sheets(models: Sequence[Model], tables: Sequence[pa.Table]) -> pa.Table:
+    """One table: as is for one sheet, columns prefixed with the sheet name for several."""
+    if len(models) == 1:
+        return tables[0]
+    joined = tables[0].select(["lead_id"])
+    for model, t in zip(models, tables, strict=True):
+        for name in t.column_names[1:]:
+            joined = joined.append_column(f"{model.name}.{name}", t.column(name))
+    return joined
+
+
 def score_leads(
     models: Model | Sequence[Model],
-    leads: Source,
-    events: Source | None = None,
+    leads: Source | ir.Table,
+    events: Source | ir.Table | None = None,
     as_of: datetime | str | None = None,
     *,
     lead_id_column: str = "lead_id",
@@ -202,9 +228,17 @@ def score_leads(
 ) -> pa.Table:
     """Score every lead with the batch evaluator; one row per lead, as an Arrow table.
 
-    ``leads`` and ``events`` are Arrow tables or CSV/Parquet/JSON-lines files. Leads without
-    events are scored too. See :func:`score_run` for the columns and for the run's warnings.
+    ``leads`` and ``events`` are Arrow tables, CSV/Parquet/JSON-lines files, or Ibis tables
+    (then the plan runs on their backend, results ordered by lead id). Leads without events
+    are scored too. See :func:`score_run` for the columns and for the run's warnings.
     """
+    if isinstance(leads, ir.Table):
+        model_list = [models] if isinstance(models, Model) else list(models)
+        if events is not None and not isinstance(events, ir.Table):
+            raise UsageError("with Ibis leads, events must be an Ibis table too")
+        return _score_ibis(model_list, leads, events, _as_of_micros(as_of))
+    if isinstance(events, ir.Table):
+        raise UsageError("with Ibis events, leads must be an Ibis table too")
     prepared = prepare(leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows)
     return score_run(models, prepared, as_of).table
 

@@ -28,6 +28,7 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
+from ibis.expr.operations import UnboundTable
 
 from leadscore.spec.conditions import (
     NUMBER_PATTERN,
@@ -85,6 +86,40 @@ class BatchPlan:
             if n:
                 out[label] = int(n)
         return out
+
+    def bind(self, leads: ir.Table, events: ir.Table) -> ir.Table:
+        """The plan over a user's own Ibis tables (any backend), ready to execute.
+
+        ``leads`` needs ``lead_id``; ``events`` needs ``lead_id``, ``type`` and ``ts`` (a
+        timestamp), optionally ``item``. Columns the model reads are cast to text by the
+        backend; missing ones count as missing values. Run the result with
+        ``expr.to_pyarrow(params={plan.as_of: as_of_us})``.
+        """
+
+        def text(table: ir.Table, name: str) -> ir.StringValue:
+            if name in table.columns:
+                return table[name].cast("string")
+            return ibis.null("string")
+
+        lead_view = leads.select(
+            lead_id=leads.lead_id.cast("string"),
+            **{f: text(leads, f) for f in self.lead_fields},
+        )
+        epoch = ibis.timestamp("1970-01-01 00:00:00+00:00")
+        event_view = events.select(
+            lead_id=events.lead_id.cast("string"),
+            type=events.type.cast("string"),
+            ts_us=events.ts.delta(epoch, unit="microsecond"),
+            item=text(events, "item"),
+            **{f: text(events, f) for f in self.event_fields},
+        )
+        root = self.expr.op()
+        replacements = {
+            node: (lead_view if node.name == self.leads_table else event_view).op()
+            for node in root.find(UnboundTable)
+        }
+        bound: ir.Table = root.replace(replacements).to_expr()
+        return bound
 
     def sql(self, dialect: str = "duckdb") -> str:
         """The plan as SQL text (the ``as_of`` parameter appears as a placeholder)."""
