@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from leadscore import parse_model, score_lead
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
 from leadscore.scoring import iter_lead_events, prepare, score_run
+from leadscore.spec.conditions import OPERATORS
 
 AS_OF = "2026-06-30T12:00:00Z"
 T_US = 1782820800 * 1_000_000  # 2026-06-30T12:00:00Z
@@ -59,24 +60,7 @@ def operand_for(op: str) -> st.SearchStrategy[Any]:
     )
 
 
-OPS = [
-    "eq",
-    "ne",
-    "in",
-    "not_in",
-    "contains",
-    "not_contains",
-    "starts_with",
-    "ends_with",
-    "matches",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "between",
-    "exists",
-    "missing",
-]
+OPS = list(OPERATORS)
 
 
 def field_condition(fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:

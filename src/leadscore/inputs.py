@@ -213,6 +213,20 @@ def _drop(table: pa.Table, rows: list[int]) -> pa.Table:
     return table.filter(keep)
 
 
+def _text_columns(
+    table: pa.Table, lead_id_column: str, skip: tuple[str, ...] = ()
+) -> dict[str, pa.ChunkedArray]:
+    """Every column as text, the id column renamed ``lead_id`` (it wins over a column that
+    is already called so)."""
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name in table.column_names:
+        out = "lead_id" if name == lead_id_column else name
+        if (out == "lead_id" and name != lead_id_column) or out in skip:
+            continue
+        columns[out] = _as_text(table.column(name))
+    return columns
+
+
 def normalize_leads(
     source: str | Path | pa.Table,
     lead_id_column: str = "lead_id",
@@ -225,12 +239,7 @@ def normalize_leads(
     report = report if report is not None else LoadReport()
     table, src = _source(source, label)
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
-    columns = {}
-    for name in table.column_names:
-        out = "lead_id" if name == lead_id_column else name
-        if out == "lead_id" and name != lead_id_column:
-            continue  # a second `lead_id` column when the id is elsewhere: the id wins
-        columns[out] = _as_text(table.column(name))
+    columns = _text_columns(table, lead_id_column)
     table = pa.table(columns)
     ids = table.column("lead_id")
     trimmed = pc.utf8_trim_whitespace(ids)
@@ -273,14 +282,7 @@ def normalize_events(
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
     _require(table, src, "type", "event type")
     _require(table, src, "ts", "timestamp")
-    columns: dict[str, pa.ChunkedArray] = {}
-    for name in table.column_names:
-        out = "lead_id" if name == lead_id_column else name
-        if out == "lead_id" and name != lead_id_column:
-            continue
-        if out == "ts":
-            continue
-        columns[out] = _as_text(table.column(name))
+    columns = _text_columns(table, lead_id_column, skip=("ts",))
     columns["lead_id"] = pc.utf8_trim_whitespace(columns["lead_id"])
     columns["type"] = pc.utf8_trim_whitespace(columns["type"])
     if "item" not in columns:
