@@ -77,7 +77,11 @@ def test_warnings_count_non_numbers(inputs) -> None:  # type: ignore[no-untyped-
     """leads.csv has 'abc' in `employees` 28 times: `between` is false there, and counted."""
     model, prepared, _ = inputs
     run = score_run(model, prepared, AS_OF)
-    assert any("'employees': 28 value(s) are not numbers" in w for w in run.warnings)
+    assert any(
+        "leads.csv: column 'employees': 28 value(s) are not numbers, so the numeric test of "
+        "rule(s) company-size was false for them: line 8 ('abc'), line 12" in w
+        for w in run.warnings
+    )
 
 
 def test_ibis_tables_on_their_own_backend(inputs) -> None:  # type: ignore[no-untyped-def]

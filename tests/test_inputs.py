@@ -108,3 +108,27 @@ def test_naive_times_are_utc_and_epoch_millis_are_read(tmp_path: Path) -> None:
     )
     stamps = normalize_events(events).column("ts").cast(pa.int64()).to_pylist()
     assert stamps == [1767225600000000] * 3
+
+
+def test_non_numbers_are_warnings_naming_original_lines(tmp_path: Path) -> None:
+    """Line 3 is dropped (no id); the non-number on line 4 keeps its line number."""
+    from leadscore import parse_model, score_run
+
+    leads = write(tmp_path / "leads.csv", "lead_id,employees\na,300\n,5\nb,lots\nc,1e3\n")
+    events = write(
+        tmp_path / "events.csv",
+        "lead_id,type,ts,amount\na,deal,2026-01-01,12\nb,deal,2026-01-02,twelve\n"
+        "c,other,2026-01-02,zero\n",
+    )
+    model = parse_model(
+        "version: 1\nname: m\nprofile: [{id: size, if: {field: employees, gte: 200}, points: 5}]\n"
+        "activity: [{id: big, event: deal, where: {field: amount, gt: 10}, points: 1}]\n"
+    )
+    run = score_run(model, prepare(leads, events, skip_bad_rows=True), "2026-06-30T00:00:00Z")
+    assert run.table.column("score").to_pylist() == [6.0, 0.0, 5.0]
+    text = "\n".join(run.warnings)
+    assert f"{leads}: column 'employees': 1 value(s) are not numbers" in text
+    assert "size was false for them: line 4 ('lots')" in text
+    # only events the rule looks at are checked: 'zero' belongs to another event type
+    assert "rule(s) big was false for them: line 3 ('twelve')" in text
+    assert "'zero'" not in text

@@ -47,9 +47,18 @@ TS_TYPE = pa.timestamp("us", tz="UTC")
 
 @dataclass
 class LoadReport:
-    """What was dropped or noticed while reading (with ``skip_bad_rows``)."""
+    """What was dropped or noticed while reading, and where each kept row came from."""
 
     warnings: list[str] = field(default_factory=list)
+    # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
+    sources: dict[str, tuple[str, str, pa.Array]] = field(default_factory=dict)
+
+    def where(self, label: str, index: int) -> str:
+        """``'line 12'`` for the ``index``-th kept row of input ``label``."""
+        if label not in self.sources:
+            return f"row {index + 1}"
+        _, unit, rows = self.sources[label]
+        return f"{unit} {rows[index].as_py()}"
 
 
 @dataclass(frozen=True)
@@ -187,8 +196,12 @@ def _bad_rows(
     report: LoadReport,
     samples: Sequence[Any] | None = None,
 ) -> list[int]:
-    flags = mask.to_pylist() if hasattr(mask, "to_pylist") else list(mask)
-    rows = [i for i, bad in enumerate(flags) if bad]
+    if isinstance(mask, (pa.ChunkedArray, pa.Array)):
+        if not pc.any(mask).as_py():  # the common case, without a pass in Python
+            return []
+        rows: list[int] = pc.indices_nonzero(mask).to_pylist()
+    else:
+        rows = [i for i, bad in enumerate(mask) if bad]
     if not rows:
         return rows
     shown = ", ".join(
@@ -206,11 +219,18 @@ def _bad_rows(
     )
 
 
-def _drop(table: pa.Table, rows: list[int]) -> pa.Table:
-    if not rows:
-        return table
-    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), pa.array(rows)))
-    return table.filter(keep)
+def _drop(
+    table: pa.Table, rows: list[int], src: _Source, report: LoadReport, label: str
+) -> pa.Table:
+    """The table without ``rows``; remembers the shown row number of every kept row."""
+    numbers = pa.array(range(table.num_rows), pa.int64())
+    if rows:
+        keep = pc.invert(pc.is_in(numbers, pa.array(rows, pa.int64())))
+        table = table.filter(keep)
+        numbers = numbers.filter(keep)
+    shown = pc.add(numbers, src.where(0))
+    report.sources[label] = (src.name, src.unit, shown)
+    return table
 
 
 def _text_columns(
@@ -264,8 +284,7 @@ def normalize_leads(
                 samples=ids_list,
             )
         )
-    table = _drop(table, sorted(drop))
-    return table
+    return _drop(table, sorted(drop), src, report, "leads")
 
 
 def normalize_events(
@@ -321,7 +340,7 @@ def normalize_events(
                 samples=raw,
             )
         )
-    return _drop(out_table, sorted(drop))
+    return _drop(out_table, sorted(drop), src, report, "events")
 
 
 def _timestamps(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:

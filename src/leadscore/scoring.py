@@ -23,7 +23,8 @@ from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.inputs import LoadReport, normalize_events, normalize_leads
-from leadscore.spec.model import InactivityRule, Model
+from leadscore.spec.conditions import NUMBER_PATTERN, WHITESPACE
+from leadscore.spec.model import ActivityRule, InactivityRule, Model, ProfileRule
 
 __all__ = [
     "PreparedInputs",
@@ -145,19 +146,81 @@ def score_run(
         tables = []
         for plan in plans:
             tables.append(plan.execute(con, t_us))
-            for label, count in plan.warnings(con, t_us).items():
-                warnings.append(
-                    f"sheet {plan.model.name}: {label}: {count} value(s) are not numbers "
-                    "(the numeric test was false for them)"
-                )
-        warnings += _event_notes(con, model_list)
+        warnings += _event_notes(con, model_list, prepared.report)
     finally:
         con.disconnect()
+    warnings += numeric_warnings(model_list, prepared, t_us)
     table = _sheets(model_list, [_in_input_order(t, prepared.leads) for t in tables])
     return ScoreRun(table, from_micros(t_us), warnings, [m.name for m in model_list])
 
 
-def _event_notes(con: Any, models: Sequence[Model]) -> list[str]:
+def _not_numbers(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a value is present but not a number (the same test as the evaluators')."""
+    trimmed = pc.utf8_trim(column.cast(pa.string()), WHITESPACE)
+    present = pc.not_equal(trimmed, "")
+    number = pc.match_substring_regex(trimmed, f"^{NUMBER_PATTERN}$")
+    return pc.and_(present, pc.invert(number)).fill_null(False)
+
+
+def numeric_warnings(models: Sequence[Model], prepared: PreparedInputs, t_us: int) -> list[str]:
+    """Values that numeric operators (gt, between, ...) read but that are not numbers.
+
+    The spec makes such a test false, never an error; this names the file, column and the
+    first rows so the data can be fixed.
+    """
+    lead_fields: dict[str, list[str]] = {}
+    event_fields: dict[str, tuple[list[str], set[str]]] = {}
+    for m in models:
+        for r in m.rules:
+            if isinstance(r, ProfileRule):
+                for f in r.numeric_fields:
+                    lead_fields.setdefault(f, []).append(r.id)
+            elif isinstance(r, ActivityRule):
+                for f in r.numeric_fields:
+                    ids, types = event_fields.setdefault(f, ([], set()))
+                    ids.append(r.id)
+                    types.update(r.events)
+    out: list[str] = []
+    report = prepared.report
+    leads = prepared.leads
+    for f, rule_ids in lead_fields.items():
+        if f in leads.column_names:
+            out += _describe(
+                _not_numbers(leads.column(f)), leads.column(f), f, rule_ids, report, "leads"
+            )
+    events = prepared.events
+    if event_fields:
+        visible = pc.less_equal(pc.cast(events.column("ts"), pa.int64()), t_us)
+    for f, (rule_ids, types) in event_fields.items():
+        if f in events.column_names:
+            looked_at = pc.and_(visible, pc.is_in(events.column("type"), pa.array(sorted(types))))
+            bad = pc.and_(_not_numbers(events.column(f)), looked_at)
+            out += _describe(bad, events.column(f), f, rule_ids, report, "events")
+    return out
+
+
+def _describe(
+    bad: pa.ChunkedArray,
+    values: pa.ChunkedArray,
+    field: str,
+    rule_ids: list[str],
+    report: LoadReport,
+    label: str,
+) -> list[str]:
+    if not pc.any(bad).as_py():
+        return []
+    rows = pc.indices_nonzero(bad).to_pylist()
+    name = report.sources[label][0] if label in report.sources else label
+    shown = ", ".join(f"{report.where(label, i)} ({values[i].as_py()!r})" for i in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    rules = ", ".join(dict.fromkeys(rule_ids))
+    return [
+        f"{name}: column {field!r}: {len(rows)} value(s) are not numbers, so the numeric test "
+        f"of rule(s) {rules} was false for them: {shown}{more}"
+    ]
+
+
+def _event_notes(con: Any, models: Sequence[Model], report: LoadReport) -> list[str]:
     notes = []
     known = sorted({t for m in models for t in m.event_types})
     raw = con.con
@@ -171,12 +234,14 @@ def _event_notes(con: Any, models: Sequence[Model]) -> list[str]:
     )
     if rows and not any_type_counts:
         listed = ", ".join(f"{t} ({n})" for t, n in rows[:8])
-        notes.append(f"events: types no rule uses were ignored: {listed}")
+        name = report.sources["events"][0] if "events" in report.sources else "events"
+        notes.append(f"{name}: column 'type': types no rule uses were ignored: {listed}")
     orphans = raw.execute(
         "SELECT count(*) FROM _leadscore_events e ANTI JOIN _leadscore_leads l USING (lead_id)"
     ).fetchall()[0][0]
     if orphans:
-        notes.append(f"events: {orphans} event(s) belong to leads not in the leads input")
+        name = report.sources["events"][0] if "events" in report.sources else "events"
+        notes.append(f"{name}: {orphans} event(s) belong to leads not in the leads input")
     return notes
 
 

@@ -69,7 +69,6 @@ class BatchPlan:
     event_fields: tuple[str, ...]
     expr: ir.Table
     as_of: ir.Scalar
-    warning_exprs: tuple[tuple[str, ir.Table], ...]
     leads_table: str
     events_table: str
 
@@ -77,15 +76,6 @@ class BatchPlan:
         """Run on an Ibis backend holding the two tables; one row per lead, as Arrow."""
         result: pa.Table = con.to_pyarrow(self.expr, params={self.as_of: as_of_us})
         return result
-
-    def warnings(self, con: Any, as_of_us: int) -> dict[str, int]:
-        """Non-numbers met by numeric operators: ``{"rule R: lead field 'f'": count}``."""
-        out: dict[str, int] = {}
-        for label, expr in self.warning_exprs:
-            n = con.to_pyarrow(expr, params={self.as_of: as_of_us}).column(0)[0].as_py()
-            if n:
-                out[label] = int(n)
-        return out
 
     def bind(self, leads: ir.Table, events: ir.Table) -> ir.Table:
         """The plan over a user's own Ibis tables (any backend), ready to execute.
@@ -163,7 +153,6 @@ def compile_model(
         event_fields=tuple(event_fields),
         expr=builder.build(),
         as_of=as_of,
-        warning_exprs=tuple(builder.warning_exprs()),
         leads_table=leads_table,
         events_table=events_table,
     )
@@ -462,31 +451,6 @@ class _Builder:
         if not cells:
             return ibis.null("string")
         return ibis.cases(*cells, else_=ibis.null("string"))
-
-    def warning_exprs(self) -> list[tuple[str, ir.Table]]:
-        out: list[tuple[str, ir.Table]] = []
-        leads = self.leads
-        for r in self.model.rules:
-            if isinstance(r, ProfileRule):
-                for f in r.numeric_fields:
-                    v = leads[f] if f in leads.columns else ibis.null("string")
-                    bad = _present(v) & _number(v).isnull()
-                    out.append(
-                        (
-                            f"rule {r.id}: lead field {f!r}",
-                            leads.aggregate(n=bad.cast("int64").sum()),
-                        )
-                    )
-            elif isinstance(r, ActivityRule) and r.numeric_fields:
-                e = self.events
-                ev = e.filter((e.ts_us <= self.as_of) & e.type.isin(list(r.events)))
-                for f in r.numeric_fields:
-                    v = ev[f]
-                    bad = _present(v) & _number(v).isnull()
-                    out.append(
-                        (f"rule {r.id}: event field {f!r}", ev.aggregate(n=bad.cast("int64").sum()))
-                    )
-        return out
 
 
 def _lead_col(table: ir.Table, name: str) -> ir.StringValue:
