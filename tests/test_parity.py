@@ -224,6 +224,8 @@ def test_batch_equals_per_lead(raw: dict[str, Any], data: tuple[pa.Table, pa.Tab
     band_cuts = [t for _, t in model.bands] + [model.mql_threshold or 0.0]
     for lead, events in iter_lead_events(prepared):
         one = score_lead(model, lead, events, AS_OF)
+        fast = score_lead(model, lead, events, AS_OF, explain=False)
+        assert (fast.contributions, fast.score) == (one.contributions, one.score)
         row = batch[lead["lead_id"]]
         for rule_id, points in one.contributions.items():
             assert close(points, row[f"rule:{rule_id}"]), (rule_id, points, row)

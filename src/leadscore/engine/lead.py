@@ -6,9 +6,11 @@ It serves real-time rescoring and explanations; the batch evaluator
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from leadscore.engine.result import (
@@ -62,6 +64,47 @@ def _item_key(item: str | None) -> str:
     return "" if item is None else item.strip(WHITESPACE)
 
 
+_TS = attrgetter("ts_us")
+
+
+@dataclass(frozen=True)
+class _LeadPlan:
+    """What a model asks of each lead's events, worked out once per model."""
+
+    types: frozenset[str]  # event types some rule reads
+    any_type: bool  # an inactivity rule counts events of every type
+
+
+_PLANS: dict[int, tuple[Model, _LeadPlan]] = {}
+
+
+def _plan(model: Model) -> _LeadPlan:
+    cached = _PLANS.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    any_type = any(isinstance(r, InactivityRule) and r.events is None for r in model.rules)
+    plan = _LeadPlan(model.event_types, any_type)
+    if len(_PLANS) > 256:  # models are few; this only bounds a pathological caller
+        _PLANS.clear()
+    _PLANS[id(model)] = (model, plan)
+    return plan
+
+
+_LAST_AS_OF: list[tuple[object, int, datetime]] = []
+
+
+def _instant(as_of: datetime | str | None) -> tuple[int, datetime]:
+    """The as-of instant; the last one is remembered (batches score many leads at one)."""
+    if as_of is None:
+        t_us = now_micros()
+        return t_us, from_micros(t_us)
+    if _LAST_AS_OF and _LAST_AS_OF[0][0] == as_of:
+        return _LAST_AS_OF[0][1], _LAST_AS_OF[0][2]
+    t_us = parse_instant(as_of)
+    _LAST_AS_OF[:] = [(as_of, t_us, from_micros(t_us))]
+    return t_us, _LAST_AS_OF[0][2]
+
+
 def score_lead(
     model: Model,
     lead: Mapping[str, Any],
@@ -102,22 +145,31 @@ def score_lead(
     >>> (r.score, r.band, r.mql)
     (40.0, 'hot', True)
     """
-    t_us = now_micros() if as_of is None else parse_instant(as_of)
-    record = {k: to_text(v) for k, v in lead.items()}
-    visible: list[Event] = []
+    t_us, as_of_dt = _instant(as_of)
+    plan = _plan(model)
+    record = {k: (v if v is None or type(v) is str else to_text(v)) for k, v in lead.items()}
+    # Only the event types some rule reads are kept; an any-type inactivity rule needs just
+    # the newest visible event of all.
+    by_type: dict[str, list[Event]] = {t: [] for t in plan.types}
+    last_any: int | None = None
     for e in events:
-        ev = e if isinstance(e, Event) else Event.from_mapping(e)
-        if ev.ts_us <= t_us:
-            visible.append(ev)
-    visible.sort(key=lambda ev: ev.ts_us)
-    by_type: dict[str, list[Event]] = {}
-    for ev in visible:
-        by_type.setdefault(ev.type, []).append(ev)
+        ev = e if type(e) is Event else Event.from_mapping(e)  # type: ignore[arg-type]
+        ts = ev.ts_us
+        if ts > t_us:
+            continue
+        if last_any is None or ts > last_any:
+            last_any = ts
+        bucket = by_type.get(ev.type)
+        if bucket is not None:
+            bucket.append(ev)
+    for bucket in by_type.values():
+        if len(bucket) > 1:
+            bucket.sort(key=_TS)
 
     warnings: list[str] = []
     rule_results: dict[str, RuleContribution] = {}
     for rule in model.rules:
-        if isinstance(rule, ProfileRule):
+        if type(rule) is ProfileRule:
             for name in rule.numeric_fields:
                 _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
             hit = rule.predicate(record)
@@ -125,10 +177,11 @@ def score_lead(
             rule_results[rule.id] = RuleContribution(
                 rule.id, "profile", rule.group, hit, rule.points, pts, pts
             )
-        elif isinstance(rule, ActivityRule):
+        elif type(rule) is ActivityRule:
             rule_results[rule.id] = _activity(rule, by_type, t_us, explain, warnings)
         else:
-            rule_results[rule.id] = _inactivity(rule, visible, by_type, t_us)
+            assert isinstance(rule, InactivityRule)
+            rule_results[rule.id] = _inactivity(rule, last_any, by_type, t_us)
 
     groups: list[GroupContribution] = []
     fit = engagement = raw_total = 0.0
@@ -147,11 +200,10 @@ def score_lead(
     score, total_side = clip(raw_total, model.min, model.max)
     grade = model.grade_for(fit)
     band = model.band_for(score)
-    lead_id = record.get(lead_id_column)
     return ScoreResult(
-        lead_id=lead_id,
+        lead_id=record.get(lead_id_column),
         model=model.name,
-        as_of=from_micros(t_us),
+        as_of=as_of_dt,
         score=score,
         fit=fit,
         engagement=engagement,
@@ -190,12 +242,13 @@ def _activity(
     for name in rule.numeric_fields:
         for e in candidates:
             _check_number(e.fields.get(name), f"rule {rule.id}: event field {name!r}", warnings)
-    matching = [
-        e
-        for e in candidates
-        if (window is None or (t_us - e.ts_us) / MICROS_PER_DAY < window)
-        and (pred is None or pred(e.fields))
-    ]
+    if window is not None and candidates:
+        # oldest first, so "inside the window" is False...False, True...True: bisect on it
+        start = bisect_left(
+            candidates, True, key=lambda e: (t_us - e.ts_us) / MICROS_PER_DAY < window
+        )
+        candidates = candidates[start:]
+    matching = candidates if pred is None else [e for e in candidates if pred(e.fields)]
     if rule.frequency == "every":
         counted = matching
     elif rule.frequency == "once":
@@ -209,18 +262,25 @@ def _activity(
     points, d, hl = rule.points, rule.diminishing, rule.half_life_days
     raw = 0.0
     detail: list[CountedEvent] = []
-    for k, e in enumerate(counted):
-        age = (t_us - e.ts_us) / MICROS_PER_DAY
-        multiplier = d**k
-        decay = 0.5 ** (age / hl) if hl is not None else 1.0
-        value = points * multiplier * decay
-        raw += value
-        if explain:
+    if explain:
+        for k, e in enumerate(counted):
+            age = (t_us - e.ts_us) / MICROS_PER_DAY
+            multiplier = d**k
+            decay = 0.5 ** (age / hl) if hl is not None else 1.0
+            value = points * multiplier * decay
+            raw += value
             detail.append(
                 CountedEvent(
                     e.ts, e.type, e.item, e.event_id, k + 1, points, multiplier, decay, age, value
                 )
             )
+    # The same arithmetic, in the same order, without the detail (the fast path).
+    elif hl is None:
+        for k in range(len(counted)):
+            raw += points * d**k * 1.0
+    else:
+        for k, e in enumerate(counted):
+            raw += points * d**k * 0.5 ** ((t_us - e.ts_us) / MICROS_PER_DAY / hl)
     value, side = clip(raw, rule.min_points, rule.max_points)
     return RuleContribution(
         rule_id=rule.id,
@@ -237,10 +297,10 @@ def _activity(
 
 
 def _inactivity(
-    rule: InactivityRule, visible: list[Event], by_type: Mapping[str, list[Event]], t_us: int
+    rule: InactivityRule, last_any: int | None, by_type: Mapping[str, list[Event]], t_us: int
 ) -> RuleContribution:
     if rule.events is None:
-        last = visible[-1].ts_us if visible else None
+        last = last_any
     else:
         stamps = [by_type[t][-1].ts_us for t in rule.events if by_type.get(t)]
         last = max(stamps) if stamps else None

@@ -1,5 +1,8 @@
 """What an evaluation returns: the score and the explanation of every point.
 
+Plain slotted dataclasses (not frozen: a frozen dataclass pays for every field on
+construction, and the per-lead evaluator builds a dozen of these per lead).
+
 The numbers add up exactly: a rule's ``raw`` is the sum of its counted events' ``points`` (in
 the listed order), its ``points`` is ``raw`` clipped to the rule's caps; a group's ``raw`` is the
 sum of its rules' ``points``, clipped to the group's caps and then multiplied by its weight;
@@ -31,7 +34,7 @@ def clip(value: float, low: float | None, high: float | None) -> tuple[float, st
     return value, None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CountedEvent:
     """One event that counted for an activity rule, with every factor applied to it."""
 
@@ -47,7 +50,7 @@ class CountedEvent:
     points: float  # base_points * multiplier * decay
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RuleContribution:
     rule_id: str
     kind: str  # "profile", "activity" or "inactivity"
@@ -62,7 +65,7 @@ class RuleContribution:
     note: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GroupContribution:
     group_id: str
     kind: str
@@ -73,7 +76,7 @@ class GroupContribution:
     clipped: str | None = None  # "min" or "max" when the group's cap applied
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScoreResult:
     """The score of one lead under one model as of one instant, explained."""
 

@@ -318,28 +318,47 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
         return equal
 
     needles = tuple(_split_list(operand))
-    negate = op == "not_contains"
-    if op in ("contains", "not_contains"):
+    ws = WHITESPACE
+    # Needles are never empty, so a blank value can match none of them: the positive
+    # operators need no separate "missing" test. These closures are the per-event hot path.
+    if op == "contains" and len(needles) == 1:
+        needle = needles[0]
 
-        def found(s: str) -> bool:
+        def contains_one(rec: Record) -> bool:
+            v = rec.get(name)
+            return v is not None and needle in v.strip(ws).lower()
+
+        return contains_one
+    if op == "contains":
+
+        def contains_any(rec: Record) -> bool:
+            v = rec.get(name)
+            if v is None:
+                return False
+            s = v.strip(ws).lower()
             return any(n in s for n in needles)
-    elif op == "starts_with":
 
-        def found(s: str) -> bool:
-            return s.startswith(needles)
-    else:
+        return contains_any
+    if op in ("starts_with", "ends_with"):
+        starts = op == "starts_with"
 
-        def found(s: str) -> bool:
-            return s.endswith(needles)
+        def affix(rec: Record) -> bool:
+            v = rec.get(name)
+            if v is None:
+                return False
+            s = v.strip(ws).lower()
+            return s.startswith(needles) if starts else s.endswith(needles)
 
-    def substring(rec: Record) -> bool:
+        return affix
+
+    def not_contains(rec: Record) -> bool:
         v = rec.get(name)
         if v is None:
             return False
-        s = _norm(v)
-        return s != "" and found(s) != negate
+        s = v.strip(ws).lower()
+        return s != "" and not any(n in s for n in needles)
 
-    return substring
+    return not_contains
 
 
 def compile_condition(cond: Condition) -> Predicate:
