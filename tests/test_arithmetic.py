@@ -174,3 +174,16 @@ def test_explanation_adds_up() -> None:
         assert sum(c.points for c in r.rules if c.group == g.group_id) == pytest.approx(g.raw)
     assert sum(g.points for g in r.groups) == pytest.approx(r.raw_total)
     assert r.fit + r.engagement == pytest.approx(r.score)
+
+
+def test_long_event_lists_are_elided_with_their_subtotal() -> None:
+    from leadscore import explanation_text
+
+    m = model("activity:\n  - {id: pv, event: page_view, points: 1, diminishing: 0.5}\n")
+    r = score_lead(m, {"lead_id": "L1"}, [ev("page_view", d) for d in range(30)], AS_OF)
+    text = explanation_text(m, r)
+    assert text.startswith("Lead L1 - model t")
+    assert text.count(" page_view: ") == 10
+    # events 6..25 (k = 6..25) are worth 0.5^5 + ... + 0.5^24
+    hidden = sum(0.5**k for k in range(5, 25))
+    assert f"... 20 more counted events worth {hidden:.4f}" in text

@@ -101,3 +101,22 @@ def test_ibis_tables_on_their_own_backend(inputs) -> None:  # type: ignore[no-un
     for r in rows:
         one = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith("copy.")}
         assert _check(expected[r["lead_id"]], one) == []
+
+
+def test_plan_sql_text_runs_and_agrees(inputs) -> None:  # type: ignore[no-untyped-def]
+    """`BatchPlan.sql()` prints SQL that, run as text, gives the plan's own results."""
+    import ibis
+
+    from leadscore import compile_model
+    from leadscore.engine.timeutil import parse_instant
+    from leadscore.scoring import register_inputs
+
+    model, prepared, _ = inputs
+    plan = compile_model(model)
+    t_us = parse_instant(AS_OF)
+    con = ibis.duckdb.connect()
+    register_inputs(con, prepared, [plan])
+    direct = plan.execute(con, t_us).sort_by("lead_id")
+    text = con.con.execute(plan.sql("duckdb", t_us)).to_arrow_table().sort_by("lead_id")
+    assert text.to_pylist() == direct.to_pylist()
+    assert "WITH" in plan.sql("postgres", t_us) or "SELECT" in plan.sql("postgres", t_us)

@@ -40,7 +40,7 @@ def test_bad_rows_are_listed_by_line(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError) as info:
         normalize_events(events)
-    assert "column 'lead_id': 1 lines have no lead id: lines 4" in str(info.value)
+    assert "column 'lead_id': 1 line has no lead id: line 4" in str(info.value)
     with pytest.raises(InputError) as info:
         normalize_events(write(tmp_path / "e2.csv", "lead_id,type,ts\na,x,yesterday\nb,y,\n"))
     text = str(info.value)
@@ -59,9 +59,9 @@ def test_skip_bad_rows_keeps_the_good_ones(tmp_path: Path) -> None:
     assert prepared.leads.column("lead_id").to_pylist() == ["a", "b"]
     assert prepared.events.num_rows == 1
     warnings = "\n".join(prepared.report.warnings)
-    assert "skipped 1 lines have no lead id: lines 3" in warnings
-    assert "skipped 1 lines repeat an earlier lead id: lines 5 ('a')" in warnings
-    assert "skipped 1 lines have a missing or unreadable timestamp" in warnings
+    assert "skipped 1 line has no lead id: line 3" in warnings
+    assert "skipped 1 line repeats an earlier lead id: line 5 ('a')" in warnings
+    assert "skipped 1 line has a missing or unreadable timestamp" in warnings
 
 
 def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
@@ -132,3 +132,18 @@ def test_non_numbers_are_warnings_naming_original_lines(tmp_path: Path) -> None:
     # only events the rule looks at are checked: 'zero' belongs to another event type
     assert "rule(s) big was false for them: line 3 ('twelve')" in text
     assert "'zero'" not in text
+
+
+def test_every_kind_of_bad_row_is_reported_at_once(tmp_path: Path) -> None:
+    events = write(
+        tmp_path / "events.csv",
+        "lead_id,type,ts\na,x,2026-01-01\na,x,soon\na,,2026-01-01\n,x,2026-01-01\n",
+    )
+    with pytest.raises(InputError) as info:
+        normalize_events(events)
+    assert [p.column for p in info.value.problems] == ["lead_id", "type", "ts"]
+    assert [str(p).rsplit(": ", 1)[-1] for p in info.value.problems] == [
+        "line 5",
+        "line 4",
+        "line 3 ('soon')",
+    ]

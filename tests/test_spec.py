@@ -87,8 +87,8 @@ def test_every_error_reported_at_once_with_lines() -> None:
         (
             "version: 1\nname: x\nprofile:\n  - {id: a, group: engagement, if: {field: f, exists: "
             "true}, points: 1}\nactivity:\n  - {id: b, event: e, points: 1}\n",
-            "x.yaml:6: activity[0]: group 'engagement' holds profile rules; a activity rule cannot "
-            "join it (a group holds profile rules or activity/inactivity rules, never both)",
+            "x.yaml:6: activity[0]: group 'engagement' holds profile rules (profile[0].group), so "
+            "this activity rule cannot join it",
         ),
         (
             "version: 1\nname: x\nprofile:\n"
@@ -96,6 +96,11 @@ def test_every_error_reported_at_once_with_lines() -> None:
             "x.yaml:4: profile[0].if.between: must be [low, high] with low <= high, got [5.0, 1.0]",
         ),
         ("version: 1\nname: x\n  bad: [\n", "x.yaml:3: not valid YAML"),
+        (
+            "version: 1\nname: x\nprofile:\n  - {id: a, if: {field: c, in: [US, NO]}, points: 1}\n",
+            "x.yaml:4: profile[0].if.in: YAML read a value here as false (it does so for NO, yes, "
+            "on, off, ...): quote it, e.g. 'NO', if you mean the text",
+        ),
         ("", "x.yaml:1: the file is empty"),
     ],
 )

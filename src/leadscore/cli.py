@@ -111,12 +111,16 @@ def validate(models: ModelsArg) -> None:
             continue
         for m in loaded:
             out.print(
-                f"ok: {m.source} (sheet {m.name}: {len(m.rules)} rules in {len(m.groups)} "
-                f"groups, {len(m.examples)} examples)",
+                f"ok: {m.source} (sheet {m.name}: {_count(len(m.rules), 'rule')} in "
+                f"{_count(len(m.groups), 'group')}, {_count(len(m.examples), 'example')})",
                 markup=False,
             )
     if failed:
         raise typer.Exit(1)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _infer_format(output: Path | None, fmt: str | None) -> str:

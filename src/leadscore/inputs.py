@@ -50,6 +50,7 @@ class LoadReport:
     """What was dropped or noticed while reading, and where each kept row came from."""
 
     warnings: list[str] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)  # gathered, then raised
     # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
     sources: dict[str, tuple[str, str, pa.Array]] = field(default_factory=dict)
 
@@ -209,14 +210,22 @@ def _bad_rows(
         for i in rows[:SHOWN]
     )
     more = f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
-    text = f"{len(rows)} {src.unit}s {message}: {src.unit}s {shown}{more}"
+    one = len(rows) == 1
+    unit = src.unit if one else f"{src.unit}s"
+    verbs = message.format(has="has" if one else "have", repeats="repeats" if one else "repeat")
+    text = f"{len(rows)} {unit} {verbs}: {unit} {shown}{more}"
     if skip:
         report.warnings.append(f"{src.name}: column {column!r}: skipped {text}")
-        return rows
-    raise InputError(
-        [InputProblem(src.name, text, column=column)],
-        "Fix those rows, or pass --skip-bad-rows to leave them out.",
-    )
+    else:
+        report.problems.append(InputProblem(src.name, text, column=column))
+    return rows
+
+
+def _raise_problems(report: LoadReport) -> None:
+    """Every kind of bad row found in an input, reported together."""
+    if report.problems:
+        problems, report.problems = report.problems, []
+        raise InputError(problems, "Fix those rows, or pass --skip-bad-rows to leave them out.")
 
 
 def _drop(
@@ -265,7 +274,7 @@ def normalize_leads(
     trimmed = pc.utf8_trim_whitespace(ids)
     table = table.set_column(table.column_names.index("lead_id"), "lead_id", trimmed)
     empty = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, "")).fill_null(True)
-    drop = set(_bad_rows(empty, src, lead_id_column, "have no lead id", skip_bad_rows, report))
+    drop = set(_bad_rows(empty, src, lead_id_column, "{has} no lead id", skip_bad_rows, report))
     ids_list = trimmed.to_pylist()
     seen: set[str] = set()
     dupes = []
@@ -278,12 +287,13 @@ def normalize_leads(
                 dupes,
                 src,
                 lead_id_column,
-                "repeat an earlier lead id",
+                "{repeats} an earlier lead id",
                 skip_bad_rows,
                 report,
                 samples=ids_list,
             )
         )
+    _raise_problems(report)
     return _drop(table, sorted(drop), src, report, "leads")
 
 
@@ -320,10 +330,10 @@ def normalize_events(
     drop: set[int] = set()
     lid = out_table.column("lead_id")
     empty = pc.or_kleene(pc.is_null(lid), pc.equal(lid, "")).fill_null(True)
-    drop.update(_bad_rows(empty, src, lead_id_column, "have no lead id", skip_bad_rows, report))
+    drop.update(_bad_rows(empty, src, lead_id_column, "{has} no lead id", skip_bad_rows, report))
     etype = out_table.column("type")
     empty_t = pc.or_kleene(pc.is_null(etype), pc.equal(etype, "")).fill_null(True)
-    drop.update(_bad_rows(empty_t, src, "type", "have no event type", skip_bad_rows, report))
+    drop.update(_bad_rows(empty_t, src, "type", "{has} no event type", skip_bad_rows, report))
     if bad_ts:
         raw = table.column("ts").to_pylist()
         mask = [False] * table.num_rows
@@ -334,12 +344,13 @@ def normalize_events(
                 mask,
                 src,
                 "ts",
-                "have a missing or unreadable timestamp (expected ISO 8601 or epoch seconds)",
+                "{has} a missing or unreadable timestamp (expected ISO 8601 or epoch seconds)",
                 skip_bad_rows,
                 report,
                 samples=raw,
             )
         )
+    _raise_problems(report)
     return _drop(out_table, sorted(drop), src, report, "events")
 
 

@@ -30,6 +30,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 from ibis.expr.operations import UnboundTable
 
+from leadscore.engine.timeutil import now_micros
 from leadscore.spec.conditions import (
     NUMBER_PATTERN,
     NUMERIC_OPERATORS,
@@ -111,9 +112,12 @@ class BatchPlan:
         bound: ir.Table = root.replace(replacements).to_expr()
         return bound
 
-    def sql(self, dialect: str = "duckdb") -> str:
-        """The plan as SQL text (the ``as_of`` parameter appears as a placeholder)."""
-        return str(ibis.to_sql(self.expr, dialect=dialect))
+    def sql(self, dialect: str = "duckdb", as_of_us: int | None = None) -> str:
+        """The plan as SQL text for an Ibis dialect, as of ``as_of_us`` (default: now)."""
+        when = now_micros() if as_of_us is None else as_of_us
+        root = self.expr.op()
+        fixed = root.replace({self.as_of.op(): ibis.literal(when, "int64").op()}).to_expr()
+        return str(ibis.to_sql(fixed, dialect=dialect))
 
 
 def compile_model(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from leadscore.engine.result import RuleContribution, ScoreResult
+from leadscore.engine.result import CountedEvent, RuleContribution, ScoreResult
 from leadscore.spec.model import ActivityRule, InactivityRule, Model, ProfileRule
 
-__all__ = ["explanation_text"]
+__all__ = ["MAX_EVENTS_SHOWN", "explanation_text"]
+
+MAX_EVENTS_SHOWN = 10  # per rule; the oldest and newest, with the subtotal of those between
 
 
 def _n(x: float) -> str:
@@ -41,7 +43,16 @@ def _rule_detail(model: Model, c: RuleContribution) -> list[str]:
         f"    {c.rule_id:<24}{_n(c.points):>9}   {counted} of {c.matching_events} matching "
         f"event(s) counted; {', '.join(how)}"
     )
-    for e in c.events:
+    shown = list(c.events)
+    hidden: list[CountedEvent] = []
+    if len(shown) > MAX_EVENTS_SHOWN:
+        half = MAX_EVENTS_SHOWN // 2
+        hidden = shown[half:-half]
+        shown = shown[:half] + shown[-half:]
+    for n, e in enumerate(shown):
+        if hidden and n == MAX_EVENTS_SHOWN // 2:
+            subtotal = sum(h.points for h in hidden)
+            lines.append(f"        ... {len(hidden)} more counted events worth {subtotal:.4f}")
         label = e.ts.strftime("%Y-%m-%d %H:%M")
         item = f" [{e.item}]" if e.item else ""
         lines.append(
@@ -58,7 +69,7 @@ def explanation_text(model: Model, result: ScoreResult) -> str:
     """A plain-text breakdown whose numbers add up to the score."""
     as_of = result.as_of.isoformat().replace("+00:00", "Z")
     out = [
-        f"Lead {result.lead_id} - model {result.model}, as of {as_of}",
+        f"Lead {result.lead_id or '(no id)'} - model {result.model}, as of {as_of}",
         f"Score {_n(result.score)} = fit {_n(result.fit)} + engagement {_n(result.engagement)}"
         + (
             f" (total {_n(result.raw_total)} clipped by the model's {result.total_clipped})"

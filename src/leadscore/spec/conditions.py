@@ -158,6 +158,11 @@ class FieldCondition(_Strict):
         if not items:
             raise ValueError("must list at least one value")
         for item in items:
+            if isinstance(item, bool):
+                raise ValueError(
+                    f"YAML read a value here as {str(item).lower()} (it does so for NO, yes, "
+                    "on, off, ...): quote it, e.g. 'NO', if you mean the text"
+                )
             text = to_text(item)
             if text is None or not text.strip(WHITESPACE):
                 raise ValueError("values must not be empty")

@@ -317,13 +317,16 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
                 issues.append((loc, f"unknown group {gid!r} (declared: {known})"))
                 continue
             if gid in group_kinds and group_kinds[gid][0] != kind:
-                what = f"{list_name} rule" if list_name != "inactivity" else "inactivity rule"
+                other, where = group_kinds[gid]
+                if where[-1] == "kind":
+                    why = f"is declared `kind: {other}` ({_fmt_loc(where)})"
+                else:
+                    why = f"holds {other} rules ({_fmt_loc(where)})"
                 issues.append(
                     (
                         loc,
-                        f"group {gid!r} holds {group_kinds[gid][0]} rules; "
-                        f"a {what} cannot join it (a group holds profile rules or "
-                        "activity/inactivity rules, never both)",
+                        f"group {gid!r} {why}, so this {list_name} rule cannot join it "
+                        "(a group holds profile rules or activity/inactivity rules, never both)",
                     )
                 )
             elif gid not in group_kinds:
