@@ -187,3 +187,15 @@ def test_long_event_lists_are_elided_with_their_subtotal() -> None:
     # events 6..25 (k = 6..25) are worth 0.5^5 + ... + 0.5^24
     hidden = sum(0.5**k for k in range(5, 25))
     assert f"... 20 more counted events worth {hidden:.4f}" in text
+
+
+def test_example_events_are_read_like_any_events() -> None:
+    """An example's event type and fields get the same trimming as real events."""
+    from leadscore import run_examples
+
+    m = parse_model(
+        "version: 1\nname: t\nactivity: [{id: pv, event: page_view, points: 5}]\n"
+        "examples:\n  - name: spaced\n    as_of: 2026-06-30T00:00:00Z\n"
+        "    events: [{type: ' page_view ', days_ago: 1}]\n    expect: {score: 5}\n"
+    )
+    assert [o.problems for o in run_examples(m)] == [()]

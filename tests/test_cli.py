@@ -188,3 +188,23 @@ def test_help_lists_every_command() -> None:
     assert code == 0
     for command in ("validate", "score", "explain", "test", "schema", "init", "demo"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score", str(MODELS), "--leads", "x.csv", "--format", "parquet"], "needs --output"),
+        (["score", str(MODELS), "--leads", "x.csv", "--top", "0"], "Invalid value for '--top'"),
+        (["demo", "--leads", "0"], "Invalid value for '--leads'"),
+    ],
+)
+def test_wrong_calls_exit_2_before_any_work(args: list[str], message: str) -> None:
+    code, _, err = run(*args)
+    assert code == 2 and message in err
+
+
+def test_init_onto_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "leads.csv"
+    target.write_text("x")
+    code, _, err = run("init", str(target))
+    assert code == 2 and "exists and is not a directory" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_ibis_tables_on_their_own_backend(inputs) -> None:  # type: ignore[no-un
     leads = con.create_table("crm_leads", prepared.leads)
     events = con.create_table("web_events", prepared.events)
     rows = score_leads(
-        [model, model.__class__(**{**model.__dict__, "name": "copy"})], leads, events, AS_OF
+        [model, dataclasses.replace(model, name="copy")], leads, events, AS_OF
     ).to_pylist()
     assert [r["lead_id"] for r in rows] == sorted(expected)
     for r in rows:

@@ -147,3 +147,41 @@ def test_every_kind_of_bad_row_is_reported_at_once(tmp_path: Path) -> None:
         "line 4",
         "line 3 ('soon')",
     ]
+
+
+def test_timestamps_in_every_shape(tmp_path: Path) -> None:
+    """ns Parquet, dates, and epoch numbers in s, ms, µs and ns are one instant."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    want = 1767225600000000  # 2026-01-01T00:00:00Z
+    ns = pa.table(
+        {"lead_id": ["a"], "type": ["x"], "ts": pa.array([want * 1000], pa.timestamp("ns"))}
+    )
+    pq.write_table(ns, tmp_path / "ns.parquet")
+    dates = pa.table({"lead_id": ["a"], "type": ["x"], "ts": [dt.date(2026, 1, 1)]})
+    pq.write_table(dates, tmp_path / "dates.parquet")
+    epochs = write(
+        tmp_path / "epochs.csv",
+        "lead_id,type,ts\na,x,1767225600\na,x,1767225600000\na,x,1767225600000000\n"
+        "a,x,1767225600000000000\n",
+    )
+    for path in (tmp_path / "ns.parquet", tmp_path / "dates.parquet", epochs):
+        stamps = normalize_events(path).column("ts").cast(pa.int64()).to_pylist()
+        assert set(stamps) == {want}, path
+    with pytest.raises(InputError, match=r"line 2 \('1e30'\)"):
+        normalize_events(write(tmp_path / "far.csv", "lead_id,type,ts\na,x,1e30\n"))
+
+
+def test_byte_order_mark_and_json_arrays(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefflead_id,zip\n007,02134\n".encode())
+    assert normalize_leads(bom).to_pylist() == [{"lead_id": "007", "zip": "02134"}]
+    array = write(tmp_path / "l.json", '[{"lead_id": "a", "n": 1}, {"lead_id": "b"}]')
+    assert normalize_leads(array).to_pylist() == [
+        {"lead_id": "a", "n": "1"},
+        {"lead_id": "b", "n": None},
+    ]
+    with pytest.raises(InputError, match="each item of the array must be a JSON object"):
+        normalize_leads(write(tmp_path / "bad.json", '[{"lead_id": "a"}, 3]'))

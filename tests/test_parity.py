@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import ibis
 import pyarrow as pa
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leadscore import parse_model, score_lead
+from leadscore import parse_model, score_lead, score_leads
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
 from leadscore.scoring import iter_lead_events, prepare, score_run
 from leadscore.spec.conditions import OPERATORS
@@ -25,7 +26,23 @@ T_US = 1782820800 * 1_000_000  # 2026-06-30T12:00:00Z
 
 LEAD_FIELDS = ["title", "industry", "employees"]
 EVENT_TYPES = ["page_view", "email_open", "demo_request"]
-TEXTS = ["", " ", "VP Sales", " vp ", "Chief", "software", "Software ", "abc", "n/a", "x;y"]
+TEXTS = [
+    "",
+    " ",
+    "VP Sales",
+    " vp ",
+    "Chief",
+    "software",
+    "Software ",
+    "abc",
+    "n/a",
+    "x;y",
+    "İzmir",
+    "ΟΔΟΣ",
+    "Straße",
+    "\u00a0vp",
+    "\tvp\x0b",
+]
 NUMBERS = ["200", " 200 ", "1e3", "199.5", "-5", "0", "5000", "+7", ".5", "1,200"]
 VALUES = st.one_of(st.none(), st.sampled_from(TEXTS + NUMBERS))
 URLS = st.one_of(
@@ -51,8 +68,8 @@ def operand_for(op: str) -> st.SearchStrategy[Any]:
     if op == "matches":
         return st.sampled_from(["^vp", r"\d+", "soft|chief", "^$", "A.C"])
     if op in ("eq", "ne"):
-        return st.sampled_from(["vp sales", "200", 200, 1000.0, "software", "abc", True])
-    scalar = st.sampled_from(["vp", "Soft", "200", "c", "/pricing", "1", "x"])
+        return st.sampled_from(["vp sales", "200", 200, 1000.0, "software", "İzmir", "οδος"])
+    scalar = st.sampled_from(["vp", "Soft", "200", "c", "/pricing", "1", "x", "İZ", "σ"])  # noqa: RUF001
     return st.one_of(
         scalar,
         st.lists(scalar, min_size=1, max_size=3),
@@ -220,6 +237,18 @@ def test_batch_equals_per_lead(raw: dict[str, Any], data: tuple[pa.Table, pa.Tab
     prepared = prepare(*data)
     batch = {r["lead_id"]: r for r in score_run(model, prepared, AS_OF).table.to_pylist()}
     assert len(batch) == prepared.leads.num_rows  # every lead, with or without events
+    # the same plan bound to Ibis tables on their own backend gives the same table
+    con = ibis.duckdb.connect()
+    bound = score_leads(
+        model, con.create_table("l", prepared.leads), con.create_table("e", prepared.events), AS_OF
+    )
+    for row in bound.to_pylist():
+        assert all(
+            close(v, batch[row["lead_id"]][k])
+            if isinstance(v, float)
+            else v == batch[row["lead_id"]][k]
+            for k, v in row.items()
+        ), row
     grade_cuts = [t for _, t in model.grades]
     band_cuts = [t for _, t in model.bands] + [model.mql_threshold or 0.0]
     for lead, events in iter_lead_events(prepared):

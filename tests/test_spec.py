@@ -169,3 +169,25 @@ def test_shipped_models_are_valid_and_their_examples_pass() -> None:
         outcomes = run_examples(model)
         assert outcomes, f"{path.name} has no examples"
         assert [o.problems for o in outcomes if not o.passed] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("activity: [{id: a, event: e, points: .nan}]", "activity[0].points: must be a finite"),
+        ("groups: {fit: {max: .inf}}", "groups.fit.max: must be a finite number, got inf"),
+        ("grades: {A: .nan}", "grades: A: must be a number or -.inf, not NaN"),
+        (
+            "activity: [{id: a, event: e, points: 1, where: {field: ts, exists: true}}]",
+            "activity[0].where.field: `where` cannot read 'ts'",
+        ),
+        (
+            "profile:\n  - id: a\n    points: 1\n    if: {field: f, exists: true}\n    on: 3",
+            "x.yaml:7: profile[0].on: YAML reads the key 'on' as true/false",
+        ),
+    ],
+)
+def test_values_the_evaluators_cannot_agree_on_are_rejected(body: str, expected: str) -> None:
+    with pytest.raises(ModelError) as info:
+        parse_model("version: 1\nname: x\n" + body + "\n", "x.yaml")
+    assert expected in str(info.value)

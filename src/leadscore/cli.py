@@ -127,6 +127,8 @@ def _infer_format(output: Path | None, fmt: str | None) -> str:
     if fmt is not None:
         if fmt not in ("csv", "parquet", "json", "jsonl"):
             raise UsageError(f"--format must be csv, parquet, json or jsonl, not {fmt!r}")
+        if fmt == "parquet" and output is None:
+            raise UsageError("--format parquet needs --output FILE")
         return fmt
     if output is None:
         return "table"
@@ -200,7 +202,7 @@ def score(
     ] = None,
     lead_id_column: IdOpt = "lead_id",
     skip_bad_rows: SkipOpt = False,
-    top: Annotated[int, typer.Option(help="Leads shown without --output.")] = 20,
+    top: Annotated[int, typer.Option(min=1, help="Leads shown without --output.")] = 20,
 ) -> None:
     """Score every lead. Without --output, show the top leads and the band counts."""
     loaded = load_models(models)
@@ -293,12 +295,16 @@ def _shipped(name: str) -> str:
 @_edge
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to write the starter project.")],
-    leads_count: Annotated[int, typer.Option("--leads", help="Sample leads to generate.")] = 500,
+    leads_count: Annotated[
+        int, typer.Option("--leads", min=1, help="Sample leads to generate.")
+    ] = 500,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
     """Write the default B2B model, the BANT template and sample data to DIRECTORY."""
     from leadscore.sample import DEFAULT_AS_OF, generate_events, generate_leads
 
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     targets = [directory / n for n in ("model.yaml", "bant.yaml", "leads.csv", "events.csv")]
     existing = [str(t) for t in targets if t.exists()]
@@ -326,8 +332,10 @@ def init(
 @app.command()
 @_edge
 def demo(
-    leads_count: Annotated[int, typer.Option("--leads", help="Leads to generate.")] = 20_000,
-    events_count: Annotated[int, typer.Option("--events", help="Events to generate.")] = 400_000,
+    leads_count: Annotated[int, typer.Option("--leads", min=1, help="Leads to generate.")] = 20_000,
+    events_count: Annotated[
+        int, typer.Option("--events", min=0, help="Events to generate.")
+    ] = 400_000,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
     keep: Annotated[
         Path | None, typer.Option(help="Keep the generated data in this directory.")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leadscore.engine.lead import Event, score_lead
-from leadscore.engine.timeutil import MICROS_PER_DAY, to_micros
-from leadscore.spec.conditions import to_text
+from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, to_micros
 from leadscore.spec.model import Model
 from leadscore.spec.schema import ExampleSpec
 
@@ -26,19 +25,16 @@ class ExampleOutcome:
 
 
 def _events(example: ExampleSpec) -> list[Event]:
+    """An example's events, read like any other events (``days_ago`` counts from as_of)."""
     t_us = to_micros(example.as_of)
     out = []
     for e in example.events:
-        ts_us = (
-            to_micros(e.ts)
+        ts = (
+            e.ts
             if e.ts is not None
-            else t_us - round((e.days_ago or 0.0) * MICROS_PER_DAY)
+            else from_micros(t_us - round((e.days_ago or 0.0) * MICROS_PER_DAY))
         )
-        item = to_text(e.item)
-        fields: dict[str, str | None] = {k: to_text(v) for k, v in e.fields().items()}
-        fields["type"] = e.type
-        fields["item"] = item
-        out.append(Event(e.type, ts_us, item, None, fields))
+        out.append(Event.from_mapping({**e.fields(), "type": e.type, "item": e.item, "ts": ts}))
     return out
 
 

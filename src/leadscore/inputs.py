@@ -18,7 +18,6 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError, InputProblem
-from leadscore.spec.conditions import to_text
+from leadscore.spec.conditions import WHITESPACE, to_text
 
 __all__ = ["FORMATS", "LoadReport", "normalize_events", "normalize_leads", "read_table"]
 
@@ -53,6 +52,10 @@ class LoadReport:
     problems: list[InputProblem] = field(default_factory=list)  # gathered, then raised
     # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
     sources: dict[str, tuple[str, str, pa.Array]] = field(default_factory=dict)
+
+    def name(self, label: str) -> str:
+        """The file (or label) an input was read from."""
+        return self.sources[label][0] if label in self.sources else label
 
     def where(self, label: str, index: int) -> str:
         """``'line 12'`` for the ``index``-th kept row of input ``label``."""
@@ -100,7 +103,8 @@ def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
 
 
 def _read_csv(p: Path) -> pa.Table:
-    with p.open(encoding="utf-8", newline="") as fh:
+    # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
+    with p.open(encoding="utf-8-sig", newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         raise InputError([InputProblem(str(p), "the file is empty (no header line)")])
@@ -117,21 +121,35 @@ def _read_csv(p: Path) -> pa.Table:
 
 
 def _read_jsonl(p: Path) -> pa.Table:
+    """JSON lines, one object a line; a file holding one JSON array of objects is read too."""
     rows: list[dict[str, Any]] = []
     problems: list[InputProblem] = []
-    with p.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
+    text = p.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                [InputProblem(str(p), f"not JSON: {exc.msg}", row=exc.lineno)]
+            ) from None
+        items = list(enumerate(data, start=1)) if isinstance(data, list) else []
+        unit_row = True
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                items.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
                 problems.append(InputProblem(str(p), f"not JSON: {exc.msg}", row=n))
-                continue
-            if not isinstance(value, dict):
-                problems.append(InputProblem(str(p), "each line must be a JSON object", row=n))
-                continue
-            rows.append({k: _json_text(v) for k, v in value.items()})
+        unit_row = False
+    for n, value in items:
+        if not isinstance(value, dict):
+            what = "item of the array" if unit_row else "line"
+            problems.append(InputProblem(str(p), f"each {what} must be a JSON object", row=n))
+            continue
+        rows.append({k: _json_text(v) for k, v in value.items()})
     if problems:
         raise InputError(problems[:SHOWN], _more(len(problems)))
     names: dict[str, None] = {}
@@ -151,7 +169,8 @@ def _more(total: int) -> str | None:
 
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A column as text, formatted like :func:`leadscore.spec.conditions.to_text`."""
+    """A column as text: :func:`leadscore.spec.conditions.to_text` for every type that is not
+    already text or an integer (whose Arrow cast formats the same)."""
     t = column.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return column.cast(pa.string())
@@ -162,13 +181,16 @@ def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     values: list[Any] = column.to_pylist()
     texts: list[str | None] = []
     for v in values:
-        if isinstance(v, (datetime, date)):
-            texts.append(v.isoformat())
-        elif isinstance(v, (dict, list)):
+        if isinstance(v, (dict, list)):
             texts.append(json.dumps(v, default=str))
         else:
             texts.append(to_text(v))
     return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def _trim(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Trim the same whitespace as every comparison does (ASCII, not all of Unicode's)."""
+    return pc.utf8_trim(column, WHITESPACE)
 
 
 def _source(source: str | Path | pa.Table, label: str) -> tuple[pa.Table, _Source]:
@@ -271,7 +293,7 @@ def normalize_leads(
     columns = _text_columns(table, lead_id_column)
     table = pa.table(columns)
     ids = table.column("lead_id")
-    trimmed = pc.utf8_trim_whitespace(ids)
+    trimmed = _trim(ids)
     table = table.set_column(table.column_names.index("lead_id"), "lead_id", trimmed)
     empty = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, "")).fill_null(True)
     drop = set(_bad_rows(empty, src, lead_id_column, "{has} no lead id", skip_bad_rows, report))
@@ -312,8 +334,8 @@ def normalize_events(
     _require(table, src, "type", "event type")
     _require(table, src, "ts", "timestamp")
     columns = _text_columns(table, lead_id_column, skip=("ts",))
-    columns["lead_id"] = pc.utf8_trim_whitespace(columns["lead_id"])
-    columns["type"] = pc.utf8_trim_whitespace(columns["type"])
+    columns["lead_id"] = _trim(columns["lead_id"])
+    columns["type"] = _trim(columns["type"])
     if "item" not in columns:
         columns["item"] = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
     ts, bad_ts = _timestamps(table.column("ts"))
@@ -357,10 +379,13 @@ def normalize_events(
 def _timestamps(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:
     """Timestamps as UTC microseconds, and the indexes of values that are not times."""
     t = column.type
+    if pa.types.is_date(t):
+        column = column.cast(pa.timestamp("us"))
+        t = column.type
     if pa.types.is_timestamp(t):
         if t.tz is None:
             column = pc.assume_timezone(column, "UTC")
-        cast = column.cast(TS_TYPE)
+        cast = column.cast(TS_TYPE, safe=False)  # nanoseconds: truncated to microseconds
         nulls = [i for i, v in enumerate(pc.is_null(cast).to_pylist()) if v]
         return cast, nulls
     values = column.to_pylist()

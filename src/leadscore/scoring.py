@@ -210,7 +210,7 @@ def _describe(
     if not pc.any(bad).as_py():
         return []
     rows = pc.indices_nonzero(bad).to_pylist()
-    name = report.sources[label][0] if label in report.sources else label
+    name = report.name(label)
     shown = ", ".join(f"{report.where(label, i)} ({values[i].as_py()!r})" for i in rows[:5])
     more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
     rules = ", ".join(dict.fromkeys(rule_ids))
@@ -234,13 +234,13 @@ def _event_notes(con: Any, models: Sequence[Model], report: LoadReport) -> list[
     )
     if rows and not any_type_counts:
         listed = ", ".join(f"{t} ({n})" for t, n in rows[:8])
-        name = report.sources["events"][0] if "events" in report.sources else "events"
+        name = report.name("events")
         notes.append(f"{name}: column 'type': types no rule uses were ignored: {listed}")
     orphans = raw.execute(
         "SELECT count(*) FROM _leadscore_events e ANTI JOIN _leadscore_leads l USING (lead_id)"
     ).fetchall()[0][0]
     if orphans:
-        name = report.sources["events"][0] if "events" in report.sources else "events"
+        name = report.name("events")
         notes.append(f"{name}: {orphans} event(s) belong to leads not in the leads input")
     return notes
 

@@ -10,11 +10,11 @@ The tables it expects (the :mod:`leadscore.scoring` layer prepares them from fil
 - ``events``: ``lead_id``, ``type``, ``ts_us`` (int64 microseconds since the epoch, UTC),
   ``item`` and every field a ``where`` reads, all text.
 
-Each rule is computed the way MODEL_SPEC.md says, in as few passes over the events as possible:
-rules that count every event without diminishing returns, ``once`` rules and inactivity rules
-are plain aggregates in one pass; ``diminishing`` needs each event's rank among the rule's
-matches (a running count over the lead's events in time order); ``once_per_item`` first keeps
-each item's latest match, then ranks those. Events at the same instant have the same age, so
+Each rule is computed the way MODEL_SPEC.md says. Rules that count every event, ``once`` rules
+and inactivity rules share one aggregate pass over the events; ``diminishing`` adds each event's
+rank among the rule's matches (a running count over the lead's events in time order, computed
+in the same pass); each ``once_per_item`` rule is a pass of its own that keeps each item's
+latest match, then ranks those. Events at the same instant have the same age, so
 the order among them cannot change a sum.
 """
 
@@ -34,14 +34,15 @@ from leadscore.engine.timeutil import now_micros
 from leadscore.spec.conditions import (
     NUMBER_PATTERN,
     NUMERIC_OPERATORS,
+    WHITESPACE,
     AllCondition,
     AnyCondition,
     Condition,
     FieldCondition,
     NotCondition,
     condition_fields,
+    operand_texts,
     parse_number,
-    to_text,
 )
 from leadscore.spec.model import FALLBACK_GRADE, ActivityRule, InactivityRule, Model, ProfileRule
 
@@ -79,7 +80,9 @@ class BatchPlan:
         return result
 
     def bind(self, leads: ir.Table, events: ir.Table) -> ir.Table:
-        """The plan over a user's own Ibis tables (any backend), ready to execute.
+        """The plan over a user's own Ibis tables, ready to execute on their backend.
+
+        Only DuckDB is tested; ``matches`` compiles to a Python UDF that only DuckDB runs.
 
         ``leads`` needs ``lead_id``; ``events`` needs ``lead_id``, ``type`` and ``ts`` (a
         timestamp), optionally ``item``. Columns the model reads are cast to text by the
@@ -93,13 +96,13 @@ class BatchPlan:
             return ibis.null("string")
 
         lead_view = leads.select(
-            lead_id=leads.lead_id.cast("string"),
+            lead_id=leads.lead_id.cast("string").strip(),
             **{f: text(leads, f) for f in self.lead_fields},
         )
         epoch = ibis.timestamp("1970-01-01 00:00:00+00:00")
         event_view = events.select(
-            lead_id=events.lead_id.cast("string"),
-            type=events.type.cast("string"),
+            lead_id=events.lead_id.cast("string").strip(),
+            type=events.type.cast("string").strip(),
             ts_us=events.ts.delta(epoch, unit="microsecond"),
             item=text(events, "item"),
             **{f: text(events, f) for f in self.event_fields},
@@ -177,16 +180,6 @@ def _present(v: ir.StringValue) -> ir.BooleanValue:
     return v.notnull() & (v.strip() != "")
 
 
-def _texts(operand: Any) -> list[str]:
-    items = operand if isinstance(operand, list) else [operand]
-    out = []
-    for item in items:
-        text = to_text(item)
-        assert text is not None
-        out.append(text.strip(" \t\n\r\x0b\x0c").lower())
-    return out
-
-
 _REGEX_UDFS: dict[str, Any] = {}
 
 
@@ -198,7 +191,7 @@ def _regex_udf(pattern: str) -> Any:
         def search(value: str | None) -> bool:
             if value is None:
                 return False
-            s = value.strip(" \t\n\r\x0b\x0c")
+            s = value.strip(WHITESPACE)
             return s != "" and compiled.search(s) is not None
 
         name = f"leadscore_re_{len(_REGEX_UDFS)}"
@@ -227,7 +220,7 @@ def _field_expr(cond: FieldCondition, col: Column) -> ir.BooleanValue:
     if op in ("eq", "ne", "in", "not_in"):
         x = _number(v)
         hits = []
-        for text in _texts(operand):
+        for text in operand_texts(operand):
             number = parse_number(text)
             if number is None:
                 hits.append(s == text)
@@ -237,7 +230,7 @@ def _field_expr(cond: FieldCondition, col: Column) -> ir.BooleanValue:
         if op in ("ne", "not_in"):
             any_hit = ~any_hit
         return (present & any_hit).fill_null(False)
-    needles = _texts(operand)
+    needles = operand_texts(operand)
     if op in ("contains", "not_contains"):
         found = _or([s.contains(n) for n in needles])
     elif op == "starts_with":
@@ -271,6 +264,11 @@ def condition_expr(cond: Condition, col: Column) -> ir.BooleanValue:
     return ~condition_expr(cond.not_, col)
 
 
+def _age_days(as_of: ir.IntegerValue, ts_us: ir.IntegerValue) -> ir.FloatingValue:
+    """(T - ts) in days from integer microseconds: the per-lead evaluator's exact division."""
+    return (as_of - ts_us).cast("float64") / MICROS_PER_DAY_F
+
+
 def _clip(value: ir.FloatingValue, low: float | None, high: float | None) -> ir.FloatingValue:
     if low is not None:
         value = ibis.ifelse(value < low, low, value)
@@ -296,7 +294,7 @@ class _Builder:
         visible = e.filter(e.ts_us <= self.as_of)
         if all(r.events is not None for r in self.inactivity):
             visible = visible.filter(visible.type.isin(sorted(self.model.event_types)))
-        age = (self.as_of - visible.ts_us).cast("float64") / MICROS_PER_DAY_F
+        age = _age_days(self.as_of, visible.ts_us)
         return visible.mutate(_age=age)
 
     def matches(self, rule: ActivityRule, ev: ir.Table) -> ir.BooleanValue:
@@ -358,7 +356,7 @@ class _Builder:
         key = ev.item.strip().fill_null("")
         latest = ev.group_by([ev.lead_id, key.name("_item")]).aggregate(_ts=ev.ts_us.max())
         k = ibis.row_number().over(group_by=latest.lead_id, order_by=latest._ts)
-        age = (self.as_of - latest._ts).cast("float64") / MICROS_PER_DAY_F
+        age = _age_days(self.as_of, latest._ts)
         value: ir.FloatingValue = ibis.ifelse(latest._ts.notnull(), rule.points, 0.0)
         if rule.diminishing != 1.0:
             value = value * ibis.literal(rule.diminishing).pow(k)
@@ -390,7 +388,7 @@ class _Builder:
             elif isinstance(r, ActivityRule):
                 if r.frequency == "once":
                     last = table[f"_last:{r.id}"]
-                    age = (self.as_of - last).cast("float64") / MICROS_PER_DAY_F
+                    age = _age_days(self.as_of, last)
                     decay = self.decay(r, age)
                     once_value: ir.FloatingValue = ibis.literal(r.points, "float64")
                     if decay is not None:
@@ -401,7 +399,7 @@ class _Builder:
                 cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
             else:
                 last = table[f"_last:{r.id}"]
-                age = (self.as_of - last).cast("float64") / MICROS_PER_DAY_F
+                age = _age_days(self.as_of, last)
                 inactive = last.isnull() | (age >= r.no_activity_days)
                 cols[f"rule:{r.id}"] = ibis.ifelse(inactive, r.points, 0.0)
         scored = table.select("lead_id", **cols)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -20,13 +20,17 @@ from leadscore.engine.result import (
     ScoreResult,
     clip,
 )
-from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, now_micros, parse_instant
+from leadscore.engine.timeutil import (
+    MICROS_PER_DAY,
+    from_micros,
+    now_micros,
+    parse_instant,
+    to_micros,
+)
 from leadscore.spec.conditions import WHITESPACE, parse_number, to_text
 from leadscore.spec.model import ActivityRule, InactivityRule, Model, ProfileRule
 
 __all__ = ["Event", "score_lead"]
-
-_RESERVED = ("lead_id", "type", "ts", "item", "event_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,42 +71,13 @@ def _item_key(item: str | None) -> str:
 _TS = attrgetter("ts_us")
 
 
-@dataclass(frozen=True)
-class _LeadPlan:
-    """What a model asks of each lead's events, worked out once per model."""
-
-    types: frozenset[str]  # event types some rule reads
-    any_type: bool  # an inactivity rule counts events of every type
-
-
-_PLANS: dict[int, tuple[Model, _LeadPlan]] = {}
-
-
-def _plan(model: Model) -> _LeadPlan:
-    cached = _PLANS.get(id(model))
-    if cached is not None and cached[0] is model:
-        return cached[1]
-    any_type = any(isinstance(r, InactivityRule) and r.events is None for r in model.rules)
-    plan = _LeadPlan(model.event_types, any_type)
-    if len(_PLANS) > 256:  # models are few; this only bounds a pathological caller
-        _PLANS.clear()
-    _PLANS[id(model)] = (model, plan)
-    return plan
-
-
-_LAST_AS_OF: list[tuple[object, int, datetime]] = []
-
-
 def _instant(as_of: datetime | str | None) -> tuple[int, datetime]:
-    """The as-of instant; the last one is remembered (batches score many leads at one)."""
-    if as_of is None:
-        t_us = now_micros()
-        return t_us, from_micros(t_us)
-    if _LAST_AS_OF and _LAST_AS_OF[0][0] == as_of:
-        return _LAST_AS_OF[0][1], _LAST_AS_OF[0][2]
-    t_us = parse_instant(as_of)
-    _LAST_AS_OF[:] = [(as_of, t_us, from_micros(t_us))]
-    return t_us, _LAST_AS_OF[0][2]
+    """The as-of instant in microseconds, and as an aware datetime."""
+    if isinstance(as_of, datetime):
+        aware = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        return to_micros(aware), aware
+    t_us = now_micros() if as_of is None else parse_instant(as_of)
+    return t_us, from_micros(t_us)
 
 
 def score_lead(
@@ -146,14 +121,13 @@ def score_lead(
     (40.0, 'hot', True)
     """
     t_us, as_of_dt = _instant(as_of)
-    plan = _plan(model)
     record = {k: (v if v is None or type(v) is str else to_text(v)) for k, v in lead.items()}
     # Only the event types some rule reads are kept; an any-type inactivity rule needs just
     # the newest visible event of all.
-    by_type: dict[str, list[Event]] = {t: [] for t in plan.types}
+    by_type: dict[str, list[Event]] = {t: [] for t in model.event_types}
     last_any: int | None = None
     for e in events:
-        ev = e if type(e) is Event else Event.from_mapping(e)  # type: ignore[arg-type]
+        ev = e if isinstance(e, Event) else Event.from_mapping(e)
         ts = ev.ts_us
         if ts > t_us:
             continue

@@ -21,8 +21,11 @@ __all__ = [
 MICROS_PER_DAY = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMERIC = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
-# Epoch values at or above this are taken as milliseconds (13-digit JavaScript timestamps).
-_MILLIS_FROM = 100_000_000_000
+# Epoch numbers are told apart by size: seconds up to 1e11 (the year 5138), then milliseconds
+# (JavaScript), microseconds and nanoseconds.
+_UNITS = ((1e11, 1.0), (1e14, 1e-3), (1e17, 1e-6))
+_MIN_US = -62_135_596_800_000_000  # 0001-01-01
+_MAX_US = 253_402_300_799_999_999  # 9999-12-31
 
 
 def to_micros(value: datetime) -> int:
@@ -41,7 +44,8 @@ def now_micros() -> int:
 
 
 def parse_instant(value: object) -> int:
-    """An instant from a datetime, ISO 8601 text or epoch seconds (milliseconds if 13 digits).
+    """An instant from a datetime, ISO 8601 text or an epoch number (seconds, or milliseconds,
+    microseconds or nanoseconds, told apart by size).
 
     Times without a zone are UTC. Raises ValueError with a readable message otherwise.
     """
@@ -66,9 +70,15 @@ def parse_instant(value: object) -> int:
     raise ValueError(f"not a time: {value!r}")
 
 
-def _epoch(seconds: float, original: object) -> int:
-    if not math.isfinite(seconds):
+def _epoch(number: float, original: object) -> int:
+    if not math.isfinite(number):
         raise ValueError(f"not a time: {original!r}")
-    if abs(seconds) >= _MILLIS_FROM:
-        seconds /= 1000.0
-    return round(seconds * 1_000_000)
+    scale = 1e-9
+    for limit, unit in _UNITS:
+        if abs(number) < limit:
+            scale = unit
+            break
+    micros = round(number * scale * 1_000_000)
+    if not _MIN_US <= micros <= _MAX_US:
+        raise ValueError(f"not a time: {original!r} (out of range)")
+    return micros

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -44,7 +45,9 @@ __all__ = [
     "Predicate",
     "compile_condition",
     "condition_fields",
+    "fold",
     "numeric_fields",
+    "operand_texts",
     "parse_number",
     "to_text",
 ]
@@ -86,6 +89,8 @@ def to_text(value: Any) -> str | None:
         if value.is_integer() and abs(value) < 1e16:
             return str(int(value))
         return repr(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
     return str(value)
 
 
@@ -99,11 +104,22 @@ def parse_number(text: str | None) -> float | None:
     return float(stripped)
 
 
+def fold(text: str) -> str:
+    """Lower-case the way SQL engines do: one character for one character.
+
+    Python's ``str.lower`` turns some characters into two (``İ``) or depends on context
+    (a final ``Σ``); SQL ``LOWER`` maps each code point alone. ASCII text takes the fast path.
+    """
+    if text.isascii():
+        return text.lower()
+    return "".join(c.lower()[:1] for c in text)
+
+
 def _norm(text: str) -> str:
-    return text.strip(WHITESPACE).lower()
+    return fold(text.strip(WHITESPACE))
 
 
-def _split_list(value: Scalar | list[Scalar]) -> list[str]:
+def operand_texts(value: Scalar | list[Scalar]) -> list[str]:
     """The operand list of ``in``/``contains``/...: a list, or a string split on ';'."""
     items = value if isinstance(value, list) else [value]
     out: list[str] = []
@@ -115,7 +131,9 @@ def _split_list(value: Scalar | list[Scalar]) -> list[str]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=False, allow_inf_nan=False
+    )
 
 
 class FieldCondition(_Strict):
@@ -302,7 +320,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
         return regex
 
     if op in ("eq", "ne", "in", "not_in"):
-        options = [(t, parse_number(t)) for t in _split_list(operand)]
+        options = [(t, parse_number(t)) for t in operand_texts(operand)]
         negate = op in ("ne", "not_in")
 
         def equal(rec: Record) -> bool:
@@ -322,7 +340,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
 
         return equal
 
-    needles = tuple(_split_list(operand))
+    needles = tuple(operand_texts(operand))
     ws = WHITESPACE
     # Needles are never empty, so a blank value can match none of them: the positive
     # operators need no separate "missing" test. These closures are the per-event hot path.
@@ -331,7 +349,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
 
         def contains_one(rec: Record) -> bool:
             v = rec.get(name)
-            return v is not None and needle in v.strip(ws).lower()
+            return v is not None and needle in fold(v.strip(ws))
 
         return contains_one
     if op == "contains":
@@ -340,7 +358,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
             v = rec.get(name)
             if v is None:
                 return False
-            s = v.strip(ws).lower()
+            s = fold(v.strip(ws))
             return any(n in s for n in needles)
 
         return contains_any
@@ -351,7 +369,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
             v = rec.get(name)
             if v is None:
                 return False
-            s = v.strip(ws).lower()
+            s = fold(v.strip(ws))
             return s.startswith(needles) if starts else s.endswith(needles)
 
         return affix
@@ -360,7 +378,7 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
         v = rec.get(name)
         if v is None:
             return False
-        s = v.strip(ws).lower()
+        s = fold(v.strip(ws))
         return s != "" and not any(n in s for n in needles)
 
     return not_contains

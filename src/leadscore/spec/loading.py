@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from leadscore.errors import ModelError, ModelIssue
 from leadscore.spec.conditions import OPERATORS
-from leadscore.spec.model import Loc, Model, resolve, semantic_issues
+from leadscore.spec.model import Loc, Model, fmt_loc, resolve, semantic_issues
 from leadscore.spec.schema import (
     ActivityRuleSpec,
     ExampleExpectSpec,
@@ -83,7 +83,7 @@ def parse_model(text: str, source: str = "<model>") -> Model:
     except ValidationError as exc:
         issues.extend(_schema_issues(exc, raw, lines, source))
     for loc, message in semantic_issues(raw):
-        issues.append(ModelIssue(source, _line(lines, loc), _fmt_loc(loc), message))
+        issues.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), message))
     if issues or spec is None:
         unique = {(i.line or 0, i.path, i.message): i for i in issues}
         raise ModelError([unique[k] for k in sorted(unique)])
@@ -161,10 +161,20 @@ def _index_lines(
         seen: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value
+            if key_node.tag.endswith(":bool"):
+                issues.append(
+                    ModelIssue(
+                        source,
+                        key_node.start_mark.line + 1,
+                        fmt_loc((*loc, key)),
+                        f"YAML reads the key {key!r} as true/false: quote it ('{key}') or "
+                        "rename it",
+                    )
+                )
             if key in seen:
                 issues.append(
                     ModelIssue(
-                        source, key_node.start_mark.line + 1, _fmt_loc((*loc, key)), "duplicate key"
+                        source, key_node.start_mark.line + 1, fmt_loc((*loc, key)), "duplicate key"
                     )
                 )
             seen.add(key)
@@ -184,16 +194,6 @@ def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
     return lines.get((), 1)
 
 
-def _fmt_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 # --- pydantic errors in the user's words ------------------------------------------------------
 
 
@@ -202,6 +202,8 @@ def _schema_issues(
 ) -> list[ModelIssue]:
     by_loc: dict[Loc, list[str]] = {}
     for err in exc.errors():
+        if err["type"] == "invalid_key":
+            continue  # a key YAML read as true/false: reported where the lines are indexed
         loc = _data_loc(err["loc"], raw, err["type"])
         message = _message(err, loc)
         messages = by_loc.setdefault(loc, [])
@@ -217,7 +219,7 @@ def _schema_issues(
             text = " or ".join(messages) + suffix
         else:
             text = " or ".join(messages)
-        out.append(ModelIssue(source, _line(lines, loc), _fmt_loc(loc), text))
+        out.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), text))
     return out
 
 
@@ -244,6 +246,7 @@ def _data_loc(loc: tuple[int | str, ...], raw: Any, kind: str) -> Loc:
 
 _TYPE_WORDS = {
     "string_type": "must be text",
+    "finite_number": "must be a finite number",
     "float_type": "must be a number",
     "float_parsing": "must be a number",
     "int_type": "must be a whole number",

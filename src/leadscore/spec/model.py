@@ -19,6 +19,7 @@ from leadscore.spec.schema import ExampleSpec, ModelSpec
 
 __all__ = [
     "FALLBACK_GRADE",
+    "NOT_EVENT_FIELDS",
     "ActivityRule",
     "Group",
     "InactivityRule",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 FALLBACK_GRADE = "F"
+# Event columns a `where` cannot read: the lead id and the time are not event fields (windows
+# and decay are how time counts), and names starting with "_" are the evaluators' own.
+NOT_EVENT_FIELDS = ("lead_id", "ts", "ts_us")
 DEFAULT_GROUP = {"profile": "fit", "activity": "engagement", "inactivity": "engagement"}
 RULE_LISTS = ("profile", "activity", "inactivity")
 Kind = Literal["profile", "activity"]
@@ -131,20 +135,16 @@ class Model:
                 return r
         raise KeyError(rule_id)
 
-    def group_of(self, rule_id: str) -> Group:
-        for g in self.groups:
-            if any(r.id == rule_id for r in g.rules):
-                return g
-        raise KeyError(rule_id)
+    # Event types any activity rule reads (inactivity rules with a list included); computed
+    # once, as the per-lead evaluator asks for it on every call.
+    event_types: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def event_types(self) -> frozenset[str]:
-        """Event types any activity rule looks at (inactivity rules with a list included)."""
+    def __post_init__(self) -> None:
         names: set[str] = set()
         for r in self.rules:
             events = r.events if isinstance(r, (ActivityRule, InactivityRule)) else None
             names.update(events or ())
-        return frozenset(names)
+        object.__setattr__(self, "event_types", frozenset(names))
 
     def grade_for(self, fit: float) -> str | None:
         if not self.grades:
@@ -302,10 +302,23 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
             if isinstance(rid, str):
                 rule_ids.add(rid)
                 if rid in seen:
-                    first = _fmt_loc(seen[rid])
+                    first = fmt_loc(seen[rid])
                     issues.append(((list_name, i, "id"), f"duplicate rule id {rid!r} ({first})"))
                 else:
                     seen[rid] = (list_name, i, "id")
+            if list_name == "activity":
+                for where_loc, name in _condition_fields_raw(
+                    item.get("where"), (list_name, i, "where")
+                ):
+                    if name in NOT_EVENT_FIELDS or name.startswith("_"):
+                        issues.append(
+                            (
+                                where_loc,
+                                f"`where` cannot read {name!r}: the lead id and the time are "
+                                "not event fields (use window_days or half_life_days for time), "
+                                "and names starting with '_' are reserved",
+                            )
+                        )
             gid: Any = item.get("group")
             loc: Loc = (list_name, i, "group")
             if gid is None:
@@ -319,9 +332,9 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
             if gid in group_kinds and group_kinds[gid][0] != kind:
                 other, where = group_kinds[gid]
                 if where[-1] == "kind":
-                    why = f"is declared `kind: {other}` ({_fmt_loc(where)})"
+                    why = f"is declared `kind: {other}` ({fmt_loc(where)})"
                 else:
-                    why = f"holds {other} rules ({_fmt_loc(where)})"
+                    why = f"holds {other} rules ({fmt_loc(where)})"
                 issues.append(
                     (
                         loc,
@@ -365,11 +378,13 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
         for i, ex in enumerate(examples):
             if not isinstance(ex, Mapping):
                 continue
-            name = ex.get("name")
-            if isinstance(name, str):
-                if name in names:
-                    issues.append((("examples", i, "name"), f"duplicate example name {name!r}"))
-                names.add(name)
+            example_name: Any = ex.get("name")
+            if isinstance(example_name, str):
+                if example_name in names:
+                    issues.append(
+                        (("examples", i, "name"), f"duplicate example name {example_name!r}")
+                    )
+                names.add(example_name)
             expect = ex.get("expect")
             if not isinstance(expect, Mapping):
                 continue
@@ -385,6 +400,22 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
                                 (("examples", i, "expect", key, k), f"unknown {what} {k!r}")
                             )
     return issues
+
+
+def _condition_fields_raw(cond: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    """(location, field name) of every field condition in raw condition data."""
+    if not isinstance(cond, Mapping):
+        return []
+    out: list[tuple[Loc, str]] = []
+    if isinstance(cond.get("field"), str):
+        out.append(((*loc, "field"), cond["field"]))
+    for key in ("all", "any"):
+        if isinstance(cond.get(key), list):
+            for n, c in enumerate(cond[key]):
+                out += _condition_fields_raw(c, (*loc, key, n))
+    if "not" in cond:
+        out += _condition_fields_raw(cond["not"], (*loc, "not"))
+    return out
 
 
 def _ordered_table(
@@ -414,7 +445,8 @@ def _ordered_table(
         prev = (key, float(value))
 
 
-def _fmt_loc(loc: Loc) -> str:
+def fmt_loc(loc: Loc) -> str:
+    """A location as people read it: ``activity[2].half_life_days``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -7,10 +7,18 @@ errors everywhere except inside an example's events, whose extra keys are event 
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from leadscore.spec.conditions import Condition
 
@@ -31,7 +39,12 @@ Scalar = str | int | float | bool
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere but in grade and band thresholds (ModelSpec says where).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# A threshold may be infinite (`cold: -.inf`), never NaN.
+Threshold = Annotated[float, AllowInfNan(True)]
 
 
 def _check_range(low: float | None, high: float | None, what: str) -> None:
@@ -169,13 +182,28 @@ class ModelSpec(_Strict):
     profile: list[ProfileRuleSpec] = Field(default_factory=list)
     activity: list[ActivityRuleSpec] = Field(default_factory=list)
     inactivity: list[InactivityRuleSpec] = Field(default_factory=list)
-    grades: dict[str, float] | None = None
-    bands: dict[str, float] | None = None
-    mql: str | float | None = None
+    grades: dict[str, Threshold] | None = None
+    bands: dict[str, Threshold] | None = None
+    mql: str | Threshold | None = None
     priority: dict[str, dict[str, str]] | None = None
     min: float | None = None
     max: float | None = None
     examples: list[ExampleSpec] = Field(default_factory=list)
+
+    @field_validator("grades", "bands", mode="after")
+    @classmethod
+    def _no_nan(cls, table: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (table or {}).items():
+            if math.isnan(value):
+                raise ValueError(f"{name}: must be a number or -.inf, not NaN")
+        return table
+
+    @field_validator("mql", mode="after")
+    @classmethod
+    def _mql_number(cls, value: str | float | None) -> str | float | None:
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError("must be a band name or a number, not NaN")
+        return value
 
     @model_validator(mode="after")
     def _range(self) -> ModelSpec:
