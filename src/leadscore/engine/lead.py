@@ -208,8 +208,12 @@ def _activity(
     if len(rule.events) == 1:
         candidates = by_type.get(rule.events[0], [])
     else:
-        candidates = sorted(
-            (e for t in rule.events for e in by_type.get(t, ())), key=lambda e: e.ts_us
+        candidates = sorted((e for t in rule.events for e in by_type.get(t, ())), key=_TS)
+    if not candidates:  # most rules, for most leads
+        raw, side = clip(0.0, rule.min_points, rule.max_points)
+        clipped = None if side is None else f"{side}_points"
+        return RuleContribution(
+            rule.id, "activity", rule.group, False, rule.points, 0.0, raw, clipped
         )
     window = rule.window_days
     pred = rule.predicate
