@@ -10,11 +10,11 @@ The tables it expects (the :mod:`leadscore.scoring` layer prepares them from fil
 - ``events``: ``lead_id``, ``type``, ``ts_us`` (int64 microseconds since the epoch, UTC),
   ``item`` and every field a ``where`` reads, all text.
 
-Each rule is computed the way MODEL_SPEC.md says. Rules that count every event, ``once`` rules
-and inactivity rules share one aggregate pass over the events; ``diminishing`` adds each event's
-rank among the rule's matches (a running count over the lead's events in time order, computed
-in the same pass); each ``once_per_item`` rule is a pass of its own that keeps each item's
-latest match, then ranks those. Events at the same instant have the same age, so
+Each rule is computed the way MODEL_SPEC.md says. Rules that count every event without
+diminishing returns, ``once`` rules and inactivity rules share one aggregate pass over the
+events. Rules whose counted events need a rank (``diminishing``, ``once_per_item``) are a pass
+each over their own matches only: ``once_per_item`` keeps each item's latest match first, then
+both number the counted events in time order. Events at the same instant have the same age, so
 the order among them cannot change a sum.
 """
 
@@ -231,7 +231,11 @@ def _field_expr(cond: FieldCondition, col: Column) -> ir.BooleanValue:
             any_hit = ~any_hit
         return (present & any_hit).fill_null(False)
     needles = operand_texts(operand)
-    if op in ("contains", "not_contains"):
+    if op == "contains":
+        # A trimmed, non-empty needle found in the value lies inside its trimmed text, and a
+        # blank value contains none: no presence test or trim needed (the hot path).
+        return _or([v.lower().contains(n) for n in needles]).fill_null(False)
+    if op == "not_contains":
         found = _or([s.contains(n) for n in needles])
     elif op == "starts_with":
         found = _or([s.startswith(n) for n in needles])
@@ -262,6 +266,13 @@ def condition_expr(cond: Condition, col: Column) -> ir.BooleanValue:
         return _or([condition_expr(c, col) for c in cond.any])
     assert isinstance(cond, NotCondition)
     return ~condition_expr(cond.not_, col)
+
+
+def _ranked(rule: ActivityRule) -> bool:
+    """Rules that need each counted event's rank (a pass of their own)."""
+    return rule.frequency == "once_per_item" or (
+        rule.frequency == "every" and rule.diminishing != 1.0
+    )
 
 
 def _age_days(as_of: ir.IntegerValue, ts_us: ir.IntegerValue) -> ir.FloatingValue:
@@ -314,18 +325,10 @@ class _Builder:
     def event_aggregates(self) -> ir.Table | None:
         ev = self.visible_events()
         flags: dict[str, ir.BooleanValue] = {}
-        ranks: dict[str, ir.IntegerValue] = {}
-        simple = [r for r in self.activity if r.frequency != "once_per_item"]
+        simple = [r for r in self.activity if not _ranked(r)]
         for r in simple:
             flags[f"_m:{r.id}"] = self.matches(r, ev)
         ev = ev.mutate(**flags) if flags else ev
-        window = ibis.cumulative_window(group_by=ev.lead_id, order_by=ev.ts_us)
-        for r in simple:
-            if r.frequency == "every" and r.diminishing != 1.0:
-                # 0 for the rule's first matching event, 1 for the second, ...
-                count = ev[f"_m:{r.id}"].cast("int64").sum().over(window) - 1
-                ranks[f"_k:{r.id}"] = count
-        ev = ev.mutate(**ranks) if ranks else ev
 
         metrics: dict[str, ir.Value] = {}
         for r in simple:
@@ -336,8 +339,6 @@ class _Builder:
                 continue
             # ifelse makes the constant a column, so it can be summed
             value: ir.FloatingValue = ibis.ifelse(m, r.points, 0.0)
-            if r.diminishing != 1.0:
-                value = value * ibis.literal(r.diminishing).pow(ev[f"_k:{r.id}"])
             if decay is not None:
                 value = value * decay
             metrics[f"_raw:{r.id}"] = value.sum(where=m)
@@ -350,11 +351,17 @@ class _Builder:
             return None
         return ev.group_by("lead_id").aggregate(**metrics)
 
-    def per_item(self, rule: ActivityRule) -> ir.Table:
+    def ranked(self, rule: ActivityRule) -> ir.Table:
+        """A rule whose counted events need their rank: only its matches are sorted."""
         ev = self.visible_events()
         ev = ev.filter(self.matches(rule, ev))
-        key = ev.item.strip().fill_null("")
-        latest = ev.group_by([ev.lead_id, key.name("_item")]).aggregate(_ts=ev.ts_us.max())
+        if rule.frequency == "once_per_item":
+            key = ev.item.strip().fill_null("")
+            latest = ev.group_by([ev.lead_id, key.name("_item")]).aggregate(_ts=ev.ts_us.max())
+        else:  # every, with diminishing returns
+            latest = ev.select("lead_id", _ts=ev.ts_us)
+        # 0 for the oldest counted event, 1 for the next, ... (ties share an age, so any
+        # order among them gives the same sum)
         k = ibis.row_number().over(group_by=latest.lead_id, order_by=latest._ts)
         age = _age_days(self.as_of, latest._ts)
         value: ir.FloatingValue = ibis.ifelse(latest._ts.notnull(), rule.points, 0.0)
@@ -376,8 +383,8 @@ class _Builder:
                 leads, *[c for c in agg.columns if c != "lead_id"]
             )
         for a in self.activity:
-            if a.frequency == "once_per_item":
-                sub = self.per_item(a)
+            if _ranked(a):
+                sub = self.ranked(a)
                 table = table.left_join(sub, "lead_id").select(table, sub[f"_raw:{a.id}"])
 
         cols: dict[str, ir.Value] = {}
