@@ -349,7 +349,10 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
 
         def contains_one(rec: Record) -> bool:
             v = rec.get(name)
-            return v is not None and needle in fold(v.strip(ws))
+            if v is None:
+                return False
+            s = v.strip(ws)
+            return needle in (s.lower() if s.isascii() else fold(s))
 
         return contains_one
     if op == "contains":
