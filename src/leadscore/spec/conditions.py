@@ -50,6 +50,7 @@ __all__ = [
     "operand_texts",
     "parse_number",
     "to_text",
+    "walk_fields",
 ]
 
 WHITESPACE = " \t\n\r\x0b\x0c"
@@ -401,21 +402,24 @@ def compile_condition(cond: Condition) -> Predicate:
     return lambda rec: not inner(rec)
 
 
-def _walk(cond: Condition) -> Sequence[FieldCondition]:
+def walk_fields(cond: Condition) -> Sequence[FieldCondition]:
+    """Every field condition inside a condition, in order."""
     if isinstance(cond, FieldCondition):
         return [cond]
     if isinstance(cond, AllCondition):
-        return [f for c in cond.all for f in _walk(c)]
+        return [f for c in cond.all for f in walk_fields(c)]
     if isinstance(cond, AnyCondition):
-        return [f for c in cond.any for f in _walk(c)]
-    return _walk(cond.not_)
+        return [f for c in cond.any for f in walk_fields(c)]
+    return walk_fields(cond.not_)
 
 
 def condition_fields(cond: Condition) -> list[str]:
     """Every field a condition reads, in order, without repeats."""
-    return list(dict.fromkeys(f.field for f in _walk(cond)))
+    return list(dict.fromkeys(f.field for f in walk_fields(cond)))
 
 
 def numeric_fields(cond: Condition) -> list[str]:
     """Fields read by a numeric operator: a non-number there is counted as a warning."""
-    return list(dict.fromkeys(f.field for f in _walk(cond) if f.operator in NUMERIC_OPERATORS))
+    return list(
+        dict.fromkeys(f.field for f in walk_fields(cond) if f.operator in NUMERIC_OPERATORS)
+    )
