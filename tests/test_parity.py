@@ -287,3 +287,16 @@ def test_parity_strategy_reaches_every_frequency() -> None:
 
     collect()
     assert {"every", "once", "once_per_item", "diminishing", "half_life_days"} <= seen
+
+
+def test_long_decimal_points_times_weight_stay_double() -> None:
+    """Found by the property test: bare float literals made DuckDB use DECIMAL arithmetic,
+    and 50.068425977431076 * 2.0 overflowed DECIMAL(18)."""
+    model = parse_model(
+        "version: 1\nname: r\ngroups: {a1: {kind: activity, weight: 2.0}}\n"
+        "inactivity: [{id: q0, group: a1, no_activity_days: 1, points: 50.068425977431076}]\n"
+    )
+    leads = pa.table({"lead_id": ["L0"]})
+    table = score_run(model, prepare(leads), AS_OF).table
+    expected = score_lead(model, {"lead_id": "L0"}, [], AS_OF).score
+    assert table.column("score").to_pylist() == [expected] == [100.13685195486215]

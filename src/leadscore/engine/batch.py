@@ -323,16 +323,23 @@ def _ranked(rule: ActivityRule) -> bool:
     )
 
 
+def _num(value: float) -> ir.FloatingValue:
+    """A DOUBLE literal. Ibis writes floats bare (15.0) and DuckDB reads those as DECIMAL,
+    whose arithmetic differs from the per-lead evaluator's and can overflow; a cast from the
+    value's exact text is the same double in every engine and is never folded away."""
+    return ibis.literal(repr(float(value))).cast("float64")
+
+
 def _age_days(as_of: ir.IntegerValue, ts_us: ir.IntegerValue) -> ir.FloatingValue:
     """(T - ts) in days from integer microseconds: the per-lead evaluator's exact division."""
-    return (as_of - ts_us).cast("float64") / MICROS_PER_DAY_F
+    return (as_of - ts_us).cast("float64") / _num(MICROS_PER_DAY_F)
 
 
 def _clip(value: ir.FloatingValue, low: float | None, high: float | None) -> ir.FloatingValue:
     if low is not None:
-        value = ibis.ifelse(value < low, low, value)
+        value = ibis.ifelse(value < low, _num(low), value)
     if high is not None:
-        value = ibis.ifelse(value > high, high, value)
+        value = ibis.ifelse(value > high, _num(high), value)
     return value
 
 
@@ -368,7 +375,7 @@ class _Builder:
     def decay(rule: ActivityRule, age: ir.FloatingValue) -> ir.FloatingValue | None:
         if rule.half_life_days is None:
             return None
-        return ibis.literal(0.5).pow(age / rule.half_life_days)
+        return _num(0.5).pow(age / _num(rule.half_life_days))
 
     def event_aggregates(self) -> ir.Table | None:
         ev = self.visible_events()
@@ -386,7 +393,7 @@ class _Builder:
                 metrics[f"_last:{r.id}"] = ev.ts_us.max(where=m)
                 continue
             # ifelse makes the constant a column, so it can be summed
-            value: ir.FloatingValue = ibis.ifelse(m, r.points, 0.0)
+            value: ir.FloatingValue = ibis.ifelse(m, _num(r.points), _num(0.0))
             if decay is not None:
                 value = value * decay
             metrics[f"_raw:{r.id}"] = value.sum(where=m)
@@ -412,9 +419,9 @@ class _Builder:
         # order among them gives the same sum)
         k = ibis.row_number().over(group_by=latest.lead_id, order_by=latest._ts)
         age = _age_days(self.as_of, latest._ts)
-        value: ir.FloatingValue = ibis.ifelse(latest._ts.notnull(), rule.points, 0.0)
+        value: ir.FloatingValue = ibis.ifelse(latest._ts.notnull(), _num(rule.points), _num(0.0))
         if rule.diminishing != 1.0:
-            value = value * ibis.literal(rule.diminishing).pow(k)
+            value = value * _num(rule.diminishing).pow(k)
         decay = self.decay(rule, age)
         if decay is not None:
             value = value * decay
@@ -439,36 +446,36 @@ class _Builder:
         for r in model.rules:
             if isinstance(r, ProfileRule):
                 hit = condition_expr(r.condition, lambda f: _lead_col(table, f))
-                cols[f"rule:{r.id}"] = ibis.ifelse(hit, r.points, 0.0)
+                cols[f"rule:{r.id}"] = ibis.ifelse(hit, _num(r.points), _num(0.0))
             elif isinstance(r, ActivityRule):
                 if r.frequency == "once":
                     last = table[f"_last:{r.id}"]
                     age = _age_days(self.as_of, last)
                     decay = self.decay(r, age)
-                    once_value: ir.FloatingValue = ibis.literal(r.points, "float64")
+                    once_value: ir.FloatingValue = _num(r.points)
                     if decay is not None:
                         once_value = once_value * decay
-                    raw = ibis.ifelse(last.notnull(), once_value, 0.0)
+                    raw = ibis.ifelse(last.notnull(), once_value, _num(0.0))
                 else:
-                    raw = table[f"_raw:{r.id}"].fill_null(0.0)
+                    raw = table[f"_raw:{r.id}"].fill_null(_num(0.0))
                 cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
             else:
                 last = table[f"_last:{r.id}"]
                 age = _age_days(self.as_of, last)
                 inactive = last.isnull() | (age >= r.no_activity_days)
-                cols[f"rule:{r.id}"] = ibis.ifelse(inactive, r.points, 0.0)
+                cols[f"rule:{r.id}"] = ibis.ifelse(inactive, _num(r.points), _num(0.0))
         scored = table.select("lead_id", **cols)
 
         groups: dict[str, ir.Value] = {}
         for g in model.groups:
-            raw_g: ir.FloatingValue = ibis.literal(0.0)
+            raw_g: ir.FloatingValue = _num(0.0)
             for r in g.rules:
                 raw_g = raw_g + scored[f"rule:{r.id}"]
-            groups[f"group:{g.id}"] = _clip(raw_g, g.min, g.max) * g.weight
+            groups[f"group:{g.id}"] = _clip(raw_g, g.min, g.max) * _num(g.weight)
         scored = scored.mutate(**groups)
-        total: ir.FloatingValue = ibis.literal(0.0)
-        fit: ir.FloatingValue = ibis.literal(0.0)
-        engagement: ir.FloatingValue = ibis.literal(0.0)
+        total: ir.FloatingValue = _num(0.0)
+        fit: ir.FloatingValue = _num(0.0)
+        engagement: ir.FloatingValue = _num(0.0)
         for g in model.groups:
             total = total + scored[f"group:{g.id}"]
             if g.kind == "profile":
