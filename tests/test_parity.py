@@ -68,7 +68,7 @@ def operand_for(op: str) -> st.SearchStrategy[Any]:
     if op == "matches":
         return st.sampled_from(["^vp", r"\d+", "soft|chief", "^$", "A.C"])
     if op in ("eq", "ne"):
-        return st.sampled_from(["vp sales", "200", 200, 1000.0, "software", "İzmir", "οδος"])
+        return st.sampled_from(["vp sales", "200", 200, 1000.0, "software", "İzmir", "οδος", ""])
     scalar = st.sampled_from(["vp", "Soft", "200", "c", "/pricing", "1", "x", "İZ", "σ"])  # noqa: RUF001
     return st.one_of(
         scalar,
@@ -300,3 +300,19 @@ def test_long_decimal_points_times_weight_stay_double() -> None:
     table = score_run(model, prepare(leads), AS_OF).table
     expected = score_lead(model, {"lead_id": "L0"}, [], AS_OF).score
     assert table.column("score").to_pylist() == [expected] == [100.13685195486215]
+
+
+def test_operators_without_presence_tests_still_miss_blank_values() -> None:
+    """The batch SQL drops presence tests where operands are non-empty; `eq: ''` keeps one."""
+    model = parse_model(
+        "version: 1\nname: e\nprofile:\n  - {id: p, if: {field: f, eq: ''}, points: 5}\n"
+        "  - {id: q, if: {field: f, starts_with: ab}, points: 1}\n"
+        "  - {id: r, if: {field: f, ends_with: yz}, points: 2}\n"
+        "  - {id: s, if: {field: f, between: [0, 9]}, points: 4}\n"
+    )
+    leads = pa.table(
+        {"lead_id": ["a", "b", "c", "d", "e"], "f": [" ", None, " abc xyz ", "ab", "7"]}
+    )
+    batch = score_run(model, prepare(leads), AS_OF).table.column("score").to_pylist()
+    per_lead = [score_lead(model, r, [], AS_OF).score for r in leads.to_pylist()]
+    assert batch == per_lead == [0.0, 0.0, 3.0, 1.0, 4.0]

@@ -237,48 +237,52 @@ def _regex_udf(pattern: str) -> Any:
 def _field_expr(cond: FieldCondition, col: Column) -> ir.BooleanValue:
     v = col(cond.field)
     op, operand = cond.operator, cond.operand
-    present = _present(v)
     if op in ("exists", "missing"):
         want_present = (op == "exists") == bool(operand)
-        return present if want_present else ~present
+        return _present(v) if want_present else ~_present(v)
     if op == "matches":
         return _regex_udf(operand)(v).fill_null(False)
-    s = v.strip().lower()
+    # The positive operators below need no presence test: their operands are never empty
+    # (the schema says so), so a missing or blank value matches none of them, and NULL
+    # comparisons fill to false. Fewer trims per row is most of the batch's speed on leads.
     if op in NUMERIC_OPERATORS:
-        x = _number(v)
+        x = _number(v)  # NULL when missing or not a number
         if op == "between":
-            test = (x >= float(operand[0])) & (x <= float(operand[1]))
-        else:
-            bound = float(operand)
-            test = {"gt": x > bound, "gte": x >= bound, "lt": x < bound, "lte": x <= bound}[op]
-        return (x.notnull() & test).fill_null(False)
+            return x.between(float(operand[0]), float(operand[1])).fill_null(False)
+        bound = float(operand)
+        test = {"gt": x > bound, "gte": x >= bound, "lt": x < bound, "lte": x <= bound}[op]
+        return test.fill_null(False)
+    s = v.strip().lower()
     if op in ("eq", "ne", "in", "not_in"):
-        x = _number(v)
-        hits = []
-        for text in operand_texts(operand):
-            number = parse_number(text)
-            if number is None:
-                hits.append(s == text)
-            else:
-                hits.append(ibis.ifelse(x.notnull(), x == number, s == text))
-        any_hit = _or(hits)
-        if op in ("ne", "not_in"):
-            any_hit = ~any_hit
-        return (present & any_hit).fill_null(False)
+        texts = operand_texts(operand)
+        numbers = [parse_number(t) for t in texts]
+        if all(n is None for n in numbers):
+            any_hit = s.isin(texts)
+        else:
+            x = _number(v)
+            hits = [
+                s == text if number is None else ibis.ifelse(x.notnull(), x == number, s == text)
+                for text, number in zip(texts, numbers, strict=True)
+            ]
+            any_hit = _or(hits)
+        if op in ("eq", "in"):
+            # `eq: ""` is the one empty operand the schema allows: keep the presence test
+            guarded = any_hit if all(texts) else _present(v) & any_hit
+            return guarded.fill_null(False)
+        return (_present(v) & ~any_hit).fill_null(False)
     needles = operand_texts(operand)
     if op == "contains":
-        # A trimmed, non-empty needle found in the value lies inside its trimmed text, and a
-        # blank value contains none: no presence test or trim needed (the hot path).
+        # a trimmed needle found in the value lies inside its trimmed text
         return _or([v.lower().contains(n) for n in needles]).fill_null(False)
-    if op == "not_contains":
-        found = _or([s.contains(n) for n in needles])
-    elif op == "starts_with":
-        found = _or([s.startswith(n) for n in needles])
-    else:
-        found = _or([s.endswith(n) for n in needles])
-    if op == "not_contains":
-        found = ~found
-    return (present & found).fill_null(False)
+    if op == "starts_with":
+        # a trimmed needle that starts the value starts it with or without trailing space
+        head = v.lstrip().lower()
+        return _or([head.startswith(n) for n in needles]).fill_null(False)
+    if op == "ends_with":
+        tail = v.rstrip().lower()
+        return _or([tail.endswith(n) for n in needles]).fill_null(False)
+    found = _or([s.contains(n) for n in needles])  # not_contains
+    return (_present(v) & ~found).fill_null(False)
 
 
 def _or(parts: list[ir.BooleanValue]) -> ir.BooleanValue:
