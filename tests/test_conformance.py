@@ -118,6 +118,6 @@ def test_plan_sql_text_runs_and_agrees(inputs) -> None:  # type: ignore[no-untyp
     con = ibis.duckdb.connect()
     register_inputs(con, prepared, [plan])
     direct = plan.execute(con, t_us).sort_by("lead_id")
-    text = con.con.execute(plan.sql("duckdb", t_us)).to_arrow_table().sort_by("lead_id")
+    text = con.con.sql(plan.sql("duckdb", t_us)).to_arrow_table().sort_by("lead_id")
     assert text.to_pylist() == direct.to_pylist()
     assert "WITH" in plan.sql("postgres", t_us) or "SELECT" in plan.sql("postgres", t_us)
