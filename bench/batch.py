@@ -424,19 +424,7 @@ def per_lead_pairs(
 def per_lead_table(results: list[leadscore.ScoreResult]) -> pa.Table:
     rows: dict[str, list[Any]] = {}
     for r in results:
-        row = {
-            "lead_id": r.lead_id,
-            "score": r.score,
-            "fit": r.fit,
-            "engagement": r.engagement,
-            "grade": r.grade,
-            "band": r.band,
-            "mql": r.mql,
-            "priority": r.priority,
-        }
-        row.update({f"group:{g.group_id}": g.points for g in r.groups})
-        row.update({f"rule:{c.rule_id}": c.points for c in r.rules})
-        for k, v in row.items():
+        for k, v in r.as_row().items():
             rows.setdefault(k, []).append(v)
     return pa.table(rows)
 

@@ -199,3 +199,17 @@ def test_example_events_are_read_like_any_events() -> None:
         "    events: [{type: ' page_view ', days_ago: 1}]\n    expect: {score: 5}\n"
     )
     assert [o.problems for o in run_examples(m)] == [()]
+
+
+def test_as_row_has_the_batch_columns_in_order() -> None:
+    from leadscore.engine.batch import output_columns
+
+    m = model("activity:\n  - {id: pv, event: page_view, points: 2}\n")
+    row = score_lead(m, {"lead_id": "L1"}, [ev("page_view", 1)], AS_OF).as_row()
+    assert list(row) == output_columns(m)
+    assert (row["lead_id"], row["score"], row["rule:pv"], row["group:engagement"]) == (
+        "L1",
+        2.0,
+        2.0,
+        2.0,
+    )

@@ -56,18 +56,7 @@ def test_per_lead_evaluator_matches_vectors(inputs) -> None:  # type: ignore[no-
     model, prepared, expected = inputs
     failures = {}
     for lead, events in iter_lead_events(prepared):
-        r = score_lead(model, lead, events, AS_OF)
-        got: dict[str, object] = {
-            "score": r.score,
-            "fit": r.fit,
-            "engagement": r.engagement,
-            "grade": r.grade,
-            "band": r.band,
-            "mql": r.mql,
-            "priority": r.priority,
-            **{f"group:{k}": v for k, v in r.group_points.items()},
-            **{f"rule:{k}": v for k, v in r.contributions.items()},
-        }
+        got = score_lead(model, lead, events, AS_OF).as_row()
         problems = _check(expected[lead["lead_id"]], got)
         if problems:
             failures[lead["lead_id"]] = problems

@@ -105,6 +105,22 @@ class ScoreResult:
     def group_points(self) -> dict[str, float]:
         return {g.group_id: g.points for g in self.groups}
 
+    def as_row(self) -> dict[str, Any]:
+        """The result as one row of the batch evaluator's table (same column names)."""
+        row: dict[str, Any] = {
+            "lead_id": self.lead_id,
+            "score": self.score,
+            "fit": self.fit,
+            "engagement": self.engagement,
+            "grade": self.grade,
+            "band": self.band,
+            "mql": self.mql,
+            "priority": self.priority,
+        }
+        row.update({f"group:{g.group_id}": g.points for g in self.groups})
+        row.update({f"rule:{r.rule_id}": r.points for r in self.rules})
+        return row
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: datetimes as ISO 8601 text."""
         data = asdict(self)
