@@ -16,6 +16,7 @@ FORBIDDEN = {
     "inputs": ("scoring", "cli", "store", "service", "ui"),
     "scoring": ("cli", "service", "ui"),
     "examples": ("scoring", "inputs", "cli", "service", "ui"),
+    "store": ("cli", "service", "ui"),
 }
 WEB_OR_ML = ("fastapi", "starlette", "sklearn", "uvicorn")
 
@@ -53,5 +54,15 @@ def test_public_api_is_curated() -> None:
     for name in leadscore.__all__:
         assert hasattr(leadscore, name), name
     public = {n for n in dir(leadscore) if not n.startswith("_")}
-    modules = {"cli", "engine", "errors", "examples", "inputs", "scoring", "spec", "sample"}
+    modules = {
+        "cli",
+        "engine",
+        "errors",
+        "examples",
+        "inputs",
+        "scoring",
+        "spec",
+        "sample",
+        "store",
+    }
     assert public - modules == set(leadscore.__all__) - {"__version__"}

@@ -4,6 +4,9 @@
      +-- ModelError                a model file is invalid; .issues lists every problem found
      +-- InputError                a leads/events/outcomes input is unusable; .problems lists them
      +-- UsageError                a call was made with arguments that cannot work
+     +-- StoreError                the store cannot be opened or does not hold what was asked
+          +-- NotFound             no such lead, model, key, ...
+          +-- Conflict             the request contradicts what the store holds
 
 The command line turns these into ``Error: ...`` messages and an exit code; only code at that
 edge catches them.
@@ -14,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "Conflict",
     "InputError",
     "InputProblem",
     "LeadscoreError",
     "ModelError",
     "ModelIssue",
+    "NotFound",
+    "StoreError",
     "UsageError",
 ]
 
@@ -79,3 +85,15 @@ class InputError(LeadscoreError):
 
 class UsageError(LeadscoreError):
     """Arguments that cannot work together (an unknown sheet, a bad as-of time, ...)."""
+
+
+class StoreError(LeadscoreError):
+    """The store cannot be opened, or cannot do what was asked."""
+
+
+class NotFound(StoreError):
+    """No such lead, model version, API key, ..."""
+
+
+class Conflict(StoreError):
+    """The request contradicts what the store holds (e.g. publishing a retired version)."""

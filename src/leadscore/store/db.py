@@ -1,0 +1,143 @@
+"""Opening a store: the database URL, SQLite's settings, migrations, read and write transactions.
+
+A store is a SQLite file (the embedded default, in WAL mode) or a PostgreSQL database. Writes go
+through :meth:`Database.write`: on SQLite they are serialised inside the process and take the
+database's write lock at ``BEGIN`` (``BEGIN IMMEDIATE``), so two writers never deadlock on a lock
+upgrade; on PostgreSQL they run concurrently and lock the rows they change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from leadscore.errors import StoreError
+
+__all__ = ["DEFAULT_DB", "Database", "database_url", "open_database"]
+
+DEFAULT_DB = "leadscore.db"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_WRITE = "leadscore_write"
+
+
+def database_url(db: str | Path | None) -> str:
+    """A SQLAlchemy URL from what a user typed: a URL, or a path to a SQLite file.
+
+    >>> database_url("scores.db")
+    'sqlite:///scores.db'
+    >>> database_url("postgresql://postgres@127.0.0.1/test")
+    'postgresql+psycopg://postgres@127.0.0.1/test'
+    """
+    text = str(db) if db is not None else DEFAULT_DB
+    if "://" not in text:
+        return f"sqlite:///{text}"
+    scheme, rest = text.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return text
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+class Database:
+    """An engine plus the transaction helpers every store module uses."""
+
+    def __init__(self, engine: Engine, *, durable: bool = True) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._lock = threading.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            _configure_sqlite(engine, durable=durable)
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that may write; committed when the block ends without an exception."""
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._lock, self.engine.connect() as raw:
+            conn = raw.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (one consistent snapshot)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def migrate(self) -> None:
+        """Bring the tables up to the newest migration (creating them in an empty database)."""
+        cfg = _alembic_config()
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        """The migration the database is at (``None``: no tables yet)."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head(self) -> str | None:
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own handling
+        # would start transactions late and as DEFERRED).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the API acknowledges. NORMAL survives a killed
+        # process but not a power cut.
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def open_database(
+    db: str | Path | None = None, *, migrate: bool = True, durable: bool = True
+) -> Database:
+    """Open (and by default create or upgrade) the store at ``db`` (a URL or a SQLite path)."""
+    url = database_url(db)
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    except (sa.exc.ArgumentError, ImportError) as e:
+        raise StoreError(f"cannot open the store {db!s}: {e}") from None
+    database = Database(engine, durable=durable)
+    if migrate:
+        try:
+            database.migrate()
+        except sa.exc.OperationalError as e:
+            raise StoreError(f"cannot open the store {database.url}: {e.orig}") from None
+    return database

@@ -1,0 +1,407 @@
+"""The store as the service and the command line use it: ingest, rescoring, models, time.
+
+:class:`Store` keeps every lead's current scores equal to what the per-lead evaluator gives for
+the active model versions, the lead's profile and its events, and records every change:
+
+- an accepted event or profile update rescores its lead on every active sheet in the same
+  transaction that stores it, so the score is readable as soon as the request is acknowledged;
+- :meth:`Store.rescore_all` (the batch evaluator) brings every lead current after time has
+  passed (decay, windows, inactivity), and after a model is published;
+- each change goes to the score history and to the triggers, in that same transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.engine.lead import score_lead
+from leadscore.engine.result import ScoreResult
+from leadscore.engine.timeutil import from_micros, now_micros
+from leadscore.errors import NotFound
+from leadscore.scoring import prepare, score_run
+from leadscore.spec import Model, parse_model
+from leadscore.spec.conditions import to_text
+from leadscore.spec.model import InactivityRule
+from leadscore.store.db import Database
+from leadscore.store.leads import (
+    EventInput,
+    ItemOutcome,
+    LeadInput,
+    event_fields,
+    insert_events,
+    lead_events,
+    lead_records,
+    link_alias,
+    upsert_leads,
+)
+from leadscore.store.schema import events, leads, model_versions, scores
+from leadscore.store.scores import NewScore, ScoreChange, current_scores, write_scores
+from leadscore.store.versions import (
+    ModelVersion,
+    active_versions,
+    add_version,
+    get_version,
+    mark_published,
+)
+
+__all__ = ["ChangeListener", "RescoreReport", "Sheet", "Store"]
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+class ChangeListener(Protocol):
+    """Told about score changes inside the transaction that makes them (the triggers)."""
+
+    def __call__(
+        self, conn: Connection, changes: Sequence[ScoreChange], now_us: int, fire: bool
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """An active score sheet: the published version of a model, compiled."""
+
+    version: ModelVersion
+    model: Model
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+
+@dataclass
+class RescoreReport:
+    reason: str
+    as_of_us: int
+    leads: int = 0
+    changed: int = 0  # score rows whose change went to the history
+    skipped: int = 0  # leads rescored in real time while the batch ran (kept as they are)
+    per_sheet: dict[str, int] = field(default_factory=dict)
+
+
+class Store:
+    """Leads, events, scores and models in one database (see :func:`open_store`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], int] = now_micros,
+        listener: ChangeListener | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.listener = listener
+        self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
+        self._models: dict[int, Model] = {}
+        self._lock = threading.Lock()
+
+    # --- models -------------------------------------------------------------------------------
+
+    def sheets(self, conn: Connection | None = None) -> list[Sheet]:
+        """The active sheets (reloaded when another process published a model)."""
+        if conn is None:
+            with self.db.read() as c:
+                return self.sheets(c)
+        ids = tuple(
+            int(i)
+            for (i,) in conn.execute(
+                sa.select(model_versions.c.id)
+                .where(model_versions.c.status == "published")
+                .order_by(model_versions.c.name)
+            )
+        )
+        with self._lock:
+            if ids == self._sheets[0]:
+                return self._sheets[1]
+        versions = active_versions(conn)
+        sheets = [Sheet(v, self.model_of(v)) for v in versions]
+        with self._lock:
+            self._sheets = (tuple(v.id for v in versions), sheets)
+        return sheets
+
+    def model_of(self, version: ModelVersion) -> Model:
+        with self._lock:
+            model = self._models.get(version.id)
+        if model is None:
+            model = version.model()
+            with self._lock:
+                self._models[version.id] = model
+        return model
+
+    def model_by_id(self, conn: Connection, version_id: int) -> Model:
+        row = conn.execute(
+            sa.select(model_versions.c.name, model_versions.c.version).where(
+                model_versions.c.id == version_id
+            )
+        ).one()
+        return self.model_of(get_version(conn, row[0], row[1]))
+
+    def add_model(self, yaml_text: str, source: str = "<request>") -> ModelVersion:
+        """Validate a model file and store it as a draft (:class:`ModelError` if invalid)."""
+        model = parse_model(yaml_text, source=source)
+        with self.db.write() as conn:
+            return add_version(conn, model, yaml_text, self.clock())
+
+    def publish(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        fire_triggers: bool = False,
+        progress: Progress | None = None,
+    ) -> RescoreReport:
+        """Make a version active (default: the newest) and rescore every lead with it."""
+        with self.db.write() as conn:
+            if version is None:
+                newest = conn.execute(
+                    sa.select(sa.func.max(model_versions.c.version)).where(
+                        model_versions.c.name == name
+                    )
+                ).scalar()
+                if newest is None:
+                    raise NotFound(f"no model {name!r} in the store")
+                version = int(newest)
+            mark_published(conn, get_version(conn, name, version), self.clock())
+        return self.rescore_all(
+            "model change", sheets=[name], fire_triggers=fire_triggers, progress=progress
+        )
+
+    def ensure_published(self, yaml_text: str, source: str) -> ModelVersion | None:
+        """Publish ``yaml_text`` unless it is already the active version of its sheet.
+
+        Returns the version published, or None when nothing changed.
+        """
+        draft = self.add_model(yaml_text, source)
+        if draft.status == "published":
+            return None
+        self.publish(draft.name, draft.version)
+        with self.db.read() as conn:
+            return get_version(conn, draft.name, draft.version)
+
+    # --- ingest -------------------------------------------------------------------------------
+
+    def upsert_leads(self, items: Sequence[LeadInput]) -> list[ItemOutcome]:
+        with self.db.write() as conn:
+            now = self.clock()
+            outcomes = upsert_leads(conn, items, now)
+            touched = {o.lead_id for o in outcomes if o.status != "error" and o.lead_id}
+            self.rescore_leads(conn, touched, "profile", now)
+        return outcomes
+
+    def ingest_events(self, items: Sequence[EventInput]) -> list[ItemOutcome]:
+        """Store events (repeats of a ``message_id`` are acknowledged, not counted twice) and
+        rescore the leads they belong to."""
+        with self.db.write() as conn:
+            now = self.clock()
+            outcomes, touched = insert_events(conn, items, now)
+            self.rescore_leads(conn, touched, "event", now)
+        return outcomes
+
+    def identify(
+        self, lead: LeadInput, anonymous_id: str | None = None
+    ) -> tuple[ItemOutcome, bool]:
+        """Upsert a lead and link an anonymous id to it; whether anonymous events joined it."""
+        with self.db.write() as conn:
+            now = self.clock()
+            (outcome,) = upsert_leads(conn, [lead], now)
+            joined = False
+            if outcome.status != "error" and outcome.lead_id and anonymous_id:
+                joined = link_alias(conn, anonymous_id, outcome.lead_id, now)
+            if outcome.lead_id and outcome.status != "error":
+                self.rescore_leads(conn, [outcome.lead_id], "event" if joined else "profile", now)
+        return outcome, joined
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def rescore_leads(
+        self,
+        conn: Connection,
+        lead_ids: Iterable[str],
+        reason: str,
+        now_us: int,
+        detail: str | None = None,
+        *,
+        fire_triggers: bool = True,
+    ) -> list[ScoreChange]:
+        """Rescore leads with the per-lead evaluator as of ``now_us``, inside ``conn``."""
+        ids = sorted(set(lead_ids))
+        sheets = self.sheets(conn)
+        if not ids or not sheets:
+            return []
+        if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
+            conn.execute(
+                sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(ids)).with_for_update()
+            )
+        records = lead_records(conn, ids)
+        as_of = from_micros(now_us)
+        new: list[NewScore] = []
+        for lead_id in ids:
+            record = records.get(lead_id)
+            if record is None:
+                continue
+            evs = lead_events(conn, lead_id, now_us)
+            for sheet in sheets:
+                result = score_lead(sheet.model, record, evs, as_of, explain=False)
+                new.append(NewScore.from_result(lead_id, sheet.version.id, now_us, result))
+        changes = write_scores(conn, new, reason, now_us, detail)
+        if self.listener is not None and changes:
+            self.listener(conn, changes, now_us, fire_triggers)
+        return changes
+
+    def explain(self, conn: Connection, lead_id: str, sheet: str) -> ScoreResult:
+        """The full explanation of a lead's current score on a sheet (at its stored as-of)."""
+        row = conn.execute(
+            sa.select(scores.c.model_version_id, scores.c.as_of_us).where(
+                scores.c.lead_id == lead_id, scores.c.sheet == sheet
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"lead {lead_id!r} has no score on sheet {sheet!r}")
+        model = self.model_by_id(conn, int(row[0]))
+        record = lead_records(conn, [lead_id])[lead_id]
+        evs = lead_events(conn, lead_id, int(row[1]))
+        return score_lead(model, record, evs, from_micros(int(row[1])))
+
+    def rescore_all(
+        self,
+        reason: str = "decay",
+        *,
+        sheets: Sequence[str] | None = None,
+        as_of_us: int | None = None,
+        fire_triggers: bool = True,
+        progress: Progress | None = None,
+        chunk: int = 5000,
+    ) -> RescoreReport:
+        """Rescore every lead with the batch evaluator and record what changed.
+
+        Leads rescored in real time while this ran keep their newer score.
+        """
+        start = self.clock()
+        t_us = start if as_of_us is None else as_of_us
+        report = RescoreReport(reason, t_us)
+        with self.db.read() as conn:
+            active = [s for s in self.sheets(conn) if sheets is None or s.name in sheets]
+            if not active:
+                return report
+            if progress:
+                progress("reading leads and events", 0, 1)
+            prepared = prepare(*_export(conn, active))
+        report.leads = prepared.leads.num_rows
+        if progress:
+            progress("scoring", 0, 1)
+        table = score_run([s.model for s in active], prepared, from_micros(t_us)).table
+        rows = table.to_pylist()
+        multi = len(active) > 1
+        done = 0
+        for begin in range(0, len(rows), chunk):
+            part = rows[begin : begin + chunk]
+            with self.db.write() as conn:
+                now = self.clock()
+                ids = [r["lead_id"] for r in part]
+                current = current_scores(conn, ids)
+                fresh = {k for k, row in current.items() if row["updated_us"] > start}
+                new: list[NewScore] = []
+                for r in part:
+                    for s in active:
+                        if (r["lead_id"], s.name) in fresh:
+                            report.skipped += 1
+                            continue
+                        new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
+                changes = write_scores(conn, new, reason, now, current=current)
+                for c in changes:
+                    report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
+                report.changed += len(changes)
+                if self.listener is not None and changes:
+                    self.listener(conn, changes, now, fire_triggers)
+            done += len(part)
+            if progress:
+                progress("writing scores", done, len(rows))
+        return report
+
+
+def _new_score(row: dict[str, Any], sheet: Sheet, t_us: int, prefix: str) -> NewScore:
+    groups = {g.id: float(row[f"{prefix}group:{g.id}"]) for g in sheet.model.groups}
+    return NewScore(
+        row["lead_id"],
+        sheet.name,
+        sheet.version.id,
+        t_us,
+        float(row[f"{prefix}score"]),
+        float(row[f"{prefix}fit"]),
+        float(row[f"{prefix}engagement"]),
+        row[f"{prefix}grade"],
+        row[f"{prefix}band"],
+        bool(row[f"{prefix}mql"]),
+        row[f"{prefix}priority"],
+        groups,
+    )
+
+
+def _export(conn: Connection, sheets: Sequence[Sheet]) -> tuple[pa.Table, pa.Table]:
+    """Leads and the events the sheets read, as the tables the batch evaluator takes.
+
+    Values become text exactly as the per-lead path makes them (``to_text``), so both
+    evaluators see the same strings.
+    """
+    profiles: dict[str, list[str | None]] = {"lead_id": []}
+    n = 0
+    for lead_id, profile in conn.execute(sa.select(leads.c.lead_id, leads.c.profile)):
+        profiles["lead_id"].append(lead_id)
+        for k, v in profile.items():
+            if k == "lead_id":
+                continue
+            column = profiles.get(k)
+            if column is None:
+                column = profiles[k] = [None] * n
+            column.append(v if type(v) is str else to_text(v))
+        n += 1
+        for column in profiles.values():
+            if len(column) < n:
+                column.append(None)
+    types: set[str] | None = set()
+    for s in sheets:
+        if types is not None and any(
+            isinstance(r, InactivityRule) and r.events is None for r in s.model.rules
+        ):  # an inactivity rule on any event type needs every event
+            types = None
+        elif types is not None:
+            types.update(s.model.event_types)
+    q = sa.select(
+        events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
+    ).where(events.c.lead_id.is_not(None))
+    if types is not None:
+        q = q.where(events.c.type.in_(sorted(types)))
+    cols: dict[str, list[Any]] = {"lead_id": [], "type": [], "ts": [], "item": []}
+    m = 0
+    for lead_id, etype, ts_us, item, props in conn.execute(q):
+        cols["lead_id"].append(lead_id)
+        cols["type"].append(etype)
+        cols["ts"].append(ts_us)
+        cols["item"].append(item)
+        for k, v in event_fields(etype, item, props).items():
+            if k in ("type", "item", "lead_id", "ts"):
+                continue
+            column = cols.get(k)
+            if column is None:
+                column = cols[k] = [None] * m
+            column.append(v)
+        m += 1
+        for column in cols.values():
+            if len(column) < m:
+                column.append(None)
+    lead_table = pa.table({k: pa.array(v, pa.string()) for k, v in profiles.items()})
+    event_table = pa.table(
+        {
+            k: pa.array(v, pa.timestamp("us", tz="UTC") if k == "ts" else pa.string())
+            for k, v in cols.items()
+        }
+    )
+    return lead_table, event_table

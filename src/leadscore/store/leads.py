@@ -1,0 +1,343 @@
+"""Leads and their events in the store: upserts, identity resolution, reads for scoring.
+
+A lead is found by its ``lead_id``, by its email (lowercased), or through an ``anonymous_id``
+that an identify call (or an event carrying both ids) linked to it. Events of an anonymous
+visitor are kept with no lead and joined to the lead when the link appears.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.engine.lead import Event
+from leadscore.spec.conditions import to_text
+from leadscore.store.schema import aliases, events, leads
+
+__all__ = [
+    "STAGES",
+    "EventInput",
+    "ItemOutcome",
+    "LeadInput",
+    "event_fields",
+    "insert_events",
+    "lead_events",
+    "lead_records",
+    "link_alias",
+    "upsert_leads",
+]
+
+STAGES = (
+    "subscriber",
+    "lead",
+    "mql",
+    "sql",
+    "opportunity",
+    "customer",
+    "disqualified",
+    "recycled",
+)
+
+
+@dataclass
+class LeadInput:
+    """A lead to create or update: profile ``fields`` are merged (a ``None`` value removes one)."""
+
+    lead_id: str | None = None
+    email: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    stage: str | None = None
+    owner: str | None = None
+
+
+@dataclass
+class EventInput:
+    type: str
+    ts_us: int
+    lead_id: str | None = None
+    email: str | None = None
+    anonymous_id: str | None = None
+    item: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+
+
+@dataclass
+class ItemOutcome:
+    """What became of one item of a request, by its index in the request."""
+
+    index: int
+    status: str  # created, updated, accepted, duplicate, anonymous, error
+    lead_id: str | None = None
+    error: str | None = None
+
+
+def _email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    return value or None
+
+
+def _find_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, str]:
+    wanted = list(set(emails))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        q = sa.select(leads.c.email, leads.c.lead_id).where(
+            leads.c.email.in_(wanted[start : start + 500])
+        )
+        found.update({str(e): str(i) for e, i in conn.execute(q)})
+    return found
+
+
+def _existing(conn: Connection, lead_ids: Iterable[str]) -> dict[str, sa.RowMapping]:
+    wanted = list(set(lead_ids))
+    found: dict[str, sa.RowMapping] = {}
+    for start in range(0, len(wanted), 500):
+        q = sa.select(leads).where(leads.c.lead_id.in_(wanted[start : start + 500]))
+        found.update({r["lead_id"]: r for r in conn.execute(q).mappings()})
+    return found
+
+
+def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> list[ItemOutcome]:
+    """Create or update leads; each item's outcome in order (``error`` items change nothing)."""
+    by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
+    outcomes: list[ItemOutcome] = []
+    resolved: list[tuple[int, str, LeadInput]] = []
+    for index, item in enumerate(items):
+        email = _email(item.email)
+        lead_id = item.lead_id or (by_email.get(email) if email else None) or email
+        if lead_id is None:
+            outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
+            continue
+        owner_of_email = by_email.get(email) if email else None
+        if owner_of_email is not None and owner_of_email != lead_id:
+            outcomes.append(
+                ItemOutcome(
+                    index,
+                    "error",
+                    lead_id,
+                    f"email {email!r} already belongs to lead {owner_of_email!r}",
+                )
+            )
+            continue
+        if email:
+            by_email[email] = lead_id
+        resolved.append((index, lead_id, item))
+        outcomes.append(ItemOutcome(index, "updated", lead_id))
+    existing = _existing(conn, (lid for _, lid, _ in resolved))
+    state: dict[str, dict[str, Any]] = {
+        lid: {
+            "profile": dict(row["profile"]),
+            "email": row["email"],
+            "stage": row["stage"],
+            "owner": row["owner"],
+        }
+        for lid, row in existing.items()
+    }
+    created: set[str] = set()
+    for index, lead_id, item in resolved:
+        if lead_id not in state:
+            state[lead_id] = {"profile": {}, "email": None, "stage": "lead", "owner": None}
+            created.add(lead_id)
+            outcomes[index].status = "created"
+        s = state[lead_id]
+        for k, v in item.fields.items():
+            if v is None:
+                s["profile"].pop(k, None)
+            else:
+                s["profile"][k] = v
+        email = _email(item.email)
+        if email:
+            s["email"] = email
+            s["profile"]["email"] = email
+        if item.owner is not None:
+            s["owner"] = item.owner or None
+        if item.stage is not None:
+            s["stage"] = item.stage
+    for lead_id, s in state.items():
+        values = {
+            "profile": s["profile"],
+            "email": s["email"],
+            "owner": s["owner"],
+            "updated_us": now_us,
+        }
+        if lead_id in created:
+            conn.execute(
+                leads.insert().values(
+                    lead_id=lead_id, stage=s["stage"], stage_us=now_us, created_us=now_us, **values
+                )
+            )
+        else:
+            if s["stage"] != existing[lead_id]["stage"]:
+                values.update(stage=s["stage"], stage_us=now_us)
+            conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
+    return outcomes
+
+
+def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> None:
+    """Create the leads among ``wanted`` (lead id -> email) that do not exist yet."""
+    existing = _existing(conn, wanted)
+    missing = [lid for lid in wanted if lid not in existing]
+    if missing:
+        conn.execute(
+            leads.insert(),
+            [
+                {
+                    "lead_id": lid,
+                    "email": wanted[lid],
+                    "profile": {"email": wanted[lid]} if wanted[lid] else {},
+                    "stage": "lead",
+                    "stage_us": now_us,
+                    "owner": None,
+                    "created_us": now_us,
+                    "updated_us": now_us,
+                }
+                for lid in missing
+            ],
+        )
+
+
+def link_alias(conn: Connection, anonymous_id: str, lead_id: str, now_us: int) -> bool:
+    """Link an anonymous id to a lead and give it the events kept for that id.
+
+    Returns whether events moved to the lead. An id already linked stays with its first lead.
+    """
+    row = conn.execute(
+        sa.select(aliases.c.lead_id).where(aliases.c.anonymous_id == anonymous_id)
+    ).first()
+    if row is None:
+        conn.execute(
+            aliases.insert().values(anonymous_id=anonymous_id, lead_id=lead_id, created_us=now_us)
+        )
+    elif row[0] != lead_id:
+        return False
+    moved = conn.execute(
+        events.update()
+        .where(events.c.anonymous_id == anonymous_id, events.c.lead_id.is_(None))
+        .values(lead_id=lead_id)
+    )
+    return bool(moved.rowcount)
+
+
+def insert_events(
+    conn: Connection, items: Sequence[EventInput], now_us: int
+) -> tuple[list[ItemOutcome], set[str]]:
+    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events."""
+    ids = [i.message_id for i in items if i.message_id]
+    seen: set[str] = set()
+    for start in range(0, len(ids), 500):
+        q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
+        seen.update(str(m) for (m,) in conn.execute(q))
+    by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
+    anon = list({i.anonymous_id for i in items if i.anonymous_id and not i.lead_id})
+    linked: dict[str, str] = {
+        a: lid
+        for a, lid in conn.execute(
+            sa.select(aliases.c.anonymous_id, aliases.c.lead_id).where(
+                aliases.c.anonymous_id.in_(anon)
+            )
+        )
+    }
+    outcomes: list[ItemOutcome] = []
+    rows: list[dict[str, Any]] = []
+    wanted: dict[str, str | None] = {}
+    links: list[tuple[str, str]] = []
+    for index, item in enumerate(items):
+        if item.message_id and item.message_id in seen:
+            outcomes.append(ItemOutcome(index, "duplicate"))
+            continue
+        if item.message_id:
+            seen.add(item.message_id)
+        email = _email(item.email)
+        lead_id = item.lead_id or (by_email.get(email) if email else None) or email
+        if lead_id is None and item.anonymous_id:
+            lead_id = linked.get(item.anonymous_id)
+        if lead_id is not None:
+            wanted.setdefault(lead_id, email if email and email not in by_email else None)
+            if email:
+                by_email[email] = lead_id
+            if item.anonymous_id and item.lead_id:
+                links.append((item.anonymous_id, lead_id))
+        elif not item.anonymous_id:
+            outcomes.append(
+                ItemOutcome(index, "error", error="an event needs a lead_id, email or anonymous_id")
+            )
+            continue
+        rows.append(
+            {
+                "lead_id": lead_id,
+                "anonymous_id": item.anonymous_id,
+                "type": item.type,
+                "ts_us": item.ts_us,
+                "item": item.item,
+                "properties": item.properties,
+                "message_id": item.message_id,
+                "received_us": now_us,
+            }
+        )
+        outcomes.append(ItemOutcome(index, "accepted" if lead_id else "anonymous", lead_id))
+    _ensure_leads(conn, wanted, now_us)
+    if rows:
+        conn.execute(events.insert(), rows)
+    touched = set(wanted)
+    for anonymous_id, lead_id in links:
+        if link_alias(conn, anonymous_id, lead_id, now_us):
+            touched.add(lead_id)
+    return outcomes, touched
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str | None]) -> None:
+    if isinstance(value, dict):
+        out[prefix] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, list):
+        out[prefix] = json.dumps(value, separators=(",", ":"))
+    else:
+        out[prefix] = to_text(value)
+
+
+def event_fields(
+    etype: str, item: str | None, properties: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """The fields a ``where`` condition sees: properties as text (nested ones also as
+    ``a.b``), plus ``type`` and ``item``."""
+    out: dict[str, str | None] = {}
+    for k, v in properties.items():
+        if type(v) is str:
+            out[k] = v
+        else:
+            _flatten(k, v, out)
+    out["type"] = etype
+    out["item"] = item
+    return out
+
+
+def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The profile of each lead as the evaluators see it (fields plus ``lead_id``)."""
+    return {
+        lid: {**row["profile"], "lead_id": lid} for lid, row in _existing(conn, lead_ids).items()
+    }
+
+
+def lead_events(
+    conn: Connection, lead_id: str, until_us: int | None = None, types: Sequence[str] | None = None
+) -> list[Event]:
+    """A lead's events, oldest first (only those at or before ``until_us`` if given)."""
+    q = sa.select(
+        events.c.type, events.c.ts_us, events.c.item, events.c.properties, events.c.message_id
+    ).where(events.c.lead_id == lead_id)
+    if until_us is not None:
+        q = q.where(events.c.ts_us <= until_us)
+    if types is not None:
+        q = q.where(events.c.type.in_(types))
+    out = []
+    for etype, ts_us, item, props, message_id in conn.execute(q.order_by(events.c.ts_us)):
+        out.append(Event(etype, ts_us, item, message_id, event_fields(etype, item, props)))
+    return out

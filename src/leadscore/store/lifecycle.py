@@ -1,0 +1,144 @@
+"""Lifecycle stages, sales' dispositions and outcomes.
+
+Stages follow the funnel (subscriber, lead, mql, sql, opportunity, customer) plus disqualified
+and recycled; every change is recorded with its time, reason and who made it. A disposition is
+sales' verdict on a lead: it sets the stage and, where it is one, records an outcome for the
+validation reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.errors import NotFound, UsageError
+from leadscore.store.leads import STAGES
+from leadscore.store.schema import leads, outcomes, stage_changes
+
+__all__ = [
+    "DISPOSITIONS",
+    "OutcomeInput",
+    "add_outcomes",
+    "check_stage",
+    "record_disposition",
+    "set_stage",
+]
+
+# disposition -> (stage it sets, outcome it records or None)
+DISPOSITIONS: dict[str, tuple[str, str | None]] = {
+    "accept": ("sql", "sql"),
+    "reject": ("disqualified", "rejected"),
+    "recycle": ("recycled", None),
+    "won": ("customer", "won"),
+    "lost": ("disqualified", "lost"),
+}
+
+
+def check_stage(stage: str) -> str:
+    value = stage.strip().lower()
+    if value not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return value
+
+
+def set_stage(
+    conn: Connection,
+    lead_id: str,
+    stage: str,
+    now_us: int,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+) -> bool:
+    """Move a lead to ``stage``; False (and nothing recorded) when it is already there."""
+    stage = check_stage(stage)
+    row = conn.execute(sa.select(leads.c.stage).where(leads.c.lead_id == lead_id)).first()
+    if row is None:
+        raise NotFound(f"no lead {lead_id!r}")
+    if row[0] == stage:
+        return False
+    conn.execute(
+        leads.update()
+        .where(leads.c.lead_id == lead_id)
+        .values(stage=stage, stage_us=now_us, updated_us=now_us)
+    )
+    conn.execute(
+        stage_changes.insert().values(
+            lead_id=lead_id,
+            from_stage=row[0],
+            to_stage=stage,
+            at_us=now_us,
+            reason=reason,
+            actor=actor,
+        )
+    )
+    return True
+
+
+def record_disposition(
+    conn: Connection,
+    lead_id: str,
+    disposition: str,
+    now_us: int,
+    *,
+    reason: str | None = None,
+    amount: float | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Apply sales' verdict: the stage it implies and, for accept/reject/won/lost, an outcome."""
+    if disposition not in DISPOSITIONS:
+        raise UsageError(
+            f"unknown disposition {disposition!r}; use one of {', '.join(DISPOSITIONS)}"
+        )
+    if disposition == "reject" and not (reason and reason.strip()):
+        raise UsageError("a rejection needs a reason")
+    stage, outcome = DISPOSITIONS[disposition]
+    text = f"{disposition}: {reason}" if reason else disposition
+    changed = set_stage(conn, lead_id, stage, now_us, reason=text, actor=actor)
+    if outcome is not None:
+        add_outcomes(conn, [OutcomeInput(lead_id, outcome, now_us, amount)], "disposition")
+    return {"lead_id": lead_id, "stage": stage, "stage_changed": changed, "outcome": outcome}
+
+
+@dataclass
+class OutcomeInput:
+    lead_id: str
+    outcome: str
+    ts_us: int
+    amount: float | None = None
+
+
+def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -> int:
+    """Store outcomes; a repeat of (lead, outcome, time) is ignored. Returns how many were new."""
+    if not items:
+        return 0
+    keys = {(i.lead_id, i.outcome, i.ts_us) for i in items}
+    ids = list({i.lead_id for i in items})
+    existing: set[tuple[str, str, int]] = set()
+    for start in range(0, len(ids), 500):
+        q = sa.select(outcomes.c.lead_id, outcomes.c.outcome, outcomes.c.ts_us).where(
+            outcomes.c.lead_id.in_(ids[start : start + 500])
+        )
+        existing.update((str(a), str(b), int(c)) for a, b, c in conn.execute(q))
+    rows = []
+    for i in items:
+        key = (i.lead_id, i.outcome, i.ts_us)
+        if key in existing or key not in keys:
+            continue
+        keys.discard(key)
+        rows.append(
+            {
+                "lead_id": i.lead_id,
+                "outcome": i.outcome,
+                "ts_us": i.ts_us,
+                "amount": i.amount,
+                "source": source,
+            }
+        )
+    if rows:
+        conn.execute(outcomes.insert(), rows)
+    return len(rows)

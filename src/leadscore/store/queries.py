@@ -1,0 +1,210 @@
+"""Reading leads back: one lead with its scores, its history, and filtered, sorted pages."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.errors import NotFound, UsageError
+from leadscore.store.schema import ID, leads, score_history, scores, stage_changes
+
+__all__ = ["SORTS", "LeadPage", "LeadQuery", "lead_view", "list_leads", "score_history_of"]
+
+# sort key -> column; "-key" sorts descending
+SORTS = ("score", "fit", "engagement", "lead_id", "updated", "created")
+MAX_LIMIT = 1000
+
+
+def _score_dict(row: sa.RowMapping) -> dict[str, Any]:
+    return {
+        "score": row["score"],
+        "fit": row["fit"],
+        "engagement": row["engagement"],
+        "grade": row["grade"],
+        "band": row["band"],
+        "mql": bool(row["mql"]),
+        "priority": row["priority"],
+        "groups": row["groups"],
+        "as_of_us": row["as_of_us"],
+        "model_version_id": row["model_version_id"],
+    }
+
+
+def _lead_dict(row: sa.RowMapping) -> dict[str, Any]:
+    return {
+        "lead_id": row["lead_id"],
+        "email": row["email"],
+        "stage": row["stage"],
+        "stage_us": row["stage_us"],
+        "owner": row["owner"],
+        "profile": row["profile"],
+        "created_us": row["created_us"],
+        "updated_us": row["updated_us"],
+    }
+
+
+def lead_view(conn: Connection, lead_id: str) -> dict[str, Any]:
+    """A lead's profile, stage, owner, stage changes and current score on every sheet."""
+    row = conn.execute(sa.select(leads).where(leads.c.lead_id == lead_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no lead {lead_id!r}")
+    out = _lead_dict(row)
+    out["scores"] = {
+        r["sheet"]: _score_dict(r)
+        for r in conn.execute(
+            sa.select(scores).where(scores.c.lead_id == lead_id).order_by(scores.c.sheet)
+        ).mappings()
+    }
+    out["stage_changes"] = [
+        {k: r[k] for k in ("from_stage", "to_stage", "at_us", "reason", "actor")}
+        for r in conn.execute(
+            sa.select(stage_changes)
+            .where(stage_changes.c.lead_id == lead_id)
+            .order_by(stage_changes.c.id)
+        ).mappings()
+    ]
+    return out
+
+
+def score_history_of(
+    conn: Connection, lead_id: str, sheet: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """A lead's score changes, newest first."""
+    if conn.execute(sa.select(leads.c.lead_id).where(leads.c.lead_id == lead_id)).first() is None:
+        raise NotFound(f"no lead {lead_id!r}")
+    q = sa.select(score_history).where(score_history.c.lead_id == lead_id)
+    if sheet is not None:
+        q = q.where(score_history.c.sheet == sheet)
+    q = q.order_by(score_history.c.id.desc()).limit(min(limit, MAX_LIMIT))
+    return [
+        {k: v for k, v in r.items() if k not in ("lead_id",)} for r in conn.execute(q).mappings()
+    ]
+
+
+@dataclass
+class LeadQuery:
+    """Filters, sort and page of a lead list. ``fields`` filter profile fields by equality."""
+
+    sheet: str | None = None
+    band: list[str] = field(default_factory=list)
+    grade: list[str] = field(default_factory=list)
+    stage: list[str] = field(default_factory=list)
+    owner: str | None = None
+    mql: bool | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    search: str | None = None
+    sort: str = "-score"
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass
+class LeadPage:
+    sheet: str | None
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _encode(value: Any, lead_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([value, lead_id]).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[Any, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value, lead_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"cursor {cursor!r} is not one this server gave out") from e
+    if not isinstance(lead_id, str):
+        raise UsageError(f"cursor {cursor!r} is not one this server gave out")
+    return value, lead_id
+
+
+def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPage:
+    """One page of leads matching ``query``, with their score on the chosen sheet."""
+    sheet = query.sheet if query.sheet is not None else (sheets[0] if sheets else None)
+    if sheet is not None and sheet not in sheets:
+        raise NotFound(f"no active score sheet {sheet!r} (active: {', '.join(sheets) or 'none'})")
+    key = query.sort.lstrip("-")
+    if key not in SORTS:
+        raise UsageError(
+            f"cannot sort by {key!r}; use one of {', '.join(SORTS)} (- for descending)"
+        )
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise UsageError(f"limit must be between 1 and {MAX_LIMIT}, got {query.limit}")
+    descending = query.sort.startswith("-")
+    if sheet is None:
+        if key in ("score", "fit", "engagement"):
+            key = "lead_id"
+        q = sa.select(leads)
+    else:
+        score_columns = [c for c in scores.c if c.name not in ("lead_id", "updated_us")]
+        q = sa.select(leads, *score_columns).join(
+            scores, sa.and_(scores.c.lead_id == leads.c.lead_id, scores.c.sheet == sheet)
+        )
+        if query.band:
+            q = q.where(scores.c.band.in_(query.band))
+        if query.grade:
+            q = q.where(scores.c.grade.in_(query.grade))
+        if query.mql is not None:
+            q = q.where(scores.c.mql == query.mql)
+        if query.min_score is not None:
+            q = q.where(scores.c.score >= query.min_score)
+        if query.max_score is not None:
+            q = q.where(scores.c.score <= query.max_score)
+    if query.stage:
+        q = q.where(leads.c.stage.in_(query.stage))
+    if query.owner is not None:
+        q = q.where(leads.c.owner == query.owner)
+    for name, value in query.fields.items():
+        if len(name) > ID:
+            raise UsageError(f"field name {name[:40]!r}... is too long")
+        q = q.where(sa.cast(leads.c.profile[name].as_string(), sa.String) == value)
+    if query.search:
+        pattern = f"%{query.search.lower()}%"
+        q = q.where(
+            sa.or_(
+                sa.func.lower(leads.c.lead_id).like(pattern),
+                sa.func.lower(sa.cast(leads.c.profile, sa.String)).like(pattern),
+            )
+        )
+    column = {
+        "score": scores.c.score,
+        "fit": scores.c.fit,
+        "engagement": scores.c.engagement,
+        "lead_id": leads.c.lead_id,
+        "updated": leads.c.updated_us,
+        "created": leads.c.created_us,
+    }[key]
+    if query.cursor:
+        value, after = _decode(query.cursor)
+        if key == "lead_id":
+            q = q.where(leads.c.lead_id < after if descending else leads.c.lead_id > after)
+        elif descending:
+            q = q.where(sa.or_(column < value, sa.and_(column == value, leads.c.lead_id > after)))
+        else:
+            q = q.where(sa.or_(column > value, sa.and_(column == value, leads.c.lead_id > after)))
+    order = [column.desc() if descending else column.asc()]
+    if key != "lead_id":
+        order.append(leads.c.lead_id.asc())
+    rows = conn.execute(q.order_by(*order).limit(query.limit + 1)).mappings().all()
+    items = []
+    for r in rows[: query.limit]:
+        item = _lead_dict(r)
+        if sheet is not None:
+            item["sheet"] = sheet
+            item.update(_score_dict(r))
+        items.append(item)
+    next_cursor = None
+    if len(rows) > query.limit:
+        last = rows[query.limit - 1]
+        sort_value = last["lead_id"] if key == "lead_id" else last[column.name]
+        next_cursor = _encode(sort_value, last["lead_id"])
+    return LeadPage(sheet, items, next_cursor)

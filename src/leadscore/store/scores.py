@@ -1,0 +1,206 @@
+"""Current scores (a cache) and the append-only score history.
+
+Writing a new score for a lead compares it with the current one; any change of score, band,
+grade or MQL flag appends a history row with its reason and is returned as a
+:class:`ScoreChange` for the triggers to look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.engine.result import ScoreResult
+from leadscore.store.schema import score_history, scores
+
+__all__ = [
+    "HISTORY_MIN_DELTA",
+    "REASONS",
+    "NewScore",
+    "ScoreChange",
+    "current_scores",
+    "write_scores",
+]
+
+REASONS = ("event", "profile", "decay", "model change", "manual")
+# Decay moves scores a little on every rescoring; smaller moves than this (with the same band,
+# grade and MQL flag) update the current score but leave no history row.
+HISTORY_MIN_DELTA = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class NewScore:
+    """A freshly computed score of one lead on one sheet."""
+
+    lead_id: str
+    sheet: str
+    model_version_id: int
+    as_of_us: int
+    score: float
+    fit: float
+    engagement: float
+    grade: str | None
+    band: str | None
+    mql: bool
+    priority: str | None
+    groups: dict[str, float]
+
+    @classmethod
+    def from_result(cls, lead_id: str, version_id: int, as_of_us: int, r: ScoreResult) -> NewScore:
+        return cls(
+            lead_id,
+            r.model,
+            version_id,
+            as_of_us,
+            r.score,
+            r.fit,
+            r.engagement,
+            r.grade,
+            r.band,
+            r.mql,
+            r.priority,
+            {g.group_id: g.points for g in r.groups},
+        )
+
+    def values(self, now_us: int) -> dict[str, Any]:
+        return {
+            "lead_id": self.lead_id,
+            "sheet": self.sheet,
+            "model_version_id": self.model_version_id,
+            "as_of_us": self.as_of_us,
+            "score": self.score,
+            "fit": self.fit,
+            "engagement": self.engagement,
+            "grade": self.grade,
+            "band": self.band,
+            "mql": self.mql,
+            "priority": self.priority,
+            "groups": self.groups,
+            "updated_us": now_us,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChange:
+    """What one rescoring changed for one lead on one sheet (``old_*`` None: first score)."""
+
+    lead_id: str
+    sheet: str
+    model_version_id: int
+    old_score: float | None
+    new_score: float
+    old_band: str | None
+    new_band: str | None
+    old_grade: str | None
+    new_grade: str | None
+    old_mql: bool | None
+    new_mql: bool
+    reason: str
+    detail: str | None
+
+    @property
+    def is_first(self) -> bool:
+        return self.old_score is None
+
+
+def current_scores(
+    conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
+) -> dict[tuple[str, str], sa.RowMapping]:
+    """Current score rows keyed by (lead_id, sheet)."""
+    ids = list(dict.fromkeys(lead_ids))
+    found: dict[tuple[str, str], sa.RowMapping] = {}
+    for start in range(0, len(ids), 500):
+        q = sa.select(scores).where(scores.c.lead_id.in_(ids[start : start + 500]))
+        if sheet is not None:
+            q = q.where(scores.c.sheet == sheet)
+        for row in conn.execute(q).mappings():
+            found[(row["lead_id"], row["sheet"])] = row
+    return found
+
+
+def write_scores(
+    conn: Connection,
+    new: Sequence[NewScore],
+    reason: str,
+    now_us: int,
+    detail: str | None = None,
+    *,
+    current: dict[tuple[str, str], sa.RowMapping] | None = None,
+) -> list[ScoreChange]:
+    """Store ``new`` as the current scores; record and return what changed.
+
+    A score that moved by less than :data:`HISTORY_MIN_DELTA` with the same band, grade, MQL
+    flag and model version updates the current row and leaves no history.
+    """
+    assert reason in REASONS, reason
+    if current is None:
+        current = current_scores(conn, (n.lead_id for n in new))
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    changes: list[ScoreChange] = []
+    for n in new:
+        old = current.get((n.lead_id, n.sheet))
+        if old is None:
+            inserts.append(n.values(now_us))
+        else:
+            updates.append({**n.values(now_us), "k_lead": n.lead_id, "k_sheet": n.sheet})
+            if (
+                abs(old["score"] - n.score) < HISTORY_MIN_DELTA
+                and old["band"] == n.band
+                and old["grade"] == n.grade
+                and bool(old["mql"]) == n.mql
+                and old["model_version_id"] == n.model_version_id
+            ):
+                continue
+        change = ScoreChange(
+            n.lead_id,
+            n.sheet,
+            n.model_version_id,
+            None if old is None else float(old["score"]),
+            n.score,
+            None if old is None else old["band"],
+            n.band,
+            None if old is None else old["grade"],
+            n.grade,
+            None if old is None else bool(old["mql"]),
+            n.mql,
+            reason,
+            detail,
+        )
+        changes.append(change)
+        history.append(
+            {
+                "lead_id": n.lead_id,
+                "sheet": n.sheet,
+                "model_version_id": n.model_version_id,
+                "as_of_us": n.as_of_us,
+                "old_score": change.old_score,
+                "new_score": n.score,
+                "old_band": change.old_band,
+                "new_band": n.band,
+                "old_grade": change.old_grade,
+                "new_grade": n.grade,
+                "old_mql": change.old_mql,
+                "new_mql": n.mql,
+                "reason": reason,
+                "detail": detail,
+                "recorded_us": now_us,
+            }
+        )
+    if inserts:
+        conn.execute(scores.insert(), inserts)
+    if updates:
+        stmt = (
+            scores.update()
+            .where(scores.c.lead_id == sa.bindparam("k_lead"))
+            .where(scores.c.sheet == sa.bindparam("k_sheet"))
+        )
+        conn.execute(stmt, updates)
+    if history:
+        conn.execute(score_history.insert(), history)
+    return changes

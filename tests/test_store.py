@@ -1,0 +1,74 @@
+"""The store on SQLite and PostgreSQL: ingest, real-time rescoring, history, reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.queries import LeadQuery, lead_view, list_leads, score_history_of
+from tests.conftest import MODELS, Clock
+
+DAY = 86_400_000_000
+
+
+def test_migrations_reach_head(store: Store) -> None:
+    assert store.db.revision() == store.db.head() == "0001"
+
+
+def test_event_rescores_its_lead_in_the_same_call(store: Store, clock: Clock) -> None:
+    """b2b-default: exec-title 25 + sell-to-country 10 = fit 35 (grade B); a demo request 50
+    and a pricing view 15 (today, no decay) plus page-views 3 = engagement 68; 103 -> hot."""
+    store.ensure_published((MODELS / "b2b-default.yaml").read_text(), "b2b-default.yaml")
+    store.upsert_leads(
+        [LeadInput("L1", "ann@acme.com", {"job_title": "VP Sales", "country": "US"})]
+    )
+    out = store.ingest_events(
+        [
+            EventInput("demo_request", clock.now - DAY, "L1", message_id="m1"),
+            EventInput(
+                "page_view", clock.now, email="ANN@acme.com", properties={"url": "/pricing"}
+            ),
+        ]
+    )
+    assert [o.status for o in out] == ["accepted", "accepted"]
+    with store.db.read() as conn:
+        view = lead_view(conn, "L1")
+        history = score_history_of(conn, "L1")
+        page = list_leads(conn, LeadQuery(band=["hot"]), ["b2b-default"])
+    s = view["scores"]["b2b-default"]
+    assert (s["fit"], s["engagement"], s["score"]) == (35.0, 68.0, 103.0)
+    assert (s["grade"], s["band"], s["mql"], s["priority"]) == ("B", "hot", True, "B1")
+    assert [(h["reason"], h["old_score"], h["new_score"]) for h in history] == [
+        ("event", 20.0, 103.0),
+        ("profile", None, 20.0),  # fit 35, and gone-quiet -15 before any event
+    ]
+    assert [i["lead_id"] for i in page.items] == ["L1"]
+
+
+def test_repeated_message_id_is_acknowledged_not_counted(store: Store, clock: Clock) -> None:
+    store.ensure_published((MODELS / "b2b-default.yaml").read_text(), "b2b-default.yaml")
+    first = store.ingest_events([EventInput("form_submit", clock.now, "L1", message_id="x")])
+    again = store.ingest_events([EventInput("form_submit", clock.now, "L1", message_id="x")])
+    assert [o.status for o in first] == ["accepted"]
+    assert [o.status for o in again] == ["duplicate"]
+    with store.db.read() as conn:
+        assert lead_view(conn, "L1")["scores"]["b2b-default"]["engagement"] == 10.0
+
+
+@pytest.mark.parametrize("link_by", ["identify", "event"])
+def test_anonymous_events_join_the_lead_when_linked(
+    store: Store, clock: Clock, link_by: str
+) -> None:
+    store.ensure_published((MODELS / "b2b-default.yaml").read_text(), "b2b-default.yaml")
+    out = store.ingest_events([EventInput("demo_request", clock.now, anonymous_id="a1")])
+    assert out[0].status == "anonymous"
+    if link_by == "identify":
+        store.identify(LeadInput("L9"), anonymous_id="a1")
+    else:
+        store.ingest_events([EventInput("email_open", clock.now, "L9", anonymous_id="a1")])
+    later = store.ingest_events([EventInput("form_submit", clock.now, anonymous_id="a1")])
+    assert later[0].lead_id == "L9"
+    with store.db.read() as conn:
+        engagement = lead_view(conn, "L9")["scores"]["b2b-default"]["engagement"]
+    # demo 50 + form 10 (+ the open 2 when an event made the link)
+    assert engagement == (60.0 if link_by == "identify" else 62.0)
