@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -109,3 +115,54 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
         yield s
     finally:
         s.db.dispose()
+
+
+# --- the service on a real socket ---------------------------------------------------------------
+
+
+class RunningServer:
+    """A uvicorn server in a thread, serving ``app`` on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve(store: Store) -> Iterator[Callable[..., httpx.Client]]:
+    """Start the service on the test ``store``: ``serve(no_auth=True, ...)`` gives a client
+    (settings as keyword arguments; scheduled work is off unless asked for)."""
+    from leadscore.service import Settings, create_app
+
+    stack = contextlib.ExitStack()
+
+    def start(**settings: Any) -> httpx.Client:
+        settings.setdefault("rescore_interval", 0)
+        settings.setdefault("deliver_interval", 0)
+        app = create_app(Settings(**settings), store=store)
+        running = stack.enter_context(RunningServer(app))
+        return stack.enter_context(httpx.Client(base_url=running.url, timeout=30))
+
+    with stack:
+        yield start

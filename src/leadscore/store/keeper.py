@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -51,7 +52,9 @@ from leadscore.store.versions import (
     mark_published,
 )
 
-__all__ = ["ChangeListener", "RescoreReport", "Sheet", "Store"]
+__all__ = ["DEFAULT_MODEL", "ChangeListener", "RescoreReport", "Sheet", "Store"]
+
+DEFAULT_MODEL = "b2b-default.yaml"  # shipped in leadscore/models
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -186,23 +189,40 @@ class Store:
         with self.db.read() as conn:
             return get_version(conn, draft.name, draft.version)
 
+    def ensure_a_model(self) -> ModelVersion | None:
+        """Publish the shipped b2b-default model when the store has no model at all, so that
+        a new store scores leads out of the box. Returns what was published, if anything."""
+        with self.db.read() as conn:
+            if conn.execute(sa.select(model_versions.c.id).limit(1)).first() is not None:
+                return None
+        text = files("leadscore").joinpath("models", DEFAULT_MODEL).read_text(encoding="utf-8")
+        return self.ensure_published(text, DEFAULT_MODEL)
+
     # --- ingest -------------------------------------------------------------------------------
 
-    def upsert_leads(self, items: Sequence[LeadInput]) -> list[ItemOutcome]:
+    def upsert_leads(
+        self, items: Sequence[LeadInput], *, rescore: bool = True
+    ) -> list[ItemOutcome]:
+        """Create or update leads and rescore them (``rescore=False``: a bulk import that runs
+        :meth:`rescore_all` once at the end instead)."""
         with self.db.write() as conn:
             now = self.clock()
             outcomes = upsert_leads(conn, items, now)
-            touched = {o.lead_id for o in outcomes if o.status != "error" and o.lead_id}
-            self.rescore_leads(conn, touched, "profile", now)
+            if rescore:
+                touched = {o.lead_id for o in outcomes if o.status != "error" and o.lead_id}
+                self.rescore_leads(conn, touched, "profile", now)
         return outcomes
 
-    def ingest_events(self, items: Sequence[EventInput]) -> list[ItemOutcome]:
+    def ingest_events(
+        self, items: Sequence[EventInput], *, rescore: bool = True
+    ) -> list[ItemOutcome]:
         """Store events (repeats of a ``message_id`` are acknowledged, not counted twice) and
-        rescore the leads they belong to."""
+        rescore the leads they belong to (``rescore=False``: see :meth:`upsert_leads`)."""
         with self.db.write() as conn:
             now = self.clock()
             outcomes, touched = insert_events(conn, items, now)
-            self.rescore_leads(conn, touched, "event", now)
+            if rescore:
+                self.rescore_leads(conn, touched, "event", now)
         return outcomes
 
     def identify(

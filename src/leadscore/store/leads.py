@@ -1,6 +1,7 @@
 """Leads and their events in the store: upserts, identity resolution, reads for scoring.
 
-A lead is found by its ``lead_id``, by its email (lowercased), or through an ``anonymous_id``
+A lead is found by its ``lead_id``, by its email (lowercased; the oldest lead with that
+email when there are several), or through an ``anonymous_id``
 that an identify call (or an event carrying both ids) linked to it. Events of an anonymous
 visitor are kept with no lead and joined to the lead when the link appears.
 """
@@ -85,13 +86,18 @@ def _email(value: str | None) -> str | None:
 
 
 def _find_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, str]:
+    """The lead each email finds. Several leads may share an email (CRMs hold duplicates);
+    an email then finds the oldest of them."""
     wanted = list(set(emails))
     found: dict[str, str] = {}
     for start in range(0, len(wanted), 500):
-        q = sa.select(leads.c.email, leads.c.lead_id).where(
-            leads.c.email.in_(wanted[start : start + 500])
+        q = (
+            sa.select(leads.c.email, leads.c.lead_id)
+            .where(leads.c.email.in_(wanted[start : start + 500]))
+            .order_by(leads.c.created_us, leads.c.lead_id)
         )
-        found.update({str(e): str(i) for e, i in conn.execute(q)})
+        for e, i in conn.execute(q):
+            found.setdefault(str(e), str(i))
     return found
 
 
@@ -115,19 +121,8 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         if lead_id is None:
             outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
             continue
-        owner_of_email = by_email.get(email) if email else None
-        if owner_of_email is not None and owner_of_email != lead_id:
-            outcomes.append(
-                ItemOutcome(
-                    index,
-                    "error",
-                    lead_id,
-                    f"email {email!r} already belongs to lead {owner_of_email!r}",
-                )
-            )
-            continue
         if email:
-            by_email[email] = lead_id
+            by_email.setdefault(email, lead_id)
         resolved.append((index, lead_id, item))
         outcomes.append(ItemOutcome(index, "updated", lead_id))
     existing = _existing(conn, (lid for _, lid, _ in resolved))
@@ -259,9 +254,9 @@ def insert_events(
         if lead_id is None and item.anonymous_id:
             lead_id = linked.get(item.anonymous_id)
         if lead_id is not None:
-            wanted.setdefault(lead_id, email if email and email not in by_email else None)
+            wanted.setdefault(lead_id, email)
             if email:
-                by_email[email] = lead_id
+                by_email.setdefault(email, lead_id)
             if item.anonymous_id and item.lead_id:
                 links.append((item.anonymous_id, lead_id))
         elif not item.anonymous_id:

@@ -64,7 +64,7 @@ leads = Table(
     Column("owner", String(ID), nullable=True),
     Column("created_us", Micros, nullable=False),
     Column("updated_us", Micros, nullable=False),
-    Index("ix_leads_email", "email", unique=True),
+    Index("ix_leads_email", "email"),
     Index("ix_leads_stage", "stage"),
     Index("ix_leads_owner", "owner"),
 )

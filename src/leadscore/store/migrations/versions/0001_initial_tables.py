@@ -86,7 +86,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("lead_id"),
     )
     with op.batch_alter_table("leads", schema=None) as batch_op:
-        batch_op.create_index("ix_leads_email", ["email"], unique=True)
+        batch_op.create_index("ix_leads_email", ["email"], unique=False)
         batch_op.create_index("ix_leads_owner", ["owner"], unique=False)
         batch_op.create_index("ix_leads_stage", ["stage"], unique=False)
 

@@ -371,6 +371,13 @@ def demo(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+# The service and store commands register themselves on `app` (they need its error edge).
+from leadscore.cli import service as _service_commands  # noqa: E402
+
+__all__ = ["app", "main"]
+_ = _service_commands
+
+
 def main() -> None:
     """Entry point of the ``leadscore`` script."""
     app()

@@ -1,0 +1,330 @@
+"""Commands of the service and its store: serve, import, rescore, publish, keys.
+
+Every command takes ``--db`` (a SQLite path or a database URL; default ``./leadscore.db``,
+or the ``LEADSCORE_DB`` environment variable).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leadscore.cli import _edge, app, err, out
+from leadscore.errors import UsageError
+from leadscore.store import DEFAULT_DB, Store, open_store
+from leadscore.store.bulk import ImportReport, import_events, import_leads, import_outcomes
+from leadscore.store.keys import SCOPES, create_key, list_keys, revoke_key
+
+__all__ = ["keys_app"]
+
+DbOpt = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="LEADSCORE_DB",
+        help="The store: a SQLite file path or a URL such as postgresql://user@host/db.",
+    ),
+]
+
+
+class _Bar:
+    """A rich progress bar fed by the store's (what, done, total) callbacks."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            TextColumn("{task.completed:>10,}/{task.total:<10,}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        task = self.tasks.get(what)
+        if task is None:
+            task = self.tasks[what] = self.progress.add_task(what, total=max(total, 1))
+        self.progress.update(task, completed=done, total=max(total, 1))
+
+
+def _open(db: str) -> Store:
+    store = open_store(db)
+    published = store.ensure_a_model()
+    if published is not None:
+        err.print(
+            f"the store had no model: published the shipped {published.name} "
+            "(replace it with `leadscore publish MODEL`)",
+            markup=False,
+        )
+    return store
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+@_edge
+def serve(
+    db: DbOpt = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Local mode without API keys (127.0.0.1 only).")
+    ] = False,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", help="Model file to publish at start (repeatable)."),
+    ] = None,
+    triggers: Annotated[
+        Path | None, typer.Option(help="Triggers file (thresholds and actions) to load at start.")
+    ] = None,
+    rescore_every: Annotated[
+        float,
+        typer.Option(help="Seconds between scheduled rescorings (decay, windows); 0: never."),
+    ] = 3600.0,
+    fast_commits: Annotated[
+        bool,
+        typer.Option(
+            help="SQLite: do not wait for the disk on every commit (safe from a killed "
+            "process, not from a power cut)."
+        ),
+    ] = False,
+) -> None:
+    """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
+    import uvicorn
+
+    from leadscore.service.state import ENV_SETTINGS, Settings
+
+    if no_auth and not _loopback(host):
+        raise UsageError(f"--no-auth serves without API keys: only on 127.0.0.1, not on {host}")
+    for path in [*(model or []), *([triggers] if triggers else [])]:
+        if not path.is_file():
+            raise UsageError(f"no such file: {path}")
+    settings = Settings(
+        db=db,
+        no_auth=no_auth,
+        models=[str(p) for p in model or []],
+        triggers=str(triggers) if triggers else None,
+        rescore_interval=rescore_every,
+        durable=not fast_commits,
+    )
+    store = open_store(db)  # create or migrate before the workers start; fail early
+    store.db.dispose()
+    os.environ[ENV_SETTINGS] = settings.to_env()
+    err.print(
+        f"leadscore serving on http://{host}:{port} (API docs: http://{host}:{port}/docs; "
+        f"store: {store.db.url}{'; no auth' if no_auth else ''})",
+        markup=False,
+    )
+    uvicorn.run(
+        "leadscore.service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        log_level="warning",
+    )
+
+
+def _print_import(report: ImportReport) -> None:
+    parts = [f"{report.stored:,} {report.kind} stored"]
+    if report.repeated:
+        parts.append(f"{report.repeated:,} already there")
+    out.print(f"{report.rows:,} rows read: " + ", ".join(parts), markup=False)
+    for w in report.warnings:
+        err.print(f"warning: {w}", markup=False)
+    for e in report.errors[:20]:
+        err.print(f"skipped: {e}", markup=False)
+    if report.rescore is not None:
+        r = report.rescore
+        out.print(f"rescored {r.leads:,} leads: {r.changed:,} score changes recorded", markup=False)
+
+
+@app.command("import")
+@_edge
+def import_(
+    kind: Annotated[str, typer.Argument(help="What the file holds: leads, events or outcomes.")],
+    file: Annotated[Path, typer.Argument(help="CSV, Parquet, JSON lines or a JSON array.")],
+    db: DbOpt = DEFAULT_DB,
+    lead_id_column: Annotated[
+        str, typer.Option(help="Name of the lead id column (may contain spaces).")
+    ] = "lead_id",
+    skip_bad_rows: Annotated[
+        bool, typer.Option(help="Skip rows with missing ids or unreadable times, and list them.")
+    ] = False,
+    fire_triggers: Annotated[
+        bool, typer.Option(help="Let the score changes of this import fire triggers.")
+    ] = False,
+) -> None:
+    """Bulk-load leads, events or outcomes into the store, then rescore (progress shown)."""
+    if kind not in ("leads", "events", "outcomes"):
+        raise UsageError(f"import leads, events or outcomes, not {kind!r}")
+    store = _open(db)
+    try:
+        with _Bar() as bar:
+            if kind == "leads":
+                report = import_leads(
+                    store,
+                    file,
+                    lead_id_column=lead_id_column,
+                    skip_bad_rows=skip_bad_rows,
+                    fire_triggers=fire_triggers,
+                    progress=bar,
+                )
+            elif kind == "events":
+                report = import_events(
+                    store,
+                    file,
+                    lead_id_column=lead_id_column,
+                    skip_bad_rows=skip_bad_rows,
+                    fire_triggers=fire_triggers,
+                    progress=bar,
+                )
+            else:
+                report = import_outcomes(store, file, progress=bar)
+        _print_import(report)
+    finally:
+        store.db.dispose()
+
+
+@app.command()
+@_edge
+def rescore(
+    db: DbOpt = DEFAULT_DB,
+    sheet: Annotated[
+        list[str] | None, typer.Option("--sheet", help="Only this sheet (repeatable).")
+    ] = None,
+    fire_triggers: Annotated[
+        bool, typer.Option(help="Let the changes fire triggers (as the scheduled rescoring does).")
+    ] = True,
+) -> None:
+    """Bring every stored lead's score up to now (decay, windows, inactivity).
+
+    Uses the batch evaluator; changes go to the history with reason `decay`.
+    """
+    store = _open(db)
+    try:
+        with _Bar() as bar:
+            report = store.rescore_all(
+                "decay", sheets=sheet or None, fire_triggers=fire_triggers, progress=bar
+            )
+        out.print(
+            f"rescored {report.leads:,} leads: {report.changed:,} score changes recorded"
+            + (f", {report.skipped:,} kept (rescored live meanwhile)" if report.skipped else ""),
+            markup=False,
+        )
+    finally:
+        store.db.dispose()
+
+
+@app.command()
+@_edge
+def publish(
+    model: Annotated[Path, typer.Argument(help="The model file to publish.")],
+    db: DbOpt = DEFAULT_DB,
+    fire_triggers: Annotated[
+        bool, typer.Option(help="Let the score changes of the new model fire triggers.")
+    ] = False,
+) -> None:
+    """Store a model file as a new version, make it active and rescore every lead with it."""
+    if not model.is_file():
+        raise UsageError(f"no such file: {model}")
+    store = open_store(db)
+    try:
+        draft = store.add_model(model.read_text(encoding="utf-8"), str(model))
+        if draft.status == "published":
+            out.print(f"{draft.name} version {draft.version} is already active", markup=False)
+            return
+        with _Bar() as bar:
+            report = store.publish(
+                draft.name, draft.version, fire_triggers=fire_triggers, progress=bar
+            )
+        out.print(
+            f"published {draft.name} version {draft.version}: rescored {report.leads:,} leads, "
+            f"{report.changed:,} score changes recorded",
+            markup=False,
+        )
+    finally:
+        store.db.dispose()
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@_edge
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the key, e.g. website-forms.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help=f"Scope (repeatable): {', '.join(SCOPES)}. Default: ingest."),
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Create an API key; its full text is shown once, only a hash is stored."""
+    store = open_store(db)
+    try:
+        with store.db.write() as conn:
+            key, text = create_key(conn, name, scope or ["ingest"], store.clock())
+    finally:
+        store.db.dispose()
+    err.print(f"key {key.id} for {key.name!r}, scopes: {' '.join(sorted(key.scopes))}")
+    err.print("store it now: it cannot be shown again", markup=False)
+    out.print(text, markup=False)
+
+
+@keys_app.command("list")
+@_edge
+def keys_list(db: DbOpt = DEFAULT_DB) -> None:
+    """List API keys (never their secrets)."""
+    from leadscore.service.views import iso_times
+
+    store = open_store(db)
+    try:
+        with store.db.read() as conn:
+            keys = list_keys(conn)
+    finally:
+        store.db.dispose()
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for k in keys:
+        row: dict[str, Any] = iso_times(k.summary())
+        table.add_row(
+            k.id, k.name, " ".join(sorted(k.scopes)), row["created_at"], row["revoked_at"] or ""
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+@_edge
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (or its full text).")],
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Revoke an API key (running servers stop accepting it within 30 seconds)."""
+    store = open_store(db)
+    try:
+        with store.db.write() as conn:
+            key = revoke_key(conn, key_id, store.clock())
+    finally:
+        store.db.dispose()
+    out.print(f"revoked key {key.id} ({key.name})", markup=False)

@@ -1,0 +1,104 @@
+"""The FastAPI application: ``create_app(settings)``, and ``app_from_env`` for uvicorn workers.
+
+On start it opens (and migrates) the store, publishes the model files it was given (the
+shipped b2b-default model when the store has no model at all), and runs the scheduled
+rescoring in a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+import leadscore
+from leadscore.service import ingest, models_api, views
+from leadscore.service.auth import KeyCache
+from leadscore.service.errors import install_error_handlers
+from leadscore.service.state import ServiceState, Settings
+from leadscore.store import Store, open_store
+
+__all__ = ["app_from_env", "create_app"]
+
+log = logging.getLogger("leadscore.service")
+
+
+def _publish_start_models(store: Store, settings: Settings) -> None:
+    for path in settings.models:
+        version = store.ensure_published(Path(path).read_text(encoding="utf-8"), path)
+        if version is not None:
+            log.info("published %s version %d from %s", version.name, version.version, path)
+    if not settings.models and store.ensure_a_model() is not None:
+        log.info("no model in the store: published the shipped b2b-default model")
+
+
+def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                run()  # type: ignore[operator]
+            except Exception:  # keep the loop alive; the next pass retries
+                log.exception("%s failed", job)
+
+    thread = threading.Thread(target=loop, name=f"leadscore-{job}", daemon=True)
+    thread.start()
+    return thread
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """The service. Pass a ``store`` to share one (tests); otherwise ``settings.db`` is opened."""
+    settings = settings or Settings()
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = store is None
+        s = store if store is not None else open_store(settings.db, durable=settings.durable)
+        _publish_start_models(s, settings)
+        app.state.leadscore = ServiceState(settings, s, KeyCache())
+        threads = []
+        if settings.rescore_interval > 0:
+            threads.append(
+                _every(settings.rescore_interval, stop, "rescore", lambda: s.rescore_all("decay"))
+            )
+        try:
+            yield
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=5)
+            if own:
+                s.db.dispose()
+
+    app = FastAPI(
+        title="leadscore",
+        version=leadscore.__version__,
+        summary="Lead scoring service: ingest, current scores with explanations, history, "
+        "models and triggers.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(ingest.router)
+    app.include_router(views.router)
+    app.include_router(models_api.router)
+
+    @app.get("/api/v1/health", tags=["service"])
+    def health() -> dict[str, object]:
+        state: ServiceState = app.state.leadscore
+        return {
+            "status": "ok",
+            "version": leadscore.__version__,
+            "store": state.store.db.engine.dialect.name,
+            "sheets": [s.name for s in state.store.sheets()],
+        }
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory``: the settings come from ``LEADSCORE_SERVICE_SETTINGS``."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,97 @@
+"""API keys on requests: ``Authorization: Bearer <key>``, or HTTP Basic with the key as the
+user name (how Segment-compatible senders pass their write key).
+
+Verified keys are cached for :data:`CACHE_SECONDS`, so a revoked key stops working within that
+time in a running server.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+
+from leadscore.service.errors import ApiError
+from leadscore.service.state import ServiceState
+from leadscore.store.keys import ApiKey, verify_key
+
+__all__ = ["CACHE_SECONDS", "LOCAL_KEY", "KeyCache", "require"]
+
+CACHE_SECONDS = 30.0
+LOCAL_KEY = ApiKey("local", "no-auth mode", frozenset({"admin"}), 0, None, None)
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(value).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return user or None
+    return None
+
+
+class KeyCache:
+    """Verified keys by their text, each for a short time."""
+
+    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._keys: dict[str, tuple[float, ApiKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, text: str, verify: Callable[[str], ApiKey | None]) -> ApiKey | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._keys.get(text)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        key = verify(text)
+        with self._lock:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[text] = (now + self.ttl, key)
+        return key
+
+
+def require(scope: str) -> Callable[[Request], ApiKey]:
+    """A FastAPI dependency: the request's key, which must allow ``scope``."""
+
+    def check(request: Request) -> ApiKey:
+        state: ServiceState = request.app.state.leadscore
+        if state.settings.no_auth:
+            return LOCAL_KEY
+        text = _token(request)
+        if text is None:
+            raise ApiError(
+                401,
+                "an API key is required: send `Authorization: Bearer <key>` "
+                "(create one with `leadscore keys create`)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+        def verify(t: str) -> ApiKey | None:
+            with state.store.db.read() as conn:
+                return verify_key(conn, t)
+
+        key = state.keys.get(text, verify)
+        if key is None:
+            raise ApiError(401, "the API key is unknown or revoked")
+        if not key.allows(scope):
+            raise ApiError(
+                403,
+                f"the key {key.name!r} has scopes {', '.join(sorted(key.scopes))}; "
+                f"this needs {scope!r}",
+            )
+        return key
+
+    return check

@@ -1,0 +1,132 @@
+"""One JSON error envelope for every error the API returns.
+
+    {"error": {"code": "not_found", "message": "no lead 'L9'", "details": [...]}}
+
+``code`` is stable and meant for programs; ``message`` is for people; ``details`` lists the
+individual problems (a field, a line of a model file, an item of a batch) where there are some.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from leadscore.errors import (
+    Conflict,
+    InputError,
+    LeadscoreError,
+    ModelError,
+    NotFound,
+    UsageError,
+)
+
+__all__ = ["ApiError", "error_body", "install_error_handlers"]
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    500: "internal",
+}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, code, message and details."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _STATUS_CODES.get(status, "error")
+        self.message = message
+        self.details = details or []
+        self.headers = headers
+
+
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def _response(e: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_body(e.code, e.message, e.details), status_code=e.status, headers=e.headers
+    )
+
+
+def loc_text(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """``("body", "events", 3, "type")`` -> ``body.events[3].type``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def from_leadscore(e: LeadscoreError) -> ApiError:
+    if isinstance(e, NotFound):
+        return ApiError(404, str(e))
+    if isinstance(e, Conflict):
+        return ApiError(409, str(e))
+    if isinstance(e, ModelError) or hasattr(e, "issues"):
+        details = [
+            {"line": i.line, "path": i.path, "message": i.message, "text": str(i)}
+            for i in getattr(e, "issues", [])
+        ]
+        what = "model" if isinstance(e, ModelError) else "configuration"
+        n = len(details)
+        return ApiError(
+            422,
+            f"the {what} has {n} problem{'s' if n != 1 else ''}",
+            code=f"invalid_{what}",
+            details=details,
+        )
+    if isinstance(e, InputError):
+        return ApiError(422, str(e), details=[{"message": str(p)} for p in e.problems])
+    if isinstance(e, UsageError):
+        return ApiError(400, str(e))
+    return ApiError(500, str(e))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _response(e)
+
+    @app.exception_handler(LeadscoreError)
+    async def leadscore_error(_: Request, e: LeadscoreError) -> JSONResponse:
+        return _response(from_leadscore(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": loc_text(err.get("loc", ())), "message": err.get("msg", "")}
+            for err in e.errors()
+        ]
+        return _response(ApiError(422, "the request is not valid", details=details))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _response(ApiError(e.status_code, str(e.detail), headers=dict(e.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, e: Exception) -> JSONResponse:  # pragma: no cover
+        return _response(ApiError(500, f"internal error: {type(e).__name__}"))

@@ -1,0 +1,354 @@
+"""Ingest: the native API (``/api/v1/leads``, ``/api/v1/events``, ``/api/v1/outcomes``) and the
+Segment-compatible one (``/v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/alias``,
+``/v1/batch``).
+
+Every accepted item is stored and its lead rescored before the response is sent; a bad item of
+a batch is reported by its index and the others are accepted. A request whose items are all bad
+gets a 422 with the envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from leadscore.engine.timeutil import parse_instant
+from leadscore.service.auth import require
+from leadscore.service.errors import ApiError
+from leadscore.service.payloads import (
+    EventIn,
+    LeadIn,
+    SegmentMessage,
+    item_error,
+    read_json,
+    to_event,
+    to_lead,
+)
+from leadscore.service.state import ServiceState
+from leadscore.spec.conditions import to_text
+from leadscore.store import EventInput, ItemOutcome, LeadInput, OutcomeInput
+from leadscore.store.keys import ApiKey
+from leadscore.store.lifecycle import add_outcomes
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.leadscore
+    return state
+
+
+def _items(body: Any, key: str, max_batch: int) -> tuple[list[Any], bool]:
+    """The list of items of a body that is one item, a list, or ``{key: [...]}``."""
+    if isinstance(body, list):
+        items, many = body, True
+    elif isinstance(body, dict) and isinstance(body.get(key), list) and len(body) == 1:
+        items, many = body[key], True
+    elif isinstance(body, dict):
+        items, many = [body], False
+    else:
+        raise ApiError(400, f"send one object, a list of objects, or {{{key!r}: [...]}}")
+    if not items:
+        raise ApiError(400, "the batch is empty")
+    if len(items) > max_batch:
+        raise ApiError(413, f"a batch holds at most {max_batch:,} items, got {len(items):,}")
+    return items, many
+
+
+def _result(
+    outcomes: Sequence[ItemOutcome], errors: list[dict[str, Any]], total: int
+) -> dict[str, Any]:
+    if errors and not outcomes:
+        what = "item is" if total == 1 else f"{total} items are"
+        message = errors[0]["message"] if total == 1 else f"all {what} invalid"
+        raise ApiError(422, message, details=errors)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    errors = errors + [
+        {"index": o.index, "message": o.error} for o in outcomes if o.status == "error"
+    ]
+    errors.sort(key=lambda e: int(e.get("index", 0)))
+    return {
+        "received": total,
+        **counts,
+        "items": [
+            {"index": o.index, "status": o.status, "lead_id": o.lead_id}
+            for o in sorted(outcomes, key=lambda o: o.index)
+            if o.status != "error"
+        ],
+        "errors": errors,
+    }
+
+
+def _reindex(outcomes: list[ItemOutcome], positions: list[int]) -> list[ItemOutcome]:
+    for o in outcomes:
+        o.index = positions[o.index]
+    return outcomes
+
+
+LEADS_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        LeadIn.model_json_schema(),
+                        {"type": "array", "items": LeadIn.model_json_schema()},
+                    ]
+                }
+            }
+        },
+    }
+}
+EVENTS_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        EventIn.model_json_schema(),
+                        {"type": "array", "items": EventIn.model_json_schema()},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/api/v1/leads", tags=["ingest"], openapi_extra=LEADS_SCHEMA)
+async def post_leads(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Create or update leads (one, or a list), matched by ``lead_id`` or else by email.
+    Other fields are profile fields; each lead is rescored at once."""
+    state = _state(request)
+    items, _many = _items(
+        await read_json(request, state.settings), "leads", state.settings.max_batch
+    )
+    good: list[LeadInput] = []
+    positions: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        try:
+            good.append(to_lead(LeadIn.model_validate(raw), state.settings))
+            positions.append(i)
+        except (ValidationError, ValueError) as e:
+            errors.append(item_error(i, e))
+    outcomes = await run_in_threadpool(state.store.upsert_leads, good) if good else []
+    return _result(_reindex(outcomes, positions), errors, len(items))
+
+
+@router.post("/api/v1/events", tags=["ingest"], openapi_extra=EVENTS_SCHEMA)
+async def post_events(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Store events (one, or a list) and rescore their leads before answering. A repeated
+    ``event_id`` is acknowledged as ``duplicate`` and not counted again."""
+    state = _state(request)
+    items, _many = _items(
+        await read_json(request, state.settings), "events", state.settings.max_batch
+    )
+    now = state.store.clock()
+    good: list[EventInput] = []
+    positions: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        try:
+            good.append(to_event(EventIn.model_validate(raw), state.settings, now))
+            positions.append(i)
+        except (ValidationError, ValueError) as e:
+            errors.append(item_error(i, e))
+    outcomes = await run_in_threadpool(state.store.ingest_events, good) if good else []
+    return _result(_reindex(outcomes, positions), errors, len(items))
+
+
+class OutcomeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lead_id: str = Field(min_length=1, max_length=200)
+    outcome: str = Field(min_length=1, max_length=200)
+    ts: str | int | float
+    amount: float | None = None
+
+
+@router.post("/api/v1/outcomes", tags=["ingest"])
+async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Record outcomes (``sql``, ``opportunity``, ``won``, ``lost``, ...) with their time and
+    an optional amount; a repeat of (lead, outcome, time) is ignored."""
+    state = _state(request)
+    items, _many = _items(
+        await read_json(request, state.settings), "outcomes", state.settings.max_batch
+    )
+    good: list[OutcomeInput] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        try:
+            o = OutcomeIn.model_validate(raw)
+            good.append(
+                OutcomeInput(o.lead_id, o.outcome.strip().lower(), parse_instant(o.ts), o.amount)
+            )
+        except (ValidationError, ValueError) as e:
+            errors.append(item_error(i, e))
+    if errors and not good:
+        raise ApiError(422, "no outcome is valid", details=errors)
+
+    def write() -> int:
+        with state.store.db.write() as conn:
+            return add_outcomes(conn, good, "api")
+
+    added = await run_in_threadpool(write)
+    return {"received": len(items), "added": added, "repeated": len(good) - added, "errors": errors}
+
+
+# --- Segment ------------------------------------------------------------------------------------
+
+PAGE_TYPES = {"page": "page_view", "screen": "screen_view"}
+
+
+def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
+    kind = m.type or "track"
+    props = dict(m.properties)
+    if kind == "track":
+        if not m.event:
+            raise ValueError("a track message needs an `event`")
+        etype = m.event
+    else:
+        etype = PAGE_TYPES[kind]
+        if m.name is not None:
+            props.setdefault("name", m.name)
+        page = m.context.get("page")
+        if isinstance(page, dict):
+            for k in ("url", "path", "title", "referrer"):
+                if k in page:
+                    props.setdefault(k, page[k])
+    native = EventIn(
+        type=etype,
+        ts=m.timestamp,
+        lead_id=m.userId,
+        anonymous_id=m.anonymousId,
+        item=to_text(props.pop("item", None)),
+        properties=props,
+        event_id=m.messageId,
+    )
+    return to_event(native, settings, now_us)
+
+
+def _segment_traits(m: SegmentMessage) -> LeadInput:
+    fields: dict[str, Any] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            fields[prefix] = ", ".join(str(to_text(v)) for v in value)
+        else:
+            fields[prefix] = value
+
+    flatten("", m.traits)
+    email = fields.pop("email", None)
+    return LeadInput(m.userId, None if email is None else str(email), fields)
+
+
+async def _segment(request: Request, messages: list[Any], kind: str | None) -> dict[str, Any]:
+    state = _state(request)
+    store = state.store
+    now = store.clock()
+    errors: list[dict[str, Any]] = []
+    outcomes: list[ItemOutcome] = []
+    pending: list[EventInput] = []
+    positions: list[int] = []
+
+    def flush() -> None:
+        if pending:
+            done = store.ingest_events(list(pending))
+            outcomes.extend(_reindex(done, list(positions)))
+            pending.clear()
+            positions.clear()
+
+    def run() -> None:
+        for i, raw in enumerate(messages):
+            try:
+                if kind is not None and isinstance(raw, dict):
+                    raw = {**raw, "type": raw.get("type", kind)}
+                m = SegmentMessage.model_validate(raw)
+                m.check_ids()
+                t = m.type or kind or "track"
+                if t in ("track", "page", "screen"):
+                    pending.append(_segment_event(m, now, state.settings))
+                    positions.append(i)
+                    continue
+                flush()
+                if t == "identify":
+                    lead = _segment_traits(m)
+                    if lead.lead_id is None and lead.email is None:
+                        outcomes.append(ItemOutcome(i, "anonymous"))
+                        continue
+                    outcome, _ = store.identify(lead, m.anonymousId)
+                    outcome.index = i
+                    outcomes.append(outcome)
+                elif t == "alias":
+                    assert m.userId is not None and m.previousId is not None
+                    outcome, _ = store.identify(LeadInput(m.userId), m.previousId)
+                    outcome.index = i
+                    outcomes.append(outcome)
+                else:  # group: acknowledged, not used
+                    outcomes.append(ItemOutcome(i, "ignored"))
+            except (ValidationError, ValueError) as e:
+                errors.append(item_error(i, e))
+        flush()
+
+    await run_in_threadpool(run)
+    result = _result(outcomes, errors, len(messages))
+    return {"success": True, **result}
+
+
+@router.post("/v1/track", tags=["segment"])
+async def segment_track(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Segment `track`: ``event`` is the event type, ``properties`` its fields."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "track")
+
+
+@router.post("/v1/identify", tags=["segment"])
+async def segment_identify(
+    request: Request, _: ApiKey = Depends(require("ingest"))
+) -> dict[str, Any]:
+    """Segment `identify`: ``traits`` are profile fields; an ``anonymousId`` is linked to the
+    ``userId`` and its earlier events join the lead."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "identify")
+
+
+@router.post("/v1/page", tags=["segment"])
+async def segment_page(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Segment `page`: stored as a ``page_view`` event with the page's properties."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "page")
+
+
+@router.post("/v1/alias", tags=["segment"])
+async def segment_alias(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Segment `alias`: ``previousId`` (an anonymous id) becomes the lead ``userId``."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "alias")
+
+
+@router.post("/v1/batch", tags=["segment"])
+async def segment_batch(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Segment `batch`: ``{"batch": [messages with their "type"]}``, processed in order."""
+    state = _state(request)
+    body = await read_json(request, state.settings)
+    if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+        raise ApiError(400, 'a batch is {"batch": [message, ...]}')
+    messages = body["batch"]
+    if not messages:
+        raise ApiError(400, "the batch is empty")
+    if len(messages) > state.settings.max_batch:
+        raise ApiError(413, f"a batch holds at most {state.settings.max_batch:,} messages")
+    return await _segment(request, messages, None)

@@ -1,0 +1,162 @@
+"""Request bodies: the native format and the Segment HTTP tracking spec, item by item.
+
+A batch is validated one item at a time so that a bad item is reported by its index while the
+good ones are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from leadscore.engine.timeutil import parse_instant
+from leadscore.service.errors import ApiError, loc_text
+from leadscore.service.state import Settings
+from leadscore.spec.conditions import to_text
+from leadscore.store import EventInput, LeadInput
+
+__all__ = [
+    "EventIn",
+    "LeadIn",
+    "Scalar",
+    "SegmentMessage",
+    "item_error",
+    "read_json",
+    "to_event",
+    "to_lead",
+]
+
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Scalar = str | int | float | bool | None
+Timestamp = str | int | float
+
+
+async def read_json(request: Request, settings: Settings) -> Any:
+    """The request's JSON body, within the size limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise ApiError(413, f"the body is larger than {settings.max_body_bytes:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > settings.max_body_bytes:
+            raise ApiError(413, f"the body is larger than {settings.max_body_bytes:,} bytes")
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if kind not in ("application/json", "text/plain", ""):
+        raise ApiError(415, f"send JSON (Content-Type: application/json), not {kind}")
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+
+def item_error(index: int | None, e: ValidationError | ValueError) -> dict[str, Any]:
+    """One bad item of a batch, for the error details."""
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    if isinstance(e, ValidationError):
+        errs = e.errors()
+        out["message"] = "; ".join(
+            f"{loc_text(err['loc']) or 'item'}: {err['msg']}" for err in errs
+        )
+        out["fields"] = [{"loc": loc_text(err["loc"]), "message": err["msg"]} for err in errs]
+    else:
+        out["message"] = str(e)
+    return out
+
+
+def _timestamp(value: Timestamp | None, now_us: int) -> int:
+    if value is None:
+        return now_us
+    return parse_instant(value)
+
+
+def _check_size(value: dict[str, Any], what: str, limit: int) -> None:
+    if len(json.dumps(value, default=str)) > limit:
+        raise ValueError(f"{what} take more than {limit:,} bytes as JSON")
+
+
+class LeadIn(BaseModel):
+    """A lead to create or update. Fields other than these are profile fields."""
+
+    model_config = ConfigDict(extra="allow")
+    lead_id: Id | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    stage: str | None = None
+    owner: Annotated[str, StringConstraints(max_length=200)] | None = None
+    fields: dict[Annotated[str, StringConstraints(max_length=200)], Scalar] = Field(
+        default_factory=dict, description="profile fields (merged; null removes a field)"
+    )
+
+
+def to_lead(item: LeadIn, settings: Settings) -> LeadInput:
+    fields = dict(item.fields)
+    for k, v in (item.model_extra or {}).items():
+        if len(k) > 200:
+            raise ValueError(f"field name {k[:40]!r}... is longer than 200 characters")
+        if isinstance(v, (dict, list)):
+            raise ValueError(f"profile field {k!r} must be text, a number, true/false or null")
+        fields[k] = v
+    _check_size(fields, "the profile fields", settings.max_properties_bytes)
+    if item.lead_id is None and not (item.email and item.email.strip()):
+        raise ValueError("a lead needs a lead_id or an email")
+    return LeadInput(item.lead_id, item.email, fields, item.stage, item.owner)
+
+
+class EventIn(BaseModel):
+    """An event of a lead (by ``lead_id``, ``email`` or ``anonymous_id``). Fields other than
+    these are the event's properties."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Id
+    ts: Timestamp | None = Field(None, description="ISO 8601 or epoch; default: when received")
+    lead_id: Id | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    anonymous_id: Id | None = None
+    item: Annotated[str, StringConstraints(max_length=2000)] | int | float | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    event_id: Id | None = Field(None, description="makes retries idempotent")
+
+
+def to_event(item: EventIn, settings: Settings, now_us: int) -> EventInput:
+    props = dict(item.properties)
+    props.update(item.model_extra or {})
+    _check_size(props, "the properties", settings.max_properties_bytes)
+    if item.lead_id is None and item.email is None and item.anonymous_id is None:
+        raise ValueError("an event needs a lead_id, an email or an anonymous_id")
+    return EventInput(
+        type=item.type,
+        ts_us=_timestamp(item.ts, now_us),
+        lead_id=item.lead_id,
+        email=item.email,
+        anonymous_id=item.anonymous_id,
+        item=to_text(item.item),
+        properties=props,
+        message_id=item.event_id,
+    )
+
+
+class SegmentMessage(BaseModel):
+    """A Segment HTTP tracking API message (track, identify, page, screen, alias)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    type: Literal["track", "identify", "page", "screen", "alias", "group"] | None = None
+    userId: Id | None = None
+    anonymousId: Id | None = None
+    previousId: Id | None = None
+    event: Id | None = None
+    name: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timestamp: Timestamp | None = None
+    messageId: Id | None = None
+
+    def check_ids(self) -> None:
+        if self.type == "alias":
+            if not (self.userId and self.previousId):
+                raise ValueError("an alias needs userId and previousId")
+        elif not (self.userId or self.anonymousId):
+            raise ValueError("a message needs a userId or an anonymousId")

@@ -1,0 +1,48 @@
+"""The service's settings and the state its requests share (the store, the key cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from leadscore.store import Store
+
+if TYPE_CHECKING:
+    from leadscore.service.auth import KeyCache
+
+__all__ = ["ENV_SETTINGS", "ServiceState", "Settings"]
+
+ENV_SETTINGS = "LEADSCORE_SERVICE_SETTINGS"  # how `leadscore serve` hands settings to workers
+
+
+@dataclass
+class Settings:
+    """How the service runs. Limits protect it from oversized requests."""
+
+    db: str | None = None  # a database URL or a SQLite path (default: ./leadscore.db)
+    no_auth: bool = False  # local mode: every request acts as admin (127.0.0.1 only)
+    models: list[str] = field(default_factory=list)  # model files published at start
+    triggers: str | None = None  # a triggers file loaded at start
+    rescore_interval: float = 3600.0  # seconds between scheduled rescorings; 0: never
+    deliver_interval: float = 1.0  # seconds between outbox delivery passes; 0: never
+    durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
+    max_body_bytes: int = 1_000_000
+    max_batch: int = 1000
+    max_properties_bytes: int = 32_000
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        text = os.environ.get(ENV_SETTINGS)
+        return cls(**json.loads(text)) if text else cls()
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    store: Store
+    keys: KeyCache

@@ -1,0 +1,194 @@
+"""Bulk import of leads, events and outcomes from files (CSV, Parquet, JSON lines, JSON).
+
+Files are read and checked like the scoring inputs (:mod:`leadscore.inputs`: bad rows are
+named by file, row and column, or skipped with ``skip_bad_rows``), stored in chunks, and the
+leads are rescored once at the end with the batch evaluator, instead of once per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leadscore.engine.timeutil import parse_instant
+from leadscore.errors import InputError, InputProblem
+from leadscore.inputs import LoadReport, normalize_events, normalize_leads, read_table
+from leadscore.store.keeper import RescoreReport, Store
+from leadscore.store.leads import STAGES, EventInput, LeadInput
+from leadscore.store.lifecycle import OutcomeInput, add_outcomes
+
+__all__ = ["ImportReport", "import_events", "import_leads", "import_outcomes"]
+
+Progress = Callable[[str, int, int], None]
+CHUNK = 2000
+LEAD_COLUMNS = ("email", "stage", "owner")
+EVENT_ID_COLUMNS = ("event_id", "message_id", "messageId")
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    rows: int = 0
+    stored: int = 0  # new or updated rows
+    repeated: int = 0  # events whose id was already stored, outcomes already recorded
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rescore: RescoreReport | None = None
+
+
+def _chunks(n: int) -> range:
+    return range(0, n, CHUNK)
+
+
+def import_leads(
+    store: Store,
+    source: str | Path | pa.Table,
+    *,
+    lead_id_column: str = "lead_id",
+    skip_bad_rows: bool = False,
+    fire_triggers: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Create or update the leads of a file; every other column is a profile field."""
+    load = LoadReport()
+    table = normalize_leads(
+        source, lead_id_column, skip_bad_rows=skip_bad_rows, report=load, label=_label(source)
+    )
+    report = ImportReport("leads", rows=table.num_rows, warnings=list(load.warnings))
+    report.errors += [str(p) for p in load.problems]
+    if "stage" in table.column_names:
+        bad = [
+            i
+            for i, v in enumerate(table.column("stage").to_pylist())
+            if v is not None and v.strip().lower() not in STAGES
+        ]
+        if bad:
+            raise InputError(
+                [
+                    InputProblem(
+                        _label(source), f"unknown stage {table['stage'][i]}", i + 1, "stage"
+                    )
+                    for i in bad[:10]
+                ],
+                f"stages are {', '.join(STAGES)}",
+            )
+    rows = table.to_pylist()
+    for start in _chunks(len(rows)):
+        items = []
+        for row in rows[start : start + CHUNK]:
+            lead_id, email = row.pop("lead_id"), row.pop("email", None)
+            stage, owner = row.pop("stage", None), row.pop("owner", None)
+            fields = {k: v for k, v in row.items() if v is not None}
+            stage = None if stage is None else stage.strip().lower()
+            items.append(LeadInput(lead_id, email, fields, stage, owner))
+        outcomes = store.upsert_leads(items, rescore=False)
+        report.stored += sum(o.status != "error" for o in outcomes)
+        report.errors += [
+            f"row {start + o.index + 1}: {o.error}" for o in outcomes if o.status == "error"
+        ]
+        if progress:
+            progress("storing leads", min(start + CHUNK, len(rows)), len(rows))
+    report.rescore = store.rescore_all("profile", fire_triggers=fire_triggers, progress=progress)
+    return report
+
+
+def import_events(
+    store: Store,
+    source: str | Path | pa.Table,
+    *,
+    lead_id_column: str = "lead_id",
+    skip_bad_rows: bool = False,
+    fire_triggers: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Store the events of a file (``lead_id``, ``type``, ``ts``, optional ``item`` and an
+    ``event_id`` that makes a re-import idempotent; other columns are properties)."""
+    load = LoadReport()
+    table = normalize_events(
+        source, lead_id_column, skip_bad_rows=skip_bad_rows, report=load, label=_label(source)
+    )
+    report = ImportReport("events", rows=table.num_rows, warnings=list(load.warnings))
+    id_column = next((c for c in EVENT_ID_COLUMNS if c in table.column_names), None)
+    stamps = pc.cast(table.column("ts"), pa.int64()).to_pylist()
+    rest = [c for c in table.column_names if c not in ("lead_id", "type", "ts", "item", id_column)]
+    for start in _chunks(table.num_rows):
+        part = table.slice(start, CHUNK)
+        cols: dict[str, list[Any]] = {c: part.column(c).to_pylist() for c in part.column_names}
+        items = [
+            EventInput(
+                type=cols["type"][i],
+                ts_us=stamps[start + i],
+                lead_id=cols["lead_id"][i],
+                item=cols["item"][i],
+                properties={c: cols[c][i] for c in rest if cols[c][i] is not None},
+                message_id=cols[id_column][i] if id_column else None,
+            )
+            for i in range(part.num_rows)
+        ]
+        outcomes = store.ingest_events(items, rescore=False)
+        report.stored += sum(o.status in ("accepted", "anonymous") for o in outcomes)
+        report.repeated += sum(o.status == "duplicate" for o in outcomes)
+        if progress:
+            progress("storing events", min(start + CHUNK, table.num_rows), table.num_rows)
+    report.rescore = store.rescore_all("event", fire_triggers=fire_triggers, progress=progress)
+    return report
+
+
+def import_outcomes(
+    store: Store,
+    source: str | Path | pa.Table,
+    *,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Store outcomes: ``lead_id``, ``outcome``, ``ts`` and an optional ``amount``."""
+    label = _label(source)
+    table = source if isinstance(source, pa.Table) else read_table(source)
+    missing = [c for c in ("lead_id", "outcome", "ts") if c not in table.column_names]
+    if missing:
+        raise InputError(
+            [InputProblem(label, f"no {c!r} column") for c in missing],
+            f"columns found: {', '.join(table.column_names)}",
+        )
+    rows = table.to_pylist()
+    problems: list[InputProblem] = []
+    items: list[OutcomeInput] = []
+    for n, row in enumerate(rows, start=1):
+        lead_id, outcome = row["lead_id"], row["outcome"]
+        if lead_id is None or str(lead_id).strip() == "":
+            problems.append(InputProblem(label, "empty lead id", n, "lead_id"))
+            continue
+        if outcome is None or str(outcome).strip() == "":
+            problems.append(InputProblem(label, "empty outcome", n, "outcome"))
+            continue
+        try:
+            ts_us = parse_instant(row["ts"])
+        except (ValueError, TypeError) as e:
+            problems.append(InputProblem(label, f"unreadable time {row['ts']!r}: {e}", n, "ts"))
+            continue
+        amount = row.get("amount")
+        try:
+            value = None if amount in (None, "") else float(amount)
+        except (TypeError, ValueError):
+            problems.append(InputProblem(label, f"amount {amount!r} is not a number", n, "amount"))
+            continue
+        items.append(OutcomeInput(str(lead_id).strip(), str(outcome).strip().lower(), ts_us, value))
+    if problems:
+        raise InputError(problems[:20], f"{len(problems)} bad row(s); nothing was imported")
+    report = ImportReport("outcomes", rows=len(rows))
+    for start in _chunks(len(items)):
+        with store.db.write() as conn:
+            added = add_outcomes(conn, items[start : start + CHUNK], "import")
+        report.stored += added
+        report.repeated += len(items[start : start + CHUNK]) - added
+        if progress:
+            progress("storing outcomes", min(start + CHUNK, len(items)), len(items))
+    return report
+
+
+def _label(source: str | Path | pa.Table) -> str:
+    return "table" if isinstance(source, pa.Table) else str(source)

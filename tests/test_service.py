@@ -1,0 +1,250 @@
+"""The HTTP service on a real socket, on SQLite and PostgreSQL: ingest, reads, models, keys,
+limits and the error envelope."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from leadscore.store import Store
+from leadscore.store.keys import create_key
+from tests.conftest import Clock
+
+Serve = Callable[..., httpx.Client]
+VP = {"lead_id": "L1", "email": "ann@acme.com", "job_title": "VP Sales", "country": "US"}
+
+
+def _key(store: Store, *scopes: str) -> str:
+    with store.db.write() as conn:
+        return create_key(conn, "test", list(scopes), store.clock())[1]
+
+
+def _envelope(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_event_is_scored_before_the_response(serve: Serve) -> None:
+    """b2b-default. Fit: exec-title 25 + sell-to-country 10 = 35 (grade B). Before any event,
+    gone-quiet -15: score 20, cold. After a demo request now: demo 50, gone-quiet 0:
+    engagement 50, score 85 -> hot, MQL, priority B1."""
+    api = serve(no_auth=True)
+    assert api.post("/api/v1/leads", json=VP).json()["created"] == 1
+    first = api.get("/api/v1/leads/L1").json()["scores"]["b2b-default"]
+    assert (first["score"], first["band"]) == (20.0, "cold")
+    r = api.post("/api/v1/events", json={"lead_id": "L1", "type": "demo_request"})
+    assert r.json()["accepted"] == 1
+    lead = api.get("/api/v1/leads/L1").json()
+    s = lead["scores"]["b2b-default"]
+    assert (s["score"], s["fit"], s["engagement"]) == (85.0, 35.0, 50.0)
+    assert (s["grade"], s["band"], s["mql"], s["priority"]) == ("B", "hot", True, "B1")
+    assert s["explanation"]["score"] == 85.0
+    assert s["as_of"] == "2026-06-30T12:00:00Z"
+    history = api.get("/api/v1/leads/L1/history").json()["items"]
+    assert [(h["reason"], h["old_score"], h["new_score"], h["new_band"]) for h in history] == [
+        ("event", 20.0, 85.0, "hot"),
+        ("profile", None, 20.0, "cold"),
+    ]
+
+
+def test_batch_reports_bad_items_by_index_and_keeps_the_good(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    r = api.post(
+        "/api/v1/events",
+        json=[
+            {"lead_id": "L1", "type": "form_submit", "event_id": "a"},
+            {"lead_id": "L1"},
+            {"type": "form_submit"},
+            {"lead_id": "L1", "type": "form_submit", "ts": "not a time"},
+            {"lead_id": "L1", "type": "form_submit", "event_id": "a"},
+        ],
+    )
+    body = r.json()
+    assert r.status_code == 200
+    assert [i["status"] for i in body["items"]] == ["accepted", "duplicate"]
+    assert [i["index"] for i in body["items"]] == [0, 4]
+    assert [e["index"] for e in body["errors"]] == [1, 2, 3]
+    assert "type" in body["errors"][0]["message"]
+    assert "lead_id" in body["errors"][1]["message"]
+    # form-submit 10, counted once though sent twice
+    assert api.get("/api/v1/leads/L1").json()["scores"]["b2b-default"]["engagement"] == 10.0
+
+
+def test_all_bad_items_is_a_422_envelope(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    err = _envelope(api.post("/api/v1/events", json=[{"x": 1}, {"y": 2}]), 422, "invalid")
+    assert [d["index"] for d in err["details"]] == [0, 1]
+
+
+def test_limits_and_malformed_bodies(serve: Serve) -> None:
+    api = serve(no_auth=True, max_body_bytes=2000, max_batch=3)
+    _envelope(api.post("/api/v1/events", content=b"{nope"), 400, "bad_request")
+    big = [{"lead_id": "L1", "type": "x", "pad": "y" * 500} for _ in range(5)]
+    _envelope(api.post("/api/v1/events", json=big), 413, "payload_too_large")
+    many = [{"lead_id": "L1", "type": "x"} for _ in range(4)]
+    _envelope(api.post("/api/v1/events", json=many), 413, "payload_too_large")
+    r = api.post("/api/v1/events", content=b"a=1", headers={"content-type": "text/csv"})
+    _envelope(r, 415, "unsupported_media_type")
+    long_type = {"lead_id": "L1", "type": "t" * 201}
+    err = _envelope(api.post("/api/v1/events", json=long_type), 422, "invalid")
+    assert "200" in err["message"]
+    _envelope(api.get("/api/v1/leads/none"), 404, "not_found")
+    _envelope(api.get("/api/v1/leads", params={"sort": "colour"}), 400, "bad_request")
+    _envelope(api.get("/api/v1/leads", params={"limit": 0}), 422, "invalid")
+    _envelope(api.get("/api/v1/nothing-here"), 404, "not_found")
+
+
+def test_keys_and_scopes(serve: Serve, store: Store) -> None:
+    api = serve()
+    ingest, read = _key(store, "ingest"), _key(store, "read")
+    err = _envelope(api.get("/api/v1/leads"), 401, "unauthorized")
+    assert "leadscore keys create" in err["message"]
+    bad = {"Authorization": "Bearer lsk_nope_nope"}
+    _envelope(api.get("/api/v1/leads", headers=bad), 401, "unauthorized")
+    as_ingest = {"Authorization": f"Bearer {ingest}"}
+    assert api.post("/api/v1/leads", json=VP, headers=as_ingest).status_code == 200
+    _envelope(api.get("/api/v1/leads/L1", headers=as_ingest), 403, "forbidden")
+    as_read = {"Authorization": f"Bearer {read}"}
+    assert api.get("/api/v1/leads/L1", headers=as_read).status_code == 200
+    _envelope(api.post("/api/v1/events", json={}, headers=as_read), 403, "forbidden")
+    _envelope(api.post("/api/v1/models", content="x", headers=as_ingest), 403, "forbidden")
+    # Segment senders pass the write key as the Basic user name
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{ingest}:".encode()).decode()}
+    r = api.post("/v1/track", json={"userId": "L1", "event": "demo_request"}, headers=basic)
+    assert r.json()["success"] is True
+
+
+def test_segment_calls(serve: Serve) -> None:
+    """An anonymous visitor views pricing (page_view: pricing-page 15 + page-views 3), is
+    identified, then requests a demo (50) sent twice with one messageId: engagement 68."""
+    api = serve(no_auth=True)
+    r = api.post("/v1/page", json={"anonymousId": "anon-1", "properties": {"url": "/pricing"}})
+    assert r.json()["items"][0]["status"] == "anonymous"
+    r = api.post(
+        "/v1/identify",
+        json={
+            "userId": "u1",
+            "anonymousId": "anon-1",
+            "traits": {"email": "Kim@Acme.com", "job_title": "CTO", "address": {"country": "US"}},
+        },
+    )
+    assert r.json()["created"] == 1
+    track = {"userId": "u1", "event": "demo_request", "messageId": "m-1"}
+    batch = {"batch": [{**track, "type": "track"}, {**track, "type": "track"}]}
+    r = api.post("/v1/batch", json=batch)
+    assert [i["status"] for i in r.json()["items"]] == ["accepted", "duplicate"]
+    lead = api.get("/api/v1/leads/u1").json()
+    assert lead["email"] == "kim@acme.com"
+    assert lead["profile"]["address.country"] == "US"
+    assert lead["scores"]["b2b-default"]["engagement"] == 68.0
+    r = api.post("/v1/alias", json={"previousId": "anon-2", "userId": "u1"})
+    assert r.status_code == 200
+    r = api.post("/v1/track", json={"anonymousId": "anon-2", "event": "form_submit"})
+    assert r.json()["items"][0]["lead_id"] == "u1"
+    err = _envelope(api.post("/v1/track", json={"event": "x"}), 422, "invalid")
+    assert "userId" in err["message"]
+
+
+def test_lead_list_filters_and_pages(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    leads = [
+        {"lead_id": f"L{i:02}", "job_title": "VP" if i % 3 == 0 else "Analyst", "country": c}
+        for i, c in enumerate(["US", "DE", "US", "FR", "US", "US", "DE"])
+    ]
+    api.post("/api/v1/leads", json=leads)
+    api.post("/api/v1/events", json={"lead_id": "L05", "type": "demo_request"})
+    us = api.get("/api/v1/leads", params={"country": "US", "sort": "lead_id"}).json()
+    assert [i["lead_id"] for i in us["items"]] == ["L00", "L02", "L04", "L05"]
+    hot = api.get("/api/v1/leads", params={"band": "hot"}).json()["items"]
+    assert [i["lead_id"] for i in hot] == []
+    top = api.get("/api/v1/leads", params={"sort": "-score", "limit": 1}).json()
+    assert top["items"][0]["lead_id"] == "L05"
+    seen: list[str] = []
+    params: dict[str, Any] = {"sort": "-score", "limit": 2}
+    while True:
+        page = api.get("/api/v1/leads", params=params).json()
+        seen += [i["lead_id"] for i in page["items"]]
+        if not page["next_cursor"]:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert sorted(seen) == [f"L{i:02}" for i in range(7)]
+    assert len(seen) == 7
+
+
+def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:
+    api = serve(no_auth=True)
+    api.post("/api/v1/leads", json=VP)
+    bad = (
+        "version: 1\nname: mini\nprofile:\n"
+        "  - {id: vp, if: {field: job_title, contains: vp}, pts: 5}\n"
+    )
+    err = _envelope(
+        api.post("/api/v1/models", content=bad, headers={"content-type": "application/yaml"}),
+        422,
+        "invalid_model",
+    )
+    assert err["details"][0]["line"] == 4
+    good = bad.replace("pts: 5", "points: 5")
+    r = api.post("/api/v1/models", content=good, headers={"content-type": "application/yaml"})
+    assert (r.status_code, r.json()["version"], r.json()["status"]) == (201, 1, "draft")
+    again = api.post("/api/v1/models", content=good, headers={"content-type": "application/yaml"})
+    assert (again.status_code, again.json()["created"]) == (200, False)
+    r = api.post("/api/v1/models/mini/publish").json()
+    assert r["published"]["status"] == "published"
+    assert r["rescore"]["changed"] == 1
+    lead = api.get("/api/v1/leads/L1").json()
+    assert lead["scores"]["mini"]["score"] == 5.0
+    history = api.get("/api/v1/leads/L1/history", params={"sheet": "mini"}).json()["items"]
+    assert [(h["reason"], h["new_score"]) for h in history] == [("model change", 5.0)]
+    assert api.get("/api/v1/models/mini/yaml").text == good
+    sheets = {m["name"]: m["active"] for m in api.get("/api/v1/models").json()["items"]}
+    assert sheets == {"b2b-default": 1, "mini": 1}
+    _envelope(api.post("/api/v1/models/nope/publish"), 404, "not_found")
+    clock.advance(days=61)  # gone-quiet: 61 days without activity -> -15 on b2b-default
+    r = api.post("/api/v1/rescore").json()
+    assert r["reason"] == "decay"
+
+
+def test_disposition_stage_and_outcomes(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    api.post("/api/v1/leads", json=VP)
+    err = _envelope(
+        api.post("/api/v1/leads/L1/disposition", json={"disposition": "reject"}), 400, "bad_request"
+    )
+    assert "reason" in err["message"]
+    r = api.post("/api/v1/leads/L1/disposition", json={"disposition": "accept"}).json()
+    assert (r["stage"], r["outcome"]) == ("sql", "sql")
+    lead = api.get("/api/v1/leads/L1").json()
+    assert lead["stage"] == "sql"
+    assert [(c["from_stage"], c["to_stage"]) for c in lead["stage_changes"]] == [("lead", "sql")]
+    r = api.post(
+        "/api/v1/outcomes",
+        json=[
+            {"lead_id": "L1", "outcome": "won", "ts": "2026-07-01", "amount": 1200},
+            {"lead_id": "L1", "outcome": "won", "ts": "2026-07-01", "amount": 1200},
+        ],
+    ).json()
+    assert (r["added"], r["repeated"]) == (1, 1)
+
+
+def test_openapi_is_published(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    spec = api.get("/openapi.json").json()
+    for path in ("/api/v1/events", "/api/v1/leads", "/v1/track", "/v1/batch", "/api/v1/models"):
+        assert path in spec["paths"]
+    assert api.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/identify", "/v1/batch"])
+def test_segment_rejects_non_objects(serve: Serve, path: str) -> None:
+    api = serve(no_auth=True)
+    r = api.post(path, json=[1, 2])
+    assert r.status_code in (400, 422)
+    assert set(r.json()) == {"error"}
