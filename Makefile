@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/leadscore demo
+	$(BIN)/leadscore demo --serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

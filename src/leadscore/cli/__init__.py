@@ -340,8 +340,30 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option(help="Keep the generated data in this directory.")
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Instead: load the data into a store, start the service and stream events.",
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(help="With --serve: the port.")] = 8000,
+    db: Annotated[
+        Path, typer.Option(help="With --serve: the demo store (a SQLite file, recreated).")
+    ] = Path("leadscore-demo.db"),
+    rate: Annotated[float, typer.Option(help="With --serve: streamed events per second.")] = 5.0,
 ) -> None:
-    """Generate realistic sample data, score it with the default model, show the top leads."""
+    """Generate realistic sample data, score it with the default model, show the top leads.
+
+    With --serve: load it into a store, start the service and stream live events.
+    """
+    if serve:
+        from leadscore.cli.demo_server import run_demo_server
+
+        run_demo_server(
+            db, port, leads_count, events_count, seed, rate, lambda s: out.print(s, markup=False)
+        )
+        return
     from leadscore.sample import DEFAULT_AS_OF, write_sample
 
     workdir = keep or Path(tempfile.mkdtemp(prefix="leadscore-demo-"))

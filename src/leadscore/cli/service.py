@@ -21,7 +21,7 @@ from leadscore.store import DEFAULT_DB, Store, open_store
 from leadscore.store.bulk import ImportReport, import_events, import_leads, import_outcomes
 from leadscore.store.keys import SCOPES, create_key, list_keys, revoke_key
 
-__all__ = ["keys_app"]
+__all__ = ["Bar", "keys_app"]
 
 DbOpt = Annotated[
     str,
@@ -33,7 +33,7 @@ DbOpt = Annotated[
 ]
 
 
-class _Bar:
+class Bar:
     """A rich progress bar fed by the store's (what, done, total) callbacks."""
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ class _Bar:
         )
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> Bar:
         self.progress.start()
         return self
 
@@ -180,7 +180,7 @@ def import_(
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
     store = _open(db)
     try:
-        with _Bar() as bar:
+        with Bar() as bar:
             if kind == "leads":
                 report = import_leads(
                     store,
@@ -223,7 +223,7 @@ def rescore(
     """
     store = _open(db)
     try:
-        with _Bar() as bar:
+        with Bar() as bar:
             report = store.rescore_all(
                 "decay", sheets=sheet or None, fire_triggers=fire_triggers, progress=bar
             )
@@ -254,7 +254,7 @@ def publish(
         if draft.status == "published":
             out.print(f"{draft.name} version {draft.version} is already active", markup=False)
             return
-        with _Bar() as bar:
+        with Bar() as bar:
             report = store.publish(
                 draft.name, draft.version, fire_triggers=fire_triggers, progress=bar
             )
