@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Protocol
 
+import ibis
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from leadscore.engine.batch import BatchPlan, compile_model
 from leadscore.engine.lead import score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros
 from leadscore.errors import NotFound
-from leadscore.scoring import prepare, score_run
+from leadscore.scoring import PreparedInputs, register_inputs
 from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
 from leadscore.spec.model import InactivityRule
@@ -257,9 +259,7 @@ class Store:
         if not ids or not sheets:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
-            conn.execute(
-                sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(ids)).with_for_update()
-            )
+            _lock_leads(conn, ids)
         records = lead_records(conn, ids)
         as_of = from_micros(now_us)
         new: list[NewScore] = []
@@ -313,12 +313,13 @@ class Store:
                 return report
             if progress:
                 progress("reading leads and events", 0, 1)
-            prepared = prepare(*_export(conn, active))
+            # Not `prepare`: it trims lead ids (and event types) as for files, which would
+            # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
+            prepared = PreparedInputs(*_export(conn, active))
         report.leads = prepared.leads.num_rows
         if progress:
             progress("scoring", 0, 1)
-        table = score_run([s.model for s in active], prepared, from_micros(t_us)).table
-        rows = table.to_pylist()
+        rows = _batch_rows(active, prepared, t_us)
         multi = len(active) > 1
         done = 0
         for begin in range(0, len(rows), chunk):
@@ -326,6 +327,10 @@ class Store:
             with self.db.write() as conn:
                 now = self.clock()
                 ids = [r["lead_id"] for r in part]
+                if not self.db.is_sqlite:
+                    # Real-time rescoring of these leads waits until this chunk commits, so
+                    # it is never overwritten by the batch's older value.
+                    _lock_leads(conn, ids)
                 current = current_scores(conn, ids)
                 fresh = {k for k, row in current.items() if row["updated_us"] > start}
                 new: list[NewScore] = []
@@ -345,6 +350,57 @@ class Store:
             if progress:
                 progress("writing scores", done, len(rows))
         return report
+
+
+# Compiling a model for the batch evaluator costs far more than scoring a store's leads:
+# compile each model once per process (keyed by its text), not on every run.
+_PLANS: dict[str, BatchPlan] = {}
+
+
+def _plan(sheet: Sheet) -> BatchPlan:
+    plan = _PLANS.get(sheet.version.yaml)
+    if plan is None:
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        plan = _PLANS[sheet.version.yaml] = compile_model(sheet.model)
+    return plan
+
+
+def _batch_rows(
+    sheets: Sequence[Sheet], prepared: PreparedInputs, t_us: int
+) -> list[dict[str, Any]]:
+    """The batch evaluator's row of every lead, columns named as by
+    :func:`leadscore.scoring.score_run` (prefixed with the sheet's name when there are several)."""
+    plans = [_plan(s) for s in sheets]
+    con = ibis.duckdb.connect()
+    try:
+        register_inputs(con, prepared, plans)
+        tables = [p.execute(con, t_us) for p in plans]
+    finally:
+        con.disconnect()
+    if len(tables) == 1:
+        rows: list[dict[str, Any]] = tables[0].to_pylist()
+        return rows
+    by_sheet = [{r["lead_id"]: r for r in t.to_pylist()} for t in tables]
+    rows = []
+    for lead_id in prepared.leads.column("lead_id").to_pylist():
+        row: dict[str, Any] = {"lead_id": lead_id}
+        for sheet, results in zip(sheets, by_sheet, strict=True):
+            row.update(
+                {f"{sheet.name}.{k}": v for k, v in results[lead_id].items() if k != "lead_id"}
+            )
+        rows.append(row)
+    return rows
+
+
+def _lock_leads(conn: Connection, ids: Sequence[str]) -> None:
+    """Lock the leads' rows (PostgreSQL), always in lead id order so lockers cannot deadlock."""
+    conn.execute(
+        sa.select(leads.c.lead_id)
+        .where(leads.c.lead_id.in_(sorted(set(ids))))
+        .order_by(leads.c.lead_id)
+        .with_for_update()
+    )
 
 
 def _new_score(row: dict[str, Any], sheet: Sheet, t_us: int, prefix: str) -> NewScore:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
 from leadscore.spec.conditions import to_text
-from leadscore.store.schema import aliases, events, leads
+from leadscore.store.schema import aliases, events, leads, stage_changes
 
 __all__ = [
     "STAGES",
@@ -101,11 +102,17 @@ def _find_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def _existing(conn: Connection, lead_ids: Iterable[str]) -> dict[str, sa.RowMapping]:
-    wanted = list(set(lead_ids))
+def _existing(
+    conn: Connection, lead_ids: Iterable[str], *, lock: bool = False
+) -> dict[str, sa.RowMapping]:
+    """The leads' rows; with ``lock``, locked until the transaction ends (PostgreSQL; SQLite
+    writers are serialised anyway), in lead id order like every other locker."""
+    wanted = sorted(set(lead_ids))
     found: dict[str, sa.RowMapping] = {}
     for start in range(0, len(wanted), 500):
         q = sa.select(leads).where(leads.c.lead_id.in_(wanted[start : start + 500]))
+        if lock and conn.dialect.name != "sqlite":
+            q = q.order_by(leads.c.lead_id).with_for_update()
         found.update({r["lead_id"]: r for r in conn.execute(q).mappings()})
     return found
 
@@ -121,11 +128,16 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         if lead_id is None:
             outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
             continue
+        if item.stage is not None and item.stage.strip().lower() not in STAGES:
+            error = f"unknown stage {item.stage!r}; stages are {', '.join(STAGES)}"
+            outcomes.append(ItemOutcome(index, "error", lead_id, error))
+            continue
         if email:
             by_email.setdefault(email, lead_id)
         resolved.append((index, lead_id, item))
         outcomes.append(ItemOutcome(index, "updated", lead_id))
-    existing = _existing(conn, (lid for _, lid, _ in resolved))
+    # Locked: a merge must read the profile that the previous merge wrote, not the one before.
+    existing = _existing(conn, (lid for _, lid, _ in resolved), lock=True)
     state: dict[str, dict[str, Any]] = {
         lid: {
             "profile": dict(row["profile"]),
@@ -154,7 +166,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         if item.owner is not None:
             s["owner"] = item.owner or None
         if item.stage is not None:
-            s["stage"] = item.stage
+            s["stage"] = item.stage.strip().lower()
     for lead_id, s in state.items():
         values = {
             "profile": s["profile"],
@@ -171,6 +183,17 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         else:
             if s["stage"] != existing[lead_id]["stage"]:
                 values.update(stage=s["stage"], stage_us=now_us)
+                # recorded like every stage change (lifecycle.set_stage)
+                conn.execute(
+                    stage_changes.insert().values(
+                        lead_id=lead_id,
+                        from_stage=existing[lead_id]["stage"],
+                        to_stage=s["stage"],
+                        at_us=now_us,
+                        reason="lead update",
+                        actor=None,
+                    )
+                )
             conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
     return outcomes
 
@@ -178,10 +201,13 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
 def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> None:
     """Create the leads among ``wanted`` (lead id -> email) that do not exist yet."""
     existing = _existing(conn, wanted)
-    missing = [lid for lid in wanted if lid not in existing]
+    missing = sorted(lid for lid in wanted if lid not in existing)
     if missing:
+        # Two requests may bring the first events of the same new lead at once: the second
+        # insert finds the first one's row (after waiting for its commit) and does nothing.
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(leads)
         conn.execute(
-            leads.insert(),
+            insert.on_conflict_do_nothing(index_elements=[leads.c.lead_id]),
             [
                 {
                     "lead_id": lid,

@@ -127,6 +127,16 @@ def _decode(cursor: str) -> tuple[Any, str]:
     return value, lead_id
 
 
+def _profile_text(conn: Connection, name: str) -> sa.ColumnElement[Any]:
+    """A profile field as text, the same on both databases: PostgreSQL's ``->>`` (and the
+    evaluators) spell JSON booleans ``true``/``false``, where SQLite's json_extract gives 1/0."""
+    text = sa.cast(leads.c.profile[name].as_string(), sa.String)
+    if conn.dialect.name != "sqlite":
+        return text
+    kind = sa.func.json_type(leads.c.profile, f'$."{name}"')  # the path SQLAlchemy writes
+    return sa.case((kind == "true", "true"), (kind == "false", "false"), else_=text)
+
+
 def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPage:
     """One page of leads matching ``query``, with their score on the chosen sheet."""
     sheet = query.sheet if query.sheet is not None else (sheets[0] if sheets else None)
@@ -166,7 +176,7 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
     for name, value in query.fields.items():
         if len(name) > ID:
             raise UsageError(f"field name {name[:40]!r}... is too long")
-        q = q.where(sa.cast(leads.c.profile[name].as_string(), sa.String) == value)
+        q = q.where(_profile_text(conn, name) == value)
     if query.search:
         pattern = f"%{query.search.lower()}%"
         q = q.where(
@@ -185,6 +195,8 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
     }[key]
     if query.cursor:
         value, after = _decode(query.cursor)
+        if key != "lead_id" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UsageError(f"cursor {query.cursor!r} is not one this server gave out")
         if key == "lead_id":
             q = q.where(leads.c.lead_id < after if descending else leads.c.lead_id > after)
         elif descending:

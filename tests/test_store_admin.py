@@ -1,0 +1,492 @@
+"""Models and publishing, identity resolution, lifecycle and API keys in the store, on SQLite
+and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from leadscore.errors import Conflict, ModelError, NotFound, UsageError
+from leadscore.store import EventInput, LeadInput, OutcomeInput, Store
+from leadscore.store.keys import create_key, list_keys, revoke_key, verify_key
+from leadscore.store.lifecycle import add_outcomes, record_disposition, set_stage
+from leadscore.store.queries import lead_view, score_history_of
+from leadscore.store.schema import api_keys, model_versions, outcomes
+from leadscore.store.versions import list_versions
+from tests.conftest import Clock
+
+SECOND = 1_000_000
+
+V1 = """
+version: 1
+name: m
+profile:
+  - {id: vp, if: {field: title, contains: vp}, points: 30}
+activity:
+  - {id: demo, event: demo_request, points: 40, frequency: once}
+bands: {cold: -.inf, hot: 50}
+mql: hot
+"""
+V2 = V1.replace("points: 40", "points: 60")
+
+
+def publish(store: Store, yaml_text: str) -> None:
+    version = store.add_model(yaml_text)
+    store.publish(version.name, version.version)
+
+
+def view(store: Store, lead_id: str) -> dict[str, Any]:
+    with store.db.read() as conn:
+        found: dict[str, Any] = lead_view(conn, lead_id)
+        return found
+
+
+def score(store: Store, lead_id: str, sheet: str = "m") -> float:
+    return float(view(store, lead_id)["scores"][sheet]["score"])
+
+
+def history(store: Store, lead_id: str) -> list[tuple[Any, ...]]:
+    with store.db.read() as conn:
+        rows = score_history_of(conn, lead_id)
+    return [(r["reason"], r["old_score"], r["new_score"]) for r in rows]
+
+
+def versions(store: Store) -> list[tuple[int, str]]:
+    with store.db.read() as conn:
+        return [(v.version, v.status) for v in list_versions(conn, "m")]
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def test_publishing_a_new_version_rescores_every_lead(store: Store, clock: Clock) -> None:
+    """v1: vp 30, demo 40. K1 (VP, demo) 70 hot; K2 (VP) 30; K3 0.
+    v2 makes a demo worth 60: K1 90; K2 and K3 keep their scores, but every lead gets a
+    `model change` history row, since the version that scored it changed. Publishing v1 again
+    (a rollback) brings K1 back to 70 the same way."""
+    publish(store, V1)
+    store.upsert_leads(
+        [LeadInput("K1", fields={"title": "VP"}), LeadInput("K2", fields={"title": "VP"})]
+    )
+    store.upsert_leads([LeadInput("K3")])
+    store.ingest_events([EventInput("demo_request", clock.now, "K1")])
+    assert [score(store, k) for k in ("K1", "K2", "K3")] == [70.0, 30.0, 0.0]
+
+    clock.advance(seconds=1)
+    draft = store.add_model(V2, "m.yaml")
+    assert (draft.name, draft.version, draft.status) == ("m", 2, "draft")
+    assert versions(store) == [(1, "published"), (2, "draft")]
+    report = store.publish("m")
+    assert (report.reason, report.leads, report.changed, report.per_sheet) == (
+        "model change",
+        3,
+        3,
+        {"m": 3},
+    )
+    assert versions(store) == [(1, "retired"), (2, "published")]
+    assert [s.version.version for s in store.sheets()] == [2]
+    assert history(store, "K1")[0] == ("model change", 70.0, 90.0)
+    assert history(store, "K2")[0] == ("model change", 30.0, 30.0)
+    assert history(store, "K3")[0] == ("model change", 0.0, 0.0)
+    k1 = view(store, "K1")["scores"]["m"]
+    assert (k1["score"], k1["model_version_id"], k1["as_of_us"]) == (90.0, draft.id, clock.now)
+    store.ingest_events([EventInput("page_view", clock.now, "K2")])  # real time uses v2 too
+    assert view(store, "K2")["scores"]["m"]["model_version_id"] == draft.id
+
+    store.publish("m", 1)
+    assert versions(store) == [(1, "published"), (2, "retired")]
+    assert history(store, "K1")[0] == ("model change", 90.0, 70.0)
+
+
+def test_unknown_active_and_invalid_models_are_errors(store: Store) -> None:
+    """Publishing an unknown name or version is NotFound, the active one a Conflict; an invalid
+    model reports every problem at once, each with its line, and stores nothing."""
+    with pytest.raises(NotFound, match="no model 'nope'"):
+        store.publish("nope")
+    with pytest.raises(NotFound):
+        store.publish("nope", 1)
+    publish(store, V1)
+    with pytest.raises(NotFound, match="no model 'm' version 7"):
+        store.publish("m", 7)
+    with pytest.raises(Conflict, match="already published"):
+        store.publish("m", 1)
+    assert versions(store) == [(1, "published")]
+
+    bad = V1.replace("points: 30", "points: thirty").replace("mql: hot", "mql: hot\nspeed: 3")
+    with pytest.raises(ModelError) as caught:
+        store.add_model(bad, "m.yaml")
+    issues = caught.value.issues
+    assert [(i.file, i.line) for i in issues] == [("m.yaml", 5), ("m.yaml", 10)]
+    assert "profile[0].points" in str(caught.value) and "speed" in str(caught.value)
+    with pytest.raises(ModelError, match=r"m\.yaml:3: not valid YAML"):
+        store.add_model("version: 1\nname: m\n  bad: [\n", "m.yaml")
+    assert versions(store) == [(1, "published")]
+
+
+def test_posting_the_same_yaml_again_creates_no_version(store: Store) -> None:
+    """The newest version's exact text is that version; another text is the next version (even
+    an older one's text: it becomes a new draft)."""
+    first = store.ensure_published(V1, "m.yaml")
+    assert first is not None and (first.version, first.status) == (1, "published")
+    assert store.ensure_published(V1, "m.yaml") is None
+    assert store.add_model(V1).id == first.id
+    second = store.add_model(V2)
+    assert store.add_model(V2).id == second.id
+    assert versions(store) == [(1, "published"), (2, "draft")]
+    assert store.add_model(V1).version == 3
+    with store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(model_versions)).scalar() == 3
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def test_a_lead_by_email_only_and_leads_sharing_an_email(store: Store, clock: Clock) -> None:
+    """No lead_id: the lowercased, trimmed email becomes it; the email then finds that lead.
+    CRMs hold duplicates: a second lead may carry an email already known; items that name only
+    the email (upserts and events) go to the oldest lead with it."""
+    publish(store, V1)
+    (out,) = store.upsert_leads([LeadInput(email=" Ann@Acme.COM ")])
+    assert (out.status, out.lead_id) == ("created", "ann@acme.com")
+    (again,) = store.upsert_leads([LeadInput(email="ANN@acme.com", fields={"title": "VP"})])
+    assert (again.status, again.lead_id) == ("updated", "ann@acme.com")
+    lead = view(store, "ann@acme.com")
+    assert (lead["email"], lead["profile"]) == (
+        "ann@acme.com",
+        {"email": "ann@acme.com", "title": "VP"},
+    )
+    assert history(store, "ann@acme.com") == [("profile", 0.0, 30.0), ("profile", None, 0.0)]
+
+    store.upsert_leads([LeadInput("S1", "dup@x.com")])
+    clock.advance(seconds=1)
+    out = store.upsert_leads([LeadInput("S2", "DUP@x.com", {"title": "VP"})])
+    assert [(o.status, o.lead_id) for o in out] == [("created", "S2")]
+    assert view(store, "S2")["email"] == "dup@x.com"
+    (by_email,) = store.upsert_leads([LeadInput(email="dup@x.com", fields={"k": 1})])
+    assert by_email.lead_id == "S1"
+    events = store.ingest_events([EventInput("demo_request", clock.now, email="Dup@X.com")])
+    assert [(o.status, o.lead_id) for o in events] == [("accepted", "S1")]
+    assert (score(store, "S1"), score(store, "S2")) == (40.0, 30.0)
+
+
+def test_bad_items_are_errors_and_the_rest_of_the_batch_is_accepted(store: Store) -> None:
+    publish(store, V1)
+    out = store.upsert_leads(
+        [
+            LeadInput("B1", fields={"title": "VP"}),
+            LeadInput(fields={"title": "VP"}),
+            LeadInput("B2", "b2@x.com"),
+            LeadInput("B3", stage="customer-ish"),
+            LeadInput(email="   "),
+        ]
+    )
+    assert [(o.index, o.status, o.lead_id) for o in out] == [
+        (0, "created", "B1"),
+        (1, "error", None),
+        (2, "created", "B2"),
+        (3, "error", "B3"),
+        (4, "error", None),
+    ]
+    assert out[1].error == "a lead needs a lead_id or an email"
+    assert out[3].error is not None and out[3].error.startswith("unknown stage 'customer-ish'")
+    assert (score(store, "B1"), score(store, "B2")) == (30.0, 0.0)
+    with pytest.raises(NotFound):
+        view(store, "B3")
+    events = store.ingest_events(
+        [EventInput("demo_request", 0, "B1"), EventInput("demo_request", 0)]
+    )
+    assert [o.status for o in events] == ["accepted", "error"]
+    assert events[1].error == "an event needs a lead_id, email or anonymous_id"
+
+
+def test_profile_fields_merge_and_none_removes_one(store: Store, clock: Clock) -> None:
+    """The second upsert keeps title, changes country, removes phone and adds employees; the
+    third removes the title: vp's 30 points go, recorded as a profile change 30 -> 0. An
+    empty owner clears the owner, a missing one keeps it; a stage given is recorded."""
+    publish(store, V1)
+    store.upsert_leads(
+        [LeadInput("P1", owner="sam", fields={"title": "VP", "country": "US", "phone": "1"})]
+    )
+    store.upsert_leads(
+        [LeadInput("P1", fields={"phone": None, "country": "DE", "employees": 10, "x": None})]
+    )
+    lead = view(store, "P1")
+    assert lead["profile"] == {"title": "VP", "country": "DE", "employees": 10}
+    assert lead["owner"] == "sam"
+    clock.advance(seconds=1)
+    store.upsert_leads([LeadInput("P1", owner="", stage=" MQL ", fields={"title": None})])
+    lead = view(store, "P1")
+    assert lead["profile"] == {"country": "DE", "employees": 10}
+    assert (lead["owner"], lead["stage"], lead["stage_us"]) == (None, "mql", clock.now)
+    assert lead["stage_changes"] == [
+        {
+            "from_stage": "lead",
+            "to_stage": "mql",
+            "at_us": clock.now,
+            "reason": "lead update",
+            "actor": None,
+        }
+    ]
+    assert history(store, "P1") == [("profile", 30.0, 0.0), ("profile", None, 30.0)]
+
+
+def test_an_event_by_email_creates_its_lead(store: Store, clock: Clock) -> None:
+    """demo 40 for the new lead `new@x.com`; a second email-only event finds it in any case."""
+    publish(store, V1)
+    out = store.ingest_events([EventInput("demo_request", clock.now, email="New@X.com")])
+    assert [(o.status, o.lead_id) for o in out] == [("accepted", "new@x.com")]
+    lead = view(store, "new@x.com")
+    assert (lead["email"], lead["profile"], lead["stage"]) == (
+        "new@x.com",
+        {"email": "new@x.com"},
+        "lead",
+    )
+    assert lead["scores"]["m"]["score"] == 40.0
+    again = store.ingest_events([EventInput("page_view", clock.now, email=" NEW@x.com")])
+    assert again[0].lead_id == "new@x.com"
+    assert history(store, "new@x.com") == [("event", None, 40.0)]
+
+
+def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:
+    """Two anonymous demo requests (kept without a lead) join V1 when identify links `a1`:
+    vp 30 + demo 40 (once) = 70, recorded as an event change. The alias stays with V1: an
+    identify of V2 with it joins nothing, and later `a1` events still go to V1."""
+    publish(store, V1)
+    out = store.ingest_events(
+        [
+            EventInput("demo_request", clock.now - SECOND, anonymous_id="a1"),
+            EventInput("demo_request", clock.now, anonymous_id="a1", message_id="a1-2"),
+        ]
+    )
+    assert [(o.status, o.lead_id) for o in out] == [("anonymous", None), ("anonymous", None)]
+    outcome, joined = store.identify(LeadInput("V1", fields={"title": "VP"}), anonymous_id="a1")
+    assert (outcome.status, outcome.lead_id, joined) == ("created", "V1", True)
+    assert score(store, "V1") == 70.0
+    assert history(store, "V1") == [("event", None, 70.0)]
+
+    outcome, joined = store.identify(LeadInput("V2"), anonymous_id="a1")
+    assert (outcome.status, joined) == ("created", False)
+    later = store.ingest_events([EventInput("page_view", clock.now, anonymous_id="a1")])
+    assert [(o.status, o.lead_id) for o in later] == [("accepted", "V1")]
+    assert score(store, "V2") == 0.0
+    _, joined = store.identify(LeadInput("V1"), anonymous_id="a1")
+    assert joined is False  # nothing left to join
+    _, joined = store.identify(LeadInput(email="v3@x.com"), anonymous_id="never-seen")
+    assert joined is False
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
+
+
+def test_set_stage_records_every_change(store: Store, clock: Clock) -> None:
+    store.upsert_leads([LeadInput("G1")])
+    t0 = clock.now
+    with store.db.write() as conn:
+        assert set_stage(conn, "G1", " MQL ", t0, reason="score 80", actor="trigger:hot")
+        assert not set_stage(conn, "G1", "mql", t0 + SECOND)  # already there: nothing recorded
+        assert set_stage(conn, "G1", "sql", t0 + 2 * SECOND, actor="kim")
+        with pytest.raises(UsageError, match="unknown stage 'won'"):
+            set_stage(conn, "G1", "won", t0)
+        with pytest.raises(NotFound):
+            set_stage(conn, "nobody", "sql", t0)
+    lead = view(store, "G1")
+    assert (lead["stage"], lead["stage_us"], lead["updated_us"]) == (
+        "sql",
+        t0 + 2 * SECOND,
+        t0 + 2 * SECOND,
+    )
+    assert lead["stage_changes"] == [
+        {
+            "from_stage": "lead",
+            "to_stage": "mql",
+            "at_us": t0,
+            "reason": "score 80",
+            "actor": "trigger:hot",
+        },
+        {
+            "from_stage": "mql",
+            "to_stage": "sql",
+            "at_us": t0 + 2 * SECOND,
+            "reason": None,
+            "actor": "kim",
+        },
+    ]
+
+
+def _outcomes(store: Store) -> list[tuple[Any, ...]]:
+    with store.db.read() as conn:
+        rows = conn.execute(
+            sa.select(
+                outcomes.c.lead_id,
+                outcomes.c.outcome,
+                outcomes.c.ts_us,
+                outcomes.c.amount,
+                outcomes.c.source,
+            ).order_by(outcomes.c.lead_id, outcomes.c.outcome, outcomes.c.ts_us)
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_dispositions_set_stages_and_record_outcomes_once(store: Store, clock: Clock) -> None:
+    """accept: stage sql, outcome sql; reject (only with a reason): disqualified, rejected;
+    recycle: recycled, no outcome; won: customer, won with its amount; lost: disqualified,
+    lost. A refused call changes nothing."""
+    store.upsert_leads([LeadInput(f"D{i}") for i in range(1, 6)])
+    t = clock.now
+    with store.db.write() as conn:
+        accepted = record_disposition(conn, "D1", "accept", t, actor="kim")
+        with pytest.raises(UsageError, match="a rejection needs a reason"):
+            record_disposition(conn, "D2", "reject", t)
+        with pytest.raises(UsageError, match="a rejection needs a reason"):
+            record_disposition(conn, "D2", "reject", t, reason="  ")
+        with pytest.raises(UsageError, match="unknown disposition 'maybe'"):
+            record_disposition(conn, "D2", "maybe", t)
+    assert view(store, "D2")["stage"] == "lead"
+    assert _outcomes(store) == [("D1", "sql", t, None, "disposition")]
+    with store.db.write() as conn:
+        rejected = record_disposition(conn, "D2", "reject", t, reason="no budget")
+        recycled = record_disposition(conn, "D3", "recycle", t)
+        won = record_disposition(conn, "D4", "won", t, amount=12_000.0)
+        lost = record_disposition(conn, "D5", "lost", t, reason="chose a rival")
+        with pytest.raises(NotFound):
+            record_disposition(conn, "nobody", "won", t)
+    assert accepted == {"lead_id": "D1", "stage": "sql", "stage_changed": True, "outcome": "sql"}
+    assert rejected["stage"] == "disqualified" and rejected["outcome"] == "rejected"
+    assert recycled == {
+        "lead_id": "D3",
+        "stage": "recycled",
+        "stage_changed": True,
+        "outcome": None,
+    }
+    assert (won["stage"], won["outcome"], lost["stage"], lost["outcome"]) == (
+        "customer",
+        "won",
+        "disqualified",
+        "lost",
+    )
+    assert [view(store, f"D{i}")["stage"] for i in range(1, 6)] == [
+        "sql",
+        "disqualified",
+        "recycled",
+        "customer",
+        "disqualified",
+    ]
+    assert view(store, "D2")["stage_changes"][0]["reason"] == "reject: no budget"
+    assert view(store, "D1")["stage_changes"][0]["actor"] == "kim"
+    assert _outcomes(store) == [
+        ("D1", "sql", t, None, "disposition"),
+        ("D2", "rejected", t, None, "disposition"),
+        ("D4", "won", t, 12_000.0, "disposition"),
+        ("D5", "lost", t, None, "disposition"),
+    ]
+
+    # A repeat of (lead, outcome, time), in one call or a later one, is ignored; the same
+    # outcome at another time is another outcome; a disposition repeated at the same instant
+    # changes nothing.
+    store.upsert_leads([LeadInput("O1")])
+    t = clock.now
+    with store.db.write() as conn:
+        assert add_outcomes(conn, [], "api") == 0
+        first = [
+            OutcomeInput("O1", "won", t, 100.0),
+            OutcomeInput("O1", "won", t, 100.0),
+            OutcomeInput("O1", "converted", t),
+        ]
+        assert add_outcomes(conn, first, "api") == 2
+        assert add_outcomes(conn, first, "api") == 0
+        assert add_outcomes(conn, [OutcomeInput("O1", "won", t + SECOND, 50.0)], "import") == 1
+    assert [o for o in _outcomes(store) if o[0] == "O1"] == [
+        ("O1", "converted", t, None, "api"),
+        ("O1", "won", t, 100.0, "api"),
+        ("O1", "won", t + SECOND, 50.0, "import"),
+    ]
+    store.upsert_leads([LeadInput("O2")])
+    with store.db.write() as conn:
+        assert record_disposition(conn, "O2", "accept", t)["stage_changed"] is True
+        assert record_disposition(conn, "O2", "accept", t)["stage_changed"] is False
+    assert [o for o in _outcomes(store) if o[0] == "O2"] == [("O2", "sql", t, None, "disposition")]
+    assert len(view(store, "O2")["stage_changes"]) == 1
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+def test_a_key_is_shown_once_only_its_hash_is_kept_and_its_scopes_hold(
+    store: Store, clock: Clock
+) -> None:
+    with store.db.write() as conn:
+        key, text = create_key(conn, " ci bot ", ["read", "ingest", "read"], clock.now)
+    prefix, key_id, secret = text.split("_", 2)
+    assert (prefix, key_id) == ("lsk", key.id)
+    assert (key.name, key.scopes, key.created_us, key.revoked_us) == (
+        "ci bot",
+        frozenset({"ingest", "read"}),
+        clock.now,
+        None,
+    )
+    with store.db.read() as conn:
+        row = conn.execute(sa.select(api_keys)).mappings().one()
+        listed = list_keys(conn)
+        assert verify_key(conn, text) == key
+    assert row["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert row["scopes"] == "ingest read"
+    assert not any(secret in str(v) for v in row.values())
+    assert listed == [key]
+    assert "secret" not in str(key.summary()) and secret not in str(key.summary())
+
+    # admin allows everything; other scopes allow only themselves
+    with store.db.write() as conn:
+        ingest, _ = create_key(conn, "pipeline", ["ingest"], clock.now)
+        admin, _ = create_key(conn, "ops", ["admin"], clock.now)
+        with pytest.raises(UsageError, match="unknown scope 'root'"):
+            create_key(conn, "x", ["read", "root"], clock.now)
+        with pytest.raises(UsageError, match="at least one scope"):
+            create_key(conn, "x", [], clock.now)
+        with pytest.raises(UsageError, match="needs a name"):
+            create_key(conn, "  ", ["read"], clock.now)
+    assert [ingest.allows(s) for s in ("ingest", "read", "admin")] == [True, False, False]
+    assert [admin.allows(s) for s in ("ingest", "read", "admin")] == [True, True, True]
+    with store.db.read() as conn:
+        assert sorted(k.name for k in list_keys(conn)) == ["ci bot", "ops", "pipeline"]
+
+
+def test_verify_rejects_bad_keys_and_a_key_is_revoked_once(store: Store, clock: Clock) -> None:
+    """verify: None for a wrong secret, a malformed text, an unknown id or a revoked key.
+    Revoking: by id or full text, once; twice is a usage error, an unknown id NotFound."""
+    with store.db.write() as conn:
+        key, text = create_key(conn, "web", ["read"], clock.now)
+        _, other = create_key(conn, "other", ["read"], clock.now)
+    secret = text.split("_", 2)[2]
+    other_secret = other.split("_", 2)[2]
+    with store.db.read() as conn:
+        for bad in [
+            f"lsk_{key.id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}",
+            f"lsk_{key.id}_{other_secret}",  # another key's secret
+            "",
+            "lsk_",
+            f"lsk_{key.id}",
+            f"lsk_{key.id}_",
+            f"lsk__{secret}",
+            f"{key.id}_{secret}",
+            f"Bearer {text}",
+            f"lsk_{'0' * len(key.id)}_{secret}",  # no such key
+        ]:
+            assert verify_key(conn, bad) is None, bad
+        assert verify_key(conn, text) is not None
+    with store.db.write() as conn:
+        revoked = revoke_key(conn, text, clock.now + SECOND)  # the full text names the key too
+    assert (revoked.id, revoked.revoked_us) == (key.id, clock.now + SECOND)
+    with store.db.read() as conn:
+        assert verify_key(conn, text) is None
+        assert verify_key(conn, other) is not None
+
+    with store.db.write() as conn, pytest.raises(UsageError, match="already revoked"):
+        revoke_key(conn, key.id, clock.now + 2 * SECOND)
+    with store.db.write() as conn, pytest.raises(NotFound, match="no API key 'feedbeef'"):
+        revoke_key(conn, "feedbeef", clock.now)
+    with store.db.read() as conn:
+        listed = {k.id: k.revoked_us for k in list_keys(conn)}
+    assert listed == {key.id: clock.now + SECOND, other.split("_")[1]: None}
