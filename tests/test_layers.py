@@ -17,6 +17,7 @@ FORBIDDEN = {
     "scoring": ("cli", "service", "ui"),
     "examples": ("scoring", "inputs", "cli", "service", "ui"),
     "store": ("cli", "service", "ui"),
+    "service": ("cli", "ui"),
 }
 WEB_OR_ML = ("fastapi", "starlette", "sklearn", "uvicorn")
 
@@ -44,7 +45,17 @@ def test_import_rule() -> None:
                     problems.append(f"{rel} imports {name}")
                 if parts[1] == "cli" and top != "cli":
                     problems.append(f"{rel} imports the CLI")
-            if parts[0] in WEB_OR_ML and top in ("spec", "engine", "inputs", "scoring"):
+            if (
+                parts[0] == "leadscore"
+                and parts[1:2] == ["service"]
+                and top
+                not in (
+                    "service",
+                    "cli",
+                )
+            ):
+                problems.append(f"{rel} imports the service (only the CLI may start it)")
+            if parts[0] in WEB_OR_ML and top in ("spec", "engine", "inputs", "scoring", "store"):
                 problems.append(f"{rel} imports {name}")
     assert problems == []
 
@@ -64,5 +75,15 @@ def test_public_api_is_curated() -> None:
         "spec",
         "sample",
         "store",
+        "service",
     }
     assert public - modules == set(leadscore.__all__) - {"__version__"}
+
+
+def test_cli_constants_match_the_store() -> None:
+    """The CLI repeats two store constants so that it starts without importing the store."""
+    from leadscore.cli import service as cli_service
+    from leadscore.store import DEFAULT_DB
+    from leadscore.store.keys import SCOPES
+
+    assert (cli_service.DEFAULT_DB, cli_service.SCOPES) == (DEFAULT_DB, SCOPES)

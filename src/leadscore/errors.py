@@ -2,6 +2,7 @@
 
     LeadscoreError                 base: catch this to catch everything below
      +-- ModelError                a model file is invalid; .issues lists every problem found
+     +-- ConfigError               a triggers file is invalid; .issues lists every problem found
      +-- InputError                a leads/events/outcomes input is unusable; .problems lists them
      +-- UsageError                a call was made with arguments that cannot work
      +-- StoreError                the store cannot be opened or does not hold what was asked
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ConfigError",
     "Conflict",
     "InputError",
     "InputProblem",
@@ -97,3 +99,12 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request contradicts what the store holds (e.g. publishing a retired version)."""
+
+
+class ConfigError(LeadscoreError):
+    """A configuration file other than a model (the triggers file) is invalid. ``issues`` holds
+    every problem, in file order, in the same ``file:line: path: message`` form as a model's."""
+
+    def __init__(self, issues: list[ModelIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))

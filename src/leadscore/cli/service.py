@@ -9,19 +9,26 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leadscore.cli import _edge, app, err, out
+from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
-from leadscore.store import DEFAULT_DB, Store, open_store
-from leadscore.store.bulk import ImportReport, import_events, import_leads, import_outcomes
-from leadscore.store.keys import SCOPES, create_key, list_keys, revoke_key
 
-__all__ = ["Bar", "keys_app"]
+if TYPE_CHECKING:
+    from leadscore.store import Store
+    from leadscore.store.bulk import ImportReport
+
+# The store (SQLAlchemy, Alembic) is imported inside the commands that use it, so that the
+# other commands start without it.
+DEFAULT_DB = "leadscore.db"  # = leadscore.store.DEFAULT_DB (a test checks)
+SCOPES = ("ingest", "read", "admin")  # = leadscore.store.keys.SCOPES (a test checks)
+
+__all__ = ["Bar", "keys_app", "triggers_app"]
 
 DbOpt = Annotated[
     str,
@@ -61,6 +68,12 @@ class Bar:
         self.progress.update(task, completed=done, total=max(total, 1))
 
 
+def open_store(db: str) -> Store:
+    from leadscore.store import open_store as open_
+
+    return open_(db)
+
+
 def _open(db: str) -> Store:
     store = open_store(db)
     published = store.ensure_a_model()
@@ -71,6 +84,10 @@ def _open(db: str) -> Store:
             markup=False,
         )
     return store
+
+
+def _when(us: int) -> str:
+    return from_micros(us).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _loopback(host: str) -> bool:
@@ -102,6 +119,16 @@ def serve(
         float,
         typer.Option(help="Seconds between scheduled rescorings (decay, windows); 0: never."),
     ] = 3600.0,
+    webhook_retry: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before a failed webhook is first retried; the wait doubles each "
+            "time, up to an hour."
+        ),
+    ] = 10.0,
+    webhook_timeout: Annotated[
+        float, typer.Option(help="Seconds a webhook receiver has to answer.")
+    ] = 10.0,
     fast_commits: Annotated[
         bool,
         typer.Option(
@@ -126,6 +153,8 @@ def serve(
         models=[str(p) for p in model or []],
         triggers=str(triggers) if triggers else None,
         rescore_interval=rescore_every,
+        retry_first_delay=webhook_retry,
+        webhook_timeout=webhook_timeout,
         durable=not fast_commits,
     )
     store = open_store(db)  # create or migrate before the workers start; fail early
@@ -176,6 +205,8 @@ def import_(
     ] = False,
 ) -> None:
     """Bulk-load leads, events or outcomes into the store, then rescore (progress shown)."""
+    from leadscore.store.bulk import import_events, import_leads, import_outcomes
+
     if kind not in ("leads", "events", "outcomes"):
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
     store = _open(db)
@@ -282,6 +313,8 @@ def keys_create(
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Create an API key; its full text is shown once, only a hash is stored."""
+    from leadscore.store.keys import create_key
+
     store = open_store(db)
     try:
         with store.db.write() as conn:
@@ -297,7 +330,7 @@ def keys_create(
 @_edge
 def keys_list(db: DbOpt = DEFAULT_DB) -> None:
     """List API keys (never their secrets)."""
-    from leadscore.service.views import iso_times
+    from leadscore.store.keys import list_keys
 
     store = open_store(db)
     try:
@@ -307,10 +340,8 @@ def keys_list(db: DbOpt = DEFAULT_DB) -> None:
         store.db.dispose()
     table = Table("id", "name", "scopes", "created", "revoked")
     for k in keys:
-        row: dict[str, Any] = iso_times(k.summary())
-        table.add_row(
-            k.id, k.name, " ".join(sorted(k.scopes)), row["created_at"], row["revoked_at"] or ""
-        )
+        revoked = _when(k.revoked_us) if k.revoked_us is not None else ""
+        table.add_row(k.id, k.name, " ".join(sorted(k.scopes)), _when(k.created_us), revoked)
     out.print(table)
 
 
@@ -321,6 +352,8 @@ def keys_revoke(
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Revoke an API key (running servers stop accepting it within 30 seconds)."""
+    from leadscore.store.keys import revoke_key
+
     store = open_store(db)
     try:
         with store.db.write() as conn:
@@ -328,3 +361,72 @@ def keys_revoke(
     finally:
         store.db.dispose()
     out.print(f"revoked key {key.id} ({key.name})", markup=False)
+
+
+triggers_app = typer.Typer(help="Thresholds and actions: check, set, list.", no_args_is_help=True)
+app.add_typer(triggers_app, name="triggers")
+
+
+@triggers_app.command("check")
+@_edge
+def triggers_check(
+    file: Annotated[Path, typer.Argument(help="The triggers file.")],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db", help="Also check sheet, band and grade names against this store's models."
+        ),
+    ] = None,
+) -> None:
+    """Check a triggers file; every problem is listed as file:line: path: message."""
+    from leadscore.store.triggers import load_triggers
+
+    sheets = None
+    if db is not None:
+        store = open_store(db)
+        try:
+            sheets = {s.name: s.model for s in store.sheets()}
+        finally:
+            store.db.dispose()
+    specs = load_triggers(file, sheets=sheets)
+    out.print(f"{file}: {len(specs)} trigger(s), valid", markup=False)
+
+
+@triggers_app.command("set")
+@_edge
+def triggers_set(
+    file: Annotated[Path, typer.Argument(help="The triggers file.")],
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Replace the store's triggers with the file's (a running server uses them at once)."""
+    from leadscore.store.triggers import load_triggers, save_triggers
+
+    store = open_store(db)
+    try:
+        specs = load_triggers(file, sheets={s.name: s.model for s in store.sheets()})
+        with store.db.write() as conn:
+            save_triggers(conn, specs, store.clock())
+    finally:
+        store.db.dispose()
+    out.print(f"{len(specs)} trigger(s) set from {file}", markup=False)
+
+
+@triggers_app.command("list")
+@_edge
+def triggers_list(db: DbOpt = DEFAULT_DB) -> None:
+    """List the store's triggers (webhook secrets masked)."""
+    from leadscore.store.triggers import list_triggers
+
+    store = open_store(db)
+    try:
+        with store.db.read() as conn:
+            stored = list_triggers(conn)
+    finally:
+        store.db.dispose()
+    table = Table("id", "enabled", "sheet", "when", "actions")
+    for t in stored:
+        d: dict[str, Any] = t.summary()["definition"]
+        when = ", ".join(f"{k}: {v}" for k, v in (d.get("when") or {}).items() if v is not None)
+        actions = ", ".join(next(iter(a)) for a in d.get("actions", []) if a)
+        table.add_row(t.id, "yes" if t.enabled else "no", d.get("sheet") or "all", when, actions)
+    out.print(table)

@@ -1,26 +1,32 @@
 """The FastAPI application: ``create_app(settings)``, and ``app_from_env`` for uvicorn workers.
 
 On start it opens (and migrates) the store, publishes the model files it was given (the
-shipped b2b-default model when the store has no model at all), and runs the scheduled
-rescoring in a background thread.
+shipped b2b-default model when the store has no model at all), loads the triggers file it was
+given, sends score changes to the triggers, and runs two background threads: the scheduled
+rescoring and the delivery of the webhook outbox.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from sqlalchemy.engine import Connection
 
 import leadscore
-from leadscore.service import ingest, models_api, views
+from leadscore.service import ingest, models_api, triggers_api, views
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import install_error_handlers
 from leadscore.service.state import ServiceState, Settings
 from leadscore.store import Store, open_store
+from leadscore.store.keeper import ChangeListener
+from leadscore.store.outbox import Deliverer, RetryPolicy
+from leadscore.store.scores import ScoreChange
+from leadscore.store.triggers import TriggerEngine, load_triggers, save_triggers
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -34,6 +40,34 @@ def _publish_start_models(store: Store, settings: Settings) -> None:
             log.info("published %s version %d from %s", version.name, version.version, path)
     if not settings.models and store.ensure_a_model() is not None:
         log.info("no model in the store: published the shipped b2b-default model")
+
+
+def _with_triggers(store: Store) -> None:
+    """Make the store's score changes go to the triggers (before any listener it had)."""
+    if isinstance(store.listener, TriggerEngine):
+        return
+    engine = TriggerEngine(store.model_by_id)
+    then = store.listener
+    if then is None:
+        store.listener = engine
+        return
+
+    def both(conn: Connection, changes: Sequence[ScoreChange], now_us: int, fire: bool) -> None:
+        engine(conn, changes, now_us, fire)
+        then(conn, changes, now_us, fire)
+
+    listener: ChangeListener = both
+    store.listener = listener
+
+
+def _load_start_triggers(store: Store, settings: Settings) -> None:
+    if settings.triggers is None:
+        return
+    sheets = {s.name: s.model for s in store.sheets()}
+    specs = load_triggers(settings.triggers, sheets=sheets)
+    with store.db.write() as conn:
+        save_triggers(conn, specs, store.clock())
+    log.info("loaded %d trigger(s) from %s", len(specs), settings.triggers)
 
 
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
@@ -58,19 +92,35 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
         s = store if store is not None else open_store(settings.db, durable=settings.durable)
+        _with_triggers(s)
         _publish_start_models(s, settings)
+        _load_start_triggers(s, settings)
         app.state.leadscore = ServiceState(settings, s, KeyCache())
         threads = []
         if settings.rescore_interval > 0:
             threads.append(
                 _every(settings.rescore_interval, stop, "rescore", lambda: s.rescore_all("decay"))
             )
+        policy = RetryPolicy(
+            timeout_s=settings.webhook_timeout, first_delay_s=settings.retry_first_delay
+        )
+        deliverer = Deliverer(s.db, clock=s.clock, policy=policy)
+        if settings.deliver_interval > 0:
+            thread = threading.Thread(
+                target=deliverer.run_forever,
+                args=(stop, settings.deliver_interval),
+                name="leadscore-deliver",
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
         try:
             yield
         finally:
             stop.set()
             for t in threads:
-                t.join(timeout=5)
+                t.join(timeout=15)
+            deliverer.close()
             if own:
                 s.db.dispose()
 
@@ -85,6 +135,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(ingest.router)
     app.include_router(views.router)
     app.include_router(models_api.router)
+    app.include_router(triggers_api.router)
 
     @app.get("/api/v1/health", tags=["service"])
     def health() -> dict[str, object]:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore.errors import (
+    ConfigError,
     Conflict,
     InputError,
     LeadscoreError,
@@ -86,10 +87,9 @@ def from_leadscore(e: LeadscoreError) -> ApiError:
         return ApiError(404, str(e))
     if isinstance(e, Conflict):
         return ApiError(409, str(e))
-    if isinstance(e, ModelError) or hasattr(e, "issues"):
+    if isinstance(e, (ModelError, ConfigError)):
         details = [
-            {"line": i.line, "path": i.path, "message": i.message, "text": str(i)}
-            for i in getattr(e, "issues", [])
+            {"line": i.line, "path": i.path, "message": i.message, "text": str(i)} for i in e.issues
         ]
         what = "model" if isinstance(e, ModelError) else "configuration"
         n = len(details)

@@ -27,6 +27,8 @@ class Settings:
     triggers: str | None = None  # a triggers file loaded at start
     rescore_interval: float = 3600.0  # seconds between scheduled rescorings; 0: never
     deliver_interval: float = 1.0  # seconds between outbox delivery passes; 0: never
+    retry_first_delay: float = 10.0  # seconds before a failed webhook's first retry (doubling)
+    webhook_timeout: float = 10.0  # seconds a receiver has to answer
     durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
     max_body_bytes: int = 1_000_000
     max_batch: int = 1000

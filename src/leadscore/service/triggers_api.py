@@ -1,0 +1,179 @@
+"""Thresholds and actions over HTTP: the triggers file, their firings, the webhook delivery
+log, re-delivery and a test send. Everything here needs the ``admin`` scope, as triggers hold
+webhook secrets (shown masked)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from leadscore.service.auth import require
+from leadscore.service.errors import ApiError
+from leadscore.service.state import ServiceState
+from leadscore.service.views import iso_times
+from leadscore.store.keys import ApiKey
+from leadscore.store.outbox import delivery_log, outbox_entry, redeliver, send_test
+from leadscore.store.triggers import (
+    firings,
+    list_triggers,
+    parse_triggers,
+    save_triggers,
+    set_trigger_enabled,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["triggers"])
+ADMIN = Depends(require("admin"))
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.leadscore
+    return state
+
+
+@router.get("/api/v1/triggers")
+async def get_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
+    """Every trigger, in firing order, with webhook secrets masked."""
+    state = _state(request)
+
+    def run() -> list[dict[str, Any]]:
+        with state.store.db.read() as conn:
+            return [t.summary() for t in list_triggers(conn)]
+
+    return {"items": iso_times(await run_in_threadpool(run))}
+
+
+@router.put(
+    "/api/v1/triggers",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/yaml": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
+    """Replace every trigger with the triggers file in the body (YAML). Errors come back all
+    at once with their lines; nothing changes unless the whole file is valid."""
+    state = _state(request)
+    body = await request.body()
+    if len(body) > state.settings.max_body_bytes:
+        raise ApiError(413, f"the file is larger than {state.settings.max_body_bytes:,} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the triggers file is not UTF-8 text") from None
+
+    def run() -> list[dict[str, Any]]:
+        sheets = {s.name: s.model for s in state.store.sheets()}
+        specs = parse_triggers(text, "triggers.yaml", sheets=sheets)
+        with state.store.db.write() as conn:
+            save_triggers(conn, specs, state.store.clock())
+            return [t.summary() for t in list_triggers(conn)]
+
+    return {"items": iso_times(await run_in_threadpool(run))}
+
+
+class EnabledIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+
+
+@router.patch("/api/v1/triggers/{trigger_id}")
+async def patch_trigger(
+    request: Request, trigger_id: str, body: EnabledIn, _: ApiKey = ADMIN
+) -> dict[str, Any]:
+    """Switch a trigger on or off."""
+    state = _state(request)
+
+    def run() -> dict[str, Any]:
+        with state.store.db.write() as conn:
+            t = set_trigger_enabled(conn, trigger_id, body.enabled, state.store.clock())
+        return t.summary()
+
+    return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
+
+
+@router.get("/api/v1/firings")
+async def get_firings(
+    request: Request,
+    lead_id: str | None = None,
+    trigger_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    before_id: int | None = Query(None, description="page: firings older than this id"),
+    _: ApiKey = ADMIN,
+) -> dict[str, Any]:
+    """Trigger firings, newest first, each with the transition and what its actions did."""
+    state = _state(request)
+
+    def run() -> list[dict[str, Any]]:
+        with state.store.db.read() as conn:
+            return firings(
+                conn, lead_id=lead_id, trigger_id=trigger_id, limit=limit, before_id=before_id
+            )
+
+    return {"items": iso_times(await run_in_threadpool(run))}
+
+
+@router.get("/api/v1/deliveries")
+async def get_deliveries(
+    request: Request,
+    status: Literal["pending", "delivered", "dead"] | None = None,
+    trigger_id: str | None = None,
+    lead_id: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    before_id: int | None = None,
+    _: ApiKey = ADMIN,
+) -> dict[str, Any]:
+    """Webhook calls (the outbox), newest first, with every attempt: when, the receiver's
+    status or the error, and how long it took."""
+    state = _state(request)
+
+    def run() -> list[dict[str, Any]]:
+        with state.store.db.read() as conn:
+            return delivery_log(
+                conn,
+                status=status,
+                trigger_id=trigger_id,
+                lead_id=lead_id,
+                limit=limit,
+                before_id=before_id,
+            )
+
+    return {"items": iso_times(await run_in_threadpool(run))}
+
+
+@router.post("/api/v1/deliveries/{outbox_id}/redeliver")
+async def post_redeliver(request: Request, outbox_id: int, _: ApiKey = ADMIN) -> dict[str, Any]:
+    """Send a webhook call again (e.g. one that gave up, status ``dead``) at the next pass."""
+    state = _state(request)
+
+    def run() -> dict[str, Any]:
+        with state.store.db.write() as conn:
+            redeliver(conn, outbox_id, state.store.clock())
+            return outbox_entry(conn, outbox_id)
+
+    return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
+
+
+class WebhookTestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    secret: str | None = Field(None, max_length=200)
+    format: Literal["json", "slack"] = "json"
+
+
+@router.post("/api/v1/webhooks/test")
+async def post_webhook_test(
+    request: Request, body: WebhookTestIn, _: ApiKey = ADMIN
+) -> dict[str, Any]:
+    """POST a sample firing (a made-up lead) to a URL once, signed like a real one, and say
+    what the receiver answered. Nothing is stored."""
+    attempt = await run_in_threadpool(
+        lambda: send_test(body.url, body.secret, body.format, timeout_s=10.0)
+    )
+    return attempt.summary()

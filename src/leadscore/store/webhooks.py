@@ -1,0 +1,236 @@
+"""What a webhook says: the JSON body of a trigger firing, its Slack form, and a sample.
+
+The JSON body (``format: json``) reads::
+
+    {"trigger": "hot-to-sales", "fired_at": "2026-06-30T12:00:00Z", "reason": "event",
+     "transition": {"kind": "enters_band", "value": "hot", "text": "entered band hot"},
+     "lead": {"lead_id", "email", "stage", "owner", "profile"},
+     "sheet": "b2b-default",
+     "score": {"score", "fit", "engagement", "grade", "band", "mql", "priority",
+               "previous_score", "previous_band", "previous_grade", "previous_mql"},
+     "explanation": {... ScoreResult.to_dict(): groups, rules, counted events ...,
+                     "text": the same as plain text}}
+
+``format: slack`` turns that into a message for a Slack incoming webhook: ``{"text": ...,
+"blocks": [...]}`` with the lead, the score and its top reasons. Bodies are encoded once, by
+:func:`encode_body`, and the outbox sends (and signs) exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, Literal
+
+from leadscore.engine.explain import explanation_text
+from leadscore.engine.lead import score_lead
+from leadscore.engine.result import ScoreResult
+from leadscore.engine.timeutil import from_micros
+from leadscore.spec import Model, parse_model
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "encode_body",
+    "firing_payload",
+    "iso",
+    "sample_payload",
+    "slack_message",
+    "top_reasons",
+]
+
+Format = Literal["json", "slack"]
+FORMATS: tuple[Format, ...] = ("json", "slack")
+TOP_REASONS = 5
+
+
+def iso(micros: int) -> str:
+    """An instant as ISO 8601 text in UTC: ``2026-06-30T12:00:00Z``."""
+    return from_micros(micros).isoformat().replace("+00:00", "Z")
+
+
+def firing_payload(
+    *,
+    trigger_id: str,
+    fired_us: int,
+    reason: str,
+    transition: Mapping[str, Any],
+    lead: Mapping[str, Any],
+    sheet: str,
+    score: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    model: Model,
+    explanation: ScoreResult,
+) -> dict[str, Any]:
+    """The JSON body of one firing.
+
+    ``lead`` is the lead's row (``lead_id, email, stage, owner, profile``), ``score`` its current
+    score row on ``sheet``, ``previous`` the ``score, band, grade, mql`` before the change (None
+    values on a first score), ``explanation`` the per-lead evaluator's result for that score.
+    """
+    explained = explanation.to_dict()
+    explained["text"] = explanation_text(model, explanation)
+    return {
+        "trigger": trigger_id,
+        "fired_at": iso(fired_us),
+        "reason": reason,
+        "transition": dict(transition),
+        "lead": {
+            "lead_id": lead["lead_id"],
+            "email": lead["email"],
+            "stage": lead["stage"],
+            "owner": lead["owner"],
+            "profile": dict(lead["profile"]),
+        },
+        "sheet": sheet,
+        "score": {
+            "score": score["score"],
+            "fit": score["fit"],
+            "engagement": score["engagement"],
+            "grade": score["grade"],
+            "band": score["band"],
+            "mql": bool(score["mql"]),
+            "priority": score["priority"],
+            "previous_score": previous.get("score"),
+            "previous_band": previous.get("band"),
+            "previous_grade": previous.get("grade"),
+            "previous_mql": previous.get("mql"),
+        },
+        "explanation": explained,
+    }
+
+
+def top_reasons(explanation: Mapping[str, Any], n: int = TOP_REASONS) -> list[tuple[str, float]]:
+    """The rules that moved the score most (largest points either way), as (rule id, points)."""
+    rules = [
+        (str(r["rule_id"]), float(r["points"]))
+        for r in explanation.get("rules", ())
+        if float(r["points"]) != 0.0
+    ]
+    rules.sort(key=lambda r: (-abs(r[1]), r[0]))
+    return rules[:n]
+
+
+def _slack_escape(text: str) -> str:
+    # Slack's mrkdwn gives &, < and > a meaning; everything else is literal.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{round(float(x), 2):g}"
+
+
+def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A Slack incoming-webhook message (``text`` plus ``blocks``) summarising a firing body."""
+    lead = payload["lead"]
+    score = payload["score"]
+    who = lead.get("email") or lead["lead_id"]
+    what = payload.get("transition", {}).get("text") or "changed"
+    headline = (
+        f"Lead {who} {what} on {payload['sheet']}: score {_num(score['score'])} "
+        f"(band {score['band'] or '-'}, grade {score['grade'] or '-'})"
+    )
+    was = (
+        "first score"
+        if score.get("previous_score") is None
+        else f"was {_num(score['previous_score'])}, band {score.get('previous_band') or '-'}"
+    )
+    summary = (
+        f"*{_slack_escape(str(payload['trigger']))}*: lead *{_slack_escape(str(who))}* "
+        f"(`{_slack_escape(str(lead['lead_id']))}`) {_slack_escape(what)}\n"
+        f"Score *{_num(score['score'])}* ({was}) = fit {_num(score['fit'])} + engagement "
+        f"{_num(score['engagement'])}; band *{score['band'] or '-'}*, grade "
+        f"*{score['grade'] or '-'}*, priority {score['priority'] or '-'}, "
+        f"MQL {'yes' if score['mql'] else 'no'}"
+    )
+    reasons = top_reasons(payload.get("explanation", {}))
+    reason_lines = [f"• {_slack_escape(rule)}: {round(points, 2):+g}" for rule, points in reasons]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
+    ]
+    if reason_lines:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "*Top reasons*\n" + "\n".join(reason_lines)},
+            }
+        )
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"sheet {_slack_escape(str(payload['sheet']))} · reason "
+                    f"{payload['reason']} · fired {payload['fired_at']}",
+                }
+            ],
+        }
+    )
+    return {"text": headline, "blocks": blocks}
+
+
+def encode_body(payload: Mapping[str, Any], format: Format = "json") -> str:
+    """The exact text sent (and signed) for ``payload`` in ``format``."""
+    data = slack_message(payload) if format == "slack" else payload
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+_SAMPLE_MODEL = """
+version: 1
+name: sample
+profile:
+  - {id: exec-title, if: {field: job_title, contains: [vp, chief]}, points: 25}
+  - {id: target-industry, if: {field: industry, in: [Software, SaaS]}, points: 20}
+activity:
+  - {id: demo-request, event: demo_request, points: 50, frequency: once}
+  - {id: pricing-page, event: page_view, where: {field: url, contains: /pricing}, points: 15,
+     half_life_days: 30}
+grades: {A: 40, B: 20, C: 0}
+bands: {cold: -.inf, warm: 40, hot: 75}
+mql: hot
+"""
+
+
+@cache
+def _sample_model() -> Model:
+    return parse_model(_SAMPLE_MODEL, source="<sample>")
+
+
+def sample_payload(now_us: int, trigger_id: str = "test") -> dict[str, Any]:
+    """A realistic body for a made-up lead (what a "send test" button sends)."""
+    model = _sample_model()
+    profile = {"email": "ann@example.com", "job_title": "VP Sales", "industry": "Software"}
+    day = 86_400_000_000
+    events = [
+        {"type": "demo_request", "ts": now_us - day},
+        {"type": "page_view", "ts": now_us - 2 * day, "url": "/pricing"},
+    ]
+    result = score_lead(model, {**profile, "lead_id": "sample-lead"}, events, from_micros(now_us))
+    return firing_payload(
+        trigger_id=trigger_id,
+        fired_us=now_us,
+        reason="event",
+        transition={"kind": "enters_band", "value": "hot", "text": "entered band hot"},
+        lead={
+            "lead_id": "sample-lead",
+            "email": "ann@example.com",
+            "stage": "lead",
+            "owner": None,
+            "profile": profile,
+        },
+        sheet=model.name,
+        score={
+            "score": result.score,
+            "fit": result.fit,
+            "engagement": result.engagement,
+            "grade": result.grade,
+            "band": result.band,
+            "mql": result.mql,
+            "priority": result.priority,
+        },
+        previous={"score": 45.0, "band": "warm", "grade": "A", "mql": False},
+        model=model,
+        explanation=result,
+    )

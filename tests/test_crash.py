@@ -1,0 +1,208 @@
+"""Killing the server with SIGKILL in the middle of an ingest burst loses no acknowledged event
+and no pending webhook.
+
+The server runs as a real process (``leadscore serve``) on SQLite and on PostgreSQL; clients post
+batches with unique event ids and keep the ids the server acknowledged; the process is killed
+with SIGKILL while requests are in flight; afterwards every acknowledged id is in the store and
+every stored lead's score equals a fresh rescoring of its events.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from leadscore.store import Store, open_database
+from leadscore.store.schema import events, outbox, trigger_firings
+from tests.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.slow
+
+LEADSCORE = str(Path(sys.executable).parent / "leadscore")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(db_url: str, port: int, cwd: Path, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            LEADSCORE,
+            "serve",
+            "--db",
+            db_url,
+            "--port",
+            str(port),
+            "--no-auth",
+            "--rescore-every",
+            "0",
+            *extra,
+        ],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def burst(url: str, worker: int, acked: list[str], stop: threading.Event) -> None:
+    """Post batches of 20 events until stopped (or the server dies); keep what was acked."""
+    n = 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            batch = [
+                {
+                    "lead_id": f"L{(n + i) % 50}",
+                    "type": "page_view",
+                    "url": "/pricing",
+                    "event_id": f"w{worker}-{n + i}",
+                }
+                for i in range(20)
+            ]
+            n += 20
+            try:
+                r = client.post("/api/v1/events", json=batch)
+            except httpx.HTTPError:
+                return  # the server is gone: this batch was never acknowledged
+            if r.status_code == 200:
+                acked.extend(
+                    batch[i["index"]]["event_id"]
+                    for i in r.json()["items"]
+                    if i["status"] in ("accepted", "duplicate")
+                )
+
+
+def test_sigkill_mid_burst_loses_no_acknowledged_event(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_server(db_url, port, tmp_path)
+    acked: list[str] = []
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=burst, args=(f"http://127.0.0.1:{port}", w, acked, stop))
+        for w in range(4)
+    ]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 400 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    stop.set()
+    for w in workers:
+        w.join(timeout=15)
+    assert len(acked) >= 400, "the burst did not get going"
+
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            stored = {m for (m,) in conn.execute(sa.select(events.c.message_id))}
+        lost = set(acked) - stored
+        assert not lost, f"{len(lost)} acknowledged events are missing, e.g. {sorted(lost)[:5]}"
+        # the cached scores are what the events give: rescoring changes nothing
+        report = store.rescore_all("decay", as_of_us=None)
+        assert (report.leads, report.changed) == (50, 0)
+    finally:
+        store.db.dispose()
+    # and the server starts again on the same store
+    again = start_server(db_url, port, tmp_path)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/leads/L1", timeout=10)
+        assert r.status_code == 200
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+
+
+MODEL = """version: 1
+name: views
+activity:
+  - {id: view, event: page_view, points: 10}
+bands: {cold: -.inf, hot: 30}
+mql: hot
+"""
+
+
+def test_sigkill_keeps_every_pending_webhook(db_url: str, tmp_path: Path) -> None:
+    """Each of the 50 leads turns hot at its third page view (10 points each, hot from 30):
+    a trigger fires and writes a webhook call to the outbox in the same transaction. The
+    receiver is down during the burst, so the calls stay pending; after SIGKILL and a
+    restart with the receiver up, every firing's call arrives."""
+    receiver = Receiver()  # not started: connections are refused
+    (tmp_path / "model.yaml").write_text(MODEL)
+    (tmp_path / "triggers.yaml").write_text(
+        "triggers:\n  - id: hot\n    when: {enters_band: hot}\n"
+        f"    actions: [{{webhook: {{url: '{receiver.url}', secret: k}}}}]\n"
+    )
+    # a delivery the kill interrupts is retried when its lease (timeout + 10 s) runs out
+    flags = ("--model", "model.yaml", "--triggers", "triggers.yaml")
+    flags += ("--webhook-retry", "0.2", "--webhook-timeout", "1")
+    port = free_port()
+    proc = start_server(db_url, port, tmp_path, *flags)
+    acked: list[str] = []
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=burst, args=(f"http://127.0.0.1:{port}", w, acked, stop))
+        for w in range(4)
+    ]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 400 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    stop.set()
+    for w in workers:
+        w.join(timeout=15)
+
+    db = open_database(db_url)
+    with db.read() as conn:
+        fired = {i for (i,) in conn.execute(sa.select(trigger_firings.c.id))}
+        queued = {f: st for f, st in conn.execute(sa.select(outbox.c.firing_id, outbox.c.status))}
+    db.dispose()
+    assert len(fired) == 50
+    assert set(queued) == fired  # every firing has its webhook call, none went out yet
+    assert set(queued.values()) == {"pending"}
+
+    receiver.start()
+    again = start_server(db_url, port, tmp_path, *flags)
+    try:
+        deadline = time.monotonic() + 60
+        while len({r.headers["X-Leadscore-Delivery"] for r in receiver.requests}) < 50:
+            assert time.monotonic() < deadline, f"{len(receiver.requests)} of 50 arrived"
+            time.sleep(0.1)
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+        receiver.stop()
+    db = open_database(db_url)
+    with db.read() as conn:
+        statuses = {s for (s,) in conn.execute(sa.select(outbox.c.status))}
+    db.dispose()
+    assert statuses == {"delivered"}

@@ -1,0 +1,126 @@
+"""Triggers through the running service: a lead that turns hot is sent to sales once, signed,
+and again only after it cooled down and turned hot again."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+
+from leadscore.store import Store
+from leadscore.store.outbox import verify_signature
+from tests.conftest import Clock
+from tests.webhook_receiver import Receiver
+
+Serve = Callable[..., httpx.Client]
+YAML = {"content-type": "application/yaml"}
+
+
+def triggers_file(url: str) -> str:
+    return f"""
+triggers:
+  - id: hot-to-sales
+    when: {{enters_band: hot}}
+    actions:
+      - set_stage: mql
+      - assign_owner: {{round_robin: [alice, bob]}}
+      - webhook: {{url: "{url}", secret: s3cret}}
+"""
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_hot_lead_is_handed_to_sales_once(serve: Serve, store: Store, clock: Clock) -> None:
+    """b2b-default. L1 (VP, US): fit 35. A demo request makes engagement 50 and the score 85:
+    hot -> the trigger fires (stage mql, owner alice, one signed webhook). A second event keeps
+    it hot: no new firing. 181 days later the demo request is out of its 180-day window and
+    gone-quiet applies: 35 - 15 = 20, cold (rescoring, reason decay). A new demo request makes
+    it hot again: a second firing, owner stays alice (an owner is kept), webhook number two."""
+    receiver = Receiver().start()
+    try:
+        api = serve(no_auth=True, deliver_interval=0.05)
+        r = api.put("/api/v1/triggers", content=triggers_file(receiver.url), headers=YAML)
+        assert r.status_code == 200, r.text
+        assert r.json()["items"][0]["definition"]["actions"][2]["webhook"]["secret"] == "***"
+        api.post("/api/v1/leads", json={"lead_id": "L1", "job_title": "VP", "country": "US"})
+        api.post("/api/v1/events", json={"lead_id": "L1", "type": "demo_request"})
+        lead = api.get("/api/v1/leads/L1", params={"explain": "false"}).json()
+        assert (lead["stage"], lead["owner"]) == ("mql", "alice")
+        api.post("/api/v1/events", json={"lead_id": "L1", "type": "email_open"})
+        wait_for(lambda: len(receiver.requests) == 1)
+        hook = receiver.requests[0]
+        assert verify_signature("s3cret", hook.body, hook.headers["X-Leadscore-Signature"])
+        body = json.loads(hook.body)
+        assert (body["trigger"], body["lead"]["lead_id"], body["score"]["band"]) == (
+            "hot-to-sales",
+            "L1",
+            "hot",
+        )
+        assert body["explanation"]["score"] == body["score"]["score"] == 85.0
+
+        clock.advance(days=181)
+        assert api.post("/api/v1/rescore").json()["changed"] == 1
+        cold = api.get("/api/v1/leads/L1", params={"explain": "false"}).json()
+        assert (cold["scores"]["b2b-default"]["score"], cold["scores"]["b2b-default"]["band"]) == (
+            20.0,
+            "cold",
+        )
+        api.post("/api/v1/events", json={"lead_id": "L1", "type": "demo_request"})
+        wait_for(lambda: len(receiver.requests) == 2)
+        firings = api.get("/api/v1/firings", params={"lead_id": "L1"}).json()["items"]
+        assert [f["trigger_id"] for f in firings] == ["hot-to-sales", "hot-to-sales"]
+        log = api.get("/api/v1/deliveries").json()["items"]
+        assert [d["status"] for d in log] == ["delivered", "delivered"]
+        time.sleep(0.3)
+        assert len(receiver.requests) == 2
+    finally:
+        receiver.stop()
+
+
+def test_bad_triggers_file_is_rejected_with_lines(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    text = "triggers:\n  - id: x\n    when: {enters_band: scorching}\n    actions: []\n"
+    r = api.put("/api/v1/triggers", content=text, headers=YAML)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid_configuration"
+    assert all(d["line"] for d in err["details"]), err
+    assert api.get("/api/v1/triggers").json()["items"] == []
+
+
+def test_publish_does_not_fire_triggers_unless_asked(serve: Serve) -> None:
+    receiver = Receiver().start()
+    try:
+        api = serve(no_auth=True, deliver_interval=0.05)
+        api.put("/api/v1/triggers", content=triggers_file(receiver.url), headers=YAML)
+        api.post("/api/v1/leads", json={"lead_id": "L1", "job_title": "VP"})
+        model = "version: 1\nname: all-hot\nbands: {cold: -.inf, hot: 0}\nmql: hot\n"
+        api.post("/api/v1/models", content=model, headers=YAML)
+        assert api.post("/api/v1/models/all-hot/publish").json()["rescore"]["changed"] == 1
+        assert api.get("/api/v1/firings").json()["items"] == []
+        model2 = model.replace("hot: 0", "hot: -1")
+        api.post("/api/v1/models", content=model2, headers=YAML)
+        api.post("/api/v1/models/all-hot/publish", params={"fire_triggers": "true"})
+        # still hot under version 2: no crossing, so nothing fires even when allowed
+        assert api.get("/api/v1/firings").json()["items"] == []
+    finally:
+        receiver.stop()
+
+
+def test_webhook_test_button(serve: Serve) -> None:
+    receiver = Receiver().start()
+    try:
+        api = serve(no_auth=True)
+        r = api.post("/api/v1/webhooks/test", json={"url": receiver.url, "format": "slack"})
+        assert r.status_code == 200, r.text
+        assert r.json()["status_code"] == 200
+        assert "text" in json.loads(receiver.requests[0].body)
+    finally:
+        receiver.stop()
