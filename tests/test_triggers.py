@@ -482,3 +482,38 @@ def test_file_level_problems(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"t.yaml:1: a triggers file must be a mapping"):
         parse_triggers("- a\n", "t.yaml")
     assert parse_triggers("") == []
+
+
+def test_a_score_creeping_across_a_number_fires(store: Store, clock: Clock) -> None:
+    """A demo request 50 points with a 1-day half-life decays: 50 at first, then 50 x 0.5^(t)
+    for t days. Steps of 0.001 days move the score by about 0.017 then less; near 25 points (one
+    half-life) each step moves it by 25 x (1 - 0.5^0.0001) = 0.0017 < 0.01: no history rows,
+    but `drops_below: 25` still fires when the score creeps under 25."""
+    model = (
+        "version: 1\nname: creep\n"
+        "activity: [{id: demo, event: demo_request, points: 50, half_life_days: 1}]\n"
+    )
+    setup(
+        store,
+        "triggers:\n  - id: under\n    when: {drops_below: 25}\n    actions: [{set_stage: mql}]\n",
+        model,
+    )
+    store.ingest_events([EventInput("demo_request", clock.now, "L1")])
+    clock.advance(days=0.9995)  # 50 x 0.5^0.9995 = 25.017: above 25
+    with store.db.write() as conn:
+        store.rescore_leads(conn, ["L1"], "decay", clock())
+    assert fired(store, "under") == []
+    history_before = _history_rows(store)
+    for _ in range(10):  # 0.0001 days each: about -0.0017 points each
+        clock.advance(days=0.0001)
+        with store.db.write() as conn:
+            store.rescore_leads(conn, ["L1"], "decay", clock())
+    assert len(fired(store, "under")) == 1
+    assert _history_rows(store) == history_before  # each move was under 0.01 points
+
+
+def _history_rows(store: Store) -> int:
+    from leadscore.store.schema import score_history
+
+    with store.db.read() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(score_history)).scalar_one())

@@ -86,7 +86,7 @@ class RescoreReport:
     reason: str
     as_of_us: int
     leads: int = 0
-    changed: int = 0  # score rows whose change went to the history
+    changed: int = 0  # score changes that went to the history
     skipped: int = 0  # leads rescored in real time while the batch ran (kept as they are)
     per_sheet: dict[str, int] = field(default_factory=dict)
 
@@ -317,6 +317,8 @@ class Store:
             # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
             prepared = PreparedInputs(*_export(conn, active))
         report.leads = prepared.leads.num_rows
+        if not report.leads:  # nothing to score (a new store): skip compiling the models
+            return report
         if progress:
             progress("scoring", 0, 1)
         rows = _batch_rows(active, prepared, t_us)
@@ -342,8 +344,9 @@ class Store:
                         new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
                 changes = write_scores(conn, new, reason, now, current=current)
                 for c in changes:
-                    report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
-                report.changed += len(changes)
+                    if c.recorded:
+                        report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
+                        report.changed += 1
                 if self.listener is not None and changes:
                     self.listener(conn, changes, now, fire_triggers)
             done += len(part)

@@ -198,6 +198,11 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     return outcomes
 
 
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT with the dialect's ON CONFLICT clause available."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
 def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> None:
     """Create the leads among ``wanted`` (lead id -> email) that do not exist yet."""
     existing = _existing(conn, wanted)
@@ -205,9 +210,8 @@ def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: in
     if missing:
         # Two requests may bring the first events of the same new lead at once: the second
         # insert finds the first one's row (after waiting for its commit) and does nothing.
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(leads)
         conn.execute(
-            insert.on_conflict_do_nothing(index_elements=[leads.c.lead_id]),
+            _insert(conn, leads).on_conflict_do_nothing(index_elements=[leads.c.lead_id]),
             [
                 {
                     "lead_id": lid,
@@ -305,7 +309,12 @@ def insert_events(
         outcomes.append(ItemOutcome(index, "accepted" if lead_id else "anonymous", lead_id))
     _ensure_leads(conn, wanted, now_us)
     if rows:
-        conn.execute(events.insert(), rows)
+        # A retry racing its original (the same message id in two requests at once): the
+        # second insert waits for the first and skips the row instead of failing the request.
+        conn.execute(
+            _insert(conn, events).on_conflict_do_nothing(index_elements=[events.c.message_id]),
+            rows,
+        )
     touched = set(wanted)
     for anonymous_id, lead_id in links:
         if link_alias(conn, anonymous_id, lead_id, now_us):

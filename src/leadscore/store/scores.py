@@ -101,6 +101,7 @@ class ScoreChange:
     new_mql: bool
     reason: str
     detail: str | None
+    recorded: bool = True  # False: a move under HISTORY_MIN_DELTA, not in the history
 
     @property
     def is_first(self) -> bool:
@@ -134,7 +135,9 @@ def write_scores(
     """Store ``new`` as the current scores; record and return what changed.
 
     A score that moved by less than :data:`HISTORY_MIN_DELTA` with the same band, grade, MQL
-    flag and model version updates the current row and leaves no history.
+    flag and model version updates the current row and leaves no history; it is still returned
+    (with ``recorded=False``) so that a trigger on a number (``crosses: 50``) sees a score
+    that creeps across it.
     """
     assert reason in REASONS, reason
     if current is None:
@@ -149,14 +152,17 @@ def write_scores(
             inserts.append(n.values(now_us))
         else:
             updates.append({**n.values(now_us), "k_lead": n.lead_id, "k_sheet": n.sheet})
-            if (
-                abs(old["score"] - n.score) < HISTORY_MIN_DELTA
-                and old["band"] == n.band
-                and old["grade"] == n.grade
-                and bool(old["mql"]) == n.mql
-                and old["model_version_id"] == n.model_version_id
-            ):
-                continue
+        same_labels = old is not None and (
+            old["band"] == n.band
+            and old["grade"] == n.grade
+            and bool(old["mql"]) == n.mql
+            and old["model_version_id"] == n.model_version_id
+        )
+        if old is not None and same_labels and old["score"] == n.score:
+            continue
+        recorded = old is None or not (
+            same_labels and abs(old["score"] - n.score) < HISTORY_MIN_DELTA
+        )
         change = ScoreChange(
             n.lead_id,
             n.sheet,
@@ -171,8 +177,11 @@ def write_scores(
             n.mql,
             reason,
             detail,
+            recorded,
         )
         changes.append(change)
+        if not recorded:
+            continue
         history.append(
             {
                 "lead_id": n.lead_id,
