@@ -22,6 +22,7 @@ from leadscore.service import ingest, models_api, triggers_api, views
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import install_error_handlers
 from leadscore.service.state import ServiceState, Settings
+from leadscore.service.writer import IngestWriter
 from leadscore.store import Store, open_store
 from leadscore.store.keeper import ChangeListener
 from leadscore.store.outbox import Deliverer, RetryPolicy
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         _with_triggers(s)
         _publish_start_models(s, settings)
         _load_start_triggers(s, settings)
-        app.state.leadscore = ServiceState(settings, s, KeyCache())
+        writer = IngestWriter(s)
+        app.state.leadscore = ServiceState(settings, s, KeyCache(), writer)
         threads = []
         if settings.rescore_interval > 0:
             threads.append(
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             yield
         finally:
             stop.set()
+            writer.close()
             for t in threads:
                 t.join(timeout=15)
             deliverer.close()

@@ -164,7 +164,7 @@ async def post_events(request: Request, _: ApiKey = Depends(require("ingest"))) 
             positions.append(i)
         except (ValidationError, ValueError) as e:
             errors.append(item_error(i, e))
-    outcomes = await run_in_threadpool(state.store.ingest_events, good) if good else []
+    outcomes = await state.writer.ingest(good) if good else []
     return _result(_reindex(outcomes, positions), errors, len(items))
 
 
@@ -259,6 +259,11 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
     state = _state(request)
     store = state.store
     now = store.clock()
+    if all(
+        isinstance(m, dict) and (m.get("type") or kind or "track") in ("track", "page", "screen")
+        for m in messages
+    ):  # only events (the common case): they join the other requests' events in one commit
+        return {"success": True, **(await _segment_events(state, messages, kind, now))}
     errors: list[dict[str, Any]] = []
     outcomes: list[ItemOutcome] = []
     pending: list[EventInput] = []
@@ -306,6 +311,24 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
     await run_in_threadpool(run)
     result = _result(outcomes, errors, len(messages))
     return {"success": True, **result}
+
+
+async def _segment_events(
+    state: ServiceState, messages: list[Any], kind: str | None, now: int
+) -> dict[str, Any]:
+    good: list[EventInput] = []
+    positions: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for i, raw in enumerate(messages):
+        try:
+            m = SegmentMessage.model_validate({**raw, "type": raw.get("type") or kind or "track"})
+            m.check_ids()
+            good.append(_segment_event(m, now, state.settings))
+            positions.append(i)
+        except (ValidationError, ValueError) as e:
+            errors.append(item_error(i, e))
+    outcomes = await state.writer.ingest(good) if good else []
+    return _result(_reindex(outcomes, positions), errors, len(messages))
 
 
 @router.post("/v1/track", tags=["segment"])

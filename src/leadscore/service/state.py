@@ -11,6 +11,7 @@ from leadscore.store import Store
 
 if TYPE_CHECKING:
     from leadscore.service.auth import KeyCache
+    from leadscore.service.writer import IngestWriter
 
 __all__ = ["ENV_SETTINGS", "ServiceState", "Settings"]
 
@@ -48,3 +49,4 @@ class ServiceState:
     settings: Settings
     store: Store
     keys: KeyCache
+    writer: IngestWriter

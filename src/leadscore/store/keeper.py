@@ -38,6 +38,7 @@ from leadscore.store.leads import (
     ItemOutcome,
     LeadInput,
     event_fields,
+    events_of_leads,
     insert_events,
     lead_events,
     lead_records,
@@ -261,13 +262,14 @@ class Store:
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             _lock_leads(conn, ids)
         records = lead_records(conn, ids)
+        by_lead = events_of_leads(conn, list(records), now_us, _event_types(sheets))
         as_of = from_micros(now_us)
         new: list[NewScore] = []
         for lead_id in ids:
             record = records.get(lead_id)
             if record is None:
                 continue
-            evs = lead_events(conn, lead_id, now_us)
+            evs = by_lead[lead_id]
             for sheet in sheets:
                 result = score_lead(sheet.model, record, evs, as_of, explain=False)
                 new.append(NewScore.from_result(lead_id, sheet.version.id, now_us, result))
@@ -396,6 +398,17 @@ def _batch_rows(
     return rows
 
 
+def _event_types(sheets: Sequence[Sheet]) -> list[str] | None:
+    """The event types the sheets read; None when one needs every event (an inactivity rule
+    on any event type)."""
+    types: set[str] = set()
+    for s in sheets:
+        if any(isinstance(r, InactivityRule) and r.events is None for r in s.model.rules):
+            return None
+        types.update(s.model.event_types)
+    return sorted(types)
+
+
 def _lock_leads(conn: Connection, ids: Sequence[str]) -> None:
     """Lock the leads' rows (PostgreSQL), always in lead id order so lockers cannot deadlock."""
     conn.execute(
@@ -445,19 +458,12 @@ def _export(conn: Connection, sheets: Sequence[Sheet]) -> tuple[pa.Table, pa.Tab
         for column in profiles.values():
             if len(column) < n:
                 column.append(None)
-    types: set[str] | None = set()
-    for s in sheets:
-        if types is not None and any(
-            isinstance(r, InactivityRule) and r.events is None for r in s.model.rules
-        ):  # an inactivity rule on any event type needs every event
-            types = None
-        elif types is not None:
-            types.update(s.model.event_types)
+    types = _event_types(sheets)
     q = sa.select(
         events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
     ).where(events.c.lead_id.is_not(None))
     if types is not None:
-        q = q.where(events.c.type.in_(sorted(types)))
+        q = q.where(events.c.type.in_(types))
     cols: dict[str, list[Any]] = {"lead_id": [], "type": [], "ts": [], "item": []}
     m = 0
     for lead_id, etype, ts_us, item, props in conn.execute(q):

@@ -27,6 +27,7 @@ __all__ = [
     "ItemOutcome",
     "LeadInput",
     "event_fields",
+    "events_of_leads",
     "insert_events",
     "lead_events",
     "lead_records",
@@ -261,14 +262,12 @@ def insert_events(
         seen.update(str(m) for (m,) in conn.execute(q))
     by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
     anon = list({i.anonymous_id for i in items if i.anonymous_id and not i.lead_id})
-    linked: dict[str, str] = {
-        a: lid
-        for a, lid in conn.execute(
-            sa.select(aliases.c.anonymous_id, aliases.c.lead_id).where(
-                aliases.c.anonymous_id.in_(anon)
-            )
+    linked: dict[str, str] = {}
+    for start in range(0, len(anon), 500):
+        q = sa.select(aliases.c.anonymous_id, aliases.c.lead_id).where(
+            aliases.c.anonymous_id.in_(anon[start : start + 500])
         )
-    }
+        linked.update({a: lid for a, lid in conn.execute(q)})
     outcomes: list[ItemOutcome] = []
     rows: list[dict[str, Any]] = []
     wanted: dict[str, str | None] = {}
@@ -356,6 +355,35 @@ def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[st
     }
 
 
+def events_of_leads(
+    conn: Connection,
+    lead_ids: Sequence[str],
+    until_us: int,
+    types: Sequence[str] | None = None,
+) -> dict[str, list[Event]]:
+    """The events of several leads (at or before ``until_us``; only ``types`` if given), each
+    lead's oldest first, read in a few queries rather than one per lead."""
+    out: dict[str, list[Event]] = {lid: [] for lid in lead_ids}
+    ids = sorted(out)
+    for start in range(0, len(ids), 500):
+        q = sa.select(
+            events.c.lead_id,
+            events.c.type,
+            events.c.ts_us,
+            events.c.item,
+            events.c.properties,
+            events.c.message_id,
+        ).where(events.c.lead_id.in_(ids[start : start + 500]), events.c.ts_us <= until_us)
+        if types is not None:
+            q = q.where(events.c.type.in_(types))
+        q = q.order_by(events.c.lead_id, events.c.ts_us, events.c.id)
+        for lead_id, etype, ts_us, item, props, message_id in conn.execute(q):
+            out[lead_id].append(
+                Event(etype, ts_us, item, message_id, event_fields(etype, item, props))
+            )
+    return out
+
+
 def lead_events(
     conn: Connection, lead_id: str, until_us: int | None = None, types: Sequence[str] | None = None
 ) -> list[Event]:
@@ -368,6 +396,8 @@ def lead_events(
     if types is not None:
         q = q.where(events.c.type.in_(types))
     out = []
-    for etype, ts_us, item, props, message_id in conn.execute(q.order_by(events.c.ts_us)):
+    for etype, ts_us, item, props, message_id in conn.execute(
+        q.order_by(events.c.ts_us, events.c.id)
+    ):
         out.append(Event(etype, ts_us, item, message_id, event_fields(etype, item, props)))
     return out
