@@ -248,3 +248,67 @@ def test_segment_rejects_non_objects(serve: Serve, path: str) -> None:
     r = api.post(path, json=[1, 2])
     assert r.status_code in (400, 422)
     assert set(r.json()) == {"error"}
+
+
+def test_bodies_the_store_cannot_keep_are_refused(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    nan = b'[{"lead_id": "L1", "type": "x", "n": NaN}]'
+    err = _envelope(api.post("/api/v1/events", content=nan), 400, "bad_request")
+    assert "NaN" in err["message"]
+    nul = {"lead_id": "L1", "type": "x", "s": "a\u0000b"}
+    err = _envelope(api.post("/api/v1/events", json=nul), 400, "bad_request")
+    assert "body.s" in err["message"]
+    deep: Any = "x"
+    for _ in range(40):
+        deep = {"a": deep}
+    r = api.post("/api/v1/events", json={"lead_id": "L1", "type": "x", "p": deep})
+    _envelope(r, 400, "bad_request")
+    err = _envelope(
+        api.post("/api/v1/events", json={"lead_id": "L1", "type": "x", "ts": True}), 422, "invalid"
+    )
+    r = api.post(
+        "/api/v1/outcomes", json={"lead_id": "L1", "outcome": "won", "ts": 1, "amount": "Infinity"}
+    )
+    _envelope(r, 422, "invalid")
+    _envelope(api.get("/api/v1/firings", params={"before_id": 10**30}), 422, "invalid")
+
+
+def test_lead_ids_with_slashes_and_manual_rescore(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    api.post("/api/v1/leads", json={"lead_id": "acme/emea 7", "job_title": "VP", "country": "US"})
+    lead = api.get("/api/v1/leads/acme%2Femea%207").json()
+    assert lead["lead_id"] == "acme/emea 7"
+    assert api.get("/api/v1/leads/acme/emea 7/history").json()["items"][0]["reason"] == "profile"
+    r = api.post("/api/v1/leads/acme/emea 7/rescore").json()
+    assert r["changed"] == 0 and r["scores"]["b2b-default"]["score"] == 20.0
+    assert api.post("/v1/screen", json={"userId": "acme/emea 7", "name": "Home"}).status_code == 200
+    assert api.post("/v1/group", json={"userId": "u", "groupId": "g"}).json()["ignored"] == 1
+
+
+def test_local_mode_refuses_other_hosts_and_web_pages(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    r = api.get("/api/v1/leads", headers={"Host": "evil.example"})
+    _envelope(r, 400, "bad_request")
+    r = api.post(
+        "/api/v1/events",
+        json={"lead_id": "L1", "type": "x"},
+        headers={"Origin": "https://evil.example"},
+    )
+    _envelope(r, 403, "forbidden")
+    r = api.post(
+        "/api/v1/events",
+        json={"lead_id": "L1", "type": "x"},
+        headers={"Origin": "http://localhost:8000"},
+    )
+    assert r.status_code == 200
+
+
+def test_a_key_records_when_it_was_last_used(serve: Serve, store: Store, clock: Clock) -> None:
+    from leadscore.store.keys import list_keys
+
+    api = serve()
+    key = _key(store, "read")
+    api.get("/api/v1/leads", headers={"Authorization": f"Bearer {key}"})
+    with store.db.read() as conn:
+        (k,) = list_keys(conn)
+    assert k.last_used_us == clock.now

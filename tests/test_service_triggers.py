@@ -76,8 +76,12 @@ def test_hot_lead_is_handed_to_sales_once(serve: Serve, store: Store, clock: Clo
         wait_for(lambda: len(receiver.requests) == 2)
         firings = api.get("/api/v1/firings", params={"lead_id": "L1"}).json()["items"]
         assert [f["trigger_id"] for f in firings] == ["hot-to-sales", "hot-to-sales"]
-        log = api.get("/api/v1/deliveries").json()["items"]
-        assert [d["status"] for d in log] == ["delivered", "delivered"]
+
+        def statuses() -> list[str]:
+            return [d["status"] for d in api.get("/api/v1/deliveries").json()["items"]]
+
+        # the receiver has the call a moment before the deliverer records its answer
+        wait_for(lambda: statuses() == ["delivered", "delivered"])
         time.sleep(0.3)
         assert len(receiver.requests) == 2
     finally:

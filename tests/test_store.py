@@ -72,3 +72,30 @@ def test_anonymous_events_join_the_lead_when_linked(
         engagement = lead_view(conn, "L9")["scores"]["b2b-default"]["engagement"]
     # demo 50 + form 10 (+ the open 2 when an event made the link)
     assert engagement == (60.0 if link_by == "identify" else 62.0)
+
+
+def test_batch_rescoring_keeps_a_score_written_in_real_time_meanwhile(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that read the clock before a scheduled rescoring started, but committed
+    after the rescoring read its snapshot, must keep its score: b2b-default, fit 35, demo 50
+    -> 85 (hot). The batch, computed without the demo, would write 20 back."""
+    import leadscore.store.keeper as keeper
+
+    store.ensure_published((MODELS / "b2b-default.yaml").read_text(), "b2b-default.yaml")
+    store.upsert_leads([LeadInput("L1", fields={"job_title": "VP Sales", "country": "US"})])
+    batch_rows = keeper._batch_rows
+
+    def late_request(*args: object, **kwargs: object) -> object:
+        rows = batch_rows(*args, **kwargs)  # type: ignore[arg-type]
+        clock.advance(seconds=-1)  # the request's clock reading came first
+        store.ingest_events([EventInput("demo_request", clock.now, "L1")])
+        clock.advance(seconds=1)
+        return rows
+
+    monkeypatch.setattr(keeper, "_batch_rows", late_request)
+    report = store.rescore_all("decay")
+    assert report.skipped == 1
+    with store.db.read() as conn:
+        s = lead_view(conn, "L1")["scores"]["b2b-default"]
+    assert (s["score"], s["band"]) == (85.0, "hot")

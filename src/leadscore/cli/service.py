@@ -338,10 +338,12 @@ def keys_list(db: DbOpt = DEFAULT_DB) -> None:
             keys = list_keys(conn)
     finally:
         store.db.dispose()
-    table = Table("id", "name", "scopes", "created", "revoked")
+    table = Table("id", "name", "scopes", "created", "last used", "revoked")
     for k in keys:
+        used = _when(k.last_used_us) if k.last_used_us is not None else ""
         revoked = _when(k.revoked_us) if k.revoked_us is not None else ""
-        table.add_row(k.id, k.name, " ".join(sorted(k.scopes)), _when(k.created_us), revoked)
+        scopes = " ".join(sorted(k.scopes))
+        table.add_row(k.id, k.name, scopes, _when(k.created_us), used, revoked)
     out.print(table)
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Connection
 
 import leadscore
 from leadscore.service import ingest, models_api, triggers_api, views
 from leadscore.service.auth import KeyCache
-from leadscore.service.errors import install_error_handlers
+from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.state import ServiceState, Settings
 from leadscore.service.writer import IngestWriter
 from leadscore.store import Store, open_store
@@ -69,6 +71,38 @@ def _load_start_triggers(store: Store, settings: Settings) -> None:
     with store.db.write() as conn:
         save_triggers(conn, specs, store.clock())
     log.info("loaded %d trigger(s) from %s", len(specs), settings.triggers)
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def _guard_local_mode(app: FastAPI) -> None:
+    """Without keys, only this machine may talk to the service: a web page the user visits
+    must not reach it (through a rebinding DNS name, or a cross-site form post)."""
+
+    @app.middleware("http")
+    async def same_machine_origin(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if host not in LOOPBACK_NAMES:
+            return JSONResponse(
+                error_body(
+                    "bad_request", f"in local mode (--no-auth) the host {host!r} is refused"
+                ),
+                status_code=400,
+            )
+        origin = request.headers.get("origin")
+        cross_site = origin is not None and urlsplit(origin).hostname not in LOOPBACK_NAMES
+        if cross_site and request.method not in ("GET", "HEAD", "OPTIONS"):
+            return JSONResponse(
+                error_body(
+                    "forbidden",
+                    f"in local mode (--no-auth) requests from web pages of {origin} are refused",
+                ),
+                status_code=403,
+            )
+        return await call_next(request)
 
 
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
@@ -135,6 +169,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    if settings.no_auth:
+        _guard_local_mode(app)
     app.include_router(ingest.router)
     app.include_router(views.router)
     app.include_router(models_api.router)

@@ -16,7 +16,7 @@ from fastapi import Request
 
 from leadscore.service.errors import ApiError
 from leadscore.service.state import ServiceState
-from leadscore.store.keys import ApiKey, verify_key
+from leadscore.store.keys import ApiKey, touch_key, verify_key
 
 __all__ = ["CACHE_SECONDS", "LOCAL_KEY", "KeyCache", "require"]
 
@@ -81,7 +81,11 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
 
         def verify(t: str) -> ApiKey | None:
             with state.store.db.read() as conn:
-                return verify_key(conn, t)
+                key = verify_key(conn, t)
+            if key is not None:
+                with state.store.db.write() as conn:
+                    touch_key(conn, key.id, state.store.clock())
+            return key
 
         key = state.keys.get(text, verify)
         if key is None:

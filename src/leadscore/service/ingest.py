@@ -20,15 +20,18 @@ from leadscore.engine.timeutil import parse_instant
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
 from leadscore.service.payloads import (
+    Amount,
     EventIn,
     LeadIn,
     SegmentMessage,
+    Timestamp,
+    check_size,
     item_error,
     read_json,
     to_event,
     to_lead,
 )
-from leadscore.service.state import ServiceState
+from leadscore.service.state import ServiceState, Settings
 from leadscore.spec.conditions import to_text
 from leadscore.store import EventInput, ItemOutcome, LeadInput, OutcomeInput
 from leadscore.store.keys import ApiKey
@@ -172,8 +175,8 @@ class OutcomeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lead_id: str = Field(min_length=1, max_length=200)
     outcome: str = Field(min_length=1, max_length=200)
-    ts: str | int | float
-    amount: float | None = None
+    ts: Timestamp
+    amount: Amount | None = None
 
 
 @router.post("/api/v1/outcomes", tags=["ingest"])
@@ -238,7 +241,7 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
     return to_event(native, settings, now_us)
 
 
-def _segment_traits(m: SegmentMessage) -> LeadInput:
+def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
     fields: dict[str, Any] = {}
 
     def flatten(prefix: str, value: Any) -> None:
@@ -251,8 +254,14 @@ def _segment_traits(m: SegmentMessage) -> LeadInput:
             fields[prefix] = value
 
     flatten("", m.traits)
+    for k in fields:
+        if len(k) > 200:
+            raise ValueError(f"trait name {k[:40]!r}... is longer than 200 characters")
+    check_size(fields, "the traits", settings.max_properties_bytes)
     email = fields.pop("email", None)
-    return LeadInput(m.userId, None if email is None else str(email), fields)
+    if email is not None and not isinstance(email, str):
+        raise ValueError("traits.email must be text")
+    return LeadInput(m.userId, email, fields)
 
 
 async def _segment(request: Request, messages: list[Any], kind: str | None) -> dict[str, Any]:
@@ -290,7 +299,7 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
                     continue
                 flush()
                 if t == "identify":
-                    lead = _segment_traits(m)
+                    lead = _segment_traits(m, state.settings)
                     if lead.lead_id is None and lead.email is None:
                         outcomes.append(ItemOutcome(i, "anonymous"))
                         continue
@@ -353,6 +362,22 @@ async def segment_page(request: Request, _: ApiKey = Depends(require("ingest")))
     """Segment `page`: stored as a ``page_view`` event with the page's properties."""
     state = _state(request)
     return await _segment(request, [await read_json(request, state.settings)], "page")
+
+
+@router.post("/v1/screen", tags=["segment"])
+async def segment_screen(
+    request: Request, _: ApiKey = Depends(require("ingest"))
+) -> dict[str, Any]:
+    """Segment `screen`: stored as a ``screen_view`` event with the screen's properties."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "screen")
+
+
+@router.post("/v1/group", tags=["segment"])
+async def segment_group(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    """Segment `group`: acknowledged and not used (company traits are not scored yet)."""
+    state = _state(request)
+    return await _segment(request, [await read_json(request, state.settings)], "group")
 
 
 @router.post("/v1/alias", tags=["segment"])

@@ -92,7 +92,7 @@ async def get_models(request: Request, _: ApiKey = Depends(require("read"))) -> 
 async def get_model(
     request: Request,
     name: str,
-    version: int | None = Query(None, description="default: the published one"),
+    version: int | None = Query(None, ge=1, le=2**31 - 1, description="default: the published one"),
     _: ApiKey = Depends(require("read")),
 ) -> dict[str, Any]:
     """One version of a model with its YAML text."""
@@ -110,7 +110,7 @@ async def get_model(
 async def get_model_yaml(
     request: Request,
     name: str,
-    version: int | None = None,
+    version: int | None = Query(None, ge=1, le=2**31 - 1),
     _: ApiKey = Depends(require("read")),
 ) -> PlainTextResponse:
     """The model file itself, as stored."""
@@ -127,7 +127,9 @@ async def get_model_yaml(
 async def publish_model(
     request: Request,
     name: str,
-    version: int | None = Query(None, description="default: the newest version"),
+    version: int | None = Query(
+        None, ge=1, le=2**31 - 1, description="default: the newest version"
+    ),
     fire_triggers: bool = Query(
         False, description="let score changes from the new model fire triggers"
     ),

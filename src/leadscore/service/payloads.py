@@ -10,7 +10,16 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.service.errors import ApiError, loc_text
@@ -19,6 +28,7 @@ from leadscore.spec.conditions import to_text
 from leadscore.store import EventInput, LeadInput
 
 __all__ = [
+    "Amount",
     "EventIn",
     "LeadIn",
     "Scalar",
@@ -31,7 +41,9 @@ __all__ = [
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Scalar = str | int | float | bool | None
-Timestamp = str | int | float
+# strict: `true` is not the time 1 second after 1970
+Timestamp = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+Amount = Annotated[float, Field(allow_inf_nan=False)]
 
 
 async def read_json(request: Request, settings: Settings) -> Any:
@@ -48,9 +60,38 @@ async def read_json(request: Request, settings: Settings) -> Any:
     if kind not in ("application/json", "text/plain", ""):
         raise ApiError(415, f"send JSON (Content-Type: application/json), not {kind}")
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, f"the body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    check_json(data)
+    return data
+
+
+MAX_DEPTH = 32  # objects and lists inside each other
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_json(value: Any, depth: int = 0, where: str = "body") -> None:
+    """Refuse what JSON parsers accept but the store cannot keep: NUL characters (PostgreSQL
+    text cannot hold them) and nesting deeper than :data:`MAX_DEPTH`."""
+    if depth > MAX_DEPTH:
+        raise ApiError(400, f"the body nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ApiError(400, f"{where}: text may not contain the NUL character (\\u0000)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                raise ApiError(400, f"{where}: a field name contains the NUL character")
+            check_json(v, depth + 1, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_json(v, depth + 1, f"{where}[{i}]")
 
 
 def item_error(index: int | None, e: ValidationError | ValueError) -> dict[str, Any]:
@@ -73,7 +114,7 @@ def _timestamp(value: Timestamp | None, now_us: int) -> int:
     return parse_instant(value)
 
 
-def _check_size(value: dict[str, Any], what: str, limit: int) -> None:
+def check_size(value: dict[str, Any], what: str, limit: int) -> None:
     if len(json.dumps(value, default=str)) > limit:
         raise ValueError(f"{what} take more than {limit:,} bytes as JSON")
 
@@ -99,7 +140,7 @@ def to_lead(item: LeadIn, settings: Settings) -> LeadInput:
         if isinstance(v, (dict, list)):
             raise ValueError(f"profile field {k!r} must be text, a number, true/false or null")
         fields[k] = v
-    _check_size(fields, "the profile fields", settings.max_properties_bytes)
+    check_size(fields, "the profile fields", settings.max_properties_bytes)
     if item.lead_id is None and not (item.email and item.email.strip()):
         raise ValueError("a lead needs a lead_id or an email")
     return LeadInput(item.lead_id, item.email, fields, item.stage, item.owner)
@@ -123,7 +164,7 @@ class EventIn(BaseModel):
 def to_event(item: EventIn, settings: Settings, now_us: int) -> EventInput:
     props = dict(item.properties)
     props.update(item.model_extra or {})
-    _check_size(props, "the properties", settings.max_properties_bytes)
+    check_size(props, "the properties", settings.max_properties_bytes)
     if item.lead_id is None and item.email is None and item.anonymous_id is None:
         raise ValueError("an event needs a lead_id, an email or an anonymous_id")
     return EventInput(

@@ -4,9 +4,9 @@ webhook secrets (shown masked)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,7 +104,9 @@ async def get_firings(
     lead_id: str | None = None,
     trigger_id: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = Query(None, description="page: firings older than this id"),
+    before_id: int | None = Query(
+        None, ge=1, le=2**63 - 1, description="page: firings older than this id"
+    ),
     _: ApiKey = ADMIN,
 ) -> dict[str, Any]:
     """Trigger firings, newest first, each with the transition and what its actions did."""
@@ -126,7 +128,7 @@ async def get_deliveries(
     trigger_id: str | None = None,
     lead_id: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
-    before_id: int | None = None,
+    before_id: int | None = Query(None, ge=1, le=2**63 - 1),
     _: ApiKey = ADMIN,
 ) -> dict[str, Any]:
     """Webhook calls (the outbox), newest first, with every attempt: when, the receiver's
@@ -148,7 +150,9 @@ async def get_deliveries(
 
 
 @router.post("/api/v1/deliveries/{outbox_id}/redeliver")
-async def post_redeliver(request: Request, outbox_id: int, _: ApiKey = ADMIN) -> dict[str, Any]:
+async def post_redeliver(
+    request: Request, outbox_id: Annotated[int, Path(ge=1, le=2**63 - 1)], _: ApiKey = ADMIN
+) -> dict[str, Any]:
     """Send a webhook call again (e.g. one that gave up, status ``dead``) at the next pass."""
     state = _state(request)
 

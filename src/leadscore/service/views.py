@@ -120,29 +120,7 @@ async def get_leads(
     return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
 
 
-@router.get("/api/v1/leads/{lead_id}", tags=["leads"])
-async def get_lead(
-    request: Request,
-    lead_id: str,
-    explain: bool = Query(True, description="include each sheet's full explanation"),
-    _: ApiKey = Depends(require("read")),
-) -> dict[str, Any]:
-    """A lead: profile, stage, owner and, per score sheet, score, fit, engagement, grade,
-    band, MQL flag, priority and the explanation of every point."""
-    state = _state(request)
-
-    def run() -> dict[str, Any]:
-        with state.store.db.read() as conn:
-            view = lead_view(conn, lead_id)
-            if explain:
-                for sheet, score in view["scores"].items():
-                    score["explanation"] = state.store.explain(conn, lead_id, sheet).to_dict()
-        return view
-
-    return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
-
-
-@router.get("/api/v1/leads/{lead_id}/history", tags=["leads"])
+@router.get("/api/v1/leads/{lead_id:path}/history", tags=["leads"])
 async def get_history(
     request: Request,
     lead_id: str,
@@ -165,10 +143,10 @@ class DispositionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     disposition: str = Field(description=", ".join(DISPOSITIONS))
     reason: str | None = Field(None, max_length=2000)
-    amount: float | None = None
+    amount: float | None = Field(None, allow_inf_nan=False)
 
 
-@router.post("/api/v1/leads/{lead_id}/disposition", tags=["leads"])
+@router.post("/api/v1/leads/{lead_id:path}/disposition", tags=["leads"])
 async def post_disposition(
     request: Request,
     lead_id: str,
@@ -200,7 +178,7 @@ class StageIn(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-@router.post("/api/v1/leads/{lead_id}/stage", tags=["leads"])
+@router.post("/api/v1/leads/{lead_id:path}/stage", tags=["leads"])
 async def post_stage(
     request: Request, lead_id: str, body: StageIn, key: ApiKey = Depends(require("ingest"))
 ) -> dict[str, Any]:
@@ -215,3 +193,43 @@ async def post_stage(
 
     changed = await run_in_threadpool(run)
     return {"lead_id": lead_id, "stage": body.stage.strip().lower(), "changed": changed}
+
+
+@router.post("/api/v1/leads/{lead_id:path}/rescore", tags=["leads"])
+async def post_rescore_lead(
+    request: Request, lead_id: str, _: ApiKey = Depends(require("admin"))
+) -> dict[str, Any]:
+    """Rescore one lead now on every sheet; a change is recorded with reason ``manual``."""
+    state = _state(request)
+
+    def run() -> dict[str, Any]:
+        with state.store.db.write() as conn:
+            lead_view(conn, lead_id)  # NotFound for an unknown lead
+            changes = state.store.rescore_leads(conn, [lead_id], "manual", state.store.clock())
+            view = lead_view(conn, lead_id)
+        return {"changed": sum(c.recorded for c in changes), "scores": view["scores"]}
+
+    return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
+
+
+# Last: a lead id may contain "/", so this route would also match the ones above.
+@router.get("/api/v1/leads/{lead_id:path}", tags=["leads"])
+async def get_lead(
+    request: Request,
+    lead_id: str,
+    explain: bool = Query(True, description="include each sheet's full explanation"),
+    _: ApiKey = Depends(require("read")),
+) -> dict[str, Any]:
+    """A lead: profile, stage, owner and, per score sheet, score, fit, engagement, grade,
+    band, MQL flag, priority and the explanation of every point."""
+    state = _state(request)
+
+    def run() -> dict[str, Any]:
+        with state.store.db.read() as conn:
+            view = lead_view(conn, lead_id)
+            if explain:
+                for sheet, score in view["scores"].items():
+                    score["explanation"] = state.store.explain(conn, lead_id, sheet).to_dict()
+        return view
+
+    return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]

@@ -41,6 +41,37 @@ class ImportReport:
     rescore: RescoreReport | None = None
 
 
+# What the API refuses, refused here too: the store keeps ids, types and items this long.
+LIMITS = {"lead_id": 200, "type": 200, "item": 2000, "email": 320, "owner": 200}
+
+
+def _within_limits(
+    table: pa.Table, label: str, skip_bad_rows: bool, report: ImportReport
+) -> pa.Table:
+    """``table`` without rows whose ids, types or items are too long or hold a NUL character
+    (reported as errors, or skipped and listed with ``skip_bad_rows``)."""
+    bad: dict[int, str] = {}
+    for column, limit in LIMITS.items():
+        if column not in table.column_names:
+            continue
+        values = table.column(column).to_pylist()
+        for i, v in enumerate(values):
+            if v is None or i in bad:
+                continue
+            if len(v) > limit:
+                bad[i] = f"column {column!r}: longer than {limit} characters"
+            elif "\x00" in v:
+                bad[i] = f"column {column!r}: holds the NUL character"
+    if not bad:
+        return table
+    problems = [InputProblem(label, msg, i + 1) for i, msg in sorted(bad.items())]
+    if not skip_bad_rows:
+        raise InputError(problems[:20], f"{len(bad)} bad row(s); nothing was imported")
+    report.errors += [str(p) for p in problems]
+    keep = pa.array([i not in bad for i in range(table.num_rows)])
+    return table.filter(keep)
+
+
 def _chunks(n: int) -> range:
     return range(0, n, CHUNK)
 
@@ -61,6 +92,7 @@ def import_leads(
     )
     report = ImportReport("leads", rows=table.num_rows, warnings=list(load.warnings))
     report.errors += [str(p) for p in load.problems]
+    table = _within_limits(table, _label(source), skip_bad_rows, report)
     if "stage" in table.column_names:
         bad = [
             i
@@ -113,6 +145,7 @@ def import_events(
         source, lead_id_column, skip_bad_rows=skip_bad_rows, report=load, label=_label(source)
     )
     report = ImportReport("events", rows=table.num_rows, warnings=list(load.warnings))
+    table = _within_limits(table, _label(source), skip_bad_rows, report)
     id_column = next((c for c in EVENT_ID_COLUMNS if c in table.column_names), None)
     stamps = pc.cast(table.column("ts"), pa.int64()).to_pylist()
     rest = [c for c in table.column_names if c not in ("lead_id", "type", "ts", "item", id_column)]

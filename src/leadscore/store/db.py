@@ -8,6 +8,7 @@ upgrade; on PostgreSQL they run concurrently and lock the rows they change.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,7 +132,13 @@ def open_database(
     """Open (and by default create or upgrade) the store at ``db`` (a URL or a SQLite path)."""
     url = database_url(db)
     try:
-        engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=not url.startswith("sqlite"),
+            # Non-ASCII text kept as is (not \u-escaped), so that filters and search on
+            # SQLite see "München" as PostgreSQL does.
+            json_serializer=lambda obj: json.dumps(obj, ensure_ascii=False),
+        )
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot open the store {db!s}: {e}") from None
     database = Database(engine, durable=durable)

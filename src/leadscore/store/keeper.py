@@ -43,6 +43,7 @@ from leadscore.store.leads import (
     lead_events,
     lead_records,
     link_alias,
+    lock_anonymous,
     upsert_leads,
 )
 from leadscore.store.schema import events, leads, model_versions, scores
@@ -234,6 +235,8 @@ class Store:
         """Upsert a lead and link an anonymous id to it; whether anonymous events joined it."""
         with self.db.write() as conn:
             now = self.clock()
+            if anonymous_id:
+                lock_anonymous(conn, [anonymous_id])  # before the lead's row lock, as ingest does
             (outcome,) = upsert_leads(conn, [lead], now)
             joined = False
             if outcome.status != "error" and outcome.lead_id and anonymous_id:
@@ -306,8 +309,7 @@ class Store:
 
         Leads rescored in real time while this ran keep their newer score.
         """
-        start = self.clock()
-        t_us = start if as_of_us is None else as_of_us
+        t_us = self.clock() if as_of_us is None else as_of_us
         report = RescoreReport(reason, t_us)
         with self.db.read() as conn:
             active = [s for s in self.sheets(conn) if sheets is None or s.name in sheets]
@@ -318,6 +320,18 @@ class Store:
             # Not `prepare`: it trims lead ids (and event types) as for files, which would
             # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
             prepared = PreparedInputs(*_export(conn, active))
+            # What each score row was when the snapshot was read: a row that differs when
+            # the batch writes was rescored in real time meanwhile (from newer events) and is
+            # kept. (A clock reading would not do: a request that read the clock before this
+            # run and committed after the snapshot would be overwritten.)
+            seen = {
+                (lid, sheet): updated
+                for lid, sheet, updated in conn.execute(
+                    sa.select(scores.c.lead_id, scores.c.sheet, scores.c.updated_us).where(
+                        scores.c.sheet.in_([s.name for s in active])
+                    )
+                )
+            }
         report.leads = prepared.leads.num_rows
         if not report.leads:  # nothing to score (a new store): skip compiling the models
             return report
@@ -336,7 +350,7 @@ class Store:
                     # it is never overwritten by the batch's older value.
                     _lock_leads(conn, ids)
                 current = current_scores(conn, ids)
-                fresh = {k for k, row in current.items() if row["updated_us"] > start}
+                fresh = {k for k, row in current.items() if seen.get(k) != row["updated_us"]}
                 new: list[NewScore] = []
                 for r in part:
                     for s in active:

@@ -14,7 +14,15 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import NotFound, UsageError
 from leadscore.store.schema import api_keys
 
-__all__ = ["SCOPES", "ApiKey", "create_key", "list_keys", "revoke_key", "verify_key"]
+__all__ = [
+    "SCOPES",
+    "ApiKey",
+    "create_key",
+    "list_keys",
+    "revoke_key",
+    "touch_key",
+    "verify_key",
+]
 
 # ingest: write leads and events only; read: read leads, scores, models; admin: everything
 SCOPES = ("ingest", "read", "admin")
@@ -98,6 +106,12 @@ def verify_key(conn: Connection, text: str) -> ApiKey | None:
     if not hmac.compare_digest(row["secret_hash"], _hash(secret)):
         return None
     return _key(row)
+
+
+def touch_key(conn: Connection, key_id: str, now_us: int) -> None:
+    """Note when a key was last used (servers do it when they verify a key, at most every
+    30 seconds per key)."""
+    conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(last_used_us=now_us))
 
 
 def list_keys(conn: Connection) -> list[ApiKey]:

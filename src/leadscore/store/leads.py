@@ -32,6 +32,7 @@ __all__ = [
     "lead_events",
     "lead_records",
     "link_alias",
+    "lock_anonymous",
     "upsert_leads",
 ]
 
@@ -137,8 +138,34 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
             by_email.setdefault(email, lead_id)
         resolved.append((index, lead_id, item))
         outcomes.append(ItemOutcome(index, "updated", lead_id))
+    # Create the missing leads first, as placeholders, in lead-id order: two requests creating
+    # the same lead at once then meet on its row (the second waits for the first) instead of
+    # one failing on the primary key, and concurrent batches lock in the same order.
+    ids = sorted({lid for _, lid, _ in resolved})
+    created: set[str] = set()
+    for start in range(0, len(ids), 500):
+        placeholders: list[dict[str, Any]] = [
+            {
+                "lead_id": lid,
+                "email": None,
+                "profile": {},
+                "stage": "lead",
+                "stage_us": now_us,
+                "owner": None,
+                "created_us": now_us,
+                "updated_us": now_us,
+            }
+            for lid in ids[start : start + 500]
+        ]
+        inserted = conn.execute(
+            _insert(conn, leads)
+            .values(placeholders)
+            .on_conflict_do_nothing(index_elements=[leads.c.lead_id])
+            .returning(leads.c.lead_id)
+        )
+        created.update(str(lid) for (lid,) in inserted)
     # Locked: a merge must read the profile that the previous merge wrote, not the one before.
-    existing = _existing(conn, (lid for _, lid, _ in resolved), lock=True)
+    existing = _existing(conn, ids, lock=True)
     state: dict[str, dict[str, Any]] = {
         lid: {
             "profile": dict(row["profile"]),
@@ -148,11 +175,8 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         }
         for lid, row in existing.items()
     }
-    created: set[str] = set()
     for index, lead_id, item in resolved:
-        if lead_id not in state:
-            state[lead_id] = {"profile": {}, "email": None, "stage": "lead", "owner": None}
-            created.add(lead_id)
+        if lead_id in created:
             outcomes[index].status = "created"
         s = state[lead_id]
         for k, v in item.fields.items():
@@ -175,16 +199,9 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
             "owner": s["owner"],
             "updated_us": now_us,
         }
-        if lead_id in created:
-            conn.execute(
-                leads.insert().values(
-                    lead_id=lead_id, stage=s["stage"], stage_us=now_us, created_us=now_us, **values
-                )
-            )
-        else:
-            if s["stage"] != existing[lead_id]["stage"]:
-                values.update(stage=s["stage"], stage_us=now_us)
-                # recorded like every stage change (lifecycle.set_stage)
+        if s["stage"] != existing[lead_id]["stage"]:
+            values.update(stage=s["stage"], stage_us=now_us)
+            if lead_id not in created:  # recorded like every stage change (lifecycle.set_stage)
                 conn.execute(
                     stage_changes.insert().values(
                         lead_id=lead_id,
@@ -195,7 +212,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                         actor=None,
                     )
                 )
-            conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
+        conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
     return outcomes
 
 
@@ -229,11 +246,25 @@ def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: in
         )
 
 
+def lock_anonymous(conn: Connection, anonymous_ids: Iterable[str]) -> None:
+    """Serialise the writers that touch these anonymous ids (PostgreSQL; SQLite writers are
+    serialised anyway): an event stored for an id and the identify that links it must not
+    miss each other, or the event would stay without its lead. Taken before any lead row
+    lock, in id order."""
+    if conn.dialect.name == "sqlite":
+        return
+    for anonymous_id in sorted(set(anonymous_ids)):
+        conn.execute(
+            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(anonymous_id, 0)))
+        )
+
+
 def link_alias(conn: Connection, anonymous_id: str, lead_id: str, now_us: int) -> bool:
     """Link an anonymous id to a lead and give it the events kept for that id.
 
     Returns whether events moved to the lead. An id already linked stays with its first lead.
     """
+    lock_anonymous(conn, [anonymous_id])
     row = conn.execute(
         sa.select(aliases.c.lead_id).where(aliases.c.anonymous_id == anonymous_id)
     ).first()
@@ -261,6 +292,7 @@ def insert_events(
         q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
         seen.update(str(m) for (m,) in conn.execute(q))
     by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
+    lock_anonymous(conn, (i.anonymous_id for i in items if i.anonymous_id))
     anon = list({i.anonymous_id for i in items if i.anonymous_id and not i.lead_id})
     linked: dict[str, str] = {}
     for start in range(0, len(anon), 500):

@@ -178,11 +178,14 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
             raise UsageError(f"field name {name[:40]!r}... is too long")
         q = q.where(_profile_text(conn, name) == value)
     if query.search:
-        pattern = f"%{query.search.lower()}%"
+        text = query.search.lower()
+        for special in ("\\", "%", "_"):  # the user's text is matched literally
+            text = text.replace(special, "\\" + special)
+        pattern = f"%{text}%"
         q = q.where(
             sa.or_(
-                sa.func.lower(leads.c.lead_id).like(pattern),
-                sa.func.lower(sa.cast(leads.c.profile, sa.String)).like(pattern),
+                sa.func.lower(leads.c.lead_id).like(pattern, escape="\\"),
+                sa.func.lower(sa.cast(leads.c.profile, sa.String)).like(pattern, escape="\\"),
             )
         )
     column = {

@@ -1,0 +1,73 @@
+"""`leadscore import` (and the other store commands) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from leadscore.cli import app
+from leadscore.store import open_database
+from leadscore.store.keeper import Store
+from leadscore.store.queries import lead_view, score_history_of
+
+LEADS = "lead_id,email,job_title,country,stage\nL1,ann@acme.com,VP Sales,US,lead\nL2,,Analyst,DE,\n"
+EVENTS = (
+    "lead_id,type,ts,item,url,event_id\n"
+    "L1,demo_request,2026-11-20T10:00:00Z,,,e1\n"
+    "L1,page_view,2026-11-21T10:00:00Z,,/pricing,e2\n"
+    "L2,email_open,2026-11-22T10:00:00Z,cmp-1,,e3\n"
+)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout + result.stderr
+
+
+def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_text(LEADS)
+    (tmp_path / "events.csv").write_text(EVENTS)
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome,ts,amount\nL1,won,2026-11-23,1200\n")
+    code, out = run("import", "leads", str(tmp_path / "leads.csv"), "--db", db_url)
+    assert code == 0, out
+    assert "2 rows read: 2 leads stored" in out
+    assert "published the shipped b2b-default" in out
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
+    assert code == 0, out
+    assert "3 rows read: 3 events stored" in out
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
+    assert "0 events stored, 3 already there" in out
+    code, out = run("import", "outcomes", str(tmp_path / "outcomes.csv"), "--db", db_url)
+    assert code == 0 and "1 outcomes stored" in out, out
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            view = lead_view(conn, "L1")
+            history = score_history_of(conn, "L1")
+    finally:
+        store.db.dispose()
+    assert view["email"] == "ann@acme.com"
+    assert view["scores"]["b2b-default"]["mql"] is True  # a demo request and pricing: hot
+    assert [h["reason"] for h in history] == ["event", "profile"]
+
+
+def test_import_refuses_rows_the_api_would_refuse(db_url: str, tmp_path: Path) -> None:
+    bad = EVENTS + f"L1,{'t' * 201},2026-11-22T10:00:00Z,,,e4\n"
+    (tmp_path / "events.csv").write_text(bad)
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
+    assert code == 1
+    assert "row 4" in out and "longer than 200" in out and "nothing was imported" in out
+    code, out = run(
+        "import", "events", str(tmp_path / "events.csv"), "--db", db_url, "--skip-bad-rows"
+    )
+    assert code == 0, out
+    assert "3 events stored" in out and "skipped:" in out
+
+
+def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    code, out = run("import", "deals", "x.csv", "--db", db)
+    assert code == 2 and "leads, events or outcomes" in out
+    code, out = run("import", "leads", str(tmp_path / "nope.csv"), "--db", db)
+    assert code == 1 and "nope.csv" in out
