@@ -97,9 +97,9 @@ def burst(url: str, worker: int, acked: list[str], stop: threading.Event) -> Non
                 )
 
 
-def test_sigkill_mid_burst_loses_no_acknowledged_event(db_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    proc = start_server(db_url, port, tmp_path)
+def burst_then_kill(proc: subprocess.Popen[bytes], port: int) -> list[str]:
+    """Four clients post batches; once 400 events are acknowledged, SIGKILL the server while
+    requests are in flight. Returns the acknowledged event ids."""
     acked: list[str] = []
     stop = threading.Event()
     workers = [
@@ -116,6 +116,13 @@ def test_sigkill_mid_burst_loses_no_acknowledged_event(db_url: str, tmp_path: Pa
     stop.set()
     for w in workers:
         w.join(timeout=15)
+    return acked
+
+
+def test_sigkill_mid_burst_loses_no_acknowledged_event(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_server(db_url, port, tmp_path)
+    acked = burst_then_kill(proc, port)
     assert len(acked) >= 400, "the burst did not get going"
 
     store = Store(open_database(db_url))
@@ -164,22 +171,7 @@ def test_sigkill_keeps_every_pending_webhook(db_url: str, tmp_path: Path) -> Non
     flags += ("--webhook-retry", "0.2", "--webhook-timeout", "1")
     port = free_port()
     proc = start_server(db_url, port, tmp_path, *flags)
-    acked: list[str] = []
-    stop = threading.Event()
-    workers = [
-        threading.Thread(target=burst, args=(f"http://127.0.0.1:{port}", w, acked, stop))
-        for w in range(4)
-    ]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 30
-    while len(acked) < 400 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    stop.set()
-    for w in workers:
-        w.join(timeout=15)
+    assert len(burst_then_kill(proc, port)) >= 400
 
     db = open_database(db_url)
     with db.read() as conn:

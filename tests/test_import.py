@@ -71,3 +71,37 @@ def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
     assert code == 2 and "leads, events or outcomes" in out
     code, out = run("import", "leads", str(tmp_path / "nope.csv"), "--db", db)
     assert code == 1 and "nope.csv" in out
+
+
+def test_store_commands(tmp_path: Path) -> None:
+    """keys, triggers, publish and rescore against one SQLite store."""
+    db = str(tmp_path / "s.db")
+    code, out = run("keys", "create", "website", "--scope", "ingest", "--db", db)
+    assert code == 0 and "lsk_" in out
+    key_id = out.split("lsk_")[1].split("_")[0]
+    code, out = run("keys", "list", "--db", db)
+    assert key_id in out and "website" in out
+    assert run("keys", "revoke", key_id, "--db", db)[0] == 0
+    code, out = run("keys", "revoke", key_id, "--db", db)
+    assert code == 2 and "already revoked" in out
+    assert run("keys", "create", "x", "--scope", "root", "--db", db)[0] == 2
+
+    model = tmp_path / "m.yaml"
+    model.write_text("version: 1\nname: m\nbands: {cold: -.inf, hot: 10}\nmql: hot\n")
+    code, out = run("publish", str(model), "--db", db)
+    assert code == 0 and "published m version 1" in out
+    assert "already active" in run("publish", str(model), "--db", db)[1]
+    triggers = tmp_path / "t.yaml"
+    triggers.write_text(
+        "triggers:\n  - id: hot\n    when: {enters_band: warm}\n    actions: [{set_stage: mql}]\n"
+    )
+    code, out = run("triggers", "check", str(triggers), "--db", db)
+    assert code == 1 and "t.yaml:3" in out and "warm" in out
+    triggers.write_text(
+        "triggers:\n  - id: hot\n    when: {enters_band: hot}\n    actions: [{set_stage: mql}]\n"
+    )
+    assert run("triggers", "set", str(triggers), "--db", db)[0] == 0
+    code, out = run("triggers", "list", "--db", db)
+    assert "enters_band: hot" in out
+    code, out = run("rescore", "--db", db)
+    assert code == 0 and "rescored 0 leads" in out

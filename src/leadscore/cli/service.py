@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -72,6 +74,16 @@ def open_store(db: str) -> Store:
     from leadscore.store import open_store as open_
 
     return open_(db)
+
+
+@contextmanager
+def _opened(db: str) -> Iterator[Store]:
+    """The store at ``db``, closed when the block ends."""
+    store = open_store(db)
+    try:
+        yield store
+    finally:
+        store.db.dispose()
 
 
 def _open(db: str) -> Store:
@@ -279,8 +291,7 @@ def publish(
     """Store a model file as a new version, make it active and rescore every lead with it."""
     if not model.is_file():
         raise UsageError(f"no such file: {model}")
-    store = open_store(db)
-    try:
+    with _opened(db) as store:
         draft = store.add_model(model.read_text(encoding="utf-8"), str(model))
         if draft.status == "published":
             out.print(f"{draft.name} version {draft.version} is already active", markup=False)
@@ -294,8 +305,6 @@ def publish(
             f"{report.changed:,} score changes recorded",
             markup=False,
         )
-    finally:
-        store.db.dispose()
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -315,12 +324,8 @@ def keys_create(
     """Create an API key; its full text is shown once, only a hash is stored."""
     from leadscore.store.keys import create_key
 
-    store = open_store(db)
-    try:
-        with store.db.write() as conn:
-            key, text = create_key(conn, name, scope or ["ingest"], store.clock())
-    finally:
-        store.db.dispose()
+    with _opened(db) as store, store.db.write() as conn:
+        key, text = create_key(conn, name, scope or ["ingest"], store.clock())
     err.print(f"key {key.id} for {key.name!r}, scopes: {' '.join(sorted(key.scopes))}")
     err.print("store it now: it cannot be shown again", markup=False)
     out.print(text, markup=False)
@@ -332,12 +337,8 @@ def keys_list(db: DbOpt = DEFAULT_DB) -> None:
     """List API keys (never their secrets)."""
     from leadscore.store.keys import list_keys
 
-    store = open_store(db)
-    try:
-        with store.db.read() as conn:
-            keys = list_keys(conn)
-    finally:
-        store.db.dispose()
+    with _opened(db) as store, store.db.read() as conn:
+        keys = list_keys(conn)
     table = Table("id", "name", "scopes", "created", "last used", "revoked")
     for k in keys:
         used = _when(k.last_used_us) if k.last_used_us is not None else ""
@@ -356,12 +357,8 @@ def keys_revoke(
     """Revoke an API key (running servers stop accepting it within 30 seconds)."""
     from leadscore.store.keys import revoke_key
 
-    store = open_store(db)
-    try:
-        with store.db.write() as conn:
-            key = revoke_key(conn, key_id, store.clock())
-    finally:
-        store.db.dispose()
+    with _opened(db) as store, store.db.write() as conn:
+        key = revoke_key(conn, key_id, store.clock())
     out.print(f"revoked key {key.id} ({key.name})", markup=False)
 
 
@@ -403,13 +400,10 @@ def triggers_set(
     """Replace the store's triggers with the file's (a running server uses them at once)."""
     from leadscore.store.triggers import load_triggers, save_triggers
 
-    store = open_store(db)
-    try:
+    with _opened(db) as store:
         specs = load_triggers(file, sheets={s.name: s.model for s in store.sheets()})
         with store.db.write() as conn:
             save_triggers(conn, specs, store.clock())
-    finally:
-        store.db.dispose()
     out.print(f"{len(specs)} trigger(s) set from {file}", markup=False)
 
 
@@ -419,12 +413,8 @@ def triggers_list(db: DbOpt = DEFAULT_DB) -> None:
     """List the store's triggers (webhook secrets masked)."""
     from leadscore.store.triggers import list_triggers
 
-    store = open_store(db)
-    try:
-        with store.db.read() as conn:
-            stored = list_triggers(conn)
-    finally:
-        store.db.dispose()
+    with _opened(db) as store, store.db.read() as conn:
+        stored = list_triggers(conn)
     table = Table("id", "enabled", "sheet", "when", "actions")
     for t in stored:
         d: dict[str, Any] = t.summary()["definition"]

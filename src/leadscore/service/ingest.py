@@ -340,51 +340,30 @@ async def _segment_events(
     return _result(_reindex(outcomes, positions), errors, len(messages))
 
 
-@router.post("/v1/track", tags=["segment"])
-async def segment_track(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
-    """Segment `track`: ``event`` is the event type, ``properties`` its fields."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "track")
+SEGMENT_CALLS = {
+    "track": "Segment `track`: ``event`` is the event type, ``properties`` its fields.",
+    "identify": "Segment `identify`: ``traits`` are profile fields; an ``anonymousId`` is "
+    "linked to the ``userId`` and its earlier events join the lead.",
+    "page": "Segment `page`: stored as a ``page_view`` event with the page's properties.",
+    "screen": "Segment `screen`: stored as a ``screen_view`` event with its properties.",
+    "alias": "Segment `alias`: ``previousId`` (an anonymous id) becomes the lead ``userId``.",
+    "group": "Segment `group`: acknowledged and not used (company traits are not scored yet).",
+}
 
 
-@router.post("/v1/identify", tags=["segment"])
-async def segment_identify(
-    request: Request, _: ApiKey = Depends(require("ingest"))
-) -> dict[str, Any]:
-    """Segment `identify`: ``traits`` are profile fields; an ``anonymousId`` is linked to the
-    ``userId`` and its earlier events join the lead."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "identify")
+def _segment_route(kind: str, doc: str) -> None:
+    async def call(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+        state = _state(request)
+        return await _segment(request, [await read_json(request, state.settings)], kind)
+
+    call.__doc__ = doc
+    router.add_api_route(
+        f"/v1/{kind}", call, methods=["POST"], tags=["segment"], name=f"segment_{kind}"
+    )
 
 
-@router.post("/v1/page", tags=["segment"])
-async def segment_page(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
-    """Segment `page`: stored as a ``page_view`` event with the page's properties."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "page")
-
-
-@router.post("/v1/screen", tags=["segment"])
-async def segment_screen(
-    request: Request, _: ApiKey = Depends(require("ingest"))
-) -> dict[str, Any]:
-    """Segment `screen`: stored as a ``screen_view`` event with the screen's properties."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "screen")
-
-
-@router.post("/v1/group", tags=["segment"])
-async def segment_group(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
-    """Segment `group`: acknowledged and not used (company traits are not scored yet)."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "group")
-
-
-@router.post("/v1/alias", tags=["segment"])
-async def segment_alias(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
-    """Segment `alias`: ``previousId`` (an anonymous id) becomes the lead ``userId``."""
-    state = _state(request)
-    return await _segment(request, [await read_json(request, state.settings)], "alias")
+for _kind, _doc in SEGMENT_CALLS.items():
+    _segment_route(_kind, _doc)
 
 
 @router.post("/v1/batch", tags=["segment"])
