@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Connection
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import leadscore
 from leadscore.service import ingest, models_api, triggers_api, views
@@ -76,33 +78,44 @@ def _load_start_triggers(store: Store, settings: Settings) -> None:
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
-def _guard_local_mode(app: FastAPI) -> None:
+class LocalModeGuard:
     """Without keys, only this machine may talk to the service: a web page the user visits
-    must not reach it (through a rebinding DNS name, or a cross-site form post)."""
+    must not reach it (through a rebinding DNS name, or a cross-site form post). A plain ASGI
+    middleware: Starlette's decorator form costs every request a task and a stream."""
 
-    @app.middleware("http")
-    async def same_machine_origin(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-        if host not in LOOPBACK_NAMES:
-            return JSONResponse(
-                error_body(
-                    "bad_request", f"in local mode (--no-auth) the host {host!r} is refused"
-                ),
-                status_code=400,
-            )
-        origin = request.headers.get("origin")
-        cross_site = origin is not None and urlsplit(origin).hostname not in LOOPBACK_NAMES
-        if cross_site and request.method not in ("GET", "HEAD", "OPTIONS"):
-            return JSONResponse(
-                error_body(
-                    "forbidden",
-                    f"in local mode (--no-auth) requests from web pages of {origin} are refused",
-                ),
-                status_code=403,
-            )
-        return await call_next(request)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            host = urlsplit("//" + headers.get("host", "")).hostname or ""
+            origin = headers.get("origin")
+            refusal = None
+            if host not in LOOPBACK_NAMES:
+                refusal = JSONResponse(
+                    error_body(
+                        "bad_request", f"in local mode (--no-auth) the host {host!r} is refused"
+                    ),
+                    status_code=400,
+                )
+            elif (
+                origin is not None
+                and urlsplit(origin).hostname not in LOOPBACK_NAMES
+                and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+            ):
+                refusal = JSONResponse(
+                    error_body(
+                        "forbidden",
+                        f"in local mode (--no-auth) requests from web pages of {origin} "
+                        "are refused",
+                    ),
+                    status_code=403,
+                )
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
@@ -170,7 +183,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     install_error_handlers(app)
     if settings.no_auth:
-        _guard_local_mode(app)
+        app.add_middleware(LocalModeGuard)
     app.include_router(ingest.router)
     app.include_router(views.router)
     app.include_router(models_api.router)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from leadscore.service.errors import ApiError
 from leadscore.service.state import ServiceState
@@ -49,12 +50,19 @@ class KeyCache:
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, text: str, verify: Callable[[str], ApiKey | None]) -> ApiKey | None:
-        now = time.monotonic()
+    def cached(self, text: str) -> tuple[bool, ApiKey | None]:
+        """(found, key): whether ``text`` was verified lately, and what it was found to be."""
         with self._lock:
             hit = self._keys.get(text)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def get(self, text: str, verify: Callable[[str], ApiKey | None]) -> ApiKey | None:
+        found, key = self.cached(text)
+        if found:
+            return key
+        now = time.monotonic()
         key = verify(text)
         with self._lock:
             if len(self._keys) > 10_000:
@@ -63,10 +71,14 @@ class KeyCache:
         return key
 
 
-def require(scope: str) -> Callable[[Request], ApiKey]:
-    """A FastAPI dependency: the request's key, which must allow ``scope``."""
+def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A FastAPI dependency: the request's key, which must allow ``scope``.
 
-    def check(request: Request) -> ApiKey:
+    It runs on the event loop; only a key not verified in the last 30 seconds costs a trip to
+    the store (in a worker thread).
+    """
+
+    async def check(request: Request) -> ApiKey:
         state: ServiceState = request.app.state.leadscore
         if state.settings.no_auth:
             return LOCAL_KEY
@@ -87,7 +99,9 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
                     touch_key(conn, key.id, state.store.clock())
             return key
 
-        key = state.keys.get(text, verify)
+        found, key = state.keys.cached(text)
+        if not found:
+            key = await run_in_threadpool(state.keys.get, text, verify)
         if key is None:
             raise ApiError(401, "the API key is unknown or revoked")
         if not key.allows(scope):

@@ -13,6 +13,7 @@ the active model versions, the lead's profile and its events, and records every 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -59,6 +60,9 @@ from leadscore.store.versions import (
 __all__ = ["DEFAULT_MODEL", "ChangeListener", "RescoreReport", "Sheet", "Store"]
 
 DEFAULT_MODEL = "b2b-default.yaml"  # shipped in leadscore/models
+# How long the active sheets are trusted without asking the store: a model published by
+# another process is in use within this time (one published here, at once).
+SHEETS_TTL = 1.0
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -107,6 +111,8 @@ class Store:
         self.clock = clock
         self.listener = listener
         self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
+        # (monotonic time until which the sheets need no check, the sheets)
+        self._sheets_checked: tuple[float, list[Sheet]] = (0.0, [])
         self._models: dict[int, Model] = {}
         self._lock = threading.Lock()
 
@@ -117,6 +123,10 @@ class Store:
         if conn is None:
             with self.db.read() as c:
                 return self.sheets(c)
+        with self._lock:
+            fresh_until, cached = self._sheets_checked
+        if time.monotonic() < fresh_until:
+            return cached
         ids = tuple(
             int(i)
             for (i,) in conn.execute(
@@ -127,12 +137,19 @@ class Store:
         )
         with self._lock:
             if ids == self._sheets[0]:
+                self._sheets_checked = (time.monotonic() + SHEETS_TTL, self._sheets[1])
                 return self._sheets[1]
         versions = active_versions(conn)
         sheets = [Sheet(v, self.model_of(v)) for v in versions]
         with self._lock:
             self._sheets = (tuple(v.id for v in versions), sheets)
+            self._sheets_checked = (time.monotonic() + SHEETS_TTL, sheets)
         return sheets
+
+    def forget_sheets(self) -> None:
+        """Read the active sheets from the store at the next call (after a publish)."""
+        with self._lock:
+            self._sheets_checked = (0.0, [])
 
     def model_of(self, version: ModelVersion) -> Model:
         with self._lock:
@@ -177,6 +194,7 @@ class Store:
                     raise NotFound(f"no model {name!r} in the store")
                 version = int(newest)
             mark_published(conn, get_version(conn, name, version), self.clock())
+        self.forget_sheets()
         return self.rescore_all(
             "model change", sheets=[name], fire_triggers=fire_triggers, progress=progress
         )

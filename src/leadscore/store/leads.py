@@ -223,8 +223,12 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
 
 def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> None:
     """Create the leads among ``wanted`` (lead id -> email) that do not exist yet."""
-    existing = _existing(conn, wanted)
-    missing = sorted(lid for lid in wanted if lid not in existing)
+    ids = sorted(wanted)
+    existing: set[str] = set()
+    for start in range(0, len(ids), 500):  # ids only: the profiles are read later, once
+        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(ids[start : start + 500]))
+        existing.update(str(i) for (i,) in conn.execute(q))
+    missing = [lid for lid in ids if lid not in existing]
     if missing:
         # Two requests may bring the first events of the same new lead at once: the second
         # insert finds the first one's row (after waiting for its commit) and does nothing.

@@ -151,7 +151,9 @@ def write_scores(
         if old is None:
             inserts.append(n.values(now_us))
         else:
-            updates.append({**n.values(now_us), "k_lead": n.lead_id, "k_sheet": n.sheet})
+            values = n.values(now_us)
+            del values["lead_id"], values["sheet"]  # the key, not to be set
+            updates.append({**values, "k_lead": n.lead_id, "k_sheet": n.sheet})
         same_labels = old is not None and (
             old["band"] == n.band
             and old["grade"] == n.grade
