@@ -34,6 +34,7 @@ check: test
 
 bench: $(STAMP)
 	$(BIN)/python bench/batch.py --quick
+	$(BIN)/python bench/ingest.py --quick
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
