@@ -105,3 +105,19 @@ def test_store_commands(tmp_path: Path) -> None:
     assert "enters_band: hot" in out
     code, out = run("rescore", "--db", db)
     assert code == 0 and "rescored 0 leads" in out
+
+
+def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None:
+    import socket
+
+    db = str(tmp_path / "s.db")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, out = run("serve", "--db", db, "--port", port, "--no-auth")
+        assert code == 2 and "Choose another with --port" in out
+        code, out = run("demo", "--serve", "--port", port, "--db", str(tmp_path / "d.db"))
+        assert code == 2 and "Choose another with --port" in out
+    code, out = run("serve", "--db", db, "--host", "0.0.0.0", "--no-auth")
+    assert code == 2 and "only on 127.0.0.1" in out

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from leadscore.cli.service import Bar
+from leadscore.cli.service import Bar, check_port_free
 from leadscore.engine.timeutil import now_micros
 from leadscore.sample import write_sample
 from leadscore.store import EventInput, Store, open_store
@@ -95,6 +95,7 @@ def run_demo_server(
 
     from leadscore.service import Settings, create_app
 
+    check_port_free("127.0.0.1", port)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     store = open_store(db, durable=False)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_DB = "leadscore.db"  # = leadscore.store.DEFAULT_DB (a test checks)
 SCOPES = ("ingest", "read", "admin")  # = leadscore.store.keys.SCOPES (a test checks)
 
-__all__ = ["Bar", "keys_app", "triggers_app"]
+__all__ = ["Bar", "check_port_free", "keys_app", "triggers_app"]
 
 DbOpt = Annotated[
     str,
@@ -98,6 +98,22 @@ def _open(db: str) -> Store:
     return store
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A clear error now, rather than a server that starts loading and then cannot listen."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise UsageError(
+                f"cannot listen on {host}:{port} ({e.strerror}): is another server running "
+                "there? Choose another with --port."
+            ) from None
+
+
 def _when(us: int) -> str:
     return from_micros(us).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -156,6 +172,7 @@ def serve(
 
     if no_auth and not _loopback(host):
         raise UsageError(f"--no-auth serves without API keys: only on 127.0.0.1, not on {host}")
+    check_port_free(host, port)
     for path in [*(model or []), *([triggers] if triggers else [])]:
         if not path.is_file():
             raise UsageError(f"no such file: {path}")
