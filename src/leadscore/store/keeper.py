@@ -351,11 +351,15 @@ class Store:
                 )
             }
         report.leads = prepared.leads.num_rows
+        if progress:
+            progress("reading leads and events", 1, 1)
         if not report.leads:  # nothing to score (a new store): skip compiling the models
             return report
         if progress:
             progress("scoring", 0, 1)
         rows = _batch_rows(active, prepared, t_us)
+        if progress:
+            progress("scoring", 1, 1)
         multi = len(active) > 1
         done = 0
         for begin in range(0, len(rows), chunk):
