@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import os
 import platform
 import re
 import statistics
@@ -50,6 +49,7 @@ from rich.table import Table
 import leadscore
 from leadscore.sample import DEFAULT_AS_OF, write_sample
 from leadscore.scoring import PreparedInputs, iter_lead_events, prepare, register_inputs
+from machine_info import load_average, machine  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH = Path(__file__).resolve().parents[1].parent / "shared/conformance/model.yaml"
@@ -536,32 +536,6 @@ max(1, |x|), labels exactly), as must the per-lead evaluator's results for its l
 and above all shared ones, are noisy: the targets are ratios measured in the same run, not
 absolute times.
 """
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    mem = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": str(nproc), "cpu": cpu, "memory": mem, "os": platform.platform()}
-
-
-def load_average() -> str:
-    """The 1-minute load average when the run started (other work on the machine skews times)."""
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "unknown"
 
 
 def versions() -> str:

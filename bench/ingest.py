@@ -68,6 +68,7 @@ from leadscore.sample import write_sample
 from leadscore.store import database_url, open_store
 from leadscore.store.schema import events as events_table
 from leadscore.store.schema import leads as leads_table
+from machine_info import load_average, machine  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_PATH = ROOT / "docs" / "benchmarks.md"
@@ -1133,31 +1134,6 @@ process title; SQLite runs inside the server process), and everything else on th
 (/proc/stat minus those three). After each run the events in the store must equal the events
 the server acknowledged.
 """
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    mem = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": str(nproc), "cpu": cpu, "memory": mem, "os": platform.platform()}
-
-
-def load_average() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "unknown"
 
 
 def versions(pg: str | None) -> str:
