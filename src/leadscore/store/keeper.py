@@ -321,11 +321,13 @@ class Store:
         as_of_us: int | None = None,
         fire_triggers: bool = True,
         progress: Progress | None = None,
-        chunk: int = 5000,
+        chunk: int = 1000,
     ) -> RescoreReport:
         """Rescore every lead with the batch evaluator and record what changed.
 
-        Leads rescored in real time while this ran keep their newer score.
+        Leads rescored in real time while this ran keep their newer score. Results are written
+        ``chunk`` leads per transaction, so that real-time ingest (which waits for SQLite's
+        write lock) is held up for a fraction of a second at a time.
         """
         t_us = self.clock() if as_of_us is None else as_of_us
         report = RescoreReport(reason, t_us)
