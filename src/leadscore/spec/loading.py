@@ -1,5 +1,6 @@
 """Reading model files: every problem reported at once as ``file:line: path: message``.
 
+:func:`validate_yaml` does it for any file checked by a pydantic schema (the triggers file too).
 The YAML is parsed once into plain data and once into a node tree that remembers the line of
 every key and item, so schema errors (from pydantic) and cross-field errors (from
 :func:`~leadscore.spec.model.semantic_issues`) can both point at a line.
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from leadscore.errors import ModelError, ModelIssue
+from leadscore.errors import LeadscoreError, ModelError, ModelIssue
 from leadscore.spec.conditions import OPERATORS
 from leadscore.spec.model import Loc, Model, fmt_loc, resolve, semantic_issues
 from leadscore.spec.schema import (
@@ -29,7 +30,9 @@ from leadscore.spec.schema import (
     ProfileRuleSpec,
 )
 
-__all__ = ["load_model", "load_models", "model_json_schema", "parse_model"]
+__all__ = ["load_model", "load_models", "model_json_schema", "parse_model", "validate_yaml"]
+
+S = TypeVar("S", bound=BaseModel)
 
 _KNOWN_KEYS = sorted(
     {
@@ -60,7 +63,39 @@ def parse_model(text: str, source: str = "<model>") -> Model:
 
     Raises :class:`~leadscore.errors.ModelError` listing every problem found.
     """
-    issues: list[ModelIssue] = []
+    spec = validate_yaml(
+        text,
+        source,
+        ModelSpec,
+        error=ModelError,
+        what="a model file",
+        known_keys=_KNOWN_KEYS,
+        semantic=lambda raw, _spec: semantic_issues(raw),
+    )
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return resolve(spec, source=source, fingerprint=fingerprint)
+
+
+def validate_yaml(
+    text: str,
+    source: str,
+    schema: type[S],
+    *,
+    error: Callable[[list[ModelIssue]], LeadscoreError],
+    what: str,
+    known_keys: Sequence[str],
+    semantic: Callable[[dict[str, Any], S | None], Iterable[tuple[Loc, str]]],
+    empty_is_error: bool = True,
+    reword: Callable[[ModelIssue], ModelIssue] | None = None,
+) -> S:
+    """Parse YAML ``text`` and validate it against the pydantic ``schema``, reporting every
+    problem at once as ``error([...issues])``, each at its line: YAML syntax, duplicate keys,
+    keys YAML reads as true/false, schema errors (an unknown key with the closest of
+    ``known_keys``) and the ``semantic`` checks' ``(location, message)`` pairs.
+
+    Model files and triggers files are both read with it. ``reword`` may restate an issue in
+    the file's own terms.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -68,27 +103,30 @@ def parse_model(text: str, source: str = "<model>") -> Model:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ModelError([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
+        raise error([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
     if raw is None:
-        raise ModelError([ModelIssue(source, 1, "", "the file is empty")])
+        if empty_is_error:
+            raise error([ModelIssue(source, 1, "", "the file is empty")])
+        raw = {}
     if not isinstance(raw, dict):
-        raise ModelError([ModelIssue(source, 1, "", "a model file must be a mapping of keys")])
+        raise error([ModelIssue(source, 1, "", f"{what} must be a mapping of keys")])
+    issues: list[ModelIssue] = []
     lines: dict[Loc, int] = {}
     if node is not None:
         _index_lines(node, (), lines, issues, source)
-
-    spec: ModelSpec | None = None
+    spec: S | None = None
     try:
-        spec = ModelSpec.model_validate(raw)
+        spec = schema.model_validate(raw)
     except ValidationError as exc:
-        issues.extend(_schema_issues(exc, raw, lines, source))
-    for loc, message in semantic_issues(raw):
+        issues.extend(_schema_issues(exc, raw, lines, source, known_keys))
+    for loc, message in semantic(raw, spec):
         issues.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), message))
+    if reword is not None:
+        issues = [reword(i) for i in issues]
     if issues or spec is None:
         unique = {(i.line or 0, i.path, i.message): i for i in issues}
-        raise ModelError([unique[k] for k in sorted(unique)])
-    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return resolve(spec, source=source, fingerprint=fingerprint)
+        raise error([unique[k] for k in sorted(unique)])
+    return spec
 
 
 def load_model(path: str | Path) -> Model:
@@ -198,14 +236,18 @@ def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
 
 
 def _schema_issues(
-    exc: ValidationError, raw: Any, lines: Mapping[Loc, int], source: str
+    exc: ValidationError,
+    raw: Any,
+    lines: Mapping[Loc, int],
+    source: str,
+    known_keys: Sequence[str],
 ) -> list[ModelIssue]:
     by_loc: dict[Loc, list[str]] = {}
     for err in exc.errors():
         if err["type"] == "invalid_key":
             continue  # a key YAML read as true/false: reported where the lines are indexed
         loc = _data_loc(err["loc"], raw, err["type"])
-        message = _message(err, loc)
+        message = _message(err, loc, known_keys)
         messages = by_loc.setdefault(loc, [])
         if message not in messages:
             messages.append(message)
@@ -272,7 +314,7 @@ _BOUNDS = {
 }
 
 
-def _message(err: Any, loc: Loc) -> str:
+def _message(err: Any, loc: Loc, known_keys: Sequence[str]) -> str:
     kind: str = err["type"]
     given = err.get("input")
     ctx = err.get("ctx") or {}
@@ -281,7 +323,7 @@ def _message(err: Any, loc: Loc) -> str:
         return "required"
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+        close = difflib.get_close_matches(key, known_keys, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key {key!r}{hint}"
     if kind in _BOUNDS:

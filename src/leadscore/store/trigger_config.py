@@ -44,19 +44,17 @@ Given the active sheets' models, sheet, band and grade names are checked too.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leadscore.errors import ConfigError, ModelIssue
 from leadscore.spec import Model
-from leadscore.spec.loading import _data_loc, _index_lines, _line, _message
-from leadscore.spec.model import FALLBACK_GRADE, Loc, fmt_loc
+from leadscore.spec.loading import validate_yaml
+from leadscore.spec.model import FALLBACK_GRADE, Loc
 from leadscore.spec.schema import ID_PATTERN
 from leadscore.store.leads import STAGES
 from leadscore.store.webhooks import Format
@@ -255,33 +253,17 @@ def parse_triggers(
 
     Raises :class:`~leadscore.errors.ConfigError` listing every problem found.
     """
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([ModelIssue(source, 1, "", "a triggers file must be a mapping of keys")])
-    lines: dict[Loc, int] = {}
-    issues: list[ModelIssue] = []
-    if node is not None:
-        _index_lines(node, (), lines, issues, source)
-    issues = [_on_hint(i) for i in issues]
-    spec: TriggersFileSpec | None = None
-    try:
-        spec = TriggersFileSpec.model_validate(raw)
-    except ValidationError as exc:
-        issues.extend(_schema_issues(exc, raw, lines, source))
-    for loc, message in _semantic_issues(raw, spec, sheets):
-        issues.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), message))
-    if issues or spec is None:
-        unique = {(i.line or 0, i.path, i.message): i for i in issues}
-        raise ConfigError([unique[k] for k in sorted(unique)])
+    spec = validate_yaml(
+        text,
+        source,
+        TriggersFileSpec,
+        error=ConfigError,
+        what="a triggers file",
+        known_keys=_KNOWN_KEYS,
+        semantic=lambda raw, spec: _semantic_issues(raw, spec, sheets),
+        empty_is_error=False,
+        reword=_on_hint,
+    )
     return spec.triggers
 
 
@@ -305,24 +287,6 @@ def _on_hint(issue: ModelIssue) -> ModelIssue:
         message = "YAML reads the key 'on' as true/false: name it 'reasons'"
         return ModelIssue(issue.file, issue.line, issue.path[:-3] + ".reasons", message)
     return issue
-
-
-def _schema_issues(
-    exc: ValidationError, raw: Any, lines: Mapping[Loc, int], source: str
-) -> list[ModelIssue]:
-    out: list[ModelIssue] = []
-    for err in exc.errors():
-        if err["type"] == "invalid_key":
-            continue  # a key YAML read as true/false: reported where the lines are indexed
-        loc = _data_loc(err["loc"], raw, err["type"])
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1]) if loc else "?"
-            close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-            message = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-        else:
-            message = _message(err, loc)
-        out.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), message))
-    return out
 
 
 def _semantic_issues(
