@@ -27,7 +27,6 @@ import argparse
 import gc
 import itertools
 import platform
-import re
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ from rich.table import Table
 import leadscore
 from leadscore.sample import DEFAULT_AS_OF, write_sample
 from leadscore.scoring import PreparedInputs, iter_lead_events, prepare, register_inputs
-from machine_info import load_average, machine  # bench/ is the script's directory
+from record import load_average, machine, write_section  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH = Path(__file__).resolve().parents[1].parent / "shared/conformance/model.yaml"
@@ -600,35 +599,12 @@ def markdown_block(report: Report, threads: str) -> str:
 
 
 def write_docs(report: Report, threads: str) -> None:
-    text = DOCS_PATH.read_text() if DOCS_PATH.exists() else DOC_INTRO
-    parts = re.split(r"(?m)^(?=## )", text)
-    preamble, sections = parts[0], parts[1:]
-    index = next((i for i, s in enumerate(sections) if s.startswith(SECTION + "\n")), None)
-    old = sections[index] if index is not None else ""
-    block_re = re.compile(
-        r"<!-- bench/batch.py (\S+) begin -->.*?<!-- bench/batch.py \1 end -->", re.S
+    block = markdown_block(report, threads)
+    key = f"{report.n_leads}x{report.n_events}"
+    write_section(
+        DOCS_PATH, SECTION, SECTION_INTRO, METHOD, "bench/batch.py", key, block, new_file=DOC_INTRO
     )
-    blocks = {m.group(1): m.group(0) for m in block_re.finditer(old)}
-    blocks[f"{report.n_leads}x{report.n_events}"] = markdown_block(report, threads)
-
-    def order(key: str) -> tuple[int, int]:
-        leads, events = (int(x) for x in key.split("x"))
-        return (-leads, -events)
-
-    body = "\n\n".join(blocks[k] for k in sorted(blocks, key=order))
-    section = f"{SECTION}\n\n{SECTION_INTRO}\n{body}\n\n{METHOD}"
-    if index is None:
-        sections.append(section)
-    else:
-        sections[index] = section
-    sections = [s.rstrip("\n") + "\n\n" for s in sections]
-    out = preamble.rstrip("\n") + "\n\n" + "".join(sections)
-    DOCS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_PATH.write_text(out.rstrip("\n") + "\n")
     console.print(f"docs: wrote {DOCS_PATH.relative_to(ROOT)}")
-
-
-# --- main ---------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

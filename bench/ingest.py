@@ -68,7 +68,7 @@ from leadscore.sample import write_sample
 from leadscore.store import database_url, open_store
 from leadscore.store.schema import events as events_table
 from leadscore.store.schema import leads as leads_table
-from machine_info import load_average, machine  # bench/ is the script's directory
+from record import load_average, machine, write_section  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_PATH = ROOT / "docs" / "benchmarks.md"
@@ -1260,34 +1260,12 @@ def markdown_block(reports: Sequence[RunReport], meta: Meta) -> str:
 
 
 def write_docs(reports: Sequence[RunReport], meta: Meta) -> None:
-    text = DOCS_PATH.read_text()
-    parts = re.split(r"(?m)^(?=## )", text)
-    preamble, sections = parts[0], parts[1:]
-    index = next((i for i, s in enumerate(sections) if s.startswith(SECTION + "\n")), None)
-    old = sections[index] if index is not None else ""
-    block_re = re.compile(
-        r"<!-- bench/ingest.py (\S+) begin -->.*?<!-- bench/ingest.py \1 end -->", re.S
+    block = markdown_block(reports, meta)
+    key = f"{meta.n_leads}x{meta.n_events}"
+    write_section(
+        DOCS_PATH, SECTION, SECTION_INTRO, METHOD, "bench/ingest.py", key, block, new_file=""
     )
-    blocks = {m.group(1): m.group(0) for m in block_re.finditer(old)}
-    blocks[f"{meta.n_leads}x{meta.n_events}"] = markdown_block(reports, meta)
-
-    def order(key: str) -> tuple[int, int]:
-        leads, events = (int(x) for x in key.split("x"))
-        return (-leads, -events)
-
-    body = "\n\n".join(blocks[k] for k in sorted(blocks, key=order))
-    section = f"{SECTION}\n\n{SECTION_INTRO}\n{body}\n\n{METHOD}"
-    if index is None:
-        sections.append(section)
-    else:
-        sections[index] = section
-    sections = [s.rstrip("\n") + "\n\n" for s in sections]
-    out = preamble.rstrip("\n") + "\n\n" + "".join(sections)
-    DOCS_PATH.write_text(out.rstrip("\n") + "\n")
     console.print(f"docs: wrote the ingest section of {DOCS_PATH.relative_to(ROOT)}")
-
-
-# --- main ---------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
