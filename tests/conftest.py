@@ -149,20 +149,34 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture
-def serve(store: Store) -> Iterator[Callable[..., httpx.Client]]:
-    """Start the service on the test ``store``: ``serve(no_auth=True, ...)`` gives a client
-    (settings as keyword arguments; scheduled work is off unless asked for)."""
-    from leadscore.service import Settings, create_app
+def _serving(store: Store, create: Callable[..., Any]) -> Iterator[Callable[..., httpx.Client]]:
+    from leadscore.service import Settings
 
     stack = contextlib.ExitStack()
 
     def start(**settings: Any) -> httpx.Client:
         settings.setdefault("rescore_interval", 0)
         settings.setdefault("deliver_interval", 0)
-        app = create_app(Settings(**settings), store=store)
+        app = create(Settings(**settings), store=store)
         running = stack.enter_context(RunningServer(app))
         return stack.enter_context(httpx.Client(base_url=running.url, timeout=30))
 
     with stack:
         yield start
+
+
+@pytest.fixture
+def serve(store: Store) -> Iterator[Callable[..., httpx.Client]]:
+    """Start the service on the test ``store``: ``serve(no_auth=True, ...)`` gives a client
+    (settings as keyword arguments; scheduled work is off unless asked for)."""
+    from leadscore.service import create_app
+
+    yield from _serving(store, create_app)
+
+
+@pytest.fixture
+def serve_ui(store: Store) -> Iterator[Callable[..., httpx.Client]]:
+    """As ``serve``, with the web interface."""
+    from leadscore.ui import create_app
+
+    yield from _serving(store, create_app)

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "examples": ("scoring", "inputs", "cli", "service", "ui"),
     "store": ("cli", "service", "ui"),
     "service": ("cli", "ui"),
+    "ui": ("cli",),
 }
 WEB_OR_ML = ("fastapi", "starlette", "sklearn", "uvicorn")
 
@@ -48,13 +49,11 @@ def test_import_rule() -> None:
             if (
                 parts[0] == "leadscore"
                 and parts[1:2] == ["service"]
-                and top
-                not in (
-                    "service",
-                    "cli",
-                )
+                and top not in ("service", "ui", "cli")
             ):
-                problems.append(f"{rel} imports the service (only the CLI may start it)")
+                problems.append(f"{rel} imports the service (only the UI and CLI build on it)")
+            if parts[0] == "leadscore" and parts[1:2] == ["ui"] and top not in ("ui", "cli"):
+                problems.append(f"{rel} imports the web interface (only the CLI may start it)")
             if parts[0] in WEB_OR_ML and top in ("spec", "engine", "inputs", "scoring", "store"):
                 problems.append(f"{rel} imports {name}")
     assert problems == []

@@ -22,7 +22,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import leadscore
-from leadscore.service import ingest, models_api, triggers_api, views
+from leadscore.service import (
+    ingest,
+    keys_api,
+    models_api,
+    overview,
+    segments_api,
+    triggers_api,
+    views,
+)
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.state import ServiceState, Settings
@@ -186,8 +194,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.add_middleware(LocalModeGuard)
     app.include_router(ingest.router)
     app.include_router(views.router)
+    app.include_router(overview.router)
     app.include_router(models_api.router)
     app.include_router(triggers_api.router)
+    app.include_router(keys_api.router)
+    app.include_router(segments_api.router)
 
     @app.get("/api/v1/health", tags=["service"])
     def health() -> dict[str, object]:

@@ -58,6 +58,12 @@ class KeyCache:
             return True, hit[1]
         return False, None
 
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (it was revoked here): the next use verifies it again."""
+        with self._lock:
+            for text in [t for t, (_, k) in self._keys.items() if k is not None and k.id == key_id]:
+                del self._keys[text]
+
     def get(self, text: str, verify: Callable[[str], ApiKey | None]) -> ApiKey | None:
         found, key = self.cached(text)
         if found:

@@ -181,3 +181,25 @@ async def post_webhook_test(
         lambda: send_test(body.url, body.secret, body.format, timeout_s=10.0)
     )
     return attempt.summary()
+
+
+@router.post("/api/v1/triggers/{trigger_id}/test")
+async def post_trigger_test(request: Request, trigger_id: str, _: ApiKey = ADMIN) -> dict[str, Any]:
+    """Send a sample firing to each webhook of a trigger, signed with its stored secret, and
+    say what each receiver answered (the settings page's *send test* button)."""
+    state = _state(request)
+
+    def run() -> list[dict[str, Any]]:
+        with state.store.db.read() as conn:
+            found = [t for t in list_triggers(conn) if t.id == trigger_id]
+        if not found:
+            raise ApiError(404, f"no trigger {trigger_id!r}")
+        hooks = [a.webhook for a in found[0].spec.actions if a.webhook is not None]
+        if not hooks:
+            raise ApiError(400, f"the trigger {trigger_id!r} has no webhook action")
+        return [
+            {"url": h.url, **send_test(h.url, h.secret, h.format, timeout_s=10.0).summary()}
+            for h in hooks
+        ]
+
+    return {"trigger_id": trigger_id, "items": await run_in_threadpool(run)}

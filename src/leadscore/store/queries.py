@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +12,52 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
-from leadscore.store.schema import ID, leads, score_history, scores, stage_changes
+from leadscore.store.schema import (
+    ID,
+    events,
+    leads,
+    outcomes,
+    score_history,
+    scores,
+    stage_changes,
+)
 
-__all__ = ["SORTS", "LeadPage", "LeadQuery", "lead_view", "list_leads", "score_history_of"]
+__all__ = [
+    "LIST_PARAMETERS",
+    "SORTS",
+    "LeadPage",
+    "LeadQuery",
+    "last_activity",
+    "lead_view",
+    "list_leads",
+    "outcomes_of",
+    "recent_events",
+    "score_history_of",
+    "sparklines",
+]
+
+# The lead list's own query parameters (in the API, the pages and saved segments): every
+# other name filters a profile field by equality.
+LIST_PARAMETERS = frozenset(
+    {
+        "sheet",
+        "band",
+        "grade",
+        "stage",
+        "owner",
+        "mql",
+        "min_score",
+        "max_score",
+        "q",
+        "sort",
+        "limit",
+        "cursor",
+        "explain",
+        "spark",
+        "segment",
+        "detail",
+    }
+)
 
 # sort key -> column; "-key" sorts descending
 SORTS = ("score", "fit", "engagement", "lead_id", "updated", "created")
@@ -223,3 +267,80 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         sort_value = last["lead_id"] if key == "lead_id" else last[column.name]
         next_cursor = _encode(sort_value, last["lead_id"])
     return LeadPage(sheet, items, next_cursor)
+
+
+def sparklines(
+    conn: Connection, lead_ids: Sequence[str], sheet: str, since_us: int, until_us: int
+) -> dict[str, list[tuple[int, float]]]:
+    """Each lead's score on ``sheet`` from ``since_us`` to ``until_us`` as (time, score) steps:
+    the score at the start, then every recorded change (by the time it is about)."""
+    if not lead_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(
+            score_history.c.lead_id,
+            score_history.c.as_of_us,
+            score_history.c.old_score,
+            score_history.c.new_score,
+        )
+        .where(
+            score_history.c.lead_id.in_(list(lead_ids)),
+            score_history.c.sheet == sheet,
+            score_history.c.as_of_us >= since_us,
+        )
+        .order_by(score_history.c.lead_id, score_history.c.id)
+    ).all()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for lead_id, as_of_us, old, new in rows:
+        points = out.get(lead_id)
+        if points is None:
+            points = out[lead_id] = [(since_us, float(old if old is not None else new))]
+        points.append((max(int(as_of_us), since_us), float(new)))
+    for points in out.values():
+        points.append((until_us, points[-1][1]))
+    return out
+
+
+def last_activity(conn: Connection, lead_ids: Sequence[str]) -> dict[str, int]:
+    """The time of each lead's newest event (leads without events are left out)."""
+    if not lead_ids:
+        return {}
+    return {
+        lead_id: int(ts)
+        for lead_id, ts in conn.execute(
+            sa.select(events.c.lead_id, sa.func.max(events.c.ts_us))
+            .where(events.c.lead_id.in_(list(lead_ids)))
+            .group_by(events.c.lead_id)
+        )
+    }
+
+
+def recent_events(
+    conn: Connection, lead_id: str, limit: int = 200
+) -> tuple[int, list[dict[str, Any]]]:
+    """(how many events the lead has, its newest ``limit`` events newest first)."""
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(events).where(events.c.lead_id == lead_id)
+    ).scalar_one()
+    rows = conn.execute(
+        sa.select(events.c.type, events.c.ts_us, events.c.item, events.c.properties)
+        .where(events.c.lead_id == lead_id)
+        .order_by(events.c.ts_us.desc(), events.c.id.desc())
+        .limit(limit)
+    ).all()
+    return int(total), [
+        {"type": t, "ts_us": int(ts), "item": item, "properties": props}
+        for t, ts, item, props in rows
+    ]
+
+
+def outcomes_of(conn: Connection, lead_id: str) -> list[dict[str, Any]]:
+    """The lead's outcomes (imported, posted or recorded by a disposition), newest first."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            sa.select(outcomes.c.outcome, outcomes.c.ts_us, outcomes.c.amount, outcomes.c.source)
+            .where(outcomes.c.lead_id == lead_id)
+            .order_by(outcomes.c.ts_us.desc(), outcomes.c.id.desc())
+        ).mappings()
+    ]

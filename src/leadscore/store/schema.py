@@ -38,6 +38,7 @@ __all__ = [
     "outcomes",
     "score_history",
     "scores",
+    "segments",
     "stage_changes",
     "trigger_firings",
     "triggers",
@@ -67,6 +68,8 @@ leads = Table(
     Index("ix_leads_email", "email"),
     Index("ix_leads_stage", "stage"),
     Index("ix_leads_owner", "owner"),
+    Index("ix_leads_updated", "updated_us"),  # the lead list sorted by last update
+    Index("ix_leads_created", "created_us"),
 )
 
 # anonymousId -> lead, once an identify call (or a native event) linked them
@@ -250,4 +253,17 @@ api_keys = Table(
     Column("created_us", Micros, nullable=False),
     Column("revoked_us", Micros, nullable=True),
     Column("last_used_us", Micros, nullable=True),
+)
+
+# Saved lead lists: a name and the query string of the lead list's filters and sort.
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("query", String(TEXT_FIELD), nullable=False),  # e.g. band=hot&country=US&sort=-score
+    Column("description", String(TEXT_FIELD), nullable=True),
+    Column("created_us", Micros, nullable=False),
+    Column("updated_us", Micros, nullable=False),
+    UniqueConstraint("name", name="uq_segments_name"),
 )
