@@ -312,3 +312,24 @@ def test_a_key_records_when_it_was_last_used(serve: Serve, store: Store, clock: 
     with store.db.read() as conn:
         (k,) = list_keys(conn)
     assert k.last_used_us == clock.now
+
+
+def test_with_keys_a_web_page_of_another_site_cannot_write_with_a_browsers_key(
+    serve: Serve, store: Store
+) -> None:
+    """A browser signed in to the web interface resends its key (HTTP Basic) by itself."""
+    import base64
+
+    api = serve()
+    key = _key(store, "ingest", "read")
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    event = {"lead_id": "L1", "type": "x"}
+    evil = {"Origin": "https://evil.example"}
+    _envelope(api.post("/api/v1/events", json=event, headers={**basic, **evil}), 403, "forbidden")
+    fetch = {"Sec-Fetch-Site": "cross-site"}
+    _envelope(api.post("/api/v1/events", json=event, headers={**basic, **fetch}), 403, "forbidden")
+    own = {"Origin": str(api.base_url).rstrip("/")}
+    assert api.post("/api/v1/events", json=event, headers={**basic, **own}).status_code == 200
+    bearer = {"Authorization": f"Bearer {key}", **evil}
+    assert api.post("/api/v1/events", json=event, headers=bearer).status_code == 200
+    assert api.get("/api/v1/leads/L1", headers={**basic, **evil}).status_code == 200  # reads

@@ -191,3 +191,16 @@ def test_values_the_evaluators_cannot_agree_on_are_rejected(body: str, expected:
     with pytest.raises(ModelError) as info:
         parse_model("version: 1\nname: x\n" + body + "\n", "x.yaml")
     assert expected in str(info.value)
+
+
+def test_deeply_nested_yaml_is_an_error_not_a_crash() -> None:
+    """libyaml recurses without a limit (a segmentation fault): such text goes to PyYAML."""
+    with pytest.raises(ModelError, match="nested too deeply"):
+        parse_model("rules: " + "[" * 30_000 + "]" * 30_000)
+
+
+def test_an_unknown_key_is_not_its_own_suggestion() -> None:
+    with pytest.raises(ModelError) as info:
+        parse_model("version: 1\nname: x\nrules: []\n")
+    assert "unknown key 'rules'" in str(info.value)
+    assert "did you mean 'rules'" not in str(info.value)

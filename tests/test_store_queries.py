@@ -252,7 +252,8 @@ def test_filters(store: Store, clock: Clock) -> None:
 
 def _expected_order(store: Store, sort: str) -> list[str]:
     """Every lead sorted by ``sort`` from their stored values: the value (descending with
-    ``-``), ties by lead id ascending; ``lead_id`` itself reversed with ``-``."""
+    ``-``), ties by lead id ascending, but for the leads' own times (``updated``,
+    ``created``) in the sort's direction; ``lead_id`` itself reversed with ``-``."""
     with store.db.read() as conn:
         views = {lead: lead_view(conn, lead) for lead in ALL}
     key = sort.lstrip("-")
@@ -265,6 +266,8 @@ def _expected_order(store: Store, sort: str) -> list[str]:
         v = views[lead]
         return float(v[column[key]] if key in column else v["scores"]["q"][key])
 
+    if key in column:  # both keys in the sort's direction
+        return sorted(ALL, key=lambda lead: (value(lead), lead), reverse=descending)
     return sorted(ALL, key=lambda lead: (-value(lead) if descending else value(lead), lead))
 
 

@@ -126,6 +126,38 @@ class LocalModeGuard:
         await self.app(scope, receive, send)
 
 
+class CrossSiteGuard:
+    """With keys, a browser signed in to the web interface resends its key (HTTP Basic) on
+    every request to this server, also when another site's page makes it post here. A write
+    that a page of another site sent (``Origin`` of another host, or ``Sec-Fetch-Site:
+    cross-site``) is refused unless it carries a Bearer key, which a browser never adds by
+    itself: senders that post from their own web pages send their key that way."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            cross = headers.get("sec-fetch-site") == "cross-site" or (
+                origin is not None and urlsplit(origin).netloc != headers.get("host", "")
+            )
+            bearer = headers.get("authorization", "").lower().startswith("bearer ")
+            if cross and not bearer:
+                refusal = JSONResponse(
+                    error_body(
+                        "forbidden",
+                        f"a write from a web page of {origin or 'another site'} needs an "
+                        "`Authorization: Bearer <key>` header",
+                    ),
+                    status_code=403,
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(interval):
@@ -190,8 +222,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    if settings.no_auth:
-        app.add_middleware(LocalModeGuard)
+    app.add_middleware(LocalModeGuard if settings.no_auth else CrossSiteGuard)
     app.include_router(ingest.router)
     app.include_router(views.router)
     app.include_router(overview.router)

@@ -58,6 +58,23 @@ _KNOWN_KEYS = sorted(
 )
 
 
+# libyaml's parser when PyYAML has it (about ten times faster: the editor checks as you type).
+# It recurses in C without a limit, so text that could nest flow collections deeply (any file
+# with many brackets) goes to PyYAML's parser, which stops at Python's recursion limit.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_FLOW_BRACKETS = 2000
+
+
+def _compose(text: str, loader_class: type[Any]) -> tuple[yaml.Node | None, Any]:
+    """One pass: the document's nodes (for line numbers) and the data built from them."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def parse_model(text: str, source: str = "<model>") -> Model:
     """Validate model text (YAML) and return the resolved :class:`Model`.
 
@@ -96,9 +113,17 @@ def validate_yaml(
     Model files and triggers files are both read with it. ``reword`` may restate an issue in
     the file's own terms.
     """
+    node = raw = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        if text.count("[") + text.count("{") <= MAX_FLOW_BRACKETS:
+            node, raw = _compose(text, _Loader)
+    except yaml.YAMLError:
+        pass
+    try:  # a broken file again with PyYAML's own parser: its messages and lines are the better
+        if node is None and text.strip():
+            node, raw = _compose(text, yaml.SafeLoader)
+    except RecursionError:
+        raise error([ModelIssue(source, None, "", "not valid YAML: nested too deeply")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -323,7 +348,8 @@ def _message(err: Any, loc: Loc, known_keys: Sequence[str]) -> str:
         return "required"
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        close = difflib.get_close_matches(key, known_keys, n=1)
+        # a key known elsewhere in the file (``rules`` of a group) is no hint for itself here
+        close = difflib.get_close_matches(key, [k for k in known_keys if k != key], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key {key!r}{hint}"
     if kind in _BOUNDS:

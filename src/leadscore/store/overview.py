@@ -57,11 +57,13 @@ def sheet_overview(
     by_grade = {g: 0 for g in grade_order}
     matrix: dict[str, dict[str, int]] = {g: {b: 0 for b in band_order} for g in grade_order}
     for grade, band, n in _counts(conn, sheet, scores.c.grade, scores.c.band):
-        g, b = grade or "-", band or "-"
+        g, b = grade or "-", band or "-"  # "-": below the lowest band or grade
         by_band[b] = by_band.get(b, 0) + n
         by_grade[g] = by_grade.get(g, 0) + n
-        row = matrix.setdefault(g, {x: 0 for x in band_order})
-        row[b] = row.get(b, 0) + n
+        matrix.setdefault(g, {})[b] = matrix.get(g, {}).get(b, 0) + n
+    for row in matrix.values():  # every cell, also the empty ones
+        for b in by_band:
+            row.setdefault(b, 0)
 
     histogram: dict[str, Any] = {"width": 0.0, "bins": []}
     if total:

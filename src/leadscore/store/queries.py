@@ -200,8 +200,13 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         q = sa.select(leads)
     else:
         score_columns = [c for c in scores.c if c.name not in ("lead_id", "updated_us")]
+        sheet_column: sa.ColumnElement[Any] = scores.c.sheet
+        if key in ("lead_id", "updated", "created") and conn.dialect.name == "sqlite":
+            # SQLite would drive the join from the scores of the sheet and sort them all;
+            # hidden from its index, the sheet lets it walk the leads' index in order instead
+            sheet_column = scores.c.sheet.concat("")
         q = sa.select(leads, *score_columns).join(
-            scores, sa.and_(scores.c.lead_id == leads.c.lead_id, scores.c.sheet == sheet)
+            scores, sa.and_(scores.c.lead_id == leads.c.lead_id, sheet_column == sheet)
         )
         if query.band:
             q = q.where(scores.c.band.in_(query.band))
@@ -240,6 +245,9 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         "updated": leads.c.updated_us,
         "created": leads.c.created_us,
     }[key]
+    # Ties go by lead id, A to Z; by the leads' own times, in the sort's direction, so that
+    # their index (time, lead id) read backwards gives the order without sorting every lead.
+    same_way = key in ("updated", "created")
     if query.cursor:
         value, after = _decode(query.cursor)
         if key != "lead_id" and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -247,12 +255,13 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         if key == "lead_id":
             q = q.where(leads.c.lead_id < after if descending else leads.c.lead_id > after)
         elif descending:
-            q = q.where(sa.or_(column < value, sa.and_(column == value, leads.c.lead_id > after)))
+            tie = leads.c.lead_id < after if same_way else leads.c.lead_id > after
+            q = q.where(sa.or_(column < value, sa.and_(column == value, tie)))
         else:
             q = q.where(sa.or_(column > value, sa.and_(column == value, leads.c.lead_id > after)))
     order = [column.desc() if descending else column.asc()]
     if key != "lead_id":
-        order.append(leads.c.lead_id.asc())
+        order.append(leads.c.lead_id.desc() if descending and same_way else leads.c.lead_id.asc())
     rows = conn.execute(q.order_by(*order).limit(query.limit + 1)).mappings().all()
     items = []
     for r in rows[: query.limit]:

@@ -68,8 +68,8 @@ leads = Table(
     Index("ix_leads_email", "email"),
     Index("ix_leads_stage", "stage"),
     Index("ix_leads_owner", "owner"),
-    Index("ix_leads_updated", "updated_us"),  # the lead list sorted by last update
-    Index("ix_leads_created", "created_us"),
+    Index("ix_leads_updated", "updated_us", "lead_id"),  # the lead list by last update
+    Index("ix_leads_created", "created_us", "lead_id"),
 )
 
 # anonymousId -> lead, once an identify call (or a native event) linked them
@@ -130,6 +130,8 @@ scores = Table(
     Column("groups", Json, nullable=False),  # group id -> points
     Column("updated_us", Micros, nullable=False),
     Index("ix_scores_sheet_score", "sheet", "score", "lead_id"),
+    Index("ix_scores_sheet_fit", "sheet", "fit", "lead_id"),  # the lead list's other sorts
+    Index("ix_scores_sheet_engagement", "sheet", "engagement", "lead_id"),
     Index("ix_scores_sheet_band", "sheet", "band"),
 )
 
