@@ -35,6 +35,7 @@ check: test
 bench: $(STAMP)
 	$(BIN)/python bench/batch.py --quick
 	$(BIN)/python bench/ingest.py --quick
+	$(BIN)/python bench/ui.py --quick
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

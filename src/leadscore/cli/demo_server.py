@@ -12,8 +12,12 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -22,7 +26,8 @@ from leadscore.engine.timeutil import now_micros
 from leadscore.sample import write_sample
 from leadscore.store import EventInput, Store, open_store
 from leadscore.store.bulk import import_events, import_leads
-from leadscore.store.keeper import ChangeListener
+from leadscore.store.keeper import ChangeListener, Progress
+from leadscore.store.overview import DAY_US
 from leadscore.store.schema import leads
 from leadscore.store.scores import ScoreChange
 
@@ -81,6 +86,75 @@ def _stream(store: Store, lead_ids: list[str], stop: threading.Event, rate: floa
         )
 
 
+REPLAY_DAYS = 3  # the demo's last days of events arrive as if streamed: scores have a history
+
+
+def load_demo_store(
+    store: Store,
+    leads_file: Path,
+    events_file: Path,
+    *,
+    replay_days: int = REPLAY_DAYS,
+    progress: Progress | None = None,
+) -> None:
+    """Load generated leads and events into ``store`` as if the service had been running:
+    events older than ``replay_days`` are imported in bulk (scored as of then), the rest arrive
+    hour by hour through real-time ingest with the store's clock at that hour, and every lead
+    is rescored once a simulated day (decay), so the history, the sparklines and the MQLs per
+    day show what a live store would have recorded. Then every lead is brought up to now."""
+    real_clock = store.clock
+    now = real_clock()
+    start = now - replay_days * DAY_US
+    table = pq.read_table(events_file)
+    ts = pc.cast(table.column("ts"), pa.int64())
+    recent = pc.greater_equal(ts, start)
+    try:
+        store.clock = lambda: start
+        import_leads(store, leads_file, progress=progress)
+        import_events(store, table.filter(pc.invert(recent)), progress=progress)
+        later = table.filter(recent).sort_by("ts")
+        rows = later.to_pylist()
+        hour = 3_600_000_000
+        done = 0
+        for t in range(start, now, hour):
+            batch: list[EventInput] = []
+            last = t + hour >= now  # the last hour also takes any event stamped at `now`
+            while done < len(rows) and (last or _micros(rows[done]["ts"]) < t + hour):
+                r = rows[done]
+                props = {"url": r["url"]} if r.get("url") else {}
+                batch.append(
+                    EventInput(
+                        r["type"],
+                        _micros(r["ts"]),
+                        r["lead_id"],
+                        item=r.get("item"),
+                        properties=props,
+                        message_id=r.get("event_id"),
+                    )
+                )
+                done += 1
+            store.clock = partial(min, t + hour, now)
+            if batch:
+                store.ingest_events(batch)
+            if (t + hour - start) % DAY_US == 0 and t + hour < now:
+                # the server's scheduled rescoring, once a simulated day: decay shows as
+                # it happens, not as one drop at the end
+                store.rescore_all("decay", as_of_us=t + hour)
+            if progress:
+                progress("replaying the last days", done, len(rows))
+    finally:
+        store.clock = real_clock
+    store.rescore_all("decay", progress=progress)
+
+
+def _micros(value: datetime) -> int:
+    return (
+        int(value.timestamp() * 1_000_000)
+        if value.tzinfo
+        else int(value.replace(tzinfo=UTC).timestamp() * 1_000_000)
+    )
+
+
 def run_demo_server(
     db: Path,
     port: int,
@@ -93,7 +167,8 @@ def run_demo_server(
     """Build the demo store, serve it and stream events until interrupted."""
     import uvicorn
 
-    from leadscore.service import Settings, create_app
+    from leadscore.service import Settings
+    from leadscore.ui import create_app
 
     check_port_free("127.0.0.1", port)
     for suffix in ("", "-wal", "-shm"):
@@ -103,8 +178,7 @@ def run_demo_server(
     with tempfile.TemporaryDirectory(prefix="leadscore-demo-") as tmp:
         files = write_sample(Path(tmp), n_leads, n_events, datetime.now(UTC), seed=seed)
         with Bar() as bar:
-            import_leads(store, files.leads, progress=bar)
-            import_events(store, files.events, progress=bar)
+            load_demo_store(store, files.leads, files.events, progress=bar)
     with store.db.read() as conn:
         lead_ids = [str(i) for (i,) in conn.execute(sa.select(leads.c.lead_id))]
     store.listener = _announce(say, store.listener)
@@ -115,7 +189,8 @@ def run_demo_server(
         target=_stream, args=(store, lead_ids, stop, rate), name="demo-stream", daemon=True
     )
     url = f"http://127.0.0.1:{port}"
-    say(f"\nleadscore is serving {n_leads:,} leads at {url}  (API docs: {url}/docs)")
+    say(f"\nleadscore is serving {n_leads:,} leads at {url}")
+    say(f"  open {url}/ in a browser: leads, overview, model editor (API docs: {url}/docs)")
     say(f"  hot leads:   curl '{url}/api/v1/leads?band=hot&limit=5'")
     if lead_ids:
         say(f"  one lead:    curl '{url}/api/v1/leads/{lead_ids[0]}'")

@@ -190,12 +190,13 @@ def serve(
     store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()
     err.print(
-        f"leadscore serving on http://{host}:{port} (API docs: http://{host}:{port}/docs; "
+        f"leadscore serving on http://{host}:{port} (web interface: http://{host}:{port}/, "
+        f"API docs: http://{host}:{port}/docs; "
         f"store: {store.db.url}{'; no auth' if no_auth else ''})",
         markup=False,
     )
     uvicorn.run(
-        "leadscore.service.app:app_from_env",
+        "leadscore.ui.app:app_from_env",
         factory=True,
         host=host,
         port=port,
