@@ -48,7 +48,7 @@ mql: hot
 # A4 moves to stage sql at T0 + 3 s (the only later `updated`).
 TIES = [f"T{i}" for i in range(1, 9)]
 ALL = ["A1", "A2", "A3", "A4", "A5", "A6", *TIES]
-BY_SCORE = ["A1", "A5", "A3", "A6", "A2", *TIES, "A4"]  # -score, ties by lead id
+BY_SCORE = ["A1", "A5", "A6", "A3", "A2", *TIES[::-1], "A4"]  # -score, ties by -lead id
 
 
 def build(store: Store, clock: Clock) -> None:
@@ -200,17 +200,17 @@ def test_one_lead_its_history_and_its_explanation(store: Store, clock: Clock) ->
 FILTERS: list[tuple[LeadQuery, list[str]]] = [
     (LeadQuery(), BY_SCORE),
     (LeadQuery(band=["hot"]), ["A1"]),
-    (LeadQuery(band=["warm", "hot"]), ["A1", "A5", "A3", "A6"]),
+    (LeadQuery(band=["warm", "hot"]), ["A1", "A5", "A6", "A3"]),
     (LeadQuery(grade=["A"]), ["A1", "A3"]),
     (LeadQuery(grade=["B", "F"], band=["warm"]), ["A5", "A6"]),
     (LeadQuery(stage=["sql"]), ["A4"]),
     (LeadQuery(stage=["lead", "mql"], max_score=5), []),
     (LeadQuery(owner="sam"), ["A1", "A3"]),
     (LeadQuery(mql=True), ["A1"]),
-    (LeadQuery(mql=False, min_score=25), ["A5", "A3", "A6", "A2"]),
-    (LeadQuery(min_score=30), ["A1", "A5", "A3", "A6"]),
-    (LeadQuery(max_score=10), [*TIES, "A4"]),
-    (LeadQuery(min_score=26, max_score=55), ["A5", "A3", "A6"]),
+    (LeadQuery(mql=False, min_score=25), ["A5", "A6", "A3", "A2"]),
+    (LeadQuery(min_score=30), ["A1", "A5", "A6", "A3"]),
+    (LeadQuery(max_score=10), [*TIES[::-1], "A4"]),
+    (LeadQuery(min_score=26, max_score=55), ["A5", "A6", "A3"]),
     (LeadQuery(fields={"country": "US"}), ["A1", "A5"]),
     (LeadQuery(fields={"employees": "1200"}), ["A1", "A3"]),  # numbers in the profile
     (LeadQuery(fields={"employees": "1200", "country": "US"}), ["A1"]),
@@ -251,9 +251,8 @@ def test_filters(store: Store, clock: Clock) -> None:
 
 
 def _expected_order(store: Store, sort: str) -> list[str]:
-    """Every lead sorted by ``sort`` from their stored values: the value (descending with
-    ``-``), ties by lead id ascending, but for the leads' own times (``updated``,
-    ``created``) in the sort's direction; ``lead_id`` itself reversed with ``-``."""
+    """Every lead sorted by ``sort`` from their stored values: the value, then the lead id,
+    both descending with ``-``."""
     with store.db.read() as conn:
         views = {lead: lead_view(conn, lead) for lead in ALL}
     key = sort.lstrip("-")
@@ -266,9 +265,7 @@ def _expected_order(store: Store, sort: str) -> list[str]:
         v = views[lead]
         return float(v[column[key]] if key in column else v["scores"]["q"][key])
 
-    if key in column:  # both keys in the sort's direction
-        return sorted(ALL, key=lambda lead: (value(lead), lead), reverse=descending)
-    return sorted(ALL, key=lambda lead: (-value(lead) if descending else value(lead), lead))
+    return sorted(ALL, key=lambda lead: (value(lead), lead), reverse=descending)
 
 
 ALL_SORTS = [s for key in SORTS for s in (key, f"-{key}")]

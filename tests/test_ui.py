@@ -244,3 +244,16 @@ def test_charts_survive_degenerate_data() -> None:
     assert "<circle" in step_chart([(1, 1e-11, "decay")], until_us=1)
     assert "<path" in sparkline([(5, 3.0)])
     assert "&lt;b&gt;" in bar_chart([("<b>", 1, "<b>")], x_label="<b>", y_label="y")
+
+
+def test_the_model_page_opens_the_newest_version(
+    store: Store, clock: Clock, serve_ui: Callable[..., httpx.Client]
+) -> None:
+    store.publish(store.add_model(NARROW, "narrow.yaml").name)
+    clock.advance(seconds=1)
+    store.add_model(NARROW.replace("points: 60", "points: 70"), "narrow.yaml")  # a draft
+    c = serve_ui(no_auth=True)
+    page = c.get("/model?name=narrow").text
+    assert "Showing version 2 (draft" in page and "points: 70" in page
+    assert "the active version is" in page and 'version=1">1</a>' in page
+    assert "points: 60" in c.get("/model?name=narrow&version=1").text

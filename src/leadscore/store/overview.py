@@ -45,37 +45,42 @@ def sheet_overview(
     grade_order = [name for name, _ in model.grades]
     top_band = band_order[-1] if band_order else None
 
-    total, mqls, low, high = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(sa.case((scores.c.mql, 1), else_=0)), 0),
-            sa.func.min(scores.c.score),
-            sa.func.max(scores.c.score),
-        ).where(scores.c.sheet == sheet)
-    ).one()
+    # one walk of the index (sheet, band, grade, mql): no table read, no sort
     by_band = {b: 0 for b in band_order}
     by_grade = {g: 0 for g in grade_order}
     matrix: dict[str, dict[str, int]] = {g: {b: 0 for b in band_order} for g in grade_order}
-    for grade, band, n in _counts(conn, sheet, scores.c.grade, scores.c.band):
+    total = mqls = 0
+    for band, grade, mql, n in _counts(conn, sheet, scores.c.band, scores.c.grade, scores.c.mql):
         g, b = grade or "-", band or "-"  # "-": below the lowest band or grade
         by_band[b] = by_band.get(b, 0) + n
         by_grade[g] = by_grade.get(g, 0) + n
         matrix.setdefault(g, {})[b] = matrix.get(g, {}).get(b, 0) + n
+        total += n
+        mqls += n if mql else 0
     for row in matrix.values():  # every cell, also the empty ones
         for b in by_band:
             row.setdefault(b, 0)
+    # each a seek at one end of the index (sheet, score)
+    low = conn.execute(
+        sa.select(sa.func.min(scores.c.score)).where(scores.c.sheet == sheet)
+    ).scalar()
+    high = conn.execute(
+        sa.select(sa.func.max(scores.c.score)).where(scores.c.sheet == sheet)
+    ).scalar()
 
     histogram: dict[str, Any] = {"width": 0.0, "bins": []}
-    if total:
+    if total and low is not None and high is not None:
         width = histogram_width(float(low), float(high))
-        bucket = sa.func.floor(scores.c.score / width)
-        counts = {
-            int(b): int(n)
-            for b, n in conn.execute(
-                sa.select(bucket, sa.func.count()).where(scores.c.sheet == sheet).group_by(bucket)
+        first = math.floor(float(low) / width)
+        last = math.floor(float(high) / width)
+        counts = {}
+        for b in range(first, last + 1):  # a range of the index (sheet, score) each: no sort
+            in_bin = sa.and_(
+                scores.c.sheet == sheet,
+                scores.c.score >= b * width,
+                scores.c.score < (b + 1) * width,
             )
-        }
-        first, last = min(counts), max(counts)
+            counts[b] = int(conn.execute(sa.select(sa.func.count()).where(in_bin)).scalar_one())
         histogram = {
             "width": width,
             "bins": [

@@ -245,9 +245,9 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         "updated": leads.c.updated_us,
         "created": leads.c.created_us,
     }[key]
-    # Ties go by lead id, A to Z; by the leads' own times, in the sort's direction, so that
-    # their index (time, lead id) read backwards gives the order without sorting every lead.
-    same_way = key in ("updated", "created")
+    # Ties go by lead id in the sort's direction, so that an index (value, lead id) read
+    # backwards gives a descending order without sorting (a sheet's thousands of leads with
+    # the same fit, say).
     if query.cursor:
         value, after = _decode(query.cursor)
         if key != "lead_id" and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -255,13 +255,12 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         if key == "lead_id":
             q = q.where(leads.c.lead_id < after if descending else leads.c.lead_id > after)
         elif descending:
-            tie = leads.c.lead_id < after if same_way else leads.c.lead_id > after
-            q = q.where(sa.or_(column < value, sa.and_(column == value, tie)))
+            q = q.where(sa.or_(column < value, sa.and_(column == value, leads.c.lead_id < after)))
         else:
             q = q.where(sa.or_(column > value, sa.and_(column == value, leads.c.lead_id > after)))
     order = [column.desc() if descending else column.asc()]
     if key != "lead_id":
-        order.append(leads.c.lead_id.desc() if descending and same_way else leads.c.lead_id.asc())
+        order.append(leads.c.lead_id.desc() if descending else leads.c.lead_id.asc())
     rows = conn.execute(q.order_by(*order).limit(query.limit + 1)).mappings().all()
     items = []
     for r in rows[: query.limit]:

@@ -132,7 +132,7 @@ scores = Table(
     Index("ix_scores_sheet_score", "sheet", "score", "lead_id"),
     Index("ix_scores_sheet_fit", "sheet", "fit", "lead_id"),  # the lead list's other sorts
     Index("ix_scores_sheet_engagement", "sheet", "engagement", "lead_id"),
-    Index("ix_scores_sheet_band", "sheet", "band"),
+    Index("ix_scores_sheet_band", "sheet", "band", "grade", "mql"),  # also the overview
 )
 
 score_history = Table(

@@ -346,6 +346,8 @@ def _model_page(store: Store, name: str | None, version: int | None) -> dict[str
             return {"name": None, "names": [], "versions": [], "yaml": ""}
         if name not in names:
             raise NotFound(f"no model {name!r} (models: {', '.join(names) or 'none'})")
+        if version is None:  # the newest: a draft saved after the active version is kept
+            version = max(v.version for v in versions if v.name == name)
         shown = get_version(conn, name, version)
     mine = [v.summary() for v in versions if v.name == name]
     active = next((v["version"] for v in mine if v["status"] == "published"), None)

@@ -160,7 +160,8 @@ if (yaml) {
   yaml.addEventListener("input", () => { drawGutter(); clearTimeout(timer); timer = setTimeout(check, 250); });
   yaml.addEventListener("scroll", () => { gutter.scrollTop = yaml.scrollTop; });
   yaml.addEventListener("keydown", (event) => {
-    if (event.key === "Tab") { // indent with spaces, as YAML wants
+    if (event.key === "Escape") yaml.blur(); // then Tab leaves the editor
+    else if (event.key === "Tab") { // indent with spaces, as YAML wants
       event.preventDefault();
       const at = yaml.selectionStart;
       yaml.setRangeText("  ", at, yaml.selectionEnd, "end");
