@@ -248,6 +248,8 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
     # Ties go by lead id in the sort's direction, so that an index (value, lead id) read
     # backwards gives a descending order without sorting (a sheet's thousands of leads with
     # the same fit, say).
+    # the same lead id, but the one of the sorted column's table: the index has it
+    tie = scores.c.lead_id if column.table is scores else leads.c.lead_id
     if query.cursor:
         value, after = _decode(query.cursor)
         if key != "lead_id" and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -255,12 +257,12 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         if key == "lead_id":
             q = q.where(leads.c.lead_id < after if descending else leads.c.lead_id > after)
         elif descending:
-            q = q.where(sa.or_(column < value, sa.and_(column == value, leads.c.lead_id < after)))
+            q = q.where(sa.or_(column < value, sa.and_(column == value, tie < after)))
         else:
-            q = q.where(sa.or_(column > value, sa.and_(column == value, leads.c.lead_id > after)))
+            q = q.where(sa.or_(column > value, sa.and_(column == value, tie > after)))
     order = [column.desc() if descending else column.asc()]
     if key != "lead_id":
-        order.append(leads.c.lead_id.desc() if descending else leads.c.lead_id.asc())
+        order.append(tie.desc() if descending else tie.asc())
     rows = conn.execute(q.order_by(*order).limit(query.limit + 1)).mappings().all()
     items = []
     for r in rows[: query.limit]:
