@@ -327,8 +327,12 @@ def report(
         command += f" --list-only {args.list_only}"
     block = (
         f"<!-- ui.py {leads}x{events} begin -->\n"
-        f"### {leads:,} leads, {events:,} events\n\n"
-        f"`.venv/bin/python {command} --write-docs`, {datetime.now(UTC):%Y-%m-%d}, "
+        + (
+            f"### {leads:,} leads, scores only (the lead list and the overview)\n\n"
+            if args.list_only
+            else f"### {leads:,} leads, {events:,} events\n\n"
+        )
+        + f"`.venv/bin/python {command} --write-docs`, {datetime.now(UTC):%Y-%m-%d}, "
         f"{m['nproc']} cores ({m['cpu']}), load average {load} at the start, "
         f"{args.repeat} timed requests per page after one warm-up.\n\n{table}\n"
         f"<!-- ui.py {leads}x{events} end -->"
