@@ -18,13 +18,13 @@ EVIL = "<script>alert(1)</script>"
 EVIL_URL = "javascript:alert(1)//<img src=x onerror=alert(2)>"
 
 
-def seed(directory: Path, leads: int = 300, events: int = 8000) -> Store:
+def seed(directory: Path, leads: int = 400, events: int = 20000) -> Store:
     """A SQLite store with generated leads whose last days of events arrived as if streamed,
     plus one lead whose name and event carry markup."""
     store = open_store(str(directory / "ui.db"), durable=False)
     store.ensure_a_model()
     files = write_sample(directory, leads, events, datetime.now(UTC), seed=11, progress=False)
-    load_demo_store(store, files.leads, files.events, replay_days=3)
+    load_demo_store(store, files.leads, files.events, replay_days=5)
     store.upsert_leads(
         [
             LeadInput(

@@ -101,7 +101,7 @@ def bar_chart(
 ) -> Markup:
     """Vertical bars: (tick label, value, hover title) each; a y axis with round ticks.
     ``every`` labels only every n-th bar (0: as many as fit)."""
-    left, right, top, bottom = 52, 12, 12, 46
+    left, right, top, bottom = 64, 12, 12, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((v for _, v, _ in bars), default=0.0)
     ticks = nice_ticks(0, max(peak, 1.0), 4, whole=True)
@@ -137,8 +137,8 @@ def bar_chart(
         f'class="axis"/>'
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle" '
         f'class="label">{escape(x_label)}</text>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
+        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
     )
     return Markup("".join(parts))
 
@@ -162,7 +162,7 @@ def step_chart(
     as dashed lines (a band's lower bound, the MQL threshold)."""
     if not points:
         return Markup("")
-    left, right, top, bottom = 52, 12, 12, 46
+    left, right, top, bottom = 64, 12, 12, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     t0 = points[0][0]
     t1 = max(until_us, points[-1][0], t0 + 1)
@@ -215,7 +215,7 @@ def step_chart(
         f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '
         f'class="axis"/><text x="{left + plot_w / 2:.1f}" y="{height - 6}" '
         f'text-anchor="middle" class="label">date (UTC)</text>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
+        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
     )
     return Markup("".join(parts))
