@@ -262,6 +262,8 @@ def run(
                 2, ("lead list, page 201", f"/?cursor={cursor}", f"/api/v1/leads?cursor={cursor}")
             )
             pages.insert(-1, ("sorted by fit", "/?sort=-fit", "/api/v1/leads?sort=-fit"))
+            rare = "l0999999"  # one lead of a million
+            pages.insert(-1, (f"search '{rare}'", f"/?q={rare}", f"/api/v1/leads?q={rare}"))
         for label, page, twin in pages:
             print(f"  {label}...", file=sys.stderr, flush=True)
             rows.append((label, page, timed(c, "GET", page, repeat), timed(c, "GET", twin, repeat)))

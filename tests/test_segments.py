@@ -332,7 +332,16 @@ def test_migrate_adds_segments_to_a_store_made_before_them(empty_url: str) -> No
 
 def test_the_migrations_make_exactly_the_schema(store: Store) -> None:
     with store.db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        # SQLite's lead search index (migration 0004) is SQLite's own, not in the metadata
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "compare_type": True,
+                "include_name": lambda name, kind, _: (
+                    not (kind == "table" and str(name).startswith("lead_search"))
+                ),
+            },
+        )
         assert compare_metadata(context, schema.metadata) == []
     assert store.db.revision() == store.db.head()
 

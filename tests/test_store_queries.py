@@ -362,3 +362,44 @@ def test_cursor_pages_visit_every_lead_once(store: Store, clock: Clock) -> None:
 
     walk()
     _check_bad_queries(store)
+
+
+@pytest.mark.parametrize("few", [1000, 1])
+def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """On SQLite through the trigram index of migration 0004 (kept by triggers, keyed by ids
+    that survive VACUUM) when it has few matches, else by reading the leads in order (``few``
+    sets where one turns into the other); on PostgreSQL by reading the leads. The same
+    answers every way."""
+    monkeypatch.setattr("leadscore.store.queries.FEW_MATCHES", few)
+    store.upsert_leads(
+        [
+            LeadInput("S1", email="ada@quartz.io", fields={"company": "Quartz Labs"}),
+            LeadInput("S2", email="bob@x.com", fields={"company": "100% Pure_Co"}),
+            LeadInput("S3", fields={"company": "Ünïcode GmbH", "city": "Zürich"}),
+        ]
+    )
+
+    def found(text: str) -> list[str]:
+        return sorted(ids(store, LeadQuery(search=text, sort="lead_id"), sheets=[]))
+
+    assert found("quartz") == ["S1"]  # email and company
+    assert found("QUARTZ LA") == ["S1"]  # any case, across words
+    assert found("s2") == ["S2"]  # the lead id
+    assert found("0% p") == ["S2"] and found("pure_c") == ["S2"]  # % and _ taken literally
+    assert found("pur_") == [] and found("%") == ["S2"]  # "_" is no wildcard
+    assert found("zürich") == ["S3"] and found("gmbh") == ["S3"]
+    assert found("z") == ["S1", "S3"]  # shorter than a trigram: still found
+    store.upsert_leads([LeadInput("S1", fields={"company": "Basalt Ltd"})])
+    assert found("basalt") == ["S1"] and found("quartz") == ["S1"]  # the email still says so
+    store.upsert_leads([LeadInput("S1", email="ada@basalt.io")])
+    assert found("quartz") == []
+    if store.db.is_sqlite:
+        assert found("company") == []  # profile keys are not searched on SQLite
+        import sqlite3
+
+        vacuum = sqlite3.connect(str(store.db.engine.url.database))  # may renumber rowids
+        vacuum.execute("VACUUM")
+        vacuum.close()
+        assert found("basalt") == ["S1"] and found("pure") == ["S2"]
