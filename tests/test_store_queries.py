@@ -378,6 +378,7 @@ def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
             LeadInput("S1", email="ada@quartz.io", fields={"company": "Quartz Labs"}),
             LeadInput("S2", email="bob@x.com", fields={"company": "100% Pure_Co"}),
             LeadInput("S3", fields={"company": "Ünïcode GmbH", "city": "Zürich"}),
+            LeadInput("S4-bare"),  # no email, no profile
         ]
     )
 
@@ -386,7 +387,7 @@ def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
 
     assert found("quartz") == ["S1"]  # email and company
     assert found("QUARTZ LA") == ["S1"]  # any case, across words
-    assert found("s2") == ["S2"]  # the lead id
+    assert found("s2") == ["S2"] and found("4-bar") == ["S4-bare"]  # the lead id
     assert found("0% p") == ["S2"] and found("pure_c") == ["S2"]  # % and _ taken literally
     assert found("pur_") == [] and found("%") == ["S2"]  # "_" is no wildcard
     assert found("zürich") == ["S3"] and found("gmbh") == ["S3"]

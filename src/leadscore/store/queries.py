@@ -220,7 +220,8 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
             .select_from(sa.func.json_each(leads.c.profile))
             .scalar_subquery()
         )
-        whole = leads.c.lead_id + " " + sa.func.coalesce(leads.c.email, "") + " " + values
+        email = sa.func.coalesce(leads.c.email, "")
+        whole = leads.c.lead_id + " " + email + " " + sa.func.coalesce(values, "")
         return sa.func.lower(whole).like(pattern, escape="\\")
     return sa.or_(
         sa.func.lower(leads.c.lead_id).like(pattern, escape="\\"),
