@@ -19,6 +19,8 @@ FORBIDDEN = {
     "store": ("cli", "service", "ui"),
     "service": ("cli", "ui"),
     "ui": ("cli",),
+    "charts": ("spec", "engine", "scoring", "inputs", "cli", "store", "service", "ui"),
+    "validation": ("cli", "sample", "store", "service", "ui"),
 }
 WEB_OR_ML = ("fastapi", "starlette", "sklearn", "uvicorn")
 
@@ -54,7 +56,15 @@ def test_import_rule() -> None:
                 problems.append(f"{rel} imports the service (only the UI and CLI build on it)")
             if parts[0] == "leadscore" and parts[1:2] == ["ui"] and top not in ("ui", "cli"):
                 problems.append(f"{rel} imports the web interface (only the CLI may start it)")
-            if parts[0] in WEB_OR_ML and top in ("spec", "engine", "inputs", "scoring", "store"):
+            if parts[0] in WEB_OR_ML and top in (
+                "spec",
+                "engine",
+                "inputs",
+                "scoring",
+                "store",
+                "validation",
+                "charts",
+            ):
                 problems.append(f"{rel} imports {name}")
     assert problems == []
 
@@ -76,6 +86,8 @@ def test_public_api_is_curated() -> None:
         "store",
         "service",
         "ui",
+        "charts",
+        "validation",
     }
     assert public - modules == set(leadscore.__all__) - {"__version__"}
 

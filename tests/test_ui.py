@@ -235,7 +235,7 @@ def test_pages_hold_up_at_the_edges(
 
 
 def test_charts_survive_degenerate_data() -> None:
-    from leadscore.ui.charts import bar_chart, nice_ticks, sparkline, step_chart
+    from leadscore.charts import bar_chart, nice_ticks, sparkline, step_chart
 
     assert nice_ticks(0, 1e-11) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0, 1, 4, whole=True) == [0.0, 1.0]

@@ -30,7 +30,14 @@ from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError, InputProblem
 from leadscore.spec.conditions import WHITESPACE, to_text
 
-__all__ = ["FORMATS", "LoadReport", "normalize_events", "normalize_leads", "read_table"]
+__all__ = [
+    "FORMATS",
+    "LoadReport",
+    "normalize_events",
+    "normalize_leads",
+    "normalize_outcomes",
+    "read_table",
+]
 
 FORMATS = {
     ".csv": "csv",
@@ -374,6 +381,81 @@ def normalize_events(
         )
     _raise_problems(report)
     return _drop(out_table, sorted(drop), src, report, "events")
+
+
+def normalize_outcomes(
+    source: str | Path | pa.Table,
+    lead_id_column: str = "lead_id",
+    *,
+    skip_bad_rows: bool = False,
+    report: LoadReport | None = None,
+    label: str = "outcomes",
+) -> pa.Table:
+    """Outcomes as ``lead_id``, ``outcome`` (trimmed, lower case), ``ts`` (UTC) and ``amount``
+    (float, null where absent); rows without a lead id, an outcome or a readable time, or with
+    an amount that is not a number, are errors (or skipped)."""
+    report = report if report is not None else LoadReport()
+    table, src = _source(source, label)
+    _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
+    _require(table, src, "outcome", "outcome", "Outcomes need lead_id, outcome and ts columns.")
+    _require(table, src, "ts", "timestamp", "Outcomes need lead_id, outcome and ts columns.")
+    lead_ids = _trim(_as_text(table.column(lead_id_column)))
+    outcome = pc.utf8_lower(_trim(_as_text(table.column("outcome"))))
+    ts, bad_ts = _timestamps(table.column("ts"))
+    n = table.num_rows
+    if "amount" in table.column_names:
+        values: list[float | None] = []
+        bad: list[bool] = []
+        for text in _trim(_as_text(table.column("amount"))).to_pylist():
+            try:
+                values.append(float(text) if text else None)
+            except ValueError:
+                values.append(None)
+            bad.append(values[-1] is None and bool(text))
+        amount = pa.chunked_array([pa.array(values, pa.float64())])
+        bad_amount = pa.chunked_array([pa.array(bad, pa.bool_())])
+    else:
+        amount = pa.chunked_array([pa.nulls(n, pa.float64())])
+        bad_amount = pa.chunked_array([pa.array([False] * n)])
+    drop: set[int] = set()
+    for column, values, what in (
+        (lead_id_column, lead_ids, "{has} no lead id"),
+        ("outcome", outcome, "{has} no outcome"),
+    ):
+        empty = pc.or_kleene(pc.is_null(values), pc.equal(values, "")).fill_null(True)
+        drop.update(_bad_rows(empty, src, column, what, skip_bad_rows, report))
+    if bad_ts:
+        mask = [False] * n
+        for i in bad_ts:
+            mask[i] = True
+        raw = table.column("ts").to_pylist()
+        drop.update(
+            _bad_rows(
+                mask,
+                src,
+                "ts",
+                "{has} a missing or unreadable time (expected ISO 8601 or epoch seconds)",
+                skip_bad_rows,
+                report,
+                samples=raw,
+            )
+        )
+    if "amount" in table.column_names:
+        samples = table.column("amount").to_pylist() if pc.any(bad_amount).as_py() else None
+        drop.update(
+            _bad_rows(
+                bad_amount,
+                src,
+                "amount",
+                "{has} an amount that is not a number",
+                skip_bad_rows,
+                report,
+                samples=samples,
+            )
+        )
+    _raise_problems(report)
+    out = pa.table({"lead_id": lead_ids, "outcome": outcome, "ts": ts, "amount": amount})
+    return _drop(out, sorted(drop), src, report, label)
 
 
 def _timestamps(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:

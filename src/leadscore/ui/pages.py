@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 import leadscore
+from leadscore import charts
 from leadscore.errors import NotFound, UsageError
 from leadscore.service.auth import require
 from leadscore.service.overview import overview_data
@@ -29,7 +30,6 @@ from leadscore.store.outbox import delivery_log
 from leadscore.store.segments import get_segment, list_segments
 from leadscore.store.triggers import firings, list_triggers
 from leadscore.store.versions import get_version, list_versions
-from leadscore.ui import charts
 
 __all__ = ["render", "router"]
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
-__all__ = ["bar_chart", "nice_ticks", "sparkline", "step_chart"]
+__all__ = ["bar_chart", "line_chart", "nice_ticks", "sparkline", "step_chart"]
 
 REASON_COLOURS = {
     "event": "#2563eb",
@@ -215,6 +215,81 @@ def step_chart(
         f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '
         f'class="axis"/><text x="{left + plot_w / 2:.1f}" y="{height - 6}" '
         f'text-anchor="middle" class="label">date (UTC)</text>'
+        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
+    )
+    return Markup("".join(parts))
+
+
+def line_chart(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]], str]],
+    *,
+    x_label: str,
+    y_label: str,
+    x_range: tuple[float, float] = (0.0, 1.0),
+    y_range: tuple[float, float] = (0.0, 1.0),
+    percent: bool = True,
+    width: int = 420,
+    height: int = 320,
+) -> Markup:
+    """Lines through (x, y) points: (name, points, colour) each, a legend, axes with round
+    ticks (shown as percentages with ``percent``); a dashed line is named with a leading
+    ``~`` (such as a random-choice diagonal)."""
+    left, right, top, bottom = 56, 24, 12, 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+    (x0, x1), (y0, y1) = x_range, y_range
+
+    def x(v: float) -> float:
+        return left + plot_w * (v - x0) / ((x1 - x0) or 1.0)
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - (v - y0) / ((y1 - y0) or 1.0))
+
+    def label(v: float) -> str:
+        return f"{v * 100:.0f}%" if percent else _num(v)
+
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(y_label)} by {escape(x_label)}">'
+    ]
+    for tick in nice_ticks(y0, y1, 4):
+        if tick <= y1 + 1e-9:
+            parts.append(
+                f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                f'class="grid"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
+                f"{label(tick)}</text>"
+            )
+    for tick in nice_ticks(x0, x1, 4):
+        if tick <= x1 + 1e-9:
+            parts.append(
+                f'<text x="{x(tick):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                f"{label(tick)}</text>"
+            )
+    for i, (name, points, colour) in enumerate(series):
+        if not points:
+            continue
+        dashed = name.startswith("~")
+        shown = name.lstrip("~")
+        d = " ".join(
+            f"{'M' if j == 0 else 'L'}{x(px):.1f},{y(py):.1f}" for j, (px, py) in enumerate(points)
+        )
+        parts.append(
+            f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="{1 if dashed else 2}"'
+            + (' stroke-dasharray="4 3"' if dashed else "")
+            + f"><title>{escape(shown)}</title></path>"
+        )
+        ly = top + 14 + i * 16
+        parts.append(
+            f'<line x1="{left + 10}" x2="{left + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{colour}" stroke-width="2"'
+            + (' stroke-dasharray="4 3"' if dashed else "")
+            + f'/><text x="{left + 34}" y="{ly}">{escape(shown)}</text>'
+        )
+    parts.append(
+        f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '
+        f'class="axis"/><line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" '
+        f'class="axis"/><text x="{left + plot_w / 2:.1f}" y="{height - 6}" '
+        f'text-anchor="middle" class="label">{escape(x_label)}</text>'
         f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="label" '
         f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
     )

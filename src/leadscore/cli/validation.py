@@ -1,0 +1,291 @@
+"""Commands that compare scores with outcomes: report, backtest, drift."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from leadscore.cli import (
+    AsOfOpt,
+    EventsOpt,
+    IdOpt,
+    LeadsOpt,
+    SkipOpt,
+    _edge,
+    _Quiet,
+    app,
+    err,
+    out,
+)
+from leadscore.engine.timeutil import from_micros, parse_instant
+from leadscore.errors import UsageError
+from leadscore.inputs import LoadReport, normalize_outcomes
+from leadscore.scoring import prepare
+from leadscore.spec import load_model
+from leadscore.validation.html import num, pct, render_html
+from leadscore.validation.outcomes import Conversion, parse_days
+from leadscore.validation.report import default_as_of, report_from_inputs
+
+__all__ = ["conversion_from_options", "instant"]
+
+OutcomesOpt = Annotated[
+    Path,
+    typer.Option(
+        "--outcomes",
+        help="Outcomes file (lead_id, outcome, ts, optional amount): CSV, Parquet or JSON lines.",
+    ),
+]
+HorizonOpt = Annotated[
+    str,
+    typer.Option("--horizon", help="How long after scoring a conversion still counts (90d, 12w)."),
+]
+ConversionOpt = Annotated[
+    str,
+    typer.Option("--conversion", help="The outcomes that count as a conversion, comma-separated."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")]
+HtmlOpt = Annotated[
+    Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
+]
+
+
+def conversion_from_options(conversion: str, horizon: str) -> Conversion:
+    names = tuple(dict.fromkeys(p.strip().lower() for p in conversion.split(",") if p.strip()))
+    if not names:
+        raise UsageError("--conversion: name at least one outcome, such as won,opportunity")
+    return Conversion(names, parse_days(horizon, "--horizon"))
+
+
+def instant(text: str, option: str) -> int:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _share(value: float | None) -> str:
+    return pct(value)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, c in enumerate(columns):
+        if i == 0:
+            table.add_column(c, overflow="fold")
+        else:
+            table.add_column(c, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The report as text tables."""
+    conv = r["conversion"]
+    out.print(
+        f"Validation of {r['model']} (version {r['model_version']}) as of {r['as_of']}: "
+        f"{num(r['leads'])} leads, {num(r['conversions'])} converted ({pct(r['rate'], 2)}); "
+        f"a conversion is {' or '.join(conv['outcomes'])} within {num(conv['horizon_days'])} days.",
+        markup=False,
+    )
+    for note in r["notes"]:
+        out.print(f"note: {note}", markup=False)
+    auc = r["roc_auc"]["value"]
+    m = r["mql"]
+    out.print(
+        f"ROC AUC {'-' if auc is None else f'{auc:.3f}'}; at the MQL threshold "
+        f"({num(m['threshold'])}): {num(m['mqls'])} MQLs, {num(m['converted'])} converted, "
+        f"precision {pct(m['precision'])}, recall {pct(m['recall'])}; median "
+        f"{num(r['time_to_conversion']['mql']['median_days'])} days from the reference time "
+        "to an MQL's conversion.",
+        markup=False,
+    )
+    out.print()
+    cells = ["leads", "conversions", "rate"]
+    out.print(
+        _table(
+            "By band",
+            ["band", "from", "leads", "converted", "rate"],
+            [[b["band"], num(b["lower"]), *_counts(b, cells)] for b in r["bands"]],
+        )
+    )
+    out.print(
+        _table(
+            "By grade",
+            ["grade", "leads", "converted", "rate"],
+            [[g["grade"], *_counts(g, cells)] for g in r["grades"]],
+        )
+    )
+    bands = [b["band"] for b in r["bands"]]
+    lookup = {(c["grade"], c["band"]): c for c in r["cells"]}
+    out.print(
+        _table(
+            "Grade x band: rate (converted/leads)",
+            ["grade", *bands],
+            [
+                [g["grade"]]
+                + [
+                    f"{pct(c['rate'])} ({c['conversions']}/{c['leads']})"
+                    if (c := lookup.get((g["grade"], b)))
+                    else "-"
+                    for b in bands
+                ]
+                for g in r["grades"]
+            ],
+        )
+    )
+    out.print(
+        _table(
+            "By score decile (1 = highest scores)",
+            ["decile", "scores", "leads", "converted", "rate", "lift", "gains"],
+            [
+                [
+                    str(d["decile"]),
+                    f"{num(d['min_score'])} to {num(d['max_score'])}",
+                    *_counts(d, cells),
+                    num(d["lift"], 2),
+                    pct(d["gains"]),
+                ]
+                for d in r["deciles"]
+            ],
+        )
+    )
+    out.print(
+        _table(
+            "Calibration: conversion by score range",
+            ["points", "leads", "converted", "rate"],
+            [
+                [f"{num(c['low'])} to {num(c['high'])}", *_counts(c, cells)]
+                for c in r["calibration"]
+            ],
+        )
+    )
+    out.print(
+        _table(
+            "Rules: conversion of the leads each rule gave points to, against the rest",
+            ["rule", "group", "fired", "their rate", "others", "lift", "mean points"],
+            [
+                [
+                    x["rule"],
+                    x["group"] or "",
+                    num(x["fired"]),
+                    pct(x["fired_rate"]),
+                    pct(x["not_fired_rate"]),
+                    num(x["lift"], 2),
+                    num(x["mean_points"]),
+                ]
+                for x in r["rules"]
+            ],
+        )
+    )
+    for kind, s in r["suggested_threshold"].items():
+        goal = (
+            f"a precision of {pct(s['target_precision'], 0)}"
+            if kind == "precision"
+            else f"at most {num(s['capacity_per_week'])} new MQLs a week"
+        )
+        if s["threshold"] is None:
+            out.print(f"Suggested threshold for {goal}: none: {s['reason']}", markup=False)
+            continue
+        extra = (
+            f"; {num(s['mqls_per_week'])} new MQLs a week over the last {num(s['weeks'])} weeks"
+            if "mqls_per_week" in s
+            else ""
+        )
+        out.print(
+            f"Suggested threshold for {goal}: {num(s['threshold'], 2)} points "
+            f"({num(s['leads'])} leads at or above, {num(s['conversions'])} converted: precision "
+            f"{pct(s['precision'])}, recall {pct(s['recall'])}{extra})."
+            + (f" {s['note']}." if s.get("note") else ""),
+            markup=False,
+        )
+
+
+def _counts(row: dict[str, Any], keys: list[str]) -> list[str]:
+    return [num(row[keys[0]]), num(row[keys[1]]), pct(row[keys[2]])]
+
+
+def load_outcomes(path: Path, lead_id_column: str, skip_bad_rows: bool) -> tuple[Any, list[str]]:
+    report = LoadReport()
+    table = normalize_outcomes(path, lead_id_column, skip_bad_rows=skip_bad_rows, report=report)
+    return table, report.warnings
+
+
+@app.command()
+@_edge
+def report(
+    model: Annotated[Path, typer.Argument(help="The model file.")],
+    leads: LeadsOpt,
+    outcomes: OutcomesOpt,
+    events: EventsOpt = None,
+    as_of: AsOfOpt = None,
+    horizon: HorizonOpt = "90d",
+    conversion: ConversionOpt = "won,opportunity",
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            "--target-precision",
+            min=0.0,
+            max=1.0,
+            help="Suggest a threshold for this precision (0.3 = 30%).",
+        ),
+    ] = None,
+    capacity: Annotated[
+        float | None,
+        typer.Option(
+            "--capacity", min=0.0, help="Suggest a threshold for at most this many new MQLs a week."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    html: HtmlOpt = None,
+    lead_id_column: IdOpt = "lead_id",
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """How leads scored at a reference time went on to convert: by band, grade, decile and rule.
+
+    Without --as-of the reference time is the latest outcome's time minus the horizon (the
+    latest time whose whole horizon the outcomes cover), or the latest event if that is earlier.
+    """
+    m = load_model(model)
+    conv = conversion_from_options(conversion, horizon)
+    with err.status("reading inputs...") if err.is_terminal else _Quiet():
+        prepared = prepare(
+            leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
+        )
+        table, warnings = load_outcomes(outcomes, lead_id_column, skip_bad_rows)
+    for w in warnings:
+        err.print(f"warning: {w}", markup=False)
+    if as_of is not None:
+        t_us = instant(as_of, "--as-of")
+    else:
+        found = default_as_of(table, conv, prepared.events)
+        if found is None:
+            raise UsageError(f"{outcomes}: no outcomes, so no reference time: pass --as-of")
+        t_us = found
+        err.print(
+            f"as of {from_micros(t_us).isoformat()} (the latest outcome minus the horizon, or "
+            "the latest event if earlier; set it with --as-of)",
+            markup=False,
+        )
+    with err.status("scoring and comparing...") if err.is_terminal else _Quiet():
+        result = report_from_inputs(
+            m,
+            prepared,
+            table,
+            t_us,
+            conv,
+            target_precision=target_precision,
+            capacity_per_week=capacity,
+        )
+    if html is not None:
+        html.write_text(render_html(result), encoding="utf-8")
+        err.print(f"wrote the HTML report to {html}", markup=False)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    else:
+        print_report(result)

@@ -1,0 +1,103 @@
+"""What counts as a conversion, and when each lead first converted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leadscore.errors import UsageError
+
+__all__ = [
+    "DEFAULT_CONVERSION",
+    "NEVER",
+    "Conversion",
+    "conversion_times",
+    "parse_days",
+    "unknown_leads",
+]
+
+NEVER = np.iinfo(np.int64).max  # the conversion time of a lead that never converted
+MICROS_PER_DAY = 86_400_000_000
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion: one of ``outcomes`` recorded within ``horizon_days`` of the reference
+    time (for a backtest: of the cut-off at which the lead became MQL)."""
+
+    outcomes: tuple[str, ...] = ("won", "opportunity")
+    horizon_days: float = 90.0
+
+    def __post_init__(self) -> None:
+        if not self.outcomes:
+            raise UsageError("a conversion needs at least one outcome (such as won)")
+        if not self.horizon_days > 0:
+            raise UsageError(f"the horizon must be longer than 0 days, not {self.horizon_days}")
+
+    @property
+    def horizon_us(self) -> int:
+        return round(self.horizon_days * MICROS_PER_DAY)
+
+    def describe(self) -> str:
+        names = " or ".join(self.outcomes)
+        return f"{names} within {self.horizon_days:g} days"
+
+
+DEFAULT_CONVERSION = Conversion()
+
+
+def parse_days(text: str, what: str) -> float:
+    """``'90d'``, ``'2w'``, ``'12h'`` or a plain number of days, as days."""
+    raw = text.strip().lower()
+    units = {"d": 1.0, "w": 7.0, "h": 1 / 24}
+    factor = 1.0
+    if raw and raw[-1] in units:
+        factor = units[raw[-1]]
+        raw = raw[:-1]
+    try:
+        days = float(raw) * factor
+    except ValueError:
+        raise UsageError(f"{what}: {text!r} is not a duration (such as 90d, 2w or 12h)") from None
+    if not days > 0:
+        raise UsageError(f"{what}: {text!r} must be longer than zero")
+    return days
+
+
+def conversion_times(
+    outcomes: pa.Table, lead_ids: pa.Array | pa.ChunkedArray, conversion: Conversion
+) -> I64:
+    """For each of ``lead_ids``, the time (epoch microseconds) of its first conversion
+    outcome, or :data:`NEVER`. ``outcomes`` as :func:`leadscore.inputs.normalize_outcomes`
+    makes them."""
+    wanted = pa.array([o.lower() for o in conversion.outcomes], pa.string())
+    conv = outcomes.filter(pc.is_in(outcomes.column("outcome"), value_set=wanted))
+    out = np.full(len(lead_ids), NEVER, dtype=np.int64)
+    if conv.num_rows == 0:
+        return out
+    ts = conv.column("ts").cast(pa.int64())
+    first = (
+        pa.table({"lead_id": conv.column("lead_id"), "ts": ts})
+        .group_by("lead_id")
+        .aggregate([("ts", "min")])
+    )
+    where = pc.index_in(lead_ids, value_set=first.column("lead_id").combine_chunks())
+    found = pc.is_valid(where).to_numpy(zero_copy_only=False)
+    times = first.column("ts_min").to_numpy()
+    idx = where.fill_null(0).to_numpy(zero_copy_only=False)
+    out[found] = times[idx[found]]
+    return out
+
+
+def unknown_leads(outcomes: pa.Table, lead_ids: pa.Array | pa.ChunkedArray) -> int:
+    """How many outcome rows name a lead that is not among ``lead_ids``."""
+    if outcomes.num_rows == 0:
+        return 0
+    ids = lead_ids.combine_chunks() if isinstance(lead_ids, pa.ChunkedArray) else lead_ids
+    known = pc.is_in(outcomes.column("lead_id"), value_set=ids)
+    return int(outcomes.num_rows - int(pc.sum(known.cast(pa.int64())).as_py() or 0))

@@ -1,0 +1,327 @@
+"""The validation report against figures worked out by hand on ten leads.
+
+The model: vp +40 (fit), student -10 (fit), a demo request +30 (engagement); grades A >= 40,
+B >= 0, else F; bands cold, warm from 30, hot from 60; MQL = hot. The reference time is
+2026-06-30; a conversion is won or opportunity within 90 days.
+
+    lead  title    demo        score band grade  outcome              converted?
+    L1    vp       -7 days       70  hot   A     won +10 d            yes
+    L2    vp       -7 days       70  hot   A     -                    no
+    L3    vp       -             40  warm  A     opportunity +40 d    yes
+    L4    vp       -             40  warm  A     -                    no
+    L5    other    -7 days       30  warm  B     won +100 d           no (after the horizon)
+    L6    other    -60 days      30  warm  B     -                    no
+    L7    other    -              0  cold  B     -                    no
+    L8    other    -              0  cold  B     won +20 d            yes
+    L9    student  -            -10  cold  F     -                    no
+    L10   student  -60 days      20  cold  F     lost +5 d            no (not a conversion)
+    L11   vp       -2 days       70  hot   A     won -5 d             left out (converted before)
+
+Four weeks earlier (for the capacity): L1 and L2 had 40, L5 had 0; the rest as now.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from leadscore import parse_model, prepare
+from leadscore.cli import app
+from leadscore.inputs import normalize_outcomes
+from leadscore.validation import Conversion, roc_auc
+from leadscore.validation.report import (
+    default_as_of,
+    report_from_inputs,
+    threshold_for_capacity,
+)
+
+AS_OF = datetime(2026, 6, 30, tzinfo=UTC)
+AS_OF_US = int(AS_OF.timestamp() * 1_000_000)
+MODEL_YAML = """\
+version: 1
+name: hand
+groups:
+  fit: {kind: profile}
+  engagement: {kind: activity}
+profile:
+  - {id: vp, if: {field: title, eq: vp}, points: 40}
+  - {id: student, if: {field: title, eq: student}, points: -10}
+activity:
+  - {id: demo, event: demo, points: 30}
+grades: {A: 40, B: 0}
+bands: {cold: -.inf, warm: 30, hot: 60}
+mql: hot
+"""
+TITLES = ["vp"] * 4 + ["other"] * 4 + ["student"] * 2 + ["vp"]
+DEMO_DAYS = {"L1": 7, "L2": 7, "L5": 7, "L6": 60, "L10": 60, "L11": 2}
+OUTCOMES = [
+    ("L1", "won", 10),
+    ("L3", "Opportunity", 40),
+    ("L5", "won", 100),
+    ("L8", "won", 20),
+    ("L10", "lost", 5),
+    ("L11", "won", -5),
+    ("X9", "won", 3),  # not a lead of ours
+]
+
+
+def day(offset: float) -> datetime:
+    return AS_OF + timedelta(days=offset)
+
+
+def leads_table() -> pa.Table:
+    ids = [f"L{i}" for i in range(1, 12)]
+    return pa.table({"lead_id": ids, "title": TITLES})
+
+
+def events_table() -> pa.Table:
+    rows = list(DEMO_DAYS.items())
+    return pa.table(
+        {
+            "lead_id": [r[0] for r in rows],
+            "type": ["demo"] * len(rows),
+            "ts": pa.array([day(-d) for _, d in rows], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def outcomes_table() -> pa.Table:
+    return normalize_outcomes(
+        pa.table(
+            {
+                "lead_id": [o[0] for o in OUTCOMES],
+                "outcome": [o[1] for o in OUTCOMES],
+                "ts": pa.array([day(o[2]) for o in OUTCOMES], pa.timestamp("us", tz="UTC")),
+            }
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    model = parse_model(MODEL_YAML)
+    prepared = prepare(leads_table(), events_table())
+    return report_from_inputs(
+        model,
+        prepared,
+        outcomes_table(),
+        AS_OF_US,
+        Conversion(),
+        target_precision=0.5,
+        capacity_per_week=1,
+    )
+
+
+def rows_by(report: dict, section: str, key: str) -> dict:
+    return {r[key]: (r["leads"], r["conversions"], r["rate"]) for r in report[section]}
+
+
+def test_cohort_counts(report: dict) -> None:
+    assert report["scored"] == 11
+    assert report["converted_before"] == 1  # L11
+    assert report["outcomes_for_unknown_leads"] == 1  # X9
+    assert (report["leads"], report["conversions"], report["rate"]) == (10, 3, 0.3)
+    assert any("L" not in n and "converted at or before" in n for n in report["notes"])
+    json.dumps(report, allow_nan=False)  # JSON as is: no infinities, no NaN
+
+
+def test_bands_grades_and_cells(report: dict) -> None:
+    assert rows_by(report, "bands", "band") == {
+        "hot": (2, 1, 0.5),
+        "warm": (4, 1, 0.25),
+        "cold": (4, 1, 0.25),
+    }
+    assert [b["band"] for b in report["bands"]] == ["hot", "warm", "cold"]
+    assert report["bands"][2]["lower"] is None and report["bands"][0]["lower"] == 60
+    assert rows_by(report, "grades", "grade") == {
+        "A": (4, 2, 0.5),
+        "B": (4, 1, 0.25),
+        "F": (2, 0, 0.0),
+    }
+    cells = {(c["grade"], c["band"]): (c["leads"], c["conversions"]) for c in report["cells"]}
+    assert cells == {
+        ("A", "hot"): (2, 1),
+        ("A", "warm"): (2, 1),
+        ("B", "warm"): (2, 0),
+        ("B", "cold"): (2, 1),
+        ("F", "cold"): (2, 0),
+    }
+
+
+def test_deciles_lift_and_gains(report: dict) -> None:
+    deciles = report["deciles"]
+    assert [d["conversions"] for d in deciles] == [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]
+    assert [d["max_score"] for d in deciles] == [70, 70, 40, 40, 30, 30, 20, 0, 0, -10]
+    assert deciles[0]["lift"] == pytest.approx(1 / 0.3)
+    assert deciles[1]["lift"] == 0
+    assert [d["gains"] for d in deciles] == pytest.approx(
+        [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1, 1]
+    )
+    assert deciles[-1]["cumulative_leads"] == 10
+
+
+def test_auc_mql_and_time_to_conversion(report: dict) -> None:
+    # positives 70, 40, 0 against negatives 70, 40, 30, 30, 20, 0, -10:
+    # (6.5 + 5.5 + 1.5) / (3 * 7)
+    assert report["roc_auc"]["value"] == pytest.approx(13.5 / 21)
+    assert report["roc_auc"]["converted"] == 3 and report["roc_auc"]["not_converted"] == 7
+    assert report["roc_curve"][0] == [0.0, 0.0] and report["roc_curve"][-1] == [1.0, 1.0]
+    mql = report["mql"]
+    assert (mql["threshold"], mql["mqls"], mql["converted"]) == (60, 2, 1)
+    assert mql["precision"] == 0.5 and mql["recall"] == pytest.approx(1 / 3)
+    assert report["time_to_conversion"]["mql"]["median_days"] == pytest.approx(10)
+    assert report["time_to_conversion"]["all"]["median_days"] == pytest.approx(20)
+
+
+def test_calibration(report: dict) -> None:
+    got = [(c["low"], c["high"], c["leads"], c["conversions"]) for c in report["calibration"]]
+    assert got == [
+        (-10, 0, 1, 0),
+        (0, 10, 2, 1),
+        (20, 30, 1, 0),
+        (30, 40, 2, 0),
+        (40, 50, 2, 1),
+        (70, 80, 2, 1),
+    ]
+
+
+def test_rule_insight(report: dict) -> None:
+    rules = {r["rule"]: r for r in report["rules"]}
+    vp, student, demo = rules["vp"], rules["student"], rules["demo"]
+    assert (vp["fired"], vp["fired_conversions"], vp["not_fired"], vp["not_fired_conversions"]) == (
+        4,
+        2,
+        6,
+        1,
+    )
+    assert vp["lift"] == pytest.approx(0.5 / (1 / 6)) and vp["mean_points"] == 40
+    assert (student["fired"], student["fired_rate"], student["lift"]) == (2, 0.0, 0.0)
+    assert student["not_fired_rate"] == pytest.approx(3 / 8) and student["mean_points"] == -10
+    assert (demo["fired"], demo["fired_conversions"], demo["not_fired_conversions"]) == (5, 1, 2)
+    assert demo["lift"] == pytest.approx(0.2 / 0.4) and demo["group"] == "engagement"
+
+
+def test_suggested_thresholds(report: dict) -> None:
+    precision = report["suggested_threshold"]["precision"]
+    # at 70: 1 of 2 (50%); at 40: 2 of 4 (50%); at 30: 2 of 6: the lowest at 50% is 40
+    assert (precision["threshold"], precision["leads"], precision["conversions"]) == (40, 4, 2)
+    assert precision["recall"] == pytest.approx(2 / 3)
+    capacity = report["suggested_threshold"]["capacity"]
+    # crossings in four weeks: 70 <- L1, L2 (0.5 a week); 40: none; 30 <- L5; 20 <- L5
+    assert capacity["threshold"] == 70 and capacity["mqls_per_week"] == 0.5
+    assert "not the limit" in capacity["note"]
+
+
+def test_threshold_for_capacity_stops_below_the_capacity() -> None:
+    now = np.array([70.0, 40.0, 40.0, 10.0])
+    before = np.array([0.0, 0.0, 0.0, 10.0])
+    converted = np.array([True, False, True, False])
+    # a week's crossings: at 70 one lead, at 40 three, at 10 three
+    got = threshold_for_capacity(now, before, 1.0, 2.0, converted)
+    assert (got["threshold"], got["mqls_per_week"], got["precision"]) == (70, 1, 1.0)
+    got = threshold_for_capacity(now, before, 1.0, 5.0, converted)
+    assert got["threshold"] == 40 and got["leads"] == 3 and got["recall"] == 1.0
+    got = threshold_for_capacity(now, before, 1.0, 0.5, converted)
+    assert got["threshold"] is None and "more than 0.5" in got["reason"]
+    got = threshold_for_capacity(now, now, 1.0, 5.0, converted)
+    assert got["threshold"] is None and "cannot size" in got["reason"]
+
+
+def test_roc_auc_edges() -> None:
+    assert roc_auc(np.array([1.0, 2.0]), np.array([False, True])) == 1.0
+    assert roc_auc(np.array([1.0, 1.0]), np.array([False, True])) == 0.5
+    assert roc_auc(np.array([1.0, 2.0]), np.array([False, False])) is None
+
+
+def test_unsupported_figures_say_why() -> None:
+    model = parse_model(MODEL_YAML)
+    prepared = prepare(leads_table(), events_table())
+    lost = normalize_outcomes(
+        pa.table({"lead_id": ["L1"], "outcome": ["lost"], "ts": ["2026-07-05T00:00:00Z"]})
+    )
+    report = report_from_inputs(model, prepared, lost, AS_OF_US, target_precision=0.3)
+    assert report["conversions"] == 0 and report["roc_auc"]["value"] is None
+    assert "both converted and unconverted" in report["roc_auc"]["reason"]
+    assert any("no lead converted" in n for n in report["notes"])
+    assert report["suggested_threshold"]["precision"]["threshold"] is None
+    assert all(d["lift"] is None for d in report["deciles"])
+    json.dumps(report, allow_nan=False)
+
+
+def test_default_reference_time() -> None:
+    outcomes = outcomes_table()
+    conv = Conversion(horizon_days=30)
+    latest = AS_OF_US + 100 * 86_400_000_000
+    assert default_as_of(outcomes, conv) == latest - 30 * 86_400_000_000
+    events = prepare(leads_table(), events_table()).events
+    assert default_as_of(outcomes, conv, events) == AS_OF_US - 2 * 86_400_000_000
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def write_inputs(tmp_path: Path) -> list[str]:
+    (tmp_path / "model.yaml").write_text(MODEL_YAML)
+    (tmp_path / "leads.csv").write_text(
+        "lead_id,title\n" + "".join(f"L{i},{t}\n" for i, t in enumerate(TITLES, start=1))
+    )
+    (tmp_path / "events.csv").write_text(
+        "lead_id,type,ts\n"
+        + "".join(f"{lead},demo,{day(-d).isoformat()}\n" for lead, d in DEMO_DAYS.items())
+    )
+    (tmp_path / "outcomes.csv").write_text(
+        "lead_id,outcome,ts\n"
+        + "".join(f"{lead},{o},{day(d).isoformat()}\n" for lead, o, d in OUTCOMES)
+    )
+    return [
+        str(tmp_path / "model.yaml"),
+        "--leads",
+        str(tmp_path / "leads.csv"),
+        "--events",
+        str(tmp_path / "events.csv"),
+        "--outcomes",
+        str(tmp_path / "outcomes.csv"),
+        "--as-of",
+        AS_OF.isoformat(),
+    ]
+
+
+def test_report_command_tables_json_and_html(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = write_inputs(tmp_path)
+    result = runner.invoke(app, ["report", *args, "--target-precision", "0.5"])
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "10 leads, 3 converted (30.00%)" in text
+    assert "ROC AUC 0.643" in text
+    assert "precision 50.0%, recall 33.3%" in text
+    assert "Suggested threshold for a precision of 50%: 40 points" in text
+    result = runner.invoke(app, ["report", *args, "--json", "--html", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["roc_auc"]["value"] == pytest.approx(13.5 / 21)
+    html = (tmp_path / "r.html").read_text()
+    assert "<svg" in html and "AUC 0.643" in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert 'id="report-bands"' in html and "Validation of hand" in html
+
+
+def test_report_command_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = write_inputs(tmp_path)
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome,ts\nL1,won,someday\n")
+    result = runner.invoke(app, ["report", *args])
+    assert result.exit_code == 1
+    assert "outcomes.csv: column 'ts': 1 line has a missing or unreadable time" in result.stderr
+    assert "line 2 ('someday')" in result.stderr
+    result = runner.invoke(app, ["report", *args, "--horizon", "soon"])
+    assert result.exit_code == 2 and "--horizon: 'soon' is not a duration" in result.stderr
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome,ts\n")
+    result = runner.invoke(app, ["report", *args[:-2]])
+    assert result.exit_code == 2 and "no outcomes" in result.stderr
