@@ -325,3 +325,185 @@ def test_report_command_errors(tmp_path: Path) -> None:
     (tmp_path / "outcomes.csv").write_text("lead_id,outcome,ts\n")
     result = runner.invoke(app, ["report", *args[:-2]])
     assert result.exit_code == 2 and "no outcomes" in result.stderr
+
+
+# --- backtest ---------------------------------------------------------------------------------
+#
+# Champion: demo +60, visit +20, MQL from 50. Challenger: the same rules, MQL from 20.
+# Cut-offs every 7 days from day 0 to day 28 (c0..c4); a conversion counts within 30 days.
+#
+#   lead  events                 outcome          champion               challenger
+#   A     visit -10, demo 3      won 20           new at c1, converted   MQL at the start
+#   B     demo -5                won 10           MQL at the start       MQL at the start
+#   C     visit 9                won 12           never: missed          new at c2, converted
+#   D     demo 16                -                new at c3              new at c3
+#   E     -                      won 25           missed                 missed
+#   F     demo 1                 opportunity 60   new at c1, too late    new at c1, too late
+#   G     demo 2                 won -3           left out (converted before c0)
+#   H     visit 2, demo 26       lost 27          new at c4              new at c1
+
+BT_RULES = """\
+groups: {engagement: {kind: activity}}
+activity:
+  - {id: demo, event: demo, points: 60}
+  - {id: visit, event: visit, points: 20}
+bands: {cold: -.inf, hot: 50}
+"""
+CHAMPION = "version: 1\nname: champion\n" + BT_RULES + "mql: hot\n"
+CHALLENGER = "version: 1\nname: challenger\n" + BT_RULES + "mql: 20\n"
+D0 = datetime(2026, 1, 1, tzinfo=UTC)
+BT_EVENTS = [
+    ("A", "visit", -10),
+    ("A", "demo", 3),
+    ("B", "demo", -5),
+    ("C", "visit", 9),
+    ("D", "demo", 16),
+    ("F", "demo", 1),
+    ("G", "demo", 2),
+    ("H", "visit", 2),
+    ("H", "demo", 26),
+]
+BT_OUTCOMES = [
+    ("A", "won", 20),
+    ("B", "won", 10),
+    ("C", "won", 12),
+    ("E", "won", 25),
+    ("F", "opportunity", 60),
+    ("G", "won", -3),
+    ("H", "lost", 27),
+]
+DAY_US = 86_400_000_000
+
+
+def bt_inputs() -> tuple:
+    leads = pa.table({"lead_id": list("ABCDEFGH")})
+    ts_type = pa.timestamp("us", tz="UTC")
+    events = pa.table(
+        {
+            "lead_id": [e[0] for e in BT_EVENTS],
+            "type": [e[1] for e in BT_EVENTS],
+            "ts": pa.array([D0 + timedelta(days=e[2]) for e in BT_EVENTS], ts_type),
+        }
+    )
+    outcomes = pa.table(
+        {
+            "lead_id": [o[0] for o in BT_OUTCOMES],
+            "outcome": [o[1] for o in BT_OUTCOMES],
+            "ts": pa.array([D0 + timedelta(days=o[2]) for o in BT_OUTCOMES], ts_type),
+        }
+    )
+    return prepare(leads, events), normalize_outcomes(outcomes)
+
+
+@pytest.fixture(scope="module")
+def backtest() -> dict:
+    from leadscore.validation.backtest import run_backtest
+
+    prepared, outcomes = bt_inputs()
+    start = int(D0.timestamp() * 1_000_000)
+    seen: list[tuple[int, int]] = []
+    result = run_backtest(
+        [parse_model(CHAMPION), parse_model(CHALLENGER)],
+        prepared,
+        outcomes,
+        start,
+        start + 28 * DAY_US,
+        7 * DAY_US,
+        Conversion(horizon_days=30),
+        progress=lambda what, done, total: seen.append((done, total)),
+    )
+    assert seen[-1] == (10, 10) and len(seen) == 10  # 5 cut-offs x 2 models
+    return result
+
+
+def test_backtest_champion(backtest: dict) -> None:
+    assert (backtest["cutoffs"], backtest["leads"], backtest["left_out"]) == (5, 8, 1)
+    champion = backtest["models"][0]
+    assert champion["model"] == "champion" and champion["mql_threshold"] == 50
+    assert champion["mql_at_start"] == 1  # B
+    assert [p["new_mqls"] for p in champion["periods"]] == [2, 0, 1, 1]  # A F | - | D | H
+    assert [p["converted"] for p in champion["periods"]] == [1, 0, 0, 0]  # A
+    assert (champion["new_mqls"], champion["converted"], champion["rate"]) == (4, 1, 0.25)
+    assert champion["mqls_per_week"] == 1
+    assert (champion["conversions"], champion["caught"], champion["missed"]) == (4, 2, 2)
+    assert champion["missed_share"] == 0.5
+    assert [(p["conversions"], p["caught"], p["missed"]) for p in champion["periods"]] == [
+        (0, 0, 0),
+        (2, 1, 1),  # B caught, C missed
+        (1, 1, 0),  # A
+        (1, 0, 1),  # E
+    ]
+    # first touch to MQL: A 17 days, F 6, D 5, H 26
+    speed = champion["speed"]
+    assert (speed["leads"], speed["median_days"]) == (4, 11.5)
+    assert (speed["p25_days"], speed["p75_days"]) == (5.75, 19.25)
+    assert all(p["horizon_complete"] for p in champion["periods"])
+
+
+def test_backtest_challenger_side_by_side(backtest: dict) -> None:
+    challenger = backtest["models"][1]
+    assert challenger["mql_at_start"] == 2  # A, B
+    assert [p["new_mqls"] for p in challenger["periods"]] == [2, 1, 1, 0]  # F H | C | D | -
+    assert [p["converted"] for p in challenger["periods"]] == [0, 1, 0, 0]  # C
+    assert (challenger["caught"], challenger["missed"]) == (3, 1)  # A B C | E
+    assert challenger["speed"]["median_days"] == 5
+    assert backtest["notes"] == ["1 leads converted before the first cut-off and are left out"]
+    json.dumps(backtest, allow_nan=False)
+
+
+def test_cutoff_errors() -> None:
+    from leadscore.errors import UsageError
+    from leadscore.validation.backtest import cutoffs
+
+    assert cutoffs(0, 14, 7) == [0, 7, 14]
+    assert cutoffs(0, 13, 7) == [0, 7]
+    with pytest.raises(UsageError, match="must be after --from"):
+        cutoffs(10, 0, 7)
+    with pytest.raises(UsageError, match="less than one step"):
+        cutoffs(0, 6, 7)
+    with pytest.raises(UsageError, match="at most 1000"):
+        cutoffs(0, 10_000, 1)
+
+
+def test_backtest_command(tmp_path: Path) -> None:
+    (tmp_path / "champion.yaml").write_text(CHAMPION)
+    (tmp_path / "challenger.yaml").write_text(CHALLENGER)
+    (tmp_path / "leads.csv").write_text("lead_id\n" + "\n".join("ABCDEFGH") + "\n")
+    (tmp_path / "events.csv").write_text(
+        "lead_id,type,ts\n"
+        + "".join(f"{a},{b},{(D0 + timedelta(days=d)).isoformat()}\n" for a, b, d in BT_EVENTS)
+    )
+    (tmp_path / "outcomes.csv").write_text(
+        "lead_id,outcome,ts\n"
+        + "".join(f"{a},{b},{(D0 + timedelta(days=d)).isoformat()}\n" for a, b, d in BT_OUTCOMES)
+    )
+    args = [
+        "backtest",
+        str(tmp_path / "champion.yaml"),
+        str(tmp_path / "challenger.yaml"),
+        "--leads",
+        str(tmp_path / "leads.csv"),
+        "--events",
+        str(tmp_path / "events.csv"),
+        "--outcomes",
+        str(tmp_path / "outcomes.csv"),
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-29",
+        "--horizon",
+        "30d",
+    ]
+    runner = CliRunner()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "5 cut-offs every 7 days, 8 leads" in result.stdout
+    summary = result.stdout.split("Per period")[0]
+    assert "2 (50.0%)" in summary and "1 (25.0%)" in summary  # missed
+    assert "11.5 (5.8-19.2)" in summary  # champion's days from first touch to MQL
+    assert "backtest cut-offs" in result.stderr  # the progress bar
+    result = runner.invoke(app, [*args, "--json"])
+    data = json.loads(result.stdout)
+    assert [m["new_mqls"] for m in data["models"]] == [4, 4]
+    result = runner.invoke(app, [*args[:2], *args[3:], "--every", "40d"])
+    assert result.exit_code == 2 and "less than one step" in result.stderr

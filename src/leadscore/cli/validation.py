@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import typer
 from rich.table import Table
 
@@ -22,11 +24,13 @@ from leadscore.cli import (
     err,
     out,
 )
+from leadscore.cli.service import Bar
 from leadscore.engine.timeutil import from_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.inputs import LoadReport, normalize_outcomes
 from leadscore.scoring import prepare
 from leadscore.spec import load_model
+from leadscore.validation.backtest import run_backtest
 from leadscore.validation.html import num, pct, render_html
 from leadscore.validation.outcomes import Conversion, parse_days
 from leadscore.validation.report import default_as_of, report_from_inputs
@@ -68,8 +72,11 @@ def instant(text: str, option: str) -> int:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _share(value: float | None) -> str:
-    return pct(value)
+WIDE = 220  # columns a table may use when the output is not a terminal (a file, a pipe)
+
+
+def _show(table: Table) -> None:
+    out.print(table, width=None if out.is_terminal else WIDE)
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
@@ -107,14 +114,14 @@ def print_report(r: dict[str, Any]) -> None:
     )
     out.print()
     cells = ["leads", "conversions", "rate"]
-    out.print(
+    _show(
         _table(
             "By band",
             ["band", "from", "leads", "converted", "rate"],
             [[b["band"], num(b["lower"]), *_counts(b, cells)] for b in r["bands"]],
         )
     )
-    out.print(
+    _show(
         _table(
             "By grade",
             ["grade", "leads", "converted", "rate"],
@@ -123,7 +130,7 @@ def print_report(r: dict[str, Any]) -> None:
     )
     bands = [b["band"] for b in r["bands"]]
     lookup = {(c["grade"], c["band"]): c for c in r["cells"]}
-    out.print(
+    _show(
         _table(
             "Grade x band: rate (converted/leads)",
             ["grade", *bands],
@@ -139,7 +146,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    out.print(
+    _show(
         _table(
             "By score decile (1 = highest scores)",
             ["decile", "scores", "leads", "converted", "rate", "lift", "gains"],
@@ -155,7 +162,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    out.print(
+    _show(
         _table(
             "Calibration: conversion by score range",
             ["points", "leads", "converted", "rate"],
@@ -165,7 +172,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    out.print(
+    _show(
         _table(
             "Rules: conversion of the leads each rule gave points to, against the rest",
             ["rule", "group", "fired", "their rate", "others", "lift", "mean points"],
@@ -289,3 +296,114 @@ def report(
         sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
     else:
         print_report(result)
+
+
+def print_backtest(r: dict[str, Any]) -> None:
+    """A backtest as text: a summary per model side by side, then every period."""
+    conv = r["conversion"]
+    models = r["models"]
+    out.print(
+        f"Backtest from {r['from']} to {r['to']}: {r['cutoffs']} cut-offs every "
+        f"{num(r['every_days'])} days, {num(r['leads'])} leads; a conversion is "
+        f"{' or '.join(conv['outcomes'])} within {num(conv['horizon_days'])} days of becoming MQL.",
+        markup=False,
+    )
+    for note in r["notes"]:
+        out.print(f"note: {note}", markup=False)
+    names = [f"{m['model']} v{m['model_version']}" for m in models]
+
+    def speed(m: dict[str, Any]) -> str:
+        s = m["speed"]
+        if s["median_days"] is None:
+            return "-"
+        return f"{num(s['median_days'])} ({num(s['p25_days'])}-{num(s['p75_days'])})"
+
+    rows = [
+        ["MQL threshold", *[num(m["mql_threshold"]) for m in models]],
+        ["MQL at the start", *[num(m["mql_at_start"]) for m in models]],
+        ["new MQLs", *[num(m["new_mqls"]) for m in models]],
+        ["new MQLs a week", *[num(m["mqls_per_week"]) for m in models]],
+        ["converted in the horizon", *[num(m["converted"]) for m in models]],
+        ["MQL to conversion", *[pct(m["rate"]) for m in models]],
+        ["  periods with whole horizon", *[pct(m["rate_complete_periods"]) for m in models]],
+        ["conversions in the window", *[num(m["conversions"]) for m in models]],
+        ["  caught (MQL first)", *[num(m["caught"]) for m in models]],
+        [
+            "  missed (never MQL)",
+            *[f"{num(m['missed'])} ({pct(m['missed_share'])})" for m in models],
+        ],
+        ["days first touch to MQL", *[speed(m) for m in models]],
+    ]
+    out.print()
+    _show(_table("Summary", ["", *names], rows))
+    columns = ["cut-off"]
+    for name in names:
+        prefix = f"{name}: " if len(names) > 1 else ""
+        columns += [f"{prefix}new MQLs", "converted", "rate", "missed"]
+    columns.append("conversions")
+    period_rows = []
+    for i, p in enumerate(models[0]["periods"]):
+        row = [p["cutoff"][:10] + ("" if p["horizon_complete"] else " *")]
+        for m in models:
+            q = m["periods"][i]
+            row += [num(q["new_mqls"]), num(q["converted"]), pct(q["rate"]), num(q["missed"])]
+        row.append(num(p["conversions"]))
+        period_rows.append(row)
+    _show(_table("Per period (* = the horizon runs past the last outcome)", columns, period_rows))
+
+
+@app.command()
+@_edge
+def backtest(
+    models: Annotated[
+        list[Path], typer.Argument(help="One model file, or two: champion and challenger.")
+    ],
+    leads: LeadsOpt,
+    outcomes: OutcomesOpt,
+    events: EventsOpt = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="The first cut-off (ISO 8601). Default: 26 steps before --to."),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", help="The last cut-off (ISO 8601). Default: the latest event."),
+    ] = None,
+    every: Annotated[
+        str, typer.Option("--every", help="Time between cut-offs (7d, 1w, 12h).")
+    ] = "7d",
+    horizon: HorizonOpt = "90d",
+    conversion: ConversionOpt = "won,opportunity",
+    as_json: JsonOpt = False,
+    lead_id_column: IdOpt = "lead_id",
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """Replay history: at each cut-off score every lead with the events known then, and see
+    which leads became MQL, whether they converted, and which conversions were missed."""
+    if not 1 <= len(models) <= 2:
+        raise UsageError("give one model, or two (champion and challenger)")
+    loaded = [load_model(p) for p in models]
+    conv = conversion_from_options(conversion, horizon)
+    step_us = round(parse_days(every, "--every") * 86_400_000_000)
+    with err.status("reading inputs...") if err.is_terminal else _Quiet():
+        prepared = prepare(
+            leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
+        )
+        table, warnings = load_outcomes(outcomes, lead_id_column, skip_bad_rows)
+    for w in [*prepared.report.warnings, *warnings]:
+        err.print(f"warning: {w}", markup=False)
+    if end is not None:
+        end_us = instant(end, "--to")
+    elif prepared.events.num_rows:
+        end_us = int(pc.max(prepared.events.column("ts").cast(pa.int64())).as_py())
+    else:
+        raise UsageError("without events there is no latest event: pass --to")
+    start_us = instant(start, "--from") if start is not None else end_us - 26 * step_us
+    with Bar() as bar:
+        result = run_backtest(
+            loaded, prepared, table, start_us, end_us, step_us, conv, progress=bar
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    else:
+        print_backtest(result)

@@ -21,7 +21,7 @@ the order among them cannot change a sum.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -83,22 +83,30 @@ class BatchPlan:
     leads_table: str
     events_table: str
 
-    def execute(self, con: Any, as_of_us: int) -> pa.Table:
-        """Run on an Ibis backend holding the two tables; one row per lead, as Arrow.
+    def execute(self, con: Any, as_of_us: int, columns: Sequence[str] | None = None) -> pa.Table:
+        """Run on an Ibis backend holding the two tables; one row per lead, as Arrow
+        (only ``columns``, when given: a backtest needs ``lead_id`` and ``mql``).
 
         On DuckDB the SQL rendered once per plan runs directly (Ibis would compile the
         expression again on every call, which costs more than scoring a million events).
         """
         raw = getattr(con, "con", None)
+        schema = self._arrow_schema
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
         if getattr(con, "name", "") == "duckdb" and raw is not None and not self.uses_udfs:
             sql = self._duckdb_sql.replace(str(_AS_OF_SENTINEL), str(int(as_of_us)))
+            if columns is not None:
+                picked = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+                sql = f"SELECT {picked} FROM ({sql}) AS scored"
             relation = raw.sql(sql)
             fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
             # Ibis writes float literals bare (15.0) and DuckDB reads them as DECIMAL; like
             # Ibis's own execute, give the columns the plan's types.
-            table: pa.Table = fetch().cast(self._arrow_schema)
+            table: pa.Table = fetch().cast(schema)
             return table
-        result: pa.Table = con.to_pyarrow(self.expr, params={self.as_of: as_of_us})
+        expr = self.expr if columns is None else self.expr.select(*columns)
+        result: pa.Table = con.to_pyarrow(expr, params={self.as_of: as_of_us})
         return result
 
     @property
