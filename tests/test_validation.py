@@ -507,3 +507,69 @@ def test_backtest_command(tmp_path: Path) -> None:
     assert [m["new_mqls"] for m in data["models"]] == [4, 4]
     result = runner.invoke(app, [*args[:2], *args[3:], "--every", "40d"])
     assert result.exit_code == 2 and "less than one step" in result.stderr
+
+
+# --- drift ------------------------------------------------------------------------------------
+
+
+def test_numeric_psi_by_hand() -> None:
+    from leadscore.validation.drift import numeric_psi
+
+    # baseline 1 2 3 4 cut at its median 2.5: halves; now 1 1 1 4: three quarters below
+    got = numeric_psi(np.array([1.0, 2, 3, 4]), np.array([1.0, 1, 1, 4]), bins=2)
+    by_hand = 0.25 * np.log(0.75 / 0.5) + (-0.25) * np.log(0.25 / 0.5)
+    assert got["value"] == pytest.approx(by_hand) == pytest.approx(0.274653, abs=1e-6)
+    assert got["verdict"] == "significant shift"
+    assert [(b["from"], b["to"], b["current_leads"]) for b in got["bins"]] == [
+        (None, 2.5, 3),
+        (2.5, None, 1),
+    ]
+    same = numeric_psi(np.array([1.0, 2, 3, 4]), np.array([4.0, 3, 2, 1]))
+    assert same["value"] == 0 and same["verdict"] == "stable"
+
+
+def test_drift_of_bands_between_two_dates(tmp_path: Path) -> None:
+    from leadscore.validation.drift import drift
+
+    model = parse_model(MODEL_YAML)
+    prepared = prepare(leads_table(), events_table())
+    result = drift(model, prepared, AS_OF_US - 30 * DAY_US, AS_OF_US)
+    band = result["columns"]["band"]
+    # 30 days earlier no lead was hot (L1, L2, L11 had no demo yet): 0 / 6 / 5 of 11;
+    # now hot 3, warm 4, cold 4. An empty share counts as 0.0001.
+    e = [1e-4, 6 / 11, 5 / 11]
+    a = [3 / 11, 4 / 11, 4 / 11]
+    by_hand = sum((x - y) * np.log(x / y) for x, y in zip(a, e, strict=True))
+    assert [b["value"] for b in band["bins"]] == ["hot", "warm", "cold"]
+    assert [b["baseline_leads"] for b in band["bins"]] == [0, 6, 5]
+    assert band["value"] == pytest.approx(by_hand)
+    assert result["columns"]["fit"]["value"] == 0  # the profile did not change
+    assert result["columns"]["score"]["current_mean"] == pytest.approx(
+        (70 + 70 + 40 + 40 + 30 + 30 + 0 + 0 - 10 + 20 + 70) / 11
+    )
+    json.dumps(result, allow_nan=False)
+
+    runner = CliRunner()
+    args = write_inputs(tmp_path)[:5]
+    out = runner.invoke(app, ["drift", *args, "--from", "2026-05-31", "--to", "2026-06-30"])
+    assert out.exit_code == 0, out.stderr
+    assert f"{by_hand:.3f}" in out.stdout and "significant shift" in out.stdout
+    bad = runner.invoke(app, ["drift", *args, "--from", "2026-06-30", "--to", "2026-05-31"])
+    assert bad.exit_code == 2 and "--to must be after --from" in bad.stderr
+
+
+def test_drift_population_by_creation_time() -> None:
+    from leadscore.validation.drift import drift
+
+    model = parse_model(MODEL_YAML)
+    created = ["2026-01-01"] * 9 + ["2026-06-15", "not a date"]
+    leads = leads_table().append_column("created", pa.array(created))
+    result = drift(
+        model,
+        prepare(leads, events_table()),
+        AS_OF_US - 30 * DAY_US,
+        AS_OF_US,
+        created_column="created",
+    )
+    assert (result["baseline_leads"], result["current_leads"]) == (9, 10)
+    assert any("1 leads have no readable 'created'" in n for n in result["notes"])

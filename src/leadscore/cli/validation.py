@@ -31,6 +31,7 @@ from leadscore.inputs import LoadReport, normalize_outcomes
 from leadscore.scoring import prepare
 from leadscore.spec import load_model
 from leadscore.validation.backtest import run_backtest
+from leadscore.validation.drift import drift as drift_report
 from leadscore.validation.html import num, pct, render_html
 from leadscore.validation.outcomes import Conversion, parse_days
 from leadscore.validation.report import default_as_of, report_from_inputs
@@ -407,3 +408,92 @@ def backtest(
         sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
     else:
         print_backtest(result)
+
+
+def print_drift(r: dict[str, Any]) -> None:
+    """Drift as text: PSI per column, then the score's bins."""
+    out.print(
+        f"Drift of {r['model']} (version {r['model_version']}) from {r['from']} "
+        f"({num(r['baseline_leads'])} leads) to {r['to']} ({num(r['current_leads'])} leads).",
+        markup=False,
+    )
+    for note in r["notes"]:
+        out.print(f"note: {note}", markup=False)
+    rows = []
+    for name, c in r["columns"].items():
+        value = c["value"]
+        means = (
+            f"{num(c['baseline_mean'])} -> {num(c['current_mean'])}" if "baseline_mean" in c else ""
+        )
+        rows.append(
+            [
+                name,
+                "-" if value is None else f"{value:.3f}",
+                c.get("verdict") or c.get("reason", ""),
+                means,
+            ]
+        )
+    _show(_table("Population stability index (PSI)", ["column", "PSI", "reading", "mean"], rows))
+    bins = r["columns"]["score"]["bins"]
+
+    def edge(low: float | None, high: float | None) -> str:
+        if low is None:
+            return f"below {num(high, 2)}"
+        if high is None:
+            return f"{num(low, 2)} and above"
+        return f"{num(low, 2)} to {num(high, 2)}"
+
+    _show(
+        _table(
+            "Score bins (cut at the baseline's deciles)",
+            ["score", "baseline", "current", "PSI part"],
+            [
+                [
+                    edge(b["from"], b["to"]),
+                    pct(b["baseline_share"]),
+                    pct(b["current_share"]),
+                    f"{b['psi']:.4f}",
+                ]
+                for b in bins
+            ],
+        )
+    )
+
+
+@app.command()
+@_edge
+def drift(
+    model: Annotated[Path, typer.Argument(help="The model file.")],
+    leads: LeadsOpt,
+    start: Annotated[str, typer.Option("--from", help="The baseline date (ISO 8601).")],
+    end: Annotated[str, typer.Option("--to", help="The date to compare with it (ISO 8601).")],
+    events: EventsOpt = None,
+    bins: Annotated[
+        int, typer.Option("--bins", min=2, max=100, help="Bins of a numeric column.")
+    ] = 10,
+    created_column: Annotated[
+        str | None,
+        typer.Option(
+            "--created-column",
+            help="A leads column with each lead's creation time: a lead counts from then on.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    lead_id_column: IdOpt = "lead_id",
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """Has the score distribution moved between two dates? PSI per score, group, band, grade."""
+    m = load_model(model)
+    base_us, current_us = instant(start, "--from"), instant(end, "--to")
+    with err.status("reading inputs...") if err.is_terminal else _Quiet():
+        prepared = prepare(
+            leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
+        )
+    with err.status("scoring at both dates...") if err.is_terminal else _Quiet():
+        result = drift_report(
+            m, prepared, base_us, current_us, bins=bins, created_column=created_column
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    else:
+        print_drift(result)
