@@ -573,3 +573,29 @@ def test_drift_population_by_creation_time() -> None:
     )
     assert (result["baseline_leads"], result["current_leads"]) == (9, 10)
     assert any("1 leads have no readable 'created'" in n for n in result["notes"])
+
+
+# --- the worked example on real data ----------------------------------------------------------
+
+
+def test_validation_example_is_current(tmp_path: Path) -> None:
+    """docs/validation-example.md holds what run.py makes of the bank data today."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "docs" / "examples" / "bank-marketing" / "run.py"
+    spec = importlib.util.spec_from_file_location("bank_example", script)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    if not example.DATA.exists():
+        pytest.skip(f"the bank marketing data is not at {example.DATA}")
+    sizes = example.write_inputs(tmp_path)
+    assert sizes == {"contacts": 41188, "train": 32950, "holdout": 8238}
+    holdout = example.run_report(tmp_path, "holdout")
+    train = example.run_report(tmp_path, "train")
+    text = example.markdown(holdout, train, sizes)
+    doc = (root / "docs" / "validation-example.md").read_text()
+    assert text in doc, "docs/validation-example.md is stale: run run.py --write-docs"
+    assert 0.6 < holdout["roc_auc"]["value"] < 0.9
+    assert holdout["conversions"] == 2540  # y = yes in the last 20% of the rows

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
-__all__ = ["bar_chart", "line_chart", "nice_ticks", "sparkline", "step_chart"]
+__all__ = ["bar_chart", "line_chart", "nice_ticks", "sparkline", "standalone", "step_chart"]
 
 REASON_COLOURS = {
     "event": "#2563eb",
@@ -294,3 +294,20 @@ def line_chart(
         f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text></svg>'
     )
     return Markup("".join(parts))
+
+
+SVG_STYLE = (
+    "text{font:11px sans-serif;fill:#4b5563}text.label{font-size:12px;fill:#111827}"
+    ".grid{stroke:#eef0f3}.axis{stroke:#9ca3af}"
+    ".threshold{stroke:#ef4444;stroke-dasharray:4 3}.threshold-label{fill:#b91c1c;font-size:10px}"
+)
+
+
+def standalone(svg: Markup) -> str:
+    """A chart as an SVG file of its own (namespace and styles inside, white background)."""
+    text = str(svg)
+    head, rest = text.split(">", 1)
+    head = head.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
+    return (
+        f'{head}><style>{SVG_STYLE}</style><rect width="100%" height="100%" fill="#fff"/>{rest}\n'
+    )

@@ -204,7 +204,7 @@ def run_backtest(
     notes = []
     if int(left_out.sum()):
         notes.append(
-            f"{int(left_out.sum())} leads converted before the first cut-off and are left out"
+            f"{int(left_out.sum()):,} leads converted before the first cut-off and are left out"
         )
     if known_until is None:
         notes.append("no outcomes: conversion rates cannot be judged")

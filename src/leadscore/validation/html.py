@@ -81,6 +81,7 @@ def report_charts(report: dict[str, Any]) -> dict[str, Markup]:
             x_label="score decile (1 = highest scores)",
             y_label="converted (%)",
             width=420,
+            every=1,
         )
         if report["conversions"]:
             n = report["leads"]

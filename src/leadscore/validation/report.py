@@ -329,11 +329,12 @@ def build_report(
     }
     if int(before.sum()):
         notes.append(
-            f"{int(before.sum())} leads converted at or before the reference time and are left out"
+            f"{int(before.sum()):,} leads converted at or before the reference time and are "
+            "left out"
         )
     if report["outcomes_for_unknown_leads"]:
         notes.append(
-            f"{report['outcomes_for_unknown_leads']} outcome rows name leads that are not among "
+            f"{report['outcomes_for_unknown_leads']:,} outcome rows name leads that are not among "
             "the scored leads"
         )
     if latest is not None and latest < horizon_end:
