@@ -33,9 +33,11 @@ from leadscore.spec.conditions import WHITESPACE, to_text
 __all__ = [
     "FORMATS",
     "LoadReport",
+    "NamedData",
     "normalize_events",
     "normalize_leads",
     "normalize_outcomes",
+    "read_data",
     "read_table",
 ]
 
@@ -70,6 +72,33 @@ class LoadReport:
             return f"row {index + 1}"
         _, unit, rows = self.sources[label]
         return f"{unit} {rows[index].as_py()}"
+
+
+@dataclass(frozen=True)
+class NamedData:
+    """A file received other than from disk (an upload): its name (whose extension says the
+    format, as a path's does) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def read_data(source: NamedData) -> pa.Table:
+    """:func:`read_table` for a file's bytes."""
+    kind = FORMATS.get(Path(source.name).suffix.lower(), "csv")
+    try:
+        if kind == "csv":
+            text = source.data.decode("utf-8-sig")
+            header = next(csv.reader(io.StringIO(text, newline="")), None)
+            options = _csv_options(source.name, header)
+            return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
+        if kind == "parquet":
+            return pq.read_table(io.BytesIO(source.data))
+        return _jsonl_table(source.name, source.data.decode("utf-8-sig"))
+    except InputError:
+        raise
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError([InputProblem(source.name, f"cannot read as {kind}: {exc}")]) from None
 
 
 @dataclass(frozen=True)
@@ -109,36 +138,40 @@ def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
         raise InputError([InputProblem(str(p), f"cannot read as {kind}: {exc}")]) from None
 
 
-def _read_csv(p: Path) -> pa.Table:
-    # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
-    with p.open(encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), None)
+def _csv_options(name: str, header: list[str] | None) -> pa_csv.ConvertOptions:
     if not header:
-        raise InputError([InputProblem(str(p), "the file is empty (no header line)")])
+        raise InputError([InputProblem(name, "the file is empty (no header line)")])
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
-        raise InputError([InputProblem(str(p), f"duplicate column names in the header: {dupes}")])
-    convert = pa_csv.ConvertOptions(
+        raise InputError([InputProblem(name, f"duplicate column names in the header: {dupes}")])
+    return pa_csv.ConvertOptions(
         column_types={h: pa.string() for h in header},
         null_values=[""],
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
-    return pa_csv.read_csv(p, convert_options=convert)
+
+
+def _read_csv(p: Path) -> pa.Table:
+    # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
+    with p.open(encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), None)
+    return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
 
 
 def _read_jsonl(p: Path) -> pa.Table:
+    return _jsonl_table(str(p), p.read_text(encoding="utf-8-sig"))
+
+
+def _jsonl_table(name: str, text: str) -> pa.Table:
     """JSON lines, one object a line; a file holding one JSON array of objects is read too."""
     rows: list[dict[str, Any]] = []
     problems: list[InputProblem] = []
-    text = p.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(
-                [InputProblem(str(p), f"not JSON: {exc.msg}", row=exc.lineno)]
-            ) from None
+            raise InputError([InputProblem(name, f"not JSON: {exc.msg}", row=exc.lineno)]) from None
         items = list(enumerate(data, start=1)) if isinstance(data, list) else []
         unit_row = True
     else:
@@ -149,12 +182,12 @@ def _read_jsonl(p: Path) -> pa.Table:
             try:
                 items.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
-                problems.append(InputProblem(str(p), f"not JSON: {exc.msg}", row=n))
+                problems.append(InputProblem(name, f"not JSON: {exc.msg}", row=n))
         unit_row = False
     for n, value in items:
         if not isinstance(value, dict):
             what = "item of the array" if unit_row else "line"
-            problems.append(InputProblem(str(p), f"each {what} must be a JSON object", row=n))
+            problems.append(InputProblem(name, f"each {what} must be a JSON object", row=n))
             continue
         rows.append({k: _json_text(v) for k, v in value.items()})
     if problems:
@@ -200,9 +233,12 @@ def _trim(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.utf8_trim(column, WHITESPACE)
 
 
-def _source(source: str | Path | pa.Table, label: str) -> tuple[pa.Table, _Source]:
+def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.Table, _Source]:
     if isinstance(source, pa.Table):
         return source, _Source(label, "arrow")
+    if isinstance(source, NamedData):
+        kind = FORMATS.get(Path(source.name).suffix.lower(), "csv")
+        return read_data(source), _Source(source.name, kind)
     p = Path(source)
     table = read_table(p)
     return table, _Source(str(p), FORMATS.get(p.suffix.lower(), "csv"))
@@ -384,7 +420,7 @@ def normalize_events(
 
 
 def normalize_outcomes(
-    source: str | Path | pa.Table,
+    source: str | Path | pa.Table | NamedData,
     lead_id_column: str = "lead_id",
     *,
     skip_bad_rows: bool = False,

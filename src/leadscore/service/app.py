@@ -29,6 +29,7 @@ from leadscore.service import (
     overview,
     segments_api,
     triggers_api,
+    validation_api,
     views,
 )
 from leadscore.service.auth import KeyCache
@@ -230,6 +231,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(triggers_api.router)
     app.include_router(keys_api.router)
     app.include_router(segments_api.router)
+    app.include_router(validation_api.router)
 
     @app.get("/api/v1/health", tags=["service"])
     def health() -> dict[str, object]:

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from leadscore.engine.timeutil import parse_instant
+from leadscore.inputs import NamedData
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
 from leadscore.service.payloads import (
@@ -27,6 +28,7 @@ from leadscore.service.payloads import (
     Timestamp,
     check_size,
     item_error,
+    read_body,
     read_json,
     to_event,
     to_lead,
@@ -34,6 +36,7 @@ from leadscore.service.payloads import (
 from leadscore.service.state import ServiceState, Settings
 from leadscore.spec.conditions import to_text
 from leadscore.store import EventInput, ItemOutcome, LeadInput, OutcomeInput
+from leadscore.store.bulk import ImportReport, import_outcomes
 from leadscore.store.keys import ApiKey
 from leadscore.store.lifecycle import add_outcomes
 
@@ -179,11 +182,39 @@ class OutcomeIn(BaseModel):
     amount: Amount | None = None
 
 
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+def _csv_name(name: str) -> str:
+    """An upload's name as errors show it: its last part, read as CSV whatever it ends with."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1][:200] or "outcomes.csv"
+    return base if base.lower().endswith(".csv") else f"{base}.csv"
+
+
 @router.post("/api/v1/outcomes", tags=["ingest"])
 async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
     """Record outcomes (``sql``, ``opportunity``, ``won``, ``lost``, ...) with their time and
-    an optional amount; a repeat of (lead, outcome, time) is ignored."""
+    an optional amount; a repeat of (lead, outcome, time) is ignored.
+
+    The body is JSON (one outcome or a list), or a CSV file (``Content-Type: text/csv``, a
+    header line with ``lead_id``, ``outcome``, ``ts`` and optionally ``amount``; name it with
+    ``?filename=``): a bad CSV line stores nothing, and the errors name each line."""
     state = _state(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind in CSV_TYPES:
+        name = request.query_params.get("filename") or "outcomes.csv"
+        data = await read_body(request, state.settings, state.settings.max_upload_bytes)
+
+        def load() -> ImportReport:
+            return import_outcomes(state.store, NamedData(_csv_name(name), data))
+
+        report = await run_in_threadpool(load)
+        return {
+            "received": report.rows,
+            "added": report.stored,
+            "repeated": report.repeated,
+            "errors": [],
+        }
     items, _many = _items(
         await read_json(request, state.settings), "outcomes", state.settings.max_batch
     )

@@ -32,6 +32,7 @@ class Settings:
     webhook_timeout: float = 10.0  # seconds a receiver has to answer
     durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
     max_body_bytes: int = 1_000_000
+    max_upload_bytes: int = 50_000_000  # a file posted whole (outcomes as CSV)
     max_batch: int = 1000
     max_properties_bytes: int = 32_000
 

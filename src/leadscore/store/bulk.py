@@ -15,9 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError, InputProblem
-from leadscore.inputs import LoadReport, normalize_events, normalize_leads, read_table
+from leadscore.inputs import (
+    LoadReport,
+    NamedData,
+    normalize_events,
+    normalize_leads,
+    normalize_outcomes,
+)
 from leadscore.store.keeper import RescoreReport, Store
 from leadscore.store.leads import STAGES, EventInput, LeadInput
 from leadscore.store.lifecycle import OutcomeInput, add_outcomes
@@ -174,45 +179,24 @@ def import_events(
 
 def import_outcomes(
     store: Store,
-    source: str | Path | pa.Table,
+    source: str | Path | pa.Table | NamedData,
     *,
     progress: Progress | None = None,
 ) -> ImportReport:
-    """Store outcomes: ``lead_id``, ``outcome``, ``ts`` and an optional ``amount``."""
-    label = _label(source)
-    table = source if isinstance(source, pa.Table) else read_table(source)
-    missing = [c for c in ("lead_id", "outcome", "ts") if c not in table.column_names]
-    if missing:
-        raise InputError(
-            [InputProblem(label, f"no {c!r} column") for c in missing],
-            f"columns found: {', '.join(table.column_names)}",
+    """Store outcomes: ``lead_id``, ``outcome``, ``ts`` and an optional ``amount``. A bad row
+    (named by its line and column) stops the import before anything is stored."""
+    table = normalize_outcomes(source)
+    items = [
+        OutcomeInput(lead_id, outcome, ts_us, amount)
+        for lead_id, outcome, ts_us, amount in zip(
+            table.column("lead_id").to_pylist(),
+            table.column("outcome").to_pylist(),
+            table.column("ts").cast(pa.int64()).to_pylist(),
+            table.column("amount").to_pylist(),
+            strict=True,
         )
-    rows = table.to_pylist()
-    problems: list[InputProblem] = []
-    items: list[OutcomeInput] = []
-    for n, row in enumerate(rows, start=1):
-        lead_id, outcome = row["lead_id"], row["outcome"]
-        if lead_id is None or str(lead_id).strip() == "":
-            problems.append(InputProblem(label, "empty lead id", n, "lead_id"))
-            continue
-        if outcome is None or str(outcome).strip() == "":
-            problems.append(InputProblem(label, "empty outcome", n, "outcome"))
-            continue
-        try:
-            ts_us = parse_instant(row["ts"])
-        except (ValueError, TypeError) as e:
-            problems.append(InputProblem(label, f"unreadable time {row['ts']!r}: {e}", n, "ts"))
-            continue
-        amount = row.get("amount")
-        try:
-            value = None if amount in (None, "") else float(amount)
-        except (TypeError, ValueError):
-            problems.append(InputProblem(label, f"amount {amount!r} is not a number", n, "amount"))
-            continue
-        items.append(OutcomeInput(str(lead_id).strip(), str(outcome).strip().lower(), ts_us, value))
-    if problems:
-        raise InputError(problems[:20], f"{len(problems)} bad row(s); nothing was imported")
-    report = ImportReport("outcomes", rows=len(rows))
+    ]
+    report = ImportReport("outcomes", rows=table.num_rows)
     for start in _chunks(len(items)):
         with store.db.write() as conn:
             added = add_outcomes(conn, items[start : start + CHUNK], "import")

@@ -1,0 +1,155 @@
+"""Validation over HTTP, on SQLite and PostgreSQL: outcomes posted as a CSV file, the report of
+the active model over the store, and a draft's backtest next to the active version.
+
+The data is the ten-lead set of tests/test_validation.py, so the report's figures are the
+ones worked out there by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from leadscore.errors import NotFound
+from leadscore.store import Store
+from leadscore.store.keys import create_key
+from leadscore.store.validation import store_report
+from tests.test_validation import (
+    AS_OF,
+    DEMO_DAYS,
+    MODEL_YAML,
+    OUTCOMES,
+    TITLES,
+    day,
+)
+
+Serve = Callable[..., httpx.Client]
+YAML = {"content-type": "application/yaml"}
+CSV = {"content-type": "text/csv"}
+
+
+def outcomes_csv() -> str:
+    return "lead_id,outcome,ts\n" + "".join(
+        f"{lead},{o},{day(d).isoformat()}\n" for lead, o, d in OUTCOMES
+    )
+
+
+def seed(client: httpx.Client) -> None:
+    r = client.post("/api/v1/models", content=MODEL_YAML, headers=YAML)
+    assert r.status_code in (200, 201), r.text
+    assert client.post("/api/v1/models/hand/publish").status_code == 200
+    r = client.post(
+        "/api/v1/leads",
+        json=[{"lead_id": f"L{i}", "title": t} for i, t in enumerate(TITLES, start=1)],
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(
+        "/api/v1/events",
+        json=[
+            {"lead_id": lead, "type": "demo", "ts": day(-d).isoformat()}
+            for lead, d in DEMO_DAYS.items()
+        ],
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_outcomes_as_csv(serve: Serve) -> None:
+    client = serve(no_auth=True)
+    seed(client)
+    r = client.post("/api/v1/outcomes?filename=crm.csv", content=outcomes_csv(), headers=CSV)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"received": 7, "added": 7, "repeated": 0, "errors": []}
+    again = client.post("/api/v1/outcomes", content=outcomes_csv(), headers=CSV).json()
+    assert (again["added"], again["repeated"]) == (0, 7)
+    bad = "lead_id,outcome,ts\nL1,won,2026-07-01\nL2,,2026-07-01\nL3,won,someday\n"
+    r = client.post("/api/v1/outcomes?filename=C:\\exports\\crm", content=bad, headers=CSV)
+    assert r.status_code == 422
+    text = r.text
+    assert "crm.csv: column 'outcome': 1 line has no outcome: line 3" in text
+    assert "line 4 ('someday')" in text
+    stored = client.get("/api/v1/validation?as_of=2026-06-30").json()["stored_outcomes"]
+    assert {o["outcome"]: o["count"] for o in stored} == {"won": 5, "opportunity": 1, "lost": 1}
+
+
+def test_report_of_the_active_model(serve: Serve) -> None:
+    client = serve(no_auth=True)
+    seed(client)
+    client.post("/api/v1/outcomes", content=outcomes_csv(), headers=CSV)
+    r = client.get(
+        "/api/v1/validation",
+        params={"sheet": "hand", "as_of": AS_OF.isoformat(), "target_precision": 0.5},
+    )
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["sheet"] == "hand" and "hand" in report["sheets"]
+    assert (report["leads"], report["conversions"]) == (10, 3)
+    assert report["roc_auc"]["value"] == pytest.approx(13.5 / 21)
+    assert report["mql"]["precision"] == 0.5
+    assert report["suggested_threshold"]["precision"]["threshold"] == 40
+    assert {b["band"]: b["conversions"] for b in report["bands"]} == {
+        "hot": 1,
+        "warm": 1,
+        "cold": 1,
+    }
+    for query, message in (
+        ("horizon=soon", "horizon: 'soon' is not a duration"),
+        ("as_of=yesterday", "as_of:"),
+        ("target_precision=2", "target_precision"),
+        ("sheet=other", "no active sheet 'other'"),
+    ):
+        r = client.get(f"/api/v1/validation?{query}")
+        assert r.status_code in (404, 422) and message in r.text, query
+
+
+def test_backtest_of_a_draft_next_to_the_active_model(serve: Serve) -> None:
+    client = serve(no_auth=True)
+    seed(client)
+    client.post("/api/v1/outcomes", content=outcomes_csv(), headers=CSV)
+    draft = MODEL_YAML.replace("mql: hot", "mql: warm")
+    start = (AS_OF - timedelta(days=28)).isoformat()
+    r = client.post(
+        "/api/v1/models/backtest",
+        params={"from": start, "to": AS_OF.isoformat(), "every": "7d"},
+        content=draft,
+        headers=YAML,
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["cutoffs"] == 5
+    active, challenger = result["models"]
+    assert active["label"] == "active (version 1)" and challenger["label"] == "draft"
+    # hot from 60: L1 and L2 at day -7 (a demo), L11 at day 0 (a demo at -2, won at -5)
+    assert [p["new_mqls"] for p in active["periods"]] == [0, 0, 2, 1]
+    assert (active["converted"], active["conversions"], active["caught"]) == (2, 1, 1)
+    # warm from 30: six leads are MQL from the start; L5 joins at day -7 and converts too late
+    assert challenger["mql_at_start"] == 6
+    assert (challenger["new_mqls"], challenger["converted"], challenger["missed"]) == (1, 0, 0)
+    bad = client.post(
+        "/api/v1/models/backtest", content="version: 1\nname: x\nbands: 3\n", headers=YAML
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["line"] == 3
+    r = client.post("/api/v1/models/backtest?every=0d", content=draft, headers=YAML)
+    assert r.status_code == 422 and "every" in r.text
+
+
+def test_no_published_model(store: Store) -> None:
+    with pytest.raises(NotFound, match="no model is published"):
+        store_report(store)
+
+
+def test_validation_scopes(serve: Serve, store: Store) -> None:
+    client = serve()
+    with store.db.write() as conn:
+        _, read_key = create_key(conn, "reader", ["read"], store.clock())
+        _, ingest_key = create_key(conn, "pipeline", ["ingest"], store.clock())
+    auth = {"authorization": f"Bearer {read_key}"}
+    r = client.post("/api/v1/outcomes", content=outcomes_csv(), headers={**CSV, **auth})
+    assert r.status_code == 403
+    ok = {"authorization": f"Bearer {ingest_key}"}
+    r = client.post("/api/v1/outcomes", content=outcomes_csv(), headers={**CSV, **ok})
+    assert r.status_code == 200
+    r = client.post("/api/v1/models/backtest", content=MODEL_YAML, headers={**YAML, **auth})
+    assert r.status_code == 403
