@@ -257,3 +257,35 @@ def test_the_model_page_opens_the_newest_version(
     assert "Showing version 2 (draft" in page and "points: 70" in page
     assert "the active version is" in page and 'version=1">1</a>' in page
     assert "points: 60" in c.get("/model?name=narrow&version=1").text
+
+
+def test_validation_page_agrees_with_its_twin(
+    store: Store, clock: Clock, serve_ui: Callable[..., httpx.Client]
+) -> None:
+    """The Validation page shows the report of GET /api/v1/validation: the ten leads of
+    tests/test_validation.py, whose figures were worked out by hand."""
+    from tests.test_validation import AS_OF
+    from tests.test_validation_service import CSV, outcomes_csv, seed
+
+    c = serve_ui(no_auth=True)
+    seed(c)
+    c.post("/api/v1/outcomes", content=outcomes_csv(), headers=CSV)
+    query = {"sheet": "hand", "as_of": AS_OF.isoformat(), "target_precision": "0.5"}
+    twin = c.get("/api/v1/validation", params=query).json()
+    page = c.get("/validation", params=query)
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert 'aria-current="page">Validation' in html
+    assert f"{twin['roc_auc']['value']:.3f}" == "0.643" and "<b>0.643</b>" in html
+    assert "1 of 2 MQLs converted" in html  # precision 50%
+    assert "<td>hot</td><td>60</td><td>2</td><td>1</td><td>50.0%</td>" in html
+    assert "<b>40 points</b>" in html  # the threshold for a precision of 50%
+    assert '<td>won</td><td class="num">5</td>' in html  # the stored outcomes
+    assert 'id="outcomes-form"' in html and "<svg" in html
+    bad = c.get("/validation", params={"horizon": "soon"})
+    assert bad.status_code == 422 and "text/html" in bad.headers["content-type"]
+    assert "horizon: &#39;soon&#39; is not a duration" in bad.text
+    bad = c.get("/validation", params={"target_precision": "a lot"})
+    assert bad.status_code == 422 and "target precision" in bad.text
+    percent = c.get("/validation", params={**query, "target_precision": "50%"})
+    assert "<b>40 points</b>" in percent.text

@@ -232,9 +232,9 @@ def line_chart(
     width: int = 420,
     height: int = 320,
 ) -> Markup:
-    """Lines through (x, y) points: (name, points, colour) each, a legend, axes with round
-    ticks (shown as percentages with ``percent``); a dashed line is named with a leading
-    ``~`` (such as a random-choice diagonal)."""
+    """Lines through (x, y) points: (name, points, colour) each, a legend (bottom right),
+    axes with round ticks (shown as percentages with ``percent``); a dashed line is named with
+    a leading ``~`` (such as a random-choice diagonal)."""
     left, right, top, bottom = 56, 24, 12, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     (x0, x1), (y0, y1) = x_range, y_range
@@ -278,12 +278,14 @@ def line_chart(
             + (' stroke-dasharray="4 3"' if dashed else "")
             + f"><title>{escape(shown)}</title></path>"
         )
-        ly = top + 14 + i * 16
+        # the legend sits bottom right, under the diagonal that gains and ROC curves stay above
+        lx = left + plot_w * 0.45
+        ly = top + plot_h - 10 - (len(series) - 1 - i) * 16
         parts.append(
-            f'<line x1="{left + 10}" x2="{left + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'<line x1="{lx:.1f}" x2="{lx + 18:.1f}" y1="{ly - 4}" y2="{ly - 4}" '
             f'stroke="{colour}" stroke-width="2"'
             + (' stroke-dasharray="4 3"' if dashed else "")
-            + f'/><text x="{left + 34}" y="{ly}">{escape(shown)}</text>'
+            + f'/><text x="{lx + 24:.1f}" y="{ly}">{escape(shown)}</text>'
         )
     parts.append(
         f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '

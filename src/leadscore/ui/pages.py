@@ -12,15 +12,18 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 import leadscore
 from leadscore import charts
+from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
 from leadscore.errors import NotFound, UsageError
 from leadscore.service.auth import require
+from leadscore.service.errors import ApiError
 from leadscore.service.overview import overview_data
 from leadscore.service.state import ServiceState
+from leadscore.service.validation_api import ValidationQuery, validation_data
 from leadscore.service.views import RESERVED_QUERY, lead_data, lead_query, leads_data
 from leadscore.spec import Model
 from leadscore.spec.model import FALLBACK_GRADE
@@ -30,6 +33,8 @@ from leadscore.store.outbox import delivery_log
 from leadscore.store.segments import get_segment, list_segments
 from leadscore.store.triggers import firings, list_triggers
 from leadscore.store.versions import get_version, list_versions
+from leadscore.validation.html import TEMPLATES as REPORT_TEMPLATES
+from leadscore.validation.html import format_filters, report_charts
 
 __all__ = ["render", "router"]
 
@@ -49,7 +54,9 @@ PAGE_HEADERS = {
 }
 
 TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    loader=ChoiceLoader(
+        [FileSystemLoader(Path(__file__).parent / "templates"), FileSystemLoader(REPORT_TEMPLATES)]
+    ),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -112,6 +119,7 @@ def lead_url(lead_id: str) -> str:
 
 
 TEMPLATES.filters.update(when=when, points=points, name=display_name, lead_url=lead_url)
+format_filters(TEMPLATES)
 TEMPLATES.globals.update(version=leadscore.__version__, sparkline=charts.sparkline)
 
 
@@ -343,7 +351,7 @@ def _model_page(store: Store, name: str | None, version: int | None) -> dict[str
         if name is None:
             name = sheets[0].name if sheets else (names[0] if names else None)
         if name is None:
-            return {"name": None, "names": [], "versions": [], "yaml": ""}
+            return {"name": None, "names": [], "versions": [], "yaml": "", "backtest_from": ""}
         if name not in names:
             raise NotFound(f"no model {name!r} (models: {', '.join(names) or 'none'})")
         if version is None:  # the newest: a draft saved after the active version is kept
@@ -358,6 +366,7 @@ def _model_page(store: Store, name: str | None, version: int | None) -> dict[str
         "active": active,
         "shown": shown.summary(),
         "yaml": shown.yaml,
+        "backtest_from": from_micros(store.clock() - 12 * 7 * MICROS_PER_DAY).date().isoformat(),
     }
 
 
@@ -371,6 +380,52 @@ async def model_page(
     """The model editor; twins: ``GET /api/v1/models`` and ``GET /api/v1/models/{name}``."""
     data = await run_in_threadpool(_model_page, _state(request).store, name, version)
     return render(request, "model.html", data)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _optional_number(value: str | None, name: str) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return float(value.strip().rstrip("%")) / (100 if value.strip().endswith("%") else 1)
+    except ValueError:
+        raise ApiError(422, f"{name}: {value!r} is not a number") from None
+
+
+def _validation_page(state: ServiceState, query: ValidationQuery) -> dict[str, Any]:
+    try:
+        report = validation_data(state, query)
+    except NotFound as exc:
+        if state.store.sheets():
+            raise
+        return {"r": None, "message": str(exc), "query": query}
+    return {"r": report, "charts": report_charts(report), "query": query}
+
+
+@router.get("/validation", response_class=HTMLResponse)
+async def validation_page(
+    request: Request,
+    sheet: str | None = Query(None),
+    as_of: str | None = Query(None),
+    horizon: str = Query("90d"),
+    conversion: str = Query("won,opportunity"),
+    target_precision: str | None = Query(None),
+    capacity: str | None = Query(None),
+    _: ApiKey = READ,
+) -> Response:
+    """How the active model's scores compare with outcomes; twin: ``GET /api/v1/validation``."""
+    query = ValidationQuery(
+        sheet,
+        as_of,
+        horizon,
+        conversion,
+        _optional_number(target_precision, "target precision"),
+        _optional_number(capacity, "capacity"),
+    )
+    data = await run_in_threadpool(_validation_page, _state(request), query)
+    return render(request, "validation.html", data)
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -398,3 +398,109 @@ function wireRevoke(button) {
   });
 }
 $$(".revoke-button").forEach(wireRevoke);
+
+// --- validation: import outcomes from a CSV file ---------------------------------------------
+const outcomesForm = $("#outcomes-form");
+if (outcomesForm) {
+  outcomesForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const status = $("#outcomes-status");
+    const file = outcomesForm.elements.file.files[0];
+    if (!file) { say(status, "Choose a CSV file first.", "error"); return; }
+    const button = outcomesForm.querySelector("button");
+    button.disabled = true;
+    const stop = ticking(status, `Importing ${file.name}…`);
+    try {
+      const r = await api("POST", `/api/v1/outcomes?filename=${encodeURIComponent(file.name)}`, file, "text/csv");
+      stop();
+      say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome(s), ${r.repeated.toLocaleString("en")} already stored. Run the report again to include them.`, "ok");
+    } catch (e) {
+      stop();
+      say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+    } finally { button.disabled = false; }
+  });
+}
+
+// --- model editor: backtest the draft next to the active version ------------------------------
+const backtestForm = $("#backtest-form");
+if (backtestForm) {
+  const pct = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`);
+  const count = (v) => (v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en"));
+  const head = (table, names) => {
+    const thead = $("thead", table);
+    thead.textContent = "";
+    const row = document.createElement("tr");
+    for (const name of names) {
+      const th = document.createElement("th");
+      th.textContent = name;
+      row.appendChild(th);
+    }
+    thead.appendChild(row);
+  };
+  backtestForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $("#backtest-button");
+    const hint = $("#backtest-hint");
+    const params = new URLSearchParams();
+    for (const name of ["from", "every", "horizon"]) {
+      const value = backtestForm.elements[name].value.trim();
+      if (value) params.set(name, value);
+    }
+    button.disabled = true;
+    const stop = ticking(hint, "Replaying the stored history at every cut-off…");
+    try {
+      const r = await api("POST", `/api/v1/models/backtest?${params}`, $("#model-yaml").value, "application/yaml");
+      stop();
+      $("#backtest-result").hidden = false;
+      const models = r.models;
+      head($("#bt-summary"), ["", ...models.map((m) => m.label)]);
+      const body = $("#bt-summary tbody");
+      body.textContent = "";
+      const speed = (m) => (m.speed.median_days === null ? "–" : `${fmt(m.speed.median_days)} days`);
+      const rows = [
+        ["MQL threshold", (m) => fmt(m.mql_threshold)],
+        ["MQL at the first cut-off", (m) => count(m.mql_at_start)],
+        ["new MQLs", (m) => count(m.new_mqls)],
+        ["new MQLs a week", (m) => fmt(m.mqls_per_week)],
+        ["converted within the horizon", (m) => count(m.converted)],
+        ["MQL-to-conversion rate", (m) => pct(m.rate)],
+        ["conversions between the cut-offs", (m) => count(m.conversions)],
+        ["missed (never MQL first)", (m) => `${count(m.missed)} (${pct(m.missed_share)})`],
+        ["first touch to MQL, median", speed],
+      ];
+      for (const [label, value] of rows) {
+        const row = document.createElement("tr");
+        cell(row, label);
+        for (const m of models) cell(row, value(m));
+        body.appendChild(row);
+      }
+      const names = ["cut-off"];
+      for (const m of models) names.push(`${m.label}: new MQLs`, "converted", "missed");
+      head($("#bt-periods"), names);
+      const periods = $("#bt-periods tbody");
+      periods.textContent = "";
+      models[0].periods.forEach((p, i) => {
+        const row = document.createElement("tr");
+        cell(row, p.cutoff.slice(0, 10) + (p.horizon_complete ? "" : " *"));
+        for (const m of models) {
+          const q = m.periods[i];
+          cell(row, count(q.new_mqls)); cell(row, count(q.converted)); cell(row, count(q.missed));
+        }
+        periods.appendChild(row);
+      });
+      const notes = $("#bt-notes");
+      notes.textContent = "";
+      const all = [...r.notes];
+      if (models[0].periods.some((p) => !p.horizon_complete)) all.push("* the horizon of this cut-off runs past the last stored outcome");
+      for (const note of all) {
+        const li = document.createElement("li");
+        li.textContent = note;
+        notes.appendChild(li);
+      }
+      say(hint, `${r.cutoffs} cut-offs from ${r.from.slice(0, 10)} to ${r.to.slice(0, 10)}, ${r.leads.toLocaleString("en")} leads; a conversion is ${r.conversion.outcomes.join(" or ")} within ${fmt(r.conversion.horizon_days)} days of becoming MQL. Nothing was saved.`);
+    } catch (e) {
+      stop();
+      say(hint, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+    } finally { button.disabled = false; }
+  });
+}
