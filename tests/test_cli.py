@@ -164,6 +164,14 @@ def test_test_schema_and_init(tmp_path: Path) -> None:
         AS_OF,
     )
     assert code == 0 and "50 leads; bands:" in out
+    starter = tmp_path / "starter"
+    code, out, err = run(
+        "report",
+        *(str(starter / "model.yaml"), "--leads", str(starter / "leads.csv")),
+        *("--events", str(starter / "events.csv"), "--outcomes", str(starter / "outcomes.csv")),
+        *("--as-of", AS_OF),
+    )
+    assert code == 0 and "Validation of b2b-default" in out, err
     code, _, err = run("init", str(tmp_path / "starter"))
     assert code == 2 and "use --force" in err
 

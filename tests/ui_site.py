@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from leadscore.cli.demo_server import load_demo_store
 from leadscore.sample import write_sample
 from leadscore.service import Settings
 from leadscore.store import EventInput, LeadInput, Store, open_store
-from leadscore.store.bulk import import_outcomes
 from leadscore.ui import create_app
 from tests.conftest import RunningServer
 
@@ -29,13 +24,7 @@ def seed(directory: Path, leads: int = 400, events: int = 20000) -> Store:
     store = open_store(str(directory / "ui.db"), durable=False)
     store.ensure_a_model()
     files = write_sample(directory, leads, events, datetime.now(UTC), seed=11, progress=False)
-    load_demo_store(store, files.leads, files.events, replay_days=5)
-    # The sample's outcomes follow its last day; moved 120 days back, they have happened.
-    outcomes = pq.read_table(files.outcomes)
-    shifted = pc.subtract(outcomes.column("ts"), pa.scalar(timedelta(days=120)))
-    import_outcomes(
-        store, outcomes.set_column(outcomes.schema.get_field_index("ts"), "ts", shifted)
-    )
+    load_demo_store(store, files.leads, files.events, outcomes_file=files.outcomes, replay_days=5)
     store.upsert_leads(
         [
             LeadInput(

@@ -301,12 +301,13 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
     """Write the default B2B model, the BANT template and sample data to DIRECTORY."""
-    from leadscore.sample import DEFAULT_AS_OF, generate_events, generate_leads
+    from leadscore.sample import DEFAULT_AS_OF, generate_events, generate_leads, generate_outcomes
 
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    targets = [directory / n for n in ("model.yaml", "bant.yaml", "leads.csv", "events.csv")]
+    names = ("model.yaml", "bant.yaml", "leads.csv", "events.csv", "outcomes.csv")
+    targets = [directory / n for n in names]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise UsageError(f"would overwrite {', '.join(existing)} (use --force)")
@@ -316,6 +317,8 @@ def init(
     event_table = generate_events(lead_table, leads_count * 20, DEFAULT_AS_OF, seed=1)
     (directory / "leads.csv").write_text(csv_text(lead_table), encoding="utf-8")
     (directory / "events.csv").write_text(csv_text(event_table), encoding="utf-8")
+    outcome_table = generate_outcomes(lead_table, event_table, DEFAULT_AS_OF, seed=1)
+    (directory / "outcomes.csv").write_text(csv_text(outcome_table), encoding="utf-8")
     stamp = DEFAULT_AS_OF.isoformat().replace("+00:00", "Z")
     out.print(f"wrote {', '.join(str(t) for t in targets)}", markup=False)
     out.print("next:", markup=False)
@@ -325,6 +328,11 @@ def init(
     out.print(
         f"  leadscore score {d / 'model.yaml'} --leads {d / 'leads.csv'} "
         f"--events {d / 'events.csv'} --as-of {stamp}",
+        markup=False,
+    )
+    out.print(
+        f"  leadscore report {d / 'model.yaml'} --leads {d / 'leads.csv'} "
+        f"--events {d / 'events.csv'} --outcomes {d / 'outcomes.csv'} --as-of {stamp}",
         markup=False,
     )
 

@@ -11,7 +11,7 @@ import random
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from leadscore.cli.service import Bar, check_port_free
 from leadscore.engine.timeutil import now_micros
 from leadscore.sample import write_sample
 from leadscore.store import EventInput, Store, open_store
-from leadscore.store.bulk import import_events, import_leads
+from leadscore.store.bulk import import_events, import_leads, import_outcomes
 from leadscore.store.keeper import ChangeListener, Progress
 from leadscore.store.overview import DAY_US
 from leadscore.store.schema import leads
@@ -87,6 +87,7 @@ def _stream(store: Store, lead_ids: list[str], stop: threading.Event, rate: floa
 
 
 REPLAY_DAYS = 3  # the demo's last days of events arrive as if streamed: scores have a history
+OUTCOME_SHIFT_DAYS = 120  # the sample's outcomes come after its last day: moved into the past
 
 
 def load_demo_store(
@@ -94,6 +95,7 @@ def load_demo_store(
     leads_file: Path,
     events_file: Path,
     *,
+    outcomes_file: Path | None = None,
     replay_days: int = REPLAY_DAYS,
     progress: Progress | None = None,
 ) -> None:
@@ -101,7 +103,11 @@ def load_demo_store(
     events older than ``replay_days`` are imported in bulk (scored as of then), the rest arrive
     hour by hour through real-time ingest with the store's clock at that hour, and every lead
     is rescored once a simulated day (decay), so the history, the sparklines and the MQLs per
-    day show what a live store would have recorded. Then every lead is brought up to now."""
+    day show what a live store would have recorded. Then every lead is brought up to now.
+
+    The sample's outcomes (``outcomes_file``) follow its last day; they are stored moved
+    :data:`OUTCOME_SHIFT_DAYS` back, so that they have happened and the Validation page has
+    something to compare with."""
     real_clock = store.clock
     now = real_clock()
     start = now - replay_days * DAY_US
@@ -145,6 +151,11 @@ def load_demo_store(
     finally:
         store.clock = real_clock
     store.rescore_all("decay", progress=progress)
+    if outcomes_file is not None:
+        outcomes = pq.read_table(outcomes_file)
+        moved = pc.subtract(outcomes.column("ts"), pa.scalar(timedelta(days=OUTCOME_SHIFT_DAYS)))
+        where = outcomes.schema.get_field_index("ts")
+        import_outcomes(store, outcomes.set_column(where, "ts", moved), progress=progress)
 
 
 def _micros(value: datetime) -> int:
@@ -178,7 +189,9 @@ def run_demo_server(
     with tempfile.TemporaryDirectory(prefix="leadscore-demo-") as tmp:
         files = write_sample(Path(tmp), n_leads, n_events, datetime.now(UTC), seed=seed)
         with Bar() as bar:
-            load_demo_store(store, files.leads, files.events, progress=bar)
+            load_demo_store(
+                store, files.leads, files.events, outcomes_file=files.outcomes, progress=bar
+            )
     with store.db.read() as conn:
         lead_ids = [str(i) for (i,) in conn.execute(sa.select(leads.c.lead_id))]
     store.listener = _announce(say, store.listener)
@@ -191,6 +204,7 @@ def run_demo_server(
     url = f"http://127.0.0.1:{port}"
     say(f"\nleadscore is serving {n_leads:,} leads at {url}")
     say(f"  open {url}/ in a browser: leads, overview, model editor (API docs: {url}/docs)")
+    say(f"  validation:  {url}/validation (sample outcomes, dated in the last 120 days)")
     say(f"  hot leads:   curl '{url}/api/v1/leads?band=hot&limit=5'")
     if lead_ids:
         say(f"  one lead:    curl '{url}/api/v1/leads/{lead_ids[0]}'")
