@@ -282,6 +282,8 @@ def test_validation_page_agrees_with_its_twin(
     assert "<b>40 points</b>" in html  # the threshold for a precision of 50%
     assert '<td>won</td><td class="num">5</td>' in html  # the stored outcomes
     assert 'id="outcomes-form"' in html and "<svg" in html
+    psi = twin["drift"]["columns"]["score"]["value"]
+    assert 'id="report-drift"' in html and f"<td>score</td><td>{psi:.3f}</td>" in html
     bad = c.get("/validation", params={"horizon": "soon"})
     assert bad.status_code == 422 and "text/html" in bad.headers["content-type"]
     assert "horizon: &#39;soon&#39; is not a duration" in bad.text

@@ -17,6 +17,7 @@ from leadscore.errors import NotFound
 from leadscore.store import Store
 from leadscore.store.keys import create_key
 from leadscore.store.validation import store_report
+from tests.conftest import Clock
 from tests.test_validation import (
     AS_OF,
     DEMO_DAYS,
@@ -153,3 +154,20 @@ def test_validation_scopes(serve: Serve, store: Store) -> None:
     assert r.status_code == 200
     r = client.post("/api/v1/models/backtest", content=MODEL_YAML, headers={**YAML, **auth})
     assert r.status_code == 403
+
+
+def test_drift_of_the_stored_scores(serve: Serve, store: Store, clock: Clock) -> None:
+    """Thirty days before the clock no lead had its demo; now three are hot (the bands of
+    tests/test_validation.py::test_drift_of_bands_between_two_dates)."""
+    client = serve(no_auth=True)
+    seed(client)
+    clock.now = int(AS_OF.timestamp() * 1_000_000)
+    r = client.get("/api/v1/validation", params={"sheet": "hand", "as_of": AS_OF.isoformat()})
+    band = r.json()["drift"]["columns"]["band"]
+    assert [b["baseline_leads"] for b in band["bins"]] == [0, 6, 5]
+    assert [b["current_leads"] for b in band["bins"]] == [3, 4, 4]
+    assert r.json()["drift"]["days"] == 30
+    off = client.get("/api/v1/validation", params={"sheet": "hand", "drift_days": 0}).json()
+    assert "drift" not in off
+    bad = client.get("/api/v1/validation", params={"drift_days": -1})
+    assert bad.status_code == 422 and "drift_days" in bad.text

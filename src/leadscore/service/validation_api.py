@@ -18,9 +18,10 @@ from leadscore.store.keys import ApiKey
 from leadscore.store.validation import outcome_counts, store_backtest, store_report
 from leadscore.validation.outcomes import MICROS_PER_DAY, Conversion, parse_days
 
-__all__ = ["ValidationQuery", "conversion_of", "router", "validation_data"]
+__all__ = ["DRIFT_DAYS", "ValidationQuery", "conversion_of", "router", "validation_data"]
 
 router = APIRouter()
+DRIFT_DAYS = 30.0  # the Validation page compares today's scores with this many days ago
 
 
 def _state(request: Request) -> ServiceState:
@@ -59,7 +60,10 @@ class ValidationQuery:
         conversion: str = "won,opportunity",
         target_precision: float | None = None,
         capacity: float | None = None,
+        drift_days: float = DRIFT_DAYS,
     ) -> None:
+        if not 0 <= drift_days <= 3650:
+            raise ApiError(422, "drift_days: between 0 (no drift) and 3650 days")
         if target_precision is not None and not 0 < target_precision <= 1:
             raise ApiError(422, "target_precision: a share between 0 and 1, such as 0.3")
         if capacity is not None and not capacity > 0:
@@ -71,6 +75,7 @@ class ValidationQuery:
         self.conversion = conversion_of(conversion, horizon)
         self.target_precision = target_precision
         self.capacity = capacity
+        self.drift_days = drift_days or None
 
 
 def validation_data(state: ServiceState, query: ValidationQuery) -> dict[str, Any]:
@@ -82,6 +87,7 @@ def validation_data(state: ServiceState, query: ValidationQuery) -> dict[str, An
         query.conversion,
         target_precision=query.target_precision,
         capacity_per_week=query.capacity,
+        drift_days=query.drift_days,
     )
     with state.store.db.read() as conn:
         report["stored_outcomes"] = outcome_counts(conn)
@@ -107,12 +113,18 @@ async def get_validation(
     capacity: Annotated[
         float | None, Query(description="Suggest a threshold for at most this many MQLs a week.")
     ] = None,
+    drift_days: Annotated[
+        float, Query(description="Score drift between this many days ago and now; 0: none.")
+    ] = DRIFT_DAYS,
     _: ApiKey = Depends(require("read")),
 ) -> dict[str, Any]:
     """The validation report of a sheet's active model over the stored leads, events and
     outcomes: conversion by band, grade and cell, deciles, ROC AUC, precision and recall at
-    the MQL threshold, calibration, per-rule insight and suggested thresholds."""
-    query = ValidationQuery(sheet, as_of, horizon, conversion, target_precision, capacity)
+    the MQL threshold, calibration, per-rule insight and suggested thresholds; and ``drift``,
+    the population stability index of the scores between ``drift_days`` ago and now."""
+    query = ValidationQuery(
+        sheet, as_of, horizon, conversion, target_precision, capacity, drift_days
+    )
     state = _state(request)
     return await run_in_threadpool(validation_data, state, query)
 

@@ -24,6 +24,7 @@ from leadscore.store.keeper import Sheet, Store, _export
 from leadscore.store.schema import outcomes
 from leadscore.store.versions import ModelVersion
 from leadscore.validation.backtest import run_backtest
+from leadscore.validation.drift import drift
 from leadscore.validation.outcomes import MICROS_PER_DAY, Conversion
 from leadscore.validation.report import default_as_of, report_from_inputs
 
@@ -95,10 +96,14 @@ def store_report(
     *,
     target_precision: float | None = None,
     capacity_per_week: float | None = None,
+    drift_days: float | None = None,
 ) -> dict[str, Any]:
     """The validation report of a sheet's active model (default: the first sheet) over the
     stored leads, events and outcomes, as of ``as_of_us`` (default: the latest outcome minus
-    the horizon, not after the latest event; without outcomes, now minus the horizon)."""
+    the horizon, not after the latest event; without outcomes, now minus the horizon).
+
+    With ``drift_days``, ``drift`` holds the population stability index of the scores between
+    that many days ago and now (:func:`leadscore.validation.drift.drift`)."""
     with store.db.read() as conn:
         active = _active(store, conn, sheet)
         prepared = PreparedInputs(*_export(conn, [active]))
@@ -117,6 +122,12 @@ def store_report(
     )
     report["sheet"] = active.name
     report["model_version"] = active.version.version
+    if drift_days is not None:
+        now = store.clock()
+        report["drift"] = drift(
+            active.model, prepared, now - round(drift_days * MICROS_PER_DAY), now
+        )
+        report["drift"]["days"] = drift_days
     if stored.num_rows == 0:
         report["notes"].append(
             "no outcomes are stored yet: import them (leadscore import outcomes, POST "

@@ -23,7 +23,7 @@ from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
 from leadscore.service.overview import overview_data
 from leadscore.service.state import ServiceState
-from leadscore.service.validation_api import ValidationQuery, validation_data
+from leadscore.service.validation_api import DRIFT_DAYS, ValidationQuery, validation_data
 from leadscore.service.views import RESERVED_QUERY, lead_data, lead_query, leads_data
 from leadscore.spec import Model
 from leadscore.spec.model import FALLBACK_GRADE
@@ -413,6 +413,7 @@ async def validation_page(
     conversion: str = Query("won,opportunity"),
     target_precision: str | None = Query(None),
     capacity: str | None = Query(None),
+    drift_days: float = Query(DRIFT_DAYS),
     _: ApiKey = READ,
 ) -> Response:
     """How the active model's scores compare with outcomes; twin: ``GET /api/v1/validation``."""
@@ -423,6 +424,7 @@ async def validation_page(
         conversion,
         _optional_number(target_precision, "target precision"),
         _optional_number(capacity, "capacity"),
+        drift_days,
     )
     data = await run_in_threadpool(_validation_page, _state(request), query)
     return render(request, "validation.html", data)
