@@ -10,8 +10,9 @@ fetched over HTTP on loopback, one request at a time: a warm-up, then ``--repeat
 requests, of which the median and the slowest are reported, next to the page's JSON twin and
 to ``GET /api/v1/health`` (the baseline of the same run: a request that touches no table).
 Timed from sending the request to the last byte of the answer; the browser's own drawing is
-not included. The what-if preview of a model (every lead rescored with a draft) and the CSV
-export of a filtered list are actions, not pages: they are timed once each and reported apart.
+not included. The what-if preview of a model (every lead rescored with a draft), the
+Validation page, the backtest of a draft and the CSV export of a filtered list are actions,
+not pages: they are timed once each and reported apart.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ METHOD = (
     "is fetched over HTTP on loopback, one request at a time: one warm-up, then the timed "
     "requests, from sending the request to the last byte of the answer (the browser's own "
     "drawing is not included). Next to each page: its JSON twin, and the baseline of the same "
-    "run, `GET /api/v1/health`, which reads no table. The what-if preview, the model check and "
-    "the CSV exports are actions, not pages: timed apart."
+    "run, `GET /api/v1/health`, which reads no table. The what-if preview, the model check, "
+    "the Validation page (the store's sample outcomes, moved into the past as `make demo` does), "
+    "the backtest of a draft and the CSV exports are actions, not pages: timed once each."
 )
 
 
@@ -66,7 +68,14 @@ def build(directory: Path, leads: int, events: int) -> Path:
             print(f"  {what}...", file=sys.stderr, flush=True)
             last[0] = what
 
-    load_demo_store(store, files.leads, files.events, replay_days=1, progress=progress)
+    load_demo_store(
+        store,
+        files.leads,
+        files.events,
+        outcomes_file=files.outcomes,
+        replay_days=1,
+        progress=progress,
+    )
     store.db.dispose()
     return db
 
@@ -285,6 +294,15 @@ def run(
                 c,
                 "POST",
                 "/api/v1/models/preview",
+                1,
+                content=yaml.replace("hot: 75", "hot: 60"),
+                headers={"Content-Type": "application/yaml"},
+            )[0],
+            "Validation page (report and 30-day drift)": timed(c, "GET", "/validation", 1)[0],
+            "backtest of a draft beside the active model, 13 weekly cut-offs": timed(
+                c,
+                "POST",
+                "/api/v1/models/backtest",
                 1,
                 content=yaml.replace("hot: 75", "hot: 60"),
                 headers={"Content-Type": "application/yaml"},

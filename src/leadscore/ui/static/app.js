@@ -504,3 +504,12 @@ if (backtestForm) {
     } finally { button.disabled = false; }
   });
 }
+
+// --- validation: the report takes seconds on a large store; say so while the next page loads --
+const validationForm = $("#validation-form");
+if (validationForm) {
+  validationForm.addEventListener("submit", () => {
+    validationForm.querySelector("button[type=submit]").disabled = true;
+    ticking($("#validation-status"), "Scoring every stored lead and comparing with the outcomes…");
+  });
+}
