@@ -599,3 +599,54 @@ def test_validation_example_is_current(tmp_path: Path) -> None:
     assert text in doc, "docs/validation-example.md is stale: run run.py --write-docs"
     assert 0.6 < holdout["roc_auc"]["value"] < 0.9
     assert holdout["conversions"] == 2540  # y = yes in the last 20% of the rows
+
+
+# --- bad input: messages, never tracebacks ----------------------------------------------------
+
+
+def test_capacity_picks_the_lowest_fitting_threshold_from_the_busiest_up() -> None:
+    # crossings a week at 10, 9, 8, 7: 1, 4, 2, 8; at most 2.5 a week: 8 (9 is over, 8 is not)
+    now = np.array([10.0, 9, 9, 9, 8, 7, 7, 7, 7, 7])
+    before = np.array([0.0, 8.5, 8.5, 8.5, 7.9, 0, 0, 0, 0, 0])
+    got = threshold_for_capacity(now, before, 1.0, 2.5, np.zeros(10, dtype=bool))
+    assert (got["threshold"], got["mqls_per_week"]) == (8, 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--horizon", "inf"], "--horizon: 'inf' is longer than 36,500 days"),
+        (["--horizon", "1e400d"], "is longer than 36,500 days"),
+        (["--capacity", "inf"], "the capacity is a number of MQLs a week"),
+        (["--as-of", "9999-12-31T23:59:59-12:00"], "out of range: years 1 to 9999"),
+        (["--as-of", "0001-01-02", "--capacity", "5"], "minus 4 weeks falls outside"),
+        (["--html", "/nonexistent-dir/r.html"], "--html: /nonexistent-dir/r.html has no directory"),
+    ],
+)
+def test_report_refuses_impossible_times_and_numbers(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    args = write_inputs(tmp_path)
+    if "--as-of" in extra:
+        args = args[:-2]
+    result = CliRunner().invoke(app, ["report", *args, *extra])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_backtest_and_drift_refuse_out_of_range_dates(tmp_path: Path) -> None:
+    args = write_inputs(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["backtest", *args[:-2], "--every", "36000d"])
+    assert result.exit_code == 2 and "the first cut-off falls outside" in result.stderr
+    result = runner.invoke(
+        app, ["drift", *args[:5], "--from", "9999-12-31T23:59:59-12:00", "--to", "2026-06-30"]
+    )
+    assert result.exit_code == 2 and "out of range" in result.stderr
+
+
+def test_outcome_amounts_must_be_finite(tmp_path: Path) -> None:
+    bad = tmp_path / "o.csv"
+    bad.write_text("lead_id,outcome,ts,amount\nL1,won,2026-07-01,inf\nL2,won,2026-07-01,nan\n")
+    with pytest.raises(Exception, match="2 lines have an amount that is not a finite number"):
+        normalize_outcomes(bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -171,3 +172,40 @@ def test_drift_of_the_stored_scores(serve: Serve, store: Store, clock: Clock) ->
     assert "drift" not in off
     bad = client.get("/api/v1/validation", params={"drift_days": -1})
     assert bad.status_code == 422 and "drift_days" in bad.text
+
+
+def test_impossible_values_are_refused_not_crashed_on(serve: Serve) -> None:
+    client = serve(no_auth=True)
+    seed(client)
+    far = {"lead_id": "L2", "outcome": "lost", "ts": "9999-12-31T23:59:59-12:00"}
+    r = client.post("/api/v1/outcomes", json=far)
+    assert r.status_code == 422 and "out of range" in r.text
+    csv = f"lead_id,outcome,ts,amount\nL1,won,2026-07-01,inf\n{'x' * 201},won,2026-07-01,\n"
+    r = client.post("/api/v1/outcomes", content=csv, headers=CSV)
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "nothing was stored" in message and "not a finite number" in message
+    assert "--skip-bad-rows" not in r.text
+    for query in ("capacity=inf", "horizon=inf", "as_of=0001-01-01T00:00:00%2B01:00"):
+        r = client.get(f"/api/v1/validation?sheet=hand&{query}")
+        assert r.status_code in (400, 422), (query, r.text)
+    r = client.post("/api/v1/models/backtest?to=0001-01-02", content=MODEL_YAML, headers=YAML)
+    assert r.status_code in (400, 422) and "falls outside" in r.text
+    assert client.get("/api/v1/validation?sheet=hand").status_code == 200
+
+
+def test_import_outcomes_command_skips_bad_rows(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leadscore.cli import app
+
+    db = tmp_path / "s.db"
+    f = tmp_path / "crm.csv"
+    f.write_text("id,outcome,ts\nL1,won,2026-07-01\nL2,won,someday\n")
+    runner = CliRunner()
+    args = ["import", "outcomes", str(f), "--db", str(db), "--lead-id-column", "id"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "line 3 ('someday')" in r.stderr
+    r = runner.invoke(app, [*args, "--skip-bad-rows"])
+    assert r.exit_code == 0, r.stderr
+    assert "skipped 1 line" in r.stderr + r.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,10 +445,13 @@ def normalize_outcomes(
         bad: list[bool] = []
         for text in _trim(_as_text(table.column("amount"))).to_pylist():
             try:
-                values.append(float(text) if text else None)
+                number = float(text) if text else None
             except ValueError:
-                values.append(None)
-            bad.append(values[-1] is None and bool(text))
+                number = None
+            if number is not None and not math.isfinite(number):
+                number = None  # inf and nan are not amounts
+            values.append(number)
+            bad.append(number is None and bool(text))
         amount = pa.chunked_array([pa.array(values, pa.float64())])
         bad_amount = pa.chunked_array([pa.array(bad, pa.bool_())])
     else:
@@ -483,7 +487,7 @@ def normalize_outcomes(
                 bad_amount,
                 src,
                 "amount",
-                "{has} an amount that is not a number",
+                "{has} an amount that is not a finite number",
                 skip_bad_rows,
                 report,
                 samples=samples,

@@ -261,7 +261,13 @@ def import_(
                     progress=bar,
                 )
             else:
-                report = import_outcomes(store, file, progress=bar)
+                report = import_outcomes(
+                    store,
+                    file,
+                    lead_id_column=lead_id_column,
+                    skip_bad_rows=skip_bad_rows,
+                    progress=bar,
+                )
         _print_import(report)
     finally:
         store.db.dispose()

@@ -261,6 +261,9 @@ def report(
     """
     m = load_model(model)
     conv = conversion_from_options(conversion, horizon)
+    if html is not None and (html.is_dir() or not html.parent.is_dir()):
+        where = "is a directory" if html.is_dir() else f"has no directory {html.parent}"
+        raise UsageError(f"--html: {html} {where}")
     with err.status("reading inputs...") if err.is_terminal else _Quiet():
         prepared = prepare(
             leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
@@ -291,7 +294,10 @@ def report(
             capacity_per_week=capacity,
         )
     if html is not None:
-        html.write_text(render_html(result), encoding="utf-8")
+        try:
+            html.write_text(render_html(result), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--html: cannot write {html}: {exc.strerror or exc}") from None
         err.print(f"wrote the HTML report to {html}", markup=False)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")

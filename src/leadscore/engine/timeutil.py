@@ -11,7 +11,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "MAX_US",
     "MICROS_PER_DAY",
+    "MIN_US",
     "from_micros",
     "now_micros",
     "parse_instant",
@@ -24,8 +26,8 @@ _NUMERIC = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 # Epoch numbers are told apart by size: seconds up to 1e11 (the year 5138), then milliseconds
 # (JavaScript), microseconds and nanoseconds.
 _UNITS = ((1e11, 1.0), (1e14, 1e-3), (1e17, 1e-6))
-_MIN_US = -62_135_596_800_000_000  # 0001-01-01
-_MAX_US = 253_402_300_799_999_999  # 9999-12-31
+MIN_US = _MIN_US = -62_135_596_800_000_000  # 0001-01-01
+MAX_US = _MAX_US = 253_402_300_799_999_999  # 9999-12-31
 
 
 def to_micros(value: datetime) -> int:
@@ -50,7 +52,7 @@ def parse_instant(value: object) -> int:
     Times without a zone are UTC. Raises ValueError with a readable message otherwise.
     """
     if isinstance(value, datetime):
-        return to_micros(value)
+        return _in_range(to_micros(value), value)
     if isinstance(value, bool):
         raise ValueError(f"not a time: {value!r}")
     if isinstance(value, (int, float)):
@@ -66,8 +68,15 @@ def parse_instant(value: object) -> int:
                 f"not a time: {value!r} (expected ISO 8601 such as 2026-06-30T12:00:00Z, "
                 "or epoch seconds)"
             ) from None
-        return to_micros(parsed)
+        return _in_range(to_micros(parsed), value)
     raise ValueError(f"not a time: {value!r}")
+
+
+def _in_range(micros: int, original: object) -> int:
+    """``micros`` if it lies in the years 1 to 9999 in UTC (a zone can push a time out)."""
+    if not _MIN_US <= micros <= _MAX_US:
+        raise ValueError(f"not a time: {original!r} (out of range: years 1 to 9999, UTC)")
+    return micros
 
 
 def _epoch(number: float, original: object) -> int:

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from leadscore.engine.timeutil import parse_instant
+from leadscore.errors import InputError
 from leadscore.inputs import NamedData
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
@@ -208,7 +209,16 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
         def load() -> ImportReport:
             return import_outcomes(state.store, NamedData(_csv_name(name), data))
 
-        report = await run_in_threadpool(load)
+        try:
+            report = await run_in_threadpool(load)
+        except InputError as e:
+            n = len(e.problems)
+            raise ApiError(
+                422,
+                f"the file has {n} problem{'s' if n != 1 else ''}; nothing was stored: "
+                + "; ".join(str(p) for p in e.problems[:3]),
+                details=[{"message": str(p)} for p in e.problems],
+            ) from None
         return {
             "received": report.rows,
             "added": report.stored,

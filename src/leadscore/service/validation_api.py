@@ -3,6 +3,7 @@ backtest next to the active one (the model editor's champion/challenger check)."
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -66,7 +67,7 @@ class ValidationQuery:
             raise ApiError(422, "drift_days: between 0 (no drift) and 3650 days")
         if target_precision is not None and not 0 < target_precision <= 1:
             raise ApiError(422, "target_precision: a share between 0 and 1, such as 0.3")
-        if capacity is not None and not capacity > 0:
+        if capacity is not None and not 0 < capacity < math.inf:
             raise ApiError(422, "capacity: a number of MQLs a week, more than 0")
         self.sheet = sheet or None
         self.as_of_us = _instant(as_of, "as_of")

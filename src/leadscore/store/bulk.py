@@ -51,12 +51,16 @@ LIMITS = {"lead_id": 200, "type": 200, "item": 2000, "email": 320, "owner": 200}
 
 
 def _within_limits(
-    table: pa.Table, label: str, skip_bad_rows: bool, report: ImportReport
+    table: pa.Table,
+    label: str,
+    skip_bad_rows: bool,
+    report: ImportReport,
+    limits: dict[str, int] = LIMITS,
 ) -> pa.Table:
     """``table`` without rows whose ids, types or items are too long or hold a NUL character
     (reported as errors, or skipped and listed with ``skip_bad_rows``)."""
     bad: dict[int, str] = {}
-    for column, limit in LIMITS.items():
+    for column, limit in limits.items():
         if column not in table.column_names:
             continue
         values = table.column(column).to_pylist()
@@ -181,11 +185,21 @@ def import_outcomes(
     store: Store,
     source: str | Path | pa.Table | NamedData,
     *,
+    lead_id_column: str = "lead_id",
+    skip_bad_rows: bool = False,
     progress: Progress | None = None,
 ) -> ImportReport:
     """Store outcomes: ``lead_id``, ``outcome``, ``ts`` and an optional ``amount``. A bad row
-    (named by its line and column) stops the import before anything is stored."""
-    table = normalize_outcomes(source)
+    (named by its line and column) stops the import before anything is stored, unless
+    ``skip_bad_rows`` leaves it out (listed in the report's warnings)."""
+    load = LoadReport()
+    table = normalize_outcomes(
+        source, lead_id_column, skip_bad_rows=skip_bad_rows, report=load, label=_label(source)
+    )
+    report = ImportReport("outcomes", rows=table.num_rows, warnings=list(load.warnings))
+    table = _within_limits(
+        table, _label(source), skip_bad_rows, report, {"lead_id": 200, "outcome": 200}
+    )
     items = [
         OutcomeInput(lead_id, outcome, ts_us, amount)
         for lead_id, outcome, ts_us, amount in zip(
@@ -196,7 +210,6 @@ def import_outcomes(
             strict=True,
         )
     ]
-    report = ImportReport("outcomes", rows=table.num_rows)
     for start in _chunks(len(items)):
         with store.db.write() as conn:
             added = add_outcomes(conn, items[start : start + CHUNK], "import")

@@ -36,6 +36,7 @@ from leadscore.validation.outcomes import (
     MICROS_PER_DAY,
     NEVER,
     Conversion,
+    check_instant,
     conversion_times,
 )
 from leadscore.validation.report import rate
@@ -52,6 +53,8 @@ def cutoffs(start_us: int, end_us: int, every_us: int) -> list[int]:
     """``start, start + every, ...`` up to ``end`` (at least two of them)."""
     if every_us <= 0:
         raise UsageError("--every must be longer than zero")
+    check_instant(start_us, "the first cut-off")
+    check_instant(end_us, "the last cut-off")
     if end_us <= start_us:
         raise UsageError(
             f"--to ({from_micros(end_us).isoformat()}) must be after --from "

@@ -23,6 +23,7 @@ from leadscore.engine.timeutil import from_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
 from leadscore.spec.model import Model
+from leadscore.validation.outcomes import check_instant
 
 __all__ = [
     "FLOOR",
@@ -143,6 +144,8 @@ def drift(
     With ``created_column`` (a time column of the leads), a lead belongs to a date's
     population only once it was created; without it every lead belongs to both.
     """
+    check_instant(base_us, "the baseline date")
+    check_instant(current_us, "the date to compare")
     if current_us <= base_us:
         raise UsageError("--to must be after --from")
     if bins < 2:

@@ -9,12 +9,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from leadscore.engine.timeutil import MAX_US, MIN_US
 from leadscore.errors import UsageError
 
 __all__ = [
     "DEFAULT_CONVERSION",
     "NEVER",
     "Conversion",
+    "check_instant",
     "conversion_times",
     "parse_days",
     "unknown_leads",
@@ -22,6 +24,7 @@ __all__ = [
 
 NEVER = np.iinfo(np.int64).max  # the conversion time of a lead that never converted
 MICROS_PER_DAY = 86_400_000_000
+MAX_DAYS = 36_500  # the longest horizon or step: a hundred years
 
 I64 = npt.NDArray[np.int64]
 
@@ -37,8 +40,11 @@ class Conversion:
     def __post_init__(self) -> None:
         if not self.outcomes:
             raise UsageError("a conversion needs at least one outcome (such as won)")
-        if not self.horizon_days > 0:
-            raise UsageError(f"the horizon must be longer than 0 days, not {self.horizon_days}")
+        if not 0 < self.horizon_days <= MAX_DAYS:
+            raise UsageError(
+                f"the horizon must be longer than 0 days and at most {MAX_DAYS:,}, "
+                f"not {self.horizon_days}"
+            )
 
     @property
     def horizon_us(self) -> int:
@@ -66,7 +72,17 @@ def parse_days(text: str, what: str) -> float:
         raise UsageError(f"{what}: {text!r} is not a duration (such as 90d, 2w or 12h)") from None
     if not days > 0:
         raise UsageError(f"{what}: {text!r} must be longer than zero")
+    if not days <= MAX_DAYS:  # also infinity and NaN
+        raise UsageError(f"{what}: {text!r} is longer than {MAX_DAYS:,} days")
     return days
+
+
+def check_instant(micros: int, what: str) -> int:
+    """``micros`` if it is a time a date can show (the years 1 to 9999), else a UsageError
+    naming ``what`` (a reference time moved back by a horizon can fall out)."""
+    if not MIN_US <= micros <= MAX_US:
+        raise UsageError(f"{what} falls outside the years 1 to 9999")
+    return micros
 
 
 def conversion_times(

@@ -28,12 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leadscore.engine.timeutil import from_micros
+from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
 from leadscore.spec.model import FALLBACK_GRADE, Model
 from leadscore.validation.outcomes import (
     MICROS_PER_DAY,
     NEVER,
     Conversion,
+    check_instant,
     conversion_times,
     unknown_leads,
 )
@@ -160,15 +162,15 @@ def threshold_for_capacity(
     )
     flows = crossed / weeks
     busiest = int(np.argmax(flows))
-    over = np.nonzero(flows[: busiest + 1] > capacity + 1e-12)[0]
-    if len(over) and over[0] == 0:
+    fits = np.nonzero(flows[: busiest + 1] <= capacity + 1e-12)[0]
+    if not len(fits):
         out["reason"] = (
             f"even the highest score ({candidates[0]:g}) was reached by "
             f"{flows[0]:.1f} leads a week, more than {capacity:g}"
         )
         return out
-    i = int(over[0] - 1) if len(over) else busiest
-    if not len(over):
+    i = int(fits[-1])  # the lowest threshold, from the busiest one up, within the capacity
+    if i == busiest:
         out["note"] = (
             f"no threshold sends more than {flows[busiest]:.1f} new MQLs a week (at "
             f"{candidates[busiest]:g} points): the capacity is not the limit"
@@ -432,6 +434,16 @@ def build_report(
             }
         )
     report["rules"] = rules
+    if n:
+        every = [r["rule"] for r in rules if r["fired"] == n]
+        never = [r["rule"] for r in rules if r["fired"] == 0]
+        if every:
+            notes.append(
+                "rules that gave points to every lead (no other leads to compare with): "
+                + ", ".join(every)
+            )
+        if never:
+            notes.append("rules that gave points to no lead: " + ", ".join(never))
 
     suggestions: dict[str, Any] = {}
     if target_precision is not None:
@@ -466,10 +478,16 @@ def report_from_inputs(
 ) -> dict[str, Any]:
     """Score ``prepared`` with the batch evaluator as of ``as_of_us`` (and ``earlier_weeks``
     before, to size a threshold to a capacity) and build the report."""
+    check_instant(as_of_us, "the reference time")
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise UsageError(f"the target precision is a share above 0, at most 1: {target_precision}")
+    if capacity_per_week is not None and not 0 < capacity_per_week < math.inf:
+        raise UsageError(f"the capacity is a number of MQLs a week above 0: {capacity_per_week}")
     run = score_run(model, prepared, from_micros(as_of_us))
     earlier = None
     if capacity_per_week is not None:
         before_us = as_of_us - int(earlier_weeks * 7 * MICROS_PER_DAY)
+        check_instant(before_us, f"the reference time minus {earlier_weeks:g} weeks")
         earlier = score_run(model, prepared, from_micros(before_us)).table
     report = build_report(
         model,
@@ -498,4 +516,4 @@ def default_as_of(
     if events is not None and events.num_rows:
         last_event = int(pc.max(events.column("ts").cast(pa.int64())).as_py())
         when = min(when, last_event)
-    return when
+    return check_instant(when, "the latest outcome minus the horizon")
