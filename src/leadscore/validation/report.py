@@ -435,8 +435,8 @@ def build_report(
         )
     report["rules"] = rules
     if n:
-        every = [r["rule"] for r in rules if r["fired"] == n]
-        never = [r["rule"] for r in rules if r["fired"] == 0]
+        every = [str(r["rule"]) for r in rules if r["fired"] == n]
+        never = [str(r["rule"]) for r in rules if r["fired"] == 0]
         if every:
             notes.append(
                 "rules that gave points to every lead (no other leads to compare with): "
