@@ -1,8 +1,9 @@
 """The two evaluators agree to 1e-9 on random models, leads and events (ARCHITECTURE.md #1).
 
 Hypothesis builds models with every rule kind, option, operator, cap, weight, decay, window and
-frequency, negative points included, and messy leads and events (blank and non-numeric values,
-mixed case, stray spaces, events in the future and exactly on window edges, missing items).
+frequency, count and trend rules, negative points included, and messy leads and events (blank
+and non-numeric values, mixed case, stray spaces, events in the future and exactly on window
+edges, missing items).
 """
 
 from __future__ import annotations
@@ -151,6 +152,32 @@ def models(draw: st.DrawFn) -> dict[str, Any]:
             rule["max_points"] = draw(st.sampled_from([5.0, 20.0, 50.0]))
         if draw(st.booleans()):
             rule["min_points"] = draw(st.sampled_from([-30.0, -5.0, 0.0]))
+        form = draw(st.sampled_from(["points", "points", "count", "trend"]))
+        if form != "points":  # points once, on the number of matching events
+            rule.pop("diminishing", None)
+            rule.pop("half_life_days", None)
+        if form == "count":
+            tests = draw(
+                st.dictionaries(
+                    st.sampled_from(["gte", "gt", "lte", "lt", "eq"]),
+                    st.integers(1, 4),
+                    min_size=1,
+                    max_size=2,
+                )
+            )
+            if draw(st.booleans()) and "lt" not in tests:
+                tests[draw(st.sampled_from(["lte", "eq", "gte"]))] = 0
+            rule["count"] = tests
+        elif form == "trend":
+            rule.pop("window_days", None)
+            rule.pop("frequency", None)
+            rule["trend"] = {
+                "recent_days": draw(st.sampled_from([1, 7, 14, 0.5])),
+                "baseline_days": draw(st.sampled_from([7, 30, 60, 2.5])),
+                "ratio": draw(st.sampled_from([0.5, 1, 2, 3.5])),
+            }
+            if draw(st.booleans()):
+                rule["trend"]["min_recent"] = draw(st.integers(1, 3))
         activity.append(rule)
     inactivity = []
     for i in range(draw(st.integers(0, 2))):
@@ -280,13 +307,15 @@ def test_parity_strategy_reaches_every_frequency() -> None:
     @given(models())
     def collect(raw: dict[str, Any]) -> None:
         for r in raw["activity"]:
-            seen.add(r["frequency"])
-            seen.update(k for k in ("diminishing", "half_life_days", "window_days") if k in r)
+            seen.add(r.get("frequency", "every"))
+            keys = ("diminishing", "half_life_days", "window_days", "count", "trend")
+            seen.update(k for k in keys if k in r)
         if raw["inactivity"]:
             seen.add("inactivity")
 
     collect()
     assert {"every", "once", "once_per_item", "diminishing", "half_life_days"} <= seen
+    assert {"count", "trend"} <= seen
 
 
 def test_long_decimal_points_times_weight_stay_double() -> None:

@@ -330,9 +330,20 @@ def _field_conditions(rule: Rule) -> list[FieldCondition]:
 
 def _ranked(rule: ActivityRule) -> bool:
     """Rules that need each counted event's rank (a pass of their own)."""
+    if rule.count is not None or rule.trend is not None:
+        return False  # counted in the shared aggregate pass
     return rule.frequency == "once_per_item" or (
         rule.frequency == "every" and rule.diminishing != 1.0
     )
+
+
+_COUNT_SQL = {
+    "gte": lambda n, v: n >= v,
+    "gt": lambda n, v: n > v,
+    "lte": lambda n, v: n <= v,
+    "lt": lambda n, v: n < v,
+    "eq": lambda n, v: n == v,
+}
 
 
 def _num(value: float) -> ir.FloatingValue:
@@ -400,6 +411,21 @@ class _Builder:
         metrics: dict[str, ir.Value] = {}
         for r in simple:
             m = ev[f"_m:{r.id}"]
+            if r.trend is not None:
+                recent = ev._age < _num(r.trend.recent_days)
+                earlier = (ev._age >= _num(r.trend.recent_days)) & (
+                    ev._age < _num(r.trend.until_days)
+                )
+                metrics[f"_rc:{r.id}"] = ev.ts_us.count(where=m & recent)
+                metrics[f"_bc:{r.id}"] = ev.ts_us.count(where=m & earlier)
+                continue
+            if r.count is not None:
+                if r.frequency == "once_per_item":
+                    key = ev.item.strip().fill_null("")
+                    metrics[f"_n:{r.id}"] = key.nunique(where=m)
+                else:
+                    metrics[f"_n:{r.id}"] = ev.ts_us.count(where=m)
+                continue
             decay = self.decay(r, ev._age)
             if r.frequency == "once":
                 metrics[f"_last:{r.id}"] = ev.ts_us.max(where=m)
@@ -459,6 +485,25 @@ class _Builder:
             if isinstance(r, ProfileRule):
                 hit = condition_expr(r.condition, lambda f: _lead_col(table, f))
                 cols[f"rule:{r.id}"] = ibis.ifelse(hit, _num(r.points), _num(0.0))
+            elif isinstance(r, ActivityRule) and r.trend is not None:
+                rc = table[f"_rc:{r.id}"].fill_null(0)
+                bc = table[f"_bc:{r.id}"].fill_null(0)
+                # the per-lead evaluator's comparison, operation for operation
+                rises = rc.cast("float64") * _num(r.trend.baseline_days) >= (
+                    _num(r.trend.ratio) * bc.cast("float64")
+                ) * _num(r.trend.recent_days)
+                fires = (rc >= r.trend.min_recent) & rises
+                raw = ibis.ifelse(fires, _num(r.points), _num(0.0))
+                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
+            elif isinstance(r, ActivityRule) and r.count is not None:
+                n = table[f"_n:{r.id}"].fill_null(0)
+                if r.frequency == "once":
+                    n = ibis.ifelse(n > 0, 1, 0)
+                holds: ir.BooleanValue = ibis.literal(True)
+                for op, value in r.count:
+                    holds = holds & _COUNT_SQL[op](n, value)
+                raw = ibis.ifelse(holds, _num(r.points), _num(0.0))
+                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
             elif isinstance(r, ActivityRule):
                 if r.frequency == "once":
                     last = table[f"_last:{r.id}"]

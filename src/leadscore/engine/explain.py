@@ -29,6 +29,13 @@ def _rule_detail(model: Model, c: RuleContribution) -> list[str]:
         )
         return lines
     assert isinstance(rule, ActivityRule)
+    if rule.count is not None or rule.trend is not None:
+        state = "fires" if c.matched else "does not fire"
+        lines.append(
+            f"    {c.rule_id:<24}{_n(c.points):>9}   {state}: {c.note} "
+            f"({_n(c.base_points)} pts once)"
+        )
+        return lines
     how = [f"{_n(rule.points)} pts per event"]
     if rule.frequency != "every":
         how.append(f"frequency {rule.frequency}")

@@ -28,7 +28,7 @@ from leadscore.engine.timeutil import (
     to_micros,
 )
 from leadscore.spec.conditions import WHITESPACE, parse_number, to_text
-from leadscore.spec.model import ActivityRule, InactivityRule, Model, ProfileRule
+from leadscore.spec.model import COUNT_WORDS, ActivityRule, InactivityRule, Model, ProfileRule
 
 __all__ = ["Event", "score_lead"]
 
@@ -209,7 +209,9 @@ def _activity(
         candidates = by_type.get(rule.events[0], [])
     else:
         candidates = sorted((e for t in rule.events for e in by_type.get(t, ())), key=_TS)
-    if not candidates:  # most rules, for most leads
+    if rule.trend is not None:
+        return _trend(rule, candidates, t_us, warnings)
+    if not candidates and rule.count is None:  # most rules, for most leads
         raw, side = clip(0.0, rule.min_points, rule.max_points)
         clipped = None if side is None else f"{side}_points"
         return RuleContribution(
@@ -236,6 +238,8 @@ def _activity(
         for e in matching:  # oldest first: the last one seen per item is the most recent
             latest[_item_key(e.item)] = e
         counted = sorted(latest.values(), key=lambda e: e.ts_us)
+    if rule.count is not None:
+        return _counted(rule, len(counted), len(matching))
 
     points, d, hl = rule.points, rule.diminishing, rule.half_life_days
     raw = 0.0
@@ -272,6 +276,58 @@ def _activity(
         events=tuple(detail),
         matching_events=len(matching),
     )
+
+
+def _fires(rule: ActivityRule, fired: bool, note: str, matching: int) -> RuleContribution:
+    """A count or trend rule: its points once when it fires, then its caps."""
+    raw = rule.points if fired else 0.0
+    value, side = clip(raw, rule.min_points, rule.max_points)
+    return RuleContribution(
+        rule_id=rule.id,
+        kind="activity",
+        group=rule.group,
+        matched=fired,
+        base_points=rule.points,
+        raw=raw,
+        points=value,
+        clipped=None if side is None else f"{side}_points",
+        matching_events=matching,
+        note=note,
+    )
+
+
+def _counted(rule: ActivityRule, n: int, matching: int) -> RuleContribution:
+    tests = " and ".join(f"{COUNT_WORDS[op]} {v}" for op, v in rule.count or ())
+    window = f" in {rule.window_days:g} days" if rule.window_days is not None else ""
+    note = f"{n} counted event{'' if n == 1 else 's'}{window}; needs {tests}"
+    return _fires(rule, rule.count_holds(n), note, matching)
+
+
+def _trend(
+    rule: ActivityRule, candidates: list[Event], t_us: int, warnings: list[str]
+) -> RuleContribution:
+    trend = rule.trend
+    assert trend is not None
+    pred = rule.predicate
+    for name in rule.numeric_fields:
+        for e in candidates:
+            _check_number(e.fields.get(name), f"rule {rule.id}: event field {name!r}", warnings)
+    recent = baseline = 0
+    until = trend.until_days
+    for e in candidates:
+        if pred is not None and not pred(e.fields):
+            continue
+        age = (t_us - e.ts_us) / MICROS_PER_DAY
+        if age < trend.recent_days:
+            recent += 1
+        elif age < until:
+            baseline += 1
+    note = (
+        f"{recent} in the last {trend.recent_days:g} days, {baseline} in the "
+        f"{trend.baseline_days:g} days before; needs {trend.ratio:g}x the earlier rate and "
+        f"at least {trend.min_recent}"
+    )
+    return _fires(rule, trend.holds(recent, baseline), note, recent + baseline)
 
 
 def _inactivity(

@@ -10,7 +10,7 @@ per-field schema cannot see (duplicate ids, unknown groups, unordered tables, ..
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +56,45 @@ class ProfileRule:
     kind = "profile"
 
 
+COUNT_TESTS: dict[str, Callable[[int, int], bool]] = {
+    "gte": lambda n, v: n >= v,
+    "gt": lambda n, v: n > v,
+    "lte": lambda n, v: n <= v,
+    "lt": lambda n, v: n < v,
+    "eq": lambda n, v: n == v,
+}
+COUNT_WORDS = {
+    "gte": "at least",
+    "gt": "more than",
+    "lte": "at most",
+    "lt": "fewer than",
+    "eq": "exactly",
+}
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A trend rule's test: ``recent * baseline_days >= ratio * baseline * recent_days`` and
+    ``recent >= min_recent``, where ``recent`` counts the matching events with age below
+    ``recent_days`` and ``baseline`` those with age from ``recent_days`` up to (not including)
+    ``until_days = recent_days + baseline_days``."""
+
+    recent_days: float
+    baseline_days: float
+    ratio: float
+    min_recent: int
+
+    @property
+    def until_days(self) -> float:
+        return self.recent_days + self.baseline_days
+
+    def holds(self, recent: int, baseline: int) -> bool:
+        return (
+            recent >= self.min_recent
+            and recent * self.baseline_days >= self.ratio * baseline * self.recent_days
+        )
+
+
 @dataclass(frozen=True)
 class ActivityRule:
     id: str
@@ -70,8 +109,14 @@ class ActivityRule:
     min_points: float | None = None
     max_points: float | None = None
     description: str | None = None
+    count: tuple[tuple[str, int], ...] | None = None  # ((operator, number), ...): all hold
+    trend: Trend | None = None
     predicate: Predicate | None = field(init=False, repr=False, compare=False)
     numeric_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def count_holds(self, n: int) -> bool:
+        """Whether ``n`` counted events satisfy the rule's ``count`` (all its tests)."""
+        return all(COUNT_TESTS[op](n, value) for op, value in self.count or ())
 
     def __post_init__(self) -> None:
         pred = None if self.where is None else compile_condition(self.where)
@@ -203,6 +248,14 @@ def resolve(spec: ModelSpec, source: str = "<model>", fingerprint: str = "") -> 
                 min_points=a.min_points,
                 max_points=a.max_points,
                 description=a.description,
+                count=None
+                if a.count is None
+                else tuple((k, v) for k, v in a.count.model_dump().items() if v is not None),
+                trend=None
+                if a.trend is None
+                else Trend(
+                    a.trend.recent_days, a.trend.baseline_days, a.trend.ratio, a.trend.min_recent
+                ),
             )
         )
     for i in spec.inactivity:

@@ -96,8 +96,36 @@ def _event_names(value: str | list[str]) -> str | list[str]:
     return value
 
 
+class CountSpec(_Strict):
+    """How many counted events a count rule needs: any of gte, gt, lte, lt, eq, all must hold."""
+
+    gte: int | None = Field(default=None, ge=0)
+    gt: int | None = Field(default=None, ge=0)
+    lte: int | None = Field(default=None, ge=0)
+    lt: int | None = Field(default=None, ge=1)
+    eq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some(self) -> CountSpec:
+        if all(v is None for v in (self.gte, self.gt, self.lte, self.lt, self.eq)):
+            raise ValueError("needs at least one of gte, gt, lte, lt, eq (such as {gte: 3})")
+        return self
+
+
+class TrendSpec(_Strict):
+    """More matching events lately than before: the count of the last ``recent_days`` is at
+    least ``ratio`` times the rate of the ``baseline_days`` before them, and at least
+    ``min_recent``."""
+
+    recent_days: float = Field(gt=0)
+    baseline_days: float = Field(gt=0)
+    ratio: float = Field(default=2.0, gt=0)
+    min_recent: int = Field(default=1, ge=1)
+
+
 class ActivityRuleSpec(_RuleSpec):
-    """Points for matching events, with frequency, diminishing returns, decay, window, caps."""
+    """Points for matching events, with frequency, diminishing returns, decay, window, caps;
+    or, with ``count`` or ``trend``, points once when the number of matching events says so."""
 
     event: str | list[str]
     where: Condition | None = None
@@ -107,12 +135,27 @@ class ActivityRuleSpec(_RuleSpec):
     window_days: float | None = Field(default=None, gt=0)
     min_points: float | None = None
     max_points: float | None = None
+    count: CountSpec | None = None
+    trend: TrendSpec | None = None
 
     _events = field_validator("event")(_event_names)
 
     @model_validator(mode="after")
     def _range(self) -> ActivityRuleSpec:
         _check_range(self.min_points, self.max_points, "rule")
+        if self.count is not None and self.trend is not None:
+            raise ValueError("a rule has `count` or `trend`, not both")
+        kind = "count" if self.count is not None else "trend" if self.trend is not None else None
+        if kind is not None and (self.diminishing != 1.0 or self.half_life_days is not None):
+            raise ValueError(
+                f"a `{kind}` rule gives its points once: `diminishing` and "
+                "`half_life_days` do not apply"
+            )
+        if self.trend is not None:
+            if self.window_days is not None:
+                raise ValueError("a `trend` rule sets its own windows: drop `window_days`")
+            if self.frequency != "every":
+                raise ValueError("a `trend` rule counts every matching event: drop `frequency`")
         return self
 
 
