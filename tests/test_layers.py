@@ -20,7 +20,8 @@ FORBIDDEN = {
     "service": ("cli", "ui"),
     "ui": ("cli",),
     "charts": ("spec", "engine", "scoring", "inputs", "cli", "store", "service", "ui"),
-    "validation": ("cli", "sample", "store", "service", "ui"),
+    "validation": ("cli", "sample", "store", "service", "ui", "predictive"),
+    "predictive": ("cli", "sample", "store", "service", "ui"),
 }
 WEB_OR_ML = ("fastapi", "starlette", "sklearn", "uvicorn")
 
@@ -88,6 +89,7 @@ def test_public_api_is_curated() -> None:
         "ui",
         "charts",
         "validation",
+        "predictive",
     }
     assert public - modules == set(leadscore.__all__) - {"__version__"}
 

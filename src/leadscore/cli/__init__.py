@@ -402,11 +402,12 @@ def demo(
 
 
 # The service and store commands register themselves on `app` (they need its error edge).
+from leadscore.cli import predictive as _predictive_commands  # noqa: E402
 from leadscore.cli import service as _service_commands  # noqa: E402
 from leadscore.cli import validation as _validation_commands  # noqa: E402
 
 __all__ = ["app", "main"]
-_ = _service_commands, _validation_commands
+_ = _service_commands, _validation_commands, _predictive_commands
 
 
 def main() -> None:

@@ -72,6 +72,14 @@ def _rule_detail(model: Model, c: RuleContribution) -> list[str]:
     return lines
 
 
+def _chance(p: float) -> str:
+    if p < 0.01:
+        return "under 1%" if p > 0 else "0%"
+    if p > 0.99:
+        return "over 99%" if p < 1 else "100%"
+    return f"{p:.0%}"
+
+
 def explanation_text(model: Model, result: ScoreResult) -> str:
     """A plain-text breakdown whose numbers add up to the score."""
     as_of = result.as_of.isoformat().replace("+00:00", "Z")
@@ -85,8 +93,11 @@ def explanation_text(model: Model, result: ScoreResult) -> str:
         ),
         f"Grade {result.grade or '-'}  band {result.band or '-'}  "
         f"MQL {'yes' if result.mql else 'no'}  priority {result.priority or '-'}",
-        "",
     ]
+    chance = model.probability(result.score)
+    if chance is not None:
+        out.append(f"Score {_n(result.score)}: about {_chance(chance)} chance to convert")
+    out.append("")
     by_group: dict[str, list[RuleContribution]] = {}
     for c in result.rules:
         by_group.setdefault(c.group, []).append(c)

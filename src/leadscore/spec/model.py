@@ -209,6 +209,17 @@ class Model:
     def is_mql(self, total: float) -> bool:
         return self.mql_threshold is not None and total >= self.mql_threshold
 
+    def probability(self, score: float) -> float | None:
+        """The chance to convert that the model's ``calibration`` gives ``score`` (None
+        without one)."""
+        cal = self.spec.calibration
+        if cal is None:
+            return None
+        exponent = (cal.even_odds_score - score) / cal.points_to_double_odds
+        if exponent > 1000:  # the chance is 0 to every digit shown (and 2.0 ** 1100 overflows)
+            return 0.0
+        return float(1.0 / (1.0 + 2.0**exponent))
+
     def priority_for(self, grade: str | None, band: str | None) -> str | None:
         if grade is None or band is None:
             return None

@@ -214,6 +214,16 @@ class ExampleSpec(_Strict):
     tolerance: float = Field(default=0.01, ge=0)
 
 
+class CalibrationSpec(_Strict):
+    """What a score means as a chance to convert, on the logistic scale of a scorecard: the
+    chance is ``1 / (1 + 2 ** ((even_odds_score - score) / points_to_double_odds))``, as
+    fitted from outcomes by ``leadscore fit``."""
+
+    points_to_double_odds: float = Field(gt=0)
+    even_odds_score: float
+    fitted_on: str | None = None  # what it was fitted on, for people (leads, conversions)
+
+
 class ModelSpec(_Strict):
     """A scoring model file, version 1."""
 
@@ -231,6 +241,7 @@ class ModelSpec(_Strict):
     priority: dict[str, dict[str, str]] | None = None
     min: float | None = None
     max: float | None = None
+    calibration: CalibrationSpec | None = None
     examples: list[ExampleSpec] = Field(default_factory=list)
 
     @field_validator("grades", "bands", mode="after")

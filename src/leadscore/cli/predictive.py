@@ -1,0 +1,118 @@
+"""``leadscore fit``: learn a model's points from the team's own conversions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from leadscore.cli import IdOpt, SkipOpt, _edge, _Quiet, app, err
+from leadscore.errors import UsageError
+from leadscore.scoring import prepare
+
+__all__ = ["fit"]
+
+
+@app.command()
+@_edge
+def fit(
+    leads: Annotated[Path, typer.Option("--leads", help="Leads file: CSV, Parquet or JSON lines.")],
+    target: Annotated[
+        str | None, typer.Option("--target", help="The leads column that says who converted.")
+    ] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option("--positive", help="The target's converted value (default: yes/true/1)."),
+    ] = None,
+    outcomes: Annotated[
+        Path | None,
+        typer.Option("--outcomes", help="Or an outcomes file: a lead converted if it has one."),
+    ] = None,
+    conversion: Annotated[
+        str, typer.Option("--conversion", help="With --outcomes: the outcomes that count.")
+    ] = "won,opportunity",
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="A column not to use (repeatable).")
+    ] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option("--time-column", help="Measure on the most recent leads by this column."),
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", min=0.01, max=0.9, help="The share kept apart.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random holdout.")] = 0,
+    pdo: Annotated[
+        float, typer.Option("--points-to-double-odds", min=0.1, help="The points scale.")
+    ] = 10.0,
+    name: Annotated[str, typer.Option("--name", help="The fitted model's name.")] = "fitted",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the model file here.")
+    ] = None,
+    lead_id_column: IdOpt = "lead_id",
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """Fit a scorecard: integer points for binned profile columns, as an editable model file,
+    with holdout figures (ROC AUC, top-decile lift, calibration error)."""
+    try:
+        from leadscore.predictive.fit import fit_scorecard
+    except ImportError:
+        raise UsageError("fitting needs scikit-learn: pip install 'leadscore[predict]'") from None
+    if (target is None) == (outcomes is None):
+        raise UsageError("say who converted: --target COLUMN or --outcomes FILE (one of them)")
+    if output is not None and (output.is_dir() or not output.parent.is_dir()):
+        raise UsageError(f"--output: cannot write {output}")
+    with err.status("reading and fitting...") if err.is_terminal else _Quiet():
+        prepared = prepare(leads, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows)
+        y = None
+        if outcomes is not None:
+            from leadscore.cli.validation import conversion_from_options, load_outcomes
+            from leadscore.validation.outcomes import NEVER, conversion_times
+
+            table, warnings = load_outcomes(outcomes, lead_id_column, skip_bad_rows)
+            for w in warnings:
+                err.print(f"warning: {w}", markup=False)
+            conv = conversion_from_options(conversion, "36500d")
+            ids = prepared.leads.column("lead_id").combine_chunks()
+            y = conversion_times(table, ids, conv) != NEVER
+        result = fit_scorecard(
+            prepared.leads,
+            None if y is None else np.asarray(y),
+            target_column=target,
+            positive=positive,
+            exclude=tuple(exclude or ()),
+            time_column=time_column,
+            test_fraction=test_fraction,
+            seed=seed,
+            name=name,
+            points_to_double_odds=pdo,
+        )
+    m = result.metrics
+    for note in [*result.notes, *m["warnings"]]:
+        err.print(f"warning: {note}", markup=False)
+    for column, why in m["dropped"].items():
+        err.print(f"not used: {column}: {why}", markup=False)
+    h, t = m["holdout"], m["train"]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    err.print(
+        f"fitted {m['rules']} rules on {t['leads']:,} leads ({t['conversions']:,} converted; "
+        f"ROC AUC {fmt(t['roc_auc'], '.3f')} there)",
+        markup=False,
+    )
+    err.print(
+        f"holdout ({h['leads']:,} leads, {h['conversions']:,} converted): ROC AUC "
+        f"{fmt(h['roc_auc'], '.3f')}, top-decile lift {fmt(h['top_decile_lift'], '.2f')}, "
+        f"calibration error {fmt(h['calibration_error'], '.3f')}",
+        markup=False,
+    )
+    if output is None:
+        sys.stdout.write(result.yaml)
+    else:
+        output.write_text(result.yaml, encoding="utf-8")
+        err.print(f"wrote {output}; check it with: leadscore test {output}", markup=False)

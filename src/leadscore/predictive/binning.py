@@ -1,0 +1,198 @@
+"""Turning profile columns into bins a scoring rule can name.
+
+Numeric columns (at least 95% of their values numbers, read as the evaluators read them) are
+cut at quantiles, small bins merged into their neighbours, and, where the conversion rate
+rises or falls with the value across the bins (Spearman |rho| >= 0.6), adjacent bins that go
+against that direction merged until the rates are monotone. Text columns keep each value with
+enough support (compared as the evaluators compare: trimmed, case ignored); rarer values and
+missing ones fall together with the bin of the lowest conversion rate, which gets no rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from leadscore.spec.conditions import WHITESPACE, parse_number
+
+__all__ = ["Bin", "Feature", "bin_column"]
+
+Bools = npt.NDArray[np.bool_]
+F64 = npt.NDArray[np.float64]
+NUMERIC_SHARE = 0.95
+
+
+@dataclass
+class Bin:
+    """One bin of a column: the rows it holds and the condition that selects them."""
+
+    label: str
+    condition: dict[str, Any]
+    mask: Bools
+    rows: int = 0
+    conversions: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.conversions / self.rows if self.rows else 0.0
+
+
+@dataclass
+class Feature:
+    """A column's bins; ``reference`` (the lowest rate) gets no rule (0 points)."""
+
+    column: str
+    kind: str  # numeric | text
+    bins: list[Bin] = field(default_factory=list)
+    reference: int = 0
+    monotone: str | None = None  # rising | falling | None
+
+
+def _texts(values: list[Any]) -> list[str | None]:
+    out: list[str | None] = []
+    for v in values:
+        text = None if v is None else str(v).strip(WHITESPACE)
+        out.append(text or None)
+    return out
+
+
+def _fmt(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(float(x), 6)
+
+
+def _numeric_bins(
+    column: str, numbers: F64, present: Bools, y: Bools, max_bins: int, min_rows: int
+) -> tuple[list[Bin], str | None]:
+    values = numbers[present]
+    edges = np.unique(np.quantile(values, np.arange(1, max_bins) / max_bins))
+    edges = edges[(edges > values.min()) & (edges <= values.max())]
+    # bins [e(i-1), e(i)): first below e1, last from ek up
+    cuts = list(edges)
+
+    def masks(cut_list: list[float]) -> list[Bools]:
+        out = []
+        bounds = [-np.inf, *cut_list, np.inf]
+        for lo, hi in itertools.pairwise(bounds):
+            out.append(present & (numbers >= lo) & (numbers < hi))
+        return out
+
+    def stats(cut_list: list[float]) -> tuple[list[int], list[float]]:
+        ms = masks(cut_list)
+        rows = [int(m.sum()) for m in ms]
+        rates = [float(y[m].mean()) if r else 0.0 for m, r in zip(ms, rows, strict=True)]
+        return rows, rates
+
+    # small bins join the neighbour with the closer rate
+    while cuts:
+        rows, rates = stats(cuts)
+        small = [i for i, r in enumerate(rows) if r < min_rows]
+        if not small:
+            break
+        i = small[0]
+        if i == 0:
+            cuts.pop(0)
+        elif i == len(rows) - 1:
+            cuts.pop()
+        else:
+            left = abs(rates[i] - rates[i - 1])
+            right = abs(rates[i] - rates[i + 1])
+            cuts.pop(i - 1 if left <= right else i)
+    direction: str | None = None
+    if len(cuts) >= 2:
+        rows, rates = stats(cuts)
+        rank = np.argsort(np.argsort(rates)).astype(float)
+        order = np.arange(len(rates), dtype=float)
+        rho = float(np.corrcoef(order, rank)[0, 1]) if np.std(rank) > 0 else 0.0
+        if abs(rho) >= 0.6:
+            direction = "rising" if rho > 0 else "falling"
+            sign = 1 if rho > 0 else -1
+            while cuts:
+                rows, rates = stats(cuts)
+                bad = [i for i in range(len(rates) - 1) if sign * (rates[i + 1] - rates[i]) < 0]
+                if not bad:
+                    break
+                cuts.pop(bad[0])  # merge bins bad[0] and bad[0] + 1
+    bounds = [None, *cuts, None]
+    bins = []
+    for lo, hi in itertools.pairwise(bounds):
+        if lo is None and hi is None:
+            cond: dict[str, Any] = {"field": column, "exists": True}
+            label = "any value"
+        elif lo is None:
+            cond = {"field": column, "lt": _fmt(hi)}
+            label = f"below {_fmt(hi)}"
+        elif hi is None:
+            cond = {"field": column, "gte": _fmt(lo)}
+            label = f"{_fmt(lo)} or more"
+        else:
+            cond = {"all": [{"field": column, "gte": _fmt(lo)}, {"field": column, "lt": _fmt(hi)}]}
+            label = f"{_fmt(lo)} to under {_fmt(hi)}"
+        low = -np.inf if lo is None else lo
+        high = np.inf if hi is None else hi
+        mask = present & (numbers >= low) & (numbers < high)
+        bins.append(Bin(label, cond, mask))
+    return bins, direction
+
+
+def bin_column(
+    column: str, values: list[Any], y: Bools, *, max_bins: int = 6, min_rows: int = 30
+) -> Feature | str:
+    """The bins of one column, or why it cannot be used (a sentence)."""
+    texts = _texts(values)
+    n = len(texts)
+    present = np.array([t is not None for t in texts])
+    if present.sum() < min_rows:
+        return f"almost always empty ({int(present.sum())} of {n} rows have a value)"
+    numbers = np.array(
+        [
+            np.nan if t is None else (parse_number(t) if parse_number(t) is not None else np.nan)
+            for t in texts
+        ],
+        dtype=np.float64,
+    )
+    numeric_rows = ~np.isnan(numbers)
+    if numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows:
+        if np.unique(numbers[numeric_rows]).size < 2:
+            return "has one value only"
+        bins, direction = _numeric_bins(column, numbers, numeric_rows, y, max_bins, min_rows)
+        feature = Feature(column, "numeric", bins, monotone=direction)
+    else:
+        keys = [None if t is None else t.casefold() for t in texts]
+        distinct: dict[str, int] = {}
+        shown: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k is not None:
+                distinct[k] = distinct.get(k, 0) + 1
+                shown.setdefault(k, t or "")
+        if len(distinct) < 2:
+            return "has one value only"
+        if len(distinct) > max(100, 0.5 * n):
+            return f"looks like an identifier ({len(distinct):,} different values)"
+        keys_arr = np.array([k if k is not None else "" for k in keys], dtype=object)
+        bins = []
+        for k, count in sorted(distinct.items(), key=lambda kv: -kv[1]):
+            if count < min_rows:
+                continue
+            bins.append(Bin(f"= {shown[k]}", {"field": column, "eq": shown[k]}, keys_arr == k))
+        if not bins:
+            return f"no value is common enough (each in fewer than {min_rows} rows)"
+        feature = Feature(column, "text", bins)
+    for b in feature.bins:
+        b.rows = int(b.mask.sum())
+        b.conversions = int(y[b.mask].sum())
+    covered = np.zeros(n, dtype=bool)
+    for b in feature.bins:
+        covered |= b.mask
+    rest = ~covered
+    # the reference: the lowest rate among the bins and the rows no bin holds
+    rates = [b.rate for b in feature.bins]
+    feature.reference = int(np.argmin(rates))
+    if rest.sum() >= min_rows and float(y[rest].mean()) < min(rates):
+        feature.reference = -1  # the rows without a bin are the reference: every bin scores
+    if len(feature.bins) == 1 and feature.reference == 0:
+        return "its one common value holds almost every row"
+    return feature

@@ -1,0 +1,188 @@
+"""From leads and a target to a fitted model file and honest holdout figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from leadscore.engine.timeutil import parse_instant
+from leadscore.errors import UsageError
+from leadscore.predictive.scorecard import ScorecardClassifier, scorecard_yaml
+from leadscore.spec import parse_model
+from leadscore.spec.conditions import WHITESPACE, parse_number
+from leadscore.validation.report import roc_auc
+
+__all__ = ["FitResult", "expected_calibration_error", "fit_scorecard", "top_decile_lift"]
+
+Bools = npt.NDArray[np.bool_]
+F64 = npt.NDArray[np.float64]
+EXAMPLE_AS_OF = "2026-01-01T00:00:00Z"
+
+
+@dataclass
+class FitResult:
+    yaml: str
+    card: ScorecardClassifier
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def top_decile_lift(scores: F64, positive: Bools) -> float | None:
+    """The conversion rate of the top 10% of scores (ties by order) over the overall rate."""
+    n = len(scores)
+    if n < 10 or not positive.any():
+        return None
+    order = np.argsort(-scores, kind="stable")
+    top = positive[order[: max(1, n // 10)]]
+    return float(top.mean() / positive.mean())
+
+
+def expected_calibration_error(p: F64, positive: Bools, bins: int = 10) -> float | None:
+    """Mean |predicted - observed| over ten equal-count bins of the predictions, weighted by
+    their size."""
+    n = len(p)
+    if n == 0:
+        return None
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for part in np.array_split(order, min(bins, n)):
+        if len(part):
+            total += len(part) / n * abs(float(p[part].mean()) - float(positive[part].mean()))
+    return total
+
+
+def _target(values: list[Any], positive: str | None, column: str) -> Bools:
+    texts = [None if v is None else str(v).strip(WHITESPACE).casefold() for v in values]
+    if positive is not None:
+        wanted = positive.strip(WHITESPACE).casefold()
+        return np.array([t == wanted for t in texts])
+    kinds = {t for t in texts if t}
+    for yes, no in (("yes", "no"), ("true", "false"), ("1", "0"), ("y", "n")):
+        if kinds <= {yes, no}:
+            return np.array([t == yes for t in texts])
+    shown = ", ".join(sorted(kinds)[:6])
+    raise UsageError(
+        f"--target {column}: its values ({shown}) are not yes/no, true/false or 1/0: "
+        "name the converted value with --positive"
+    )
+
+
+def _order_key(value: Any) -> float:
+    if value is None or str(value).strip() == "":
+        return np.inf
+    number = parse_number(str(value))
+    if number is not None:
+        return number
+    try:
+        return float(parse_instant(str(value)))
+    except ValueError:
+        return np.inf
+
+
+def fit_scorecard(
+    leads: pa.Table,
+    target: Bools | None = None,
+    *,
+    target_column: str | None = None,
+    positive: str | None = None,
+    exclude: tuple[str, ...] = (),
+    time_column: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    name: str = "fitted",
+    points_to_double_odds: float = 10.0,
+) -> FitResult:
+    """Fit a scorecard on leads (text columns, ``lead_id`` first, as
+    :func:`leadscore.inputs.normalize_leads` makes them) and a target (an array, or the
+    ``target_column`` with its ``positive`` value); keep ``test_fraction`` apart (the most
+    recent by ``time_column``, else a seeded random part) to measure it honestly."""
+    columns = leads.to_pydict()
+    n = leads.num_rows
+    notes: list[str] = []
+    if target is None:
+        if target_column is None or target_column not in columns:
+            known = ", ".join(repr(c) for c in columns)
+            raise UsageError(f"--target: no column {target_column!r} (columns: {known})")
+        y = _target(columns[target_column], positive, target_column)
+        exclude = (*exclude, target_column)
+    else:
+        y = np.asarray(target, dtype=bool)
+    if not 0 < test_fraction < 1:
+        raise UsageError("--test-fraction: a share between 0 and 1, such as 0.2")
+    missing = [c for c in exclude if c not in columns]
+    if missing:
+        notes.append("excluded columns that are not in the leads: " + ", ".join(missing))
+    if time_column is not None:
+        if time_column not in columns:
+            raise UsageError(f"--time-column: no column {time_column!r}")
+        keys = np.array([_order_key(v) for v in columns[time_column]])
+        order = np.argsort(keys, kind="stable")
+        exclude = (*exclude, time_column)
+        split = "the most recent"
+    else:
+        order = np.random.default_rng(seed).permutation(n)
+        split = f"a random (seed {seed})"
+    cut = round(n * (1 - test_fraction))
+    train_idx, test_idx = np.sort(order[:cut]), np.sort(order[cut:])
+
+    def part(idx: npt.NDArray[np.int64]) -> dict[str, list[Any]]:
+        return {k: [v[i] for i in idx] for k, v in columns.items()}
+
+    train, test = part(train_idx), part(test_idx)
+    card = ScorecardClassifier(exclude=exclude, points_to_double_odds=points_to_double_odds)
+    card.fit(train, y[train_idx])
+    train_scores = card.score_rows(train)
+    test_scores = card.score_rows(test)
+    y_test = y[test_idx]
+    fitted_on = (
+        f"{len(train_idx):,} leads, {int(y[train_idx].sum()):,} converted; measured on "
+        f"{split} {test_fraction:.0%} ({len(test_idx):,} leads)"
+    )
+    used = sorted({r.column for r in card.fitted_.rules})
+    picks = (
+        [
+            int(np.argmax(test_scores)),
+            int(np.argsort(test_scores)[len(test_scores) // 2]),
+            int(np.argmin(test_scores)),
+        ]
+        if len(test_idx)
+        else []
+    )
+    examples = []
+    for label, i in zip(("highest", "median", "lowest"), picks, strict=False):
+        lead = {c: test[c][i] for c in used if test[c][i] is not None}
+        examples.append(
+            {
+                "name": f"the {label} score of the holdout ({test['lead_id'][i]})",
+                "as_of": EXAMPLE_AS_OF,
+                "lead": lead,
+                "score": float(test_scores[i]),
+            }
+        )
+    text = scorecard_yaml(
+        card, name, train_scores=train_scores, examples=examples, fitted_on=fitted_on
+    )
+    parse_model(text, source=f"{name}.yaml")  # what is written must load
+    p_test = card.probability(test_scores)
+    metrics = {
+        "train": {
+            "leads": len(train_idx),
+            "conversions": int(y[train_idx].sum()),
+            "roc_auc": roc_auc(train_scores, y[train_idx]),
+        },
+        "holdout": {
+            "leads": len(test_idx),
+            "conversions": int(y_test.sum()),
+            "roc_auc": roc_auc(test_scores, y_test),
+            "top_decile_lift": top_decile_lift(test_scores, y_test),
+            "calibration_error": expected_calibration_error(p_test, y_test),
+        },
+        "rules": len(card.fitted_.rules),
+        "dropped": card.fitted_.dropped,
+        "warnings": card.fitted_.warnings,
+    }
+    return FitResult(text, card, metrics, notes)

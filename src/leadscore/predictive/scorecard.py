@@ -1,0 +1,335 @@
+"""A scorecard: the points of an ordinary, editable model, fitted to a team's conversions.
+
+:class:`ScorecardClassifier` follows scikit-learn's estimator contract (``fit``,
+``predict_proba``, ``get_params``). It bins every usable profile column
+(:mod:`leadscore.predictive.binning`), fits an L2-regularised logistic regression on one
+indicator per bin (each column's lowest-rate bin is the reference, worth 0), and turns each
+coefficient into whole points: ``round(coefficient x points_to_double_odds / ln 2)``. The
+score is the sum of a lead's points; its chance to convert is
+``1 / (1 + 2 ** ((even_odds_score - score) / points_to_double_odds))``, where the even-odds
+score is ``-intercept x points_to_double_odds / ln 2``: the model file carries both as its
+``calibration``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+
+from leadscore.errors import UsageError
+from leadscore.predictive.binning import Bin, Feature, bin_column
+from leadscore.scoring import prepare, score_run
+from leadscore.spec import Model, parse_model
+
+__all__ = ["MIN_CONVERSIONS", "Rule", "ScorecardClassifier", "scorecard_yaml"]
+
+Bools = npt.NDArray[np.bool_]
+F64 = npt.NDArray[np.float64]
+MIN_CONVERSIONS = 50  # in the part a scorecard is fitted on
+LEAKAGE_AUC = 0.85  # a column that ranks the outcome this well on its own is suspect
+
+
+@dataclass
+class Rule:
+    """One fitted bin: its rule id, column, condition, points and the data behind them."""
+
+    id: str
+    column: str
+    label: str
+    condition: dict[str, Any]
+    points: int
+    coefficient: float
+    rows: int
+    conversions: int
+
+
+@dataclass
+class _Fitted:
+    features: list[Feature]
+    rules: list[Rule]
+    intercept: float
+    dropped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _auc(scores: F64, positive: Bools) -> float:
+    from leadscore.validation.report import roc_auc
+
+    value = roc_auc(scores, positive)
+    return 0.5 if value is None else value
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out or "x"
+
+
+class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Fit integer points for binned profile columns; see the module's docstring.
+
+    ``X`` is a mapping of column name to a list of values (an Arrow table's ``to_pydict()``,
+    or a pandas DataFrame); ``y`` is 0/1.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bins: int = 6,
+        min_bin_rows: int = 30,
+        C: float = 1.0,
+        points_to_double_odds: float = 10.0,
+        exclude: tuple[str, ...] = (),
+        min_conversions: int = MIN_CONVERSIONS,
+    ) -> None:
+        self.max_bins = max_bins
+        self.min_bin_rows = min_bin_rows
+        self.C = C
+        self.points_to_double_odds = points_to_double_odds
+        self.exclude = exclude
+        self.min_conversions = min_conversions
+
+    @property
+    def factor(self) -> float:
+        return self.points_to_double_odds / math.log(2)
+
+    def _columns(self, X: Any) -> dict[str, list[Any]]:
+        if hasattr(X, "to_dict") and hasattr(X, "columns"):  # pandas
+            return {str(c): list(X[c]) for c in X.columns}
+        return {str(k): list(v) for k, v in dict(X).items()}
+
+    def fit(self, X: Any, y: Any) -> ScorecardClassifier:
+        columns = self._columns(X)
+        target = np.asarray(y).astype(bool)
+        positives = int(target.sum())
+        negatives = len(target) - positives
+        if min(positives, negatives) < self.min_conversions:
+            which = "conversions" if positives < negatives else "non-converted leads"
+            raise UsageError(
+                f"too few {which} to fit: {min(positives, negatives)} in the fitting part; a "
+                f"scorecard needs at least {self.min_conversions} (more history, a longer "
+                "horizon or a broader conversion)"
+            )
+        dropped: dict[str, str] = {}
+        warnings: list[str] = []
+        features: list[Feature] = []
+        for name, values in columns.items():
+            if name in self.exclude or name == "lead_id":
+                continue
+            got = bin_column(
+                name, values, target, max_bins=self.max_bins, min_rows=self.min_bin_rows
+            )
+            if isinstance(got, str):
+                dropped[name] = got
+                continue
+            alone = np.zeros(len(target))
+            for b in got.bins:
+                alone[b.mask] = b.rate
+            auc = _auc(alone, target)
+            if max(auc, 1 - auc) >= LEAKAGE_AUC:
+                warnings.append(
+                    f"column {name!r} ranks the outcome almost on its own (ROC AUC "
+                    f"{max(auc, 1 - auc):.3f}): is it known before the outcome? A field filled "
+                    "in after contact leaks the answer; exclude it with --exclude if so"
+                )
+            features.append(got)
+        if not features:
+            raise UsageError(
+                "no column could be used: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())
+            )
+        scored: list[tuple[Feature, Bin]] = [
+            (f, b) for f in features for i, b in enumerate(f.bins) if i != f.reference
+        ]
+        matrix = np.column_stack([b.mask.astype(np.float64) for _, b in scored])
+        model = LogisticRegression(C=self.C, max_iter=2000)
+        model.fit(matrix, target)
+        coefs = model.coef_[0]
+        rules: list[Rule] = []
+        used: set[str] = set()
+        for (feature, b), beta in zip(scored, coefs, strict=True):
+            rule_id = _slug(f"{feature.column}-{b.label}")
+            while rule_id in used:
+                rule_id += "-b"
+            used.add(rule_id)
+            rules.append(
+                Rule(
+                    rule_id,
+                    feature.column,
+                    b.label,
+                    b.condition,
+                    round(beta * self.factor),
+                    float(beta),
+                    b.rows,
+                    b.conversions,
+                )
+            )
+        self.fitted_ = _Fitted(features, rules, float(model.intercept_[0]), dropped, warnings)
+        self.classes_ = np.array([0, 1])
+        self.n_rows_ = len(target)
+        self.n_conversions_ = positives
+        return self
+
+    @property
+    def even_odds_score(self) -> float:
+        """The score at which the odds are 1:1 (a 50% chance)."""
+        return round(-self.fitted_.intercept * self.factor, 2)
+
+    def model(self, name: str = "scorecard") -> Model:
+        """The fitted points as a model (rules and calibration, no bands or examples)."""
+        text = scorecard_yaml(self, name, train_scores=None, examples=[], fitted_on="-")
+        return parse_model(text, source=f"{name}.yaml")
+
+    def score_rows(self, X: Any) -> F64:
+        """Each row's score, by the batch evaluator on the fitted model."""
+        columns = self._columns(X)
+        n = len(next(iter(columns.values()))) if columns else 0
+        table = pa.table(
+            {
+                "lead_id": [f"row{i}" for i in range(n)],
+                **{
+                    k: [None if v is None else str(v) for v in values]
+                    for k, values in columns.items()
+                    if k != "lead_id"
+                },
+            }
+        )
+        run = score_run(self.model(), prepare(table), "2000-01-01T00:00:00Z")
+        return np.asarray(run.table.column("score").to_numpy(zero_copy_only=False), dtype=float)
+
+    def probability(self, scores: F64) -> F64:
+        exponent = (self.even_odds_score - scores) / self.points_to_double_odds
+        return 1.0 / (1.0 + np.power(2.0, np.minimum(exponent, 1000.0)))
+
+    def predict_proba(self, X: Any) -> F64:
+        p = self.probability(self.score_rows(X))
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X: Any) -> npt.NDArray[np.int64]:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9 ._/-]*")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _flow(value: Any) -> str:
+    """A condition in YAML flow style, as a person would write it: ``{field: age, lt: 31}``;
+    a text is quoted only where YAML could read it otherwise."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    plain = _PLAIN.fullmatch(text) and text.strip() == text and text.lower() not in _YAML_WORDS
+    return text if plain else json.dumps(text, ensure_ascii=False)
+
+
+def _condition_text(cond: dict[str, Any]) -> str:
+    return _flow(cond)
+
+
+def _rising(values: list[float]) -> list[int]:
+    """Round thresholds, each above the one before (equal quantiles of tied scores merge)."""
+    out: list[int] = []
+    for v in values:
+        r = round(v)
+        if not out or r > out[-1]:
+            out.append(r)
+    return out
+
+
+def _thresholds(scores: F64) -> list[str]:
+    """Bands, MQL and grades at the training scores' quantiles: starting points to adjust."""
+    lines = ["# Starting points, from the training scores: top 10% hot, the next 30% warm."]
+    cuts = _rising([float(np.quantile(scores, q)) for q in (0.6, 0.9)])
+    names = ["warm", "hot"][-len(cuts) :] if cuts else []
+    bands = ", ".join(f"{n}: {c}" for n, c in zip(names, cuts, strict=True))
+    lines.append("bands: {cold: -.inf" + (f", {bands}" if bands else "") + "}")
+    if names:
+        lines.append(f"mql: {names[-1]}")
+    grade_cuts = _rising([float(np.quantile(scores, q)) for q in (0.2, 0.4, 0.6, 0.8)])
+    letters = ["D", "C", "B", "A"][: len(grade_cuts)]
+    pairs = list(zip(letters, grade_cuts, strict=True))[::-1]
+    if pairs:
+        lines.append("grades: {" + ", ".join(f"{g}: {c}" for g, c in pairs) + "}")
+    return lines
+
+
+def scorecard_yaml(
+    card: ScorecardClassifier,
+    name: str,
+    *,
+    train_scores: F64 | None,
+    examples: list[dict[str, Any]],
+    fitted_on: str,
+) -> str:
+    """The fitted scorecard as a model file: one profile rule per scored bin, each commented
+    with its support and conversion rate; bands, grades and the MQL threshold at the training
+    scores' quantiles (starting points to adjust); the calibration; generated examples."""
+    f = card.fitted_
+    lines = [
+        "# Fitted by `leadscore fit` from the team's own conversions: edit it like any model.",
+        f"# {fitted_on}",
+        "# Each rule's points are round(coefficient x points_to_double_odds / ln 2) of an",
+        "# L2-regularised logistic regression on the bins below; a column's lowest-rate bin",
+        "# (and any value too rare for a bin of its own) is worth 0.",
+    ]
+    if f.dropped:
+        lines.append("# Columns not used:")
+        lines += [f"#   {col}: {why}" for col, why in f.dropped.items()]
+    lines += [
+        "version: 1",
+        f"name: {name}",
+        "description: " + _yaml_value(f"scorecard fitted on {fitted_on}"),
+        "",
+        "groups:",
+        "  fit: {kind: profile}",
+        "",
+        "profile:",
+    ]
+    for rule in f.rules:
+        rate = rule.conversions / rule.rows if rule.rows else 0.0
+        lines.append(
+            f"  # {rule.column} {rule.label}: {rule.rows:,} leads, {rule.conversions:,} "
+            f"converted ({rate:.1%})"
+        )
+        lines.append(
+            f"  - {{id: {rule.id}, if: {_condition_text(rule.condition)}, points: {rule.points}}}"
+        )
+    if train_scores is not None:
+        lines += ["", *_thresholds(train_scores)]
+    lines += [
+        "",
+        "# The score as a chance to convert: 1 / (1 + 2 ^ ((even_odds_score - score) /",
+        "# points_to_double_odds)).",
+        "calibration:",
+        f"  points_to_double_odds: {card.points_to_double_odds:g}",
+        f"  even_odds_score: {card.even_odds_score:g}",
+        "  fitted_on: " + _yaml_value(fitted_on),
+    ]
+    if examples:
+        lines += ["", "examples:"]
+    for ex in examples:
+        lines.append("  - name: " + _yaml_value(ex["name"]))
+        lines.append(f"    as_of: {ex['as_of']}")
+        lines.append("    lead: " + json.dumps(ex["lead"], ensure_ascii=False))
+        lines.append(f"    expect: {{score: {ex['score']:g}}}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,150 @@
+"""The fitted scorecard: its math on small hand-made data, its model file, its command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from leadscore import parse_model, run_examples
+from leadscore.cli import app
+from leadscore.errors import UsageError
+from leadscore.predictive import ScorecardClassifier
+from leadscore.predictive.binning import bin_column
+from leadscore.predictive.fit import expected_calibration_error, fit_scorecard, top_decile_lift
+
+
+def two_groups() -> tuple[dict[str, list[str]], np.ndarray]:
+    """Group a converts 1 in 5 (odds 1:4), group b 1 in 2 (odds 1:1): a log-odds gap of
+    ln 4, two doublings of the odds."""
+    plan = [("a", 200, 40), ("b", 200, 100)]
+    region, y = [], []
+    for value, n, hits in plan:
+        region += [value] * n
+        y += [1] * hits + [0] * (n - hits)
+    return {"lead_id": [f"L{i}" for i in range(len(y))], "region": region}, np.array(y)
+
+
+def test_points_from_a_known_coefficient() -> None:
+    X, y = two_groups()
+    card = ScorecardClassifier(C=1e6, points_to_double_odds=10).fit(X, y)
+    (rule,) = card.fitted_.rules
+    assert rule.column == "region" and rule.condition == {"field": "region", "eq": "b"}
+    assert rule.coefficient == pytest.approx(np.log(4), abs=1e-3)
+    assert rule.points == 20  # two doublings of the odds at 10 points each
+    # the intercept is group a's log-odds, ln(1/4): the odds are even 20 points above a's 0
+    assert card.even_odds_score == pytest.approx(20.0, abs=0.01)
+    p = card.predict_proba(X)[:, 1]
+    assert p[0] == pytest.approx(0.2, abs=1e-3) and p[-1] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_numeric_bins_are_monotone_where_the_data_rises() -> None:
+    rng = np.random.default_rng(3)
+    age = rng.integers(18, 80, 3000)
+    y = rng.random(3000) < (age - 10) / 200  # rises with age
+    feature = bin_column("age", [str(a) for a in age], y, max_bins=6, min_rows=30)
+    assert not isinstance(feature, str)
+    assert feature.kind == "numeric" and feature.monotone == "rising"
+    rates = [b.rate for b in feature.bins]
+    assert rates == sorted(rates) and len(rates) >= 3
+    assert feature.bins[0].condition["lt"] < feature.bins[-1].condition["gte"]
+    masks = sum(b.mask.astype(int) for b in feature.bins)
+    assert (masks == 1).all()  # every row in exactly one bin
+
+
+def test_columns_that_cannot_be_used_say_why() -> None:
+    n = 400
+    y = np.array([i % 4 == 0 for i in range(n)])
+    assert "identifier" in str(bin_column("email", [f"u{i}@x.com" for i in range(n)], y))
+    assert bin_column("const", ["x"] * n, y) == "has one value only"
+    assert "almost always empty" in str(bin_column("empty", [None] * (n - 5) + ["a"] * 5, y))
+
+
+def test_a_perfectly_separable_target_is_flagged_and_a_random_one_is_not_trusted() -> None:
+    n = 1000
+    rng = np.random.default_rng(1)
+    y = rng.random(n) < 0.3
+    leads = pa.table(
+        {
+            "lead_id": [f"L{i}" for i in range(n)],
+            "call_result": ["booked" if v else "no answer" for v in y],  # known after the fact
+            "noise": [str(v) for v in rng.integers(0, 5, n)],
+        }
+    )
+    result = fit_scorecard(leads, y, seed=2)
+    assert any(
+        "'call_result' ranks the outcome almost on its own" in w for w in result.metrics["warnings"]
+    )
+    assert result.metrics["holdout"]["roc_auc"] == 1.0
+    noise_only = fit_scorecard(leads, y, exclude=("call_result",), seed=2)
+    holdout = noise_only.metrics["holdout"]
+    assert 0.4 < holdout["roc_auc"] < 0.6  # a random target: no ranking
+    assert holdout["calibration_error"] < 0.06  # and every lead near the base rate
+
+
+def test_too_few_conversions_are_refused_with_the_count_needed() -> None:
+    X, y = two_groups()
+    y[:] = 0
+    y[:20] = 1
+    with pytest.raises(UsageError, match=r"too few conversions to fit: 20 .* at least 50"):
+        ScorecardClassifier().fit(X, y)
+
+
+def test_the_fitted_file_loads_scores_alike_in_both_evaluators_and_repeats() -> None:
+    rng = np.random.default_rng(5)
+    n = 2000
+    size = rng.integers(1, 5000, n)
+    industry = rng.choice(["software", "retail", "health", "Gov"], n)
+    y = rng.random(n) < 0.05 + 0.1 * (industry == "software") + size / 50000
+    leads = pa.table(
+        {
+            "lead_id": [f"L{i}" for i in range(n)],
+            "employees": [str(s) for s in size],
+            "industry": list(industry),
+            "created": [f"2026-01-{1 + i % 28:02d}" for i in range(n)],
+        }
+    )
+    result = fit_scorecard(leads, y, time_column="created", name="fitted")
+    model = parse_model(result.yaml)
+    assert model.spec.calibration is not None and len(model.examples) == 3
+    outcomes = run_examples(model)  # the per-lead evaluator against the batch's scores
+    assert all(o.passed for o in outcomes), [o.failures for o in outcomes]
+    assert "# industry = software:" in result.yaml and "converted (" in result.yaml
+    again = fit_scorecard(leads, y, time_column="created", name="fitted")
+    assert again.yaml == result.yaml  # deterministic
+    assert result.metrics["holdout"]["roc_auc"] > 0.6
+
+
+def test_metrics_by_hand() -> None:
+    scores = np.arange(20, dtype=float)[::-1]
+    positive = np.array([True, True] + [False] * 14 + [True, True, False, False])
+    # top 10% = the two highest: both converted; overall 4 of 20
+    assert top_decile_lift(scores, positive) == pytest.approx(1.0 / 0.2)
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    assert expected_calibration_error(p, np.array([False, True, True, True]), bins=2) == (
+        pytest.approx(0.5 * 0.4 + 0.5 * 0.1)
+    )
+
+
+def test_fit_command(tmp_path: Path) -> None:
+    X, y = two_groups()
+    rows = ["lead_id,region,Subscribed?"] + [
+        f"{i},{r},{'Yes' if t else 'No'}"
+        for i, r, t in zip(X["lead_id"], X["region"], y, strict=True)
+    ]
+    (tmp_path / "leads.csv").write_text("\n".join(rows) + "\n")
+    runner = CliRunner()
+    out = tmp_path / "m.yaml"
+    args = ["fit", "--leads", str(tmp_path / "leads.csv"), "--target", "Subscribed?"]
+    r = runner.invoke(app, [*args, "--positive", "yes", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "holdout (80 leads" in r.stderr and "ROC AUC" in r.stderr
+    r = runner.invoke(app, ["test", str(out)])
+    assert r.exit_code == 0 and "3 passed" in r.stdout
+    r = runner.invoke(app, ["fit", "--leads", str(tmp_path / "leads.csv")])
+    assert r.exit_code == 2 and "--target COLUMN or --outcomes FILE" in r.stderr
+    r = runner.invoke(app, [*args[:3], "--target", "region"])
+    assert r.exit_code == 2 and "name the converted value with --positive" in r.stderr
