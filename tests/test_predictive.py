@@ -148,3 +148,38 @@ def test_fit_command(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--target COLUMN or --outcomes FILE" in r.stderr
     r = runner.invoke(app, [*args[:3], "--target", "region"])
     assert r.exit_code == 2 and "name the converted value with --positive" in r.stderr
+
+
+def test_activity_counts_become_count_rules_that_both_evaluators_score_alike() -> None:
+    """Leads that asked for a demo in the last week convert far more often: the fit emits a
+    count rule for it, and the generated examples (with their events) pass."""
+    rng = np.random.default_rng(7)
+    n = 1500
+    as_of = int(np.datetime64("2026-06-30T00:00:00", "us").astype(np.int64))
+    day = 86_400_000_000
+    demo = rng.random(n) < 0.25
+    y = rng.random(n) < np.where(demo, 0.45, 0.05)
+    lead_ids = [f"L{i}" for i in range(n)]
+    rows = []
+    for i in range(n):
+        if demo[i]:
+            rows.append((lead_ids[i], "demo_request", as_of - int(rng.uniform(0.1, 6.5) * day)))
+        for _ in range(int(rng.integers(0, 4))):
+            rows.append((lead_ids[i], "page_view", as_of - int(rng.uniform(0.1, 80) * day)))
+    events = pa.table(
+        {
+            "lead_id": [r[0] for r in rows],
+            "type": [r[1] for r in rows],
+            "ts": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+            "item": pa.nulls(len(rows), pa.string()),
+        }
+    )
+    leads = pa.table({"lead_id": lead_ids, "country": list(rng.choice(["US", "DE"], n))})
+    result = fit_scorecard(leads, y, events=events, as_of_us=as_of, seed=1)
+    model = parse_model(result.yaml)
+    demo_rules = [r for r in model.rules if getattr(r, "events", None) == ("demo_request",)]
+    assert demo_rules and max(r.points for r in demo_rules) >= 10
+    assert all(r.count is not None for r in demo_rules)
+    outcomes = run_examples(model)
+    assert len(outcomes) == 3 and all(o.passed for o in outcomes), [o.problems for o in outcomes]
+    assert result.metrics["holdout"]["roc_auc"] > 0.75

@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from leadscore.cli import IdOpt, SkipOpt, _edge, _Quiet, app, err
+from leadscore.cli.validation import instant
 from leadscore.errors import UsageError
 from leadscore.scoring import prepare
 
@@ -30,6 +31,14 @@ def fit(
     outcomes: Annotated[
         Path | None,
         typer.Option("--outcomes", help="Or an outcomes file: a lead converted if it has one."),
+    ] = None,
+    events: Annotated[
+        Path | None,
+        typer.Option("--events", help="Events: fit count rules per event type (7, 30, 90 days)."),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Count events up to this time (default: the latest event)."),
     ] = None,
     conversion: Annotated[
         str, typer.Option("--conversion", help="With --outcomes: the outcomes that count.")
@@ -55,8 +64,9 @@ def fit(
     lead_id_column: IdOpt = "lead_id",
     skip_bad_rows: SkipOpt = False,
 ) -> None:
-    """Fit a scorecard: integer points for binned profile columns, as an editable model file,
-    with holdout figures (ROC AUC, top-decile lift, calibration error)."""
+    """Fit a scorecard: integer points for binned profile columns (and, with --events, count
+    rules per event type), as an editable model file, with holdout figures (ROC AUC, top-decile
+    lift, calibration error)."""
     try:
         from leadscore.predictive.fit import fit_scorecard
     except ImportError:
@@ -66,7 +76,10 @@ def fit(
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise UsageError(f"--output: cannot write {output}")
     with err.status("reading and fitting...") if err.is_terminal else _Quiet():
-        prepared = prepare(leads, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows)
+        prepared = prepare(
+            leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
+        )
+        as_of_us = None if as_of is None else instant(as_of, "--as-of")
         y = None
         if outcomes is not None:
             from leadscore.cli.validation import conversion_from_options, load_outcomes
@@ -81,6 +94,8 @@ def fit(
         result = fit_scorecard(
             prepared.leads,
             None if y is None else np.asarray(y),
+            events=prepared.events if events is not None else None,
+            as_of_us=as_of_us,
             target_column=target,
             positive=positive,
             exclude=tuple(exclude or ()),

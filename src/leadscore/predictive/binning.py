@@ -65,10 +65,25 @@ def _fmt(x: float) -> float | int:
 
 
 def _numeric_bins(
-    column: str, numbers: F64, present: Bools, y: Bools, max_bins: int, min_rows: int
+    column: str,
+    numbers: F64,
+    present: Bools,
+    y: Bools,
+    max_bins: int,
+    min_rows: int,
+    counts: bool = False,
 ) -> tuple[list[Bin], str | None]:
     values = numbers[present]
-    edges = np.unique(np.quantile(values, np.arange(1, max_bins) / max_bins))
+    if counts:  # event counts, mostly zero: none apart, then quantiles of the others
+        positive = values[values > 0]
+        rest = (
+            np.quantile(positive, np.arange(1, max_bins - 1) / (max_bins - 1))
+            if len(positive)
+            else np.array([])
+        )
+        edges = np.unique(np.concatenate([[1.0], np.ceil(rest)]))
+    else:
+        edges = np.unique(np.quantile(values, np.arange(1, max_bins) / max_bins))
     edges = edges[(edges > values.min()) & (edges <= values.max())]
     # bins [e(i-1), e(i)): first below e1, last from ek up
     cuts = list(edges)
@@ -158,7 +173,10 @@ def bin_column(
     if numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows:
         if np.unique(numbers[numeric_rows]).size < 2:
             return "has one value only"
-        bins, direction = _numeric_bins(column, numbers, numeric_rows, y, max_bins, min_rows)
+        counts = column.startswith("activity:")
+        bins, direction = _numeric_bins(
+            column, numbers, numeric_rows, y, max_bins, min_rows, counts
+        )
         feature = Feature(column, "numeric", bins, monotone=direction)
     else:
         keys = [None if t is None else t.casefold() for t in texts]

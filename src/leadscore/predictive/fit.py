@@ -8,10 +8,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from leadscore.engine.timeutil import parse_instant
+from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
 from leadscore.errors import UsageError
-from leadscore.predictive.scorecard import ScorecardClassifier, scorecard_yaml
+from leadscore.predictive.scorecard import (
+    ScorecardClassifier,
+    activity_column,
+    scorecard_yaml,
+)
 from leadscore.spec import parse_model
 from leadscore.spec.conditions import WHITESPACE, parse_number
 from leadscore.validation.report import roc_auc
@@ -83,10 +88,50 @@ def _order_key(value: Any) -> float:
         return np.inf
 
 
+ACTIVITY_WINDOWS = (7, 30, 90)  # days: counts per event type over each
+EXAMPLE_EVENTS = 40  # an example lead with more events than this is not picked
+
+
+def activity_features(
+    events: pa.Table, lead_ids: list[str], as_of_us: int, min_leads: int
+) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, float]]]]:
+    """Per event type that at least ``min_leads`` leads have in the longest window: each
+    lead's count of them in every window (as text columns ``activity:<type>:<days>``), and
+    each lead's events of those types in the longest window as (type, days ago)."""
+    longest = max(ACTIVITY_WINDOWS)
+    ts = np.asarray(events.column("ts").cast(pa.int64()).to_numpy(), dtype=np.int64)
+    age = (as_of_us - ts) / MICROS_PER_DAY
+    keep = (ts <= as_of_us) & (age < longest)
+    types = np.asarray(events.column("type").to_pylist(), dtype=object)[keep]
+    owners = np.asarray(events.column("lead_id").to_pylist(), dtype=object)[keep]
+    ages = age[keep]
+    index = {lead: i for i, lead in enumerate(lead_ids)}
+    per_type: dict[str, set[str]] = {}
+    for t, lead in zip(types, owners, strict=True):
+        per_type.setdefault(t, set()).add(lead)
+    chosen = sorted(t for t, who in per_type.items() if len(who & index.keys()) >= min_leads)
+    counts = {
+        (t, w): np.zeros(len(lead_ids), dtype=np.int64) for t in chosen for w in ACTIVITY_WINDOWS
+    }
+    history: dict[str, list[tuple[str, float]]] = {}
+    for t, lead, a in zip(types, owners, ages, strict=True):
+        i = index.get(lead)
+        if i is None or (t, ACTIVITY_WINDOWS[0]) not in counts:
+            continue
+        history.setdefault(lead, []).append((t, float(a)))
+        for w in ACTIVITY_WINDOWS:
+            if a < w:
+                counts[(t, w)][i] += 1
+    columns = {activity_column(t, w): [str(int(c)) for c in counts[(t, w)]] for (t, w) in counts}
+    return columns, history
+
+
 def fit_scorecard(
     leads: pa.Table,
     target: Bools | None = None,
     *,
+    events: pa.Table | None = None,
+    as_of_us: int | None = None,
     target_column: str | None = None,
     positive: str | None = None,
     exclude: tuple[str, ...] = (),
@@ -103,6 +148,15 @@ def fit_scorecard(
     columns = leads.to_pydict()
     n = leads.num_rows
     notes: list[str] = []
+    history: dict[str, list[tuple[str, float]]] = {}
+    if events is not None and events.num_rows:
+        if as_of_us is None:
+            as_of_us = int(pc.max(events.column("ts").cast(pa.int64())).as_py())
+        lead_ids = [str(i) for i in columns["lead_id"]]
+        activity, history = activity_features(events, lead_ids, as_of_us, 30)
+        columns.update(activity)
+        if not activity:
+            notes.append("no event type is common enough (30 leads) to fit activity rules")
     if target is None:
         if target_column is None or target_column not in columns:
             known = ", ".join(repr(c) for c in columns)
@@ -135,34 +189,43 @@ def fit_scorecard(
     train, test = part(train_idx), part(test_idx)
     card = ScorecardClassifier(exclude=exclude, points_to_double_odds=points_to_double_odds)
     card.fit(train, y[train_idx])
-    train_scores = card.score_rows(train)
-    test_scores = card.score_rows(test)
+    train_scores = card.score_rows(train, events, as_of_us)
+    test_scores = card.score_rows(test, events, as_of_us)
     y_test = y[test_idx]
     fitted_on = (
         f"{len(train_idx):,} leads, {int(y[train_idx].sum()):,} converted; measured on "
         f"{split} {test_fraction:.0%} ({len(test_idx):,} leads)"
     )
-    used = sorted({r.column for r in card.fitted_.rules})
-    picks = (
+    used = sorted({r.column for r in card.fitted_.rules if r.activity is None})
+    event_types = {r.activity["event"] for r in card.fitted_.rules if r.activity}
+    small = np.array(
         [
-            int(np.argmax(test_scores)),
-            int(np.argsort(test_scores)[len(test_scores) // 2]),
-            int(np.argmin(test_scores)),
-        ]
-        if len(test_idx)
-        else []
+            sum(t in event_types for t, _ in history.get(str(lead), [])) <= EXAMPLE_EVENTS
+            for lead in test["lead_id"]
+        ],
+        dtype=bool,
     )
     examples = []
-    for label, i in zip(("highest", "median", "lowest"), picks, strict=False):
-        lead = {c: test[c][i] for c in used if test[c][i] is not None}
-        examples.append(
-            {
-                "name": f"the {label} score of the holdout ({test['lead_id'][i]})",
-                "as_of": EXAMPLE_AS_OF,
-                "lead": lead,
-                "score": float(test_scores[i]),
-            }
-        )
+    if small.any():
+        pool = np.nonzero(small)[0]
+        ranked = pool[np.argsort(test_scores[pool], kind="stable")]
+        picks = {"highest": ranked[-1], "median": ranked[len(ranked) // 2], "lowest": ranked[0]}
+        example_as_of = EXAMPLE_AS_OF if as_of_us is None else from_micros(as_of_us).isoformat()
+        for label, i in picks.items():
+            lead_id = str(test["lead_id"][i])
+            examples.append(
+                {
+                    "name": f"the {label} score of the holdout ({lead_id})",
+                    "as_of": example_as_of.replace("+00:00", "Z"),
+                    "lead": {c: test[c][i] for c in used if test[c][i] is not None},
+                    "events": [
+                        {"type": t, "days_ago": a}
+                        for t, a in history.get(lead_id, [])
+                        if t in event_types
+                    ],
+                    "score": float(test_scores[i]),
+                }
+            )
     text = scorecard_yaml(
         card, name, train_scores=train_scores, examples=examples, fitted_on=fitted_on
     )

@@ -25,12 +25,20 @@ import pyarrow as pa
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
+from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
 from leadscore.predictive.binning import Bin, Feature, bin_column
 from leadscore.scoring import prepare, score_run
 from leadscore.spec import Model, parse_model
 
-__all__ = ["MIN_CONVERSIONS", "Rule", "ScorecardClassifier", "scorecard_yaml"]
+__all__ = [
+    "ACTIVITY_PREFIX",
+    "MIN_CONVERSIONS",
+    "Rule",
+    "ScorecardClassifier",
+    "activity_column",
+    "scorecard_yaml",
+]
 
 Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
@@ -38,9 +46,17 @@ MIN_CONVERSIONS = 50  # in the part a scorecard is fitted on
 LEAKAGE_AUC = 0.85  # a column that ranks the outcome this well on its own is suspect
 
 
+ACTIVITY_PREFIX = "activity:"  # feature columns named activity:<event type>:<window days>
+
+
+def activity_column(event_type: str, days: int) -> str:
+    return f"{ACTIVITY_PREFIX}{event_type}:{days}"
+
+
 @dataclass
 class Rule:
-    """One fitted bin: its rule id, column, condition, points and the data behind them."""
+    """One fitted bin: its rule id, column, condition (or, for an activity column, the
+    count rule's ``activity`` keys), points and the data behind them."""
 
     id: str
     column: str
@@ -50,6 +66,32 @@ class Rule:
     coefficient: float
     rows: int
     conversions: int
+    activity: dict[str, Any] | None = None
+
+
+def _count_rule(column: str, condition: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A numeric bin of an activity column as a count rule's keys, and a label for people."""
+    _, event_type, days = column.split(":")
+    tests: dict[str, int] = {}
+    parts = condition.get("all", [condition])
+    for part in parts:
+        if "gte" in part:
+            tests["gte"] = math.ceil(part["gte"])
+        if "lt" in part:
+            tests["lt"] = math.ceil(part["lt"])
+        if part.get("exists"):
+            tests["gte"] = 0
+    low, high = tests.get("gte"), tests.get("lt")
+    if high is not None and low is not None and high == low + 1:
+        tests, words = {"eq": low}, f"exactly {low}"
+    elif high is not None and low is not None:
+        words = f"{low} to {high - 1}"
+    elif high is not None:
+        words = f"fewer than {high}"
+    else:
+        words = f"{low} or more"
+    keys = {"event": event_type, "window_days": int(days), "count": tests}
+    return keys, f"{event_type} events in {days} days: {words}"
 
 
 @dataclass
@@ -157,7 +199,15 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         rules: list[Rule] = []
         used: set[str] = set()
         for (feature, b), beta in zip(scored, coefs, strict=True):
-            rule_id = _slug(f"{feature.column}-{b.label}")
+            activity, label = None, b.label
+            if feature.column.startswith(ACTIVITY_PREFIX):
+                activity, label = _count_rule(feature.column, b.condition)
+                rule_id = _slug(
+                    f"{activity['event']}-{activity['window_days']}d-"
+                    + "-".join(f"{k}-{v}" for k, v in activity["count"].items())
+                )
+            else:
+                rule_id = _slug(f"{feature.column}-{b.label}")
             while rule_id in used:
                 rule_id += "-b"
             used.add(rule_id)
@@ -165,12 +215,13 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 Rule(
                     rule_id,
                     feature.column,
-                    b.label,
+                    label,
                     b.condition,
                     round(beta * self.factor),
                     float(beta),
                     b.rows,
                     b.conversions,
+                    activity,
                 )
             )
         self.fitted_ = _Fitted(features, rules, float(model.intercept_[0]), dropped, warnings)
@@ -189,21 +240,27 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         text = scorecard_yaml(self, name, train_scores=None, examples=[], fitted_on="-")
         return parse_model(text, source=f"{name}.yaml")
 
-    def score_rows(self, X: Any) -> F64:
-        """Each row's score, by the batch evaluator on the fitted model."""
+    def score_rows(
+        self, X: Any, events: pa.Table | None = None, as_of_us: int | None = None
+    ) -> F64:
+        """Each row's score, by the batch evaluator on the fitted model (with ``events``, as
+        :func:`leadscore.inputs.normalize_events` makes them, as of ``as_of_us``, when the
+        model has activity rules; their ``lead_id`` is X's)."""
         columns = self._columns(X)
         n = len(next(iter(columns.values()))) if columns else 0
+        ids = columns.get("lead_id") or [f"row{i}" for i in range(n)]
         table = pa.table(
             {
-                "lead_id": [f"row{i}" for i in range(n)],
+                "lead_id": [str(i) for i in ids],
                 **{
                     k: [None if v is None else str(v) for v in values]
                     for k, values in columns.items()
-                    if k != "lead_id"
+                    if k != "lead_id" and not k.startswith(ACTIVITY_PREFIX)
                 },
             }
         )
-        run = score_run(self.model(), prepare(table), "2000-01-01T00:00:00Z")
+        when = "2000-01-01T00:00:00Z" if as_of_us is None else from_micros(as_of_us)
+        run = score_run(self.model(), prepare(table, events), when)
         return np.asarray(run.table.column("score").to_numpy(zero_copy_only=False), dtype=float)
 
     def probability(self, scores: F64) -> F64:
@@ -295,6 +352,8 @@ def scorecard_yaml(
     if f.dropped:
         lines.append("# Columns not used:")
         lines += [f"#   {col}: {why}" for col, why in f.dropped.items()]
+    profile = [r for r in f.rules if r.activity is None]
+    activity = [r for r in f.rules if r.activity is not None]
     lines += [
         "version: 1",
         f"name: {name}",
@@ -302,10 +361,11 @@ def scorecard_yaml(
         "",
         "groups:",
         "  fit: {kind: profile}",
-        "",
-        "profile:",
     ]
-    for rule in f.rules:
+    if activity:
+        lines.append("  engagement: {kind: activity}")
+    lines += ["", "profile:" if profile else "profile: []"]
+    for rule in profile:
         rate = rule.conversions / rule.rows if rule.rows else 0.0
         lines.append(
             f"  # {rule.column} {rule.label}: {rule.rows:,} leads, {rule.conversions:,} "
@@ -313,6 +373,18 @@ def scorecard_yaml(
         )
         lines.append(
             f"  - {{id: {rule.id}, if: {_condition_text(rule.condition)}, points: {rule.points}}}"
+        )
+    if activity:
+        lines += ["", "activity:"]
+    for rule in activity:
+        rate = rule.conversions / rule.rows if rule.rows else 0.0
+        keys = rule.activity or {}
+        lines.append(
+            f"  # {rule.label}: {rule.rows:,} leads, {rule.conversions:,} converted ({rate:.1%})"
+        )
+        lines.append(
+            f"  - {{id: {rule.id}, event: {_flow(keys['event'])}, window_days: "
+            f"{keys['window_days']}, count: {_flow(keys['count'])}, points: {rule.points}}}"
         )
     if train_scores is not None:
         lines += ["", *_thresholds(train_scores)]
@@ -331,5 +403,8 @@ def scorecard_yaml(
         lines.append("  - name: " + _yaml_value(ex["name"]))
         lines.append(f"    as_of: {ex['as_of']}")
         lines.append("    lead: " + json.dumps(ex["lead"], ensure_ascii=False))
+        if ex.get("events"):
+            lines.append("    events:")
+            lines += ["      - " + json.dumps(e, ensure_ascii=False) for e in ex["events"]]
         lines.append(f"    expect: {{score: {ex['score']:g}}}")
     return "\n".join(lines) + "\n"
