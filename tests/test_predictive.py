@@ -183,3 +183,43 @@ def test_activity_counts_become_count_rules_that_both_evaluators_score_alike() -
     outcomes = run_examples(model)
     assert len(outcomes) == 3 and all(o.passed for o in outcomes), [o.problems for o in outcomes]
     assert result.metrics["holdout"]["roc_auc"] > 0.75
+
+
+def test_awkward_values_still_give_a_model_that_loads_and_agrees() -> None:
+    """Accents, control characters, numbers written two ways, event types with ':' and a
+    lead column named like a count column: the file loads and its examples pass."""
+    rng = np.random.default_rng(11)
+    n = 900
+    city = rng.choice(["Köln", "Zürich", "a\x85b", "line\nbreak", "São Paulo"], n)
+    plan = rng.choice(["1", "01", "1.0", "pro"], n)
+    y = rng.random(n) < np.where(city == "Köln", 0.4, 0.1) + np.where(plan == "pro", 0.2, 0)
+    lead_ids = [f"L{i}" for i in range(n)]
+    as_of = int(np.datetime64("2026-06-30T00:00:00", "us").astype(np.int64))
+    rows = [(lead_ids[i], "web:visit", as_of - 86_400_000_000 * (1 + i % 5)) for i in range(n)]
+    events = pa.table(
+        {
+            "lead_id": [r[0] for r in rows],
+            "type": [r[1] for r in rows],
+            "ts": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+            "item": pa.nulls(n, pa.string()),
+        }
+    )
+    leads = pa.table(
+        {
+            "lead_id": lead_ids,
+            "Größe": list(city),
+            "plan": list(plan),
+            "web:visit events in 7 days": ["x"] * n,
+        }
+    )
+    result = fit_scorecard(leads, y, events=events, as_of_us=as_of, seed=3, name="awkward")
+    model = parse_model(result.yaml)
+    ids = [r.id for r in model.rules]
+    assert any(i.startswith("grosse-") for i in ids) and all(i.isascii() for i in ids)
+    plans = [r for r in model.rules if r.id.startswith("plan-")]
+    assert len(plans) == 1  # 1, 01 and 1.0 are one value to `eq`; pro is the other
+    assert all(o.passed for o in run_examples(model))
+    with pytest.raises(UsageError, match="a model name is letters"):
+        fit_scorecard(leads, y, name="my model")
+    with pytest.raises(UsageError, match="no lead has it"):
+        fit_scorecard(leads, None, target_column="plan", positive="enterprise")

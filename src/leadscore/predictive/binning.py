@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from leadscore.spec.conditions import WHITESPACE, parse_number
+from leadscore.spec.conditions import WHITESPACE, fold, parse_number
 
 __all__ = ["Bin", "Feature", "bin_column"]
 
@@ -52,6 +52,11 @@ class Feature:
     monotone: str | None = None  # rising | falling | None
 
 
+def _eq_key(text: str) -> str:
+    number = parse_number(text)
+    return f"#{number!r}" if number is not None else "$" + fold(text)
+
+
 def _texts(values: list[Any]) -> list[str | None]:
     out: list[str | None] = []
     for v in values:
@@ -61,7 +66,9 @@ def _texts(values: list[Any]) -> list[str | None]:
 
 
 def _fmt(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else round(float(x), 6)
+    """An edge as written in the model: whole numbers as such, others exactly (a float's
+    shortest text reads back as the same float)."""
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def _numeric_bins(
@@ -154,7 +161,13 @@ def _numeric_bins(
 
 
 def bin_column(
-    column: str, values: list[Any], y: Bools, *, max_bins: int = 6, min_rows: int = 30
+    column: str,
+    values: list[Any],
+    y: Bools,
+    *,
+    max_bins: int = 6,
+    min_rows: int = 30,
+    counts: bool = False,
 ) -> Feature | str:
     """The bins of one column, or why it cannot be used (a sentence)."""
     texts = _texts(values)
@@ -173,13 +186,13 @@ def bin_column(
     if numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows:
         if np.unique(numbers[numeric_rows]).size < 2:
             return "has one value only"
-        counts = column.startswith("activity:")
         bins, direction = _numeric_bins(
             column, numbers, numeric_rows, y, max_bins, min_rows, counts
         )
         feature = Feature(column, "numeric", bins, monotone=direction)
     else:
-        keys = [None if t is None else t.casefold() for t in texts]
+        # grouped as `eq` compares: numbers as numbers (1 = 01 = 1.0), texts folded
+        keys = [None if t is None else _eq_key(t) for t in texts]
         distinct: dict[str, int] = {}
         shown: dict[str, str] = {}
         for k, t in zip(keys, texts, strict=True):

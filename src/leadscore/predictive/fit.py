@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from leadscore.predictive.scorecard import (
 )
 from leadscore.spec import parse_model
 from leadscore.spec.conditions import WHITESPACE, parse_number
+from leadscore.spec.schema import ID_PATTERN
 from leadscore.validation.report import roc_auc
 
 __all__ = ["FitResult", "expected_calibration_error", "fit_scorecard", "top_decile_lift"]
@@ -26,6 +28,7 @@ __all__ = ["FitResult", "expected_calibration_error", "fit_scorecard", "top_deci
 Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 EXAMPLE_AS_OF = "2026-01-01T00:00:00Z"
+ID_RE = re.compile(ID_PATTERN)
 
 
 @dataclass
@@ -64,6 +67,11 @@ def _target(values: list[Any], positive: str | None, column: str) -> Bools:
     texts = [None if v is None else str(v).strip(WHITESPACE).casefold() for v in values]
     if positive is not None:
         wanted = positive.strip(WHITESPACE).casefold()
+        if wanted not in texts:
+            shown = ", ".join(sorted({t for t in texts if t})[:6])
+            raise UsageError(
+                f"--positive {positive!r}: no lead has it in {column!r} (values: {shown})"
+            )
         return np.array([t == wanted for t in texts])
     kinds = {t for t in texts if t}
     for yes, no in (("yes", "no"), ("true", "false"), ("1", "0"), ("y", "n")):
@@ -77,15 +85,15 @@ def _target(values: list[Any], positive: str | None, column: str) -> Bools:
 
 
 def _order_key(value: Any) -> float:
+    """A time (ISO 8601, or epoch seconds as the evaluators read them), else a number; a value
+    that is neither sorts first, into the training part."""
     if value is None or str(value).strip() == "":
-        return np.inf
-    number = parse_number(str(value))
-    if number is not None:
-        return number
+        return -np.inf
     try:
-        return float(parse_instant(str(value)))
+        return float(parse_instant(str(value).strip()))
     except ValueError:
-        return np.inf
+        number = parse_number(str(value))
+        return number if number is not None else -np.inf
 
 
 ACTIVITY_WINDOWS = (7, 30, 90)  # days: counts per event type over each
@@ -93,8 +101,8 @@ EXAMPLE_EVENTS = 40  # an example lead with more events than this is not picked
 
 
 def activity_features(
-    events: pa.Table, lead_ids: list[str], as_of_us: int, min_leads: int
-) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, float]]]]:
+    events: pa.Table, lead_ids: list[str], as_of_us: int, min_leads: int, taken: set[str]
+) -> tuple[dict[str, list[str]], dict[str, tuple[str, int]], dict[str, list[tuple[str, float]]]]:
     """Per event type that at least ``min_leads`` leads have in the longest window: each
     lead's count of them in every window (as text columns ``activity:<type>:<days>``), and
     each lead's events of those types in the longest window as (type, days ago)."""
@@ -122,8 +130,13 @@ def activity_features(
         for w in ACTIVITY_WINDOWS:
             if a < w:
                 counts[(t, w)][i] += 1
-    columns = {activity_column(t, w): [str(int(c)) for c in counts[(t, w)]] for (t, w) in counts}
-    return columns, history
+    columns: dict[str, list[str]] = {}
+    sources: dict[str, tuple[str, int]] = {}
+    for (t, w), values in counts.items():
+        name = activity_column(t, w, taken)
+        columns[name] = [str(int(c)) for c in values]
+        sources[name] = (t, w)
+    return columns, sources, history
 
 
 def fit_scorecard(
@@ -149,11 +162,17 @@ def fit_scorecard(
     n = leads.num_rows
     notes: list[str] = []
     history: dict[str, list[tuple[str, float]]] = {}
+    sources: dict[str, tuple[str, int]] = {}
+    if not ID_RE.fullmatch(name):
+        raise UsageError(
+            f"--name {name!r}: a model name is letters, digits, '.', '_' and '-', starting with "
+            "a letter or digit"
+        )
     if events is not None and events.num_rows:
         if as_of_us is None:
             as_of_us = int(pc.max(events.column("ts").cast(pa.int64())).as_py())
         lead_ids = [str(i) for i in columns["lead_id"]]
-        activity, history = activity_features(events, lead_ids, as_of_us, 30)
+        activity, sources, history = activity_features(events, lead_ids, as_of_us, 30, set(columns))
         columns.update(activity)
         if not activity:
             notes.append("no event type is common enough (30 leads) to fit activity rules")
@@ -161,6 +180,14 @@ def fit_scorecard(
         if target_column is None or target_column not in columns:
             known = ", ".join(repr(c) for c in columns)
             raise UsageError(f"--target: no column {target_column!r} (columns: {known})")
+        blank = [v is None or str(v).strip(WHITESPACE) == "" for v in columns[target_column]]
+        if any(blank):
+            keep = [i for i, b in enumerate(blank) if not b]
+            notes.append(
+                f"{sum(blank):,} leads have no value in {target_column!r}: left out of the fit"
+            )
+            columns = {k: [v[i] for i in keep] for k, v in columns.items()}
+            n = len(keep)
         y = _target(columns[target_column], positive, target_column)
         exclude = (*exclude, target_column)
     else:
@@ -173,6 +200,8 @@ def fit_scorecard(
     if time_column is not None:
         if time_column not in columns:
             raise UsageError(f"--time-column: no column {time_column!r}")
+        if time_column == target_column:
+            raise UsageError("--time-column: the target cannot also be the time")
         keys = np.array([_order_key(v) for v in columns[time_column]])
         order = np.argsort(keys, kind="stable")
         exclude = (*exclude, time_column)
@@ -187,8 +216,14 @@ def fit_scorecard(
         return {k: [v[i] for i in idx] for k, v in columns.items()}
 
     train, test = part(train_idx), part(test_idx)
-    card = ScorecardClassifier(exclude=exclude, points_to_double_odds=points_to_double_odds)
+    card = ScorecardClassifier(
+        exclude=exclude, points_to_double_odds=points_to_double_odds, activity_columns=sources
+    )
     card.fit(train, y[train_idx])
+    if not any(r.points for r in card.fitted_.rules):
+        notes.append(
+            "every rule rounds to 0 points: raise --points-to-double-odds to see the differences"
+        )
     train_scores = card.score_rows(train, events, as_of_us)
     test_scores = card.score_rows(test, events, as_of_us)
     y_test = y[test_idx]

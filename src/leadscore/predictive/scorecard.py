@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,8 @@ from leadscore.scoring import prepare, score_run
 from leadscore.spec import Model, parse_model
 
 __all__ = [
-    "ACTIVITY_PREFIX",
     "MIN_CONVERSIONS",
+    "ActivityColumns",
     "Rule",
     "ScorecardClassifier",
     "activity_column",
@@ -46,11 +47,15 @@ MIN_CONVERSIONS = 50  # in the part a scorecard is fitted on
 LEAKAGE_AUC = 0.85  # a column that ranks the outcome this well on its own is suspect
 
 
-ACTIVITY_PREFIX = "activity:"  # feature columns named activity:<event type>:<window days>
+ActivityColumns = dict[str, tuple[str, int]]  # feature column -> (event type, window days)
 
 
-def activity_column(event_type: str, days: int) -> str:
-    return f"{ACTIVITY_PREFIX}{event_type}:{days}"
+def activity_column(event_type: str, days: int, taken: set[str] | dict[str, Any]) -> str:
+    """A readable name for the count column of ``event_type`` over ``days``, not in ``taken``."""
+    name = f"{event_type} events in {days} days"
+    while name in taken:
+        name += " (events)"
+    return name
 
 
 @dataclass
@@ -69,9 +74,10 @@ class Rule:
     activity: dict[str, Any] | None = None
 
 
-def _count_rule(column: str, condition: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _count_rule(
+    event_type: str, days: int, condition: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
     """A numeric bin of an activity column as a count rule's keys, and a label for people."""
-    _, event_type, days = column.split(":")
     tests: dict[str, int] = {}
     parts = condition.get("all", [condition])
     for part in parts:
@@ -110,8 +116,31 @@ def _auc(scores: F64, positive: Bools) -> float:
     return 0.5 if value is None else value
 
 
+# letters that do not decompose into an ASCII letter and an accent
+_SPELLED = str.maketrans(
+    {
+        "ß": "ss",
+        "æ": "ae",
+        "Æ": "AE",
+        "ø": "o",
+        "Ø": "O",
+        "œ": "oe",
+        "Œ": "OE",
+        "ł": "l",
+        "Ł": "L",
+        "đ": "d",
+        "Đ": "D",
+        "þ": "th",
+        "Þ": "TH",
+    }
+)
+
+
 def _slug(text: str) -> str:
-    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    """A rule id from text: ASCII letters and digits (accents dropped: Köln -> koln)."""
+    spelled = text.translate(_SPELLED)
+    ascii_text = unicodedata.normalize("NFKD", spelled).encode("ascii", "ignore").decode()
+    out = "".join(c if c.isalnum() else "-" for c in ascii_text.lower()).strip("-")
     while "--" in out:
         out = out.replace("--", "-")
     return out or "x"
@@ -133,6 +162,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         points_to_double_odds: float = 10.0,
         exclude: tuple[str, ...] = (),
         min_conversions: int = MIN_CONVERSIONS,
+        activity_columns: ActivityColumns | None = None,
     ) -> None:
         self.max_bins = max_bins
         self.min_bin_rows = min_bin_rows
@@ -140,6 +170,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.points_to_double_odds = points_to_double_odds
         self.exclude = exclude
         self.min_conversions = min_conversions
+        self.activity_columns = activity_columns
 
     @property
     def factor(self) -> float:
@@ -169,7 +200,12 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             if name in self.exclude or name == "lead_id":
                 continue
             got = bin_column(
-                name, values, target, max_bins=self.max_bins, min_rows=self.min_bin_rows
+                name,
+                values,
+                target,
+                max_bins=self.max_bins,
+                min_rows=self.min_bin_rows,
+                counts=name in (self.activity_columns or {}),
             )
             if isinstance(got, str):
                 dropped[name] = got
@@ -186,8 +222,10 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 )
             features.append(got)
         if not features:
+            why = "; ".join(f"{k}: {v}" for k, v in dropped.items())
             raise UsageError(
-                "no column could be used: " + "; ".join(f"{k}: {v}" for k, v in dropped.items())
+                "no column could be used"
+                + (f": {why}" if why else ": the leads hold only the id (and the target)")
             )
         scored: list[tuple[Feature, Bin]] = [
             (f, b) for f in features for i, b in enumerate(f.bins) if i != f.reference
@@ -200,8 +238,9 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         used: set[str] = set()
         for (feature, b), beta in zip(scored, coefs, strict=True):
             activity, label = None, b.label
-            if feature.column.startswith(ACTIVITY_PREFIX):
-                activity, label = _count_rule(feature.column, b.condition)
+            source = (self.activity_columns or {}).get(feature.column)
+            if source is not None:
+                activity, label = _count_rule(source[0], source[1], b.condition)
                 rule_id = _slug(
                     f"{activity['event']}-{activity['window_days']}d-"
                     + "-".join(f"{k}-{v}" for k, v in activity["count"].items())
@@ -255,7 +294,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 **{
                     k: [None if v is None else str(v) for v in values]
                     for k, values in columns.items()
-                    if k != "lead_id" and not k.startswith(ACTIVITY_PREFIX)
+                    if k != "lead_id" and k not in (self.activity_columns or {})
                 },
             }
         )
@@ -275,8 +314,28 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
 
 
+# YAML refuses these raw (controls, NEL, line and paragraph separators, the BOM): escaped
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
 def _yaml_value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """A double-quoted YAML scalar (JSON's escapes are YAML's), readable letters kept."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _mapping(values: dict[str, Any]) -> str:
+    """A flow mapping with every key and text quoted."""
+    items = (
+        f"{_yaml_value(str(k))}: {_yaml_value(v) if isinstance(v, str) else json.dumps(v)}"
+        for k, v in values.items()
+    )
+    return "{" + ", ".join(items) + "}"
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a ``#`` comment line."""
+    return _UNSAFE.sub("?", text)
 
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9 ._/-]*")
@@ -296,7 +355,7 @@ def _flow(value: Any) -> str:
         return repr(value)
     text = str(value)
     plain = _PLAIN.fullmatch(text) and text.strip() == text and text.lower() not in _YAML_WORDS
-    return text if plain else json.dumps(text, ensure_ascii=False)
+    return text if plain else _yaml_value(text)
 
 
 def _condition_text(cond: dict[str, Any]) -> str:
@@ -351,7 +410,7 @@ def scorecard_yaml(
     ]
     if f.dropped:
         lines.append("# Columns not used:")
-        lines += [f"#   {col}: {why}" for col, why in f.dropped.items()]
+        lines += [_comment(f"#   {col}: {why}") for col, why in f.dropped.items()]
     profile = [r for r in f.rules if r.activity is None]
     activity = [r for r in f.rules if r.activity is not None]
     lines += [
@@ -368,8 +427,10 @@ def scorecard_yaml(
     for rule in profile:
         rate = rule.conversions / rule.rows if rule.rows else 0.0
         lines.append(
-            f"  # {rule.column} {rule.label}: {rule.rows:,} leads, {rule.conversions:,} "
-            f"converted ({rate:.1%})"
+            _comment(
+                f"  # {rule.column} {rule.label}: {rule.rows:,} leads, {rule.conversions:,} "
+                f"converted ({rate:.1%})"
+            )
         )
         lines.append(
             f"  - {{id: {rule.id}, if: {_condition_text(rule.condition)}, points: {rule.points}}}"
@@ -380,7 +441,10 @@ def scorecard_yaml(
         rate = rule.conversions / rule.rows if rule.rows else 0.0
         keys = rule.activity or {}
         lines.append(
-            f"  # {rule.label}: {rule.rows:,} leads, {rule.conversions:,} converted ({rate:.1%})"
+            _comment(
+                f"  # {rule.label}: {rule.rows:,} leads, {rule.conversions:,} converted "
+                f"({rate:.1%})"
+            )
         )
         lines.append(
             f"  - {{id: {rule.id}, event: {_flow(keys['event'])}, window_days: "
@@ -393,8 +457,8 @@ def scorecard_yaml(
         "# The score as a chance to convert: 1 / (1 + 2 ^ ((even_odds_score - score) /",
         "# points_to_double_odds)).",
         "calibration:",
-        f"  points_to_double_odds: {card.points_to_double_odds:g}",
-        f"  even_odds_score: {card.even_odds_score:g}",
+        f"  points_to_double_odds: {card.points_to_double_odds!r}",
+        f"  even_odds_score: {card.even_odds_score!r}",
         "  fitted_on: " + _yaml_value(fitted_on),
     ]
     if examples:
@@ -402,9 +466,9 @@ def scorecard_yaml(
     for ex in examples:
         lines.append("  - name: " + _yaml_value(ex["name"]))
         lines.append(f"    as_of: {ex['as_of']}")
-        lines.append("    lead: " + json.dumps(ex["lead"], ensure_ascii=False))
+        lines.append("    lead: " + _mapping(ex["lead"]))
         if ex.get("events"):
             lines.append("    events:")
             lines += ["      - " + json.dumps(e, ensure_ascii=False) for e in ex["events"]]
-        lines.append(f"    expect: {{score: {ex['score']:g}}}")
+        lines.append(f"    expect: {{score: {ex['score']!r}}}")
     return "\n".join(lines) + "\n"
