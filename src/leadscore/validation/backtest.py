@@ -39,7 +39,7 @@ from leadscore.validation.outcomes import (
     check_instant,
     conversion_times,
 )
-from leadscore.validation.report import rate
+from leadscore.validation.report import day_quantiles, rate
 
 __all__ = ["MAX_CUTOFFS", "cutoffs", "run_backtest"]
 
@@ -84,17 +84,6 @@ def _first_touch(prepared: PreparedInputs, lead_ids: pa.Array) -> I64:
     idx = where.fill_null(0).to_numpy(zero_copy_only=False)
     out[found] = first.column("ts_min").to_numpy()[idx[found]]
     return out
-
-
-def _quantiles(days: F64) -> dict[str, Any]:
-    if len(days) == 0:
-        return {"leads": 0, "median_days": None}
-    return {
-        "leads": len(days),
-        "median_days": float(np.median(days)),
-        "p25_days": float(np.percentile(days, 25)),
-        "p75_days": float(np.percentile(days, 75)),
-    }
 
 
 def _summary(
@@ -153,7 +142,7 @@ def _summary(
         "caught": int(caught.sum()),
         "missed": int(window.sum() - caught.sum()),
         "missed_share": rate(int(window.sum() - caught.sum()), int(window.sum())),
-        "speed": _quantiles(speed),
+        "speed": day_quantiles(speed),
         "periods": periods,
     }
 

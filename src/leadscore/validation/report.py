@@ -42,6 +42,7 @@ from leadscore.validation.outcomes import (
 
 __all__ = [
     "build_report",
+    "day_quantiles",
     "default_as_of",
     "rate",
     "report_from_inputs",
@@ -268,7 +269,8 @@ def _monotone(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _median_days(days: F64) -> dict[str, Any]:
+def day_quantiles(days: F64) -> dict[str, Any]:
+    """How many durations (in days), their median and quartiles (``None`` without any)."""
     if len(days) == 0:
         return {"leads": 0, "median_days": None}
     return {
@@ -398,8 +400,8 @@ def build_report(
         report["mql"]["reason"] = "the model sets no MQL threshold"
     days = (t_conv[mql & converted] - as_of_us) / MICROS_PER_DAY
     report["time_to_conversion"] = {
-        "mql": _median_days(days.astype(np.float64)),
-        "all": _median_days(((t_conv[converted] - as_of_us) / MICROS_PER_DAY).astype(np.float64)),
+        "mql": day_quantiles(days.astype(np.float64)),
+        "all": day_quantiles(((t_conv[converted] - as_of_us) / MICROS_PER_DAY).astype(np.float64)),
     }
     report["calibration"] = _calibration(score, converted)
     falls = _monotone(report["calibration"])
