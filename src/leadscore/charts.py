@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
-__all__ = ["bar_chart", "line_chart", "nice_ticks", "sparkline", "standalone", "step_chart"]
+__all__ = [
+    "bar_chart",
+    "line_chart",
+    "nice_step",
+    "nice_ticks",
+    "sparkline",
+    "standalone",
+    "step_chart",
+]
 
 REASON_COLOURS = {
     "event": "#2563eb",
@@ -23,6 +31,12 @@ REASON_COLOURS = {
 }
 
 
+def nice_step(raw: float) -> float:
+    """The round step (1, 2, 2.5 or 5 times a power of ten) at least ``raw``."""
+    power = 10.0 ** math.floor(math.log10(raw))
+    return float(next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw))
+
+
 def nice_ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
     """Round tick values covering ``low..high`` (about ``count`` of them); ``whole``: whole
     numbers only (counts)."""
@@ -31,8 +45,7 @@ def nice_ticks(low: float, high: float, count: int = 5, whole: bool = False) -> 
     raw = (high - low) / max(count, 1)
     if whole:
         raw = max(raw, 1.0)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    step = nice_step(raw)
     first = math.floor(low / step) * step
     ticks = []
     value = first

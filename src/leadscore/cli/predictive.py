@@ -13,6 +13,7 @@ from leadscore.cli import IdOpt, SkipOpt, _edge, _Quiet, app, err
 from leadscore.cli.validation import instant
 from leadscore.errors import UsageError
 from leadscore.scoring import prepare
+from leadscore.validation.outcomes import parse_conversion
 
 __all__ = ["fit"]
 
@@ -82,13 +83,13 @@ def fit(
         as_of_us = None if as_of is None else instant(as_of, "--as-of")
         y = None
         if outcomes is not None:
-            from leadscore.cli.validation import conversion_from_options, load_outcomes
+            from leadscore.cli.validation import load_outcomes
             from leadscore.validation.outcomes import NEVER, conversion_times
 
             table, warnings = load_outcomes(outcomes, lead_id_column, skip_bad_rows)
             for w in warnings:
                 err.print(f"warning: {w}", markup=False)
-            conv = conversion_from_options(conversion, "36500d")
+            conv = parse_conversion(conversion)  # ever: conversion_times ignores the horizon
             ids = prepared.leads.column("lead_id").combine_chunks()
             y = conversion_times(table, ids, conv) != NEVER
         result = fit_scorecard(

@@ -33,10 +33,10 @@ from leadscore.spec import load_model
 from leadscore.validation.backtest import run_backtest
 from leadscore.validation.drift import drift as drift_report
 from leadscore.validation.html import num, pct, render_html
-from leadscore.validation.outcomes import Conversion, parse_days
+from leadscore.validation.outcomes import parse_conversion, parse_days
 from leadscore.validation.report import default_as_of, report_from_inputs
 
-__all__ = ["conversion_from_options", "instant"]
+__all__ = ["instant", "load_outcomes"]
 
 OutcomesOpt = Annotated[
     Path,
@@ -57,13 +57,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print every figure as JSO
 HtmlOpt = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
 ]
-
-
-def conversion_from_options(conversion: str, horizon: str) -> Conversion:
-    names = tuple(dict.fromkeys(p.strip().lower() for p in conversion.split(",") if p.strip()))
-    if not names:
-        raise UsageError("--conversion: name at least one outcome, such as won,opportunity")
-    return Conversion(names, parse_days(horizon, "--horizon"))
 
 
 def instant(text: str, option: str) -> int:
@@ -260,7 +253,7 @@ def report(
     latest time whose whole horizon the outcomes cover), or the latest event if that is earlier.
     """
     m = load_model(model)
-    conv = conversion_from_options(conversion, horizon)
+    conv = parse_conversion(conversion, horizon)
     if html is not None and (html.is_dir() or not html.parent.is_dir()):
         where = "is a directory" if html.is_dir() else f"has no directory {html.parent}"
         raise UsageError(f"--html: {html} {where}")
@@ -390,7 +383,7 @@ def backtest(
     if not 1 <= len(models) <= 2:
         raise UsageError("give one model, or two (champion and challenger)")
     loaded = [load_model(p) for p in models]
-    conv = conversion_from_options(conversion, horizon)
+    conv = parse_conversion(conversion, horizon)
     step_us = round(parse_days(every, "--every") * 86_400_000_000)
     with err.status("reading inputs...") if err.is_terminal else _Quiet():
         prepared = prepare(

@@ -47,6 +47,7 @@ from leadscore.spec.conditions import (
     walk_fields,
 )
 from leadscore.spec.model import (
+    COUNT_TESTS,
     FALLBACK_GRADE,
     ActivityRule,
     InactivityRule,
@@ -337,15 +338,6 @@ def _ranked(rule: ActivityRule) -> bool:
     )
 
 
-_COUNT_SQL = {
-    "gte": lambda n, v: n >= v,
-    "gt": lambda n, v: n > v,
-    "lte": lambda n, v: n <= v,
-    "lt": lambda n, v: n < v,
-    "eq": lambda n, v: n == v,
-}
-
-
 def _num(value: float) -> ir.FloatingValue:
     """A DOUBLE literal. Ibis writes floats bare (15.0) and DuckDB reads those as DECIMAL,
     whose arithmetic differs from the per-lead evaluator's and can overflow; a cast from the
@@ -501,7 +493,7 @@ class _Builder:
                     n = ibis.ifelse(n > 0, 1, 0)
                 holds: ir.BooleanValue = ibis.literal(True)
                 for op, value in r.count:
-                    holds = holds & _COUNT_SQL[op](n, value)
+                    holds = holds & COUNT_TESTS[op](n, value)
                 raw = ibis.ifelse(holds, _num(r.points), _num(0.0))
                 cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
             elif isinstance(r, ActivityRule):

@@ -31,6 +31,7 @@ from leadscore.errors import UsageError
 from leadscore.predictive.binning import Bin, Feature, bin_column
 from leadscore.scoring import prepare, score_run
 from leadscore.spec import Model, parse_model
+from leadscore.validation.report import roc_auc
 
 __all__ = [
     "MIN_CONVERSIONS",
@@ -110,8 +111,6 @@ class _Fitted:
 
 
 def _auc(scores: F64, positive: Bools) -> float:
-    from leadscore.validation.report import roc_auc
-
     value = roc_auc(scores, positive)
     return 0.5 if value is None else value
 

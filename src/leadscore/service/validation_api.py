@@ -17,7 +17,12 @@ from leadscore.service.models_api import YAML_BODY, _model_text, _parse
 from leadscore.service.state import ServiceState
 from leadscore.store.keys import ApiKey
 from leadscore.store.validation import outcome_counts, store_backtest, store_report
-from leadscore.validation.outcomes import MICROS_PER_DAY, Conversion, parse_days
+from leadscore.validation.outcomes import (
+    MICROS_PER_DAY,
+    Conversion,
+    parse_conversion,
+    parse_days,
+)
 
 __all__ = ["DRIFT_DAYS", "ValidationQuery", "conversion_of", "router", "validation_data"]
 
@@ -41,11 +46,8 @@ def _instant(value: str | None, name: str) -> int | None:
 
 def conversion_of(conversion: str, horizon: str) -> Conversion:
     """The conversion that ``conversion`` (outcomes, comma-separated) and ``horizon`` name."""
-    names = tuple(dict.fromkeys(p.strip().lower() for p in conversion.split(",") if p.strip()))
     try:
-        if not names:
-            raise UsageError("conversion: name at least one outcome, such as won")
-        return Conversion(names, parse_days(horizon, "horizon"))
+        return parse_conversion(conversion, horizon, ("conversion", "horizon"))
     except UsageError as exc:
         raise ApiError(422, str(exc)) from None
 

@@ -10,6 +10,7 @@ per-field schema cannot see (duplicate ids, unknown groups, unordered tables, ..
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,12 +57,13 @@ class ProfileRule:
     kind = "profile"
 
 
-COUNT_TESTS: dict[str, Callable[[int, int], bool]] = {
-    "gte": lambda n, v: n >= v,
-    "gt": lambda n, v: n > v,
-    "lte": lambda n, v: n <= v,
-    "lt": lambda n, v: n < v,
-    "eq": lambda n, v: n == v,
+# the comparison of each count test; they work on numbers and on SQL (Ibis) expressions alike
+COUNT_TESTS: dict[str, Callable[[Any, Any], Any]] = {
+    "gte": operator.ge,
+    "gt": operator.gt,
+    "lte": operator.le,
+    "lt": operator.lt,
+    "eq": operator.eq,
 }
 COUNT_WORDS = {
     "gte": "at least",

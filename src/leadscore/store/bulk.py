@@ -198,7 +198,11 @@ def import_outcomes(
     )
     report = ImportReport("outcomes", rows=table.num_rows, warnings=list(load.warnings))
     table = _within_limits(
-        table, _label(source), skip_bad_rows, report, {"lead_id": 200, "outcome": 200}
+        table,
+        _label(source),
+        skip_bad_rows,
+        report,
+        {"lead_id": LIMITS["lead_id"], "outcome": LIMITS["type"]},
     )
     items = [
         OutcomeInput(lead_id, outcome, ts_us, amount)

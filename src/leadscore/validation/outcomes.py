@@ -18,6 +18,7 @@ __all__ = [
     "Conversion",
     "check_instant",
     "conversion_times",
+    "parse_conversion",
     "parse_days",
     "unknown_leads",
 ]
@@ -75,6 +76,17 @@ def parse_days(text: str, what: str) -> float:
     if not days <= MAX_DAYS:  # also infinity and NaN
         raise UsageError(f"{what}: {text!r} is longer than {MAX_DAYS:,} days")
     return days
+
+
+def parse_conversion(
+    outcomes: str, horizon: str = "90d", what: tuple[str, str] = ("--conversion", "--horizon")
+) -> Conversion:
+    """The conversion named by comma-separated outcomes (``won,opportunity``) and a horizon
+    (``90d``); ``what`` names the two options in messages."""
+    names = tuple(dict.fromkeys(p.strip().lower() for p in outcomes.split(",") if p.strip()))
+    if not names:
+        raise UsageError(f"{what[0]}: name at least one outcome, such as won,opportunity")
+    return Conversion(names, parse_days(horizon, what[1]))
 
 
 def check_instant(micros: int, what: str) -> int:

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from leadscore.charts import nice_step
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
@@ -226,18 +227,12 @@ def _decile_rows(scores: F64, converted: Bools, ids: Sequence[str]) -> list[dict
     return rows
 
 
-def _nice_step(low: float, high: float, count: int) -> float:
-    raw = (high - low) / count if high > low else 1.0
-    power = 10.0 ** math.floor(math.log10(raw))
-    return float(next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw))
-
-
 def _calibration(scores: F64, converted: Bools, bins: int = 10) -> list[dict[str, Any]]:
     """Observed conversion rate per equal-width score range (round bounds)."""
     if len(scores) == 0:
         return []
     low, high = float(scores.min()), float(scores.max())
-    step = _nice_step(low, high, bins)
+    step = nice_step((high - low) / bins if high > low else 1.0)
     start = math.floor(low / step) * step
     which = np.floor((scores - start) / step + 1e-9).astype(np.int64)
     rows = []
