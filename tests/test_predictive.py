@@ -13,7 +13,7 @@ from leadscore import parse_model, run_examples
 from leadscore.cli import app
 from leadscore.errors import UsageError
 from leadscore.predictive import ScorecardClassifier
-from leadscore.predictive.binning import bin_column
+from leadscore.predictive.binning import _edges, _shortest, bin_column
 from leadscore.predictive.fit import expected_calibration_error, fit_scorecard, top_decile_lift
 
 
@@ -53,6 +53,77 @@ def test_numeric_bins_are_monotone_where_the_data_rises() -> None:
     assert feature.bins[0].condition["lt"] < feature.bins[-1].condition["gte"]
     masks = sum(b.mask.astype(int) for b in feature.bins)
     assert (masks == 1).all()  # every row in exactly one bin
+
+
+def test_edges_are_short_numbers_that_cut_where_the_quantiles_do() -> None:
+    assert _shortest(2.4, 3.7) == 3
+    assert _shortest(0.0123, 0.0166) == 0.016
+    assert _shortest(-5.5, -5.2) == -5.2
+    assert _shortest(0.0, 0.0381) == 0.03
+    rng = np.random.default_rng(4)
+    values = np.round(rng.random(1000) * 100, 6)
+    edges = _edges(values, 4, counts=False)
+    assert all(len(str(float(e))) <= 5 for e in edges)  # 26.06, not 26.0617453
+    exact = np.quantile(values, [0.25, 0.5, 0.75])
+    for cut, q in zip(edges, exact, strict=True):  # no value lies between the two
+        assert not ((values >= min(cut, q)) & (values < max(cut, q))).any()
+
+
+def test_a_value_most_rows_share_gets_a_bin_of_its_own() -> None:
+    rng = np.random.default_rng(5)
+    n = 4000
+    spend = np.where(rng.random(n) < 0.75, 0.0, np.round(rng.gamma(2.0, 20.0, n), 2))
+    y = rng.random(n) < np.where(spend == 0, 0.04, 0.1 + np.minimum(spend, 100) / 200)
+    feature = bin_column("spend", [str(v) for v in spend], y, max_bins=6)
+    assert not isinstance(feature, str)
+    first = feature.bins[0]
+    assert first.rows == int((spend == 0).sum())  # the zeros alone
+    assert 0 < first.condition["lt"] <= spend[spend > 0].min()
+    assert len(feature.bins) >= 4  # and the others still cut at their quantiles
+
+
+def interaction_data(n: int, joint: bool) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Two yes/no fields: with ``joint``, leads with both convert far more than either alone
+    predicts (1% / 5% / 5% / 40%); without, each field doubles the odds on its own."""
+    rng = np.random.default_rng(6)
+    a, b = rng.random(n) < 0.5, rng.random(n) < 0.5
+    if joint:
+        rate = np.where(a & b, 0.40, np.where(a | b, 0.05, 0.01))
+    else:
+        logit = np.log(0.05 / 0.95) + np.log(2) * (a.astype(int) + b.astype(int))
+        rate = 1 / (1 + np.exp(-logit))
+    y = rng.random(n) < rate
+    columns = {
+        "lead_id": [f"L{i}" for i in range(n)],
+        "trial": ["yes" if v else "no" for v in a],
+        "demo": ["yes" if v else "no" for v in b],
+        "noise": [str(v) for v in rng.integers(0, 4, n)],
+    }
+    return columns, y
+
+
+def test_a_pair_that_converts_together_gets_a_rule_of_its_own() -> None:
+    X, y = interaction_data(6000, joint=True)
+    card = ScorecardClassifier().fit(X, y)
+    pairs = [r for r in card.fitted_.rules if len(r.fields) == 2]
+    assert pairs and {r.fields for r in pairs} == {("trial", "demo")}  # noise pairs with nothing
+    assert all(r.condition["all"][0]["field"] == "trial" for r in pairs)
+    # with the pair's rule, each of the four groups gets its own rate
+    p = card.predict_proba(X)[:, 1]
+    t, d = np.array(X["trial"]) == "yes", np.array(X["demo"]) == "yes"
+    groups = (t & d, t & ~d, ~t & d, ~t & ~d)
+    assert all(p[g].mean() / y[g].mean() == pytest.approx(1, abs=0.1) for g in groups)
+    alone = ScorecardClassifier(interactions=0).fit(X, y)
+    assert all(len(r.fields) == 1 for r in alone.fitted_.rules)
+    q = alone.predict_proba(X)[:, 1]
+    # points for each field alone cannot fit the four groups: those with neither get half
+    assert q[~t & ~d].mean() / y[~t & ~d].mean() < 0.6
+
+
+def test_fields_that_add_up_get_no_pair_rule() -> None:
+    X, y = interaction_data(6000, joint=False)
+    card = ScorecardClassifier().fit(X, y)
+    assert all(len(r.fields) == 1 for r in card.fitted_.rules)
 
 
 def test_columns_that_cannot_be_used_say_why() -> None:
@@ -116,6 +187,27 @@ def test_the_fitted_file_loads_scores_alike_in_both_evaluators_and_repeats() -> 
     again = fit_scorecard(leads, y, time_column="created", name="fitted")
     assert again.yaml == result.yaml  # deterministic
     assert result.metrics["holdout"]["roc_auc"] > 0.6
+
+
+def test_a_holdout_unlike_the_past_is_reported() -> None:
+    rng = np.random.default_rng(8)
+    n = 3000
+    late = np.arange(n) >= 0.8 * n
+    y = rng.random(n) < np.where(late, 0.25, 0.05)
+    leads = pa.table(
+        {
+            "lead_id": [f"L{i}" for i in range(n)],
+            "created": [f"2026-{1 + i * 12 // n:02d}-01" for i in range(n)],
+            "rate": [str(4.0 - i / n) for i in range(n)],  # falls with time, as rates did
+            "segment": list(rng.choice(["a", "b"], n)),
+        }
+    )
+    notes = fit_scorecard(leads, y, time_column="created").notes
+    said = f"the holdout converts at {y[late].mean():.1%} against {y[~late].mean():.1%} in the"
+    assert any(n.startswith(said) for n in notes), notes
+    assert any("100% of the holdout's 'rate' values lie outside" in n for n in notes)
+    calm = fit_scorecard(leads, rng.random(n) < 0.1, time_column="created").notes
+    assert not any("converts at" in n for n in calm)
 
 
 def test_metrics_by_hand() -> None:

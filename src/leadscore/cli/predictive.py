@@ -58,6 +58,15 @@ def fit(
     pdo: Annotated[
         float, typer.Option("--points-to-double-odds", min=0.1, help="The points scale.")
     ] = 10.0,
+    interactions: Annotated[
+        int,
+        typer.Option(
+            "--interactions", min=0, help="Pairs of columns that may get joint rules (0: none)."
+        ),
+    ] = 10,
+    max_bins: Annotated[
+        int, typer.Option("--max-bins", min=2, max=50, help="Bins per numeric column, at most.")
+    ] = 6,
     name: Annotated[str, typer.Option("--name", help="The fitted model's name.")] = "fitted",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the model file here.")
@@ -105,6 +114,8 @@ def fit(
             seed=seed,
             name=name,
             points_to_double_odds=pdo,
+            interactions=interactions,
+            max_bins=max_bins,
         )
     m = result.metrics
     for note in [*result.notes, *m["warnings"]]:

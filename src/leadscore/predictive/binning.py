@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ class Feature:
     bins: list[Bin] = field(default_factory=list)
     reference: int = 0
     monotone: str | None = None  # rising | falling | None
+    span: tuple[float, float] | None = None  # a numeric column's lowest and highest value
 
 
 def _eq_key(text: str) -> str:
@@ -71,6 +73,42 @@ def _fmt(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _shortest(low: float, high: float) -> float:
+    """The number with the fewest digits in (low, high]: an edge people can read that splits
+    the data exactly where ``high`` does when no value lies between ``low`` and ``high``."""
+    top = Decimal(repr(float(high)))
+    for places in range(-15, 18):
+        step = Decimal(1).scaleb(-places)
+        x = float((top / step).to_integral_value(rounding=ROUND_FLOOR) * step)
+        if x > low:
+            return x
+    return float(high)
+
+
+def _edges(values: F64, max_bins: int, counts: bool) -> F64:
+    """Where to cut a column's values: quantiles, with a value that holds a bin's share of the
+    rows on its own (0 in a mostly-zero column) in a bin of its own; each edge moved to the
+    shortest number that cuts the values at the same place."""
+    distinct, freq = np.unique(values, return_counts=True)
+    if counts:  # event counts: none apart, then quantiles of the others
+        heavy = distinct[:1] if distinct[0] == 0 else distinct[:0]
+    else:
+        heavy = distinct[freq >= len(values) / max_bins]
+    light = values[~np.isin(values, heavy)]
+    parts = max(2, max_bins - len(heavy))
+    wanted = [np.quantile(light, np.arange(1, parts) / parts)] if light.size else []
+    for v in heavy:  # a bin from v up to the next value
+        above = distinct[distinct > v]
+        wanted.append(np.array([v, *above[:1]]))
+    raw = np.unique(np.concatenate([np.array([], dtype=np.float64), *wanted]))
+    raw = raw[(raw > distinct[0]) & (raw <= distinct[-1])]
+    out = []
+    for e in raw:
+        at = int(np.searchsorted(distinct, e))  # distinct[at] is the first value >= e
+        out.append(_shortest(distinct[at - 1], distinct[at]))
+    return np.unique(np.array(out, dtype=np.float64))
+
+
 def _numeric_bins(
     column: str,
     numbers: F64,
@@ -81,17 +119,7 @@ def _numeric_bins(
     counts: bool = False,
 ) -> tuple[list[Bin], str | None]:
     values = numbers[present]
-    if counts:  # event counts, mostly zero: none apart, then quantiles of the others
-        positive = values[values > 0]
-        rest = (
-            np.quantile(positive, np.arange(1, max_bins - 1) / (max_bins - 1))
-            if len(positive)
-            else np.array([])
-        )
-        edges = np.unique(np.concatenate([[1.0], np.ceil(rest)]))
-    else:
-        edges = np.unique(np.quantile(values, np.arange(1, max_bins) / max_bins))
-    edges = edges[(edges > values.min()) & (edges <= values.max())]
+    edges = _edges(values, max_bins, counts)
     # bins [e(i-1), e(i)): first below e1, last from ek up
     cuts = list(edges)
 
@@ -189,7 +217,9 @@ def bin_column(
         bins, direction = _numeric_bins(
             column, numbers, numeric_rows, y, max_bins, min_rows, counts
         )
-        feature = Feature(column, "numeric", bins, monotone=direction)
+        seen = numbers[numeric_rows]
+        span = (float(seen.min()), float(seen.max()))
+        feature = Feature(column, "numeric", bins, monotone=direction, span=span)
     else:
         # grouped as `eq` compares: numbers as numbers (1 = 01 = 1.0), texts folded
         keys = [None if t is None else _eq_key(t) for t in texts]

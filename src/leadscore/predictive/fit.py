@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,13 @@ from leadscore.spec.conditions import WHITESPACE, parse_number
 from leadscore.spec.schema import ID_PATTERN
 from leadscore.validation.report import roc_auc
 
-__all__ = ["FitResult", "expected_calibration_error", "fit_scorecard", "top_decile_lift"]
+__all__ = [
+    "FitResult",
+    "expected_calibration_error",
+    "fit_scorecard",
+    "shift_notes",
+    "top_decile_lift",
+]
 
 Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
@@ -139,6 +146,40 @@ def activity_features(
     return columns, sources, history
 
 
+def shift_notes(
+    card: ScorecardClassifier,
+    train: dict[str, list[Any]],
+    test: dict[str, list[Any]],
+    y_train: Bools,
+    y_test: Bools,
+) -> list[str]:
+    """What differs between the fitting part and the holdout beyond chance: the conversion
+    rate, and numeric columns whose holdout values lie outside what the fit saw."""
+    notes = []
+    a, b = float(y_train.mean()), float(y_test.mean()) if len(y_test) else 0.0
+    pooled = (y_train.sum() + y_test.sum()) / (len(y_train) + len(y_test))
+    se = math.sqrt(pooled * (1 - pooled) * (1 / len(y_train) + 1 / max(1, len(y_test))))
+    if len(y_test) and se > 0 and abs(a - b) / se >= 4 and max(a, b) >= 1.5 * min(a, b):
+        notes.append(
+            f"the holdout converts at {b:.1%} against {a:.1%} in the fitting part: the "
+            "conversion rate moved, and the probabilities, fitted on the earlier part, cannot "
+            "follow (compare scores with recent outcomes: leadscore report)"
+        )
+    for f in card.fitted_.features:
+        if f.span is None or f.column not in test:
+            continue
+        values = [parse_number(str(v)) for v in test[f.column] if v is not None]
+        numbers = [v for v in values if v is not None]
+        outside = sum(not f.span[0] <= v <= f.span[1] for v in numbers)
+        if numbers and outside >= 0.2 * len(numbers):
+            notes.append(
+                f"{outside / len(numbers):.0%} of the holdout's {f.column!r} values lie outside "
+                f"what the fitting part saw ({f.span[0]:g} to {f.span[1]:g}): its outermost "
+                "bins stand in for them"
+            )
+    return notes
+
+
 def fit_scorecard(
     leads: pa.Table,
     target: Bools | None = None,
@@ -153,11 +194,14 @@ def fit_scorecard(
     seed: int = 0,
     name: str = "fitted",
     points_to_double_odds: float = 10.0,
+    interactions: int = 10,
+    max_bins: int = 6,
 ) -> FitResult:
     """Fit a scorecard on leads (text columns, ``lead_id`` first, as
     :func:`leadscore.inputs.normalize_leads` makes them) and a target (an array, or the
     ``target_column`` with its ``positive`` value); keep ``test_fraction`` apart (the most
-    recent by ``time_column``, else a seeded random part) to measure it honestly."""
+    recent by ``time_column``, else a seeded random part) to measure it honestly.
+    ``interactions`` is how many pairs of columns may get rules of their own (0: none)."""
     columns = leads.to_pydict()
     n = leads.num_rows
     notes: list[str] = []
@@ -217,13 +261,18 @@ def fit_scorecard(
 
     train, test = part(train_idx), part(test_idx)
     card = ScorecardClassifier(
-        exclude=exclude, points_to_double_odds=points_to_double_odds, activity_columns=sources
+        exclude=exclude,
+        points_to_double_odds=points_to_double_odds,
+        activity_columns=sources,
+        interactions=interactions,
+        max_bins=max_bins,
     )
     card.fit(train, y[train_idx])
     if not any(r.points for r in card.fitted_.rules):
         notes.append(
             "every rule rounds to 0 points: raise --points-to-double-odds to see the differences"
         )
+    notes += shift_notes(card, train, test, y[train_idx], y[test_idx])
     train_scores = card.score_rows(train, events, as_of_us)
     test_scores = card.score_rows(test, events, as_of_us)
     y_test = y[test_idx]
@@ -231,7 +280,7 @@ def fit_scorecard(
         f"{len(train_idx):,} leads, {int(y[train_idx].sum()):,} converted; measured on "
         f"{split} {test_fraction:.0%} ({len(test_idx):,} leads)"
     )
-    used = sorted({r.column for r in card.fitted_.rules if r.activity is None})
+    used = sorted({c for r in card.fitted_.rules for c in r.fields})
     event_types = {r.activity["event"] for r in card.fitted_.rules if r.activity}
     small = np.array(
         [

@@ -3,9 +3,12 @@
 :class:`ScorecardClassifier` follows scikit-learn's estimator contract (``fit``,
 ``predict_proba``, ``get_params``). It bins every usable profile column
 (:mod:`leadscore.predictive.binning`), fits an L2-regularised logistic regression on one
-indicator per bin (each column's lowest-rate bin is the reference, worth 0), and turns each
-coefficient into whole points: ``round(coefficient x points_to_double_odds / ln 2)``. The
-score is the sum of a lead's points; its chance to convert is
+indicator per bin (each column's lowest-rate bin is the reference, worth 0), looks for pairs of
+profile columns whose leads convert unlike what the two columns' own points say (a score test
+on the residuals) and gives the cells that stray most a rule of their own (``all`` of both
+bins' conditions), refits, and turns each coefficient into whole points:
+``round(coefficient x points_to_double_odds / ln 2)``. The score is the sum of a lead's
+points; its chance to convert is
 ``1 / (1 + 2 ** ((even_odds_score - score) / points_to_double_odds))``, where the even-odds
 score is ``-intercept x points_to_double_odds / ln 2``: the model file carries both as its
 ``calibration``.
@@ -13,6 +16,7 @@ score is ``-intercept x points_to_double_odds / ln 2``: the model file carries b
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -73,6 +77,86 @@ class Rule:
     rows: int
     conversions: int
     activity: dict[str, Any] | None = None
+    fields: tuple[str, ...] = ()  # the lead fields its condition reads (profile rules)
+
+
+@dataclass
+class _Cell:
+    """The leads in bin ``i`` of one column and bin ``j`` of another: a pair's cell whose
+    conversions the two columns' own points do not account for."""
+
+    first: Feature
+    i: int
+    second: Feature
+    j: int
+    mask: Bools
+
+    @property
+    def bins(self) -> tuple[Bin, Bin]:
+        return self.first.bins[self.i], self.second.bins[self.j]
+
+    @property
+    def condition(self) -> dict[str, Any]:
+        parts = [p for b in self.bins for p in b.condition.get("all", [b.condition])]
+        return {"all": parts}
+
+    @property
+    def words(self) -> tuple[str, str]:
+        a, b = self.bins
+        return f"{self.first.column} {a.label} and {self.second.column}", b.label
+
+
+def _bin_index(feature: Feature, n: int) -> npt.NDArray[np.int64]:
+    out = np.full(n, -1, dtype=np.int64)
+    for k, b in enumerate(feature.bins):
+        out[b.mask] = k
+    return out
+
+
+def _interaction_cells(
+    features: list[Feature],
+    probability: F64,
+    target: Bools,
+    *,
+    pairs: int,
+    z_min: float,
+    min_rows: int,
+) -> list[_Cell]:
+    """Cells of column pairs where the conversions stray from what the columns' own points
+    predict: a score test on the residuals of the fit without pairs. A pair qualifies when
+    its cells together stray by ``z_min`` standard deviations of the chi-square they would
+    follow by chance (the strongest ``pairs`` pairs are kept); within it, each cell of at
+    least ``min_rows`` leads straying by ``z_min`` standard errors on its own gets a rule."""
+    n = len(target)
+    residual = target - probability
+    weight = probability * (1 - probability)
+    index = [_bin_index(f, n) for f in features]
+    found: list[tuple[float, int, int, F64, Bools, npt.NDArray[np.int64]]] = []
+    for a, b in itertools.combinations(range(len(features)), 2):
+        width = len(features[b].bins)
+        both = (index[a] >= 0) & (index[b] >= 0)
+        cell = np.where(both, index[a] * width + index[b], -1)
+        size = len(features[a].bins) * width
+        rows = np.bincount(cell[both], minlength=size)
+        r = np.bincount(cell[both], weights=residual[both], minlength=size)
+        w = np.bincount(cell[both], weights=weight[both], minlength=size)
+        ok = (rows >= min_rows) & (w > 0)
+        k = int(ok.sum())
+        if k == 0:
+            continue
+        z = np.zeros(size)
+        z[ok] = r[ok] / np.sqrt(w[ok])
+        pair_z = (float(np.sum(z[ok] ** 2)) - k) / math.sqrt(2 * k)
+        if pair_z >= z_min:
+            found.append((pair_z, a, b, z, ok, cell))
+    found.sort(key=lambda t: -t[0])
+    cells: list[_Cell] = []
+    for _, a, b, z, ok, cell in found[:pairs]:
+        width = len(features[b].bins)
+        for c in np.nonzero(ok & (np.abs(z) >= z_min))[0]:
+            i, j = divmod(int(c), width)
+            cells.append(_Cell(features[a], i, features[b], j, cell == c))
+    return cells
 
 
 def _count_rule(
@@ -162,6 +246,8 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         exclude: tuple[str, ...] = (),
         min_conversions: int = MIN_CONVERSIONS,
         activity_columns: ActivityColumns | None = None,
+        interactions: int = 10,
+        interaction_z: float = 3.0,
     ) -> None:
         self.max_bins = max_bins
         self.min_bin_rows = min_bin_rows
@@ -170,6 +256,8 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.exclude = exclude
         self.min_conversions = min_conversions
         self.activity_columns = activity_columns
+        self.interactions = interactions
+        self.interaction_z = interaction_z
 
     @property
     def factor(self) -> float:
@@ -232,10 +320,32 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         matrix = np.column_stack([b.mask.astype(np.float64) for _, b in scored])
         model = LogisticRegression(C=self.C, max_iter=2000)
         model.fit(matrix, target)
+        cells: list[_Cell] = []
+        profile = [f for f in features if f.column not in (self.activity_columns or {})]
+        if self.interactions > 0 and len(profile) >= 2:
+            cells = _interaction_cells(
+                profile,
+                model.predict_proba(matrix)[:, 1],
+                target,
+                pairs=self.interactions,
+                z_min=self.interaction_z,
+                min_rows=self.min_bin_rows,
+            )
+        if cells:
+            matrix = np.column_stack([matrix, *(c.mask.astype(np.float64) for c in cells)])
+            model = LogisticRegression(C=self.C, max_iter=2000)
+            model.fit(matrix, target)
         coefs = model.coef_[0]
         rules: list[Rule] = []
         used: set[str] = set()
-        for (feature, b), beta in zip(scored, coefs, strict=True):
+
+        def unique(rule_id: str) -> str:
+            while rule_id in used:
+                rule_id += "-b"
+            used.add(rule_id)
+            return rule_id
+
+        for (feature, b), beta in zip(scored, coefs[: len(scored)], strict=True):
             activity, label = None, b.label
             source = (self.activity_columns or {}).get(feature.column)
             if source is not None:
@@ -246,12 +356,9 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 )
             else:
                 rule_id = _slug(f"{feature.column}-{b.label}")
-            while rule_id in used:
-                rule_id += "-b"
-            used.add(rule_id)
             rules.append(
                 Rule(
-                    rule_id,
+                    unique(rule_id),
                     feature.column,
                     label,
                     b.condition,
@@ -260,6 +367,25 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                     b.rows,
                     b.conversions,
                     activity,
+                    () if activity else (feature.column,),
+                )
+            )
+        for cell, beta in zip(cells, coefs[len(scored) :], strict=True):
+            if round(beta * self.factor) == 0:
+                continue  # a pair rule worth nothing would only be read
+            head, tail = cell.words
+            rules.append(
+                Rule(
+                    unique(_slug(f"{head} {tail}")),
+                    head,
+                    tail,
+                    cell.condition,
+                    round(beta * self.factor),
+                    float(beta),
+                    int(cell.mask.sum()),
+                    int(target[cell.mask].sum()),
+                    None,
+                    (cell.first.column, cell.second.column),
                 )
             )
         self.fitted_ = _Fitted(features, rules, float(model.intercept_[0]), dropped, warnings)
@@ -423,7 +549,12 @@ def scorecard_yaml(
     if activity:
         lines.append("  engagement: {kind: activity}")
     lines += ["", "profile:" if profile else "profile: []"]
-    for rule in profile:
+    for k, rule in enumerate(profile):
+        if len(rule.fields) == 2 and (k == 0 or len(profile[k - 1].fields) != 2):
+            lines += [
+                "  # Pairs: leads with both convert unlike what the two columns' own points",
+                "  # say (a score test on what those points leave unexplained).",
+            ]
         rate = rule.conversions / rule.rows if rule.rows else 0.0
         lines.append(
             _comment(
