@@ -277,6 +277,55 @@ def test_activity_counts_become_count_rules_that_both_evaluators_score_alike() -
     assert result.metrics["holdout"]["roc_auc"] > 0.75
 
 
+def test_a_page_among_page_views_and_rising_visits_get_rules_of_their_own() -> None:
+    """Leads that saw the pricing pages, and leads whose visits picked up this week, convert
+    more: the fit finds the URL prefix (a count rule with ``where``) and the trend, and the
+    examples, whose events carry their URLs, pass in the per-lead evaluator."""
+    rng = np.random.default_rng(9)
+    n = 2000
+    as_of = int(np.datetime64("2026-06-30T00:00:00", "us").astype(np.int64))
+    day = 86_400_000_000
+    pricing, rising = rng.random(n) < 0.25, rng.random(n) < 0.2
+    y = rng.random(n) < 0.03 + 0.3 * pricing + 0.25 * rising
+    lead_ids = [f"L{i}" for i in range(n)]
+    rows = []
+    for i in range(n):
+        for _ in range(int(rng.integers(0, 5))):
+            url = str(rng.choice(["/blog/roi", "/docs/api", "/", "/about"]))
+            rows.append((lead_ids[i], url, as_of - int(rng.uniform(0.1, 80) * day)))
+        if pricing[i]:  # as evaluators compare: trimmed, case ignored
+            url = str(rng.choice(["/pricing", " /Pricing/enterprise"]))
+            rows.append((lead_ids[i], url, as_of - int(rng.uniform(0.1, 25) * day)))
+        for _ in range(3 if rising[i] else 0):
+            rows.append((lead_ids[i], "/blog/roi", as_of - int(rng.uniform(0.1, 6.5) * day)))
+    events = pa.table(
+        {
+            "lead_id": [r[0] for r in rows],
+            "type": ["page_view"] * len(rows),
+            "ts": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+            "item": pa.nulls(len(rows), pa.string()),
+            "url": [r[1] for r in rows],
+            "event_id": [f"E{i}" for i in range(len(rows))],  # an identifier: no rule
+        }
+    )
+    leads = pa.table({"lead_id": lead_ids, "country": list(rng.choice(["US", "DE"], n))})
+    result = fit_scorecard(leads, y, events=events, as_of_us=as_of, seed=1)
+    rules = [r for r in result.card.fitted_.rules if r.activity is not None]
+    on_pricing = [
+        r for r in rules if r.activity.get("where") == {"field": "url", "starts_with": "/pricing"}
+    ]
+    assert on_pricing and max(r.points for r in on_pricing) >= 10
+    assert all(r.activity["window_days"] == 30 for r in on_pricing)
+    trend = [r for r in rules if "trend" in r.activity]
+    assert [r.activity["where"] for r in trend if "where" in r.activity] == []
+    assert trend and trend[0].points > 0 and trend[0].label.startswith("page_view events rising")
+    assert not any("event_id" in str(r.activity.get("where")) for r in rules)
+    model = parse_model(result.yaml)
+    outcomes = run_examples(model)
+    assert len(outcomes) == 3 and all(o.passed for o in outcomes), [o.problems for o in outcomes]
+    assert '"url": " /Pricing/enterprise"' in result.yaml or '"url": "/pricing"' in result.yaml
+
+
 def test_awkward_values_still_give_a_model_that_loads_and_agrees() -> None:
     """Accents, control characters, numbers written two ways, event types with ':' and a
     lead column named like a count column: the file loads and its examples pass."""

@@ -203,13 +203,12 @@ def bin_column(
     present = np.array([t is not None for t in texts])
     if present.sum() < min_rows:
         return f"almost always empty ({int(present.sum())} of {n} rows have a value)"
-    numbers = np.array(
-        [
-            np.nan if t is None else (parse_number(t) if parse_number(t) is not None else np.nan)
-            for t in texts
-        ],
-        dtype=np.float64,
-    )
+    read: dict[str | None, float] = {None: np.nan}
+    for t in set(texts):  # each distinct value read once
+        if t is not None:
+            number = parse_number(t)
+            read[t] = np.nan if number is None else number
+    numbers = np.array([read[t] for t in texts], dtype=np.float64)
     numeric_rows = ~np.isnan(numbers)
     if numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows:
         if np.unique(numbers[numeric_rows]).size < 2:

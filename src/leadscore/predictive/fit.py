@@ -15,12 +15,21 @@ import pyarrow.compute as pc
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.predictive.scorecard import (
+    TREND,
+    ActivityColumns,
+    ActivitySource,
     ScorecardClassifier,
     activity_column,
     scorecard_yaml,
 )
 from leadscore.spec import parse_model
-from leadscore.spec.conditions import WHITESPACE, parse_number
+from leadscore.spec.conditions import (
+    WHITESPACE,
+    FieldCondition,
+    compile_condition,
+    fold,
+    parse_number,
+)
 from leadscore.spec.schema import ID_PATTERN
 from leadscore.validation.report import roc_auc
 
@@ -104,46 +113,139 @@ def _order_key(value: Any) -> float:
 
 
 ACTIVITY_WINDOWS = (7, 30, 90)  # days: counts per event type over each
+WHERE_WINDOW = 30  # days: counts of the events of a type with a common field value
+MAX_WHERE = 6  # field values (or path prefixes) per event type, the most widespread first
 EXAMPLE_EVENTS = 40  # an example lead with more events than this is not picked
+
+
+@dataclass
+class EventLog:
+    """The events that activity columns counted (the longest window before the as-of time),
+    for the examples: how many of some types each lead has, and one lead's events."""
+
+    types: npt.NDArray[Any]
+    ages: F64
+    lead_index: npt.NDArray[np.int64]  # row of the lead in the leads, -1 for none
+    fields: dict[str, pa.Array]  # those the conditions name
+    leads: int = 0
+
+    def counts(self, types: set[str]) -> npt.NDArray[np.int64]:
+        mask = np.isin(self.types, sorted(types)) & (self.lead_index >= 0)
+        return np.bincount(self.lead_index[mask], minlength=self.leads)
+
+    def of(self, row: int, types: set[str]) -> list[dict[str, Any]]:
+        """The events of the lead in row ``row`` as an example lists them."""
+        out = []
+        for i in np.nonzero((self.lead_index == row) & np.isin(self.types, sorted(types)))[0]:
+            extra = {k: v[int(i)].as_py() for k, v in self.fields.items()}
+            event = {"type": str(self.types[i]), "days_ago": float(self.ages[i])}
+            out.append({**event, **{k: v for k, v in extra.items() if v is not None}})
+        return out
+
+
+def _where_groups(
+    of_type: Bools,
+    fields: dict[str, pa.Array],
+    lead_index: npt.NDArray[np.int64],
+    min_leads: int,
+) -> list[tuple[dict[str, Any], Bools]]:
+    """The conditions on an event field that pick out a part of one type's events (``of_type``:
+    those in the window) held by at least ``min_leads`` leads (and not nearly all of the type's
+    events): a value (`eq`), or,
+    for paths such as URLs, the first segment (`starts_with: /pricing`). Each is evaluated as
+    the evaluators do, on the distinct values."""
+    found: list[tuple[int, dict[str, Any], Bools]] = []
+    total = int(of_type.sum())
+    for name, column in fields.items():
+        encoded = pc.dictionary_encode(column.filter(pa.array(of_type)))
+        distinct = [v for v in encoded.dictionary.to_pylist()]
+        codes = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False))
+        if not distinct or len(distinct) > max(100, total // 2):
+            continue  # empty, or an identifier
+        folded = [fold(str(v).strip(WHITESPACE)) for v in distinct]
+        paths = [f for f in folded if f.startswith("/")]
+        conditions: list[dict[str, Any]]
+        if len(paths) * 2 >= len(folded):
+            heads = sorted({"/" + f.split("/")[1] for f in paths if f.split("/")[1]})
+            conditions = [{"field": name, "starts_with": h} for h in heads]
+        else:
+            conditions = [{"field": name, "eq": v} for v in distinct if str(v).strip(WHITESPACE)]
+        owners = lead_index[of_type]
+        for cond in conditions:
+            test = compile_condition(FieldCondition.model_validate(cond))
+            hit = np.array([test({name: v}) for v in distinct] + [False])
+            picked = hit[codes]  # -1 (no value) takes the last entry, False
+            if picked.sum() >= 0.9 * total:
+                continue
+            leads = np.unique(owners[picked & (owners >= 0)]).size
+            if leads >= min_leads:
+                mask = np.zeros(len(of_type), dtype=bool)
+                mask[np.nonzero(of_type)[0][picked]] = True
+                found.append((leads, cond, mask))
+    found.sort(key=lambda t: -t[0])
+    return [(cond, mask) for _, cond, mask in found[:MAX_WHERE]]
 
 
 def activity_features(
     events: pa.Table, lead_ids: list[str], as_of_us: int, min_leads: int, taken: set[str]
-) -> tuple[dict[str, list[str]], dict[str, tuple[str, int]], dict[str, list[tuple[str, float]]]]:
+) -> tuple[dict[str, list[str]], ActivityColumns, EventLog]:
     """Per event type that at least ``min_leads`` leads have in the longest window: each
-    lead's count of them in every window (as text columns ``activity:<type>:<days>``), and
-    each lead's events of those types in the longest window as (type, days ago)."""
+    lead's count of them in every window, whether they rise (the trend rule of
+    :data:`TREND`), and the count over 30 days of those with the commonest values of the
+    type's fields (:func:`_where_groups`); as text columns named by :func:`activity_column`. Also
+    each lead's events of those types in the longest window, with the fields the conditions
+    name."""
     longest = max(ACTIVITY_WINDOWS)
     ts = np.asarray(events.column("ts").cast(pa.int64()).to_numpy(), dtype=np.int64)
-    age = (as_of_us - ts) / MICROS_PER_DAY
-    keep = (ts <= as_of_us) & (age < longest)
-    types = np.asarray(events.column("type").to_pylist(), dtype=object)[keep]
-    owners = np.asarray(events.column("lead_id").to_pylist(), dtype=object)[keep]
-    ages = age[keep]
+    age_all = (as_of_us - ts) / MICROS_PER_DAY
+    keep = (ts <= as_of_us) & (age_all < longest)
+    kept = events.filter(pa.array(keep))
+    age = age_all[keep]
+    types = np.asarray(kept.column("type").to_pylist(), dtype=object)
     index = {lead: i for i, lead in enumerate(lead_ids)}
-    per_type: dict[str, set[str]] = {}
-    for t, lead in zip(types, owners, strict=True):
-        per_type.setdefault(t, set()).add(lead)
-    chosen = sorted(t for t, who in per_type.items() if len(who & index.keys()) >= min_leads)
-    counts = {
-        (t, w): np.zeros(len(lead_ids), dtype=np.int64) for t in chosen for w in ACTIVITY_WINDOWS
+    lead_index = np.array([index.get(x, -1) for x in kept.column("lead_id").to_pylist()])
+    known = lead_index >= 0
+    n = len(lead_ids)
+    fields = {
+        name: kept.column(name).combine_chunks()
+        for name in kept.column_names
+        if name not in ("lead_id", "type", "ts")
     }
-    history: dict[str, list[tuple[str, float]]] = {}
-    for t, lead, a in zip(types, owners, ages, strict=True):
-        i = index.get(lead)
-        if i is None or (t, ACTIVITY_WINDOWS[0]) not in counts:
-            continue
-        history.setdefault(lead, []).append((t, float(a)))
-        for w in ACTIVITY_WINDOWS:
-            if a < w:
-                counts[(t, w)][i] += 1
+
+    def per_lead(mask: Bools) -> npt.NDArray[np.int64]:
+        return np.bincount(lead_index[mask & known], minlength=n)
+
     columns: dict[str, list[str]] = {}
-    sources: dict[str, tuple[str, int]] = {}
-    for (t, w), values in counts.items():
-        name = activity_column(t, w, taken)
+    sources: ActivityColumns = {}
+
+    def add(source: ActivitySource, values: npt.NDArray[np.int64]) -> None:
+        name = activity_column(source, {**columns, **{t: 0 for t in taken}})
         columns[name] = [str(int(c)) for c in values]
-        sources[name] = (t, w)
-    return columns, sources, history
+        sources[name] = source
+
+    named: set[str] = set()
+    chosen: list[str] = []
+    for t in sorted(set(types)):
+        of_type = types == t
+        if np.unique(lead_index[of_type & known]).size < min_leads:
+            continue
+        chosen.append(t)
+        for w in ACTIVITY_WINDOWS:
+            add(ActivitySource(t, w), per_lead(of_type & (age < w)))
+        recent = per_lead(of_type & (age < TREND["recent_days"]))
+        until = TREND["recent_days"] + TREND["baseline_days"]
+        baseline = per_lead(of_type & (age >= TREND["recent_days"]) & (age < until))
+        rising = (recent >= TREND["min_recent"]) & (
+            recent * TREND["baseline_days"] >= TREND["ratio"] * baseline * TREND["recent_days"]
+        )
+        if rising.sum() >= min_leads:
+            add(ActivitySource(t, None, None, TREND), rising.astype(np.int64))
+        in_window = of_type & (age < WHERE_WINDOW)
+        for where, mask in _where_groups(in_window, fields, lead_index, min_leads):
+            named.add(where["field"])
+            add(ActivitySource(t, WHERE_WINDOW, where), per_lead(mask))
+    named_fields = {name: fields[name] for name in sorted(named)}
+    return columns, sources, EventLog(types, age, lead_index, named_fields, n)
 
 
 def shift_notes(
@@ -205,8 +307,8 @@ def fit_scorecard(
     columns = leads.to_pydict()
     n = leads.num_rows
     notes: list[str] = []
-    history: dict[str, list[tuple[str, float]]] = {}
-    sources: dict[str, tuple[str, int]] = {}
+    log: EventLog | None = None
+    sources: ActivityColumns = {}
     if not ID_RE.fullmatch(name):
         raise UsageError(
             f"--name {name!r}: a model name is letters, digits, '.', '_' and '-', starting with "
@@ -216,7 +318,7 @@ def fit_scorecard(
         if as_of_us is None:
             as_of_us = int(pc.max(events.column("ts").cast(pa.int64())).as_py())
         lead_ids = [str(i) for i in columns["lead_id"]]
-        activity, sources, history = activity_features(events, lead_ids, as_of_us, 30, set(columns))
+        activity, sources, log = activity_features(events, lead_ids, as_of_us, 30, set(columns))
         columns.update(activity)
         if not activity:
             notes.append("no event type is common enough (30 leads) to fit activity rules")
@@ -272,9 +374,15 @@ def fit_scorecard(
         notes.append(
             "every rule rounds to 0 points: raise --points-to-double-odds to see the differences"
         )
+    idle = [k for k in card.fitted_.dropped if k in sources]
+    if idle:
+        notes.append(
+            f"{len(idle)} activity column(s) too rare or too uniform for a bin in the fitting "
+            f"part, left out: {', '.join(idle[:3])}{', ...' if len(idle) > 3 else ''}"
+        )
     notes += shift_notes(card, train, test, y[train_idx], y[test_idx])
-    train_scores = card.score_rows(train, events, as_of_us)
-    test_scores = card.score_rows(test, events, as_of_us)
+    scores = card.score_rows(columns, events, as_of_us)  # one run of the batch evaluator
+    train_scores, test_scores = scores[train_idx], scores[test_idx]
     y_test = y[test_idx]
     fitted_on = (
         f"{len(train_idx):,} leads, {int(y[train_idx].sum()):,} converted; measured on "
@@ -282,13 +390,8 @@ def fit_scorecard(
     )
     used = sorted({c for r in card.fitted_.rules for c in r.fields})
     event_types = {r.activity["event"] for r in card.fitted_.rules if r.activity}
-    small = np.array(
-        [
-            sum(t in event_types for t, _ in history.get(str(lead), [])) <= EXAMPLE_EVENTS
-            for lead in test["lead_id"]
-        ],
-        dtype=bool,
-    )
+    counted = log.counts(event_types)[test_idx] if log is not None else np.zeros(len(test_idx))
+    small = counted <= EXAMPLE_EVENTS
     examples = []
     if small.any():
         pool = np.nonzero(small)[0]
@@ -302,11 +405,7 @@ def fit_scorecard(
                     "name": f"the {label} score of the holdout ({lead_id})",
                     "as_of": example_as_of.replace("+00:00", "Z"),
                     "lead": {c: test[c][i] for c in used if test[c][i] is not None},
-                    "events": [
-                        {"type": t, "days_ago": a}
-                        for t, a in history.get(lead_id, [])
-                        if t in event_types
-                    ],
+                    "events": [] if log is None else log.of(int(test_idx[i]), event_types),
                     "score": float(test_scores[i]),
                 }
             )
@@ -329,7 +428,7 @@ def fit_scorecard(
             "calibration_error": expected_calibration_error(p_test, y_test),
         },
         "rules": len(card.fitted_.rules),
-        "dropped": card.fitted_.dropped,
+        "dropped": {k: v for k, v in card.fitted_.dropped.items() if k not in sources},
         "warnings": card.fitted_.warnings,
     }
     return FitResult(text, card, metrics, notes)

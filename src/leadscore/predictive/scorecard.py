@@ -39,7 +39,9 @@ from leadscore.validation.report import roc_auc
 
 __all__ = [
     "MIN_CONVERSIONS",
+    "TREND",
     "ActivityColumns",
+    "ActivitySource",
     "Rule",
     "ScorecardClassifier",
     "activity_column",
@@ -52,12 +54,47 @@ MIN_CONVERSIONS = 50  # in the part a scorecard is fitted on
 LEAKAGE_AUC = 0.85  # a column that ranks the outcome this well on its own is suspect
 
 
-ActivityColumns = dict[str, tuple[str, int]]  # feature column -> (event type, window days)
+TREND: dict[str, float | int] = {"recent_days": 7, "baseline_days": 28, "ratio": 2, "min_recent": 2}
 
 
-def activity_column(event_type: str, days: int, taken: set[str] | dict[str, Any]) -> str:
-    """A readable name for the count column of ``event_type`` over ``days``, not in ``taken``."""
-    name = f"{event_type} events in {days} days"
+@dataclass(frozen=True)
+class ActivitySource:
+    """What an activity column counts: events of one type (those matching ``where``), over
+    the last ``days``; or, with ``trend``, whether they rise (1) or not (0)."""
+
+    event: str
+    days: int | None = None
+    where: dict[str, Any] | None = None
+    trend: dict[str, float | int] | None = None
+
+    @property
+    def phrase(self) -> str:
+        """``page_view events``, ``page_view events with url starting with /pricing``."""
+        if self.where is None:
+            return f"{self.event} events"
+        name, where = self.where["field"], self.where
+        if "starts_with" in where:
+            return f"{self.event} events with {name} starting with {where['starts_with']}"
+        return f"{self.event} events with {name} = {where['eq']}"
+
+    @property
+    def column(self) -> str:
+        if self.trend is not None:
+            return f"{self.phrase} rising"
+        return f"{self.phrase} in {self.days} days"
+
+    @property
+    def slug(self) -> str:
+        where = "" if self.where is None else "-" + str(list(self.where.values())[-1])
+        return f"{self.event}{where}"
+
+
+ActivityColumns = dict[str, ActivitySource]  # feature column -> what it counts
+
+
+def activity_column(source: ActivitySource, taken: set[str] | dict[str, Any]) -> str:
+    """A readable name for the column of ``source``, not in ``taken``."""
+    name = source.column
     while name in taken:
         name += " (events)"
     return name
@@ -159,10 +196,20 @@ def _interaction_cells(
     return cells
 
 
-def _count_rule(
-    event_type: str, days: int, condition: dict[str, Any]
-) -> tuple[dict[str, Any], str]:
-    """A numeric bin of an activity column as a count rule's keys, and a label for people."""
+def _count_rule(source: ActivitySource, condition: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A numeric bin of an activity column as a count (or trend) rule's keys, and a label for
+    people."""
+    keys: dict[str, Any] = {"event": source.event}
+    if source.where is not None:
+        keys["where"] = source.where
+    if source.trend is not None:
+        keys["trend"] = source.trend
+        t = source.trend
+        return keys, (
+            f"{source.phrase} rising: at least {t['min_recent']} in the last "
+            f"{t['recent_days']} days, at {t['ratio']}x the rate of the {t['baseline_days']} "
+            "days before"
+        )
     tests: dict[str, int] = {}
     parts = condition.get("all", [condition])
     for part in parts:
@@ -181,8 +228,9 @@ def _count_rule(
         words = f"fewer than {high}"
     else:
         words = f"{low} or more"
-    keys = {"event": event_type, "window_days": int(days), "count": tests}
-    return keys, f"{event_type} events in {days} days: {words}"
+    keys["window_days"] = int(source.days or 0)
+    keys["count"] = tests
+    return keys, f"{source.phrase} in {source.days} days: {words}"
 
 
 @dataclass
@@ -297,15 +345,25 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             if isinstance(got, str):
                 dropped[name] = got
                 continue
+            source = (self.activity_columns or {}).get(name)
+            if source is not None and source.trend is not None:
+                got.reference = 0  # a rule can say "rising", not "not rising": 0 is the base
             alone = np.zeros(len(target))
             for b in got.bins:
                 alone[b.mask] = b.rate
             auc = _auc(alone, target)
             if max(auc, 1 - auc) >= LEAKAGE_AUC:
+                why = (
+                    "are these events from before the conversions? Events caused by one "
+                    "(onboarding, a customer webinar) leak the answer; count up to an earlier "
+                    "--as-of, or exclude the column with --exclude"
+                    if source is not None
+                    else "is it known before the outcome? A field filled in after contact "
+                    "leaks the answer; exclude it with --exclude if so"
+                )
                 warnings.append(
                     f"column {name!r} ranks the outcome almost on its own (ROC AUC "
-                    f"{max(auc, 1 - auc):.3f}): is it known before the outcome? A field filled "
-                    "in after contact leaks the answer; exclude it with --exclude if so"
+                    f"{max(auc, 1 - auc):.3f}): {why}"
                 )
             features.append(got)
         if not features:
@@ -349,13 +407,17 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             activity, label = None, b.label
             source = (self.activity_columns or {}).get(feature.column)
             if source is not None:
-                activity, label = _count_rule(source[0], source[1], b.condition)
+                activity, label = _count_rule(source, b.condition)
                 rule_id = _slug(
-                    f"{activity['event']}-{activity['window_days']}d-"
+                    f"{source.slug}-rising"
+                    if source.trend is not None
+                    else f"{source.slug}-{source.days}d-"
                     + "-".join(f"{k}-{v}" for k, v in activity["count"].items())
                 )
             else:
                 rule_id = _slug(f"{feature.column}-{b.label}")
+            if activity is not None and round(beta * self.factor) == 0:
+                continue  # an activity rule worth nothing would only be read
             rules.append(
                 Rule(
                     unique(rule_id),
@@ -576,10 +638,8 @@ def scorecard_yaml(
                 f"({rate:.1%})"
             )
         )
-        lines.append(
-            f"  - {{id: {rule.id}, event: {_flow(keys['event'])}, window_days: "
-            f"{keys['window_days']}, count: {_flow(keys['count'])}, points: {rule.points}}}"
-        )
+        body = ", ".join(f"{k}: {_flow(v)}" for k, v in keys.items())
+        lines.append(f"  - {{id: {rule.id}, {body}, points: {rule.points}}}")
     if train_scores is not None:
         lines += ["", *_thresholds(train_scores)]
     lines += [
