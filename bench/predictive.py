@@ -136,6 +136,14 @@ def figures(scores: np.ndarray, y: np.ndarray, probabilities: bool) -> dict[str,
     }
 
 
+def chance_ece(p: np.ndarray, draws: int = 200) -> float:
+    """The calibration error a perfectly calibrated model shows on this many leads by chance:
+    the median over outcomes drawn from the probabilities ``p`` themselves (seed 0)."""
+    rng = np.random.default_rng(0)
+    values = [expected_calibration_error(p, rng.random(len(p)) < p) for _ in range(draws)]
+    return float(np.median([v for v in values if v is not None]))
+
+
 def run_dataset(
     label: str,
     rows: list[dict[str, str]],
@@ -163,7 +171,9 @@ def run_dataset(
     out["rules"] = len(card.fitted_.rules)
     out["pairs"] = sum(len(r.fields) == 2 for r in card.fitted_.rules)
     out["notes"] = shift_notes(card, train, test, y_train, y_test)
-    out["scorecard"] = figures(card.predict_proba(test)[:, 1], y_test, True)
+    p_test = card.predict_proba(test)[:, 1]
+    out["scorecard"] = figures(p_test, y_test, True)
+    out["chance_ece"] = chance_ece(p_test)
     out["lightgbm"] = figures(lightgbm_scores(train, y_train, test), y_test, True)
     out["naive_bayes"] = figures(naive_bayes_scores(train, y_train, test), y_test, True)
     if hand:
@@ -303,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             f"below: {'met' if gap <= 0.015 else 'MISSED'}); "
             f"{'above' if r['scorecard']['auc'] > r['naive_bayes']['auc'] else 'NOT above'} "
             f"naive Bayes; calibration error {r['scorecard']['ece']:.4f} (target < 0.02: "
-            f"{'met' if r['scorecard']['ece'] < 0.02 else 'MISSED'})."
+            f"{'met' if r['scorecard']['ece'] < 0.02 else 'MISSED'}; a perfectly calibrated "
+            f"model would show about {r['chance_ece']:.3f} on this many leads by chance)."
             + "".join(f"\n  - `leadscore fit` would note: {n}." for n in r["notes"])
         )
     info = machine()

@@ -65,7 +65,13 @@ def fit(
         ),
     ] = 10,
     max_bins: Annotated[
-        int, typer.Option("--max-bins", min=2, max=50, help="Bins per numeric column, at most.")
+        int,
+        typer.Option(
+            "--max-bins",
+            min=2,
+            max=50,
+            help="Quantile bins per number column (a value held by 1/N of the leads: its own).",
+        ),
     ] = 6,
     name: Annotated[str, typer.Option("--name", help="The fitted model's name.")] = "fitted",
     output: Annotated[

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from leadscore.spec.conditions import WHITESPACE, fold, parse_number
 
-__all__ = ["Bin", "Feature", "bin_column"]
+__all__ = ["Bin", "Feature", "bin_column", "eq_key"]
 
 Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
@@ -54,7 +54,7 @@ class Feature:
     span: tuple[float, float] | None = None  # a numeric column's lowest and highest value
 
 
-def _eq_key(text: str) -> str:
+def eq_key(text: str) -> str:
     number = parse_number(text)
     return f"#{number!r}" if number is not None else "$" + fold(text)
 
@@ -70,14 +70,15 @@ def _texts(values: list[Any]) -> list[str | None]:
 def _fmt(x: float) -> float | int:
     """An edge as written in the model: whole numbers as such, others exactly (a float's
     shortest text reads back as the same float)."""
-    return int(x) if float(x).is_integer() else float(x)
+    return int(x) if float(x).is_integer() and abs(x) < 1e16 else float(x)
 
 
 def _shortest(low: float, high: float) -> float:
     """The number with the fewest digits in (low, high]: an edge people can read that splits
     the data exactly where ``high`` does when no value lies between ``low`` and ``high``."""
     top = Decimal(repr(float(high)))
-    for places in range(-15, 18):
+    first = -top.adjusted() - 1  # from a step ten times the number's leading digit down
+    for places in range(first, first + 19):
         step = Decimal(1).scaleb(-places)
         x = float((top / step).to_integral_value(rounding=ROUND_FLOOR) * step)
         if x > low:
@@ -89,6 +90,9 @@ def _edges(values: F64, max_bins: int, counts: bool) -> F64:
     """Where to cut a column's values: quantiles, with a value that holds a bin's share of the
     rows on its own (0 in a mostly-zero column) in a bin of its own; each edge moved to the
     shortest number that cuts the values at the same place."""
+    values = values[np.isfinite(values)]  # an infinite value has no quantile
+    if not values.size:
+        return np.array([], dtype=np.float64)
     distinct, freq = np.unique(values, return_counts=True)
     if counts:  # event counts: none apart, then quantiles of the others
         heavy = distinct[:1] if distinct[0] == 0 else distinct[:0]
@@ -127,7 +131,7 @@ def _numeric_bins(
         out = []
         bounds = [-np.inf, *cut_list, np.inf]
         for lo, hi in itertools.pairwise(bounds):
-            out.append(present & (numbers >= lo) & (numbers < hi))
+            out.append(present & (numbers >= lo) & ((numbers < hi) | (hi == np.inf)))
         return out
 
     def stats(cut_list: list[float]) -> tuple[list[int], list[float]]:
@@ -169,9 +173,11 @@ def _numeric_bins(
     bounds = [None, *cuts, None]
     bins = []
     for lo, hi in itertools.pairwise(bounds):
-        if lo is None and hi is None:
-            cond: dict[str, Any] = {"field": column, "exists": True}
-            label = "any value"
+        if lo is None and hi is None:  # one bin: the numbers, not any text
+            finite = values[np.isfinite(values)]
+            lo = float(finite.min()) if finite.size else -np.inf
+            cond: dict[str, Any] = {"field": column, "gte": _fmt(lo)}
+            label = f"{_fmt(lo)} or more"
         elif lo is None:
             cond = {"field": column, "lt": _fmt(hi)}
             label = f"below {_fmt(hi)}"
@@ -182,8 +188,7 @@ def _numeric_bins(
             cond = {"all": [{"field": column, "gte": _fmt(lo)}, {"field": column, "lt": _fmt(hi)}]}
             label = f"{_fmt(lo)} to under {_fmt(hi)}"
         low = -np.inf if lo is None else lo
-        high = np.inf if hi is None else hi
-        mask = present & (numbers >= low) & (numbers < high)
+        mask = present & (numbers >= low) & (True if hi is None else numbers < hi)
         bins.append(Bin(label, cond, mask))
     return bins, direction
 
@@ -221,7 +226,7 @@ def bin_column(
         feature = Feature(column, "numeric", bins, monotone=direction, span=span)
     else:
         # grouped as `eq` compares: numbers as numbers (1 = 01 = 1.0), texts folded
-        keys = [None if t is None else _eq_key(t) for t in texts]
+        keys = [None if t is None else eq_key(t) for t in texts]
         distinct: dict[str, int] = {}
         shown: dict[str, str] = {}
         for k, t in zip(keys, texts, strict=True):

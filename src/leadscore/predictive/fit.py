@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
 from leadscore.errors import UsageError
+from leadscore.predictive.binning import eq_key
 from leadscore.predictive.scorecard import (
     TREND,
     ActivityColumns,
@@ -129,6 +130,14 @@ class EventLog:
     fields: dict[str, pa.Array]  # those the conditions name
     leads: int = 0
 
+    def keep_rows(self, rows: npt.NDArray[np.int64]) -> None:
+        """Keep the leads in ``rows`` (of the leads as they were), numbered anew in that
+        order; the others' events belong to no lead."""
+        renumber = np.full(self.leads + 1, -1, dtype=np.int64)  # the last entry: no lead
+        renumber[rows] = np.arange(len(rows))
+        self.lead_index = renumber[self.lead_index]
+        self.leads = len(rows)
+
     def counts(self, types: set[str]) -> npt.NDArray[np.int64]:
         mask = np.isin(self.types, sorted(types)) & (self.lead_index >= 0)
         return np.bincount(self.lead_index[mask], minlength=self.leads)
@@ -143,6 +152,18 @@ class EventLog:
         return out
 
 
+def _where_key(text: str, paths: bool) -> str | None:
+    """What a field value is grouped by: a path's first segment (``/pricing`` of
+    ``/Pricing/enterprise?x=1``), else the value as ``eq`` compares it."""
+    if not paths:
+        return eq_key(text.strip(WHITESPACE))
+    folded = fold(text.strip(WHITESPACE))
+    if not folded.startswith("/"):
+        return None
+    head = re.split(r"[/?#]", folded[1:], maxsplit=1)[0]
+    return "/" + head if head else None
+
+
 def _where_groups(
     of_type: Bools,
     fields: dict[str, pa.Array],
@@ -151,37 +172,51 @@ def _where_groups(
 ) -> list[tuple[dict[str, Any], Bools]]:
     """The conditions on an event field that pick out a part of one type's events (``of_type``:
     those in the window) held by at least ``min_leads`` leads (and not nearly all of the type's
-    events): a value (`eq`), or,
-    for paths such as URLs, the first segment (`starts_with: /pricing`). Each is evaluated as
-    the evaluators do, on the distinct values."""
+    events): a value (``eq``, values that compare equal taken together), or, for a field of
+    paths such as URLs, the first segment as a prefix (``starts_with: /pricing``). The values
+    are grouped in one pass; the chosen conditions are then evaluated as the evaluators do, on
+    the distinct values, so that the counts are the rules' counts."""
     found: list[tuple[int, dict[str, Any], Bools]] = []
     total = int(of_type.sum())
+    rows = np.nonzero(of_type)[0]
+    owners = lead_index[rows]
     for name, column in fields.items():
         encoded = pc.dictionary_encode(column.filter(pa.array(of_type)))
-        distinct = [v for v in encoded.dictionary.to_pylist()]
+        distinct = [str(v) for v in encoded.dictionary.to_pylist()]
         codes = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False))
         if not distinct or len(distinct) > max(100, total // 2):
             continue  # empty, or an identifier
-        folded = [fold(str(v).strip(WHITESPACE)) for v in distinct]
-        paths = [f for f in folded if f.startswith("/")]
-        conditions: list[dict[str, Any]]
-        if len(paths) * 2 >= len(folded):
-            heads = sorted({"/" + f.split("/")[1] for f in paths if f.split("/")[1]})
-            conditions = [{"field": name, "starts_with": h} for h in heads]
-        else:
-            conditions = [{"field": name, "eq": v} for v in distinct if str(v).strip(WHITESPACE)]
-        owners = lead_index[of_type]
-        for cond in conditions:
+        paths = 2 * sum(fold(v.strip(WHITESPACE)).startswith("/") for v in distinct) >= len(
+            distinct
+        )
+        keys: dict[str, int] = {}
+        shown: dict[int, str] = {}
+        key_of = np.full(len(distinct) + 1, -1, dtype=np.int64)  # the last entry: no value
+        for i, v in enumerate(distinct):
+            key = _where_key(v, paths) if v.strip(WHITESPACE) else None
+            if key is not None:
+                k = keys.setdefault(key, len(keys))
+                key_of[i] = k
+                shown.setdefault(k, key if paths else v.strip(WHITESPACE))
+        event_key = key_of[codes]
+        ok = (event_key >= 0) & (owners >= 0)
+        if not ok.any():
+            continue
+        pairs = np.unique(event_key[ok] * (int(owners.max()) + 1) + owners[ok])
+        leads = np.bincount(pairs // (int(owners.max()) + 1), minlength=len(keys))
+        share = np.bincount(event_key[event_key >= 0], minlength=len(keys)) / total
+        ranked = [k for k in np.argsort(-leads, kind="stable") if leads[k] >= min_leads]
+        for k in [k for k in ranked if share[k] < 0.9][:MAX_WHERE]:
+            op = "starts_with" if paths else "eq"
+            cond = {"field": name, op: shown[int(k)]}
             test = compile_condition(FieldCondition.model_validate(cond))
             hit = np.array([test({name: v}) for v in distinct] + [False])
             picked = hit[codes]  # -1 (no value) takes the last entry, False
             if picked.sum() >= 0.9 * total:
                 continue
-            leads = np.unique(owners[picked & (owners >= 0)]).size
-            if leads >= min_leads:
-                mask = np.zeros(len(of_type), dtype=bool)
-                mask[np.nonzero(of_type)[0][picked]] = True
-                found.append((leads, cond, mask))
+            mask = np.zeros(len(of_type), dtype=bool)
+            mask[rows[picked]] = True
+            found.append((int(np.unique(owners[picked & (owners >= 0)]).size), cond, mask))
     found.sort(key=lambda t: -t[0])
     return [(cond, mask) for _, cond, mask in found[:MAX_WHERE]]
 
@@ -334,6 +369,8 @@ def fit_scorecard(
             )
             columns = {k: [v[i] for i in keep] for k, v in columns.items()}
             n = len(keep)
+            if log is not None:  # the log's rows follow the leads kept
+                log.keep_rows(np.array(keep, dtype=np.int64))
         y = _target(columns[target_column], positive, target_column)
         exclude = (*exclude, target_column)
     else:

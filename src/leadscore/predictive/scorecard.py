@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+from scipy import sparse, stats
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
 
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
@@ -52,6 +55,10 @@ Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 MIN_CONVERSIONS = 50  # in the part a scorecard is fitted on
 LEAKAGE_AUC = 0.85  # a column that ranks the outcome this well on its own is suspect
+PAIR_ALPHA = 0.01  # the chance that any pair is taken for one that adds nothing
+CELL_ALPHA = 0.05  # the chance that any cell of the pairs kept is given a rule by chance
+C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)  # the L2 strengths cross-validation chooses from
+SOLVER = "newton-cholesky"  # for many more leads than bins: a few exact Newton steps
 
 
 TREND: dict[str, float | int] = {"recent_days": 7, "baseline_days": 28, "ratio": 2, "min_recent": 2}
@@ -150,50 +157,115 @@ def _bin_index(feature: Feature, n: int) -> npt.NDArray[np.int64]:
     return out
 
 
-def _interaction_cells(
-    features: list[Feature],
-    probability: F64,
-    target: Bools,
-    *,
-    pairs: int,
-    z_min: float,
-    min_rows: int,
-) -> list[_Cell]:
-    """Cells of column pairs where the conversions stray from what the columns' own points
-    predict: a score test on the residuals of the fit without pairs. A pair qualifies when
-    its cells together stray by ``z_min`` standard deviations of the chi-square they would
-    follow by chance (the strongest ``pairs`` pairs are kept); within it, each cell of at
-    least ``min_rows`` leads straying by ``z_min`` standard errors on its own gets a rule."""
+@dataclass
+class PairTest:
+    """The score test of one pair of columns (see :func:`pair_tests`)."""
+
+    first: int  # the columns, as positions in the features
+    second: int
+    log_chance: float  # ln of the chance of a statistic this large if the pair adds nothing
+    dof: int
+    z: F64  # each kept cell's own U / sqrt(V)
+    kept: npt.NDArray[np.int64]  # the cells tested: first's bin x len(second's bins) + second's
+    cell: npt.NDArray[np.int64]  # each lead's cell (-1: none)
+
+
+def pair_tests(
+    features: list[Feature], design: F64, probability: F64, target: Bools, min_rows: int
+) -> list[PairTest]:
+    """For each pair of columns, a score test of adding one indicator per cell of the two
+    columns' bins (cells of at least ``min_rows`` leads) to the fit without pairs.
+
+    With ``X`` that fit's design with its intercept, ``W = p(1 - p)`` and ``C`` the cells'
+    indicators: ``U`` is the cells' sums of ``y - p`` less ``C'WX (X'WX)^+ X'(y - p)`` (what
+    the fit's own L2 penalty leaves in its columns), ``V = C'WC - C'WX (X'WX)^+ X'WC`` their
+    covariance given the fit's parameters, and ``U' V^+ U`` follows a chi-square with
+    ``rank(V)`` degrees of freedom when the pair adds nothing."""
     n = len(target)
     residual = target - probability
     weight = probability * (1 - probability)
+    x1 = np.column_stack([np.ones(n), design])
+    inverse = np.linalg.pinv(x1.T @ (x1 * weight[:, None]))
+    step = inverse @ (x1.T @ residual)  # from the penalised fit to where X'(y - p) is 0
     index = [_bin_index(f, n) for f in features]
-    found: list[tuple[float, int, int, F64, Bools, npt.NDArray[np.int64]]] = []
+    out: list[PairTest] = []
     for a, b in itertools.combinations(range(len(features)), 2):
         width = len(features[b].bins)
         both = (index[a] >= 0) & (index[b] >= 0)
         cell = np.where(both, index[a] * width + index[b], -1)
         size = len(features[a].bins) * width
         rows = np.bincount(cell[both], minlength=size)
-        r = np.bincount(cell[both], weights=residual[both], minlength=size)
-        w = np.bincount(cell[both], weights=weight[both], minlength=size)
-        ok = (rows >= min_rows) & (w > 0)
-        k = int(ok.sum())
-        if k == 0:
+        kept = np.nonzero(rows >= min_rows)[0]
+        if len(kept) < 2:
             continue
-        z = np.zeros(size)
-        z[ok] = r[ok] / np.sqrt(w[ok])
-        pair_z = (float(np.sum(z[ok] ** 2)) - k) / math.sqrt(2 * k)
-        if pair_z >= z_min:
-            found.append((pair_z, a, b, z, ok, cell))
-    found.sort(key=lambda t: -t[0])
+        position = np.full(size + 1, -1, dtype=np.int64)  # the last entry: no cell
+        position[kept] = np.arange(len(kept))
+        where = position[cell]
+        inside = np.nonzero(where >= 0)[0]
+        spread = sparse.csr_matrix((weight[inside], (where[inside], inside)), shape=(len(kept), n))
+        cross = np.asarray(spread @ x1)  # C'WX
+        sums = np.bincount(where[inside], weights=residual[inside], minlength=len(kept))
+        u = np.asarray(sums, dtype=np.float64) - cross @ step
+        w = np.bincount(where[inside], weights=weight[inside], minlength=len(kept))
+        v = np.diag(w) - cross @ inverse @ cross.T
+        values, vectors = np.linalg.eigh((v + v.T) / 2)
+        usable = values > 1e-9 * max(float(values.max()), 1e-300)
+        dof = int(usable.sum())
+        if dof == 0:
+            continue
+        statistic = float(np.sum((vectors[:, usable].T @ u) ** 2 / values[usable]))
+        z = u / np.sqrt(np.maximum(np.diag(v), 1e-300))
+        out.append(PairTest(a, b, float(stats.chi2.logsf(statistic, dof)), dof, z, kept, cell))
+    return out
+
+
+def _interaction_cells(
+    features: list[Feature],
+    design: F64,
+    probability: F64,
+    target: Bools,
+    *,
+    pairs: int,
+    min_rows: int,
+    alpha: float = PAIR_ALPHA,
+    cell_alpha: float = CELL_ALPHA,
+) -> list[_Cell]:
+    """Cells of column pairs whose leads convert unlike what the fit without pairs predicts.
+
+    A pair qualifies when its :func:`pair_tests` chance is below ``alpha`` divided by the
+    number of pairs tested (Bonferroni); the ``pairs`` strongest are kept, and in them each
+    cell whose own ``U / sqrt(V)`` is that unlikely by chance, at ``cell_alpha`` over all the
+    cells of the kept pairs (Bonferroni again: about 3.8 standard errors for 300 cells), gets a
+    rule."""
+    tests = pair_tests(features, design, probability, target, min_rows)
+    bar = math.log(alpha / max(1, len(features) * (len(features) - 1) // 2))
+    chosen = sorted((t for t in tests if t.log_chance < bar), key=lambda t: t.log_chance)
+    chosen = chosen[:pairs]
+    tested = sum(len(t.kept) for t in chosen)
+    z_min = float(stats.norm.isf(cell_alpha / (2 * tested))) if tested else math.inf
     cells: list[_Cell] = []
-    for _, a, b, z, ok, cell in found[:pairs]:
-        width = len(features[b].bins)
-        for c in np.nonzero(ok & (np.abs(z) >= z_min))[0]:
-            i, j = divmod(int(c), width)
-            cells.append(_Cell(features[a], i, features[b], j, cell == c))
+    for t in chosen:
+        width = len(features[t.second].bins)
+        for c, zc in zip(t.kept, t.z, strict=True):
+            if abs(zc) >= z_min:
+                i, j = divmod(int(c), width)
+                cells.append(_Cell(features[t.first], i, features[t.second], j, t.cell == c))
     return cells
+
+
+def _cross_validated(matrix: F64, target: Bools) -> float:
+    """The L2 strength of :data:`C_GRID` with the lowest log loss over 5 stratified folds
+    (seeded)."""
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(matrix, target))
+    rows = sparse.csr_matrix(matrix)  # 0/1 indicators, mostly 0
+    losses = np.zeros(len(C_GRID))
+    for train, test in folds:
+        model = LogisticRegression(solver=SOLVER, max_iter=2000, warm_start=True)
+        for k, c in enumerate(C_GRID):  # each strength starts from the previous one's fit
+            model.set_params(C=c).fit(rows[train], target[train])
+            p = model.predict_proba(rows[test])[:, 1]
+            losses[k] += log_loss(target[test], p, labels=[0, 1])
+    return float(C_GRID[int(np.argmin(losses))])
 
 
 def _count_rule(source: ActivitySource, condition: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -240,6 +312,8 @@ class _Fitted:
     intercept: float
     dropped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    C: float = 1.0
+    chosen: bool = False  # C chosen by cross-validation
 
 
 def _auc(scores: F64, positive: Bools) -> float:
@@ -289,13 +363,12 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         *,
         max_bins: int = 6,
         min_bin_rows: int = 30,
-        C: float = 1.0,
+        C: float | None = None,
         points_to_double_odds: float = 10.0,
         exclude: tuple[str, ...] = (),
         min_conversions: int = MIN_CONVERSIONS,
         activity_columns: ActivityColumns | None = None,
         interactions: int = 10,
-        interaction_z: float = 3.0,
     ) -> None:
         self.max_bins = max_bins
         self.min_bin_rows = min_bin_rows
@@ -305,7 +378,6 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.min_conversions = min_conversions
         self.activity_columns = activity_columns
         self.interactions = interactions
-        self.interaction_z = interaction_z
 
     @property
     def factor(self) -> float:
@@ -376,22 +448,26 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             (f, b) for f in features for i, b in enumerate(f.bins) if i != f.reference
         ]
         matrix = np.column_stack([b.mask.astype(np.float64) for _, b in scored])
-        model = LogisticRegression(C=self.C, max_iter=2000)
+        model = LogisticRegression(
+            C=1.0 if self.C is None else self.C, solver=SOLVER, max_iter=2000
+        )
         model.fit(matrix, target)
         cells: list[_Cell] = []
         profile = [f for f in features if f.column not in (self.activity_columns or {})]
         if self.interactions > 0 and len(profile) >= 2:
             cells = _interaction_cells(
                 profile,
+                matrix,
                 model.predict_proba(matrix)[:, 1],
                 target,
                 pairs=self.interactions,
-                z_min=self.interaction_z,
                 min_rows=self.min_bin_rows,
             )
         if cells:
             matrix = np.column_stack([matrix, *(c.mask.astype(np.float64) for c in cells)])
-            model = LogisticRegression(C=self.C, max_iter=2000)
+        penalty = _cross_validated(matrix, target) if self.C is None else self.C
+        if cells or self.C is None:
+            model = LogisticRegression(C=penalty, solver=SOLVER, max_iter=2000)
             model.fit(matrix, target)
         coefs = model.coef_[0]
         rules: list[Rule] = []
@@ -450,7 +526,15 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                     (cell.first.column, cell.second.column),
                 )
             )
-        self.fitted_ = _Fitted(features, rules, float(model.intercept_[0]), dropped, warnings)
+        self.fitted_ = _Fitted(
+            features,
+            rules,
+            float(model.intercept_[0]),
+            dropped,
+            warnings,
+            penalty,
+            self.C is None,
+        )
         self.classes_ = np.array([0, 1])
         self.n_rows_ = len(target)
         self.n_conversions_ = positives
@@ -592,8 +676,10 @@ def scorecard_yaml(
         "# Fitted by `leadscore fit` from the team's own conversions: edit it like any model.",
         f"# {fitted_on}",
         "# Each rule's points are round(coefficient x points_to_double_odds / ln 2) of an",
-        "# L2-regularised logistic regression on the bins below; a column's lowest-rate bin",
-        "# (and any value too rare for a bin of its own) is worth 0.",
+        f"# L2-regularised logistic regression (C = {f.C:g}"
+        + (", chosen by 5-fold cross-validation)" if f.chosen else ")")
+        + " on the bins below;",
+        "# a column's lowest-rate bin (and any value too rare for a bin of its own) is worth 0.",
     ]
     if f.dropped:
         lines.append("# Columns not used:")
