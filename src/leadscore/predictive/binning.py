@@ -56,7 +56,7 @@ class Feature:
 
 def eq_key(text: str) -> str:
     number = parse_number(text)
-    return f"#{number!r}" if number is not None else "$" + fold(text)
+    return f"#{number + 0.0!r}" if number is not None else "$" + fold(text)  # -0 is 0
 
 
 def _texts(values: list[Any]) -> list[str | None]:

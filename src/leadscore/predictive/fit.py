@@ -160,7 +160,7 @@ def _where_key(text: str, paths: bool) -> str | None:
     folded = fold(text.strip(WHITESPACE))
     if not folded.startswith("/"):
         return None
-    head = re.split(r"[/?#]", folded[1:], maxsplit=1)[0]
+    head = re.split(r"[/?#]", folded[1:], maxsplit=1)[0].strip(WHITESPACE)
     return "/" + head if head else None
 
 

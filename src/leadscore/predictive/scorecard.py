@@ -184,7 +184,11 @@ def pair_tests(
     n = len(target)
     residual = target - probability
     weight = probability * (1 - probability)
-    x1 = np.column_stack([np.ones(n), design])
+    # rows in no bin of a column (missing, rare values) share the reference's 0 in the fit;
+    # where they convert otherwise, any pair with that column would show it: their own
+    # indicator keeps that out of the test
+    rest = [~np.any([b.mask for b in f.bins], axis=0) for f in features if f.reference != -1]
+    x1 = np.column_stack([np.ones(n), design, *(r.astype(np.float64) for r in rest if r.any())])
     inverse = np.linalg.pinv(x1.T @ (x1 * weight[:, None]))
     step = inverse @ (x1.T @ residual)  # from the penalised fit to where X'(y - p) is 0
     index = [_bin_index(f, n) for f in features]
@@ -209,12 +213,14 @@ def pair_tests(
         w = np.bincount(where[inside], weights=weight[inside], minlength=len(kept))
         v = np.diag(w) - cross @ inverse @ cross.T
         values, vectors = np.linalg.eigh((v + v.T) / 2)
-        usable = values > 1e-9 * max(float(values.max()), 1e-300)
+        scale = float(w.max())  # what is left of a cell that the fit's columns already span
+        usable = values > 1e-9 * scale  # is rounding noise, not information
         dof = int(usable.sum())
         if dof == 0:
             continue
         statistic = float(np.sum((vectors[:, usable].T @ u) ** 2 / values[usable]))
-        z = u / np.sqrt(np.maximum(np.diag(v), 1e-300))
+        own = np.diag(v)
+        z = np.where(own > 1e-9 * w, u / np.sqrt(np.maximum(own, 1e-300)), 0.0)
         out.append(PairTest(a, b, float(stats.chi2.logsf(statistic, dof)), dof, z, kept, cell))
     return out
 
@@ -246,10 +252,14 @@ def _interaction_cells(
     cells: list[_Cell] = []
     for t in chosen:
         width = len(features[t.second].bins)
-        for c, zc in zip(t.kept, t.z, strict=True):
-            if abs(zc) >= z_min:
-                i, j = divmod(int(c), width)
-                cells.append(_Cell(features[t.first], i, features[t.second], j, t.cell == c))
+        # the strongest first, no more than the test's degrees of freedom: in a 2 x 2 table
+        # all four cells stray alike, and one rule says it
+        strongest = np.argsort(-np.abs(t.z), kind="stable")[: t.dof]
+        for k in strongest:
+            if abs(t.z[k]) >= z_min:
+                i, j = divmod(int(t.kept[k]), width)
+                mask = t.cell == t.kept[k]
+                cells.append(_Cell(features[t.first], i, features[t.second], j, mask))
     return cells
 
 
