@@ -324,7 +324,9 @@ def test_activity_counts_become_count_rules_that_both_evaluators_score_alike() -
         }
     )
     leads = pa.table({"lead_id": lead_ids, "country": list(rng.choice(["US", "DE"], n))})
-    result = fit_scorecard(leads, y, events=events, as_of_us=as_of, seed=1)
+    said: list[str] = []
+    result = fit_scorecard(leads, y, events=events, as_of_us=as_of, seed=1, progress=said.append)
+    assert [s.split()[0] for s in said] == ["counting", "binning", "choosing", "scoring"]
     model = parse_model(result.yaml)
     demo_rules = [r for r in model.rules if getattr(r, "events", None) == ("demo_request",)]
     assert demo_rules and max(r.points for r in demo_rules) >= 10

@@ -91,7 +91,12 @@ def fit(
         raise UsageError("say who converted: --target COLUMN or --outcomes FILE (one of them)")
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise UsageError(f"--output: cannot write {output}")
-    with err.status("reading and fitting...") if err.is_terminal else _Quiet():
+    with err.status("reading inputs...") if err.is_terminal else _Quiet() as live:
+
+        def say(text: str) -> None:
+            if live is not None:
+                live.update(text + "...")
+
         prepared = prepare(
             leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
         )
@@ -122,6 +127,7 @@ def fit(
             points_to_double_odds=pdo,
             interactions=interactions,
             max_bins=max_bins,
+            progress=say,
         )
     m = result.metrics
     for note in [*result.notes, *m["warnings"]]:

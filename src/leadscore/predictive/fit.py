@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,12 +334,15 @@ def fit_scorecard(
     points_to_double_odds: float = 10.0,
     interactions: int = 10,
     max_bins: int = 6,
+    progress: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Fit a scorecard on leads (text columns, ``lead_id`` first, as
     :func:`leadscore.inputs.normalize_leads` makes them) and a target (an array, or the
     ``target_column`` with its ``positive`` value); keep ``test_fraction`` apart (the most
     recent by ``time_column``, else a seeded random part) to measure it honestly.
-    ``interactions`` is how many pairs of columns may get rules of their own (0: none)."""
+    ``interactions`` is how many pairs of columns may get rules of their own (0: none);
+    ``progress`` hears what is being done (for a status line)."""
+    say = progress or (lambda _: None)
     columns = leads.to_pydict()
     n = leads.num_rows
     notes: list[str] = []
@@ -353,6 +357,7 @@ def fit_scorecard(
         if as_of_us is None:
             as_of_us = int(pc.max(events.column("ts").cast(pa.int64())).as_py())
         lead_ids = [str(i) for i in columns["lead_id"]]
+        say(f"counting {events.num_rows:,} events per lead")
         activity, sources, log = activity_features(events, lead_ids, as_of_us, 30, set(columns))
         columns.update(activity)
         if not activity:
@@ -406,7 +411,7 @@ def fit_scorecard(
         interactions=interactions,
         max_bins=max_bins,
     )
-    card.fit(train, y[train_idx])
+    card.fit(train, y[train_idx], progress=say)
     if not any(r.points for r in card.fitted_.rules):
         notes.append(
             "every rule rounds to 0 points: raise --points-to-double-odds to see the differences"
@@ -418,6 +423,7 @@ def fit_scorecard(
             f"part, left out: {', '.join(idle[:3])}{', ...' if len(idle) > 3 else ''}"
         )
     notes += shift_notes(card, train, test, y[train_idx], y[test_idx])
+    say(f"scoring {n:,} leads with the fitted model (batch evaluator)")
     scores = card.score_rows(columns, events, as_of_us)  # one run of the batch evaluator
     train_scores, test_scores = scores[train_idx], scores[test_idx]
     y_test = y[test_idx]

@@ -21,6 +21,7 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -398,7 +399,11 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             return {str(c): list(X[c]) for c in X.columns}
         return {str(k): list(v) for k, v in dict(X).items()}
 
-    def fit(self, X: Any, y: Any) -> ScorecardClassifier:
+    def fit(
+        self, X: Any, y: Any, progress: Callable[[str], None] | None = None
+    ) -> ScorecardClassifier:
+        """Fit on ``X`` and ``y``; ``progress`` hears what is being done (for a status line)."""
+        say = progress or (lambda _: None)
         columns = self._columns(X)
         target = np.asarray(y).astype(bool)
         positives = int(target.sum())
@@ -413,6 +418,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         dropped: dict[str, str] = {}
         warnings: list[str] = []
         features: list[Feature] = []
+        say(f"binning {len(columns):,} columns")
         for name, values in columns.items():
             if name in self.exclude or name == "lead_id":
                 continue
@@ -465,6 +471,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         cells: list[_Cell] = []
         profile = [f for f in features if f.column not in (self.activity_columns or {})]
         if self.interactions > 0 and len(profile) >= 2:
+            say(f"testing {len(profile) * (len(profile) - 1) // 2:,} pairs of columns")
             cells = _interaction_cells(
                 profile,
                 matrix,
@@ -475,6 +482,8 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             )
         if cells:
             matrix = np.column_stack([matrix, *(c.mask.astype(np.float64) for c in cells)])
+        if self.C is None:
+            say("choosing the regularisation (5-fold cross-validation)")
         penalty = _cross_validated(matrix, target) if self.C is None else self.C
         if cells or self.C is None:
             model = LogisticRegression(C=penalty, solver=SOLVER, max_iter=2000)
