@@ -204,6 +204,10 @@ def test_a_perfectly_separable_target_is_flagged_and_a_random_one_is_not_trusted
         "'call_result' ranks the outcome almost on its own" in w for w in result.metrics["warnings"]
     )
     assert result.metrics["holdout"]["roc_auc"] == 1.0
+    # calibrated as well as separated: converters near 1, the others near 0
+    assert result.metrics["holdout"]["calibration_error"] < 0.02
+    p = result.card.predict_proba(leads.to_pydict())[:, 1]
+    assert p[y].min() > 0.95 and p[~y].max() < 0.05
     noise_only = fit_scorecard(leads, y, exclude=("call_result",), seed=2)
     holdout = noise_only.metrics["holdout"]
     assert 0.4 < holdout["roc_auc"] < 0.6  # a random target: no ranking
