@@ -203,8 +203,9 @@ def _where_groups(
         ok = (event_key >= 0) & (owners >= 0)
         if not ok.any():
             continue
-        pairs = np.unique(event_key[ok] * (int(owners.max()) + 1) + owners[ok])
-        leads = np.bincount(pairs // (int(owners.max()) + 1), minlength=len(keys))
+        stride = int(owners.max()) + 1
+        pairs = np.unique(event_key[ok] * stride + owners[ok])
+        leads = np.bincount(pairs // stride, minlength=len(keys))
         share = np.bincount(event_key[event_key >= 0], minlength=len(keys)) / total
         ranked = [k for k in np.argsort(-leads, kind="stable") if leads[k] >= min_leads]
         for k in [k for k in ranked if share[k] < 0.9][:MAX_WHERE]:
@@ -255,7 +256,7 @@ def activity_features(
     sources: ActivityColumns = {}
 
     def add(source: ActivitySource, values: npt.NDArray[np.int64]) -> None:
-        name = activity_column(source, {**columns, **{t: 0 for t in taken}})
+        name = activity_column(source, taken | columns.keys())
         columns[name] = [str(int(c)) for c in values]
         sources[name] = source
 
@@ -306,8 +307,8 @@ def shift_notes(
     for f in card.fitted_.features:
         if f.span is None or f.column not in test:
             continue
-        values = [parse_number(str(v)) for v in test[f.column] if v is not None]
-        numbers = [v for v in values if v is not None]
+        read = {t: parse_number(t) for t in {str(v) for v in test[f.column] if v is not None}}
+        numbers = [x for v in test[f.column] if v is not None and (x := read[str(v)]) is not None]
         outside = sum(not f.span[0] <= v <= f.span[1] for v in numbers)
         if numbers and outside >= 0.2 * len(numbers):
             notes.append(

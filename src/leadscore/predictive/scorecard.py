@@ -324,7 +324,6 @@ class _Fitted:
     dropped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     C: float = 1.0
-    chosen: bool = False  # C chosen by cross-validation
 
 
 def _auc(scores: F64, positive: Bools) -> float:
@@ -552,7 +551,6 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             dropped,
             warnings,
             penalty,
-            self.C is None,
         )
         self.classes_ = np.array([0, 1])
         self.n_rows_ = len(target)
@@ -696,7 +694,7 @@ def scorecard_yaml(
         f"# {fitted_on}",
         "# Each rule's points are round(coefficient x points_to_double_odds / ln 2) of an",
         f"# L2-regularised logistic regression (C = {f.C:g}"
-        + (", chosen by 5-fold cross-validation)" if f.chosen else ")")
+        + (", chosen by 5-fold cross-validation)" if card.C is None else ")")
         + " on the bins below;",
         "# a column's lowest-rate bin (and any value too rare for a bin of its own) is worth 0.",
     ]
