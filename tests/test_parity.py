@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadscore import parse_model, score_lead, score_leads
+from leadscore.engine.lead import Event, _column, _text_filtered
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
 from leadscore.scoring import iter_lead_events, prepare, score_run
-from leadscore.spec.conditions import OPERATORS
+from leadscore.spec.conditions import OPERATORS, FieldCondition, compile_condition, text_filter
 
 AS_OF = "2026-06-30T12:00:00Z"
 T_US = 1782820800 * 1_000_000  # 2026-06-30T12:00:00Z
@@ -345,3 +346,38 @@ def test_operators_without_presence_tests_still_miss_blank_values() -> None:
     batch = score_run(model, prepare(leads), AS_OF).table.column("score").to_pylist()
     per_lead = [score_lead(model, r, [], AS_OF).score for r in leads.to_pylist()]
     assert batch == per_lead == [0.0, 0.0, 3.0, 1.0, 4.0]
+
+
+TEXT_OPS = st.sampled_from(["contains", "starts_with", "ends_with", "eq", "in", "not_contains"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    cond=TEXT_OPS.flatmap(lambda op: operand_for(op).map(lambda v: {"field": "url", op: v})),
+    values=st.lists(URLS | VALUES, min_size=1, max_size=6),
+)
+def test_text_filters_mean_what_the_predicates_mean(
+    cond: dict[str, Any], values: list[str | None]
+) -> None:
+    """The per-lead evaluator filters a column of normalised values with a `where`'s
+    TextFilter when it has one; it must keep exactly the events the predicate keeps."""
+    parsed = FieldCondition.model_validate(cond)
+    tf = text_filter(parsed)
+    if tf is None:
+        assert parsed.operator not in ("contains", "starts_with", "ends_with")
+        return
+    pred = compile_condition(parsed)
+    events = [Event("page_view", 0, None, None, {"url": v}) for v in values]
+    kept = _text_filtered(tf, events, _column(events, "url"))
+    assert kept == [e for e in events if pred(e.fields)]
+
+
+def test_text_filters_cover_the_common_where_conditions() -> None:
+    def tf(cond: dict[str, Any]) -> Any:
+        return text_filter(FieldCondition.model_validate(cond))
+
+    assert tf({"field": "url", "contains": "/Pricing "}).needles == ("/pricing",)
+    assert tf({"field": "form", "in": "Contact; Demo"}).options == {"contact", "demo"}
+    assert tf({"field": "form", "eq": " "}).options == frozenset()  # matches nothing
+    assert tf({"field": "n", "in": ["a", "5"]}) is None  # a number compares as a number
+    assert tf({"field": "url", "not_contains": "x"}) is None

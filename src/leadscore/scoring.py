@@ -309,8 +309,16 @@ def score_leads(
 
 
 def iter_lead_events(prepared: PreparedInputs) -> Iterator[tuple[dict[str, Any], list[Event]]]:
-    """Each lead's fields and events, for the per-lead evaluator (events grouped in one pass)."""
+    """Each lead's fields and events, for the per-lead evaluator (events grouped in one pass).
+
+    The events are taken in lead order first (a stable sort: a lead's events keep their input
+    order), so that each lead's :class:`Event` objects are built one after the other, as the
+    store builds them when it reads a lead back: scattered across memory, they cost the
+    evaluator a cache miss each.
+    """
     events = prepared.events
+    if events.num_rows > 1:
+        events = events.take(pc.sort_indices(events, [("lead_id", "ascending")]))
     extra = [c for c in events.column_names if c not in ("lead_id", "ts")]
     by_lead: dict[str, list[Event]] = {}
     ids = events.column("lead_id").to_pylist()

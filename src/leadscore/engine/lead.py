@@ -27,7 +27,7 @@ from leadscore.engine.timeutil import (
     parse_instant,
     to_micros,
 )
-from leadscore.spec.conditions import WHITESPACE, parse_number, to_text
+from leadscore.spec.conditions import WHITESPACE, TextFilter, fold, parse_number, to_text
 from leadscore.spec.model import COUNT_WORDS, ActivityRule, InactivityRule, Model, ProfileRule
 
 __all__ = ["Event", "score_lead"]
@@ -126,14 +126,15 @@ def score_lead(
     # the newest visible event of all.
     by_type: dict[str, list[Event]] = {t: [] for t in model.event_types}
     last_any: int | None = None
+    get_bucket = by_type.get
     for e in events:
-        ev = e if isinstance(e, Event) else Event.from_mapping(e)
+        ev = e if type(e) is Event else _event(e)
         ts = ev.ts_us
         if ts > t_us:
             continue
         if last_any is None or ts > last_any:
             last_any = ts
-        bucket = by_type.get(ev.type)
+        bucket = get_bucket(ev.type)
         if bucket is not None:
             bucket.append(ev)
     for bucket in by_type.values():
@@ -142,6 +143,7 @@ def score_lead(
 
     warnings: list[str] = []
     rule_results: dict[str, RuleContribution] = {}
+    columns: dict[tuple[str, str], list[str]] = {}  # (type, field): normalised values
     for rule in model.rules:
         if type(rule) is ProfileRule:
             for name in rule.numeric_fields:
@@ -152,7 +154,7 @@ def score_lead(
                 rule.id, "profile", rule.group, hit, rule.points, pts, pts
             )
         elif type(rule) is ActivityRule:
-            rule_results[rule.id] = _activity(rule, by_type, t_us, explain, warnings)
+            rule_results[rule.id] = _activity(rule, by_type, t_us, explain, warnings, columns)
         else:
             assert isinstance(rule, InactivityRule)
             rule_results[rule.id] = _inactivity(rule, last_any, by_type, t_us)
@@ -198,12 +200,49 @@ def _check_number(value: str | None, where: str, warnings: list[str]) -> None:
         warnings.append(f"{where}: {value!r} is not a number")
 
 
+def _event(e: Event | Mapping[str, Any]) -> Event:
+    return e if isinstance(e, Event) else Event.from_mapping(e)
+
+
+def _column(bucket: list[Event], name: str) -> list[str]:
+    """Field ``name`` of each event trimmed and folded (``""`` when missing): what a
+    :class:`TextFilter` tests, computed once per event type and field for all the rules."""
+    out: list[str] = []
+    add = out.append
+    ws = WHITESPACE
+    for e in bucket:
+        v = e.fields.get(name)
+        if v is None:
+            add("")
+        else:
+            v = v.strip(ws)
+            add(v.lower() if v.isascii() else fold(v))
+    return out
+
+
+def _text_filtered(tf: TextFilter, events: list[Event], values: list[str]) -> list[Event]:
+    """The events whose normalised value passes ``tf`` (``values`` aligned with ``events``)."""
+    needles = tf.needles
+    if tf.op == "contains":
+        if len(needles) == 1:
+            needle = needles[0]
+            return [e for e, v in zip(events, values, strict=True) if needle in v]
+        return [e for e, v in zip(events, values, strict=True) if any(n in v for n in needles)]
+    if tf.op == "starts_with":
+        return [e for e, v in zip(events, values, strict=True) if v.startswith(needles)]
+    if tf.op == "ends_with":
+        return [e for e, v in zip(events, values, strict=True) if v.endswith(needles)]
+    options = tf.options
+    return [e for e, v in zip(events, values, strict=True) if v in options]
+
+
 def _activity(
     rule: ActivityRule,
     by_type: Mapping[str, list[Event]],
     t_us: int,
     explain: bool,
     warnings: list[str],
+    columns: dict[tuple[str, str], list[str]],
 ) -> RuleContribution:
     if len(rule.events) == 1:
         candidates = by_type.get(rule.events[0], [])
@@ -222,13 +261,25 @@ def _activity(
     for name in rule.numeric_fields:
         for e in candidates:
             _check_number(e.fields.get(name), f"rule {rule.id}: event field {name!r}", warnings)
+    start = 0
     if window is not None and candidates:
         # oldest first, so "inside the window" is False...False, True...True: bisect on it
         start = bisect_left(
             candidates, True, key=lambda e: (t_us - e.ts_us) / MICROS_PER_DAY < window
         )
-        candidates = candidates[start:]
-    matching = candidates if pred is None else [e for e in candidates if pred(e.fields)]
+    tf = rule.text_filter
+    if tf is not None and len(rule.events) == 1 and candidates:
+        key = (rule.events[0], tf.field)
+        values = columns.get(key)
+        if values is None:
+            values = columns[key] = _column(candidates, tf.field)
+        if start:
+            candidates, values = candidates[start:], values[start:]
+        matching = _text_filtered(tf, candidates, values)
+    else:
+        if start:
+            candidates = candidates[start:]
+        matching = candidates if pred is None else [e for e in candidates if pred(e.fields)]
     if rule.frequency == "every":
         counted = matching
     elif rule.frequency == "once":

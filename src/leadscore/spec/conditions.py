@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -43,12 +43,14 @@ __all__ = [
     "FieldCondition",
     "NotCondition",
     "Predicate",
+    "TextFilter",
     "compile_condition",
     "condition_fields",
     "fold",
     "numeric_fields",
     "operand_texts",
     "parse_number",
+    "text_filter",
     "to_text",
     "walk_fields",
 ]
@@ -416,6 +418,40 @@ def walk_fields(cond: Condition) -> Sequence[FieldCondition]:
 def condition_fields(cond: Condition) -> list[str]:
     """Every field a condition reads, in order, without repeats."""
     return list(dict.fromkeys(f.field for f in walk_fields(cond)))
+
+
+class TextFilter(NamedTuple):
+    """One positive text test on one field (``contains``, ``starts_with``, ``ends_with``, or
+    ``eq``/``in`` with no number among the options), in the form the per-lead evaluator applies
+    to a whole column of normalised values at once (:func:`text_filter`)."""
+
+    field: str
+    op: str  # "contains", "starts_with", "ends_with" or "in"
+    needles: tuple[str, ...]  # normalised and never empty
+    options: frozenset[str]  # for "in": the normalised options
+
+
+def text_filter(cond: Condition | None) -> TextFilter | None:
+    """``cond`` as a :class:`TextFilter`, when it is one.
+
+    A value ``s`` (trimmed and folded; ``""`` when missing) passes when ``needle in s`` for a
+    needle (``contains``), ``s.startswith(needles)``, ``s.endswith(needles)``, or ``s in
+    options`` (``in``). That is :func:`compile_condition`'s meaning exactly: needles are never
+    empty, so a missing value passes none of them, and with no option a number, ``eq``/``in``
+    compare text.
+    """
+    if not isinstance(cond, FieldCondition):
+        return None
+    op = cond.operator
+    if op in ("contains", "starts_with", "ends_with"):
+        return TextFilter(cond.field, op, tuple(operand_texts(cond.operand)), frozenset())
+    if op in ("eq", "in"):
+        texts = operand_texts(cond.operand)
+        if any(parse_number(t) is not None for t in texts):
+            return None
+        options = frozenset(t for t in texts if t)
+        return TextFilter(cond.field, "in", tuple(sorted(options)), options)
+    return None
 
 
 def numeric_fields(cond: Condition) -> list[str]:

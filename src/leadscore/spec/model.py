@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from leadscore.spec.conditions import Condition, Predicate, compile_condition, numeric_fields
+from leadscore.spec.conditions import (
+    Condition,
+    Predicate,
+    TextFilter,
+    compile_condition,
+    numeric_fields,
+    text_filter,
+)
 from leadscore.spec.schema import ExampleSpec, ModelSpec
 
 __all__ = [
@@ -114,6 +121,8 @@ class ActivityRule:
     count: tuple[tuple[str, int], ...] | None = None  # ((operator, number), ...): all hold
     trend: Trend | None = None
     predicate: Predicate | None = field(init=False, repr=False, compare=False)
+    # the `where` as one test over a column of normalised values, when it is that simple
+    text_filter: TextFilter | None = field(init=False, repr=False, compare=False)
     numeric_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def count_holds(self, n: int) -> bool:
@@ -123,6 +132,7 @@ class ActivityRule:
     def __post_init__(self) -> None:
         pred = None if self.where is None else compile_condition(self.where)
         object.__setattr__(self, "predicate", pred)
+        object.__setattr__(self, "text_filter", text_filter(self.where))
         nums = () if self.where is None else tuple(numeric_fields(self.where))
         object.__setattr__(self, "numeric_fields", nums)
 
