@@ -30,6 +30,7 @@ from leadscore.store.outbox import (
     verify_signature,
 )
 from leadscore.store.schema import outbox
+from leadscore.store.webhooks import shown_url
 from tests.conftest import Clock
 from tests.webhook_receiver import Receiver, free_port
 
@@ -333,3 +334,27 @@ def test_send_test_to_a_receiver_that_is_down() -> None:
     result = send_test(f"http://127.0.0.1:{free_port()}/x", timeout_s=1)
     assert not result.ok
     assert result.status_code is None and result.error is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/leads", "https://hooks.example.com/leads"),
+        ("http://127.0.0.1:8080/hook/", "http://127.0.0.1:8080/hook/"),
+        (
+            "https://hooks.slack.com/services/T0001/B0002/AbCdEf0123456789xyzQ",
+            "https://hooks.slack.com/services/T0001/B0002/***",
+        ),
+        ("https://user:secret@h.example/x", "https://user:***@h.example/x"),
+        ("https://tok3n@h.example/x", "https://***@h.example/x"),
+        ("https://h.example/x?key=abc&empty=", "https://h.example/x?key=***&empty=***"),
+        (
+            "https://h.example/lead-notifications-endpoint",
+            "https://h.example/lead-notifications-endpoint",
+        ),
+        ("https://[::1]:9/x#frag", "https://[::1]:9/x"),
+        ("https://h.example:bad/x", "***"),
+    ],
+)
+def test_shown_url_masks_what_is_likely_a_credential(url: str, shown: str) -> None:
+    assert shown_url(url) == shown

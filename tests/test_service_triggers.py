@@ -128,3 +128,33 @@ def test_webhook_test_button(serve: Serve) -> None:
         assert "text" in json.loads(receiver.requests[0].body)
     finally:
         receiver.stop()
+
+
+def test_webhook_urls_are_shown_without_their_credentials(serve_ui: Serve) -> None:
+    """A webhook URL is often a credential (a password in it, a token in its path or query):
+    the API, the web page and the delivery log show it masked, and the webhook still goes to the
+    whole URL."""
+    receiver = Receiver().start()
+    try:
+        port = receiver.port
+        url = f"http://bot:pw@127.0.0.1:{port}/hooks/T0001/AbCdEf0123456789xyz?token=abc"
+        shown = f"http://bot:***@127.0.0.1:{port}/hooks/T0001/***?token=***"
+        api = serve_ui(no_auth=True, deliver_interval=0.05)
+        r = api.put("/api/v1/triggers", content=triggers_file(url), headers=YAML)
+        assert r.status_code == 200, r.text
+        assert r.json()["items"][0]["definition"]["actions"][2]["webhook"]["url"] == shown
+        listed = api.get("/api/v1/triggers").json()["items"][0]["definition"]["actions"][2]
+        assert listed["webhook"] == {"url": shown, "secret": "***", "format": "json"}
+        api.post("/api/v1/leads", json={"lead_id": "L1", "job_title": "VP", "country": "US"})
+        api.post("/api/v1/events", json={"lead_id": "L1", "type": "demo_request"})
+        wait_for(lambda: len(receiver.requests) == 1)
+        assert receiver.requests[0].path == "/hooks/T0001/AbCdEf0123456789xyz?token=abc"
+        wait_for(lambda: api.get("/api/v1/deliveries").json()["items"][0]["status"] != "pending")
+        assert api.get("/api/v1/deliveries").json()["items"][0]["url"] == shown
+        page = api.get("/settings/triggers").text
+        assert "AbCdEf0123456789xyz" not in page and ":pw@" not in page and "token=abc" not in page
+        assert shown.replace("&", "&amp;") in page
+        test = api.post("/api/v1/triggers/hot-to-sales/test").json()
+        assert test["items"][0]["url"] == shown
+    finally:
+        receiver.stop()

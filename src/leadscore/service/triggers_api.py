@@ -23,6 +23,7 @@ from leadscore.store.triggers import (
     save_triggers,
     set_trigger_enabled,
 )
+from leadscore.store.webhooks import shown_url
 
 __all__ = ["router"]
 
@@ -198,7 +199,10 @@ async def post_trigger_test(request: Request, trigger_id: str, _: ApiKey = ADMIN
         if not hooks:
             raise ApiError(400, f"the trigger {trigger_id!r} has no webhook action")
         return [
-            {"url": h.url, **send_test(h.url, h.secret, h.format, timeout_s=10.0).summary()}
+            {
+                "url": shown_url(h.url),
+                **send_test(h.url, h.secret, h.format, timeout_s=10.0).summary(),
+            }
             for h in hooks
         ]
 

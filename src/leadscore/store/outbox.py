@@ -53,7 +53,7 @@ from leadscore.errors import NotFound
 from leadscore.store.db import Database
 from leadscore.store.schema import deliveries, outbox, trigger_firings
 from leadscore.store.triggers import inserted_id
-from leadscore.store.webhooks import Format, encode_body, sample_payload
+from leadscore.store.webhooks import Format, encode_body, sample_payload, shown_url
 
 __all__ = [
     "INTERRUPTED",
@@ -184,7 +184,7 @@ def _post(
         error = f"timed out after {timeout_s:g} s"
         return Attempt(False, None, error, (time.perf_counter() - start) * 1000)
     except httpx.HTTPError as e:
-        error = f"{type(e).__name__}: {e}"[:MAX_ERROR]
+        error = f"{type(e).__name__}: {e}".replace(url, shown_url(url))[:MAX_ERROR]
         return Attempt(False, None, error, (time.perf_counter() - start) * 1000)
     duration = (time.perf_counter() - start) * 1000
     if 200 <= response.status_code < 300:
@@ -319,7 +319,9 @@ class Deliverer:
                 sa.select(outbox.c.status).where(outbox.c.id == claim.outbox_id)
             ).scalar_one()
         if status == "dead":
-            log.warning("webhook %s to %s is dead: %s", claim.outbox_id, claim.url, result.error)
+            log.warning(
+                "webhook %s to %s is dead: %s", claim.outbox_id, shown_url(claim.url), result.error
+            )
         return str(status)
 
     def deliver_one(self) -> Attempt | None:
@@ -427,6 +429,7 @@ def _entries(conn: sa.Connection, q: sa.Select[Any]) -> list[dict[str, Any]]:
             )
     for r in rows:
         r["signed"] = r.pop("secret") is not None  # the secret itself is never shown
+        r["url"] = shown_url(r["url"])  # nor the whole URL (it is often a credential too)
         r["attempts_log"] = attempts[r["id"]]
     return rows
 

@@ -57,7 +57,7 @@ from leadscore.spec.loading import validate_yaml
 from leadscore.spec.model import FALLBACK_GRADE, Loc
 from leadscore.spec.schema import ID_PATTERN
 from leadscore.store.leads import STAGES
-from leadscore.store.webhooks import Format
+from leadscore.store.webhooks import MASK, Format, shown_url
 
 __all__ = [
     "DEFAULT_REASONS",
@@ -207,11 +207,15 @@ class TriggerSpec(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
     def redacted(self) -> dict[str, Any]:
-        """:meth:`definition` with webhook secrets masked, for showing in an API or the UI."""
+        """:meth:`definition` with webhook secrets and the credentials in webhook URLs masked
+        (:func:`~leadscore.store.webhooks.shown_url`), for showing in an API or the UI."""
         data = self.definition()
         for action in data["actions"]:
-            if "webhook" in action and "secret" in action["webhook"]:
-                action["webhook"]["secret"] = "***"
+            if "webhook" in action:
+                hook = action["webhook"]
+                hook["url"] = shown_url(hook["url"])
+                if "secret" in hook:
+                    hook["secret"] = MASK
         return data
 
 
