@@ -250,6 +250,68 @@ def test_an_event_by_email_creates_its_lead(store: Store, clock: Clock) -> None:
     assert history(store, "new@x.com") == [("event", None, 40.0)]
 
 
+def outcome_rows(store: Store) -> list[tuple[str, str, int]]:
+    with store.db.read() as conn:
+        rows = conn.execute(sa.select(outcomes.c.lead_id, outcomes.c.outcome, outcomes.c.ts_us))
+        return sorted((str(a), str(b), int(c)) for a, b, c in rows)
+
+
+def test_an_email_keyed_lead_is_merged_into_the_lead_id_that_claims_it(
+    store: Store, clock: Clock
+) -> None:
+    """An event by email alone creates `new@x.com` (demo 40). The CRM's upsert of C7 with that
+    email takes it over: its events, outcome, stage and score history move to C7 (vp 30 + demo
+    40 = 70, one chain of history), the email-keyed lead is gone, and the email finds C7."""
+    publish(store, V1)
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="New@X.com")])
+    with store.db.write() as conn:
+        add_outcomes(conn, [OutcomeInput("new@x.com", "sql", clock.now - SECOND)], "api")
+        set_stage(conn, "new@x.com", "sql", clock.now - SECOND, reason="test")
+    (out,) = store.upsert_leads([LeadInput("C7", "NEW@x.com", {"title": "VP"})])
+    assert (out.status, out.lead_id, out.merged) == ("created", "C7", "new@x.com")
+    lead = view(store, "C7")
+    assert (lead["email"], lead["profile"], lead["stage"]) == (
+        "new@x.com",
+        {"email": "new@x.com", "title": "VP"},
+        "sql",
+    )
+    assert score(store, "C7") == 70.0
+    assert history(store, "C7") == [("profile", 40.0, 70.0), ("event", None, 40.0)]
+    with pytest.raises(NotFound):
+        view(store, "new@x.com")
+    assert outcome_rows(store) == [("C7", "sql", clock.now - SECOND)]
+    later = store.ingest_events([EventInput("demo_request", clock.now, email="new@x.com")])
+    assert later[0].lead_id == "C7"
+    (again,) = store.upsert_leads([LeadInput("C7", "new@x.com")])
+    assert (again.status, again.merged) == ("updated", None)
+
+
+def test_an_email_keyed_lead_merges_into_an_existing_lead(store: Store, clock: Clock) -> None:
+    """L5 (vp 30) exists without an email; `e@x.com` (demo 40) was created by an event. When an
+    upsert gives L5 that email, L5 takes the events (70), keeps its own profile values, gains
+    the ones it lacked, and an outcome both had at the same time stays one outcome."""
+    publish(store, V1)
+    store.upsert_leads([LeadInput("L5", fields={"title": "VP", "region": "EU"})])
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="e@x.com")])
+    store.upsert_leads([LeadInput(email="e@x.com", fields={"region": "US", "size": "200"})])
+    with store.db.write() as conn:
+        won = [OutcomeInput(lid, "won", clock.now - SECOND) for lid in ("L5", "e@x.com")]
+        add_outcomes(conn, won, "api")
+    (out,) = store.upsert_leads([LeadInput("L5", "e@x.com")])
+    assert (out.status, out.lead_id, out.merged) == ("updated", "L5", "e@x.com")
+    assert score(store, "L5") == 70.0
+    assert view(store, "L5")["profile"] == {
+        "title": "VP",
+        "region": "EU",
+        "size": "200",
+        "email": "e@x.com",
+    }
+    assert outcome_rows(store) == [("L5", "won", clock.now - SECOND)]
+    with pytest.raises(NotFound):
+        view(store, "e@x.com")
+    assert history(store, "L5")[0] == ("profile", 30.0, 70.0)
+
+
 def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:
     """Two anonymous demo requests (kept without a lead) join V1 when identify links `a1`:
     vp 30 + demo 40 (once) = 70, recorded as an event change. The alias stays with V1: an

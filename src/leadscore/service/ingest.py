@@ -87,6 +87,7 @@ def _result(
         **counts,
         "items": [
             {"index": o.index, "status": o.status, "lead_id": o.lead_id}
+            | ({"merged": o.merged} if o.merged else {})
             for o in sorted(outcomes, key=lambda o: o.index)
             if o.status != "error"
         ],

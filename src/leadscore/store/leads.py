@@ -4,6 +4,12 @@ A lead is found by its ``lead_id``, by its email (lowercased; the oldest lead wi
 email when there are several), or through an ``anonymous_id``
 that an identify call (or an event carrying both ids) linked to it. Events of an anonymous
 visitor are kept with no lead and joined to the lead when the link appears.
+
+A lead first known by its email alone (an event or an upsert with an email and no
+``lead_id``) gets the email as its id. When a ``lead_id`` later arrives with that email (the
+CRM's upsert, Segment's identify), that email-keyed lead is merged into it: its events,
+aliases, outcomes, stage changes, firings and score history move over, profile fields the
+lead lacks are filled from it, and it is gone (:func:`upsert_leads`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
 from leadscore.spec.conditions import to_text
-from leadscore.store.schema import aliases, events, leads, stage_changes
+from leadscore.store.schema import (
+    aliases,
+    events,
+    leads,
+    outcomes,
+    score_history,
+    scores,
+    stage_changes,
+    trigger_firings,
+)
 
 __all__ = [
     "STAGES",
@@ -79,6 +94,7 @@ class ItemOutcome:
     status: str  # created, updated, accepted, duplicate, anonymous, error
     lead_id: str | None = None
     error: str | None = None
+    merged: str | None = None  # the email-keyed lead merged into this one
 
 
 def _email(value: str | None) -> str | None:
@@ -164,8 +180,24 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
             .returning(leads.c.lead_id)
         )
         created.update(str(lid) for (lid,) in inserted)
+    # Email-keyed leads that a lead id now claims (an email finds one lead: the first claim).
+    claims: dict[str, str] = {}
+    for _, lead_id, item in resolved:
+        email = _email(item.email)
+        if item.lead_id and email and email != lead_id:
+            claims.setdefault(email, lead_id)
+    taken = set(ids)
+    stubs = _email_keyed(conn, [e for e in claims if e not in taken])
     # Locked: a merge must read the profile that the previous merge wrote, not the one before.
-    existing = _existing(conn, ids, lock=True)
+    existing = _existing(conn, [*ids, *stubs], lock=True)
+    for stub in sorted(stubs):
+        if stub in existing:  # not deleted by a concurrent merge while we waited for the lock
+            target = claims[stub]
+            _merge(conn, existing[stub], target, fresh=target in created)
+            for index, lead_id, _ in resolved:
+                if lead_id == target:
+                    outcomes[index].merged = stub
+    existing = _existing(conn, ids)
     state: dict[str, dict[str, Any]] = {
         lid: {
             "profile": dict(row["profile"]),
@@ -214,6 +246,59 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                 )
         conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
     return outcomes
+
+
+def _email_keyed(conn: Connection, emails: Sequence[str]) -> list[str]:
+    """The leads among ``emails`` whose id is their email: leads first known by email alone."""
+    found: list[str] = []
+    for start in range(0, len(emails), 500):
+        q = sa.select(leads.c.lead_id).where(
+            leads.c.lead_id.in_(emails[start : start + 500]), leads.c.email == leads.c.lead_id
+        )
+        found += [str(i) for (i,) in conn.execute(q)]
+    return found
+
+
+def _merge(conn: Connection, stub: sa.RowMapping, target: str, *, fresh: bool) -> None:
+    """Merge the email-keyed lead ``stub`` into ``target`` (whose row exists and is locked).
+
+    Everything recorded for the stub moves to the target. A ``fresh`` target (created by this
+    upsert) takes over the stub's stage, owner, creation time and current scores, so that its
+    score history goes on where the stub's stopped and a band the stub had already entered is
+    not entered (and announced) twice; an older target keeps its own and is rescored by the
+    caller from all the events.
+    """
+    old = stub["lead_id"]
+    row = conn.execute(sa.select(leads).where(leads.c.lead_id == target)).mappings().one()
+    profile = {**dict(stub["profile"]), **dict(row["profile"])}
+    values: dict[str, Any] = {"profile": profile, "email": row["email"] or stub["email"]}
+    if fresh:
+        values.update(
+            stage=stub["stage"],
+            stage_us=stub["stage_us"],
+            created_us=stub["created_us"],
+            owner=row["owner"] or stub["owner"],
+        )
+        conn.execute(scores.update().where(scores.c.lead_id == old).values(lead_id=target))
+    else:
+        values["owner"] = row["owner"] or stub["owner"]
+        conn.execute(scores.delete().where(scores.c.lead_id == old))
+    conn.execute(leads.update().where(leads.c.lead_id == target).values(**values))
+    # An outcome the target already has (same outcome at the same time) is not recorded twice.
+    mine = outcomes.alias("mine")
+    conn.execute(
+        outcomes.delete().where(
+            outcomes.c.lead_id == old,
+            sa.exists().where(
+                mine.c.lead_id == target,
+                mine.c.outcome == outcomes.c.outcome,
+                mine.c.ts_us == outcomes.c.ts_us,
+            ),
+        )
+    )
+    for table in (events, aliases, outcomes, stage_changes, trigger_firings, score_history):
+        conn.execute(table.update().where(table.c.lead_id == old).values(lead_id=target))
+    conn.execute(leads.delete().where(leads.c.lead_id == old))
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
