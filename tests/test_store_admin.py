@@ -4,6 +4,7 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import pytest
@@ -12,9 +13,10 @@ import sqlalchemy as sa
 from leadscore.errors import Conflict, ModelError, NotFound, UsageError
 from leadscore.store import EventInput, LeadInput, OutcomeInput, Store
 from leadscore.store.keys import create_key, list_keys, revoke_key, verify_key
+from leadscore.store.leads import upsert_leads
 from leadscore.store.lifecycle import add_outcomes, record_disposition, set_stage
 from leadscore.store.queries import lead_view, score_history_of
-from leadscore.store.schema import api_keys, model_versions, outcomes
+from leadscore.store.schema import api_keys, events, model_versions, outcomes
 from leadscore.store.versions import list_versions
 from tests.conftest import Clock
 
@@ -310,6 +312,41 @@ def test_an_email_keyed_lead_merges_into_an_existing_lead(store: Store, clock: C
     with pytest.raises(NotFound):
         view(store, "e@x.com")
     assert history(store, "L5")[0] == ("profile", 30.0, 70.0)
+
+
+def test_an_event_by_email_during_a_merge_goes_to_the_lead_it_merges_into(
+    store: Store, clock: Clock
+) -> None:
+    """While an upsert merges `m@x.com` into M1 (not yet committed), an event arrives by that
+    email: it waits for the merge and then goes to M1, not to the lead being merged away."""
+    publish(store, V1)
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
+    merged, release = threading.Event(), threading.Event()
+
+    def merge() -> None:
+        with store.db.write() as conn:
+            upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
+            merged.set()
+            assert release.wait(10)
+
+    got: list[Any] = []
+    merging = threading.Thread(target=merge)
+    merging.start()
+    try:
+        assert merged.wait(10)
+        event = EventInput("email_open", clock.now, email="M@x.com")
+        sending = threading.Thread(target=lambda: got.extend(store.ingest_events([event])))
+        sending.start()
+        sending.join(0.3)
+        assert sending.is_alive()  # it waits for the merge
+    finally:
+        release.set()
+        merging.join(10)
+    sending.join(10)
+    assert [(o.status, o.lead_id) for o in got] == [("accepted", "M1")]
+    with store.db.read() as conn:
+        rows = conn.execute(sa.select(events.c.lead_id, events.c.type).order_by(events.c.id))
+        assert [tuple(r) for r in rows] == [("M1", "demo_request"), ("M1", "email_open")]
 
 
 def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:

@@ -38,13 +38,14 @@ from leadscore.store.leads import (
     EventInput,
     ItemOutcome,
     LeadInput,
+    email_key,
     event_fields,
     events_of_leads,
     insert_events,
     lead_events,
     lead_records,
     link_alias,
-    lock_anonymous,
+    lock_identities,
     upsert_leads,
 )
 from leadscore.store.schema import events, leads, model_versions, scores
@@ -253,8 +254,9 @@ class Store:
         """Upsert a lead and link an anonymous id to it; whether anonymous events joined it."""
         with self.db.write() as conn:
             now = self.clock()
-            if anonymous_id:
-                lock_anonymous(conn, [anonymous_id])  # before the lead's row lock, as ingest does
+            # before the lead's row lock, as ingest does
+            email = email_key(lead.email)
+            lock_identities(conn, [email] if email else [], [anonymous_id] if anonymous_id else [])
             (outcome,) = upsert_leads(conn, [lead], now)
             joined = False
             if outcome.status != "error" and outcome.lead_id and anonymous_id:

@@ -41,6 +41,7 @@ __all__ = [
     "EventInput",
     "ItemOutcome",
     "LeadInput",
+    "email_key",
     "event_fields",
     "events_of_leads",
     "insert_events",
@@ -48,6 +49,7 @@ __all__ = [
     "lead_records",
     "link_alias",
     "lock_anonymous",
+    "lock_identities",
     "upsert_leads",
 ]
 
@@ -97,7 +99,8 @@ class ItemOutcome:
     merged: str | None = None  # the email-keyed lead merged into this one
 
 
-def _email(value: str | None) -> str | None:
+def email_key(value: str | None) -> str | None:
+    """An email as leads are found by it: trimmed and lower-cased (None when blank)."""
     if value is None:
         return None
     value = value.strip().lower()
@@ -137,11 +140,13 @@ def _existing(
 
 def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> list[ItemOutcome]:
     """Create or update leads; each item's outcome in order (``error`` items change nothing)."""
-    by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
+    emails = [e for i in items if (e := email_key(i.email))]
+    lock_identities(conn, emails)  # see there: a concurrent event by email waits for a merge
+    by_email = _find_by_email(conn, emails)
     outcomes: list[ItemOutcome] = []
     resolved: list[tuple[int, str, LeadInput]] = []
     for index, item in enumerate(items):
-        email = _email(item.email)
+        email = email_key(item.email)
         lead_id = item.lead_id or (by_email.get(email) if email else None) or email
         if lead_id is None:
             outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
@@ -183,7 +188,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     # Email-keyed leads that a lead id now claims (an email finds one lead: the first claim).
     claims: dict[str, str] = {}
     for _, lead_id, item in resolved:
-        email = _email(item.email)
+        email = email_key(item.email)
         if item.lead_id and email and email != lead_id:
             claims.setdefault(email, lead_id)
     taken = set(ids)
@@ -191,7 +196,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     # Locked: a merge must read the profile that the previous merge wrote, not the one before.
     existing = _existing(conn, [*ids, *stubs], lock=True)
     for stub in sorted(stubs):
-        if stub in existing:  # not deleted by a concurrent merge while we waited for the lock
+        if stub in existing:
             target = claims[stub]
             _merge(conn, existing[stub], target, fresh=target in created)
             for index, lead_id, _ in resolved:
@@ -216,7 +221,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                 s["profile"].pop(k, None)
             else:
                 s["profile"][k] = v
-        email = _email(item.email)
+        email = email_key(item.email)
         if email:
             s["email"] = email
             s["profile"]["email"] = email
@@ -335,17 +340,32 @@ def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: in
         )
 
 
-def lock_anonymous(conn: Connection, anonymous_ids: Iterable[str]) -> None:
-    """Serialise the writers that touch these anonymous ids (PostgreSQL; SQLite writers are
-    serialised anyway): an event stored for an id and the identify that links it must not
-    miss each other, or the event would stay without its lead. Taken before any lead row
-    lock, in id order."""
+def lock_identities(
+    conn: Connection, emails: Iterable[str] = (), anonymous_ids: Iterable[str] = ()
+) -> None:
+    """Serialise the writers that resolve these emails or anonymous ids (PostgreSQL; SQLite
+    writers are serialised anyway). An event stored for an anonymous id and the identify that
+    links it must not miss each other, or the event would stay without its lead; an event by
+    email and the upsert that merges that email's lead into a lead id likewise, or the event
+    would land on the lead being merged away. Taken before any lead row lock, all at once in
+    one global order (of the keys' hashes), so that lockers cannot deadlock; a transaction may
+    take a lock it holds again."""
     if conn.dialect.name == "sqlite":
         return
-    for anonymous_id in sorted(set(anonymous_ids)):
+    keys = sorted({f"email:{e}" for e in emails} | {f"anon:{a}" for a in anonymous_ids})
+    if keys:
         conn.execute(
-            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(anonymous_id, 0)))
+            sa.text(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) "
+                "AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"
+            ),
+            {"keys": keys},
         )
+
+
+def lock_anonymous(conn: Connection, anonymous_ids: Iterable[str]) -> None:
+    """:func:`lock_identities` for anonymous ids alone."""
+    lock_identities(conn, anonymous_ids=anonymous_ids)
 
 
 def link_alias(conn: Connection, anonymous_id: str, lead_id: str, now_us: int) -> bool:
@@ -380,8 +400,9 @@ def insert_events(
     for start in range(0, len(ids), 500):
         q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
         seen.update(str(m) for (m,) in conn.execute(q))
-    by_email = _find_by_email(conn, [e for i in items if (e := _email(i.email))])
-    lock_anonymous(conn, (i.anonymous_id for i in items if i.anonymous_id))
+    emails = [e for i in items if (e := email_key(i.email))]
+    lock_identities(conn, emails, (i.anonymous_id for i in items if i.anonymous_id))
+    by_email = _find_by_email(conn, emails)
     anon = list({i.anonymous_id for i in items if i.anonymous_id and not i.lead_id})
     linked: dict[str, str] = {}
     for start in range(0, len(anon), 500):
@@ -399,7 +420,7 @@ def insert_events(
             continue
         if item.message_id:
             seen.add(item.message_id)
-        email = _email(item.email)
+        email = email_key(item.email)
         lead_id = item.lead_id or (by_email.get(email) if email else None) or email
         if lead_id is None and item.anonymous_id:
             lead_id = linked.get(item.anonymous_id)
