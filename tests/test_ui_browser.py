@@ -22,6 +22,9 @@ from tests.webhook_receiver import Receiver
 
 CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "docs" / "screenshots"
+# the server computes some answers (validation, preview) for a second or more: a slow CI
+# machine must not fail them on httpx's 5 s default
+API_TIMEOUT = 120
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 pytestmark = pytest.mark.slow
@@ -58,6 +61,8 @@ class Page:
         self.context = browser.new_context(
             viewport={"width": width, "height": height}, bypass_csp=not csp
         )
+        # a slow CI machine: Playwright's 30 s default is for fast ones
+        self.context.set_default_timeout(API_TIMEOUT * 1000)
         self.page = self.context.new_page()
         self.base = base
         self.errors: list[str] = []
@@ -138,7 +143,7 @@ def test_every_page_loads_at_desktop_and_phone_width(browser: Any, site: tuple[s
 def _top_lead(site: tuple[str, Any]) -> str:
     import httpx
 
-    items = httpx.get(site[0] + "/api/v1/leads?limit=1").json()["items"]
+    items = httpx.get(site[0] + "/api/v1/leads?limit=1", timeout=API_TIMEOUT).json()["items"]
     return str(items[0]["lead_id"])
 
 
@@ -157,7 +162,9 @@ def test_filter_the_lead_list(tab: Page) -> None:
     # the same filter in the JSON twin gives the same leads in the same order
     import httpx
 
-    twin = httpx.get(tab.base + "/api/v1/leads?band=hot&country=US").json()["items"]
+    twin = httpx.get(tab.base + "/api/v1/leads?band=hot&country=US", timeout=API_TIMEOUT).json()[
+        "items"
+    ]
     shown = page.locator("table.leads tbody td.who a").evaluate_all(
         "links => links.map(a => decodeURIComponent(a.getAttribute('href').slice(7)))"
     )
@@ -274,21 +281,23 @@ def test_edit_a_model_preview_and_publish(tab: Page, site: tuple[str, Any]) -> N
         url + "/api/v1/models/preview",
         content=changed,
         headers={"Content-Type": "application/yaml"},
-        timeout=60,
+        timeout=API_TIMEOUT,
     ).json()
     assert (before, after, moved) == (twin["mql_before"], twin["mql_after"], twin["band_changes"])
     assert after > before and moved > 0
     editor.evaluate("e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
     tab.shot("model-preview")
     # publish: the scores change
-    hot_before = httpx.get(url + "/api/v1/overview").json()["in_top_band"]
+    hot_before = httpx.get(url + "/api/v1/overview", timeout=API_TIMEOUT).json()["in_top_band"]
     page.click("#publish-button")
     page.wait_for_selector("#publish-status.ok", timeout=60_000)
     assert "Published" in page.locator("#publish-status").inner_text()
     overview = tab.open("/overview")
     hot_after = _number(overview.locator("[data-testid=in-top-band]").inner_text())
     assert hot_after > hot_before
-    assert hot_after == httpx.get(url + "/api/v1/overview").json()["in_top_band"]
+    assert (
+        hot_after == httpx.get(url + "/api/v1/overview", timeout=API_TIMEOUT).json()["in_top_band"]
+    )
     # the version history shows the two versions and their diff
     page = tab.open("/model")
     page.locator(".diff-button").first.click()
@@ -343,14 +352,14 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     assert [e for e in tab.errors if "422" in e] and not [e for e in tab.errors if "422" not in e]
     tab.errors.clear()
     # three of today's hottest leads won yesterday
-    top = httpx.get(url + "/api/v1/leads?limit=3").json()["items"]
+    top = httpx.get(url + "/api/v1/leads?limit=3", timeout=API_TIMEOUT).json()["items"]
     yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     good = tmp_path / "won.csv"
     good.write_text(
         "lead_id,outcome,ts,amount\n"
         + "".join(f"{lead['lead_id']},won,{yesterday},1000\n" for lead in top)
     )
-    stored = httpx.get(url + "/api/v1/validation").json()["stored_outcomes"]
+    stored = httpx.get(url + "/api/v1/validation", timeout=API_TIMEOUT).json()["stored_outcomes"]
     won_before = next((o["count"] for o in stored if o["outcome"] == "won"), 0)
     page.set_input_files("#outcomes-form input[type=file]", str(good))
     page.click("#outcomes-form button")
@@ -359,7 +368,7 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     # the report run again counts them; the page shows what its twin says
     page.click("#validation-form button[type=submit]")
     page.wait_for_load_state("networkidle")
-    twin = httpx.get(url + "/api/v1/validation").json()
+    twin = httpx.get(url + "/api/v1/validation", timeout=API_TIMEOUT).json()
     won_after = next(o["count"] for o in twin["stored_outcomes"] if o["outcome"] == "won")
     assert won_after == won_before + 3
     row = page.locator("#stored-outcomes tr", has_text="won").locator("td").nth(1).inner_text()
@@ -404,7 +413,7 @@ def test_backtest_a_draft_in_the_model_editor(tab: Page, site: tuple[str, Any]) 
         params={"from": shown["from"], "to": shown["to"], "every": "7d", "horizon": "90d"},
         content=draft,
         headers={"Content-Type": "application/yaml"},
-        timeout=120,
+        timeout=API_TIMEOUT,
     ).json()
     assert again["models"] == shown["models"]
     page.locator("#backtest").scroll_into_view_if_needed()
