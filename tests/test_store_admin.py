@@ -16,7 +16,15 @@ from leadscore.store.keys import create_key, list_keys, revoke_key, verify_key
 from leadscore.store.leads import upsert_leads
 from leadscore.store.lifecycle import add_outcomes, record_disposition, set_stage
 from leadscore.store.queries import lead_view, score_history_of
-from leadscore.store.schema import api_keys, events, model_versions, outcomes
+from leadscore.store.schema import (
+    api_keys,
+    events,
+    leads,
+    model_versions,
+    outcomes,
+    score_history,
+    scores,
+)
 from leadscore.store.versions import list_versions
 from tests.conftest import Clock
 
@@ -347,6 +355,134 @@ def test_an_event_by_email_during_a_merge_goes_to_the_lead_it_merges_into(
     with store.db.read() as conn:
         rows = conn.execute(sa.select(events.c.lead_id, events.c.type).order_by(events.c.id))
         assert [tuple(r) for r in rows] == [("M1", "demo_request"), ("M1", "email_open")]
+
+
+def test_a_new_lead_claiming_two_email_keyed_leads_takes_both(store: Store, clock: Clock) -> None:
+    """One batch gives the new lead N1 two emails, each with an email-keyed lead (a demo, 40,
+    and an open): both merge into N1 (each item names the one its email brought), the first
+    gives N1 its stage and scores, and a stage set in the same upsert is recorded."""
+    publish(store, V1)
+    store.ingest_events(
+        [
+            EventInput("demo_request", clock.now - 2 * SECOND, email="a@x.com"),
+            EventInput("email_open", clock.now - SECOND, email="b@x.com"),
+        ]
+    )
+    out = store.upsert_leads(
+        [LeadInput("N1", "a@x.com", stage="sql"), LeadInput("N1", "b@x.com", {"title": "VP"})]
+    )
+    assert [(o.status, o.lead_id, o.merged) for o in out] == [
+        ("created", "N1", "a@x.com"),
+        ("created", "N1", "b@x.com"),
+    ]
+    assert score(store, "N1") == 70.0
+    lead = view(store, "N1")
+    assert [(c["from_stage"], c["to_stage"], c["reason"]) for c in lead["stage_changes"]] == [
+        ("lead", "sql", "lead update")
+    ]
+    with store.db.read() as conn:
+        owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
+    assert owners == ["N1"]
+    for gone in ("a@x.com", "b@x.com"):
+        with pytest.raises(NotFound, match="merged into 'N1'"):
+            view(store, gone)
+
+
+def test_what_is_sent_for_a_merged_lead_goes_to_the_lead_it_became(
+    store: Store, clock: Clock
+) -> None:
+    """After `m@x.com` merged into M1, an event, an upsert and an outcome naming `m@x.com` go
+    to M1 (nothing re-creates the old lead); merging M1's own email-keyed successor on points
+    the old id further."""
+    publish(store, V1)
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
+    store.upsert_leads([LeadInput("M1", "m@x.com")])
+    (ev,) = store.ingest_events([EventInput("email_open", clock.now, lead_id="m@x.com")])
+    (up,) = store.upsert_leads([LeadInput("m@x.com", fields={"title": "VP"})])
+    assert (ev.lead_id, up.status, up.lead_id) == ("M1", "updated", "M1")
+    with store.db.write() as conn:
+        add_outcomes(conn, [OutcomeInput("m@x.com", "won", clock.now)], "api")
+    assert outcome_rows(store) == [("M1", "won", clock.now)]
+    assert score(store, "M1") == 70.0
+    with pytest.raises(NotFound, match="merged into 'M1'"):
+        view(store, "m@x.com")
+    # a chain: k@x.com merged into t@x.com, which is merged in turn: k@x.com finds the last
+    store.ingest_events([EventInput("demo_request", clock.now, email="k@x.com")])
+    store.upsert_leads([LeadInput("t@x.com", "k@x.com")])  # k@x.com -> t@x.com
+    store.upsert_leads([LeadInput("t@x.com", "t@x.com")])  # t@x.com is keyed by its email now
+    store.upsert_leads([LeadInput("T9", "t@x.com")])  # t@x.com -> T9
+    (late,) = store.ingest_events([EventInput("page_view", clock.now, lead_id="k@x.com")])
+    assert late.lead_id == "T9"
+    with pytest.raises(NotFound, match="merged into 'T9'"):
+        view(store, "k@x.com")
+
+
+def test_a_full_rescore_racing_a_merge_scores_no_merged_lead(store: Store, clock: Clock) -> None:
+    """The batch read `m@x.com` before M1 claimed it: its result is not written for the lead
+    that is gone (no score row or history for a lead that does not exist)."""
+    publish(store, V1)
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
+    store.upsert_leads([LeadInput("P1", fields={"title": "VP"})])
+
+    def merge_meanwhile(stage: str, done: int, total: int) -> None:
+        if stage == "scoring" and done == 1:
+            store.upsert_leads([LeadInput("M1", "m@x.com")])
+
+    clock.advance(days=1)
+    report = store.rescore_all("decay", progress=merge_meanwhile)
+    assert report.leads == 2
+    with store.db.read() as conn:
+        for table in (scores, score_history):
+            ids = conn.execute(sa.select(table.c.lead_id).distinct()).scalars().all()
+            assert sorted(ids) == ["M1", "P1"], table.name
+    assert score(store, "M1") == 40.0
+
+
+@pytest.mark.parametrize("how", ["upsert by id", "event by id", "event by alias"])
+def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
+    store: Store, clock: Clock, how: str
+) -> None:
+    """While an upsert merges `m@x.com` into M1 (not yet committed), a request names
+    `m@x.com` by id or through an anonymous id linked to it: it waits for the merge and then
+    goes to M1 (not to a lead that is gone, nor to a re-created `m@x.com`)."""
+    publish(store, V1)
+    store.identify(LeadInput(email="m@x.com"), anonymous_id="anon-m")
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
+    merged, release = threading.Event(), threading.Event()
+
+    def merge() -> None:
+        with store.db.write() as conn:
+            upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
+            merged.set()
+            assert release.wait(10)
+
+    def send() -> list[Any]:
+        if how == "upsert by id":
+            return store.upsert_leads([LeadInput("m@x.com", fields={"title": "VP"})])
+        if how == "event by id":
+            return store.ingest_events([EventInput("email_open", clock.now, lead_id="m@x.com")])
+        return store.ingest_events([EventInput("email_open", clock.now, anonymous_id="anon-m")])
+
+    got: list[Any] = []
+    merging = threading.Thread(target=merge)
+    merging.start()
+    try:
+        assert merged.wait(10)
+        sending = threading.Thread(target=lambda: got.extend(send()))
+        sending.start()
+        sending.join(0.3)
+        assert sending.is_alive()  # it waits for the merge
+    finally:
+        release.set()
+        merging.join(10)
+    sending.join(10)
+    assert [o.lead_id for o in got] == ["M1"]
+    with store.db.read() as conn:
+        ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
+        owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
+    assert (ids, owners) == (["M1"], ["M1"])
+    if how == "upsert by id":
+        assert view(store, "M1")["profile"]["title"] == "VP"
 
 
 def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:

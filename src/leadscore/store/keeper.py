@@ -46,6 +46,7 @@ from leadscore.store.leads import (
     lead_records,
     link_alias,
     lock_identities,
+    lock_leads,
     upsert_leads,
 )
 from leadscore.store.schema import events, leads, model_versions, scores
@@ -283,7 +284,7 @@ class Store:
         if not ids or not sheets:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
-            _lock_leads(conn, ids)
+            lock_leads(conn, ids)
         records = lead_records(conn, ids)
         by_lead = events_of_leads(conn, list(records), now_us, _event_types(sheets))
         as_of = from_micros(now_us)
@@ -370,15 +371,17 @@ class Store:
             part = rows[begin : begin + chunk]
             with self.db.write() as conn:
                 now = self.clock()
-                ids = [r["lead_id"] for r in part]
-                if not self.db.is_sqlite:
-                    # Real-time rescoring of these leads waits until this chunk commits, so
-                    # it is never overwritten by the batch's older value.
-                    _lock_leads(conn, ids)
+                # Real-time rescoring of these leads waits until this chunk commits, so it is
+                # never overwritten by the batch's older value; a lead merged away since the
+                # snapshot is not scored again.
+                present = lock_leads(conn, [r["lead_id"] for r in part])
+                ids = [r["lead_id"] for r in part if r["lead_id"] in present]
                 current = current_scores(conn, ids)
                 fresh = {k for k, row in current.items() if seen.get(k) != row["updated_us"]}
                 new: list[NewScore] = []
                 for r in part:
+                    if r["lead_id"] not in present:
+                        continue
                     for s in active:
                         if (r["lead_id"], s.name) in fresh:
                             report.skipped += 1
@@ -447,16 +450,6 @@ def _event_types(sheets: Sequence[Sheet]) -> list[str] | None:
             return None
         types.update(s.model.event_types)
     return sorted(types)
-
-
-def _lock_leads(conn: Connection, ids: Sequence[str]) -> None:
-    """Lock the leads' rows (PostgreSQL), always in lead id order so lockers cannot deadlock."""
-    conn.execute(
-        sa.select(leads.c.lead_id)
-        .where(leads.c.lead_id.in_(sorted(set(ids))))
-        .order_by(leads.c.lead_id)
-        .with_for_update()
-    )
 
 
 def _new_score(row: dict[str, Any], sheet: Sheet, t_us: int, prefix: str) -> NewScore:

@@ -9,7 +9,9 @@ A lead first known by its email alone (an event or an upsert with an email and n
 ``lead_id``) gets the email as its id. When a ``lead_id`` later arrives with that email (the
 CRM's upsert, Segment's identify), that email-keyed lead is merged into it: its events,
 aliases, outcomes, stage changes, firings and score history move over, profile fields the
-lead lacks are filled from it, and it is gone (:func:`upsert_leads`).
+lead lacks are filled from it, and it is gone (:func:`upsert_leads`). The merge is kept
+(``lead_merges``): an event, upsert or outcome sent later for the old id goes to the lead it
+became.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
+from leadscore.errors import NotFound
 from leadscore.spec.conditions import to_text
 from leadscore.store.schema import (
     aliases,
     events,
+    lead_merges,
     leads,
     outcomes,
     score_history,
@@ -50,6 +54,9 @@ __all__ = [
     "link_alias",
     "lock_anonymous",
     "lock_identities",
+    "lock_leads",
+    "merged_into",
+    "no_lead",
     "upsert_leads",
 ]
 
@@ -96,7 +103,7 @@ class ItemOutcome:
     status: str  # created, updated, accepted, duplicate, anonymous, error
     lead_id: str | None = None
     error: str | None = None
-    merged: str | None = None  # the email-keyed lead merged into this one
+    merged: str | None = None  # the email-keyed lead that this item's email merged into it
 
 
 def email_key(value: str | None) -> str | None:
@@ -120,6 +127,44 @@ def _find_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, str]:
         )
         for e, i in conn.execute(q):
             found.setdefault(str(e), str(i))
+    return found
+
+
+def merged_into(conn: Connection, lead_ids: Iterable[str]) -> dict[str, str]:
+    """The leads among ``lead_ids`` that were merged away, each with the lead it became."""
+    wanted = sorted(set(lead_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        q = sa.select(lead_merges.c.lead_id, lead_merges.c.into_id).where(
+            lead_merges.c.lead_id.in_(wanted[start : start + 500])
+        )
+        found.update({str(a): str(b) for a, b in conn.execute(q)})
+    return found
+
+
+def no_lead(conn: Connection, lead_id: str) -> NotFound:
+    """The error for a lead id that finds no lead, naming the lead it was merged into."""
+    into = merged_into(conn, [lead_id]).get(lead_id)
+    if into is None:
+        return NotFound(f"no lead {lead_id!r}")
+    return NotFound(f"no lead {lead_id!r}: it was merged into {into!r}")
+
+
+def lock_leads(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
+    """The ids among ``lead_ids`` whose leads exist, their rows locked until the transaction
+    ends (PostgreSQL; SQLite writers are serialised anyway), in lead id order like every other
+    locker. A row deleted by a merge that committed while this waited is not among them."""
+    wanted = sorted(set(lead_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        q = (
+            sa.select(leads.c.lead_id)
+            .where(leads.c.lead_id.in_(wanted[start : start + 500]))
+            .order_by(leads.c.lead_id)
+        )
+        if conn.dialect.name != "sqlite":
+            q = q.with_for_update()
+        found.update(str(i) for (i,) in conn.execute(q))
     return found
 
 
@@ -159,6 +204,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
             by_email.setdefault(email, lead_id)
         resolved.append((index, lead_id, item))
         outcomes.append(ItemOutcome(index, "updated", lead_id))
+    resolved = _follow(merged_into(conn, (lid for _, lid, _ in resolved)), resolved, outcomes)
     # Create the missing leads first, as placeholders, in lead-id order: two requests creating
     # the same lead at once then meet on its row (the second waits for the first) instead of
     # one failing on the primary key, and concurrent batches lock in the same order.
@@ -195,12 +241,28 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     stubs = _email_keyed(conn, [e for e in claims if e not in taken])
     # Locked: a merge must read the profile that the previous merge wrote, not the one before.
     existing = _existing(conn, [*ids, *stubs], lock=True)
+    if conn.dialect.name != "sqlite":
+        # A lead id named in this batch that a concurrent merge took away after it was looked
+        # up: its row is gone now (or this batch re-created it as a placeholder). Follow it.
+        late = merged_into(conn, [lid for lid in ids if lid not in existing or lid in created])
+        if late:
+            recreated = [lid for lid in late if lid in created]
+            conn.execute(leads.delete().where(leads.c.lead_id.in_(recreated)))
+            created.difference_update(late)
+            resolved = _follow(late, resolved, outcomes)
+            ids = sorted({lid for _, lid, _ in resolved})
+            claims = {e: late.get(target, target) for e, target in claims.items()}
+            existing.update(_existing(conn, late.values(), lock=True))
+    merged_targets: set[str] = set()
     for stub in sorted(stubs):
         if stub in existing:
             target = claims[stub]
-            _merge(conn, existing[stub], target, fresh=target in created)
-            for index, lead_id, _ in resolved:
-                if lead_id == target:
+            # Only the first stub merged into a new lead gives it its stage and scores.
+            fresh = target in created and target not in merged_targets
+            _merge(conn, existing[stub], target, now_us, fresh=fresh)
+            merged_targets.add(target)
+            for index, lead_id, item in resolved:
+                if lead_id == target and email_key(item.email) == stub:
                     outcomes[index].merged = stub
     existing = _existing(conn, ids)
     state: dict[str, dict[str, Any]] = {
@@ -238,7 +300,9 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         }
         if s["stage"] != existing[lead_id]["stage"]:
             values.update(stage=s["stage"], stage_us=now_us)
-            if lead_id not in created:  # recorded like every stage change (lifecycle.set_stage)
+            # Recorded like every stage change (lifecycle.set_stage); a new lead that took over
+            # an email-keyed lead's stage changes it too.
+            if lead_id not in created or lead_id in merged_targets:
                 conn.execute(
                     stage_changes.insert().values(
                         lead_id=lead_id,
@@ -253,6 +317,19 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     return outcomes
 
 
+def _follow(
+    moved: Mapping[str, str],
+    resolved: list[tuple[int, str, LeadInput]],
+    outcomes: list[ItemOutcome],
+) -> list[tuple[int, str, LeadInput]]:
+    """The items with the lead ids of merged-away leads replaced by the leads they became."""
+    if not moved:
+        return resolved
+    for index, lead_id, _ in resolved:
+        outcomes[index].lead_id = moved.get(lead_id, lead_id)
+    return [(index, moved.get(lead_id, lead_id), item) for index, lead_id, item in resolved]
+
+
 def _email_keyed(conn: Connection, emails: Sequence[str]) -> list[str]:
     """The leads among ``emails`` whose id is their email: leads first known by email alone."""
     found: list[str] = []
@@ -264,14 +341,14 @@ def _email_keyed(conn: Connection, emails: Sequence[str]) -> list[str]:
     return found
 
 
-def _merge(conn: Connection, stub: sa.RowMapping, target: str, *, fresh: bool) -> None:
+def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, fresh: bool) -> None:
     """Merge the email-keyed lead ``stub`` into ``target`` (whose row exists and is locked).
 
     Everything recorded for the stub moves to the target. A ``fresh`` target (created by this
     upsert) takes over the stub's stage, owner, creation time and current scores, so that its
     score history goes on where the stub's stopped and a band the stub had already entered is
     not entered (and announced) twice; an older target keeps its own and is rescored by the
-    caller from all the events.
+    caller from all the events. The merge is recorded in ``lead_merges``.
     """
     old = stub["lead_id"]
     row = conn.execute(sa.select(leads).where(leads.c.lead_id == target)).mappings().one()
@@ -304,6 +381,9 @@ def _merge(conn: Connection, stub: sa.RowMapping, target: str, *, fresh: bool) -
     for table in (events, aliases, outcomes, stage_changes, trigger_firings, score_history):
         conn.execute(table.update().where(table.c.lead_id == old).values(lead_id=target))
     conn.execute(leads.delete().where(leads.c.lead_id == old))
+    conn.execute(lead_merges.update().where(lead_merges.c.into_id == old).values(into_id=target))
+    conn.execute(lead_merges.delete().where(lead_merges.c.lead_id == old))
+    conn.execute(lead_merges.insert().values(lead_id=old, into_id=target, merged_us=now_us))
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
@@ -311,33 +391,40 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> None:
-    """Create the leads among ``wanted`` (lead id -> email) that do not exist yet."""
+def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> set[str]:
+    """Create the leads among ``wanted`` (lead id -> email) that do not exist yet; their ids."""
     ids = sorted(wanted)
     existing: set[str] = set()
     for start in range(0, len(ids), 500):  # ids only: the profiles are read later, once
         q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(ids[start : start + 500]))
         existing.update(str(i) for (i,) in conn.execute(q))
     missing = [lid for lid in ids if lid not in existing]
-    if missing:
+    created: set[str] = set()
+    for start in range(0, len(missing), 500):
         # Two requests may bring the first events of the same new lead at once: the second
         # insert finds the first one's row (after waiting for its commit) and does nothing.
-        conn.execute(
-            _insert(conn, leads).on_conflict_do_nothing(index_elements=[leads.c.lead_id]),
-            [
-                {
-                    "lead_id": lid,
-                    "email": wanted[lid],
-                    "profile": {"email": wanted[lid]} if wanted[lid] else {},
-                    "stage": "lead",
-                    "stage_us": now_us,
-                    "owner": None,
-                    "created_us": now_us,
-                    "updated_us": now_us,
-                }
-                for lid in missing
-            ],
+        inserted = conn.execute(
+            _insert(conn, leads)
+            .values(
+                [
+                    {
+                        "lead_id": lid,
+                        "email": wanted[lid],
+                        "profile": {"email": wanted[lid]} if wanted[lid] else {},
+                        "stage": "lead",
+                        "stage_us": now_us,
+                        "owner": None,
+                        "created_us": now_us,
+                        "updated_us": now_us,
+                    }
+                    for lid in missing[start : start + 500]
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[leads.c.lead_id])
+            .returning(leads.c.lead_id)
         )
+        created.update(str(lid) for (lid,) in inserted)
+    return created
 
 
 def lock_identities(
@@ -448,7 +535,20 @@ def insert_events(
             }
         )
         outcomes.append(ItemOutcome(index, "accepted" if lead_id else "anonymous", lead_id))
-    _ensure_leads(conn, wanted, now_us)
+    # Sent for a lead that was merged away: goes to the lead it became.
+    wanted = _redirect(merged_into(conn, wanted), wanted, rows, outcomes, links)
+    created = _ensure_leads(conn, wanted, now_us)
+    if conn.dialect.name != "sqlite" and wanted:
+        # A merge that committed after the ids were resolved took some leads away (their rows
+        # are gone, or were re-created just now): follow it. Locking the rows also makes a
+        # merge that starts now wait for these events, which it then moves along.
+        present = lock_leads(conn, wanted)
+        late = merged_into(conn, [lid for lid in wanted if lid not in present or lid in created])
+        if late:
+            recreated = [lid for lid in late if lid in created]
+            conn.execute(leads.delete().where(leads.c.lead_id.in_(recreated)))
+            lock_leads(conn, late.values())
+            wanted = _redirect(late, wanted, rows, outcomes, links)
     if rows:
         # A retry racing its original (the same message id in two requests at once): the
         # second insert waits for the first and skips the row instead of failing the request.
@@ -461,6 +561,29 @@ def insert_events(
         if link_alias(conn, anonymous_id, lead_id, now_us):
             touched.add(lead_id)
     return outcomes, touched
+
+
+def _redirect(
+    moved: Mapping[str, str],
+    wanted: dict[str, str | None],
+    rows: list[dict[str, Any]],
+    outcomes: list[ItemOutcome],
+    links: list[tuple[str, str]],
+) -> dict[str, str | None]:
+    """Events meant for merged-away leads given to the leads they became (in place); the
+    leads wanted then."""
+    if not moved:
+        return wanted
+    for row in rows:
+        row["lead_id"] = moved.get(row["lead_id"], row["lead_id"])
+    for outcome in outcomes:
+        if outcome.lead_id is not None:
+            outcome.lead_id = moved.get(outcome.lead_id, outcome.lead_id)
+    links[:] = [(anonymous_id, moved.get(lid, lid)) for anonymous_id, lid in links]
+    after: dict[str, str | None] = {}
+    for lead_id, email in wanted.items():
+        after.setdefault(moved.get(lead_id, lead_id), email)
+    return after
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str | None]) -> None:

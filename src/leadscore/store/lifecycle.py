@@ -9,14 +9,14 @@ validation reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from leadscore.errors import NotFound, UsageError
-from leadscore.store.leads import STAGES
+from leadscore.errors import UsageError
+from leadscore.store.leads import STAGES, merged_into, no_lead
 from leadscore.store.schema import leads, outcomes, stage_changes
 
 __all__ = [
@@ -58,7 +58,7 @@ def set_stage(
     stage = check_stage(stage)
     row = conn.execute(sa.select(leads.c.stage).where(leads.c.lead_id == lead_id)).first()
     if row is None:
-        raise NotFound(f"no lead {lead_id!r}")
+        raise no_lead(conn, lead_id)
     if row[0] == stage:
         return False
     conn.execute(
@@ -116,6 +116,10 @@ def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -
     """Store outcomes; a repeat of (lead, outcome, time) is ignored. Returns how many were new."""
     if not items:
         return 0
+    # An outcome recorded for an email-keyed lead since merged: the lead it became.
+    moved = merged_into(conn, (i.lead_id for i in items))
+    if moved:
+        items = [replace(i, lead_id=moved.get(i.lead_id, i.lead_id)) for i in items]
     keys = {(i.lead_id, i.outcome, i.ts_us) for i in items}
     ids = list({i.lead_id for i in items})
     existing: set[tuple[str, str, int]] = set()

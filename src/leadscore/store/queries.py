@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
+from leadscore.store.leads import no_lead
 from leadscore.store.schema import (
     ID,
     events,
@@ -96,7 +97,7 @@ def lead_view(conn: Connection, lead_id: str) -> dict[str, Any]:
     """A lead's profile, stage, owner, stage changes and current score on every sheet."""
     row = conn.execute(sa.select(leads).where(leads.c.lead_id == lead_id)).mappings().first()
     if row is None:
-        raise NotFound(f"no lead {lead_id!r}")
+        raise no_lead(conn, lead_id)
     out = _lead_dict(row)
     out["scores"] = {
         r["sheet"]: _score_dict(r)
@@ -120,7 +121,7 @@ def score_history_of(
 ) -> list[dict[str, Any]]:
     """A lead's score changes, newest first."""
     if conn.execute(sa.select(leads.c.lead_id).where(leads.c.lead_id == lead_id)).first() is None:
-        raise NotFound(f"no lead {lead_id!r}")
+        raise no_lead(conn, lead_id)
     q = sa.select(score_history).where(score_history.c.lead_id == lead_id)
     if sheet is not None:
         q = q.where(score_history.c.sheet == sheet)

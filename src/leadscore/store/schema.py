@@ -31,6 +31,7 @@ __all__ = [
     "counters",
     "deliveries",
     "events",
+    "lead_merges",
     "leads",
     "metadata",
     "model_versions",
@@ -79,6 +80,18 @@ aliases = Table(
     Column("anonymous_id", String(ID), primary_key=True),
     Column("lead_id", String(ID), nullable=False),
     Column("created_us", Micros, nullable=False),
+)
+
+# An email-keyed lead merged into the lead id that claimed its email: what was sent for the
+# old id (an event, an upsert) goes to the lead it became. One hop: merging a lead that others
+# were merged into points them on as well.
+lead_merges = Table(
+    "lead_merges",
+    metadata,
+    Column("lead_id", String(ID), primary_key=True),
+    Column("into_id", String(ID), nullable=False),
+    Column("merged_us", Micros, nullable=False),
+    Index("ix_lead_merges_into", "into_id"),
 )
 
 events = Table(
