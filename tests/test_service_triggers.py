@@ -138,7 +138,7 @@ def test_webhook_urls_are_shown_without_their_credentials(serve_ui: Serve) -> No
     try:
         port = receiver.port
         url = f"http://bot:pw@127.0.0.1:{port}/hooks/T0001/AbCdEf0123456789xyz?token=abc"
-        shown = f"http://bot:***@127.0.0.1:{port}/hooks/T0001/***?token=***"
+        shown = f"http://***@127.0.0.1:{port}/hooks/***?token=***"
         api = serve_ui(no_auth=True, deliver_interval=0.05)
         r = api.put("/api/v1/triggers", content=triggers_file(url), headers=YAML)
         assert r.status_code == 200, r.text
@@ -156,5 +156,10 @@ def test_webhook_urls_are_shown_without_their_credentials(serve_ui: Serve) -> No
         assert shown.replace("&", "&amp;") in page
         test = api.post("/api/v1/triggers/hot-to-sales/test").json()
         assert test["items"][0]["url"] == shown
+        (firing,) = api.get("/api/v1/firings").json()["items"]
+        webhooks = [a for a in firing["detail"]["actions"] if a["action"] == "webhook"]
+        assert [w["url"] for w in webhooks] == [shown]
+        assert "AbCdEf0123456789xyz" not in api.get("/api/v1/firings").text
+        assert "AbCdEf0123456789xyz" not in api.get("/leads/L1").text
     finally:
         receiver.stop()

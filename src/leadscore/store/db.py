@@ -135,6 +135,9 @@ def open_database(
         engine = sa.create_engine(
             url,
             pool_pre_ping=not url.startswith("sqlite"),
+            # An error's text (logged, recorded with a trigger firing) never carries the
+            # statement's values: profiles, webhook URLs and secrets.
+            hide_parameters=True,
             # Non-ASCII text kept as is (not \u-escaped), so that filters and search on
             # SQLite see "München" as PostgreSQL does.
             json_serializer=lambda obj: json.dumps(obj, ensure_ascii=False),

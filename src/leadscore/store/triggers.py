@@ -53,7 +53,7 @@ from leadscore.store.trigger_config import (
     load_triggers,
     parse_triggers,
 )
-from leadscore.store.webhooks import encode_body, firing_payload
+from leadscore.store.webhooks import encode_body, firing_payload, shown_url
 
 if TYPE_CHECKING:
     from leadscore.store.keeper import Store
@@ -168,7 +168,8 @@ def firings(
     limit: int = 100,
     before_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Recorded firings, newest first (``before_id`` pages on)."""
+    """Recorded firings, newest first (``before_id`` pages on), webhook URLs masked (firings
+    recorded before URLs were masked when written kept them whole)."""
     q = sa.select(trigger_firings).order_by(trigger_firings.c.id.desc()).limit(limit)
     if lead_id is not None:
         q = q.where(trigger_firings.c.lead_id == lead_id)
@@ -176,7 +177,18 @@ def firings(
         q = q.where(trigger_firings.c.trigger_id == trigger_id)
     if before_id is not None:
         q = q.where(trigger_firings.c.id < before_id)
-    return [dict(r) for r in conn.execute(q).mappings()]
+    return [_masked(dict(r)) for r in conn.execute(q).mappings()]
+
+
+def _masked(firing: dict[str, Any]) -> dict[str, Any]:
+    detail = firing.get("detail")
+    if isinstance(detail, dict) and isinstance(detail.get("actions"), list):
+        actions = [
+            {**a, "url": shown_url(a["url"])} if isinstance(a, dict) and "url" in a else a
+            for a in detail["actions"]
+        ]
+        firing["detail"] = {**detail, "actions": actions}
+    return firing
 
 
 def next_counter(conn: Connection, name: str) -> int:
@@ -508,7 +520,12 @@ class TriggerEngine:
                 )
             )
         )
-        return {"action": "webhook", "url": spec.url, "format": spec.format, "outbox_id": outbox_id}
+        return {
+            "action": "webhook",
+            "url": shown_url(spec.url),
+            "format": spec.format,
+            "outbox_id": outbox_id,
+        }
 
     def _explain(
         self, conn: Connection, lead_id: str, score: sa.RowMapping

@@ -19,11 +19,10 @@ The JSON body (``format: json``) reads::
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from leadscore.engine.explain import explanation_text
 from leadscore.engine.lead import score_lead
@@ -48,19 +47,18 @@ Format = Literal["json", "slack"]
 FORMATS: tuple[Format, ...] = ("json", "slack")
 
 MASK = "***"
-# A path segment that is most likely a token: 16 or more letters, digits and underscores (the
-# last segment of a Slack incoming-webhook URL, a Discord webhook's token, ...).
-_TOKEN_SEGMENT = re.compile(r"[A-Za-z0-9_]{16,}")
 
 
 def shown_url(url: str) -> str:
-    """``url`` as it may be shown in the API, the web pages and the logs: with a password, every
-    query value and any token-like path segment replaced by ``***``. A webhook's URL is often
-    its credential (whoever has a Slack incoming-webhook URL can post to the channel), so, like
-    webhook secrets, it is only written, never read back whole.
+    """``url`` as it may be shown in the API, the web pages and the logs: the scheme, the host
+    and port and the path's first segment, the rest of the path, any user name and password
+    and every query value replaced by ``***``. A webhook's URL is often its credential
+    (whoever has a Slack incoming-webhook URL can post to the channel; Discord, Zapier and
+    Teams put a token in the path too, in any shape), so, like webhook secrets, it is only
+    written, never read back whole.
 
     >>> shown_url("https://bot:pw@hooks.slack.com/services/T0001/B0002/AbCdEf0123456789xyz?x=1")
-    'https://bot:***@hooks.slack.com/services/T0001/B0002/***?x=***'
+    'https://***@hooks.slack.com/services/***?x=***'
     """
     try:
         parts = urlsplit(url)
@@ -71,12 +69,21 @@ def shown_url(url: str) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    if parts.username is not None:
-        user = parts.username if parts.password is not None else MASK
-        netloc = f"{user}{':' + MASK if parts.password is not None else ''}@{netloc}"
-    path = "/".join(MASK if _TOKEN_SEGMENT.fullmatch(seg) else seg for seg in parts.path.split("/"))
-    query = urlencode([(k, MASK) for k, _ in parse_qsl(parts.query, keep_blank_values=True)])
-    return urlunsplit((parts.scheme, netloc, path, query.replace("%2A", "*"), ""))
+    if parts.username is not None or parts.password is not None:
+        netloc = f"{MASK}@{netloc}"
+    segments = parts.path.split("/")[1:] if parts.path.startswith("/") else []
+    if len(segments) > 1:
+        path = f"/{segments[0]}/{MASK}"
+    elif segments and segments[0]:
+        path = f"/{MASK}"
+    else:
+        path = parts.path if parts.path in ("", "/") else f"/{MASK}"
+    # each query value masked; a parameter without a value may be the token itself
+    query = "&".join(
+        f"{key}={MASK}" if sep else MASK
+        for key, sep, _ in (p.partition("=") for p in parts.query.split("&") if p)
+    )
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 TOP_REASONS = 5
