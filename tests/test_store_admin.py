@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from leadscore.errors import Conflict, ModelError, NotFound, UsageError
 from leadscore.store import EventInput, LeadInput, OutcomeInput, Store
 from leadscore.store.keys import create_key, list_keys, revoke_key, verify_key
-from leadscore.store.leads import upsert_leads
+from leadscore.store.leads import IDENTITY_LOCK_SLOTS, lock_identities, upsert_leads
 from leadscore.store.lifecycle import add_outcomes, record_disposition, set_stage
 from leadscore.store.queries import lead_view, score_history_of
 from leadscore.store.schema import (
@@ -483,6 +483,23 @@ def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
     assert (ids, owners) == (["M1"], ["M1"])
     if how == "upsert by id":
         assert view(store, "M1")["profile"]["title"] == "VP"
+
+
+def test_a_batch_of_many_emails_holds_a_bounded_number_of_identity_locks(store: Store) -> None:
+    """A bulk import's chunk of 20,000 new emails: PostgreSQL's shared lock table (6,400 locks
+    by default, for every session at once) is not filled by one transaction."""
+    if store.db.is_sqlite:
+        pytest.skip("SQLite serialises writers without identity locks")
+    emails = [f"person{i}@example.com" for i in range(20_000)]
+    with store.db.write() as conn:
+        lock_identities(conn, emails, ["a1", "a2"])
+        held = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert 0 < held <= IDENTITY_LOCK_SLOTS
 
 
 def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:

@@ -427,6 +427,15 @@ def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: in
     return created
 
 
+# lock_identities' keys map to this many advisory locks (in a namespace of their own): a
+# transaction then holds at most that many, however many emails a bulk import's chunk has
+# (PostgreSQL's lock table holds max_locks_per_transaction x max_connections, 6,400 by
+# default, for every session at once); two writers of different emails share a lock one
+# time in 1,024 and then wait for each other a moment.
+IDENTITY_LOCK_SLOTS = 1024
+IDENTITY_LOCK_SPACE = 0x4C53  # "LS"
+
+
 def lock_identities(
     conn: Connection, emails: Iterable[str] = (), anonymous_ids: Iterable[str] = ()
 ) -> None:
@@ -435,18 +444,19 @@ def lock_identities(
     links it must not miss each other, or the event would stay without its lead; an event by
     email and the upsert that merges that email's lead into a lead id likewise, or the event
     would land on the lead being merged away. Taken before any lead row lock, all at once in
-    one global order (of the keys' hashes), so that lockers cannot deadlock; a transaction may
-    take a lock it holds again."""
+    one global order (of the lock slots the keys hash to), so that lockers cannot deadlock; a
+    transaction may take a lock it holds again."""
     if conn.dialect.name == "sqlite":
         return
     keys = sorted({f"email:{e}" for e in emails} | {f"anon:{a}" for a in anonymous_ids})
     if keys:
         conn.execute(
             sa.text(
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) "
-                "AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"
+                "SELECT pg_advisory_xact_lock(:space, slot) FROM (SELECT DISTINCT "
+                "CAST(((hashtextextended(k, 0) % :slots) + :slots) % :slots AS integer) AS slot "
+                "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY slot) AS ordered"
             ),
-            {"keys": keys},
+            {"keys": keys, "slots": IDENTITY_LOCK_SLOTS, "space": IDENTITY_LOCK_SPACE},
         )
 
 
