@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadscore import parse_model, score_lead, score_leads
+from leadscore.engine.batch import plan_for
 from leadscore.engine.lead import Event, _column, _text_filtered
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros
 from leadscore.scoring import iter_lead_events, prepare, score_run
@@ -381,3 +382,30 @@ def test_text_filters_cover_the_common_where_conditions() -> None:
     assert tf({"field": "form", "eq": " "}).options == frozenset()  # matches nothing
     assert tf({"field": "n", "in": ["a", "5"]}) is None  # a number compares as a number
     assert tf({"field": "url", "not_contains": "x"}) is None
+
+
+def test_a_models_plan_is_compiled_once_for_its_content() -> None:
+    """The service scores the same few models again and again: the same content (from any
+    file or request) gets the same compiled plan, a changed model a new one."""
+    text = """
+version: 1
+name: cached
+profile: [{id: ceo, if: {field: title, matches: '\\bceo\\b'}, points: 10}]
+bands: {cold: -.inf, hot: 10}
+"""
+    first, again = parse_model(text, source="a.yaml"), parse_model(text, source="b.yaml")
+    changed = parse_model(text.replace("points: 10", "points: 11"))
+    assert plan_for(first) is plan_for(again)
+    assert plan_for(changed) is not plan_for(first)
+    # the plan's SQL, with its Python function for `matches`, on a connection of its own
+    leads = pa.table({"lead_id": ["a", "b"], "title": ["CEO", "Chief"]})
+    events = pa.table(
+        {
+            "lead_id": pa.array([], pa.string()),
+            "type": pa.array([], pa.string()),
+            "ts": pa.array([], pa.timestamp("us", "UTC")),
+        }
+    )
+    for _ in range(2):
+        run = score_run(first, prepare(leads, events), AS_OF).table
+        assert run.column("score").to_pylist() == [10.0, 0.0]

@@ -17,7 +17,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore.engine.batch import BatchPlan, compile_model
+from leadscore.engine.batch import BatchPlan, plan_for
 from leadscore.engine.lead import Event, score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros, parse_instant
@@ -138,7 +138,7 @@ def score_run(
     if not model_list:
         raise UsageError("no model to score with")
     t_us = _as_of_micros(as_of)
-    plans = [compile_model(m) for m in model_list]
+    plans = [plan_for(m) for m in model_list]
     con = ibis.duckdb.connect()
     try:
         register_inputs(con, prepared, plans)
@@ -265,7 +265,7 @@ def _score_ibis(
         )
     tables = []
     for model in models:
-        plan = compile_model(model)
+        plan = plan_for(model)
         result = plan.bind(leads, events).to_pyarrow(params={plan.as_of: t_us})
         tables.append(result.sort_by("lead_id"))
     return _sheets(models, tables)

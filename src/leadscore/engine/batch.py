@@ -56,7 +56,7 @@ from leadscore.spec.model import (
     Rule,
 )
 
-__all__ = ["BatchPlan", "compile_model", "output_columns"]
+__all__ = ["BatchPlan", "compile_model", "output_columns", "plan_for"]
 
 MICROS_PER_DAY_F = 86_400_000_000.0
 RESERVED_EVENT_COLUMNS = ("lead_id", "type", "ts_us", "item")
@@ -89,13 +89,19 @@ class BatchPlan:
         (only ``columns``, when given: a backtest needs ``lead_id`` and ``mql``).
 
         On DuckDB the SQL rendered once per plan runs directly (Ibis would compile the
-        expression again on every call, which costs more than scoring a million events).
+        expression again on every call, which costs more than scoring a million events), after
+        registering the plan's Python functions (``matches``) on the connection as Ibis does.
         """
         raw = getattr(con, "con", None)
         schema = self._arrow_schema
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        if getattr(con, "name", "") == "duckdb" and raw is not None and not self.uses_udfs:
+        register = getattr(con, "_register_udfs", None)  # Ibis 12's (pinned), for `matches`
+        on_duckdb = getattr(con, "name", "") == "duckdb"
+        if raw is not None and on_duckdb and (not self.uses_udfs or register is not None):
+            if self.uses_udfs:
+                assert register is not None
+                register(self.expr)  # the Python functions the rendered SQL calls by name
             sql = self._duckdb_sql.replace(str(_AS_OF_SENTINEL), str(int(as_of_us)))
             if columns is not None:
                 picked = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
@@ -165,6 +171,25 @@ class BatchPlan:
         root = self.expr.op()
         fixed = root.replace({self.as_of.op(): ibis.literal(when, "int64").op()}).to_expr()
         return str(ibis.to_sql(fixed, dialect=dialect))
+
+
+# Compiling a model and rendering its SQL costs far more than scoring a store's leads (about
+# 0.7 s for the default model): the service's reports, previews and rescoring, which score the
+# same few models again and again, compile each once per process.
+_PLANS: dict[str, BatchPlan] = {}
+_PLANS_KEPT = 64
+
+
+def plan_for(model: Model) -> BatchPlan:
+    """:func:`compile_model` for the default table names, once per process for a model's
+    content (the plan, and the SQL it renders, are kept: at most 64 models)."""
+    key = model.spec.model_dump_json()
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.clear()
+        plan = _PLANS[key] = compile_model(model)
+    return plan
 
 
 def compile_model(

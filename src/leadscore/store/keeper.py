@@ -24,7 +24,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from leadscore.engine.batch import BatchPlan, compile_model
+from leadscore.engine.batch import plan_for
 from leadscore.engine.lead import score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros
@@ -400,26 +400,12 @@ class Store:
         return report
 
 
-# Compiling a model for the batch evaluator costs far more than scoring a store's leads:
-# compile each model once per process (keyed by its text), not on every run.
-_PLANS: dict[str, BatchPlan] = {}
-
-
-def _plan(sheet: Sheet) -> BatchPlan:
-    plan = _PLANS.get(sheet.version.yaml)
-    if plan is None:
-        if len(_PLANS) >= 64:
-            _PLANS.clear()
-        plan = _PLANS[sheet.version.yaml] = compile_model(sheet.model)
-    return plan
-
-
 def _batch_rows(
     sheets: Sequence[Sheet], prepared: PreparedInputs, t_us: int
 ) -> list[dict[str, Any]]:
     """The batch evaluator's row of every lead, columns named as by
     :func:`leadscore.scoring.score_run` (prefixed with the sheet's name when there are several)."""
-    plans = [_plan(s) for s in sheets]
+    plans = [plan_for(s.model) for s in sheets]
     con = ibis.duckdb.connect()
     try:
         register_inputs(con, prepared, plans)

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore.engine.batch import compile_model
+from leadscore.engine.batch import plan_for
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, register_inputs
@@ -171,7 +171,7 @@ def run_backtest(
     known_until = (
         int(pc.max(outcomes.column("ts").cast(pa.int64())).as_py()) if outcomes.num_rows else None
     )
-    plans = [compile_model(m) for m in models]
+    plans = [plan_for(m) for m in models]
     con = ibis.duckdb.connect()
     firsts = [np.full(n, -1, dtype=np.int64) for _ in plans]
     steps = len(plans) * len(cuts)
