@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: demo test check lint typecheck unit bench clean
+.PHONY: demo test check lint typecheck unit bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "Error: $(PY) not found (set PY=...)"; exit 1; }
@@ -31,6 +31,10 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 check: test
+
+# The README's screenshots, from the browser tests (Chromium at /usr/bin/chromium).
+screenshots: $(STAMP)
+	LEADSCORE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_ui_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/batch.py --quick
