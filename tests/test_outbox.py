@@ -342,7 +342,9 @@ def test_send_test_to_a_receiver_that_is_down() -> None:
         ("https://hooks.example.com", "https://hooks.example.com"),
         ("https://hooks.example.com/", "https://hooks.example.com/"),
         ("https://hooks.example.com/leads", "https://hooks.example.com/***"),
-        ("http://127.0.0.1:8080/hook/", "http://127.0.0.1:8080/hook/***"),
+        ("http://127.0.0.1:8080/hook/", "http://127.0.0.1:8080/***"),
+        ("https://webhook.site/0b6e1f2a-5a6b/", "https://webhook.site/***"),
+        ("https://h.example//", "https://h.example//"),
         (
             "https://hooks.slack.com/services/T0001/B0002/AbCdEf0123456789xyzQ",
             "https://hooks.slack.com/services/***",

@@ -409,3 +409,7 @@ bands: {cold: -.inf, hot: 10}
     for _ in range(2):
         run = score_run(first, prepare(leads, events), AS_OF).table
         assert run.column("score").to_pylist() == [10.0, 0.0]
+    # infinities are content too: no MQL, everyone an MQL, nobody an MQL
+    for mql, every in (("", False), ("mql: -.inf", True), ("mql: .inf", False)):
+        run = score_run(parse_model(text + mql), prepare(leads, events), AS_OF).table
+        assert run.column("mql").to_pylist() == [every, every], mql

@@ -69,8 +69,8 @@ class Page:
         self.context = browser.new_context(
             viewport={"width": width, "height": height}, bypass_csp=not csp
         )
-        # a slow CI machine: Playwright's 30 s default is for fast ones
-        self.context.set_default_timeout(API_TIMEOUT * 1000)
+        # a slow CI machine (about 2.5x this one): twice Playwright's 30 s default
+        self.context.set_default_timeout(60_000)
         self.page = self.context.new_page()
         self.base = base
         self.errors: list[str] = []

@@ -20,6 +20,8 @@ the order among them cannot change a sum.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -183,7 +185,9 @@ _PLANS_KEPT = 64
 def plan_for(model: Model) -> BatchPlan:
     """:func:`compile_model` for the default table names, once per process for a model's
     content (the plan, and the SQL it renders, are kept: at most 64 models)."""
-    key = model.spec.model_dump_json()
+    # Not model_dump_json(): it writes inf, -inf and None alike (null), and `mql: -.inf` is
+    # not `mql: .inf`.
+    key = json.dumps(model.spec.model_dump(), sort_keys=True, allow_nan=True, default=repr)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _PLANS_KEPT:
@@ -263,7 +267,9 @@ def _regex_udf(pattern: str) -> Any:
             s = value.strip(WHITESPACE)
             return s != "" and compiled.search(s) is not None
 
-        name = f"leadscore_re_{len(_REGEX_UDFS)}"
+        # named by the pattern: plans render SQL that calls it by name, and two threads
+        # compiling different patterns at once must not get the same name
+        name = "leadscore_re_" + hashlib.sha256(pattern.encode()).hexdigest()[:16]
         _REGEX_UDFS[pattern] = ibis.udf.scalar.python(search, name=name, signature=((str,), bool))
     return _REGEX_UDFS[pattern]
 

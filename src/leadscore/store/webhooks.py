@@ -51,11 +51,12 @@ MASK = "***"
 
 def shown_url(url: str) -> str:
     """``url`` as it may be shown in the API, the web pages and the logs: the scheme, the host
-    and port and the path's first segment, the rest of the path, any user name and password
-    and every query value replaced by ``***``. A webhook's URL is often its credential
-    (whoever has a Slack incoming-webhook URL can post to the channel; Discord, Zapier and
-    Teams put a token in the path too, in any shape), so, like webhook secrets, it is only
-    written, never read back whole.
+    and port and the path's first segment (when more of the path follows it), the rest of the
+    path, any user name and password and every query value replaced by ``***``. A webhook's
+    URL is often its credential (whoever has a Slack incoming-webhook URL can post to the
+    channel; Discord, Zapier and Teams put a token in the path too, in any shape), so, like
+    webhook secrets, it is only written, never read back whole. (A token in the host name, as
+    some services give out, is shown.)
 
     >>> shown_url("https://bot:pw@hooks.slack.com/services/T0001/B0002/AbCdEf0123456789xyz?x=1")
     'https://***@hooks.slack.com/services/***?x=***'
@@ -72,12 +73,12 @@ def shown_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         netloc = f"{MASK}@{netloc}"
     segments = parts.path.split("/")[1:] if parts.path.startswith("/") else []
-    if len(segments) > 1:
-        path = f"/{segments[0]}/{MASK}"
-    elif segments and segments[0]:
-        path = f"/{MASK}"
+    if len(segments) > 1 and any(segments[1:]):
+        path = f"/{segments[0]}/{MASK}"  # /services/***: what kind of hook, not which one
+    elif any(segments):
+        path = f"/{MASK}"  # a lone segment may be the token itself
     else:
-        path = parts.path if parts.path in ("", "/") else f"/{MASK}"
+        path = parts.path
     # each query value masked; a parameter without a value may be the token itself
     query = "&".join(
         f"{key}={MASK}" if sep else MASK
