@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from leadscore.errors import LeadscoreError
 from leadscore.store import EventInput, ItemOutcome, Store
 
 __all__ = ["IngestWriter"]
@@ -77,8 +78,11 @@ class IngestWriter:
         merged = [item for job in jobs for item in job.items]
         try:
             outcomes = self.store.ingest_events(merged)
-        except Exception:
+        except Exception as e:
             if len(jobs) == 1:
+                if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
+                    jobs[0].done.set_exception(e)
+                    return
                 log.exception("ingest failed")
                 jobs[0].done.set_exception(RuntimeError("the events could not be stored"))
                 return

@@ -16,6 +16,7 @@ became.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.errors import NotFound
+from leadscore.errors import Conflict, NotFound
 from leadscore.spec.conditions import to_text
 from leadscore.store.schema import (
     aliases,
@@ -106,6 +107,11 @@ class ItemOutcome:
     merged: str | None = None  # the email-keyed lead that this item's email merged into it
 
 
+# How often a request that met concurrent merges of the leads it names starts again (each time
+# needs a new merge to commit within milliseconds: in practice once at most).
+RESOLVE_ATTEMPTS = 3
+
+
 def email_key(value: str | None) -> str | None:
     """An email as leads are found by it: trimmed and lower-cased (None when blank)."""
     if value is None:
@@ -150,10 +156,11 @@ def no_lead(conn: Connection, lead_id: str) -> NotFound:
     return NotFound(f"no lead {lead_id!r}: it was merged into {into!r}")
 
 
-def lock_leads(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
+def lock_leads(conn: Connection, lead_ids: Iterable[str], *, share: bool = False) -> set[str]:
     """The ids among ``lead_ids`` whose leads exist, their rows locked until the transaction
     ends (PostgreSQL; SQLite writers are serialised anyway), in lead id order like every other
-    locker. A row deleted by a merge that committed while this waited is not among them."""
+    locker. A row deleted by a merge that committed while this waited is not among them.
+    ``share``: only against a merge deleting the row (others may update it meanwhile)."""
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
@@ -163,7 +170,7 @@ def lock_leads(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
             .order_by(leads.c.lead_id)
         )
         if conn.dialect.name != "sqlite":
-            q = q.with_for_update()
+            q = q.with_for_update(key_share=share)
         found.update(str(i) for (i,) in conn.execute(q))
     return found
 
@@ -205,54 +212,34 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         resolved.append((index, lead_id, item))
         outcomes.append(ItemOutcome(index, "updated", lead_id))
     resolved = _follow(merged_into(conn, (lid for _, lid, _ in resolved)), resolved, outcomes)
-    # Create the missing leads first, as placeholders, in lead-id order: two requests creating
-    # the same lead at once then meet on its row (the second waits for the first) instead of
-    # one failing on the primary key, and concurrent batches lock in the same order.
-    ids = sorted({lid for _, lid, _ in resolved})
-    created: set[str] = set()
-    for start in range(0, len(ids), 500):
-        placeholders: list[dict[str, Any]] = [
-            {
-                "lead_id": lid,
-                "email": None,
-                "profile": {},
-                "stage": "lead",
-                "stage_us": now_us,
-                "owner": None,
-                "created_us": now_us,
-                "updated_us": now_us,
-            }
-            for lid in ids[start : start + 500]
-        ]
-        inserted = conn.execute(
-            _insert(conn, leads)
-            .values(placeholders)
-            .on_conflict_do_nothing(index_elements=[leads.c.lead_id])
-            .returning(leads.c.lead_id)
-        )
-        created.update(str(lid) for (lid,) in inserted)
-    # Email-keyed leads that a lead id now claims (an email finds one lead: the first claim).
-    claims: dict[str, str] = {}
-    for _, lead_id, item in resolved:
-        email = email_key(item.email)
-        if item.lead_id and email and email != lead_id:
-            claims.setdefault(email, lead_id)
-    taken = set(ids)
-    stubs = _email_keyed(conn, [e for e in claims if e not in taken])
-    # Locked: a merge must read the profile that the previous merge wrote, not the one before.
-    existing = _existing(conn, [*ids, *stubs], lock=True)
-    if conn.dialect.name != "sqlite":
-        # A lead id named in this batch that a concurrent merge took away after it was looked
-        # up: its row is gone now (or this batch re-created it as a placeholder). Follow it.
+    for attempt in range(RESOLVE_ATTEMPTS):
+        savepoint = conn.begin_nested() if conn.dialect.name != "sqlite" else None
+        ids = sorted({lid for _, lid, _ in resolved})
+        created = _placeholders(conn, ids, now_us)
+        # Email-keyed leads that a lead id now claims (an email finds one lead: the first claim).
+        claims: dict[str, str] = {}
+        for _, lead_id, item in resolved:
+            email = email_key(item.email)
+            if item.lead_id and email and email != lead_id:
+                claims.setdefault(email, lead_id)
+        taken = set(ids)
+        stubs = _email_keyed(conn, [e for e in claims if e not in taken])
+        # Locked: a merge must read the profile that the previous merge wrote, not the one
+        # before; all in one pass in lead id order, as every locker does.
+        existing = _existing(conn, [*ids, *stubs], lock=True)
+        if savepoint is None:
+            break
+        # PostgreSQL: a lead id that a concurrent merge took away after it was looked up (its
+        # row is gone now, or this batch re-created it as a placeholder). Start again from the
+        # savepoint with the lead it became: locking that one now, out of order, could deadlock.
         late = merged_into(conn, [lid for lid in ids if lid not in existing or lid in created])
-        if late:
-            recreated = [lid for lid in late if lid in created]
-            conn.execute(leads.delete().where(leads.c.lead_id.in_(recreated)))
-            created.difference_update(late)
-            resolved = _follow(late, resolved, outcomes)
-            ids = sorted({lid for _, lid, _ in resolved})
-            claims = {e: late.get(target, target) for e, target in claims.items()}
-            existing.update(_existing(conn, late.values(), lock=True))
+        if not late:
+            savepoint.commit()
+            break
+        savepoint.rollback()
+        if attempt == RESOLVE_ATTEMPTS - 1:
+            raise Conflict("leads were merged while this request ran; send it again")
+        resolved = _follow(late, resolved, outcomes)
     merged_targets: set[str] = set()
     for stub in sorted(stubs):
         if stub in existing:
@@ -315,6 +302,38 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                 )
         conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
     return outcomes
+
+
+def _placeholders(conn: Connection, ids: Sequence[str], now_us: int) -> set[str]:
+    """Create the missing leads among ``ids`` (sorted) as placeholders; the ids created.
+
+    Missing leads are created before anything is read or locked, in lead id order: two
+    requests creating the same lead at once then meet on its row (the second waits for the
+    first) instead of one failing on the primary key, and concurrent batches lock in the same
+    order."""
+    created: set[str] = set()
+    for start in range(0, len(ids), 500):
+        placeholders: list[dict[str, Any]] = [
+            {
+                "lead_id": lid,
+                "email": None,
+                "profile": {},
+                "stage": "lead",
+                "stage_us": now_us,
+                "owner": None,
+                "created_us": now_us,
+                "updated_us": now_us,
+            }
+            for lid in ids[start : start + 500]
+        ]
+        inserted = conn.execute(
+            _insert(conn, leads)
+            .values(placeholders)
+            .on_conflict_do_nothing(index_elements=[leads.c.lead_id])
+            .returning(leads.c.lead_id)
+        )
+        created.update(str(lid) for (lid,) in inserted)
+    return created
 
 
 def _follow(
@@ -430,33 +449,59 @@ def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: in
 # lock_identities' keys map to this many advisory locks (in a namespace of their own): a
 # transaction then holds at most that many, however many emails a bulk import's chunk has
 # (PostgreSQL's lock table holds max_locks_per_transaction x max_connections, 6,400 by
-# default, for every session at once); two writers of different emails share a lock one
-# time in 1,024 and then wait for each other a moment.
+# default, for every session at once).
 IDENTITY_LOCK_SLOTS = 1024
 IDENTITY_LOCK_SPACE = 0x4C53  # "LS"
 
 
+def _slot(key: str) -> int:
+    """The advisory lock of an identity key: the same in every process."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % IDENTITY_LOCK_SLOTS
+
+
 def lock_identities(
-    conn: Connection, emails: Iterable[str] = (), anonymous_ids: Iterable[str] = ()
+    conn: Connection,
+    emails: Iterable[str] = (),
+    anonymous_ids: Iterable[str] = (),
+    *,
+    shared_emails: Iterable[str] = (),
+    shared_anonymous_ids: Iterable[str] = (),
 ) -> None:
     """Serialise the writers that resolve these emails or anonymous ids (PostgreSQL; SQLite
     writers are serialised anyway). An event stored for an anonymous id and the identify that
     links it must not miss each other, or the event would stay without its lead; an event by
     email and the upsert that merges that email's lead into a lead id likewise, or the event
-    would land on the lead being merged away. Taken before any lead row lock, all at once in
-    one global order (of the lock slots the keys hash to), so that lockers cannot deadlock; a
-    transaction may take a lock it holds again."""
+    would land on the lead being merged away.
+
+    ``emails`` and ``anonymous_ids`` are locked exclusively: a writer that may merge or link
+    them. ``shared_*`` are locked in share mode: a writer that only resolves them (ingest), so
+    that two of those never wait for each other, however many emails they carry. Taken before
+    any lead row lock, all at once in one global order (of the slots the keys hash to), so
+    that lockers cannot deadlock; a transaction may take a lock it holds again (but not turn a
+    shared one exclusive: a writer says up front which ids it may link).
+    """
     if conn.dialect.name == "sqlite":
         return
-    keys = sorted({f"email:{e}" for e in emails} | {f"anon:{a}" for a in anonymous_ids})
-    if keys:
+    exclusive: dict[int, bool] = {}
+    for e in shared_emails:
+        exclusive.setdefault(_slot(f"email:{e}"), False)
+    for a in shared_anonymous_ids:
+        exclusive.setdefault(_slot(f"anon:{a}"), False)
+    for e in emails:
+        exclusive[_slot(f"email:{e}")] = True
+    for a in anonymous_ids:
+        exclusive[_slot(f"anon:{a}")] = True
+    if exclusive:
+        slots = sorted(exclusive)
         conn.execute(
             sa.text(
-                "SELECT pg_advisory_xact_lock(:space, slot) FROM (SELECT DISTINCT "
-                "CAST(((hashtextextended(k, 0) % :slots) + :slots) % :slots AS integer) AS slot "
-                "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY slot) AS ordered"
+                "SELECT CASE WHEN x THEN pg_advisory_xact_lock(:space, s) "
+                "ELSE pg_advisory_xact_lock_shared(:space, s) END "
+                "FROM (SELECT s, x FROM unnest(CAST(:slots AS integer[]), "
+                "CAST(:modes AS boolean[])) AS t(s, x) ORDER BY s) AS ordered"
             ),
-            {"keys": keys, "slots": IDENTITY_LOCK_SLOTS, "space": IDENTITY_LOCK_SPACE},
+            {"space": IDENTITY_LOCK_SPACE, "slots": slots, "modes": [exclusive[s] for s in slots]},
         )
 
 
@@ -498,7 +543,14 @@ def insert_events(
         q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
         seen.update(str(m) for (m,) in conn.execute(q))
     emails = [e for i in items if (e := email_key(i.email))]
-    lock_identities(conn, emails, (i.anonymous_id for i in items if i.anonymous_id))
+    # Exclusive for the anonymous ids this may link to a lead (an event with both ids).
+    linking = {i.anonymous_id for i in items if i.anonymous_id and i.lead_id}
+    lock_identities(
+        conn,
+        anonymous_ids=linking,
+        shared_emails=emails,
+        shared_anonymous_ids={i.anonymous_id for i in items if i.anonymous_id} - linking,
+    )
     by_email = _find_by_email(conn, emails)
     anon = list({i.anonymous_id for i in items if i.anonymous_id and not i.lead_id})
     linked: dict[str, str] = {}
@@ -547,18 +599,25 @@ def insert_events(
         outcomes.append(ItemOutcome(index, "accepted" if lead_id else "anonymous", lead_id))
     # Sent for a lead that was merged away: goes to the lead it became.
     wanted = _redirect(merged_into(conn, wanted), wanted, rows, outcomes, links)
-    created = _ensure_leads(conn, wanted, now_us)
-    if conn.dialect.name != "sqlite" and wanted:
-        # A merge that committed after the ids were resolved took some leads away (their rows
-        # are gone, or were re-created just now): follow it. Locking the rows also makes a
-        # merge that starts now wait for these events, which it then moves along.
+    for attempt in range(RESOLVE_ATTEMPTS):
+        if conn.dialect.name == "sqlite" or not wanted:
+            _ensure_leads(conn, wanted, now_us)
+            break
+        # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
+        # that starts now waits for these events and then moves them along. A merge that
+        # committed after the ids were resolved took some away (their rows are gone, or were
+        # re-created just now): start again from the savepoint with the leads they became.
+        savepoint = conn.begin_nested()
+        created = _ensure_leads(conn, wanted, now_us)
         present = lock_leads(conn, wanted)
         late = merged_into(conn, [lid for lid in wanted if lid not in present or lid in created])
-        if late:
-            recreated = [lid for lid in late if lid in created]
-            conn.execute(leads.delete().where(leads.c.lead_id.in_(recreated)))
-            lock_leads(conn, late.values())
-            wanted = _redirect(late, wanted, rows, outcomes, links)
+        if not late:
+            savepoint.commit()
+            break
+        savepoint.rollback()
+        if attempt == RESOLVE_ATTEMPTS - 1:
+            raise Conflict("leads were merged while this request ran; send it again")
+        wanted = _redirect(late, wanted, rows, outcomes, links)
     if rows:
         # A retry racing its original (the same message id in two requests at once): the
         # second insert waits for the first and skips the row instead of failing the request.

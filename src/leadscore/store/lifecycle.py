@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import UsageError
-from leadscore.store.leads import STAGES, merged_into, no_lead
+from leadscore.store.leads import STAGES, lock_leads, merged_into, no_lead
 from leadscore.store.schema import leads, outcomes, stage_changes
 
 __all__ = [
@@ -56,7 +56,12 @@ def set_stage(
 ) -> bool:
     """Move a lead to ``stage``; False (and nothing recorded) when it is already there."""
     stage = check_stage(stage)
-    row = conn.execute(sa.select(leads.c.stage).where(leads.c.lead_id == lead_id)).first()
+    q = sa.select(leads.c.stage).where(leads.c.lead_id == lead_id)
+    if conn.dialect.name != "sqlite":
+        # Locked: a merge of this lead that is under way finishes first (and the lead is then
+        # gone: the error names the lead it became), or waits and moves the change along.
+        q = q.with_for_update()
+    row = conn.execute(q).first()
     if row is None:
         raise no_lead(conn, lead_id)
     if row[0] == stage:
@@ -116,8 +121,12 @@ def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -
     """Store outcomes; a repeat of (lead, outcome, time) is ignored. Returns how many were new."""
     if not items:
         return 0
-    # An outcome recorded for an email-keyed lead since merged: the lead it became.
-    moved = merged_into(conn, (i.lead_id for i in items))
+    # An outcome recorded for an email-keyed lead since merged: the lead it became. (Outcomes
+    # may name leads not stored yet.) The leads that exist are locked against a merge under
+    # way, which then waits and moves the outcomes along; one that committed meanwhile took
+    # its lead away: followed.
+    present = lock_leads(conn, (i.lead_id for i in items), share=True)
+    moved = merged_into(conn, {i.lead_id for i in items} - present)
     if moved:
         items = [replace(i, lead_id=moved.get(i.lead_id, i.lead_id)) for i in items]
     keys = {(i.lead_id, i.outcome, i.ts_us) for i in items}
