@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 import leadscore.store.leads as store_leads
 from leadscore.errors import Conflict, ModelError, NotFound, UsageError
@@ -334,41 +335,6 @@ def test_an_email_keyed_lead_merges_into_an_existing_lead(store: Store, clock: C
     assert history(store, "L5")[0] == ("profile", 30.0, 70.0)
 
 
-def test_an_event_by_email_during_a_merge_goes_to_the_lead_it_merges_into(
-    store: Store, clock: Clock
-) -> None:
-    """While an upsert merges `m@x.com` into M1 (not yet committed), an event arrives by that
-    email: it waits for the merge and then goes to M1, not to the lead being merged away."""
-    publish(store, V1)
-    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
-    merged, release = threading.Event(), threading.Event()
-
-    def merge() -> None:
-        with store.db.write() as conn:
-            upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
-            merged.set()
-            assert release.wait(10)
-
-    got: list[Any] = []
-    merging = threading.Thread(target=merge)
-    merging.start()
-    try:
-        assert merged.wait(10)
-        event = EventInput("email_open", clock.now, email="M@x.com")
-        sending = threading.Thread(target=lambda: got.extend(store.ingest_events([event])))
-        sending.start()
-        sending.join(0.3)
-        assert sending.is_alive()  # it waits for the merge
-    finally:
-        release.set()
-        merging.join(10)
-    sending.join(10)
-    assert [(o.status, o.lead_id) for o in got] == [("accepted", "M1")]
-    with store.db.read() as conn:
-        rows = conn.execute(sa.select(events.c.lead_id, events.c.type).order_by(events.c.id))
-        assert [tuple(r) for r in rows] == [("M1", "demo_request"), ("M1", "email_open")]
-
-
 def test_a_new_lead_claiming_two_email_keyed_leads_takes_both(store: Store, clock: Clock) -> None:
     """One batch gives the new lead N1 two emails, each with an email-keyed lead (a demo, 40,
     and an open): both merge into N1 (each item names the one its email brought), the first
@@ -450,25 +416,48 @@ def test_a_full_rescore_racing_a_merge_scores_no_merged_lead(store: Store, clock
     assert score(store, "M1") == 40.0
 
 
-@pytest.mark.parametrize("how", ["upsert by id", "event by id", "event by alias"])
+@contextlib.contextmanager
+def held_open(store: Store, write: Callable[[Connection], object]) -> Iterator[None]:
+    """``write`` done in a transaction of another thread, not committed until the block ends."""
+    done, release = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with store.db.write() as conn:
+            write(conn)
+            done.set()
+            assert release.wait(20)
+
+    writing = threading.Thread(target=run)
+    writing.start()
+    try:
+        assert done.wait(20)
+        yield
+    finally:
+        release.set()
+        writing.join(20)
+
+
+def merge_under_way(store: Store, clock: Clock) -> contextlib.AbstractContextManager[None]:
+    """An upsert merging `m@x.com` into M1, not committed until the block ends."""
+    return held_open(
+        store, lambda conn: upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
+    )
+
+
+@pytest.mark.parametrize("how", ["event by email", "upsert by id", "event by id", "event by alias"])
 def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
     store: Store, clock: Clock, how: str
 ) -> None:
     """While an upsert merges `m@x.com` into M1 (not yet committed), a request names
-    `m@x.com` by id or through an anonymous id linked to it: it waits for the merge and then
-    goes to M1 (not to a lead that is gone, nor to a re-created `m@x.com`)."""
+    `m@x.com` by email, by id or through an anonymous id linked to it: it waits for the merge
+    and then goes to M1 (not to a lead that is gone, nor to a re-created `m@x.com`)."""
     publish(store, V1)
     store.identify(LeadInput(email="m@x.com"), anonymous_id="anon-m")
     store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
-    merged, release = threading.Event(), threading.Event()
-
-    def merge() -> None:
-        with store.db.write() as conn:
-            upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
-            merged.set()
-            assert release.wait(10)
 
     def send() -> list[Any]:
+        if how == "event by email":
+            return store.ingest_events([EventInput("email_open", clock.now, email="M@x.com")])
         if how == "upsert by id":
             return store.upsert_leads([LeadInput("m@x.com", fields={"title": "VP"})])
         if how == "event by id":
@@ -476,18 +465,12 @@ def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
         return store.ingest_events([EventInput("email_open", clock.now, anonymous_id="anon-m")])
 
     got: list[Any] = []
-    merging = threading.Thread(target=merge)
-    merging.start()
-    try:
-        assert merged.wait(10)
-        sending = threading.Thread(target=lambda: got.extend(send()))
+    sending = threading.Thread(target=lambda: got.extend(send()))
+    with merge_under_way(store, clock):
         sending.start()
         sending.join(0.3)
         assert sending.is_alive()  # it waits for the merge
-    finally:
-        release.set()
-        merging.join(10)
-    sending.join(10)
+    sending.join(20)
     assert [o.lead_id for o in got] == ["M1"]
     with store.db.read() as conn:
         ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
@@ -524,18 +507,7 @@ def test_ingest_by_email_waits_only_for_writers_that_may_merge(store: Store, clo
     chunk = [EventInput("email_open", clock.now, email=f"p{i}@x.com") for i in range(2000)]
     held = {_slot(f"email:{e.email}") for e in chunk}
     live_email = next(e for i in range(10_000) if _slot(f"email:{(e := f'live{i}@x.com')}") in held)
-    holding, release = threading.Event(), threading.Event()
-
-    def bulk() -> None:
-        with store.db.write() as conn:
-            insert_events(conn, chunk, clock.now)
-            holding.set()
-            assert release.wait(20)
-
-    importing = threading.Thread(target=bulk)
-    importing.start()
-    try:
-        assert holding.wait(20)
+    with held_open(store, lambda conn: insert_events(conn, chunk, clock.now)):
         event = EventInput("demo_request", clock.now, email=live_email)
         live = threading.Thread(target=lambda: store.ingest_events([event]))
         live.start()
@@ -546,32 +518,8 @@ def test_ingest_by_email_waits_only_for_writers_that_may_merge(store: Store, clo
         merging.start()
         merging.join(0.3)
         assert merging.is_alive()  # waits for the import
-    finally:
-        release.set()
-        importing.join(20)
     merging.join(20)
     assert score(store, "C1") == 40.0  # the live demo request, merged into C1
-
-
-@contextlib.contextmanager
-def merge_under_way(store: Store, clock: Clock) -> Iterator[None]:
-    """An upsert merging `m@x.com` into M1, not committed until the block ends."""
-    merged, release = threading.Event(), threading.Event()
-
-    def merge() -> None:
-        with store.db.write() as conn:
-            upsert_leads(conn, [LeadInput("M1", "m@x.com")], clock.now)
-            merged.set()
-            assert release.wait(20)
-
-    merging = threading.Thread(target=merge)
-    merging.start()
-    try:
-        assert merged.wait(10)
-        yield
-    finally:
-        release.set()
-        merging.join(20)
 
 
 def test_an_outcome_or_a_verdict_during_a_merge_follows_it(store: Store, clock: Clock) -> None:

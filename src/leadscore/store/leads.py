@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,16 +229,9 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         existing = _existing(conn, [*ids, *stubs], lock=True)
         if savepoint is None:
             break
-        # PostgreSQL: a lead id that a concurrent merge took away after it was looked up (its
-        # row is gone now, or this batch re-created it as a placeholder). Start again from the
-        # savepoint with the lead it became: locking that one now, out of order, could deadlock.
-        late = merged_into(conn, [lid for lid in ids if lid not in existing or lid in created])
+        late = _merged_meanwhile(conn, savepoint, ids, existing.keys(), created, attempt)
         if not late:
-            savepoint.commit()
             break
-        savepoint.rollback()
-        if attempt == RESOLVE_ATTEMPTS - 1:
-            raise Conflict("leads were merged while this request ran; send it again")
         resolved = _follow(late, resolved, outcomes)
     merged_targets: set[str] = set()
     for stub in sorted(stubs):
@@ -302,6 +295,29 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                 )
         conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
     return outcomes
+
+
+def _merged_meanwhile(
+    conn: Connection,
+    savepoint: sa.NestedTransaction,
+    ids: Iterable[str],
+    present: Collection[str],
+    created: Collection[str],
+    attempt: int,
+) -> dict[str, str]:
+    """PostgreSQL, once a request's leads are created and locked: those of ``ids`` that a
+    merge committed since they were looked up took away (their rows are gone, or were just
+    re-created), with the leads they became. None: the savepoint is released. Some: the
+    request rolls back to it, to start again with the leads they became (locking those now,
+    out of lead id order, could deadlock); a 409 after :data:`RESOLVE_ATTEMPTS` tries."""
+    late = merged_into(conn, [lid for lid in ids if lid not in present or lid in created])
+    if not late:
+        savepoint.commit()
+        return late
+    savepoint.rollback()
+    if attempt == RESOLVE_ATTEMPTS - 1:
+        raise Conflict("leads were merged while this request ran; send it again")
+    return late
 
 
 def _placeholders(conn: Connection, ids: Sequence[str], now_us: int) -> set[str]:
@@ -604,19 +620,13 @@ def insert_events(
             _ensure_leads(conn, wanted, now_us)
             break
         # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
-        # that starts now waits for these events and then moves them along. A merge that
-        # committed after the ids were resolved took some away (their rows are gone, or were
-        # re-created just now): start again from the savepoint with the leads they became.
+        # that starts now waits for these events and then moves them along.
         savepoint = conn.begin_nested()
         created = _ensure_leads(conn, wanted, now_us)
         present = lock_leads(conn, wanted)
-        late = merged_into(conn, [lid for lid in wanted if lid not in present or lid in created])
+        late = _merged_meanwhile(conn, savepoint, wanted, present, created, attempt)
         if not late:
-            savepoint.commit()
             break
-        savepoint.rollback()
-        if attempt == RESOLVE_ATTEMPTS - 1:
-            raise Conflict("leads were merged while this request ran; send it again")
         wanted = _redirect(late, wanted, rows, outcomes, links)
     if rows:
         # A retry racing its original (the same message id in two requests at once): the
