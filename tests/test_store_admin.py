@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 import leadscore.store.leads as store_leads
+import leadscore.store.lifecycle as lifecycle
 from leadscore.errors import Conflict, ModelError, NotFound, UsageError
 from leadscore.service.writer import IngestWriter
 from leadscore.store import EventInput, LeadInput, OutcomeInput, Store
@@ -416,6 +418,30 @@ def test_a_full_rescore_racing_a_merge_scores_no_merged_lead(store: Store, clock
     assert score(store, "M1") == 40.0
 
 
+def assert_waits(store: Store, *threads: threading.Thread) -> None:
+    """The threads are blocked: on PostgreSQL, as many of the test database's sessions wait
+    for a lock (soon); on SQLite, where writers queue for one lock, they still run after
+    0.3 s."""
+    if store.db.is_sqlite:
+        for thread in threads:
+            thread.join(0.3)
+            assert thread.is_alive()
+        return
+    deadline = time.monotonic() + 20
+    waiting = 0
+    while waiting < len(threads) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with store.db.read() as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+    assert waiting >= len(threads), f"{waiting} session(s) wait for a lock"
+    assert all(thread.is_alive() for thread in threads)
+
+
 @contextlib.contextmanager
 def held_open(store: Store, write: Callable[[Connection], object]) -> Iterator[None]:
     """``write`` done in a transaction of another thread, not committed until the block ends."""
@@ -468,8 +494,7 @@ def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
     sending = threading.Thread(target=lambda: got.extend(send()))
     with merge_under_way(store, clock):
         sending.start()
-        sending.join(0.3)
-        assert sending.is_alive()  # it waits for the merge
+        assert_waits(store, sending)  # for the merge
     sending.join(20)
     assert [o.lead_id for o in got] == ["M1"]
     with store.db.read() as conn:
@@ -516,8 +541,7 @@ def test_ingest_by_email_waits_only_for_writers_that_may_merge(store: Store, clo
         claim = [LeadInput("C1", live_email)]
         merging = threading.Thread(target=lambda: store.upsert_leads(claim))
         merging.start()
-        merging.join(0.3)
-        assert merging.is_alive()  # waits for the import
+        assert_waits(store, merging)  # for the import
     merging.join(20)
     assert score(store, "C1") == 40.0  # the live demo request, merged into C1
 
@@ -547,9 +571,7 @@ def test_an_outcome_or_a_verdict_during_a_merge_follows_it(store: Store, clock: 
     with merge_under_way(store, clock):
         for w in writers:
             w.start()
-        for w in writers:
-            w.join(0.3)
-            assert w.is_alive()  # waits for the merge
+        assert_waits(store, *writers)  # for the merge
     for w in writers:
         w.join(20)
     assert got == ["no lead 'm@x.com': it was merged into 'M1'"]
@@ -606,11 +628,11 @@ def test_a_merge_met_late_does_not_lock_out_of_order(
     sending = threading.Thread(target=send)
     with merge_under_way(store, clock):
         sending.start()
-        sending.join(0.3)
+        assert_waits(store, sending)  # for the merge
     assert met.wait(20)
     other = threading.Thread(target=rescore)
     other.start()
-    other.join(0.3)
+    assert_waits(store, other)  # for z1, which the sender holds
     go_on.set()
     sending.join(20)
     other.join(20)
@@ -649,6 +671,62 @@ def test_leads_merged_away_again_and_again_while_a_request_runs_is_a_conflict(
     with store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one() == 0
         assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 0
+
+
+def test_an_event_creating_a_lead_with_an_email_holds_up_events_by_that_email(
+    store: Store, clock: Clock
+) -> None:
+    """An event creates L1 with `e@x.com` (not committed yet): an event by that email alone
+    waits for it and then finds L1, instead of creating an email-keyed lead beside it."""
+    publish(store, V1)
+    first = [EventInput("email_open", clock.now, lead_id="L1", email="e@x.com")]
+    second = EventInput("demo_request", clock.now, email="e@x.com")
+    got: list[Any] = []
+    sending = threading.Thread(target=lambda: got.extend(store.ingest_events([second])))
+    with held_open(store, lambda conn: insert_events(conn, first, clock.now)):
+        sending.start()
+        assert_waits(store, sending)
+    sending.join(20)
+    assert [o.lead_id for o in got] == ["L1"]
+    with store.db.read() as conn:
+        assert conn.execute(sa.select(leads.c.lead_id)).scalars().all() == ["L1"]
+
+
+def test_an_outcome_for_a_lead_not_stored_yet_follows_its_merge(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome names `n@x.com`, no lead yet. While it is being stored, an event by that
+    email creates the lead and an upsert claims it for N1: the upsert waits for the outcome,
+    then its merge takes the outcome along."""
+    if store.db.is_sqlite:
+        pytest.skip("SQLite serialises every writer")
+    publish(store, V1)
+    real = lifecycle.merged_into
+    looked_up, go_on = threading.Event(), threading.Event()
+
+    def merged_into(conn: Any, lead_ids: Any) -> dict[str, str]:
+        found = real(conn, lead_ids)
+        looked_up.set()  # the outcome knows where it goes, and is not stored yet
+        assert go_on.wait(20)
+        return found
+
+    monkeypatch.setattr(lifecycle, "merged_into", merged_into)
+
+    def outcome() -> None:
+        with store.db.write() as conn:
+            add_outcomes(conn, [OutcomeInput("n@x.com", "won", clock.now)], "api")
+
+    storing = threading.Thread(target=outcome)
+    storing.start()
+    assert looked_up.wait(20)
+    store.ingest_events([EventInput("demo_request", clock.now, email="n@x.com")])
+    claiming = threading.Thread(target=lambda: store.upsert_leads([LeadInput("N1", "n@x.com")]))
+    claiming.start()
+    assert_waits(store, claiming)  # for the outcome
+    go_on.set()
+    storing.join(20)
+    claiming.join(20)
+    assert outcome_rows(store) == [("N1", "won", clock.now)]
 
 
 def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) -> None:

@@ -136,6 +136,13 @@ def _find_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, str]:
     return found
 
 
+def _in_byte_order(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+    """A lead id column ordered as Python sorts strings (by code point: the "C" collation of
+    UTF-8), whatever the database's collation: lockers sort ids in Python, split them into
+    chunks and lock each chunk in this order, which must be one global order."""
+    return sa.collate(column, "C")
+
+
 def merged_into(conn: Connection, lead_ids: Iterable[str]) -> dict[str, str]:
     """The leads among ``lead_ids`` that were merged away, each with the lead it became."""
     wanted = sorted(set(lead_ids))
@@ -164,13 +171,9 @@ def lock_leads(conn: Connection, lead_ids: Iterable[str], *, share: bool = False
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
-        q = (
-            sa.select(leads.c.lead_id)
-            .where(leads.c.lead_id.in_(wanted[start : start + 500]))
-            .order_by(leads.c.lead_id)
-        )
+        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(wanted[start : start + 500]))
         if conn.dialect.name != "sqlite":
-            q = q.with_for_update(key_share=share)
+            q = q.order_by(_in_byte_order(leads.c.lead_id)).with_for_update(key_share=share)
         found.update(str(i) for (i,) in conn.execute(q))
     return found
 
@@ -185,7 +188,7 @@ def _existing(
     for start in range(0, len(wanted), 500):
         q = sa.select(leads).where(leads.c.lead_id.in_(wanted[start : start + 500]))
         if lock and conn.dialect.name != "sqlite":
-            q = q.order_by(leads.c.lead_id).with_for_update()
+            q = q.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
         found.update({r["lead_id"]: r for r in conn.execute(q).mappings()})
     return found
 
@@ -213,7 +216,7 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         outcomes.append(ItemOutcome(index, "updated", lead_id))
     resolved = _follow(merged_into(conn, (lid for _, lid, _ in resolved)), resolved, outcomes)
     for attempt in range(RESOLVE_ATTEMPTS):
-        savepoint = conn.begin_nested() if conn.dialect.name != "sqlite" else None
+        savepoint = conn.begin_nested() if conn.dialect.name != "sqlite" and resolved else None
         ids = sorted({lid for _, lid, _ in resolved})
         created = _placeholders(conn, ids, now_us)
         # Email-keyed leads that a lead id now claims (an email finds one lead: the first claim).
@@ -426,13 +429,20 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+def _known(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
+    """The ids among ``lead_ids`` whose leads exist (a lead is never deleted but by a merge)."""
+    wanted = sorted(set(lead_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(wanted[start : start + 500]))
+        found.update(str(i) for (i,) in conn.execute(q))
+    return found
+
+
 def _ensure_leads(conn: Connection, wanted: Mapping[str, str | None], now_us: int) -> set[str]:
     """Create the leads among ``wanted`` (lead id -> email) that do not exist yet; their ids."""
     ids = sorted(wanted)
-    existing: set[str] = set()
-    for start in range(0, len(ids), 500):  # ids only: the profiles are read later, once
-        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(ids[start : start + 500]))
-        existing.update(str(i) for (i,) in conn.execute(q))
+    existing = _known(conn, ids)  # ids only: the profiles are read later, once
     missing = [lid for lid in ids if lid not in existing]
     created: set[str] = set()
     for start in range(0, len(missing), 500):
@@ -559,12 +569,18 @@ def insert_events(
         q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
         seen.update(str(m) for (m,) in conn.execute(q))
     emails = [e for i in items if (e := email_key(i.email))]
-    # Exclusive for the anonymous ids this may link to a lead (an event with both ids).
+    # Exclusive for what this may claim: the email of an event that creates its lead (by id,
+    # with that email), an anonymous id that it links to a lead; shared for what it only
+    # resolves (most events), so that ingest does not wait for ingest.
+    with_email = {i.lead_id: e for i in items if i.lead_id and (e := email_key(i.email))}
+    known = _known(conn, with_email) if with_email and conn.dialect.name != "sqlite" else set()
+    claiming = {e for lid, e in with_email.items() if lid not in known}
     linking = {i.anonymous_id for i in items if i.anonymous_id and i.lead_id}
     lock_identities(
         conn,
-        anonymous_ids=linking,
-        shared_emails=emails,
+        claiming,
+        linking,
+        shared_emails=set(emails) - claiming,
         shared_anonymous_ids={i.anonymous_id for i in items if i.anonymous_id} - linking,
     )
     by_email = _find_by_email(conn, emails)

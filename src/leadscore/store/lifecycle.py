@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import UsageError
-from leadscore.store.leads import STAGES, lock_leads, merged_into, no_lead
+from leadscore.store.leads import STAGES, lock_identities, lock_leads, merged_into, no_lead
 from leadscore.store.schema import leads, outcomes, stage_changes
 
 __all__ = [
@@ -103,6 +103,7 @@ def record_disposition(
         raise UsageError("a rejection needs a reason")
     stage, outcome = DISPOSITIONS[disposition]
     text = f"{disposition}: {reason}" if reason else disposition
+    lock_identities(conn, shared_emails=[lead_id])  # add_outcomes' lock, before the row's
     changed = set_stage(conn, lead_id, stage, now_us, reason=text, actor=actor)
     if outcome is not None:
         add_outcomes(conn, [OutcomeInput(lead_id, outcome, now_us, amount)], "disposition")
@@ -125,6 +126,9 @@ def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -
     # may name leads not stored yet.) The leads that exist are locked against a merge under
     # way, which then waits and moves the outcomes along; one that committed meanwhile took
     # its lead away: followed.
+    # An email-keyed lead (its id is its email) that does not exist yet may be created and
+    # merged meanwhile: a merge locks its email first, so take that lock too (before rows).
+    lock_identities(conn, shared_emails={i.lead_id for i in items})
     present = lock_leads(conn, (i.lead_id for i in items), share=True)
     moved = merged_into(conn, {i.lead_id for i in items} - present)
     if moved:
