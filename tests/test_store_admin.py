@@ -44,6 +44,8 @@ from leadscore.store.versions import list_versions
 from tests.conftest import Clock
 
 SECOND = 1_000_000
+# What only concurrent writers show, which SQLite serialises: the `store` on PostgreSQL alone.
+POSTGRESQL_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 V1 = """
 version: 1
@@ -505,11 +507,10 @@ def test_a_request_naming_a_lead_being_merged_goes_to_the_lead_it_becomes(
         assert view(store, "M1")["profile"]["title"] == "VP"
 
 
+@POSTGRESQL_ONLY
 def test_a_batch_of_many_emails_holds_a_bounded_number_of_identity_locks(store: Store) -> None:
     """A bulk import's chunk of 20,000 new emails: PostgreSQL's shared lock table (6,400 locks
     by default, for every session at once) is not filled by one transaction."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises writers without identity locks")
     emails = [f"person{i}@example.com" for i in range(20_000)]
     with store.db.write() as conn:
         lock_identities(conn, emails, ["a1", "a2"])
@@ -522,12 +523,11 @@ def test_a_batch_of_many_emails_holds_a_bounded_number_of_identity_locks(store: 
     assert 0 < held <= IDENTITY_LOCK_SLOTS
 
 
+@POSTGRESQL_ONLY
 def test_ingest_by_email_waits_only_for_writers_that_may_merge(store: Store, clock: Clock) -> None:
     """While a bulk import's chunk of 2,000 emails is being written, live events by other
     emails go through, even one whose identity lock the chunk shares (its 2,000 emails hash to
     most of the 1,024 locks); an upsert that may merge that email's lead waits for it."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises every writer")
     publish(store, V1)
     chunk = [EventInput("email_open", clock.now, email=f"p{i}@x.com") for i in range(2000)]
     held = {_slot(f"email:{e.email}") for e in chunk}
@@ -546,12 +546,11 @@ def test_ingest_by_email_waits_only_for_writers_that_may_merge(store: Store, clo
     assert score(store, "C1") == 40.0  # the live demo request, merged into C1
 
 
+@POSTGRESQL_ONLY
 def test_an_outcome_or_a_verdict_during_a_merge_follows_it(store: Store, clock: Clock) -> None:
     """An outcome for `m@x.com` recorded while the merge into M1 runs ends up on M1; a
     verdict on `m@x.com` waits for the merge and then answers that the lead is M1 now (it
     neither reports a stage change that was lost nor records one for a lead that is gone)."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises every writer")
     publish(store, V1)
     store.ingest_events([EventInput("demo_request", clock.now, email="m@x.com")])
     got: list[Any] = []
@@ -580,6 +579,7 @@ def test_an_outcome_or_a_verdict_during_a_merge_follows_it(store: Store, clock: 
     assert (lead["stage"], lead["stage_changes"]) == ("lead", [])
 
 
+@POSTGRESQL_ONLY
 def test_a_merge_met_late_does_not_lock_out_of_order(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -587,8 +587,6 @@ def test_a_merge_met_late_does_not_lock_out_of_order(
     `m@x.com` gone and must lock M1, which sorts before z1 that it holds. Meanwhile another
     writer takes M1, then waits for z1 (as rescoring locks, in id order). Ingest starts again
     from its savepoint (letting go of z1) instead of deadlocking; both finish."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises every writer")
     publish(store, V1)
     store.ingest_events([EventInput("demo_request", clock.now, email="m@x.com")])
     store.upsert_leads([LeadInput("z1")])
@@ -642,14 +640,13 @@ def test_a_merge_met_late_does_not_lock_out_of_order(
     assert rows == ["M1", "M1", "z1"]
 
 
+@POSTGRESQL_ONLY
 def test_leads_merged_away_again_and_again_while_a_request_runs_is_a_conflict(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each lead a request names merged away as soon as it is followed (a stand-in for merges
     committing again and again): after a few attempts the request is refused with a 409
     (Conflict: send it again), nothing of it stored; through the service's ingest writer too."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises every writer")
     publish(store, V1)
     real = store_leads.merged_into
 
@@ -692,14 +689,13 @@ def test_an_event_creating_a_lead_with_an_email_holds_up_events_by_that_email(
         assert conn.execute(sa.select(leads.c.lead_id)).scalars().all() == ["L1"]
 
 
+@POSTGRESQL_ONLY
 def test_an_outcome_for_a_lead_not_stored_yet_follows_its_merge(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An outcome names `n@x.com`, no lead yet. While it is being stored, an event by that
     email creates the lead and an upsert claims it for N1: the upsert waits for the outcome,
     then its merge takes the outcome along."""
-    if store.db.is_sqlite:
-        pytest.skip("SQLite serialises every writer")
     publish(store, V1)
     real = lifecycle.merged_into
     looked_up, go_on = threading.Event(), threading.Event()
