@@ -122,12 +122,11 @@ def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -
     """Store outcomes; a repeat of (lead, outcome, time) is ignored. Returns how many were new."""
     if not items:
         return 0
-    # An outcome recorded for an email-keyed lead since merged: the lead it became. (Outcomes
-    # may name leads not stored yet.) The leads that exist are locked against a merge under
-    # way, which then waits and moves the outcomes along; one that committed meanwhile took
-    # its lead away: followed.
-    # An email-keyed lead (its id is its email) that does not exist yet may be created and
-    # merged meanwhile: a merge locks its email first, so take that lock too (before rows).
+    # An outcome for an email-keyed lead since merged goes to the lead it became. Against a
+    # merge under way (which then waits, and moves the outcomes along): the ids' email locks,
+    # which a merge takes first (an outcome may name an email-keyed lead not stored yet, which
+    # an event could create and an upsert merge meanwhile), then the rows of the leads that
+    # exist. A lead missing then was never stored, or a merge took it away: followed.
     lock_identities(conn, shared_emails={i.lead_id for i in items})
     present = lock_leads(conn, (i.lead_id for i in items), share=True)
     moved = merged_into(conn, {i.lead_id for i in items} - present)
