@@ -4,6 +4,7 @@ limits and the error envelope."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,7 @@ def test_batch_reports_bad_items_by_index_and_keeps_the_good(serve: Serve) -> No
     assert [e["index"] for e in body["errors"]] == [1, 2, 3]
     assert "type" in body["errors"][0]["message"]
     assert "lead_id" in body["errors"][1]["message"]
+    assert body["errors"][2]["message"].startswith("ts: not a time: 'not a time'")
     # form-submit 10, counted once though sent twice
     assert api.get("/api/v1/leads/L1").json()["scores"]["b2b-default"]["engagement"] == 10.0
 
@@ -239,7 +241,16 @@ def test_openapi_is_published(serve: Serve) -> None:
     spec = api.get("/openapi.json").json()
     for path in ("/api/v1/events", "/api/v1/leads", "/v1/track", "/v1/batch", "/api/v1/models"):
         assert path in spec["paths"]
-    assert api.get("/docs").status_code == 200
+    page = api.get("/docs")
+    assert page.status_code == 200
+    # Swagger UI comes from the server itself, not a CDN (the machine may have no internet)
+    loaded = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert loaded and all(url.startswith("/docs/assets/") for url in loaded), loaded
+    assert "https://" not in page.text.replace("https://swagger.io", "")
+    for url in loaded:
+        asset = api.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
+    assert api.get("/redoc").status_code == 404  # ReDoc loads from a CDN: not offered
 
 
 @pytest.mark.parametrize("path", ["/v1/track", "/v1/identify", "/v1/batch"])

@@ -451,3 +451,12 @@ def test_triggers_page_sends_a_test_and_keys_page_creates_a_key(tab: Page) -> No
     page.click("#key-form button")
     page.wait_for_selector("#new-key:not([hidden])")
     assert page.locator("#new-key-text").inner_text().startswith("lsk_")
+
+
+def test_the_api_docs_render_without_the_internet(tab: Page) -> None:
+    """/docs is Swagger UI served by the server: it draws the API (operations listed) and asks
+    nothing of any other host (the tab refuses and records such requests)."""
+    page = tab.open("/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "leadscore" in page.locator(".swagger-ui .info .title").inner_text()
+    assert page.locator(".opblock").count() > 20

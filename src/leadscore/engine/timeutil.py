@@ -15,6 +15,7 @@ __all__ = [
     "MICROS_PER_DAY",
     "MIN_US",
     "from_micros",
+    "iso_utc",
     "now_micros",
     "parse_instant",
     "to_micros",
@@ -39,6 +40,12 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
+
+
+def iso_utc(micros: int) -> str:
+    """An instant as ISO 8601 text in UTC, as every answer shows times: ``2026-06-30T12:00:00Z``
+    (with the microseconds when there are any)."""
+    return from_micros(micros).isoformat().replace("+00:00", "Z")
 
 
 def now_micros() -> int:

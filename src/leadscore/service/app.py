@@ -16,7 +16,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Connection
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -41,6 +43,8 @@ from leadscore.store.keeper import ChangeListener
 from leadscore.store.outbox import Deliverer, RetryPolicy
 from leadscore.store.scores import ScoreChange
 from leadscore.store.triggers import TriggerEngine, load_triggers, save_triggers
+
+APIDOCS = Path(__file__).parent / "apidocs"  # Swagger UI from npm (see its README.md)
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -221,6 +225,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         summary="Lead scoring service: ingest, current scores with explanations, history, "
         "models and triggers.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI (and ReDoc) from a CDN: served below
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(LocalModeGuard if settings.no_auth else CrossSiteGuard)
@@ -232,6 +238,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(keys_api.router)
     app.include_router(segments_api.router)
     app.include_router(validation_api.router)
+
+    app.mount("/docs/assets", StaticFiles(directory=APIDOCS), name="apidocs")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        """The browsable API (Swagger UI, vendored: nothing loads from outside the server)."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="leadscore API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
 
     @app.get("/api/v1/health", tags=["service"])
     def health() -> dict[str, object]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from leadscore.engine.timeutil import from_micros
+from leadscore.engine.timeutil import iso_utc
 from leadscore.errors import NotFound, UsageError
 from leadscore.scoring import PreparedInputs
 from leadscore.spec import Model
@@ -68,8 +68,8 @@ def outcome_counts(conn: Connection) -> list[dict[str, Any]]:
         {
             "outcome": name,
             "count": int(n),
-            "first": from_micros(int(first)).isoformat(),
-            "last": from_micros(int(last)).isoformat(),
+            "first": iso_utc(int(first)),
+            "last": iso_utc(int(last)),
         }
         for name, n, first, last in conn.execute(q)
     ]

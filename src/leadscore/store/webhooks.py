@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from leadscore.engine.explain import explanation_text
 from leadscore.engine.lead import score_lead
 from leadscore.engine.result import ScoreResult
-from leadscore.engine.timeutil import from_micros
+from leadscore.engine.timeutil import from_micros, iso_utc
 from leadscore.spec import Model, parse_model
 
 __all__ = [
@@ -92,7 +92,7 @@ TOP_REASONS = 5
 
 def iso(micros: int) -> str:
     """An instant as ISO 8601 text in UTC: ``2026-06-30T12:00:00Z``."""
-    return from_micros(micros).isoformat().replace("+00:00", "Z")
+    return iso_utc(micros)
 
 
 def firing_payload(

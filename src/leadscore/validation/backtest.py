@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leadscore.engine.batch import plan_for
-from leadscore.engine.timeutil import from_micros
+from leadscore.engine.timeutil import from_micros, iso_utc
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, register_inputs
 from leadscore.spec.model import Model
@@ -56,10 +56,7 @@ def cutoffs(start_us: int, end_us: int, every_us: int) -> list[int]:
     check_instant(start_us, "the first cut-off")
     check_instant(end_us, "the last cut-off")
     if end_us <= start_us:
-        raise UsageError(
-            f"--to ({from_micros(end_us).isoformat()}) must be after --from "
-            f"({from_micros(start_us).isoformat()})"
-        )
+        raise UsageError(f"--to ({iso_utc(end_us)}) must be after --from ({iso_utc(start_us)})")
     count = (end_us - start_us) // every_us + 1
     if count < 2:
         raise UsageError("--from and --to are less than one step (--every) apart")
@@ -105,7 +102,7 @@ def _summary(
         caught = in_step & (first_mql >= 0)
         periods.append(
             {
-                "cutoff": from_micros(cuts[k]).isoformat(),
+                "cutoff": iso_utc(cuts[k]),
                 "new_mqls": int(new.sum()),
                 "converted": int(hits.sum()),
                 "rate": rate(int(hits.sum()), int(new.sum())),
@@ -213,8 +210,8 @@ def run_backtest(
     if not any(s["conversions"] for s in summaries):
         notes.append("no lead converted between the first and last cut-off")
     return {
-        "from": from_micros(cuts[0]).isoformat(),
-        "to": from_micros(cuts[-1]).isoformat(),
+        "from": iso_utc(cuts[0]),
+        "to": iso_utc(cuts[-1]),
         "every_days": every_us / MICROS_PER_DAY,
         "cutoffs": len(cuts),
         "leads": n,

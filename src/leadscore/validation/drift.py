@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from leadscore.engine.timeutil import from_micros, parse_instant
+from leadscore.engine.timeutil import from_micros, iso_utc, parse_instant
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
 from leadscore.spec.model import Model
@@ -164,8 +164,8 @@ def drift(
     return {
         "model": model.name,
         "model_version": model.version,
-        "from": from_micros(base_us).isoformat(),
-        "to": from_micros(current_us).isoformat(),
+        "from": iso_utc(base_us),
+        "to": iso_utc(current_us),
         "baseline_leads": base_t.num_rows,
         "current_leads": current_t.num_rows,
         "columns": columns,

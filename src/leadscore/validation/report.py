@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leadscore.charts import nice_step
-from leadscore.engine.timeutil import from_micros
+from leadscore.engine.timeutil import from_micros, iso_utc
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
 from leadscore.spec.model import FALLBACK_GRADE, Model
@@ -316,7 +316,7 @@ def build_report(
     report: dict[str, Any] = {
         "model": model.name,
         "model_version": model.version,
-        "as_of": from_micros(as_of_us).isoformat(),
+        "as_of": iso_utc(as_of_us),
         "conversion": {
             "outcomes": list(conversion.outcomes),
             "horizon_days": conversion.horizon_days,
