@@ -25,7 +25,7 @@ from leadscore.cli import (
     out,
 )
 from leadscore.cli.service import Bar
-from leadscore.engine.timeutil import from_micros, parse_instant
+from leadscore.engine.timeutil import iso_utc, parse_instant
 from leadscore.errors import UsageError
 from leadscore.inputs import LoadReport, normalize_outcomes
 from leadscore.scoring import prepare
@@ -272,7 +272,7 @@ def report(
             raise UsageError(f"{outcomes}: no outcomes, so no reference time: pass --as-of")
         t_us = found
         err.print(
-            f"as of {from_micros(t_us).isoformat()} (the latest outcome minus the horizon, or "
+            f"as of {iso_utc(t_us)} (the latest outcome minus the horizon, or "
             "the latest event if earlier; set it with --as-of)",
             markup=False,
         )
