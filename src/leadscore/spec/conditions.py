@@ -325,6 +325,18 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
     if op in ("eq", "ne", "in", "not_in"):
         options = [(t, parse_number(t)) for t in operand_texts(operand)]
         negate = op in ("ne", "not_in")
+        if all(number is None for _, number in options):
+            # No option is a number: only the text can match (a set lookup, no number parse).
+            texts = frozenset(t for t, _ in options)
+
+            def equal_text(rec: Record) -> bool:
+                v = rec.get(name)
+                if v is None:
+                    return False
+                s = _norm(v)
+                return s != "" and (s in texts) != negate
+
+            return equal_text
 
         def equal(rec: Record) -> bool:
             v = rec.get(name)
