@@ -118,6 +118,13 @@ def tab(browser: Any, site: tuple[str, Any]) -> Iterator[Page]:
     t.close()
 
 
+def _get(url: str) -> Any:
+    """An API answer's JSON (the server may take seconds: see API_TIMEOUT)."""
+    import httpx
+
+    return httpx.get(url, timeout=API_TIMEOUT).json()
+
+
 def _number(text: str) -> float:
     return float(text.replace(",", "").replace("+", "").strip())
 
@@ -149,9 +156,8 @@ def test_every_page_loads_at_desktop_and_phone_width(browser: Any, site: tuple[s
 
 
 def _top_lead(site: tuple[str, Any]) -> str:
-    import httpx
 
-    items = httpx.get(site[0] + "/api/v1/leads?limit=1", timeout=API_TIMEOUT).json()["items"]
+    items = _get(site[0] + "/api/v1/leads?limit=1")["items"]
     return str(items[0]["lead_id"])
 
 
@@ -168,11 +174,8 @@ def test_filter_the_lead_list(tab: Page) -> None:
     bands = page.locator("table.leads tbody .band").all_inner_texts()
     assert bands and set(bands) == {"hot"}
     # the same filter in the JSON twin gives the same leads in the same order
-    import httpx
 
-    twin = httpx.get(tab.base + "/api/v1/leads?band=hot&country=US", timeout=API_TIMEOUT).json()[
-        "items"
-    ]
+    twin = _get(tab.base + "/api/v1/leads?band=hot&country=US")["items"]
     shown = page.locator("table.leads tbody td.who a").evaluate_all(
         "links => links.map(a => decodeURIComponent(a.getAttribute('href').slice(7)))"
     )
@@ -296,16 +299,14 @@ def test_edit_a_model_preview_and_publish(tab: Page, site: tuple[str, Any]) -> N
     editor.evaluate("e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
     tab.shot("model-preview")
     # publish: the scores change
-    hot_before = httpx.get(url + "/api/v1/overview", timeout=API_TIMEOUT).json()["in_top_band"]
+    hot_before = _get(url + "/api/v1/overview")["in_top_band"]
     page.click("#publish-button")
     page.wait_for_selector("#publish-status.ok", timeout=60_000)
     assert "Published" in page.locator("#publish-status").inner_text()
     overview = tab.open("/overview")
     hot_after = _number(overview.locator("[data-testid=in-top-band]").inner_text())
     assert hot_after > hot_before
-    assert (
-        hot_after == httpx.get(url + "/api/v1/overview", timeout=API_TIMEOUT).json()["in_top_band"]
-    )
+    assert hot_after == _get(url + "/api/v1/overview")["in_top_band"]
     # the version history shows the two versions and their diff
     page = tab.open("/model")
     page.locator(".diff-button").first.click()
@@ -345,7 +346,6 @@ def test_try_a_hypothetical_lead(tab: Page) -> None:
 
 
 def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_path: Path) -> None:
-    import httpx
 
     url, _ = site
     page = tab.open("/validation")
@@ -360,14 +360,14 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     assert [e for e in tab.errors if "422" in e] and not [e for e in tab.errors if "422" not in e]
     tab.errors.clear()
     # three of today's hottest leads won yesterday
-    top = httpx.get(url + "/api/v1/leads?limit=3", timeout=API_TIMEOUT).json()["items"]
+    top = _get(url + "/api/v1/leads?limit=3")["items"]
     yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     good = tmp_path / "won.csv"
     good.write_text(
         "lead_id,outcome,ts,amount\n"
         + "".join(f"{lead['lead_id']},won,{yesterday},1000\n" for lead in top)
     )
-    stored = httpx.get(url + "/api/v1/validation", timeout=API_TIMEOUT).json()["stored_outcomes"]
+    stored = _get(url + "/api/v1/validation")["stored_outcomes"]
     won_before = next((o["count"] for o in stored if o["outcome"] == "won"), 0)
     page.set_input_files("#outcomes-form input[type=file]", str(good))
     page.click("#outcomes-form button")
@@ -376,7 +376,7 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     # the report run again counts them; the page shows what its twin says
     page.click("#validation-form button[type=submit]")
     page.wait_for_load_state("networkidle")
-    twin = httpx.get(url + "/api/v1/validation", timeout=API_TIMEOUT).json()
+    twin = _get(url + "/api/v1/validation")
     won_after = next(o["count"] for o in twin["stored_outcomes"] if o["outcome"] == "won")
     assert won_after == won_before + 3
     row = page.locator("#stored-outcomes tr", has_text="won").locator("td").nth(1).inner_text()

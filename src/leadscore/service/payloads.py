@@ -116,13 +116,13 @@ def item_error(index: int | None, e: ValidationError | ValueError) -> dict[str, 
     return out
 
 
-def _timestamp(value: Timestamp | None, now_us: int, name: str = "ts") -> int:
+def _timestamp(value: Timestamp | None, now_us: int) -> int:
     if value is None:
         return now_us
     try:
         return parse_instant(value)
     except ValueError as e:  # named like the schema's errors: "ts: ..."
-        raise ValueError(f"{name}: {e}") from None
+        raise ValueError(f"ts: {e}") from None
 
 
 def check_size(value: dict[str, Any], what: str, limit: int) -> None:

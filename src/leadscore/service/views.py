@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import QueryParams
 
-from leadscore.engine.timeutil import from_micros
+from leadscore.engine.timeutil import iso_utc
 from leadscore.errors import UsageError
 from leadscore.service.auth import require
 from leadscore.service.state import ServiceState
@@ -59,17 +59,13 @@ def iso_times(value: Any) -> Any:
         out: dict[str, Any] = {}
         for k, v in value.items():
             if isinstance(k, str) and k.endswith("_us") and (v is None or isinstance(v, int)):
-                out[_time_key(k)] = None if v is None else _iso(v)
+                out[_time_key(k)] = None if v is None else iso_utc(v)
             else:
                 out[k] = iso_times(v)
         return out
     if isinstance(value, list):
         return [iso_times(v) for v in value]
     return value
-
-
-def _iso(us: int) -> str:
-    return from_micros(us).isoformat().replace("+00:00", "Z")
 
 
 def _state(request: Request) -> ServiceState:
@@ -216,7 +212,7 @@ def leads_csv(store: Store, query: LeadQuery) -> Iterator[str]:
             writer.writerow(
                 [
                     *(_csv_value(item.get(c)) for c in CSV_COLUMNS),
-                    _iso(activity) if activity is not None else "",
+                    iso_utc(activity) if activity is not None else "",
                     *(_csv_value(profile.get(f)) for f in extra),
                 ]
             )

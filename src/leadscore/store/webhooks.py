@@ -36,7 +36,6 @@ __all__ = [
     "Format",
     "encode_body",
     "firing_payload",
-    "iso",
     "sample_payload",
     "shown_url",
     "slack_message",
@@ -90,11 +89,6 @@ def shown_url(url: str) -> str:
 TOP_REASONS = 5
 
 
-def iso(micros: int) -> str:
-    """An instant as ISO 8601 text in UTC: ``2026-06-30T12:00:00Z``."""
-    return iso_utc(micros)
-
-
 def firing_payload(
     *,
     trigger_id: str,
@@ -118,7 +112,7 @@ def firing_payload(
     explained["text"] = explanation_text(model, explanation)
     return {
         "trigger": trigger_id,
-        "fired_at": iso(fired_us),
+        "fired_at": iso_utc(fired_us),
         "reason": reason,
         "transition": dict(transition),
         "lead": {
