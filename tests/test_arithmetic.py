@@ -213,3 +213,28 @@ def test_as_row_has_the_batch_columns_in_order() -> None:
         2.0,
         2.0,
     )
+
+
+def test_events_in_any_order_score_alike() -> None:
+    """The evaluator sorts a lead's events itself; oldest-first input (as the store hands it
+    over) skips the sort and must give the same result, explanation included."""
+    import random
+
+    m = model(
+        """
+        activity:
+          - {id: pv, event: page_view, points: 3, diminishing: 0.7, half_life_days: 20}
+          - {id: once, event: demo, points: 10, frequency: once}
+          - {id: items, event: webinar, points: 4, frequency: once_per_item, window_days: 40}
+        inactivity:
+          - {id: quiet, no_activity_days: 5, points: -5}
+        """
+    )
+    kinds = ["page_view", "demo", "webinar", "email_open"]
+    events = [ev(kinds[i % 4], i * 1.5, item=f"w{i % 3}", event_id=f"e{i}") for i in range(1, 30)]
+    in_order = sorted(events, key=lambda e: str(e["ts"]))
+    shuffled = list(events)
+    random.Random(7).shuffle(shuffled)
+    results = [score_lead(m, {}, evs, AS_OF) for evs in (in_order, shuffled, events)]
+    assert results[0] == results[1] == results[2]
+    assert [e.event_id for e in results[0].rules[0].events][:2] == ["e28", "e24"]

@@ -28,7 +28,14 @@ from leadscore.engine.timeutil import (
     to_micros,
 )
 from leadscore.spec.conditions import WHITESPACE, TextFilter, fold, parse_number, to_text
-from leadscore.spec.model import COUNT_WORDS, ActivityRule, InactivityRule, Model, ProfileRule
+from leadscore.spec.model import (
+    COUNT_WORDS,
+    ActivityRule,
+    Group,
+    InactivityRule,
+    Model,
+    ProfileRule,
+)
 
 __all__ = ["Event", "score_lead"]
 
@@ -121,50 +128,56 @@ def score_lead(
     (40.0, 'hot', True)
     """
     t_us, as_of_dt = _instant(as_of)
+    plan = _plan_of(model)
     record = {k: (v if v is None or type(v) is str else to_text(v)) for k, v in lead.items()}
     # Only the event types some rule reads are kept; an any-type inactivity rule needs just
     # the newest visible event of all.
-    by_type: dict[str, list[Event]] = {t: [] for t in model.event_types}
-    last_any: int | None = None
+    by_type: dict[str, list[Event]] = {t: [] for t in plan.event_types}
+    last_any = _NEVER
     get_bucket = by_type.get
+    unsorted = False
     for e in events:
         ev = e if type(e) is Event else _event(e)
         ts = ev.ts_us
         if ts > t_us:
             continue
-        if last_any is None or ts > last_any:
+        if ts >= last_any:
             last_any = ts
+        else:
+            unsorted = True
         bucket = get_bucket(ev.type)
         if bucket is not None:
             bucket.append(ev)
-    for bucket in by_type.values():
-        if len(bucket) > 1:
-            bucket.sort(key=_TS)
+    if unsorted:  # the store hands events over oldest first: no sorting needed then
+        for bucket in by_type.values():
+            if len(bucket) > 1:
+                bucket.sort(key=_TS)
 
     warnings: list[str] = []
-    rule_results: dict[str, RuleContribution] = {}
+    contributions: list[RuleContribution] = []
+    add = contributions.append
     columns: dict[tuple[str, str], list[str]] = {}  # (type, field): normalised values
-    for rule in model.rules:
-        if type(rule) is ProfileRule:
-            for name in rule.numeric_fields:
-                _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
-            hit = rule.predicate(record)
-            pts = rule.points if hit else 0.0
-            rule_results[rule.id] = RuleContribution(
-                rule.id, "profile", rule.group, hit, rule.points, pts, pts
-            )
-        elif type(rule) is ActivityRule:
-            rule_results[rule.id] = _activity(rule, by_type, t_us, explain, warnings, columns)
+    for rule in plan.profile:
+        for name in rule.numeric_fields:
+            _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
+        if rule.predicate(record):
+            pts = rule.points
+            add(RuleContribution(rule.id, "profile", rule.group, True, pts, pts, pts))
         else:
-            assert isinstance(rule, InactivityRule)
-            rule_results[rule.id] = _inactivity(rule, last_any, by_type, t_us)
+            add(RuleContribution(rule.id, "profile", rule.group, False, rule.points, 0.0, 0.0))
+    for activity in plan.activity:
+        add(_activity(activity, by_type, t_us, explain, warnings, columns))
+    if plan.inactivity:
+        last = None if last_any == _NEVER else last_any
+        for inactivity in plan.inactivity:
+            add(_inactivity(inactivity, last, by_type, t_us))
 
     groups: list[GroupContribution] = []
     fit = engagement = raw_total = 0.0
-    for g in model.groups:
+    for g, members in plan.groups:
         raw = 0.0
-        for r in g.rules:
-            raw += rule_results[r.id].points
+        for i in members:
+            raw += contributions[i].points
         value, side = clip(raw, g.min, g.max)
         pts = value * g.weight
         groups.append(GroupContribution(g.id, g.kind, raw, value, g.weight, pts, side))
@@ -177,22 +190,62 @@ def score_lead(
     grade = model.grade_for(fit)
     band = model.band_for(score)
     return ScoreResult(
-        lead_id=record.get(lead_id_column),
-        model=model.name,
-        as_of=as_of_dt,
-        score=score,
-        fit=fit,
-        engagement=engagement,
-        grade=grade,
-        band=band,
-        mql=model.is_mql(score),
-        priority=model.priority_for(grade, band),
-        raw_total=raw_total,
-        total_clipped=total_side,
-        groups=tuple(groups),
-        rules=tuple(rule_results[r.id] for r in model.rules),
-        warnings=tuple(warnings),
+        record.get(lead_id_column),
+        model.name,
+        as_of_dt,
+        score,
+        fit,
+        engagement,
+        grade,
+        band,
+        model.is_mql(score),
+        model.priority_for(grade, band),
+        raw_total,
+        total_side,
+        tuple(groups),
+        tuple(contributions),
+        tuple(warnings),
     )
+
+
+_NEVER = -(1 << 63)  # before any event
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the evaluator needs of a model, laid out once per model: the rules of each kind
+    (the model lists profile, then activity, then inactivity rules, so evaluating them in this
+    order gives the results in the model's order) and each group with the positions of its
+    rules in that order."""
+
+    profile: tuple[ProfileRule, ...]
+    activity: tuple[ActivityRule, ...]
+    inactivity: tuple[InactivityRule, ...]
+    groups: tuple[tuple[Group, tuple[int, ...]], ...]
+    event_types: frozenset[str]
+
+
+def _plan_of(model: Model) -> _Plan:
+    plan = model.engine_cache.get("lead")
+    if plan is None:
+        profile = tuple(r for r in model.rules if type(r) is ProfileRule)
+        activity = tuple(r for r in model.rules if type(r) is ActivityRule)
+        inactivity = tuple(r for r in model.rules if type(r) is InactivityRule)
+        ordered = (*profile, *activity, *inactivity)
+        if len(ordered) != len(model.rules) or any(
+            a is not b for a, b in zip(ordered, model.rules, strict=True)
+        ):
+            raise ValueError(f"model {model.name}: rules are not in kind order")
+        position = {r.id: i for i, r in enumerate(model.rules)}
+        plan = model.engine_cache["lead"] = _Plan(
+            profile,
+            activity,
+            inactivity,
+            tuple((g, tuple(position[r.id] for r in g.rules)) for g in model.groups),
+            model.event_types,
+        )
+    assert isinstance(plan, _Plan)
+    return plan
 
 
 def _check_number(value: str | None, where: str, warnings: list[str]) -> None:
@@ -251,6 +304,8 @@ def _activity(
     if rule.trend is not None:
         return _trend(rule, candidates, t_us, warnings)
     if not candidates and rule.count is None:  # most rules, for most leads
+        if rule.min_points is None and rule.max_points is None:
+            return RuleContribution(rule.id, "activity", rule.group, False, rule.points, 0.0, 0.0)
         raw, side = clip(0.0, rule.min_points, rule.max_points)
         clipped = None if side is None else f"{side}_points"
         return RuleContribution(
@@ -309,23 +364,27 @@ def _activity(
             )
     # The same arithmetic, in the same order, without the detail (the fast path).
     elif hl is None:
-        for k in range(len(counted)):
-            raw += points * d**k * 1.0
+        if d == 1.0:  # points * 1.0**k * 1.0 is points itself
+            for _ in range(len(counted)):
+                raw += points
+        else:
+            for k in range(len(counted)):
+                raw += points * d**k * 1.0
     else:
         for k, e in enumerate(counted):
             raw += points * d**k * 0.5 ** ((t_us - e.ts_us) / MICROS_PER_DAY / hl)
     value, side = clip(raw, rule.min_points, rule.max_points)
     return RuleContribution(
-        rule_id=rule.id,
-        kind="activity",
-        group=rule.group,
-        matched=bool(counted),
-        base_points=points,
-        raw=raw,
-        points=value,
-        clipped=None if side is None else f"{side}_points",
-        events=tuple(detail),
-        matching_events=len(matching),
+        rule.id,
+        "activity",
+        rule.group,
+        bool(counted),
+        points,
+        raw,
+        value,
+        None if side is None else f"{side}_points",
+        tuple(detail),
+        len(matching),
     )
 
 

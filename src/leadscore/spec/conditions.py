@@ -376,8 +376,12 @@ def _field_predicate(cond: FieldCondition) -> Predicate:
             v = rec.get(name)
             if v is None:
                 return False
-            s = fold(v.strip(ws))
-            return any(n in s for n in needles)
+            s = v.strip(ws)
+            s = s.lower() if s.isascii() else fold(s)
+            for n in needles:  # noqa: SIM110 (a loop: see compile_condition)
+                if n in s:
+                    return True
+            return False
 
         return contains_any
     if op in ("starts_with", "ends_with"):
@@ -406,12 +410,28 @@ def compile_condition(cond: Condition) -> Predicate:
     """A fast Python predicate over a record of text values."""
     if isinstance(cond, FieldCondition):
         return _field_predicate(cond)
+    # Plain loops rather than all()/any() over a generator: these run once per lead or
+    # event, and a generator costs more than the tests it runs.
     if isinstance(cond, AllCondition):
-        parts = [compile_condition(c) for c in cond.all]
-        return lambda rec: all(p(rec) for p in parts)
+        parts = tuple(compile_condition(c) for c in cond.all)
+
+        def all_of(rec: Record) -> bool:
+            for p in parts:  # noqa: SIM110
+                if not p(rec):
+                    return False
+            return True
+
+        return all_of
     if isinstance(cond, AnyCondition):
-        parts = [compile_condition(c) for c in cond.any]
-        return lambda rec: any(p(rec) for p in parts)
+        parts = tuple(compile_condition(c) for c in cond.any)
+
+        def any_of(rec: Record) -> bool:
+            for p in parts:  # noqa: SIM110
+                if p(rec):
+                    return True
+            return False
+
+        return any_of
     inner = compile_condition(cond.not_)
     return lambda rec: not inner(rec)
 

@@ -195,6 +195,10 @@ class Model:
     # Event types any activity rule reads (inactivity rules with a list included); computed
     # once, as the per-lead evaluator asks for it on every call.
     event_types: frozenset[str] = field(init=False, repr=False, compare=False)
+    # What an evaluator derives from the model once and keeps (keyed by evaluator).
+    engine_cache: dict[str, Any] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         names: set[str] = set()
