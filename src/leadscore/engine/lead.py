@@ -165,8 +165,11 @@ def score_lead(
             add(RuleContribution(rule.id, "profile", rule.group, True, pts, pts, pts))
         else:
             add(RuleContribution(rule.id, "profile", rule.group, False, rule.points, 0.0, 0.0))
-    for activity in plan.activity:
-        add(_activity(activity, by_type, t_us, explain, warnings, columns))
+    for activity, etype, idle in plan.activity:
+        if idle is not None and not by_type[etype]:  # most rules, for most leads
+            add(RuleContribution(*idle))
+        else:
+            add(_activity(activity, by_type, t_us, explain, warnings, columns))
     if plan.inactivity:
         last = None if last_any == _NEVER else last_any
         for inactivity in plan.inactivity:
@@ -219,7 +222,9 @@ class _Plan:
     rules in that order."""
 
     profile: tuple[ProfileRule, ...]
-    activity: tuple[ActivityRule, ...]
+    # each activity rule with its event type and, when it reads one type and is neither a
+    # count nor a trend rule, its contribution for a lead with no event of that type
+    activity: tuple[tuple[ActivityRule, str, tuple[Any, ...] | None], ...]
     inactivity: tuple[InactivityRule, ...]
     groups: tuple[tuple[Group, tuple[int, ...]], ...]
     event_types: frozenset[str]
@@ -239,13 +244,23 @@ def _plan_of(model: Model) -> _Plan:
         position = {r.id: i for i, r in enumerate(model.rules)}
         plan = model.engine_cache["lead"] = _Plan(
             profile,
-            activity,
+            tuple((r, r.events[0], _idle(r)) for r in activity),
             inactivity,
             tuple((g, tuple(position[r.id] for r in g.rules)) for g in model.groups),
             model.event_types,
         )
     assert isinstance(plan, _Plan)
     return plan
+
+
+def _idle(rule: ActivityRule) -> tuple[Any, ...] | None:
+    """The arguments of a :class:`RuleContribution` for a lead without any event of the
+    rule's one type (what :func:`_activity` gives then), or None when that takes more."""
+    if len(rule.events) != 1 or rule.count is not None or rule.trend is not None:
+        return None
+    raw, side = clip(0.0, rule.min_points, rule.max_points)
+    clipped = None if side is None else f"{side}_points"
+    return (rule.id, "activity", rule.group, False, rule.points, 0.0, raw, clipped)
 
 
 def _check_number(value: str | None, where: str, warnings: list[str]) -> None:
