@@ -164,6 +164,16 @@ def serve(
             "process, not from a power cut)."
         ),
     ] = False,
+    cached_events: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Decoded events of recently rescored leads kept in memory, so that "
+            "rescoring reads only their new events [default: 1,000,000; about 200 bytes "
+            "each; 0: none].",
+        ),
+    ] = None,
 ) -> None:
     """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
     import uvicorn
@@ -186,6 +196,8 @@ def serve(
         webhook_timeout=webhook_timeout,
         durable=not fast_commits,
     )
+    if cached_events is not None:
+        settings.cached_events = cached_events
     store = open_store(db)  # create or migrate before the workers start; fail early
     store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()

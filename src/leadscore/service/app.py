@@ -184,7 +184,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
-        s = store if store is not None else open_store(settings.db, durable=settings.durable)
+        s = (
+            store
+            if store is not None
+            else open_store(
+                settings.db, durable=settings.durable, cached_events=settings.cached_events
+            )
+        )
         _with_triggers(s)
         _publish_start_models(s, settings)
         _load_start_triggers(s, settings)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from leadscore.store import Store
+from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS
 
 if TYPE_CHECKING:
     from leadscore.service.auth import KeyCache
@@ -31,6 +32,7 @@ class Settings:
     retry_first_delay: float = 10.0  # seconds before a failed webhook's first retry (doubling)
     webhook_timeout: float = 10.0  # seconds a receiver has to answer
     durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
+    cached_events: int = DEFAULT_CACHED_EVENTS  # decoded events kept for rescoring; 0: none
     max_body_bytes: int = 1_000_000
     max_upload_bytes: int = 50_000_000  # a file posted whole (outcomes as CSV)
     max_batch: int = 1000

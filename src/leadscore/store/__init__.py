@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leadscore.store.db import DEFAULT_DB, Database, database_url, open_database
+from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS
 from leadscore.store.keeper import RescoreReport, Sheet, Store
 from leadscore.store.leads import STAGES, EventInput, ItemOutcome, LeadInput
 from leadscore.store.lifecycle import DISPOSITIONS, OutcomeInput
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 
-def open_store(db: str | Path | None = None, *, durable: bool = True) -> Store:
-    """Open (creating or upgrading) the store at ``db``: a SQLite path or a database URL."""
-    return Store(open_database(db, durable=durable))
+def open_store(
+    db: str | Path | None = None,
+    *,
+    durable: bool = True,
+    cached_events: int = DEFAULT_CACHED_EVENTS,
+) -> Store:
+    """Open (creating or upgrading) the store at ``db``: a SQLite path or a database URL.
+    ``cached_events``: how many decoded events real-time rescoring keeps in memory (0: none)."""
+    return Store(open_database(db, durable=durable), cached_events=cached_events)

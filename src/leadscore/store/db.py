@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from leadscore.errors import StoreError
 
-__all__ = ["DEFAULT_DB", "Database", "database_url", "open_database"]
+__all__ = ["DEFAULT_DB", "Database", "database_url", "on_commit", "open_database"]
 
 DEFAULT_DB = "leadscore.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "leadscore_write"
+_AFTER_COMMIT = "leadscore_after_commit"
 
 
 def database_url(db: str | Path | None) -> str:
@@ -46,6 +47,14 @@ def database_url(db: str | Path | None) -> str:
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return text
+
+
+def on_commit(conn: Connection, action: Callable[[], None]) -> None:
+    """Run ``action`` once the :meth:`Database.write` transaction of ``conn`` has committed;
+    never if it rolls back, nor for a connection outside one."""
+    after = conn.info.get(_AFTER_COMMIT)
+    if after is not None:
+        after.append(action)
 
 
 def _alembic_config() -> Config:
@@ -70,15 +79,27 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A transaction that may write; committed when the block ends without an exception."""
+        """A transaction that may write; committed when the block ends without an exception.
+        Actions given to :func:`on_commit` inside it run after the commit."""
+        after: list[Callable[[], None]] = []
         if self._lock is None:
             with self.engine.begin() as conn:
-                yield conn
-            return
-        with self._lock, self.engine.connect() as raw:
-            conn = raw.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
+                conn.info[_AFTER_COMMIT] = after
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop(_AFTER_COMMIT, None)
+        else:
+            with self._lock, self.engine.connect() as raw:
+                conn = raw.execution_options(**{_WRITE: True})
+                conn.info[_AFTER_COMMIT] = after
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop(_AFTER_COMMIT, None)
+        for action in after:
+            action()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -34,13 +34,13 @@ from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
 from leadscore.spec.model import InactivityRule
 from leadscore.store.db import Database
+from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache
 from leadscore.store.leads import (
     EventInput,
     ItemOutcome,
     LeadInput,
     email_key,
     event_fields,
-    events_of_leads,
     insert_events,
     lead_events,
     lead_records,
@@ -108,10 +108,13 @@ class Store:
         *,
         clock: Callable[[], int] = now_micros,
         listener: ChangeListener | None = None,
+        cached_events: int = DEFAULT_CACHED_EVENTS,
     ) -> None:
         self.db = db
         self.clock = clock
         self.listener = listener
+        # decoded events of recently rescored leads (see leadscore.store.eventcache)
+        self.event_cache = EventCache(cached_events)
         self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
         # (monotonic time until which the sheets need no check, the sheets)
         self._sheets_checked: tuple[float, list[Sheet]] = (0.0, [])
@@ -286,7 +289,9 @@ class Store:
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             lock_leads(conn, ids)
         records = lead_records(conn, ids)
-        by_lead = events_of_leads(conn, list(records), now_us, _event_types(sheets))
+        by_lead = self.event_cache.events_of_leads(
+            conn, list(records), now_us, _event_types(sheets)
+        )
         as_of = from_micros(now_us)
         new: list[NewScore] = []
         for lead_id in ids:

@@ -48,7 +48,6 @@ __all__ = [
     "LeadInput",
     "email_key",
     "event_fields",
-    "events_of_leads",
     "insert_events",
     "lead_events",
     "lead_records",
@@ -143,15 +142,29 @@ def _in_byte_order(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
     return sa.collate(column, "C")
 
 
+# Statements of the ingest path, built once (building a statement costs more than running
+# it on a few rows); ``ids`` is a list expanded at execution.
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+_MERGED_INTO = sa.select(lead_merges.c.lead_id, lead_merges.c.into_id).where(
+    lead_merges.c.lead_id.in_(_IDS)
+)
+_LEAD_IDS = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(_IDS))
+_LEAD_IDS_FOR_UPDATE = _LEAD_IDS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
+_LEAD_IDS_KEY_SHARE = _LEAD_IDS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update(
+    key_share=True
+)
+_LEADS = sa.select(leads).where(leads.c.lead_id.in_(_IDS))
+_LEADS_FOR_UPDATE = _LEADS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
+_MESSAGE_IDS = sa.select(events.c.message_id).where(events.c.message_id.in_(_IDS))
+
+
 def merged_into(conn: Connection, lead_ids: Iterable[str]) -> dict[str, str]:
     """The leads among ``lead_ids`` that were merged away, each with the lead it became."""
     wanted = sorted(set(lead_ids))
     found: dict[str, str] = {}
     for start in range(0, len(wanted), 500):
-        q = sa.select(lead_merges.c.lead_id, lead_merges.c.into_id).where(
-            lead_merges.c.lead_id.in_(wanted[start : start + 500])
-        )
-        found.update({str(a): str(b) for a, b in conn.execute(q)})
+        rows = conn.execute(_MERGED_INTO, {"ids": wanted[start : start + 500]})
+        found.update({str(a): str(b) for a, b in rows})
     return found
 
 
@@ -170,11 +183,12 @@ def lock_leads(conn: Connection, lead_ids: Iterable[str], *, share: bool = False
     ``share``: only against a merge deleting the row (others may update it meanwhile)."""
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
+    if conn.dialect.name == "sqlite":
+        q = _LEAD_IDS
+    else:
+        q = _LEAD_IDS_KEY_SHARE if share else _LEAD_IDS_FOR_UPDATE
     for start in range(0, len(wanted), 500):
-        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(wanted[start : start + 500]))
-        if conn.dialect.name != "sqlite":
-            q = q.order_by(_in_byte_order(leads.c.lead_id)).with_for_update(key_share=share)
-        found.update(str(i) for (i,) in conn.execute(q))
+        found.update(str(i) for (i,) in conn.execute(q, {"ids": wanted[start : start + 500]}))
     return found
 
 
@@ -185,11 +199,10 @@ def _existing(
     writers are serialised anyway), in lead id order like every other locker."""
     wanted = sorted(set(lead_ids))
     found: dict[str, sa.RowMapping] = {}
+    q = _LEADS_FOR_UPDATE if lock and conn.dialect.name != "sqlite" else _LEADS
     for start in range(0, len(wanted), 500):
-        q = sa.select(leads).where(leads.c.lead_id.in_(wanted[start : start + 500]))
-        if lock and conn.dialect.name != "sqlite":
-            q = q.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
-        found.update({r["lead_id"]: r for r in conn.execute(q).mappings()})
+        rows = conn.execute(q, {"ids": wanted[start : start + 500]}).mappings()
+        found.update({r["lead_id"]: r for r in rows})
     return found
 
 
@@ -434,8 +447,8 @@ def _known(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
-        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(wanted[start : start + 500]))
-        found.update(str(i) for (i,) in conn.execute(q))
+        rows = conn.execute(_LEAD_IDS, {"ids": wanted[start : start + 500]})
+        found.update(str(i) for (i,) in rows)
     return found
 
 
@@ -566,8 +579,8 @@ def insert_events(
     ids = [i.message_id for i in items if i.message_id]
     seen: set[str] = set()
     for start in range(0, len(ids), 500):
-        q = sa.select(events.c.message_id).where(events.c.message_id.in_(ids[start : start + 500]))
-        seen.update(str(m) for (m,) in conn.execute(q))
+        found = conn.execute(_MESSAGE_IDS, {"ids": ids[start : start + 500]})
+        seen.update(str(m) for (m,) in found)
     emails = [e for i in items if (e := email_key(i.email))]
     # Exclusive for what this may claim: the email of an event that creates its lead (by id,
     # with that email), an anonymous id that it links to a lead; shared for what it only
@@ -713,35 +726,6 @@ def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[st
     return {
         lid: {**row["profile"], "lead_id": lid} for lid, row in _existing(conn, lead_ids).items()
     }
-
-
-def events_of_leads(
-    conn: Connection,
-    lead_ids: Sequence[str],
-    until_us: int,
-    types: Sequence[str] | None = None,
-) -> dict[str, list[Event]]:
-    """The events of several leads (at or before ``until_us``; only ``types`` if given), each
-    lead's oldest first, read in a few queries rather than one per lead."""
-    out: dict[str, list[Event]] = {lid: [] for lid in lead_ids}
-    ids = sorted(out)
-    for start in range(0, len(ids), 500):
-        q = sa.select(
-            events.c.lead_id,
-            events.c.type,
-            events.c.ts_us,
-            events.c.item,
-            events.c.properties,
-            events.c.message_id,
-        ).where(events.c.lead_id.in_(ids[start : start + 500]), events.c.ts_us <= until_us)
-        if types is not None:
-            q = q.where(events.c.type.in_(types))
-        q = q.order_by(events.c.lead_id, events.c.ts_us, events.c.id)
-        for lead_id, etype, ts_us, item, props, message_id in conn.execute(q):
-            out[lead_id].append(
-                Event(etype, ts_us, item, message_id, event_fields(etype, item, props))
-            )
-    return out
 
 
 def lead_events(

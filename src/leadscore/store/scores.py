@@ -114,13 +114,20 @@ def current_scores(
     """Current score rows keyed by (lead_id, sheet)."""
     ids = list(dict.fromkeys(lead_ids))
     found: dict[tuple[str, str], sa.RowMapping] = {}
+    q = _SCORES if sheet is None else _SCORES.where(scores.c.sheet == sheet)
     for start in range(0, len(ids), 500):
-        q = sa.select(scores).where(scores.c.lead_id.in_(ids[start : start + 500]))
-        if sheet is not None:
-            q = q.where(scores.c.sheet == sheet)
-        for row in conn.execute(q).mappings():
+        for row in conn.execute(q, {"ids": ids[start : start + 500]}).mappings():
             found[(row["lead_id"], row["sheet"])] = row
     return found
+
+
+# built once: building a statement costs more than running it on a few rows
+_SCORES = sa.select(scores).where(scores.c.lead_id.in_(sa.bindparam("ids", expanding=True)))
+_UPDATE_SCORE = (
+    scores.update()
+    .where(scores.c.lead_id == sa.bindparam("k_lead"))
+    .where(scores.c.sheet == sa.bindparam("k_sheet"))
+)
 
 
 def write_scores(
@@ -206,12 +213,7 @@ def write_scores(
     if inserts:
         conn.execute(scores.insert(), inserts)
     if updates:
-        stmt = (
-            scores.update()
-            .where(scores.c.lead_id == sa.bindparam("k_lead"))
-            .where(scores.c.sheet == sa.bindparam("k_sheet"))
-        )
-        conn.execute(stmt, updates)
+        conn.execute(_UPDATE_SCORE, updates)
     if history:
         conn.execute(score_history.insert(), history)
     return changes

@@ -1,0 +1,320 @@
+"""Reading leads' events back for real-time rescoring, with decoded events kept between requests.
+
+Every accepted event rescores its lead from all the lead's events, so the service reads the
+same events back again and again; decoding them (a row, its JSON properties, an
+:class:`~leadscore.engine.lead.Event`) cost more than scoring them. :class:`EventCache` keeps
+the decoded events of recently rescored leads in memory and reads only what is new.
+
+Why a cached list can be trusted: the store never deletes an event or changes what it says. A
+lead's events only grow: new events, anonymous events joined to it, a merged lead's events
+moved to it. So a lead whose events number as many as the cached list holds, with the same
+newest id, has exactly the cached events; a lead with more has the cached ones plus those
+with a higher id, unless older ones joined it (then the count does not add up and the lead is
+read again in full). Each rescoring checks the count and the newest id of its leads' events in
+one query in the same transaction, whichever process wrote them. A list read inside a
+transaction enters the cache only when that transaction commits, so events that were rolled
+back are never kept.
+
+Property texts repeat (the same pages, the same campaigns): each distinct (type, item,
+properties) is decoded once and its fields shared, read-only, by every event that has it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from leadscore.engine.lead import Event
+from leadscore.store.db import on_commit
+from leadscore.store.schema import events
+
+__all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
+
+# About 150 to 250 bytes per kept event (measured in tests/test_event_cache.py's size check).
+DEFAULT_CACHED_EVENTS = 1_000_000
+_CHUNK = 500
+_FIELDS_MAX = 100_000
+
+_fields_memo: dict[tuple[str, str | None, str], Mapping[str, str | None]] = {}
+
+
+def decoded_fields(etype: str, item: str | None, text: str) -> Mapping[str, str | None]:
+    """The fields a ``where`` condition sees for an event with these stored properties (JSON
+    text), decoded once per distinct value and shared: do not change the mapping returned."""
+    key = (etype, item, text)
+    found = _fields_memo.get(key)
+    if found is None:
+        from leadscore.store.leads import event_fields  # leads imports this module
+
+        found = event_fields(etype, item, json.loads(text))
+        if len(_fields_memo) >= _FIELDS_MAX:
+            _fields_memo.clear()
+        _fields_memo[key] = found
+    return found
+
+
+def _event(etype: str, ts_us: int, item: str | None, text: str, message_id: str | None) -> Event:
+    fields = decoded_fields(etype, item, text)
+    etype = fields["type"] or etype  # the shared copy of the text
+    return Event(etype, ts_us, item, message_id, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    count: int  # the lead's events of every type
+    max_id: int
+    last_key: tuple[int, int]  # (ts_us, id) of the newest event of every type
+    events: tuple[Event, ...]  # those of the kept types, oldest first
+
+
+_STATS = ("count", "max_id")
+
+
+class EventCache:
+    """The decoded events of up to ``max_events`` events' worth of recently rescored leads,
+    least recently used first out. ``max_events=0`` keeps none (every read goes to the
+    database)."""
+
+    def __init__(self, max_events: int = DEFAULT_CACHED_EVENTS) -> None:
+        self.max_events = max_events
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._size = 0
+        self._types: frozenset[str] | None = None
+        self._lock = threading.Lock()
+        self.hits = 0  # leads served from the cache as they were
+        self.extended = 0  # leads served from the cache plus their new events
+        self.misses = 0  # leads read in full
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def cached_events(self) -> int:
+        return self._size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._size = 0
+
+    def events_of_leads(
+        self,
+        conn: Connection,
+        lead_ids: Sequence[str],
+        until_us: int,
+        types: Sequence[str] | None = None,
+    ) -> dict[str, list[Event]]:
+        """The events of several leads at or before ``until_us`` (only ``types`` if given),
+        each lead's oldest first (as :func:`leadscore.store.leads.lead_events` reads one
+        lead's), from the cache where the database says it is current."""
+        kept = None if types is None else frozenset(types)
+        ids = sorted(set(lead_ids))
+        with self._lock:
+            if kept != self._types:  # other sheets read other types: start over
+                self._entries.clear()
+                self._size = 0
+                self._types = kept
+            cached = {lid: e for lid in ids if (e := self._entries.get(lid)) is not None}
+            for lid in cached:
+                self._entries.move_to_end(lid)  # used last: out last
+        stats: dict[str, tuple[int, int]] = {}
+        rows: dict[str, list[_Row]] = {lid: [] for lid in ids}
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            q, params = _query(part, cached)
+            for kind, lid, a, b, etype, item, text, message_id in conn.execute(q, params):
+                if kind == 0:
+                    stats[lid] = (int(a), int(b))
+                else:
+                    rows[lid].append((b, a, etype, item, text, message_id))
+        found: dict[str, _Entry] = {}
+        again: list[str] = []
+        for lid in ids:
+            count, max_id = stats.get(lid, (0, 0))
+            entry = cached.get(lid)
+            if count == 0:
+                found[lid] = _EMPTY
+            elif entry is None:  # every event of the lead came back
+                found[lid] = _entry(rows[lid], kept)
+                self.misses += 1
+            elif entry.count == count and entry.max_id == max_id:
+                found[lid] = entry
+                self.hits += 1
+            else:
+                grown = _grown(entry, rows[lid], count, kept)
+                if grown is None:
+                    again.append(lid)
+                else:
+                    found[lid] = grown
+                    self.extended += 1
+        if again:  # older events joined these leads, or a late one arrived: read them in full
+            self.misses += len(again)
+            found.update(self._read(conn, again, kept))
+        if self.max_events > 0:
+            fresh = {lid: e for lid, e in found.items() if cached.get(lid) is not e}
+            if fresh:
+                on_commit(conn, lambda: self._keep(fresh, kept))
+        out: dict[str, list[Event]] = {}
+        for lid in lead_ids:
+            entry = found[lid]
+            evs = entry.events
+            if entry.last_key[0] > until_us:  # events dated after the as-of do not exist yet
+                evs = evs[: bisect_right(evs, until_us, key=_ts)]
+            out[lid] = list(evs)
+        return out
+
+    def _read(
+        self, conn: Connection, lead_ids: Sequence[str], kept: frozenset[str] | None
+    ) -> dict[str, _Entry]:
+        """Leads read in full."""
+        rows: dict[str, list[_Row]] = {lid: [] for lid in lead_ids}
+        for start in range(0, len(lead_ids), _CHUNK):
+            part = sorted(lead_ids[start : start + _CHUNK])
+            q, params = _query(part, {})
+            for kind, lid, a, b, etype, item, text, message_id in conn.execute(q, params):
+                if kind == 1:
+                    rows[lid].append((b, a, etype, item, text, message_id))
+        return {lid: _entry(rows[lid], kept) for lid in lead_ids}
+
+    def _keep(self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None) -> None:
+        """Committed: remember these lists (unless a larger one came first), oldest out;
+        none if the cache started over for other types meanwhile."""
+        with self._lock:
+            if kept != self._types:
+                return
+            entries = self._entries
+            for lid, entry in fresh.items():
+                if entry.count == 0:
+                    continue
+                old = entries.pop(lid, None)
+                if old is not None:
+                    self._size -= len(old.events)
+                    if old.count > entry.count:  # committed meanwhile with more events
+                        entry = old
+                entries[lid] = entry
+                self._size += len(entry.events)
+            while self._size > self.max_events and entries:
+                _, gone = entries.popitem(last=False)
+                self._size -= len(gone.events)
+
+
+# (ts_us, id, type, item, properties as text, message_id) of one stored event
+_Row = tuple[int, int, str, str | None, str, str | None]
+_EMPTY = _Entry(0, 0, (-1, -1), ())
+
+
+def _query(lead_ids: Sequence[str], cached: Mapping[str, _Entry]) -> tuple[Any, dict[str, Any]]:
+    """One statement (and its parameters) for a chunk of leads: a (0, lead, count, newest id)
+    row per lead with events, then (1, lead, id, ts_us, type, item, properties, message_id)
+    rows: every event of the leads not in ``cached``, and of the cached ones those with an id
+    above the lowest of their newest ids. One statement sees one snapshot, so counts and rows
+    agree."""
+    known = [lid for lid in lead_ids if lid in cached]
+    unknown = [lid for lid in lead_ids if lid not in cached]
+    params: dict[str, Any] = {"ids": lead_ids}
+    if unknown:
+        params["unknown"] = unknown
+    if known:
+        params["known"] = known
+        params["floor"] = min(cached[lid].max_id for lid in known)
+    return _QUERIES[(bool(unknown), bool(known))], params
+
+
+def _listed(*where: sa.ColumnElement[bool]) -> Any:
+    return sa.select(
+        sa.literal(1, sa.Integer()),
+        events.c.lead_id,
+        events.c.id,
+        events.c.ts_us,
+        events.c.type,
+        events.c.item,
+        sa.cast(events.c.properties, sa.Text()),
+        events.c.message_id,
+    ).where(*where)
+
+
+def _build_queries() -> dict[tuple[bool, bool], Any]:
+    """The statements of :func:`_query`, built once (building one costs more than running it
+    on a few rows), by whether there are leads not cached and cached ones."""
+    text = sa.Text()
+    stats = (
+        sa.select(
+            sa.literal(0, sa.Integer()).label("kind"),
+            events.c.lead_id,
+            sa.func.count().label("a"),
+            sa.func.max(events.c.id).label("b"),
+            sa.cast(sa.null(), text).label("type"),
+            sa.cast(sa.null(), text).label("item"),
+            sa.cast(sa.null(), text).label("properties"),
+            sa.cast(sa.null(), text).label("message_id"),
+        )
+        .where(events.c.lead_id.in_(sa.bindparam("ids", expanding=True)))
+        .group_by(events.c.lead_id)
+    )
+    unknown = _listed(events.c.lead_id.in_(sa.bindparam("unknown", expanding=True)))
+    # `id + 0`: a test the id index cannot answer, so that the planner reads the few rows of
+    # these leads rather than every event newer than `floor` (which its statistics, taken
+    # before the newest events came in, put at almost none). Separate parts rather than one
+    # OR, so that each reads the (lead_id, ts_us) index on its own.
+    known = _listed(
+        events.c.lead_id.in_(sa.bindparam("known", expanding=True)),
+        (events.c.id + 0) > sa.bindparam("floor"),
+    )
+    return {
+        (False, False): stats,
+        (True, False): sa.union_all(stats, unknown),
+        (False, True): sa.union_all(stats, known),
+        (True, True): sa.union_all(stats, unknown, known),
+    }
+
+
+_QUERIES = _build_queries()
+
+
+def _entry(rows: list[_Row], kept: frozenset[str] | None) -> _Entry:
+    """A lead's entry from all its events' rows (any order)."""
+    if not rows:
+        return _EMPTY
+    rows.sort()
+    last = rows[-1]
+    return _Entry(
+        len(rows),
+        max(r[1] for r in rows),
+        (last[0], last[1]),
+        tuple(
+            _event(etype, ts_us, item, text, message_id)
+            for ts_us, _id, etype, item, text, message_id in rows
+            if kept is None or etype in kept
+        ),
+    )
+
+
+def _grown(
+    entry: _Entry, rows: list[_Row], count: int, kept: frozenset[str] | None
+) -> _Entry | None:
+    """``entry`` with the rows newer than its newest id added, when they account for all the
+    events the lead gained and come after the cached ones in time; else None."""
+    new = sorted(r for r in rows if r[1] > entry.max_id)
+    if not new or entry.count + len(new) != count or (new[0][0], new[0][1]) < entry.last_key:
+        return None
+    last = new[-1]
+    added = tuple(
+        _event(etype, ts_us, item, text, message_id)
+        for ts_us, _id, etype, item, text, message_id in new
+        if kept is None or etype in kept
+    )
+    return _Entry(
+        count, max(entry.max_id, max(r[1] for r in new)), (last[0], last[1]), entry.events + added
+    )
+
+
+def _ts(e: Event) -> int:
+    return e.ts_us

@@ -1,0 +1,201 @@
+"""The decoded events kept between rescorings (leadscore.store.eventcache), on SQLite and
+PostgreSQL: whatever happens to a lead's events (new ones, late ones, future-dated ones,
+anonymous ones joined, a merged lead's moved over, a transaction rolled back, another process
+writing), rescoring sees exactly the events a fresh read of the database gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from leadscore.engine.lead import Event
+from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.db import open_database
+from leadscore.store.eventcache import EventCache, decoded_fields
+from leadscore.store.keeper import _event_types
+from leadscore.store.leads import lead_events
+from tests.conftest import Clock
+from tests.test_store_scoring import ALT, DW, RT, assert_matches_per_lead, publish
+
+DAY = 86_400_000_000
+
+
+def snapshot(evs: list[Event]) -> list[tuple[Any, ...]]:
+    return [(e.type, e.ts_us, e.item, e.event_id, dict(e.fields)) for e in evs]
+
+
+def assert_fresh(store: Store, lead_ids: list[str], until_us: int) -> None:
+    """What the cache gives for ``lead_ids`` equals the database's own answer (the cache's
+    counters left as they were)."""
+    cache = store.event_cache
+    counters = (cache.hits, cache.extended, cache.misses)
+    types = _event_types(store.sheets())  # what rescoring asks for
+    with store.db.write() as conn:
+        got = cache.events_of_leads(conn, lead_ids, until_us, types)
+        cache.hits, cache.extended, cache.misses = counters
+        for lead_id in lead_ids:
+            want = lead_events(conn, lead_id, until_us, types)
+            assert snapshot(got[lead_id]) == snapshot(want), lead_id
+
+
+def view(clock: Clock, lead_id: str, url: str, days_ago: float = 0, **kw: Any) -> EventInput:
+    return EventInput(
+        "page_view",
+        clock.now - int(days_ago * DAY),
+        lead_id,
+        properties={"url": url},
+        **kw,
+    )
+
+
+def test_new_events_extend_the_cached_list(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    cache = store.event_cache
+    store.ingest_events([view(clock, "L1", "/pricing", 3), view(clock, "L1", "/blog", 2)])
+    assert (cache.misses, cache.extended, cache.hits) == (1, 0, 0)
+    clock.advance(seconds=5)
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    assert (cache.misses, cache.extended) == (1, 1)
+    assert cache.cached_events == 3
+    clock.advance(seconds=5)
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP"})])  # no new event: a hit
+    assert cache.hits == 1
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_late_event_or_events_joined_from_elsewhere_read_the_lead_again(
+    store: Store, clock: Clock
+) -> None:
+    publish(store, RT)
+    cache = store.event_cache
+    store.ingest_events([view(clock, "L1", "/pricing", 1)])
+    # an event dated before the newest cached one: appending would break the order
+    store.ingest_events([view(clock, "L1", "/pricing", 5, message_id="late")])
+    assert (cache.misses, cache.extended) == (2, 0)
+    assert_fresh(store, ["L1"], clock.now)
+    # anonymous events (older ids) joined to a cached lead
+    store.ingest_events([view(clock, None, "/pricing", 2, anonymous_id="a1")])  # type: ignore[arg-type]
+    store.identify(LeadInput("L1"), anonymous_id="a1")
+    assert cache.misses == 3
+    assert_fresh(store, ["L1"], clock.now)
+    # an email-keyed lead's events moved to the cached lead when they merge
+    store.ingest_events([EventInput("demo_request", clock.now - DAY, email="ann@x.com")])
+    store.upsert_leads([LeadInput("L1", email="ann@x.com")])
+    assert_fresh(store, ["L1"], clock.now)
+    with store.db.read() as conn:
+        assert len(lead_events(conn, "L1")) == 4
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_future_events_wait_for_their_time(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing"), view(clock, "L1", "/pricing", -2)])
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+    clock.advance(days=3)
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP"})])
+    assert store.event_cache.hits == 1  # the same list, now with both events in the past
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_rolled_back_transaction_leaves_nothing_cached(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    cache = store.event_cache
+    store.ingest_events([view(clock, "L1", "/pricing", 1)])
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.db.write() as conn:
+        from leadscore.store.leads import insert_events
+
+        insert_events(conn, [view(clock, "L1", "/pricing", message_id="gone")], clock.now)
+        store.rescore_leads(conn, ["L1"], "event", clock.now)
+        assert cache.extended == 1
+        raise Boom
+    assert cache.cached_events == 1  # the list with the rolled-back event was not kept
+    # the next event takes the rolled-back one's id on SQLite: the cache must not be fooled
+    clock.advance(seconds=1)
+    store.ingest_events([view(clock, "L1", "/blog")])
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_another_process_writing_is_noticed(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 1)])
+    other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
+    try:
+        other.ingest_events([view(clock, "L1", "/pricing", message_id="elsewhere")])
+    finally:
+        other.db.dispose()
+    clock.advance(seconds=1)
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP"})])
+    assert store.event_cache.extended == 1
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_sheet_reading_other_types_starts_over(store: Store, clock: Clock) -> None:
+    publish(store, ALT)
+    store.ingest_events([view(clock, "L1", "/pricing"), EventInput("email_open", clock.now, "L1")])
+    assert store.event_cache.cached_events == 1  # ALT reads no email_open
+    publish(store, DW)  # reads email_open: the cached lists lack them
+    clock.advance(seconds=1)
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP"})])
+    assert store.event_cache.cached_events == 2
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_the_cache_keeps_at_most_its_size(db_url: str, clock: Clock) -> None:
+    store = Store(open_database(db_url), clock=clock, cached_events=5)
+    try:
+        publish(store, RT)
+        for i in range(6):
+            store.ingest_events([view(clock, f"L{i}", "/pricing", d) for d in (1, 2)])
+        assert store.event_cache.cached_events <= 5
+        assert len(store.event_cache) == 2
+        assert_fresh(store, [f"L{i}" for i in range(6)], clock.now)
+        off = Store(open_database(db_url), clock=clock, cached_events=0)
+        off.ingest_events([view(clock, "L0", "/pricing")])
+        assert off.event_cache.cached_events == 0 and off.event_cache.misses == 1
+        off.db.dispose()
+        assert_matches_per_lead(store, [f"L{i}" for i in range(6)], clock.now)
+    finally:
+        store.db.dispose()
+
+
+def test_decoded_fields_are_shared() -> None:
+    a = decoded_fields("page_view", None, '{"url": "/a", "n": 2, "m": {"k": true}}')
+    b = decoded_fields("page_view", None, '{"url": "/a", "n": 2, "m": {"k": true}}')
+    assert a is b
+    assert dict(a) == {
+        "url": "/a",
+        "n": "2",
+        "m": '{"k":true}',
+        "m.k": "true",
+        "type": "page_view",
+        "item": None,
+    }
+    assert decoded_fields("page_view", "x", '{"url": "/a"}') is not a
+    assert EventCache(0).max_events == 0
+
+
+def test_lists_read_for_other_types_are_not_kept(store: Store, clock: Clock) -> None:
+    """A transaction that read a lead for some types and commits after the cache started over
+    for others (a sheet was published meanwhile) must not leave its lists behind."""
+    publish(store, ALT)
+    store.ingest_events([view(clock, "L1", "/pricing"), EventInput("email_open", clock.now, "L1")])
+    cache = store.event_cache
+    cache.clear()
+    with store.db.write() as conn:
+        cache.events_of_leads(conn, ["L1"], clock.now, ["page_view"])
+        with store.db.read() as other:  # meanwhile, rescoring for more types
+            cache.events_of_leads(other, ["L1"], clock.now, ["page_view", "email_open"])
+    assert len(cache) == 0
+    with store.db.write() as conn:
+        cache.events_of_leads(conn, ["L1"], clock.now, ["page_view", "email_open"])
+    assert cache.cached_events == 2
