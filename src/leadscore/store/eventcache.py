@@ -138,13 +138,14 @@ class EventCache:
         found: dict[str, _Entry] = {}
         again: list[str] = []
         for lid in ids:
-            count, max_id = stats.get(lid, (0, 0))
             entry = cached.get(lid)
-            if count == 0:
-                found[lid] = _EMPTY
-            elif entry is None:  # every event of the lead came back
+            if entry is None:  # every event of the lead came back (if it has any)
                 found[lid] = _entry(rows[lid], kept)
                 self.misses += 1
+                continue
+            count, max_id = stats.get(lid, (0, 0))
+            if count == 0:  # its events moved on with a merge
+                found[lid] = _EMPTY
             elif entry.count == count and entry.max_id == max_id:
                 found[lid] = entry
                 self.hits += 1
@@ -212,14 +213,14 @@ _EMPTY = _Entry(0, 0, (-1, -1), ())
 
 
 def _query(lead_ids: Sequence[str], cached: Mapping[str, _Entry]) -> tuple[Any, dict[str, Any]]:
-    """One statement (and its parameters) for a chunk of leads: a (0, lead, count, newest id)
-    row per lead with events, then (1, lead, id, ts_us, type, item, properties, message_id)
-    rows: every event of the leads not in ``cached``, and of the cached ones those with an id
-    above the lowest of their newest ids. One statement sees one snapshot, so counts and rows
-    agree."""
+    """One statement (and its parameters) for a chunk of leads: (1, lead, id, ts_us, type,
+    item, properties, message_id) rows of every event of the leads not in ``cached``; for the
+    cached ones, a (0, lead, count, newest id) row each (when it has events) and the rows of
+    their events with an id above the lowest of their newest ids. One statement sees one
+    snapshot, so counts and rows agree."""
     known = [lid for lid in lead_ids if lid in cached]
     unknown = [lid for lid in lead_ids if lid not in cached]
-    params: dict[str, Any] = {"ids": lead_ids}
+    params: dict[str, Any] = {}
     if unknown:
         params["unknown"] = unknown
     if known:
@@ -243,7 +244,8 @@ def _listed(*where: sa.ColumnElement[bool]) -> Any:
 
 def _build_queries() -> dict[tuple[bool, bool], Any]:
     """The statements of :func:`_query`, built once (building one costs more than running it
-    on a few rows), by whether there are leads not cached and cached ones."""
+    on a few rows), by whether there are leads not cached and cached ones. The first column
+    tells the kinds of rows apart: 0 counts, 1 events."""
     text = sa.Text()
     stats = (
         sa.select(
@@ -256,7 +258,7 @@ def _build_queries() -> dict[tuple[bool, bool], Any]:
             sa.cast(sa.null(), text).label("properties"),
             sa.cast(sa.null(), text).label("message_id"),
         )
-        .where(events.c.lead_id.in_(sa.bindparam("ids", expanding=True)))
+        .where(events.c.lead_id.in_(sa.bindparam("known", expanding=True)))
         .group_by(events.c.lead_id)
     )
     unknown = _listed(events.c.lead_id.in_(sa.bindparam("unknown", expanding=True)))
@@ -269,8 +271,8 @@ def _build_queries() -> dict[tuple[bool, bool], Any]:
         (events.c.id + 0) > sa.bindparam("floor"),
     )
     return {
-        (False, False): stats,
-        (True, False): sa.union_all(stats, unknown),
+        (False, False): stats.where(sa.false()),  # no leads: nothing to read
+        (True, False): unknown,
         (False, True): sa.union_all(stats, known),
         (True, True): sa.union_all(stats, unknown, known),
     }
