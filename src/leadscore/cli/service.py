@@ -170,7 +170,7 @@ def serve(
             min=0,
             show_default=False,
             help="Decoded events of recently rescored leads kept in memory, so that "
-            "rescoring reads only their new events [default: 1,000,000; about 200 bytes "
+            "rescoring reads only their new events [default: 1,000,000; about 220 bytes "
             "each; 0: none].",
         ),
     ] = None,

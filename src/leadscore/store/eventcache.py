@@ -38,7 +38,8 @@ from leadscore.store.schema import events
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
 
-# About 150 to 250 bytes per kept event (measured in tests/test_event_cache.py's size check).
+# About 220 bytes per kept event, the shared decoded properties included (measured with
+# tracemalloc over 137,332 events of the sample data: 30 MB).
 DEFAULT_CACHED_EVENTS = 1_000_000
 _CHUNK = 500
 _FIELDS_MAX = 100_000
