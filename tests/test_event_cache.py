@@ -199,3 +199,21 @@ def test_lists_read_for_other_types_are_not_kept(store: Store, clock: Clock) -> 
     with store.db.write() as conn:
         cache.events_of_leads(conn, ["L1"], clock.now, ["page_view", "email_open"])
     assert cache.cached_events == 2
+
+
+def test_large_properties_count_for_more(db_url: str, clock: Clock) -> None:
+    """An event counts against the cache's size as one plus one per 200 bytes of its
+    properties, so that events with large properties cannot fill the memory."""
+    store = Store(open_database(db_url), clock=clock, cached_events=30)
+    try:
+        publish(store, RT)
+        big = {"url": "/pricing", "note": "x" * 2_000}
+        store.ingest_events([EventInput("page_view", clock.now, "L1", properties=big)])
+        assert 10 <= store.event_cache.cached_events <= 12
+        many = {"url": "/pricing", "note": "y" * 8_000}  # more than the cache holds: not kept
+        store.ingest_events([EventInput("page_view", clock.now, "L2", properties=many)])
+        assert len(store.event_cache) == 1
+        assert_fresh(store, ["L1", "L2"], clock.now)
+        assert_matches_per_lead(store, ["L1", "L2"], clock.now)
+    finally:
+        store.db.dispose()

@@ -43,6 +43,10 @@ __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
 DEFAULT_CACHED_EVENTS = 1_000_000
 _CHUNK = 500
 _FIELDS_MAX = 100_000
+_MEMO_TEXT_MAX = 2_000  # longer properties are decoded for each event
+# An event counts against the cache's size as one, plus one per this many bytes of its
+# properties' JSON, so that events with large properties cannot fill the memory.
+_BYTES_PER_UNIT = 200
 
 _fields_memo: dict[tuple[str, str | None, str], Mapping[str, str | None]] = {}
 
@@ -56,6 +60,8 @@ def decoded_fields(etype: str, item: str | None, text: str) -> Mapping[str, str 
         from leadscore.store.leads import event_fields  # leads imports this module
 
         found = event_fields(etype, item, json.loads(text))
+        if len(text) > _MEMO_TEXT_MAX:  # rare and large: not worth keeping
+            return found
         if len(_fields_memo) >= _FIELDS_MAX:
             _fields_memo.clear()
         _fields_memo[key] = found
@@ -74,9 +80,7 @@ class _Entry:
     max_id: int
     last_key: tuple[int, int]  # (ts_us, id) of the newest event of every type
     events: tuple[Event, ...]  # those of the kept types, oldest first
-
-
-_STATS = ("count", "max_id")
+    weight: int = 0  # what it counts against the cache's size (see _BYTES_PER_UNIT)
 
 
 class EventCache:
@@ -99,6 +103,8 @@ class EventCache:
 
     @property
     def cached_events(self) -> int:
+        """What the kept events count against ``max_events``: one each, plus one per 200
+        bytes of an event's properties."""
         return self._size
 
     def clear(self) -> None:
@@ -194,18 +200,19 @@ class EventCache:
                 return
             entries = self._entries
             for lid, entry in fresh.items():
-                if entry.count == 0:
-                    continue
                 old = entries.pop(lid, None)
                 if old is not None:
-                    self._size -= len(old.events)
+                    self._size -= old.weight
                     if old.count > entry.count:  # committed meanwhile with more events
                         entry = old
+                # none (its events moved on with a merge), or more than the cache holds
+                if entry.count == 0 or entry.weight > self.max_events:
+                    continue
                 entries[lid] = entry
-                self._size += len(entry.events)
+                self._size += entry.weight
             while self._size > self.max_events and entries:
                 _, gone = entries.popitem(last=False)
-                self._size -= len(gone.events)
+                self._size -= gone.weight
 
 
 # (ts_us, id, type, item, properties as text, message_id) of one stored event
@@ -288,16 +295,21 @@ def _entry(rows: list[_Row], kept: frozenset[str] | None) -> _Entry:
         return _EMPTY
     rows.sort()
     last = rows[-1]
+    mine = [r for r in rows if kept is None or r[2] in kept]
     return _Entry(
         len(rows),
         max(r[1] for r in rows),
         (last[0], last[1]),
         tuple(
             _event(etype, ts_us, item, text, message_id)
-            for ts_us, _id, etype, item, text, message_id in rows
-            if kept is None or etype in kept
+            for ts_us, _id, etype, item, text, message_id in mine
         ),
+        _weight(mine),
     )
+
+
+def _weight(rows: list[_Row]) -> int:
+    return len(rows) + sum(len(r[4]) for r in rows) // _BYTES_PER_UNIT
 
 
 def _grown(
@@ -309,13 +321,17 @@ def _grown(
     if not new or entry.count + len(new) != count or (new[0][0], new[0][1]) < entry.last_key:
         return None
     last = new[-1]
+    mine = [r for r in new if kept is None or r[2] in kept]
     added = tuple(
         _event(etype, ts_us, item, text, message_id)
-        for ts_us, _id, etype, item, text, message_id in new
-        if kept is None or etype in kept
+        for ts_us, _id, etype, item, text, message_id in mine
     )
     return _Entry(
-        count, max(entry.max_id, max(r[1] for r in new)), (last[0], last[1]), entry.events + added
+        count,
+        max(entry.max_id, max(r[1] for r in new)),
+        (last[0], last[1]),
+        entry.events + added,
+        entry.weight + _weight(mine),
     )
 
 
