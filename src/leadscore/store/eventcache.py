@@ -203,10 +203,11 @@ class EventCache:
                 old = entries.pop(lid, None)
                 if old is not None:
                     self._size -= old.weight
-                    if old.count > entry.count:  # committed meanwhile with more events
+                    # committed meanwhile with more events (unless the lead's events moved
+                    # on with a merge: it has none now)
+                    if old.count > entry.count and entry.count > 0:
                         entry = old
-                # none (its events moved on with a merge), or more than the cache holds
-                if entry.count == 0 or entry.weight > self.max_events:
+                if entry.count == 0 or entry.weight > self.max_events:  # none, or too many
                     continue
                 entries[lid] = entry
                 self._size += entry.weight
