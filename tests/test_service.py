@@ -55,6 +55,23 @@ def test_event_is_scored_before_the_response(serve: Serve) -> None:
     ]
 
 
+def test_health_shows_how_rescoring_used_the_event_cache(serve: Serve) -> None:
+    """The first rescoring of a lead reads it in full; the next, after one more event, reads
+    only that event."""
+    api = serve(no_auth=True)
+    api.post("/api/v1/events", json={"lead_id": "L1", "type": "demo_request"})
+    api.post("/api/v1/events", json={"lead_id": "L1", "type": "webinar_attended"})
+    cache = api.get("/api/v1/health").json()["event_cache"]
+    assert {k: cache[k] for k in ("leads", "size", "hits", "extended", "misses")} == {
+        "leads": 1,
+        "size": 2,
+        "hits": 0,
+        "extended": 1,
+        "misses": 1,
+    }
+    assert cache["limit"] == 1_000_000
+
+
 def test_batch_reports_bad_items_by_index_and_keeps_the_good(serve: Serve) -> None:
     api = serve(no_auth=True)
     r = api.post(

@@ -267,6 +267,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             "version": leadscore.__version__,
             "store": state.store.db.engine.dialect.name,
             "sheets": [s.name for s in state.store.sheets()],
+            "event_cache": state.store.event_cache.stats(),
         }
 
     return app

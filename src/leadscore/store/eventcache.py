@@ -107,6 +107,17 @@ class EventCache:
         bytes of an event's properties."""
         return self._size
 
+    def stats(self) -> dict[str, int]:
+        """What the cache holds and how rescorings used it since the process started."""
+        return {
+            "leads": len(self._entries),
+            "size": self._size,
+            "limit": self.max_events,
+            "hits": self.hits,
+            "extended": self.extended,
+            "misses": self.misses,
+        }
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
