@@ -132,7 +132,7 @@ def score_lead(
     record = {k: (v if v is None or type(v) is str else to_text(v)) for k, v in lead.items()}
     # Only the event types some rule reads are kept; an any-type inactivity rule needs just
     # the newest visible event of all.
-    by_type: dict[str, list[Event]] = {t: [] for t in plan.event_types}
+    by_type: dict[str, list[Event]] = {t: [] for t in model.event_types}
     last_any = _NEVER
     get_bucket = by_type.get
     unsorted = False
@@ -227,7 +227,6 @@ class _Plan:
     activity: tuple[tuple[ActivityRule, str, tuple[Any, ...] | None], ...]
     inactivity: tuple[InactivityRule, ...]
     groups: tuple[tuple[Group, tuple[int, ...]], ...]
-    event_types: frozenset[str]
 
 
 def _plan_of(model: Model) -> _Plan:
@@ -247,7 +246,6 @@ def _plan_of(model: Model) -> _Plan:
             tuple((r, r.events[0], _idle(r)) for r in activity),
             inactivity,
             tuple((g, tuple(position[r.id] for r in g.rules)) for g in model.groups),
-            model.event_types,
         )
     assert isinstance(plan, _Plan)
     return plan
@@ -319,8 +317,6 @@ def _activity(
     if rule.trend is not None:
         return _trend(rule, candidates, t_us, warnings)
     if not candidates and rule.count is None:  # most rules, for most leads
-        if rule.min_points is None and rule.max_points is None:
-            return RuleContribution(rule.id, "activity", rule.group, False, rule.points, 0.0, 0.0)
         raw, side = clip(0.0, rule.min_points, rule.max_points)
         clipped = None if side is None else f"{side}_points"
         return RuleContribution(

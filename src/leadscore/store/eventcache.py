@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
 from leadscore.store.db import on_commit
+from leadscore.store.leads import event_fields
 from leadscore.store.schema import events
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
@@ -57,8 +58,6 @@ def decoded_fields(etype: str, item: str | None, text: str) -> Mapping[str, str 
     key = (etype, item, text)
     found = _fields_memo.get(key)
     if found is None:
-        from leadscore.store.leads import event_fields  # leads imports this module
-
         found = event_fields(etype, item, json.loads(text))
         if len(text) > _MEMO_TEXT_MAX:  # rare and large: not worth keeping
             return found
@@ -291,7 +290,6 @@ def _build_queries() -> dict[tuple[bool, bool], Any]:
         (events.c.id + 0) > sa.bindparam("floor"),
     )
     return {
-        (False, False): stats.where(sa.false()),  # no leads: nothing to read
         (True, False): unknown,
         (False, True): sa.union_all(stats, known),
         (True, True): sa.union_all(stats, unknown, known),
@@ -307,21 +305,18 @@ def _entry(rows: list[_Row], kept: frozenset[str] | None) -> _Entry:
         return _EMPTY
     rows.sort()
     last = rows[-1]
+    events_, weight = _decoded(rows, kept)
+    return _Entry(len(rows), max(r[1] for r in rows), (last[0], last[1]), events_, weight)
+
+
+def _decoded(rows: list[_Row], kept: frozenset[str] | None) -> tuple[tuple[Event, ...], int]:
+    """The events of ``rows`` of the ``kept`` types, and what they count against the size."""
     mine = [r for r in rows if kept is None or r[2] in kept]
-    return _Entry(
-        len(rows),
-        max(r[1] for r in rows),
-        (last[0], last[1]),
-        tuple(
-            _event(etype, ts_us, item, text, message_id)
-            for ts_us, _id, etype, item, text, message_id in mine
-        ),
-        _weight(mine),
-    )
-
-
-def _weight(rows: list[_Row]) -> int:
-    return len(rows) + sum(len(r[4]) for r in rows) // _BYTES_PER_UNIT
+    weight = len(mine) + sum(len(r[4]) for r in mine) // _BYTES_PER_UNIT
+    return tuple(
+        _event(etype, ts_us, item, text, message_id)
+        for ts_us, _id, etype, item, text, message_id in mine
+    ), weight
 
 
 def _grown(
@@ -333,17 +328,13 @@ def _grown(
     if not new or entry.count + len(new) != count or (new[0][0], new[0][1]) < entry.last_key:
         return None
     last = new[-1]
-    mine = [r for r in new if kept is None or r[2] in kept]
-    added = tuple(
-        _event(etype, ts_us, item, text, message_id)
-        for ts_us, _id, etype, item, text, message_id in mine
-    )
+    added, weight = _decoded(new, kept)
     return _Entry(
         count,
-        max(entry.max_id, max(r[1] for r in new)),
+        max(r[1] for r in new),  # all above the cached newest id
         (last[0], last[1]),
         entry.events + added,
-        entry.weight + _weight(mine),
+        entry.weight + weight,
     )
 
 
