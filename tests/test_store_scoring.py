@@ -261,6 +261,47 @@ def test_events_and_profile_updates_rescore_and_append_history(store: Store, clo
     assert_matches_per_lead(store, ["L1"], clock.now)
 
 
+def test_one_transaction_updates_each_lead_with_what_changed_for_it(
+    store: Store, clock: Clock
+) -> None:
+    """Three VP leads with an email open (score 30, warm). One ingest rescores L1 (a view:
+    score and engagement move, band and grade stay), L2 (a demo: also band, MQL flag and
+    priority) and L3 (another open, which no rule reads: only the time of the score). Each
+    lead's row ends equal to the per-lead evaluator, and the UPDATEs set the columns that
+    changed, not fit or grade, whose indexes would be rewritten for nothing."""
+    publish(store, RT)
+    t0 = clock.now
+    store.upsert_leads([LeadInput(f"L{i}", fields={"title": "VP Sales"}) for i in (1, 2, 3)])
+    store.ingest_events([EventInput("email_open", t0, f"L{i}") for i in (1, 2, 3)])
+    clock.advance(seconds=60)
+    sets: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SCORES"):
+            sets.append(statement.split("SET", 1)[1].split("WHERE", 1)[0])
+
+    sa.event.listen(store.db.engine, "before_cursor_execute", seen)
+    try:
+        store.ingest_events(
+            [
+                EventInput("page_view", t0, "L1", properties={"url": "/pricing"}),
+                EventInput("demo_request", t0, "L2"),
+                EventInput("email_open", t0, "L3"),
+            ]
+        )
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", seen)
+    assert_matches_per_lead(store, ["L1", "L2", "L3"], clock.now)
+    assert [round(current(store, f"L{i}", "rt")["score"], 2) for i in (1, 2, 3)] == [46, 70, 30]
+    assert [current(store, f"L{i}", "rt")["band"] for i in (1, 2, 3)] == ["warm", "hot", "warm"]
+    assert len(sets) == 3  # one statement per set of changed columns
+    columns = [{c.split("=")[0].strip() for c in s.split(",")} for s in sets]
+    assert {"as_of_us", "updated_us"} == set.intersection(*columns)
+    assert all("fit" not in c and "grade" not in c for c in columns), sets
+    assert {"score", "engagement", "groups"} <= set.union(*columns)
+    assert any({"band", "mql", "priority"} <= c for c in columns), sets
+
+
 def test_two_sheets_are_scored_side_by_side(store: Store, clock: Clock) -> None:
     """RT and ALT both active; lead M1 (title VP) then a demo, a /pricing and a /blog view now:
 

@@ -130,6 +130,33 @@ _UPDATE_SCORE = (
 )
 
 
+# Set on an update only when their value changed: an index over a column that the UPDATE
+# sets is rewritten even for an equal value (SQLite), so leaving out the unchanged ones (fit,
+# band, grade on most events) saves index pages on every commit.
+_VARYING = (
+    "model_version_id",
+    "score",
+    "fit",
+    "engagement",
+    "grade",
+    "band",
+    "mql",
+    "priority",
+    "groups",
+)
+
+
+def _changed_values(n: NewScore, old: sa.RowMapping, now_us: int) -> dict[str, Any]:
+    values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
+    for column in _VARYING:
+        value = getattr(n, column)
+        if old[column] != value:
+            values[column] = value
+    values["k_lead"] = n.lead_id
+    values["k_sheet"] = n.sheet
+    return values
+
+
 def write_scores(
     conn: Connection,
     new: Sequence[NewScore],
@@ -158,9 +185,7 @@ def write_scores(
         if old is None:
             inserts.append(n.values(now_us))
         else:
-            values = n.values(now_us)
-            del values["lead_id"], values["sheet"]  # the key, not to be set
-            updates.append({**values, "k_lead": n.lead_id, "k_sheet": n.sheet})
+            updates.append(_changed_values(n, old, now_us))
         same_labels = old is not None and (
             old["band"] == n.band
             and old["grade"] == n.grade
@@ -212,8 +237,12 @@ def write_scores(
         )
     if inserts:
         conn.execute(scores.insert(), inserts)
-    if updates:
-        conn.execute(_UPDATE_SCORE, updates)
+    # one executemany per set of changed columns (the SET clause is made from the keys)
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        shapes.setdefault(tuple(u), []).append(u)
+    for same in shapes.values():
+        conn.execute(_UPDATE_SCORE, same)
     if history:
         conn.execute(score_history.insert(), history)
     return changes
