@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
 import pytest
 
 from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.db import CHECKPOINT_SECONDS, open_database
 from leadscore.store.queries import LeadQuery, lead_view, list_leads, score_history_of
+from leadscore.store.schema import leads
 from tests.conftest import MODELS, Clock
 
 DAY = 86_400_000_000
@@ -99,3 +108,42 @@ def test_batch_rescoring_keeps_a_score_written_in_real_time_meanwhile(
     with store.db.read() as conn:
         s = lead_view(conn, "L1")["scores"]["b2b-default"]
     assert (s["score"], s["band"]) == (85.0, "hot")
+
+
+def test_sqlite_log_is_copied_into_the_file_beside_the_writers(tmp_path: Path) -> None:
+    """A write leaves its pages in the write-ahead log; the checkpoint thread copies them into
+    the database file within about CHECKPOINT_SECONDS, without a writer doing it (the log is
+    far below WAL_AUTOCHECKPOINT): a copy of the file alone then holds the lead. The thread
+    ends with dispose."""
+    path = tmp_path / "store.db"
+    db = open_database(path)
+    with db.write() as conn:
+        conn.execute(
+            leads.insert(),
+            [
+                {
+                    "lead_id": f"L{i}",
+                    "profile": {},
+                    "stage": "lead",
+                    "stage_us": 0,
+                    "created_us": 0,
+                    "updated_us": 0,
+                }
+                for i in range(100)
+            ],
+        )
+    copy = tmp_path / "copy.db"
+    deadline = time.monotonic() + 10 * CHECKPOINT_SECONDS + 5
+    found = 0
+    while time.monotonic() < deadline and not found:
+        time.sleep(CHECKPOINT_SECONDS / 2)
+        shutil.copyfile(path, copy)  # the file alone, not its -wal
+        with closing(sqlite3.connect(copy)) as c:
+            tables = {n for (n,) in c.execute("SELECT name FROM sqlite_master")}
+            if "leads" in tables:
+                found = c.execute("SELECT count(*) FROM leads").fetchone()[0]
+    assert found == 100
+    threads = [t for t in threading.enumerate() if t.name == "leadscore-checkpoint"]
+    assert threads
+    db.dispose()
+    assert not [t for t in threads if t.is_alive()]
