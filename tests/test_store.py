@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import shutil
 import sqlite3
 import threading
@@ -147,3 +149,35 @@ def test_sqlite_log_is_copied_into_the_file_beside_the_writers(tmp_path: Path) -
     assert threads
     db.dispose()
     assert not [t for t in threads if t.is_alive()]
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "leadscore-checkpoint"]
+
+
+def test_checkpoint_thread_ends_with_a_database_dropped_undisposed(tmp_path: Path) -> None:
+    before = set(_checkpoint_threads())
+    db = open_database(tmp_path / "store.db")
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    mine = [t for t in _checkpoint_threads() if t not in before]
+    assert len(mine) == 1
+    time.sleep(3 * CHECKPOINT_SECONDS)  # it checkpointed and has nothing left to do
+    del db, conn
+    gc.collect()
+    mine[0].join(timeout=10 * CHECKPOINT_SECONDS + 5)
+    assert not mine[0].is_alive()
+
+
+def test_in_memory_store_starts_no_checkpoint_thread(caplog: pytest.LogCaptureFixture) -> None:
+    """An in-memory database has no log to copy; a checkpoint from another thread would open
+    a second, empty database there, which dispose could not close."""
+    before = set(_checkpoint_threads())
+    db = open_database("sqlite://")
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert [t for t in _checkpoint_threads() if t not in before] == []
+    with caplog.at_level(logging.WARNING):
+        db.dispose()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

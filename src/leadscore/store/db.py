@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import weakref
@@ -84,8 +85,11 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self.is_sqlite else None
         self._checkpointer: _Checkpointer | None = None
+        # an in-memory database has no log to copy (and is one connection per thread)
+        self._checkpoints = self.is_sqlite and engine.url.database not in (None, "", ":memory:")
         if self.is_sqlite:
             _configure_sqlite(engine, durable=durable)
+            _unforked.add(self)
 
     @property
     def url(self) -> str:
@@ -112,9 +116,10 @@ class Database:
                         yield conn
                 finally:
                     conn.info.pop(_AFTER_COMMIT, None)
-                if self._checkpointer is None:
-                    self._checkpointer = _Checkpointer(self)
-                self._checkpointer.wrote()
+                if self._checkpoints:
+                    if self._checkpointer is None:
+                        self._checkpointer = _Checkpointer(self)
+                    self._checkpointer.wrote()
         for action in after:
             action()
 
@@ -139,22 +144,31 @@ class Database:
     def head(self) -> str | None:
         return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """SQLite: copy what the write-ahead log holds into the database file, as far as no
-        reader still needs it (a passive checkpoint: writers are not held up)."""
+        reader still needs it (a passive checkpoint: writers are not held up). Whether all of
+        it was copied."""
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            cursor.fetchall()
+            row = cursor.fetchone()
             cursor.close()
         finally:
             raw.close()
+        if row is None:  # not in WAL mode: nothing to copy
+            return True
+        busy, pages, copied = row
+        return not busy and copied >= pages
 
     def dispose(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        """Close the connections and stop the checkpoint thread (a later write, if any, opens
+        and starts them again)."""
+        if self._lock is not None:
+            with self._lock:  # after the write under way, if any
+                checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.stop()
         self.engine.dispose()
 
 
@@ -178,18 +192,31 @@ class _Checkpointer:
 
     def _run(self) -> None:
         while not self._stopped.wait(CHECKPOINT_SECONDS):
-            if not self._dirty:
-                continue
-            self._dirty = False
             db = self._db()
-            if db is None:
+            if db is None:  # dropped without dispose
                 return
-            try:
-                db.checkpoint()
-            except (sa.exc.SQLAlchemyError, sqlite3.Error) as e:
-                # nothing is lost: the writers' own checkpoints (WAL_AUTOCHECKPOINT) take over
-                log.warning("checkpoint of %s failed: %s", db.url, e)
+            if self._dirty:
+                self._dirty = False
+                try:
+                    if not db.checkpoint():  # a reader held pages back: again next time
+                        self._dirty = True
+                except (sa.exc.SQLAlchemyError, sqlite3.Error) as e:
+                    # nothing is lost: the writers' own checkpoints (WAL_AUTOCHECKPOINT) take over
+                    log.warning("checkpoint of %s failed: %s", db.url, e)
             del db
+
+
+# A forked child has none of its parent's threads: its databases start checkpointers anew.
+_unforked: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_unforked):
+        db._checkpointer = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
