@@ -1155,8 +1155,7 @@ def versions(pg: str | None) -> str:
     ]
     text = ", ".join(f"{name} {ver}" for name, ver in parts)
     loop = "uvloop" if v("uvloop") != "not installed" else "asyncio"
-    http = "httptools" if v("httptools") != "not installed" else "h11"
-    return f"{text}; uvicorn runs on {loop} with {http}"
+    return f"{text}; uvicorn runs on {loop} with h11 (leadscore serve asks for it)"
 
 
 def source_state() -> str:

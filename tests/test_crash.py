@@ -198,3 +198,26 @@ def test_sigkill_keeps_every_pending_webhook(db_url: str, tmp_path: Path) -> Non
         statuses = {s for (s,) in conn.execute(sa.select(outbox.c.status))}
     db.dispose()
     assert statuses == {"delivered"}
+
+
+def test_serve_refuses_a_request_with_oversized_headers(tmp_path: Path) -> None:
+    """`leadscore serve` parses HTTP with h11, which refuses headers that outgrow its buffer
+    (httptools, which uvicorn would take where installed, reads any size into memory): 2 MB
+    of headers get no answer but an error or a closed connection, and the server serves on."""
+    port = free_port()
+    proc = start_server(f"sqlite:///{tmp_path / 'store.db'}", port, tmp_path)
+    try:
+        head = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * 1000) for i in range(2000))
+        answer = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            try:
+                s.sendall(head + filler + b"\r\n")
+                answer = s.recv(4096)
+            except OSError:  # reset while sending: refused
+                pass
+        assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

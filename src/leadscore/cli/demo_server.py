@@ -196,7 +196,9 @@ def run_demo_server(
         lead_ids = [str(i) for (i,) in conn.execute(sa.select(leads.c.lead_id))]
     store.listener = _announce(say, store.listener)
     app = create_app(Settings(db=str(db), no_auth=True, rescore_interval=600), store=store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11")
+    )
     stop = threading.Event()
     streamer = threading.Thread(
         target=_stream, args=(store, lead_ids, stop, rate), name="demo-stream", daemon=True

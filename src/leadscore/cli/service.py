@@ -213,6 +213,9 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
+        # h11, not httptools even where it is installed: h11 refuses a request whose headers
+        # outgrow its buffer, httptools reads headers of any size into memory
+        http="h11",
     )
 
 
