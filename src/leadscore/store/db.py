@@ -39,11 +39,11 @@ CHECKPOINT_SECONDS = 0.5
 # A writer still checkpoints (as SQLite does by default at 1,000) when the log has grown to
 # this many pages, 40 MB at 4 KiB: a backstop for a checkpoint thread that cannot keep up.
 WAL_AUTOCHECKPOINT = 10_000
-
-log = logging.getLogger("leadscore.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "leadscore_write"
 _AFTER_COMMIT = "leadscore_after_commit"
+
+log = logging.getLogger("leadscore.store")
 
 
 def database_url(db: str | Path | None) -> str:
@@ -89,7 +89,7 @@ class Database:
         self._checkpoints = self.is_sqlite and engine.url.database not in (None, "", ":memory:")
         if self.is_sqlite:
             _configure_sqlite(engine, durable=durable)
-            _unforked.add(self)
+            _sqlite_databases.add(self)
 
     @property
     def url(self) -> str:
@@ -207,11 +207,11 @@ class _Checkpointer:
 
 
 # A forked child has none of its parent's threads: its databases start checkpointers anew.
-_unforked: weakref.WeakSet[Database] = weakref.WeakSet()
+_sqlite_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for db in list(_unforked):
+    for db in list(_sqlite_databases):
         db._checkpointer = None
 
 

@@ -132,17 +132,10 @@ _UPDATE_SCORE = (
 
 # Set on an update only when their value changed: an index over a column that the UPDATE
 # sets is rewritten even for an equal value (SQLite), so leaving out the unchanged ones (fit,
-# band, grade on most events) saves index pages on every commit.
-_VARYING = (
-    "model_version_id",
-    "score",
-    "fit",
-    "engagement",
-    "grade",
-    "band",
-    "mql",
-    "priority",
-    "groups",
+# band, grade on most events) saves index pages on every commit. Every column but the key and
+# the two times, which _changed_values always sets (each a NewScore field of the same name).
+_VARYING = tuple(
+    c.name for c in scores.columns if c.name not in ("lead_id", "sheet", "as_of_us", "updated_us")
 )
 
 
