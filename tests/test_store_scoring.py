@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from leadscore import score_lead
 from leadscore.engine.timeutil import from_micros
 from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.db import open_database
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.queries import lead_view, score_history_of
 from leadscore.store.schema import scores
@@ -334,6 +335,32 @@ def test_two_sheets_are_scored_side_by_side(store: Store, clock: Clock) -> None:
     assert (reason, old, new) == ("decay", 86.0, 78.0)
     assert history(store, "M1", "alt")[0] == ("event", 0.0, 107.5)
     assert_matches_per_lead(store, ["M1"], clock.now)
+
+
+def test_a_model_another_process_publishes_scores_the_next_event(
+    store: Store, clock: Clock, db_url: str
+) -> None:
+    """Two stores on one database, as the server and its ingest process are. The other has
+    just read the active sheets (RT, its demo worth 40) when this one publishes RT with the
+    demo worth 45; the other's next event scores with the new version (30 + 45 - 0 = 75 as
+    VP + demo), although its cached sheets are younger than SHEETS_TTL."""
+    publish(store, RT)
+    other = Store(open_database(db_url), clock=clock)
+    try:
+        assert [s.version.version for s in other.sheets()] == [1]
+        store.upsert_leads([LeadInput("P1", fields={"title": "VP Sales"})])
+        publish(store, RT.replace("points: 40, frequency: once", "points: 45, frequency: once"))
+        other.ingest_events([EventInput("demo_request", clock.now, "P1")])
+        with store.db.read() as conn:
+            row = conn.execute(
+                sa.select(scores.c.score, scores.c.model_version_id).where(
+                    scores.c.lead_id == "P1"
+                )
+            ).one()
+        assert row.score == 75.0
+        assert row.model_version_id == store.sheets()[0].version.id
+    finally:
+        other.db.dispose()
 
 
 def test_future_events_count_from_their_time_on(store: Store, clock: Clock) -> None:

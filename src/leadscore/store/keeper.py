@@ -62,8 +62,9 @@ from leadscore.store.versions import (
 __all__ = ["DEFAULT_MODEL", "ChangeListener", "RescoreReport", "Sheet", "Store"]
 
 DEFAULT_MODEL = "b2b-default.yaml"  # shipped in leadscore/models
-# How long the active sheets are trusted without asking the store: a model published by
-# another process is in use within this time (one published here, at once).
+# How long the active sheets are trusted without asking the store, for reads: a model published
+# by another process is shown within this time (one published here, at once). Rescoring asks
+# in its own transaction, so that it never writes a score with a model already replaced.
 SHEETS_TTL = 1.0
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -123,14 +124,15 @@ class Store:
 
     # --- models -------------------------------------------------------------------------------
 
-    def sheets(self, conn: Connection | None = None) -> list[Sheet]:
-        """The active sheets (reloaded when another process published a model)."""
+    def sheets(self, conn: Connection | None = None, *, check: bool = False) -> list[Sheet]:
+        """The active sheets (reloaded when another process published a model: within
+        :data:`SHEETS_TTL`, or at once with ``check``)."""
         if conn is None:
             with self.db.read() as c:
-                return self.sheets(c)
+                return self.sheets(c, check=check)
         with self._lock:
             fresh_until, cached = self._sheets_checked
-        if time.monotonic() < fresh_until:
+        if not check and time.monotonic() < fresh_until:
             return cached
         ids = tuple(
             int(i)
@@ -283,8 +285,12 @@ class Store:
     ) -> list[ScoreChange]:
         """Rescore leads with the per-lead evaluator as of ``now_us``, inside ``conn``."""
         ids = sorted(set(lead_ids))
-        sheets = self.sheets(conn)
-        if not ids or not sheets:
+        if not ids:
+            return []
+        # checked in this transaction: a score written with a model another process has just
+        # replaced would stay until the lead's next event
+        sheets = self.sheets(conn, check=True)
+        if not sheets:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             lock_leads(conn, ids)
@@ -340,7 +346,9 @@ class Store:
         t_us = self.clock() if as_of_us is None else as_of_us
         report = RescoreReport(reason, t_us)
         with self.db.read() as conn:
-            active = [s for s in self.sheets(conn) if sheets is None or s.name in sheets]
+            active = [
+                s for s in self.sheets(conn, check=True) if sheets is None or s.name in sheets
+            ]
             if not active:
                 return report
             if progress:
