@@ -9,6 +9,7 @@ every stored lead's score equals a fresh rescoring of its events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,6 +39,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    """Whatever a test leaves running (a failed assertion) is killed with its process group."""
+    yield
+    while _started:
+        proc = _started.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def start_server(db_url: str, port: int, cwd: Path, *extra: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -54,7 +70,9 @@ def start_server(db_url: str, port: int, cwd: Path, *extra: str) -> subprocess.P
         cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, with its ingest process
     )
+    _started.append(proc)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -97,32 +115,83 @@ def burst(url: str, worker: int, acked: list[str], stop: threading.Event) -> Non
                 )
 
 
-def burst_then_kill(proc: subprocess.Popen[bytes], port: int) -> list[str]:
-    """Four clients post batches; once 400 events are acknowledged, SIGKILL the server while
-    requests are in flight. Returns the acknowledged event ids."""
+def ingest_process_of(server: int) -> int:
+    """The pid of the server's ingest process (a child started by multiprocessing's spawn;
+    its other child, if any, is multiprocessing's resource tracker)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server and b"spawn_main" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"the server {server} has no ingest process")
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def burst_then_kill(proc: subprocess.Popen[bytes], port: int, victim: str = "server") -> list[str]:
+    """Four clients post batches; once 400 events are acknowledged, SIGKILL the server (with
+    ``victim="both"``, its whole process group: the ingest process too, as when a container
+    is killed) while requests are in flight. With ``victim="ingest"`` only the ingest process is
+    killed: the server starts another, and the clients go on until 400 more are acknowledged.
+    Returns the acknowledged event ids."""
     acked: list[str] = []
     stop = threading.Event()
     workers = [
         threading.Thread(target=burst, args=(f"http://127.0.0.1:{port}", w, acked, stop))
         for w in range(4)
     ]
+    ingest = ingest_process_of(proc.pid)
     for w in workers:
         w.start()
     deadline = time.monotonic() + 30
     while len(acked) < 400 and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    if victim == "server":
+        os.kill(proc.pid, signal.SIGKILL)
+    elif victim == "both":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(ingest, signal.SIGKILL)
+    if victim == "ingest":
+        before = len(acked)
+        deadline = time.monotonic() + 60
+        while len(acked) < before + 400 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(acked) >= before + 400, "no events were acknowledged after the restart"
+        assert ingest_process_of(proc.pid) != ingest
+        stop.set()
+        proc.terminate()
+    proc.wait(timeout=30)
     stop.set()
     for w in workers:
         w.join(timeout=15)
+    # the ingest process does not outlive the server: it ends once its pipe closes
+    assert gone_within(ingest, 30), "the ingest process outlived the server"
     return acked
 
 
-def test_sigkill_mid_burst_loses_no_acknowledged_event(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim", ["server", "both", "ingest"])
+def test_sigkill_mid_burst_loses_no_acknowledged_event(
+    db_url: str, tmp_path: Path, victim: str
+) -> None:
     port = free_port()
     proc = start_server(db_url, port, tmp_path)
-    acked = burst_then_kill(proc, port)
+    acked = burst_then_kill(proc, port, victim)
     assert len(acked) >= 400, "the burst did not get going"
 
     store = Store(open_database(db_url))

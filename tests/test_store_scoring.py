@@ -353,9 +353,7 @@ def test_a_model_another_process_publishes_scores_the_next_event(
         other.ingest_events([EventInput("demo_request", clock.now, "P1")])
         with store.db.read() as conn:
             row = conn.execute(
-                sa.select(scores.c.score, scores.c.model_version_id).where(
-                    scores.c.lead_id == "P1"
-                )
+                sa.select(scores.c.score, scores.c.model_version_id).where(scores.c.lead_id == "P1")
             ).one()
         assert row.score == 75.0
         assert row.model_version_id == store.sheets()[0].version.id

@@ -174,6 +174,14 @@ def serve(
             "each; 0: none].",
         ),
     ] = None,
+    ingest_process: Annotated[
+        bool,
+        typer.Option(
+            help="Store and rescore ingested events in a process of their own, beside the "
+            "one that serves HTTP, so that the two use two cores (off: a thread of the "
+            "server process)."
+        ),
+    ] = True,
 ) -> None:
     """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
     import uvicorn
@@ -195,6 +203,7 @@ def serve(
         retry_first_delay=webhook_retry,
         webhook_timeout=webhook_timeout,
         durable=not fast_commits,
+        ingest_process=ingest_process,
     )
     if cached_events is not None:
         settings.cached_events = cached_events

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +19,6 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.engine import Connection
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,12 +36,10 @@ from leadscore.service import (
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.state import ServiceState, Settings
-from leadscore.service.writer import IngestWriter
+from leadscore.service.writer import IngestWriter, ProcessWriter, with_triggers
 from leadscore.store import Store, open_store
-from leadscore.store.keeper import ChangeListener
 from leadscore.store.outbox import Deliverer, RetryPolicy
-from leadscore.store.scores import ScoreChange
-from leadscore.store.triggers import TriggerEngine, load_triggers, save_triggers
+from leadscore.store.triggers import load_triggers, save_triggers
 
 APIDOCS = Path(__file__).parent / "apidocs"  # Swagger UI from npm (see its README.md)
 
@@ -58,24 +55,6 @@ def _publish_start_models(store: Store, settings: Settings) -> None:
             log.info("published %s version %d from %s", version.name, version.version, path)
     if not settings.models and store.ensure_a_model() is not None:
         log.info("no model in the store: published the shipped b2b-default model")
-
-
-def _with_triggers(store: Store) -> None:
-    """Make the store's score changes go to the triggers (before any listener it had)."""
-    if isinstance(store.listener, TriggerEngine):
-        return
-    engine = TriggerEngine(store.model_by_id)
-    then = store.listener
-    if then is None:
-        store.listener = engine
-        return
-
-    def both(conn: Connection, changes: Sequence[ScoreChange], now_us: int, fire: bool) -> None:
-        engine(conn, changes, now_us, fire)
-        then(conn, changes, now_us, fire)
-
-    listener: ChangeListener = both
-    store.listener = listener
 
 
 def _load_start_triggers(store: Store, settings: Settings) -> None:
@@ -191,10 +170,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 settings.db, durable=settings.durable, cached_events=settings.cached_events
             )
         )
-        _with_triggers(s)
+        with_triggers(s)
         _publish_start_models(s, settings)
         _load_start_triggers(s, settings)
-        writer = IngestWriter(s)
+        writer: IngestWriter | ProcessWriter
+        if own and settings.ingest_process and not s.db.in_memory:
+            # the server process keeps a tenth of the cache: its rescorings (leads posted,
+            # Segment identify calls) are few beside the ingest process's
+            s.event_cache.max_events = settings.cached_events // 10
+            writer = ProcessWriter(
+                settings.db, durable=settings.durable, cached_events=settings.cached_events
+            )
+        else:
+            writer = IngestWriter(s)
         app.state.leadscore = ServiceState(settings, s, KeyCache(), writer)
         threads = []
         if settings.rescore_interval > 0:
@@ -267,7 +255,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             "version": leadscore.__version__,
             "store": state.store.db.engine.dialect.name,
             "sheets": [s.name for s in state.store.sheets()],
-            "event_cache": state.store.event_cache.stats(),
+            "event_cache": state.writer.cache_stats(),
         }
 
     return app

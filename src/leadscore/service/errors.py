@@ -39,6 +39,7 @@ _STATUS_CODES = {
     422: "invalid",
     429: "too_many_requests",
     500: "internal",
+    503: "unavailable",
 }
 
 

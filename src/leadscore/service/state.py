@@ -12,7 +12,7 @@ from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS
 
 if TYPE_CHECKING:
     from leadscore.service.auth import KeyCache
-    from leadscore.service.writer import IngestWriter
+    from leadscore.service.writer import IngestWriter, ProcessWriter
 
 __all__ = ["ENV_SETTINGS", "ServiceState", "Settings"]
 
@@ -33,6 +33,9 @@ class Settings:
     webhook_timeout: float = 10.0  # seconds a receiver has to answer
     durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
     cached_events: int = DEFAULT_CACHED_EVENTS  # decoded events kept for rescoring; 0: none
+    # store and rescore ingested events in a process of their own (a file or server store,
+    # opened by the service itself); else in a thread of the server process
+    ingest_process: bool = True
     max_body_bytes: int = 1_000_000
     max_upload_bytes: int = 50_000_000  # a file posted whole (outcomes as CSV)
     max_batch: int = 1000
@@ -52,4 +55,4 @@ class ServiceState:
     settings: Settings
     store: Store
     keys: KeyCache
-    writer: IngestWriter
+    writer: IngestWriter | ProcessWriter

@@ -1,27 +1,97 @@
 """Group commit for ingest: events from concurrent requests share one store transaction.
 
-Each request hands its events to :class:`IngestWriter` and waits; a writer thread takes
-everything waiting, stores and rescores it in one transaction (each lead rescored once, one
-commit, one disk flush), and answers every request with its own items' outcomes. A request is
-still answered only after its events are committed. Under load this turns hundreds of small
-transactions into a few large ones; with a single request waiting it costs nothing extra.
+Each request hands its events to a writer and waits; the writer takes everything waiting,
+stores and rescores it in one transaction (each lead rescored once, one commit, one disk
+flush), and answers every request with its own items' outcomes. A request is still answered
+only after its events are committed. Under load this turns hundreds of small transactions into
+a few large ones; with a single request waiting it costs nothing extra.
+
+Two writers, one interface (``ingest``, ``close``, ``cache_stats``):
+
+- :class:`ProcessWriter` writes in a process of its own, the one ``leadscore serve`` uses. The
+  server process then speaks HTTP while the ingest process stores and rescores, each on a core
+  of its own; in one process the two take turns under Python's global interpreter lock.
+- :class:`IngestWriter` writes in a thread of the server process: for a store handed to the
+  application (tests, a settable clock) and for in-memory databases, which another process
+  cannot open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import queue
+import signal
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
 
-from leadscore.errors import LeadscoreError
-from leadscore.store import EventInput, ItemOutcome, Store
+from sqlalchemy.engine import Connection
 
-__all__ = ["IngestWriter"]
+from leadscore.errors import Conflict, LeadscoreError, NotFound, StoreError, UsageError
+from leadscore.service.errors import ApiError
+from leadscore.store import EventInput, ItemOutcome, Store, open_store
+from leadscore.store.keeper import ChangeListener
+from leadscore.store.scores import ScoreChange
+from leadscore.store.triggers import TriggerEngine
+
+__all__ = ["IngestWriter", "ProcessWriter", "with_triggers"]
 
 log = logging.getLogger("leadscore.service")
+
+MAX_ITEMS = 2000  # events in one transaction, at most (a request's are never split)
+START_SECONDS = 60.0  # for the ingest process to open the store
+STOP_SECONDS = 30.0  # for it to finish the transaction under way and exit
+
+Outcome = list[ItemOutcome] | BaseException
+
+
+def with_triggers(store: Store) -> None:
+    """Make the store's score changes go to the triggers (before any listener it had)."""
+    if isinstance(store.listener, TriggerEngine):
+        return
+    engine = TriggerEngine(store.model_by_id)
+    then = store.listener
+    if then is None:
+        store.listener = engine
+        return
+
+    def both(conn: Connection, changes: Sequence[ScoreChange], now_us: int, fire: bool) -> None:
+        engine(conn, changes, now_us, fire)
+        then(conn, changes, now_us, fire)
+
+    listener: ChangeListener = both
+    store.listener = listener
+
+
+def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
+    """Store and rescore the events of several requests in one transaction: each request's
+    outcomes (indexed within the request), or the exception it is to hear."""
+    merged = [item for job in jobs for item in job]
+    try:
+        outcomes = store.ingest_events(merged)
+    except Exception as e:
+        if len(jobs) == 1:
+            if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
+                return [e]
+            log.exception("ingest failed")
+            return [RuntimeError("the events could not be stored")]
+        # one request's events broke the shared transaction: write each on its own, so the
+        # others are not refused for it
+        return [result for job in jobs for result in write_jobs(store, [job])]
+    results: list[Outcome] = []
+    start = 0
+    for job in jobs:
+        mine = outcomes[start : start + len(job)]
+        for o in mine:
+            o.index -= start
+        start += len(job)
+        results.append(mine)
+    return results
 
 
 @dataclass
@@ -30,10 +100,17 @@ class _Job:
     done: Future[list[ItemOutcome]] = field(default_factory=Future)
 
 
+def _settle(job: _Job, result: Outcome) -> None:
+    if isinstance(result, BaseException):
+        job.done.set_exception(result)
+    else:
+        job.done.set_result(result)
+
+
 class IngestWriter:
     """One thread writing the events of every request, in batches of up to ``max_items``."""
 
-    def __init__(self, store: Store, max_items: int = 2000) -> None:
+    def __init__(self, store: Store, max_items: int = MAX_ITEMS) -> None:
         self.store = store
         self.max_items = max_items
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -46,9 +123,13 @@ class IngestWriter:
         self._jobs.put(job)
         return await asyncio.wrap_future(job.done)
 
+    def cache_stats(self) -> dict[str, int]:
+        """The statistics of the event cache that rescoring after ingest uses."""
+        return self.store.event_cache.stats()
+
     def close(self) -> None:
         self._jobs.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=STOP_SECONDS)
 
     def _take(self) -> tuple[list[_Job], bool]:
         """The jobs waiting (at least one, blocking for it), and whether to stop after them."""
@@ -72,29 +153,235 @@ class IngestWriter:
         while not stop:
             jobs, stop = self._take()
             if jobs:
-                self._write(jobs)
+                for job, result in zip(
+                    jobs, write_jobs(self.store, [j.items for j in jobs]), strict=True
+                ):
+                    _settle(job, result)
 
-    def _write(self, jobs: list[_Job]) -> None:
-        merged = [item for job in jobs for item in job.items]
+
+# --- the ingest process -------------------------------------------------------------------------
+
+# The errors a request may hear, rebuilt by name on the server's side: an exception crosses the
+# pipe as its class name and message (a pickled exception does not always unpickle).
+_ERRORS: dict[str, type[LeadscoreError]] = {
+    cls.__name__: cls for cls in (Conflict, NotFound, StoreError, UsageError, LeadscoreError)
+}
+
+
+def _to_wire(result: Outcome) -> list[ItemOutcome] | tuple[str, str]:
+    if isinstance(result, BaseException):
+        name = type(result).__name__
+        return (name if name in _ERRORS else "RuntimeError", str(result))
+    return result
+
+
+def _from_wire(result: list[ItemOutcome] | tuple[str, str]) -> Outcome:
+    if isinstance(result, tuple):
+        name, message = result
+        cls = _ERRORS.get(name)
+        return cls(message) if cls is not None else RuntimeError(message)
+    return result
+
+
+def _ingest_process(
+    jobs_in: Pipe, results_out: Pipe, db: str | None, durable: bool, cached: int, max_items: int
+) -> None:
+    """The ingest process: open the store, then write what arrives until the server sends
+    ``None`` or goes away (its end of the pipe closes)."""
+    # The server stops it (after the transaction under way): a signal to the whole process
+    # group (Ctrl-C, a service manager's stop) must not cut a request's transaction short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: ingest process: %(message)s")
+    try:
+        store = open_store(db, durable=durable, cached_events=cached)
+    except LeadscoreError as e:
+        results_out.send(("failed", str(e)))
+        return
+    with_triggers(store)
+    results_out.send(("ready", store.event_cache.stats()))
+    try:
+        stop = False
+        while not stop:
+            try:
+                first = jobs_in.recv()
+            except EOFError:  # the server is gone
+                break
+            if first is None:
+                break
+            batch, size = [first], len(first[1])
+            while size < max_items and jobs_in.poll():
+                job = jobs_in.recv()
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+                size += len(job[1])
+            results = write_jobs(store, [items for _, items in batch])
+            answer = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
+            try:
+                results_out.send((answer, store.event_cache.stats()))
+            except OSError:  # the server is gone; what was committed stays
+                break
+    finally:
+        store.db.dispose()
+
+
+def _unavailable(message: str) -> ApiError:
+    """What a request hears when the ingest process is not there to answer: a 503 (a
+    sender's usual cue to retry), not a server error that closes its connection."""
+    return ApiError(503, message, headers={"Retry-After": "1"})
+
+
+class _Child:
+    """One ingest process, the pipes to it, and the requests it has not answered yet."""
+
+    def __init__(self, db: str | None, durable: bool, cached: int, max_items: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # not fork: the server runs threads
+        jobs_in, self._jobs_out = ctx.Pipe(duplex=False)
+        self._results_in, results_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_ingest_process,
+            args=(jobs_in, results_out, db, durable, cached, max_items),
+            name="leadscore-ingest",
+            daemon=True,
+        )
+        self.process.start()
+        jobs_in.close()
+        results_out.close()
+        self._pending: dict[int, _Job] = {}
+        self._lock = threading.Lock()
+        self.alive = True
+        self.stats: dict[str, int] = {}
+        self._wait_ready()
+        self._receiver = threading.Thread(
+            target=self._receive, name="leadscore-ingest-answers", daemon=True
+        )
+        self._receiver.start()
+
+    def _wait_ready(self) -> None:
         try:
-            outcomes = self.store.ingest_events(merged)
-        except Exception as e:
-            if len(jobs) == 1:
-                if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
-                    jobs[0].done.set_exception(e)
-                    return
-                log.exception("ingest failed")
-                jobs[0].done.set_exception(RuntimeError("the events could not be stored"))
+            if not self._results_in.poll(START_SECONDS):
+                raise StoreError(f"the ingest process did not start within {START_SECONDS:.0f} s")
+            kind, detail = self._results_in.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            raise StoreError(
+                f"the ingest process stopped while starting (exit code {self.process.exitcode})"
+            ) from None
+        if kind != "ready":
+            self.process.join(timeout=5)
+            raise StoreError(f"the ingest process could not open the store: {detail}")
+        self.stats = detail
+
+    def send(self, jid: int, job: _Job) -> None:
+        with self._lock:
+            if not self.alive:
+                _settle(job, _unavailable("the ingest process stopped: send the events again"))
                 return
-            # one request's events broke the shared transaction: write each on its own, so
-            # the others are not refused for it
-            for job in jobs:
-                self._write([job])
-            return
-        start = 0
-        for job in jobs:
-            mine = outcomes[start : start + len(job.items)]
-            for o in mine:
-                o.index -= start
-            start += len(job.items)
-            job.done.set_result(mine)
+            self._pending[jid] = job
+        try:
+            self._jobs_out.send((jid, job.items))
+        except OSError:
+            self._gone()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                answer, stats = self._results_in.recv()
+            except (EOFError, OSError):
+                self._gone()
+                return
+            self.stats = stats
+            for jid, result in answer:
+                with self._lock:
+                    job = self._pending.pop(jid)
+                _settle(job, _from_wire(result))
+
+    def _gone(self) -> None:
+        """The process ended: the requests it had not answered hear so (their events may or
+        may not be stored; sending them again with their ids is safe)."""
+        with self._lock:
+            self.alive = False
+            pending, self._pending = self._pending, {}
+        for job in pending.values():
+            _settle(
+                job,
+                _unavailable(
+                    "the ingest process stopped before answering: the events may not be "
+                    "stored; send them again (their event ids make that safe)"
+                ),
+            )
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._jobs_out.send(None)
+        self.process.join(timeout=STOP_SECONDS)
+        if self.process.is_alive():
+            log.warning("the ingest process did not stop within %.0f s: ended", STOP_SECONDS)
+            self.process.kill()
+            self.process.join()
+        self._jobs_out.close()
+        self._receiver.join(timeout=5)
+
+
+class ProcessWriter:
+    """Writes the events of every request in an ingest process of its own (started here, and
+    again should it end), in batches of up to ``max_items``. The store at ``db`` must be a
+    file or a server: an in-memory database exists only in the process that opened it."""
+
+    def __init__(
+        self,
+        db: str | None,
+        *,
+        durable: bool = True,
+        cached_events: int,
+        max_items: int = MAX_ITEMS,
+    ) -> None:
+        self._args = (db, durable, cached_events, max_items)
+        self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._next_id = 0
+        self._sender = threading.Thread(
+            target=self._send, name="leadscore-ingest-send", daemon=True
+        )
+        self._sender.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The ingest process's id."""
+        return self._child.process.pid
+
+    async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
+        """Store and rescore ``items``; their outcomes once they are committed."""
+        job = _Job(items)
+        self._jobs.put(job)
+        return await asyncio.wrap_future(job.done)
+
+    def cache_stats(self) -> dict[str, int]:
+        """The ingest process's event cache, as of its last answer."""
+        return dict(self._child.stats)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._sender.join(timeout=STOP_SECONDS + 10)
+
+    def _send(self) -> None:
+        # One thread sends, so that a request never waits on the pipe inside the event loop.
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                self._child.stop()
+                return
+            if not self._child.alive:
+                code = self._child.process.exitcode
+                log.error("the ingest process ended (exit code %s): starting another", code)
+                self._child.stop()
+                try:
+                    self._child = _Child(*self._args)
+                except StoreError as e:
+                    log.error("%s", e)
+                    _settle(job, _unavailable(f"the events could not be stored: {e}"))
+                    continue
+            self._next_id += 1
+            self._child.send(self._next_id, job)

@@ -86,10 +86,15 @@ class Database:
         self._lock = threading.Lock() if self.is_sqlite else None
         self._checkpointer: _Checkpointer | None = None
         # an in-memory database has no log to copy (and is one connection per thread)
-        self._checkpoints = self.is_sqlite and engine.url.database not in (None, "", ":memory:")
+        self._checkpoints = self.is_sqlite and not self.in_memory
         if self.is_sqlite:
             _configure_sqlite(engine, durable=durable)
             _sqlite_databases.add(self)
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: it exists only in this process."""
+        return self.is_sqlite and self.engine.url.database in (None, "", ":memory:")
 
     @property
     def url(self) -> str:

@@ -1,0 +1,218 @@
+"""The ingest process (``leadscore.service.writer.ProcessWriter``): requests' events stored and
+rescored by a process of its own, on SQLite files and PostgreSQL, answered only after they are
+committed; its failures heard by the requests it had not answered; replaced when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from leadscore import score_lead
+from leadscore.engine.timeutil import from_micros
+from leadscore.errors import Conflict, LeadscoreError, StoreError
+from leadscore.service import Settings, create_app
+from leadscore.service.errors import ApiError
+from leadscore.service.writer import ProcessWriter, _from_wire, _to_wire
+from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.db import open_database
+from leadscore.store.leads import lead_events, lead_records
+from leadscore.store.schema import events, scores
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.slow  # each test starts a Python process
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture
+def writer(db_url: str) -> Iterator[ProcessWriter]:
+    """An ingest process on a store holding the shipped model (as the service makes sure)."""
+    store = Store(open_database(db_url))
+    store.ensure_a_model()
+    store.db.dispose()
+    w = ProcessWriter(db_url, durable=False, cached_events=10_000)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def page_views(lead_ids: list[str], prefix: str) -> list[EventInput]:
+    t = now_us()
+    return [
+        EventInput("page_view", t, lead, properties={"url": "/pricing"}, message_id=f"{prefix}{i}")
+        for i, lead in enumerate(lead_ids)
+    ]
+
+
+def test_concurrent_requests_are_stored_and_scored_by_the_ingest_process(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """Twenty requests at once (group commit in the other process): each hears its own
+    outcomes, indexed within it; the events are stored, each lead's score is what the per-lead
+    evaluator gives for its events, and a repeated event id is a duplicate."""
+    assert writer.pid is not None and writer.pid != os.getpid()
+    requests = [page_views([f"P{r}", f"P{r}", "SHARED"], f"r{r}-") for r in range(20)]
+
+    async def send_all() -> list[list[tuple[int, str, str | None]]]:
+        answers = await asyncio.gather(*(writer.ingest(items) for items in requests))
+        return [[(o.index, o.status, o.lead_id) for o in a] for a in answers]
+
+    answers = asyncio.run(send_all())
+    for r, answer in enumerate(answers):
+        assert [index for index, _, _ in answer] == [0, 1, 2]
+        assert [lead for _, _, lead in answer] == [f"P{r}", f"P{r}", "SHARED"]
+        assert {status for _, status, _ in answer} <= {"created", "accepted"}
+    again = asyncio.run(writer.ingest(requests[3][:1]))
+    assert [(o.index, o.status) for o in again] == [(0, "duplicate")]
+
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 60
+            model = store.sheets(conn)[0].model
+            for lead_id in ("P0", "P19", "SHARED"):
+                score, as_of = conn.execute(
+                    sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == lead_id)
+                ).one()
+                record = lead_records(conn, [lead_id])[lead_id]
+                expected = score_lead(
+                    model, record, lead_events(conn, lead_id, as_of), from_micros(as_of)
+                )
+                assert score == pytest.approx(expected.score, abs=1e-9)
+    finally:
+        store.db.dispose()
+    stats = writer.cache_stats()
+    assert stats["leads"] == 21 and stats["misses"] >= 21
+
+
+def test_a_killed_ingest_process_fails_the_requests_it_held_and_is_replaced(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """The ingest process is stopped (SIGSTOP) with a request sent to it, then killed: that
+    request hears that its events may not be stored and should be sent again; the next
+    request starts a new process, and sending the first one again stores it."""
+    asyncio.run(writer.ingest(page_views(["K1"], "warm-")))
+    first = writer.pid
+    assert first is not None
+    os.kill(first, signal.SIGSTOP)
+
+    async def held_then_killed() -> ApiError | None:
+        task = asyncio.ensure_future(writer.ingest(page_views(["K1", "K2"], "held-")))
+        await asyncio.sleep(0.3)  # sent, not answered
+        assert not task.done()
+        os.kill(first, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(task, 30)
+        except ApiError as e:
+            return e
+        return None
+
+    error = asyncio.run(held_then_killed())
+    assert error is not None and error.status == 503 and "send them again" in error.message
+    outcomes = asyncio.run(writer.ingest(page_views(["K1", "K2"], "held-")))
+    assert [o.status for o in outcomes] == ["accepted", "accepted"]  # not duplicates
+    assert writer.pid not in (None, first)
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            ids = set(conn.execute(sa.select(events.c.message_id)).scalars())
+        assert ids == {"warm-0", "held-0", "held-1"}
+    finally:
+        store.db.dispose()
+
+
+def test_close_lets_the_ingest_process_finish_and_exit(db_url: str) -> None:
+    w = ProcessWriter(db_url, durable=False, cached_events=0)
+    pid = w.pid
+    assert asyncio.run(w.ingest(page_views(["C1"], "c-")))[0].status == "accepted"
+    w.close()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # reaped by close; gone at once or within moments
+            os.kill(pid or 0, 0)
+            time.sleep(0.1)
+
+
+def test_a_store_the_ingest_process_cannot_open_fails_at_start() -> None:
+    with pytest.raises(StoreError, match="could not open the store"):
+        ProcessWriter("postgresql://postgres@127.0.0.1:9/nowhere", cached_events=0)
+
+
+def test_errors_cross_the_pipe_as_their_own_kind() -> None:
+    conflict = _from_wire(_to_wire(Conflict("lead L1 changed meanwhile: send again")))
+    assert type(conflict) is Conflict and str(conflict) == "lead L1 changed meanwhile: send again"
+    assert type(_from_wire(_to_wire(LeadscoreError("x")))) is LeadscoreError
+    other = _from_wire(_to_wire(ValueError("the events could not be stored")))
+    assert type(other) is RuntimeError
+
+
+def test_the_service_ingests_through_the_process_for_a_store_it_opens(tmp_path: Path) -> None:
+    """create_app with settings (as ``leadscore serve``): events go through the ingest
+    process, the health page shows that process's event cache, and the score is readable at
+    once; with ``ingest_process=False`` they go through a thread (its cache: the server's)."""
+    db = str(tmp_path / "s.db")
+    for in_process, expected_leads in ((True, 1), (False, 1)):
+        settings = Settings(
+            db=db,
+            no_auth=True,
+            rescore_interval=0,
+            deliver_interval=0,
+            ingest_process=in_process,
+        )
+        app = create_app(settings)
+        with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
+            lead = f"S{int(in_process)}"
+            r = client.post(
+                "/api/v1/events",
+                json={"lead_id": lead, "type": "demo_request", "event_id": f"e-{lead}"},
+            )
+            assert r.status_code == 200, r.text
+            assert client.get(f"/api/v1/leads/{lead}").json()["scores"]["b2b-default"]["score"] > 0
+            assert isinstance(app.state.leadscore.writer, ProcessWriter) is in_process
+            health = client.get("/api/v1/health").json()
+            assert health["event_cache"]["leads"] == expected_leads
+
+
+def test_a_store_handed_to_the_service_is_written_by_a_thread(store: Store) -> None:
+    """Tests hand the service their store (with its clock): its events are written in a
+    thread of this process, through that very store."""
+    settings = Settings(no_auth=True, rescore_interval=0, deliver_interval=0)
+    app = create_app(settings, store=store)
+    with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
+        state = app.state.leadscore
+        assert not isinstance(state.writer, ProcessWriter) and state.writer.store is store
+        r = client.post("/api/v1/events", json={"lead_id": "M1", "type": "demo_request"})
+        assert r.status_code == 200, r.text
+
+
+def test_leads_posted_to_the_server_are_seen_by_the_ingest_process(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """A profile written by the server process (a lead upsert) counts in the ingest process's
+    next rescoring of that lead."""
+    store = Store(open_database(db_url))
+    try:
+        asyncio.run(writer.ingest(page_views(["U1"], "u-")))
+        store.upsert_leads([LeadInput("U1", fields={"title": "VP Marketing"})])
+        asyncio.run(writer.ingest(page_views(["U1"], "v-")))
+        with store.db.read() as conn:
+            score, as_of = conn.execute(
+                sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == "U1")
+            ).one()
+            model = store.sheets(conn)[0].model
+            record = lead_records(conn, ["U1"])["U1"]
+            assert record["title"] == "VP Marketing"
+            expected = score_lead(model, record, lead_events(conn, "U1", as_of), from_micros(as_of))
+        assert score == pytest.approx(expected.score, abs=1e-9)
+    finally:
+        store.db.dispose()
