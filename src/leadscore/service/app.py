@@ -2,8 +2,10 @@
 
 On start it opens (and migrates) the store, publishes the model files it was given (the
 shipped b2b-default model when the store has no model at all), loads the triggers file it was
-given, sends score changes to the triggers, and runs two background threads: the scheduled
-rescoring and the delivery of the webhook outbox.
+given, sends score changes to the triggers, starts the writer of posted events (an ingest
+process beside this one, or a thread for a store handed in: :mod:`leadscore.service.writer`),
+and runs two background threads: the scheduled rescoring and the delivery of the webhook
+outbox.
 """
 
 from __future__ import annotations
