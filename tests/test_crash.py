@@ -173,9 +173,11 @@ def burst_then_kill(proc: subprocess.Popen[bytes], port: int, victim: str = "ser
         while len(acked) < before + 400 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(acked) >= before + 400, "no events were acknowledged after the restart"
-        assert ingest_process_of(proc.pid) != ingest
+        replacement = ingest_process_of(proc.pid)
+        assert replacement != ingest
         stop.set()
         proc.terminate()
+        ingest = replacement  # the one that must end with the server
     proc.wait(timeout=30)
     stop.set()
     for w in workers:

@@ -216,3 +216,43 @@ def test_leads_posted_to_the_server_are_seen_by_the_ingest_process(
         assert score == pytest.approx(expected.score, abs=1e-9)
     finally:
         store.db.dispose()
+
+
+def test_a_cancelled_request_does_not_stop_the_others(writer: ProcessWriter) -> None:
+    """A request whose task is cancelled while the ingest process holds it (a client gone, a
+    shutdown's timeout): its answer arrives to no one, and the requests after it are answered."""
+    asyncio.run(writer.ingest(page_views(["X1"], "x-")))
+    pid = writer.pid
+    assert pid is not None
+
+    async def cancel_one() -> list[str]:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(writer.ingest(page_views(["X2"], "gone-")))
+            await asyncio.sleep(0.3)
+            task.cancel()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        later = await asyncio.wait_for(writer.ingest(page_views(["X3"], "later-")), 30)
+        return [o.status for o in later]
+
+    assert asyncio.run(cancel_one()) == ["accepted"]
+    assert writer.pid == pid
+
+
+def test_sigterm_ends_an_idle_ingest_process_and_the_next_request_starts_another(
+    writer: ProcessWriter,
+) -> None:
+    """SIGTERM (a service manager's stop; multiprocessing's at the server's exit) ends the
+    ingest process between transactions, with exit code 0."""
+    asyncio.run(writer.ingest(page_views(["T1"], "t-")))
+    first = writer.pid
+    assert first is not None
+    os.kill(first, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while writer._child.process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer._child.process.exitcode == 0
+    assert asyncio.run(writer.ingest(page_views(["T2"], "u-")))[0].status == "accepted"
+    assert writer.pid != first

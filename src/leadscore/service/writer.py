@@ -101,6 +101,8 @@ class _Job:
 
 
 def _settle(job: _Job, result: Outcome) -> None:
+    if job.done.done():  # the request was cancelled (a client gone, a shutdown): no one waits
+        return
     if isinstance(result, BaseException):
         job.done.set_exception(result)
     else:
@@ -188,10 +190,20 @@ def _ingest_process(
 ) -> None:
     """The ingest process: open the store, then write what arrives until the server sends
     ``None`` or goes away (its end of the pipe closes)."""
-    # The server stops it (after the transaction under way): a signal to the whole process
-    # group (Ctrl-C, a service manager's stop) must not cut a request's transaction short.
+    # The server stops it (after the transaction under way): Ctrl-C, which reaches the whole
+    # process group, is the server's to handle. SIGTERM (a service manager's stop, or
+    # multiprocessing's own at the server's exit) ends it between transactions, never inside one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    busy = False
+    stop_asked = False
+
+    def on_term(_signum: int, _frame: object) -> None:
+        nonlocal stop_asked
+        if not busy:
+            raise SystemExit(0)
+        stop_asked = True
+
+    signal.signal(signal.SIGTERM, on_term)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: ingest process: %(message)s")
     try:
         store = open_store(db, durable=durable, cached_events=cached)
@@ -211,17 +223,24 @@ def _ingest_process(
                 break
             batch, size = [first], len(first[1])
             while size < max_items and jobs_in.poll():
-                job = jobs_in.recv()
+                try:
+                    job = jobs_in.recv()
+                except EOFError:  # the server is gone: write what has arrived
+                    job = None
                 if job is None:
                     stop = True
                     break
                 batch.append(job)
                 size += len(job[1])
+            busy = True  # until the answer is sent
             results = write_jobs(store, [items for _, items in batch])
             answer = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
             try:
                 results_out.send((answer, store.event_cache.stats()))
             except OSError:  # the server is gone; what was committed stays
+                break
+            busy = False
+            if stop_asked:
                 break
     finally:
         store.db.dispose()
@@ -261,6 +280,17 @@ class _Child:
 
     def _wait_ready(self) -> None:
         try:
+            self._ready()
+        except StoreError:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5)
+            self._jobs_out.close()
+            self._results_in.close()
+            raise
+
+    def _ready(self) -> None:
+        try:
             if not self._results_in.poll(START_SECONDS):
                 raise StoreError(f"the ingest process did not start within {START_SECONDS:.0f} s")
             kind, detail = self._results_in.recv()
@@ -280,10 +310,10 @@ class _Child:
                 _settle(job, _unavailable("the ingest process stopped: send the events again"))
                 return
             self._pending[jid] = job
-        try:
+        # should the process have ended, the receiver reads whatever it answered first, then
+        # fails the rest (this job among them) at the end of the pipe
+        with contextlib.suppress(OSError):
             self._jobs_out.send((jid, job.items))
-        except OSError:
-            self._gone()
 
     def _receive(self) -> None:
         while True:
@@ -295,8 +325,9 @@ class _Child:
             self.stats = stats
             for jid, result in answer:
                 with self._lock:
-                    job = self._pending.pop(jid)
-                _settle(job, _from_wire(result))
+                    job = self._pending.pop(jid, None)
+                if job is not None:
+                    _settle(job, _from_wire(result))
 
     def _gone(self) -> None:
         """The process ended: the requests it had not answered hear so (their events may or
@@ -323,6 +354,7 @@ class _Child:
             self.process.join()
         self._jobs_out.close()
         self._receiver.join(timeout=5)
+        self._results_in.close()
 
 
 class ProcessWriter:
