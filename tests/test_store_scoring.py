@@ -361,6 +361,41 @@ def test_a_model_another_process_publishes_scores_the_next_event(
         other.db.dispose()
 
 
+def test_a_score_written_with_the_replaced_model_during_a_publish_is_rescored(
+    store: Store, clock: Clock, db_url: str
+) -> None:
+    """While the publish of RT with the demo worth 45 rescores every lead, another process
+    that read the active versions just before the publish committed (PostgreSQL's read
+    committed allows it) rescores R1 with version 1 (VP 30 + demo 40 = 70). The batch must
+    not keep that row as "rescored meanwhile": R1 ends on version 2 with 30 + 45 = 75."""
+    publish(store, RT)
+    store.upsert_leads([LeadInput("R1", fields={"title": "VP Sales"})])
+    store.ingest_events([EventInput("demo_request", clock.now, "R1")])
+    other = Store(open_database(db_url), clock=clock)
+    stale = other.sheets()
+    other.sheets = lambda conn=None, *, check=False: stale  # type: ignore[method-assign]
+    draft = store.add_model(
+        RT.replace("points: 40, frequency: once", "points: 45, frequency: once")
+    )
+
+    def meanwhile(what: str, done: int, total: int) -> None:
+        if what == "scoring" and done == 0:
+            clock.advance(seconds=1)
+            with other.db.write() as conn:
+                other.rescore_leads(conn, ["R1"], "event", clock.now)
+
+    try:
+        store.publish(draft.name, draft.version, progress=meanwhile)
+        with store.db.read() as conn:
+            row = conn.execute(
+                sa.select(scores.c.score, scores.c.model_version_id).where(scores.c.lead_id == "R1")
+            ).one()
+    finally:
+        other.db.dispose()
+    assert row.model_version_id == store.sheets()[0].version.id
+    assert row.score == 75.0
+
+
 def test_future_events_count_from_their_time_on(store: Store, clock: Clock) -> None:
     """RT: a demo request stamped two days ahead does not exist yet: F1 scores quiet -10 only
     (no visible event: inactive). Two days later rescore_all sees it: demo 40, quiet 0 (an

@@ -379,6 +379,7 @@ class Store:
         if progress:
             progress("scoring", 1, 1)
         multi = len(active) > 1
+        version_of = {s.name: s.version.id for s in active}
         done = 0
         for begin in range(0, len(rows), chunk):
             part = rows[begin : begin + chunk]
@@ -391,6 +392,17 @@ class Store:
                 ids = [r["lead_id"] for r in part if r["lead_id"] in present]
                 current = current_scores(conn, ids)
                 fresh = {k for k, row in current.items() if seen.get(k) != row["updated_us"]}
+                # Rescored meanwhile, but with a model this run replaces: a process that read
+                # the active versions just before a publish committed (PostgreSQL's read
+                # committed lets it). Rescored again below, from its events, with the active one.
+                replaced = sorted(
+                    {
+                        lead
+                        for (lead, sheet) in fresh
+                        if sheet in version_of
+                        and current[lead, sheet]["model_version_id"] != version_of[sheet]
+                    }
+                )
                 new: list[NewScore] = []
                 for r in part:
                     if r["lead_id"] not in present:
@@ -407,6 +419,8 @@ class Store:
                         report.changed += 1
                 if self.listener is not None and changes:
                     self.listener(conn, changes, now, fire_triggers)
+                if replaced:
+                    self.rescore_leads(conn, replaced, reason, now, fire_triggers=fire_triggers)
             done += len(part)
             if progress:
                 progress("writing scores", done, len(rows))
