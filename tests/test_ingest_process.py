@@ -21,7 +21,7 @@ from leadscore.errors import Conflict, LeadscoreError, StoreError
 from leadscore.service import Settings, create_app
 from leadscore.service.errors import ApiError
 from leadscore.service.writer import ProcessWriter, _from_wire, _to_wire
-from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
 from leadscore.store.db import open_database
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.schema import events, scores
@@ -256,3 +256,37 @@ def test_sigterm_ends_an_idle_ingest_process_and_the_next_request_starts_another
     assert writer._child.process.exitcode == 0
     assert asyncio.run(writer.ingest(page_views(["T2"], "u-")))[0].status == "accepted"
     assert writer.pid != first
+
+
+def test_requests_waiting_together_share_one_transaction(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """Twenty requests queue while the ingest process is stopped (SIGSTOP); once it goes on
+    they are written in one transaction (each lead's score carries that transaction's time)
+    and each request hears its own items, indexed within it."""
+    asyncio.run(writer.ingest(page_views(["G0"], "g-")))
+    pid = writer.pid
+    assert pid is not None
+    requests = [page_views([f"G{r}a", f"G{r}b"], f"q{r}-") for r in range(1, 21)]
+
+    async def queued() -> list[list[ItemOutcome]]:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            tasks = [asyncio.ensure_future(writer.ingest(items)) for items in requests]
+            await asyncio.sleep(0.5)  # every request sent and waiting
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 60))
+
+    answers = asyncio.run(queued())
+    for r, answer in enumerate(answers, start=1):
+        assert [(o.index, o.lead_id) for o in answer] == [(0, f"G{r}a"), (1, f"G{r}b")]
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            stamps = set(
+                conn.execute(sa.select(scores.c.as_of_us).where(scores.c.lead_id != "G0")).scalars()
+            )
+    finally:
+        store.db.dispose()
+    assert len(stamps) == 1, f"{len(stamps)} transactions"
