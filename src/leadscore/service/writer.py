@@ -300,7 +300,6 @@ class _Child:
                 f"the ingest process stopped while starting (exit code {self.process.exitcode})"
             ) from None
         if kind != "ready":
-            self.process.join(timeout=5)
             raise StoreError(f"the ingest process could not open the store: {detail}")
         self.stats = detail
 
