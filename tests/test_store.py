@@ -66,6 +66,47 @@ def test_repeated_message_id_is_acknowledged_not_counted(store: Store, clock: Cl
         assert lead_view(conn, "L1")["scores"]["b2b-default"]["engagement"] == 10.0
 
 
+def test_event_properties_and_scores_round_trip_through_the_driver(
+    store: Store, clock: Clock
+) -> None:
+    """Ingest writes events and scores through the driver itself (not SQLAlchemy's types):
+    non-ASCII and nested properties come back as sent, a rule matches them, and the score's
+    groups and MQL flag read back with their types."""
+    from leadscore.engine.lead import Event
+    from leadscore.store.leads import lead_events, lead_records
+    from leadscore.store.scores import current_scores
+
+    store.ensure_published(
+        """
+version: 1
+name: cities
+activity:
+  - {id: zurich, event: page_view, where: {field: city, contains: zürich}, points: 60}
+bands: {cold: 0, hot: 50}
+mql: hot
+""",
+        "cities.yaml",
+    )
+    store.upsert_leads([LeadInput("L1", fields={"company": "Ünïcode GmbH"})])
+    props = {"city": "Zürich", "tags": ["a", "ß"], "n": 3, "nested": {"k": None}}
+    store.ingest_events([EventInput("page_view", clock.now, "L1", properties=props)])
+    with store.db.read() as conn:
+        (event,) = lead_events(conn, "L1")
+        record = lead_records(conn, ["L1"])["L1"]
+        row = current_scores(conn, ["L1"])[("L1", "cities")]
+        raw = conn.exec_driver_sql("SELECT CAST(properties AS TEXT) FROM events").scalar_one()
+    assert isinstance(event, Event) and event.fields["city"] == "Zürich"
+    assert "Zürich" in raw  # stored as text, not \u-escaped (search sees it as sent)
+    assert record == {"company": "Ünïcode GmbH", "lead_id": "L1"}
+    assert (row["score"], row["band"], row["mql"], row["groups"]) == (
+        60.0,
+        "hot",
+        True,
+        {"engagement": 60.0},
+    )
+    assert type(row["mql"]) is bool
+
+
 @pytest.mark.parametrize("link_by", ["identify", "event"])
 def test_anonymous_events_join_the_lead_when_linked(
     store: Store, clock: Clock, link_by: str

@@ -28,7 +28,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from leadscore.errors import StoreError
 
-__all__ = ["DEFAULT_DB", "Database", "database_url", "on_commit", "open_database"]
+__all__ = [
+    "DEFAULT_DB",
+    "Database",
+    "database_url",
+    "driver_json",
+    "driver_sql",
+    "from_driver_json",
+    "in_list",
+    "on_commit",
+    "open_database",
+]
 
 DEFAULT_DB = "leadscore.db"
 # SQLite: the write-ahead log is copied into the database file (a checkpoint) by a thread of
@@ -69,6 +79,36 @@ def on_commit(conn: Connection, action: Callable[[], None]) -> None:
     after = conn.info.get(_AFTER_COMMIT)
     if after is not None:
         after.append(action)
+
+
+# --- statements handed to the driver as they are -------------------------------------------
+# The hottest statements of ingest (a few per event) skip SQLAlchemy's compiled-statement
+# machinery (parameter and result processing per row, which cost about as much as SQLite's own
+# work on them) and go to the driver through ``Connection.exec_driver_sql``, which still wraps
+# the driver's errors as SQLAlchemy's. They are written once with ``?`` placeholders.
+
+
+def driver_sql(conn: Connection, sql: str) -> str:
+    """``sql``, written with ``?`` placeholders, in the placeholder style of ``conn``'s driver
+    (``?`` for sqlite3, ``%s`` for psycopg). ``sql`` holds no other ``?`` or ``%``."""
+    return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def in_list(n: int) -> str:
+    """``(?, ?, ...)`` with ``n`` placeholders, for ``IN``."""
+    return "(" + ", ".join("?" * n) + ")"
+
+
+def driver_json(value: Any) -> str:
+    """A JSON column's value as the driver takes it: text, as the engine's serializer writes
+    it (non-ASCII kept as is)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def from_driver_json(value: Any) -> Any:
+    """A JSON column's value as the driver returns it: text from sqlite3, decoded already
+    from psycopg."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _alembic_config() -> Config:
@@ -260,7 +300,7 @@ def open_database(
             hide_parameters=True,
             # Non-ASCII text kept as is (not \u-escaped), so that filters and search on
             # SQLite see "München" as PostgreSQL does.
-            json_serializer=lambda obj: json.dumps(obj, ensure_ascii=False),
+            json_serializer=driver_json,
         )
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot open the store {db!s}: {e}") from None

@@ -29,13 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.store.db import on_commit
+from leadscore.store.db import driver_sql, in_list, on_commit
 from leadscore.store.leads import event_fields
-from leadscore.store.schema import events
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
 
@@ -128,10 +126,11 @@ class EventCache:
         lead_ids: Sequence[str],
         until_us: int,
         types: Sequence[str] | None = None,
-    ) -> dict[str, list[Event]]:
+    ) -> dict[str, tuple[Event, ...]]:
         """The events of several leads at or before ``until_us`` (only ``types`` if given),
         each lead's oldest first (as :func:`leadscore.store.leads.lead_events` reads one
-        lead's), from the cache where the database says it is current."""
+        lead's), from the cache where the database says it is current. The tuples are the
+        cache's own (not copied)."""
         kept = None if types is None else frozenset(types)
         ids = sorted(set(lead_ids))
         with self._lock:
@@ -146,8 +145,8 @@ class EventCache:
         rows: dict[str, list[_Row]] = {lid: [] for lid in ids}
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
-            q, params = _query(part, cached)
-            for kind, lid, a, b, etype, item, text, message_id in conn.execute(q, params):
+            q, params = _query(conn, part, cached)
+            for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
                 if kind == 0:
                     stats[lid] = (int(a), int(b))
                 else:
@@ -180,13 +179,13 @@ class EventCache:
             fresh = {lid: e for lid, e in found.items() if cached.get(lid) is not e}
             if fresh:
                 on_commit(conn, lambda: self._keep(fresh, kept))
-        out: dict[str, list[Event]] = {}
+        out: dict[str, tuple[Event, ...]] = {}
         for lid in lead_ids:
             entry = found[lid]
             evs = entry.events
             if entry.last_key[0] > until_us:  # events dated after the as-of do not exist yet
                 evs = evs[: bisect_right(evs, until_us, key=_ts)]
-            out[lid] = list(evs)
+            out[lid] = evs
         return out
 
     def _read(
@@ -196,8 +195,8 @@ class EventCache:
         rows: dict[str, list[_Row]] = {lid: [] for lid in lead_ids}
         for start in range(0, len(lead_ids), _CHUNK):
             part = sorted(lead_ids[start : start + _CHUNK])
-            q, params = _query(part, {})
-            for kind, lid, a, b, etype, item, text, message_id in conn.execute(q, params):
+            q, params = _query(conn, part, {})
+            for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
                 if kind == 1:
                     rows[lid].append((b, a, etype, item, text, message_id))
         return {lid: _entry(rows[lid], kept) for lid in lead_ids}
@@ -231,72 +230,46 @@ _Row = tuple[int, int, str, str | None, str, str | None]
 _EMPTY = _Entry(0, 0, (-1, -1), ())
 
 
-def _query(lead_ids: Sequence[str], cached: Mapping[str, _Entry]) -> tuple[Any, dict[str, Any]]:
-    """One statement (and its parameters) for a chunk of leads: (1, lead, id, ts_us, type,
-    item, properties, message_id) rows of every event of the leads not in ``cached``; for the
-    cached ones, a (0, lead, count, newest id) row each (when it has events) and the rows of
-    their events with an id above the lowest of their newest ids. One statement sees one
-    snapshot, so counts and rows agree."""
+def _query(
+    conn: Connection, lead_ids: Sequence[str], cached: Mapping[str, _Entry]
+) -> tuple[str, tuple[Any, ...]]:
+    """One statement (for the driver, and its parameters) for a chunk of leads: (1, lead, id,
+    ts_us, type, item, properties, message_id) rows of every event of the leads not in
+    ``cached``; for the cached ones, a (0, lead, count, newest id) row each (when it has
+    events) and the rows of their events with an id above the lowest of their newest ids. One
+    statement sees one snapshot, so counts and rows agree. The first column tells the kinds of
+    rows apart."""
     known = [lid for lid in lead_ids if lid in cached]
     unknown = [lid for lid in lead_ids if lid not in cached]
-    params: dict[str, Any] = {}
-    if unknown:
-        params["unknown"] = unknown
+    parts: list[str] = []
+    params: list[Any] = []
     if known:
-        params["known"] = known
-        params["floor"] = min(cached[lid].max_id for lid in known)
-    return _QUERIES[(bool(unknown), bool(known))], params
+        parts.append(_STATS.format(ids=in_list(len(known))))
+        params += known
+    if unknown:
+        parts.append(_ROWS.format(ids=in_list(len(unknown))))
+        params += unknown
+    if known:
+        # `id + 0`: a test the id index cannot answer, so that the planner reads the few rows
+        # of these leads rather than every event newer than the floor (which its statistics,
+        # taken before the newest events came in, put at almost none). Separate parts rather
+        # than one OR, so that each reads the (lead_id, ts_us) index on its own.
+        parts.append(_ROWS.format(ids=in_list(len(known))) + " AND id + 0 > ?")
+        params += known
+        params.append(min(cached[lid].max_id for lid in known))
+    return driver_sql(conn, " UNION ALL ".join(parts)), tuple(params)
 
 
-def _listed(*where: sa.ColumnElement[bool]) -> Any:
-    return sa.select(
-        sa.literal(1, sa.Integer()),
-        events.c.lead_id,
-        events.c.id,
-        events.c.ts_us,
-        events.c.type,
-        events.c.item,
-        sa.cast(events.c.properties, sa.Text()),
-        events.c.message_id,
-    ).where(*where)
-
-
-def _build_queries() -> dict[tuple[bool, bool], Any]:
-    """The statements of :func:`_query`, built once (building one costs more than running it
-    on a few rows), by whether there are leads not cached and cached ones. The first column
-    tells the kinds of rows apart: 0 counts, 1 events."""
-    text = sa.Text()
-    stats = (
-        sa.select(
-            sa.literal(0, sa.Integer()).label("kind"),
-            events.c.lead_id,
-            sa.func.count().label("a"),
-            sa.func.max(events.c.id).label("b"),
-            sa.cast(sa.null(), text).label("type"),
-            sa.cast(sa.null(), text).label("item"),
-            sa.cast(sa.null(), text).label("properties"),
-            sa.cast(sa.null(), text).label("message_id"),
-        )
-        .where(events.c.lead_id.in_(sa.bindparam("known", expanding=True)))
-        .group_by(events.c.lead_id)
-    )
-    unknown = _listed(events.c.lead_id.in_(sa.bindparam("unknown", expanding=True)))
-    # `id + 0`: a test the id index cannot answer, so that the planner reads the few rows of
-    # these leads rather than every event newer than `floor` (which its statistics, taken
-    # before the newest events came in, put at almost none). Separate parts rather than one
-    # OR, so that each reads the (lead_id, ts_us) index on its own.
-    known = _listed(
-        events.c.lead_id.in_(sa.bindparam("known", expanding=True)),
-        (events.c.id + 0) > sa.bindparam("floor"),
-    )
-    return {
-        (True, False): unknown,
-        (False, True): sa.union_all(stats, known),
-        (True, True): sa.union_all(stats, unknown, known),
-    }
-
-
-_QUERIES = _build_queries()
+# The statements of _query, handed to the driver as they are (SQLAlchemy's processing of
+# each row costs more than SQLite's reading it): see leadscore.store.db.driver_sql.
+_STATS = (
+    "SELECT 0, lead_id, count(*), max(id), CAST(NULL AS TEXT), CAST(NULL AS TEXT),"
+    " CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM events WHERE lead_id IN {ids} GROUP BY lead_id"
+)
+_ROWS = (
+    "SELECT 1, lead_id, id, ts_us, type, item, CAST(properties AS TEXT), message_id"
+    " FROM events WHERE lead_id IN {ids}"
+)
 
 
 def _entry(rows: list[_Row], kept: frozenset[str] | None) -> _Entry:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from leadscore.engine.lead import Event
 from leadscore.errors import Conflict, NotFound
 from leadscore.spec.conditions import to_text
+from leadscore.store.db import driver_json, driver_sql, from_driver_json, in_list
 from leadscore.store.schema import (
     aliases,
     events,
@@ -156,6 +157,11 @@ _LEAD_IDS_KEY_SHARE = _LEAD_IDS.order_by(_in_byte_order(leads.c.lead_id)).with_f
 _LEADS = sa.select(leads).where(leads.c.lead_id.in_(_IDS))
 _LEADS_FOR_UPDATE = _LEADS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
 _MESSAGE_IDS = sa.select(events.c.message_id).where(events.c.message_id.in_(_IDS))
+# to the driver as it is (see leadscore.store.db.driver_sql)
+_INSERT_EVENTS = (
+    "INSERT INTO events (lead_id, anonymous_id, type, ts_us, item, properties, message_id,"
+    " received_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
+)
 
 
 def merged_into(conn: Connection, lead_ids: Iterable[str]) -> dict[str, str]:
@@ -660,9 +666,21 @@ def insert_events(
     if rows:
         # A retry racing its original (the same message id in two requests at once): the
         # second insert waits for the first and skips the row instead of failing the request.
-        conn.execute(
-            _insert(conn, events).on_conflict_do_nothing(index_elements=[events.c.message_id]),
-            rows,
+        conn.exec_driver_sql(
+            driver_sql(conn, _INSERT_EVENTS),
+            [
+                (
+                    r["lead_id"],
+                    r["anonymous_id"],
+                    r["type"],
+                    r["ts_us"],
+                    r["item"],
+                    driver_json(r["properties"]),
+                    r["message_id"],
+                    r["received_us"],
+                )
+                for r in rows
+            ],
         )
     touched = set(wanted)
     for anonymous_id, lead_id in links:
@@ -723,9 +741,14 @@ def event_fields(
 
 def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The profile of each lead as the evaluators see it (fields plus ``lead_id``)."""
-    return {
-        lid: {**row["profile"], "lead_id": lid} for lid, row in _existing(conn, lead_ids).items()
-    }
+    wanted = sorted(set(lead_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), 500):
+        part = wanted[start : start + 500]
+        sql = f"SELECT lead_id, profile FROM leads WHERE lead_id IN {in_list(len(part))}"
+        for lid, profile in conn.exec_driver_sql(driver_sql(conn, sql), tuple(part)):
+            out[lid] = {**from_driver_json(profile), "lead_id": lid}
+    return out
 
 
 def lead_events(

@@ -7,14 +7,14 @@ grade or MQL flag appends a history row with its reason and is returned as a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
+from leadscore.store.db import driver_json, driver_sql, from_driver_json, in_list
 from leadscore.store.schema import score_history, scores
 
 __all__ = [
@@ -110,23 +110,49 @@ class ScoreChange:
 
 def current_scores(
     conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
-) -> dict[tuple[str, str], sa.RowMapping]:
-    """Current score rows keyed by (lead_id, sheet)."""
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Current score rows (column name -> value) keyed by (lead_id, sheet)."""
     ids = list(dict.fromkeys(lead_ids))
-    found: dict[tuple[str, str], sa.RowMapping] = {}
-    q = _SCORES if sheet is None else _SCORES.where(scores.c.sheet == sheet)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
-        for row in conn.execute(q, {"ids": ids[start : start + 500]}).mappings():
+        part = ids[start : start + 500]
+        sql = f"SELECT {_COLUMNS} FROM scores WHERE lead_id IN {in_list(len(part))}"
+        params: tuple[Any, ...] = tuple(part)
+        if sheet is not None:
+            sql += " AND sheet = ?"
+            params += (sheet,)
+        for values in conn.exec_driver_sql(driver_sql(conn, sql), params):
+            row = dict(zip(_NAMES, values, strict=True))
+            row["mql"] = bool(row["mql"])  # 0 / 1 from SQLite
+            row["groups"] = from_driver_json(row["groups"])
             found[(row["lead_id"], row["sheet"])] = row
     return found
 
 
-# built once: building a statement costs more than running it on a few rows
-_SCORES = sa.select(scores).where(scores.c.lead_id.in_(sa.bindparam("ids", expanding=True)))
-_UPDATE_SCORE = (
-    scores.update()
-    .where(scores.c.lead_id == sa.bindparam("k_lead"))
-    .where(scores.c.sheet == sa.bindparam("k_sheet"))
+# the hottest statements go to the driver as they are (see leadscore.store.db.driver_sql)
+_NAMES = tuple(c.name for c in scores.columns)
+_COLUMNS = ", ".join(_NAMES)
+# in the order write_scores gives them
+_HISTORY_NAMES = (
+    "lead_id",
+    "sheet",
+    "model_version_id",
+    "as_of_us",
+    "old_score",
+    "new_score",
+    "old_band",
+    "new_band",
+    "old_grade",
+    "new_grade",
+    "old_mql",
+    "new_mql",
+    "reason",
+    "detail",
+    "recorded_us",
+)
+assert set(_HISTORY_NAMES) == {c.name for c in score_history.columns} - {"id"}
+_INSERT_HISTORY = (
+    f"INSERT INTO score_history ({', '.join(_HISTORY_NAMES)}) VALUES {in_list(len(_HISTORY_NAMES))}"
 )
 
 
@@ -139,14 +165,13 @@ _VARYING = tuple(
 )
 
 
-def _changed_values(n: NewScore, old: sa.RowMapping, now_us: int) -> dict[str, Any]:
+def _changed_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[str, Any]:
+    """The columns of ``n``'s row to set (name -> value), the two times and the changed ones."""
     values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
     for column in _VARYING:
         value = getattr(n, column)
         if old[column] != value:
             values[column] = value
-    values["k_lead"] = n.lead_id
-    values["k_sheet"] = n.sheet
     return values
 
 
@@ -157,7 +182,7 @@ def write_scores(
     now_us: int,
     detail: str | None = None,
     *,
-    current: dict[tuple[str, str], sa.RowMapping] | None = None,
+    current: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> list[ScoreChange]:
     """Store ``new`` as the current scores; record and return what changed.
 
@@ -170,15 +195,15 @@ def write_scores(
     if current is None:
         current = current_scores(conn, (n.lead_id for n in new))
     inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
+    updates: list[tuple[NewScore, dict[str, Any]]] = []
+    history: list[tuple[Any, ...]] = []
     changes: list[ScoreChange] = []
     for n in new:
         old = current.get((n.lead_id, n.sheet))
         if old is None:
             inserts.append(n.values(now_us))
         else:
-            updates.append(_changed_values(n, old, now_us))
+            updates.append((n, _changed_values(n, old, now_us)))
         same_labels = old is not None and (
             old["band"] == n.band
             and old["grade"] == n.grade
@@ -210,32 +235,36 @@ def write_scores(
         if not recorded:
             continue
         history.append(
-            {
-                "lead_id": n.lead_id,
-                "sheet": n.sheet,
-                "model_version_id": n.model_version_id,
-                "as_of_us": n.as_of_us,
-                "old_score": change.old_score,
-                "new_score": n.score,
-                "old_band": change.old_band,
-                "new_band": n.band,
-                "old_grade": change.old_grade,
-                "new_grade": n.grade,
-                "old_mql": change.old_mql,
-                "new_mql": n.mql,
-                "reason": reason,
-                "detail": detail,
-                "recorded_us": now_us,
-            }
+            (
+                n.lead_id,
+                n.sheet,
+                n.model_version_id,
+                n.as_of_us,
+                change.old_score,
+                n.score,
+                change.old_band,
+                n.band,
+                change.old_grade,
+                n.grade,
+                change.old_mql,
+                n.mql,
+                reason,
+                detail,
+                now_us,
+            )
         )
     if inserts:
         conn.execute(scores.insert(), inserts)
-    # one executemany per set of changed columns (the SET clause is made from the keys)
-    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for u in updates:
-        shapes.setdefault(tuple(u), []).append(u)
-    for same in shapes.values():
-        conn.execute(_UPDATE_SCORE, same)
+    # one executemany per set of changed columns
+    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for n, values in updates:
+        if "groups" in values:
+            values["groups"] = driver_json(values["groups"])
+        shapes.setdefault(tuple(values), []).append((*values.values(), n.lead_id, n.sheet))
+    for names, rows in shapes.items():
+        sets = ", ".join(f"{name} = ?" for name in names)
+        sql = f"UPDATE scores SET {sets} WHERE lead_id = ? AND sheet = ?"
+        conn.exec_driver_sql(driver_sql(conn, sql), rows)
     if history:
-        conn.execute(score_history.insert(), history)
+        conn.exec_driver_sql(driver_sql(conn, _INSERT_HISTORY), history)
     return changes
