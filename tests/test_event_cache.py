@@ -5,23 +5,29 @@ writing), rescoring sees exactly the events a fresh read of the database gives."
 
 from __future__ import annotations
 
+import random
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
-from leadscore.store.db import open_database
+from leadscore.store.db import Journal, open_database
 from leadscore.store.eventcache import EventCache, decoded_fields
 from leadscore.store.keeper import _event_types
-from leadscore.store.leads import lead_events
+from leadscore.store.leads import _journal_events, lead_events
+from leadscore.store.schema import events
 from tests.conftest import Clock
 from tests.test_store_scoring import ALT, DW, RT, assert_matches_per_lead, publish
 
 DAY = 86_400_000_000
 
 
-def snapshot(evs: list[Event]) -> list[tuple[Any, ...]]:
+def snapshot(evs: Sequence[Event]) -> list[tuple[Any, ...]]:
     return [(e.type, e.ts_us, e.item, e.event_id, dict(e.fields)) for e in evs]
 
 
@@ -29,11 +35,11 @@ def assert_fresh(store: Store, lead_ids: list[str], until_us: int) -> None:
     """What the cache gives for ``lead_ids`` equals the database's own answer (the cache's
     counters left as they were)."""
     cache = store.event_cache
-    counters = (cache.hits, cache.extended, cache.misses)
+    counters = (cache.hits, cache.extended, cache.misses, cache.unchecked)
     types = _event_types(store.sheets())  # what rescoring asks for
     with store.db.write() as conn:
         got = cache.events_of_leads(conn, lead_ids, until_us, types)
-        cache.hits, cache.extended, cache.misses = counters
+        cache.hits, cache.extended, cache.misses, cache.unchecked = counters
         for lead_id in lead_ids:
             want = lead_events(conn, lead_id, until_us, types)
             assert snapshot(got[lead_id]) == snapshot(want), lead_id
@@ -56,7 +62,8 @@ def test_new_events_extend_the_cached_list(store: Store, clock: Clock) -> None:
     assert (cache.misses, cache.extended, cache.hits) == (1, 0, 0)
     clock.advance(seconds=5)
     store.ingest_events([view(clock, "L1", "/pricing")])
-    assert (cache.misses, cache.extended) == (1, 1)
+    # extended from the database's answer, or (SQLite, the only writer) from what it wrote
+    assert (cache.misses, cache.extended + cache.unchecked) == (1, 1)
     assert cache.cached_events == 3
     clock.advance(seconds=5)
     store.upsert_leads([LeadInput("L1", fields={"title": "VP"})])  # no new event: a hit
@@ -113,7 +120,7 @@ def test_a_rolled_back_transaction_leaves_nothing_cached(store: Store, clock: Cl
 
         insert_events(conn, [view(clock, "L1", "/pricing", message_id="gone")], clock.now)
         store.rescore_leads(conn, ["L1"], "event", clock.now)
-        assert cache.extended == 1
+        assert cache.extended == 1  # no journal in this transaction: the database is asked
         raise Boom
     assert cache.cached_events == 1  # the list with the rolled-back event was not kept
     # the next event takes the rolled-back one's id on SQLite: the cache must not be fooled
@@ -217,3 +224,135 @@ def test_large_properties_count_for_more(db_url: str, clock: Clock) -> None:
         assert_matches_per_lead(store, ["L1", "L2"], clock.now)
     finally:
         store.db.dispose()
+
+
+# --- a writer alone (SQLite): the cache trusts what it wrote (leadscore.store.db.Journal) ---
+
+
+@contextmanager
+def event_reads(store: Store) -> Iterator[list[str]]:
+    """The statements that read leads' events from the database while the block runs."""
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM events WHERE lead_id IN" in statement:
+            seen.append(statement)
+
+    sa.event.listen(store.db.engine, "before_cursor_execute", listen)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+
+
+def test_the_only_writer_rescores_without_reading_the_events_again(
+    store: Store, clock: Clock
+) -> None:
+    """SQLite: the events a transaction wrote extend the cached list, no query; PostgreSQL
+    (several writers at once) asks the database every time."""
+    publish(store, RT)
+    cache = store.event_cache
+    store.ingest_events([view(clock, "L1", "/pricing", 2), view(clock, "L2", "/blog", 1)])
+    for step in range(3):
+        clock.advance(seconds=1)
+        with event_reads(store) as reads:
+            store.ingest_events([view(clock, "L1", f"/pricing/{step}")])
+        if store.db.is_sqlite:
+            assert (reads, cache.unchecked, cache.extended) == ([], step + 1, 0)
+        else:
+            assert (len(reads), cache.unchecked, cache.extended) == (1, 0, step + 1)
+    assert_fresh(store, ["L1", "L2"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_another_process_writing_ends_the_trust(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    cache = store.event_cache
+    store.ingest_events([view(clock, "L1", "/pricing", 2), view(clock, "L2", "/blog", 1)])
+    store.ingest_events([view(clock, "L1", "/blog")])
+    other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
+    try:  # events for both leads, written behind this store's back
+        other.ingest_events([view(clock, lid, "/pricing", message_id=f"x{lid}") for lid in "12"])
+    finally:
+        other.db.dispose()
+    before = cache.unchecked
+    clock.advance(seconds=1)
+    with event_reads(store) as reads:
+        store.ingest_events([view(clock, "L1", "/pricing", message_id="mine")])
+    assert (len(reads), cache.unchecked, cache.extended) == (1, before, 1 + (before == 0))
+    clock.advance(seconds=1)
+    store.ingest_events([view(clock, lid, "/blog", message_id=f"y{lid}") for lid in ("L1", "L2")])
+    assert_fresh(store, ["L1", "L2"], clock.now)
+    assert_matches_per_lead(store, ["L1", "L2"], clock.now)
+
+
+def test_a_transaction_without_a_journal_ends_the_trust(store: Store, clock: Clock) -> None:
+    """A write of this process that does not record what it changed (here: an event moved to
+    another lead by hand) makes the next rescoring ask the database."""
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 2), view(clock, "L2", "/pricing", 1)])
+    store.ingest_events([view(clock, "L1", "/blog")])
+    with store.db.write() as conn:
+        conn.execute(
+            events.update().where(events.c.lead_id == "L2").values(lead_id="L1", ts_us=clock.now)
+        )
+    clock.advance(seconds=1)
+    with event_reads(store) as reads:
+        store.ingest_events([view(clock, "L1", "/pricing")])
+    assert reads  # asked (and then read L1 in full: an older event joined it)
+    with store.db.read() as conn:
+        assert len(lead_events(conn, "L1")) == 4
+    assert_fresh(store, ["L1", "L2"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_anonymous_events_joined_during_ingest_are_read(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 2)])
+    store.ingest_events([view(clock, None, "/pricing", 1, anonymous_id="a1")])  # type: ignore[arg-type]
+    clock.advance(seconds=1)
+    # this event links a1 to L1 in the same transaction: a1's older event joins L1
+    store.ingest_events([view(clock, "L1", "/blog", anonymous_id="a1")])
+    with store.db.read() as conn:
+        assert len(lead_events(conn, "L1")) == 3
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_writers_in_several_threads_keep_the_cache_current(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    leads = [f"L{i}" for i in range(4)]
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            for k in range(25):
+                lead = rng.choice(leads)
+                ago = rng.choice([0, 0, 0, 3])  # now and then a late event
+                store.ingest_events([view(clock, lead, "/pricing", ago, message_id=f"{n}-{k}")])
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    clock.advance(seconds=1)
+    store.ingest_events([view(clock, lead, "/blog", message_id=f"last-{lead}") for lead in leads])
+    assert_fresh(store, leads, clock.now)
+    assert_matches_per_lead(store, leads, clock.now)
+
+
+def test_a_journal_without_the_ids_of_its_events_trusts_nothing() -> None:
+    params = [("L1", None, "page_view", 5, None, "{}", None, 9)] * 2
+    journal = Journal()
+    _journal_events(journal, params, 10, 2, 12)
+    assert not journal.broken
+    assert [row[1] for row in journal.events["L1"]] == [11, 12]
+    for inserted, after in ((1, 12), (2, 13)):  # a row left out, an id taken elsewhere
+        journal = Journal()
+        _journal_events(journal, params, 10, inserted, after)
+        assert journal.broken and journal.events == {}

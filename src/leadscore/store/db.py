@@ -8,6 +8,7 @@ upgrade; on PostgreSQL they run concurrently and lock the rows they change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,17 @@ from leadscore.errors import StoreError
 __all__ = [
     "DEFAULT_DB",
     "Database",
+    "Journal",
+    "cache_epoch",
     "database_url",
     "driver_json",
     "driver_sql",
     "from_driver_json",
     "in_list",
+    "journal_of",
     "on_commit",
     "open_database",
+    "start_journal",
 ]
 
 DEFAULT_DB = "leadscore.db"
@@ -52,6 +58,9 @@ WAL_AUTOCHECKPOINT = 10_000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "leadscore_write"
 _AFTER_COMMIT = "leadscore_after_commit"
+_EPOCH = "leadscore_epoch"  # this write transaction's cache epoch
+_JOURNAL = "leadscore_journal"  # its Journal
+_SEEN = "leadscore_seen"  # (data_version, epoch) at this connection's last commit
 
 log = logging.getLogger("leadscore.store")
 
@@ -111,6 +120,70 @@ def from_driver_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+# --- what a writer may keep in memory between its transactions ------------------------------
+# Caches of the store's rows (the event cache) check them against the database in every
+# transaction, since another process may have written. On SQLite one writer can know that no
+# one else has: transactions hold the database's write lock, and ``PRAGMA data_version``
+# tells whether another connection has committed since. Each Database counts *epochs*: a new
+# one starts whenever a write transaction finds that another connection committed since its
+# connection's last commit, and after any commit that did not keep a :class:`Journal` of its
+# changes. What a cache stored during epoch N (from a write transaction) is the database's
+# content for as long as the epoch is N, except what the current transaction changed, which
+# its journal says.
+
+
+@dataclass
+class Journal:
+    """The events a write transaction added to leads, and the leads whose events changed
+    otherwise, for the caches to bring themselves up to date without reading the database.
+
+    Only a transaction that starts one (:func:`start_journal`) and records in it every change
+    of events it makes keeps the cache epoch when it commits."""
+
+    # lead -> (ts_us, id, type, item, properties as text, message_id) of each event added
+    events: dict[str, list[tuple[int, int, str, str | None, str, str | None]]] = field(
+        default_factory=dict
+    )
+    dirty: set[str] = field(default_factory=set)  # events changed otherwise: read them
+    read: set[str] = field(default_factory=set)  # leads whose events this transaction read
+    stale: set[str] = field(default_factory=set)  # changed after they were read: keep none
+    broken: bool = False  # an event's id is not known: trust nothing after this
+
+    def changed(self, lead_id: str) -> None:
+        """The lead's events changed other than by an added event (joined, moved)."""
+        self.dirty.add(lead_id)
+        if lead_id in self.read:
+            self.stale.add(lead_id)
+
+    def added(self, lead_id: str, row: tuple[int, int, str, str | None, str, str | None]) -> None:
+        self.events.setdefault(lead_id, []).append(row)
+        if lead_id in self.read:
+            self.stale.add(lead_id)
+
+
+def start_journal(conn: Connection) -> Journal | None:
+    """Keep a journal of this write transaction (SQLite; None elsewhere, or outside one)."""
+    if _EPOCH not in conn.info:
+        return None
+    journal = conn.info.get(_JOURNAL)
+    if not isinstance(journal, Journal):
+        journal = conn.info[_JOURNAL] = Journal()
+    return journal
+
+
+def journal_of(conn: Connection) -> Journal | None:
+    """The journal of this transaction, if it keeps one."""
+    journal = conn.info.get(_JOURNAL)
+    return journal if isinstance(journal, Journal) else None
+
+
+def cache_epoch(conn: Connection) -> int | None:
+    """The cache epoch of this write transaction (SQLite), or None: what a cache stored in
+    this epoch is current, and what it stores now is stamped with it."""
+    epoch = conn.info.get(_EPOCH)
+    return epoch if isinstance(epoch, int) else None
+
+
 def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -125,6 +198,8 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self.is_sqlite else None
         self._checkpointer: _Checkpointer | None = None
+        self.epoch = 0  # see Journal
+        self._writer: Connection | None = None  # SQLite: see _writer_connection
         # an in-memory database has no log to copy (and is one connection per thread)
         self._checkpoints = self.is_sqlite and not self.in_memory
         if self.is_sqlite:
@@ -153,20 +228,66 @@ class Database:
                 finally:
                     conn.info.pop(_AFTER_COMMIT, None)
         else:
-            with self._lock, self.engine.connect() as raw:
-                conn = raw.execution_options(**{_WRITE: True})
+            with self._lock:
+                conn = self._writer_connection()
                 conn.info[_AFTER_COMMIT] = after
                 try:
                     with conn.begin():
+                        version = self._open_epoch(conn)
                         yield conn
+                    self._close_epoch(conn, version)
+                except BaseException:
+                    if conn.invalidated or conn.closed:  # a broken connection: a new one next
+                        self._drop_writer()
+                    raise
                 finally:
-                    conn.info.pop(_AFTER_COMMIT, None)
+                    for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
+                        conn.info.pop(key, None)
+                    if self.in_memory:  # one connection per thread: not kept
+                        self._drop_writer()
                 if self._checkpoints:
                     if self._checkpointer is None:
                         self._checkpointer = _Checkpointer(self)
                     self._checkpointer.wrote()
+                # before the next writer of this process starts (see Journal)
+                for action in after:
+                    action()
+            return
         for action in after:
             action()
+
+    def _writer_connection(self) -> Connection:
+        """SQLite: the connection every write of this Database goes through (under the write
+        lock), kept open between transactions: its page cache stays warm, and its
+        ``data_version`` can tell whether anyone else has written since (see Journal)."""
+        if self._writer is None:
+            self._writer = self.engine.connect().execution_options(**{_WRITE: True})
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError, sqlite3.Error):
+                writer.close()
+
+    def _open_epoch(self, conn: Connection) -> int:
+        """SQLite, in a write transaction (holding the write lock): start a new cache epoch
+        unless this connection committed last, in a journaled transaction (see
+        :func:`journal_of`). ``PRAGMA data_version`` changes exactly when another connection
+        (another process, or another connection of this one) has committed since."""
+        version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        if conn.info.get(_SEEN) != (version, self.epoch):
+            self.epoch += 1
+        conn.info[_EPOCH] = self.epoch
+        return version
+
+    def _close_epoch(self, conn: Connection, version: int) -> None:
+        """Committed: what the caches hold may be used again in this epoch only if the
+        transaction said all it changed (its journal); else the next one starts a new one."""
+        journal = conn.info.get(_JOURNAL)
+        if not isinstance(journal, Journal) or journal.broken:
+            self.epoch += 1
+        conn.info[_SEEN] = (version, self.epoch)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -212,6 +333,7 @@ class Database:
         if self._lock is not None:
             with self._lock:  # after the write under way, if any
                 checkpointer, self._checkpointer = self._checkpointer, None
+                self._drop_writer()
             if checkpointer is not None:
                 checkpointer.stop()
         self.engine.dispose()
@@ -258,6 +380,7 @@ _sqlite_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for db in list(_sqlite_databases):
         db._checkpointer = None
+        db._writer = None  # the parent's: not to be used (nor closed) here
 
 
 if hasattr(os, "register_at_fork"):

@@ -26,13 +26,13 @@ import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.store.db import driver_sql, in_list, on_commit
+from leadscore.store.db import Journal, cache_epoch, driver_sql, in_list, journal_of, on_commit
 from leadscore.store.leads import event_fields
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
@@ -78,6 +78,7 @@ class _Entry:
     last_key: tuple[int, int]  # (ts_us, id) of the newest event of every type
     events: tuple[Event, ...]  # those of the kept types, oldest first
     weight: int = 0  # what it counts against the cache's size (see _BYTES_PER_UNIT)
+    epoch: int | None = None  # the cache epoch it was current in (None: read outside one)
 
 
 class EventCache:
@@ -94,6 +95,7 @@ class EventCache:
         self.hits = 0  # leads served from the cache as they were
         self.extended = 0  # leads served from the cache plus their new events
         self.misses = 0  # leads read in full
+        self.unchecked = 0  # leads served without asking the database (see Journal)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -113,6 +115,7 @@ class EventCache:
             "hits": self.hits,
             "extended": self.extended,
             "misses": self.misses,
+            "unchecked": self.unchecked,
         }
 
     def clear(self) -> None:
@@ -141,19 +144,36 @@ class EventCache:
             cached = {lid: e for lid in ids if (e := self._entries.get(lid)) is not None}
             for lid in cached:
                 self._entries.move_to_end(lid)  # used last: out last
+        epoch = cache_epoch(conn)
+        journal = journal_of(conn)
+        found: dict[str, _Entry] = {}
+        again: list[str] = []
+        if epoch is not None and journal is not None and not journal.broken:
+            # current as of this writer's last commit: add what this transaction added
+            for lid, mine in cached.items():
+                if mine.epoch != epoch or lid in journal.dirty:
+                    continue
+                added = journal.events.get(lid)
+                grown = mine if not added else _grown(mine, added, mine.count + len(added), kept)
+                if grown is None:  # a late event: read the lead in full
+                    again.append(lid)
+                else:
+                    found[lid] = grown
+                    self.unchecked += 1
+        if journal is not None:
+            journal.read.update(ids)
+        asked = [lid for lid in ids if lid not in found and lid not in again]
         stats: dict[str, tuple[int, int]] = {}
-        rows: dict[str, list[_Row]] = {lid: [] for lid in ids}
-        for start in range(0, len(ids), _CHUNK):
-            part = ids[start : start + _CHUNK]
+        rows: dict[str, list[_Row]] = {lid: [] for lid in asked}
+        for start in range(0, len(asked), _CHUNK):
+            part = asked[start : start + _CHUNK]
             q, params = _query(conn, part, cached)
             for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
                 if kind == 0:
                     stats[lid] = (int(a), int(b))
                 else:
                     rows[lid].append((b, a, etype, item, text, message_id))
-        found: dict[str, _Entry] = {}
-        again: list[str] = []
-        for lid in ids:
+        for lid in asked:
             entry = cached.get(lid)
             if entry is None:  # every event of the lead came back (if it has any)
                 found[lid] = _entry(rows[lid], kept)
@@ -176,9 +196,14 @@ class EventCache:
             self.misses += len(again)
             found.update(self._read(conn, again, kept))
         if self.max_events > 0:
-            fresh = {lid: e for lid, e in found.items() if cached.get(lid) is not e}
+            # what this transaction saw, stamped with its epoch; kept once it commits
+            fresh = {
+                lid: e if e.epoch == epoch else replace(e, epoch=epoch)
+                for lid, e in found.items()
+                if cached.get(lid) is not e or e.epoch != epoch
+            }
             if fresh:
-                on_commit(conn, lambda: self._keep(fresh, kept))
+                on_commit(conn, lambda: self._keep(fresh, kept, journal))
         out: dict[str, tuple[Event, ...]] = {}
         for lid in lead_ids:
             entry = found[lid]
@@ -201,14 +226,21 @@ class EventCache:
                     rows[lid].append((b, a, etype, item, text, message_id))
         return {lid: _entry(rows[lid], kept) for lid in lead_ids}
 
-    def _keep(self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None) -> None:
+    def _keep(
+        self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None, journal: Journal | None
+    ) -> None:
         """Committed: remember these lists (unless a larger one came first), oldest out;
-        none if the cache started over for other types meanwhile."""
+        none if the cache started over for other types meanwhile, nor those of leads whose
+        events the transaction changed after it read them."""
         with self._lock:
             if kept != self._types:
                 return
             entries = self._entries
             for lid, entry in fresh.items():
+                if journal is not None and lid in journal.stale:
+                    if (gone := entries.pop(lid, None)) is not None:
+                        self._size -= gone.weight
+                    continue
                 old = entries.pop(lid, None)
                 if old is not None:
                     self._size -= old.weight

@@ -33,7 +33,7 @@ from leadscore.scoring import PreparedInputs, register_inputs
 from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
 from leadscore.spec.model import InactivityRule
-from leadscore.store.db import Database
+from leadscore.store.db import Database, start_journal
 from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache
 from leadscore.store.leads import (
     EventInput,
@@ -248,6 +248,9 @@ class Store:
         """Store events (repeats of a ``message_id`` are acknowledged, not counted twice) and
         rescore the leads they belong to (``rescore=False``: see :meth:`upsert_leads`)."""
         with self.db.write() as conn:
+            # Every change of events here is recorded (leadscore.store.db.Journal), so that
+            # the event cache of this process stays current without asking the database.
+            start_journal(conn)
             now = self.clock()
             outcomes, touched = insert_events(conn, items, now)
             if rescore:

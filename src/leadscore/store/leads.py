@@ -29,7 +29,14 @@ from sqlalchemy.engine import Connection
 from leadscore.engine.lead import Event
 from leadscore.errors import Conflict, NotFound
 from leadscore.spec.conditions import to_text
-from leadscore.store.db import driver_json, driver_sql, from_driver_json, in_list
+from leadscore.store.db import (
+    Journal,
+    driver_json,
+    driver_sql,
+    from_driver_json,
+    in_list,
+    journal_of,
+)
 from leadscore.store.schema import (
     aliases,
     events,
@@ -437,6 +444,10 @@ def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, f
     )
     for table in (events, aliases, outcomes, stage_changes, trigger_firings, score_history):
         conn.execute(table.update().where(table.c.lead_id == old).values(lead_id=target))
+    journal = journal_of(conn)
+    if journal is not None:  # the events of both changed
+        journal.changed(old)
+        journal.changed(target)
     conn.execute(leads.delete().where(leads.c.lead_id == old))
     conn.execute(lead_merges.update().where(lead_merges.c.into_id == old).values(into_id=target))
     conn.execute(lead_merges.delete().where(lead_merges.c.lead_id == old))
@@ -575,6 +586,9 @@ def link_alias(conn: Connection, anonymous_id: str, lead_id: str, now_us: int) -
         .where(events.c.anonymous_id == anonymous_id, events.c.lead_id.is_(None))
         .values(lead_id=lead_id)
     )
+    journal = journal_of(conn)
+    if journal is not None and moved.rowcount:
+        journal.changed(lead_id)
     return bool(moved.rowcount)
 
 
@@ -666,27 +680,48 @@ def insert_events(
     if rows:
         # A retry racing its original (the same message id in two requests at once): the
         # second insert waits for the first and skips the row instead of failing the request.
-        conn.exec_driver_sql(
-            driver_sql(conn, _INSERT_EVENTS),
-            [
-                (
-                    r["lead_id"],
-                    r["anonymous_id"],
-                    r["type"],
-                    r["ts_us"],
-                    r["item"],
-                    driver_json(r["properties"]),
-                    r["message_id"],
-                    r["received_us"],
-                )
-                for r in rows
-            ],
-        )
+        params = [
+            (
+                r["lead_id"],
+                r["anonymous_id"],
+                r["type"],
+                r["ts_us"],
+                r["item"],
+                driver_json(r["properties"]),
+                r["message_id"],
+                r["received_us"],
+            )
+            for r in rows
+        ]
+        journal = journal_of(conn)
+        before = _newest_event_id(conn) if journal is not None else 0
+        inserted = conn.exec_driver_sql(driver_sql(conn, _INSERT_EVENTS), params).rowcount
+        if journal is not None:
+            _journal_events(journal, params, before, inserted, _newest_event_id(conn))
     touched = set(wanted)
     for anonymous_id, lead_id in links:
         if link_alias(conn, anonymous_id, lead_id, now_us):
             touched.add(lead_id)
     return outcomes, touched
+
+
+def _newest_event_id(conn: Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one())
+
+
+def _journal_events(
+    journal: Journal, params: list[tuple[Any, ...]], before: int, inserted: int, after: int
+) -> None:
+    """Record the inserted events in the journal, with their ids. SQLite gives a new row the
+    id after the largest (the write lock held, no one else inserts), so when every row went
+    in and the largest id grew by their number, they took the ids after ``before`` in order.
+    Otherwise the journal is broken and the caches read the database."""
+    if inserted != len(params) or after - before != len(params):
+        journal.broken = True
+        return
+    for i, (lead_id, _anon, etype, ts_us, item, text, message_id, _r) in enumerate(params):
+        if lead_id is not None:
+            journal.added(lead_id, (ts_us, before + 1 + i, etype, item, text, message_id))
 
 
 def _redirect(
