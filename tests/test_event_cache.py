@@ -19,7 +19,8 @@ from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import Journal, open_database
 from leadscore.store.eventcache import EventCache, decoded_fields
 from leadscore.store.keeper import _event_types
-from leadscore.store.leads import _journal_events, lead_events
+from leadscore.store.leads import _journal_events, lead_events, lead_records
+from leadscore.store.queries import score_history_of
 from leadscore.store.schema import events
 from tests.conftest import Clock
 from tests.test_store_scoring import ALT, DW, RT, assert_matches_per_lead, publish
@@ -356,3 +357,50 @@ def test_a_journal_without_the_ids_of_its_events_trusts_nothing() -> None:
         journal = Journal()
         _journal_events(journal, params, 10, inserted, after)
         assert journal.broken and journal.events == {}
+
+
+# --- profiles and scores written elsewhere between two events ------------------------------
+
+
+@pytest.mark.parametrize("writer", ["another process", "this process"])
+def test_a_profile_changed_elsewhere_is_read_again(store: Store, clock: Clock, writer: str) -> None:
+    """RT's vp rule earns fit points: the title set between two events by another
+    writer (or by this process's own upsert) counts at the next event."""
+    publish(store, RT)
+    store.upsert_leads([LeadInput("L1", fields={"title": "Intern"})])
+    store.ingest_events([view(clock, "L1", "/pricing", 2)])
+    store.ingest_events([view(clock, "L1", "/blog")])
+    change = [LeadInput("L1", fields={"title": "VP Sales"})]
+    if writer == "another process":
+        other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
+        try:  # a profile update that this store does not rescore
+            other.upsert_leads(change, rescore=False)
+        finally:
+            other.db.dispose()
+    else:
+        store.upsert_leads(change, rescore=False)
+    clock.advance(seconds=1)
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    with store.db.read() as conn:
+        assert lead_records(conn, ["L1"])["L1"]["title"] == "VP Sales"
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_score_written_elsewhere_is_the_old_score_of_the_next(store: Store, clock: Clock) -> None:
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 2)])
+    store.ingest_events([view(clock, "L1", "/blog")])
+    other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
+    try:  # rescored there (a later time: a different score) behind this store's back
+        clock.advance(days=3)
+        other.upsert_leads([LeadInput("L1", fields={"title": "VP"})])
+    finally:
+        other.db.dispose()
+    with store.db.read() as conn:
+        there = score_history_of(conn, "L1")[0]["new_score"]
+    clock.advance(seconds=1)
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    with store.db.read() as conn:
+        last = score_history_of(conn, "L1")[0]
+    assert last["old_score"] == there
+    assert_matches_per_lead(store, ["L1"], clock.now)
