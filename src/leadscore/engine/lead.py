@@ -78,11 +78,20 @@ def _item_key(item: str | None) -> str:
 _TS = attrgetter("ts_us")
 
 
+_last_instant: tuple[datetime | None, int, datetime] = (None, 0, datetime.min)
+
+
 def _instant(as_of: datetime | str | None) -> tuple[int, datetime]:
     """The as-of instant in microseconds, and as an aware datetime."""
+    global _last_instant
+    last = _last_instant
+    if as_of is not None and as_of is last[0]:  # the same datetime for every lead of a batch
+        return last[1], last[2]
     if isinstance(as_of, datetime):
         aware = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
-        return to_micros(aware), aware
+        t_us = to_micros(aware)
+        _last_instant = (as_of, t_us, aware)
+        return t_us, aware
     t_us = now_micros() if as_of is None else parse_instant(as_of)
     return t_us, from_micros(t_us)
 
@@ -156,7 +165,8 @@ def score_lead(
     warnings: list[str] = []
     contributions: list[RuleContribution] = []
     add = contributions.append
-    columns: dict[tuple[str, str], list[str]] = {}  # (type, field): normalised values
+    # (type, field): normalised values, and the values joined by _SEP
+    columns: dict[tuple[str, str], tuple[list[str], str]] = {}
     for rule in plan.profile:
         for name in rule.numeric_fields:
             _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
@@ -270,6 +280,11 @@ def _event(e: Event | Mapping[str, Any]) -> Event:
     return e if isinstance(e, Event) else Event.from_mapping(e)
 
 
+# Joins the normalised values of a column: a needle without it that is not in the joined
+# text is in none of the values.
+_SEP = "\x00"
+
+
 def _column(bucket: list[Event], name: str) -> list[str]:
     """Field ``name`` of each event trimmed and folded (``""`` when missing): what a
     :class:`TextFilter` tests, computed once per event type and field for all the rules."""
@@ -308,7 +323,7 @@ def _activity(
     t_us: int,
     explain: bool,
     warnings: list[str],
-    columns: dict[tuple[str, str], list[str]],
+    columns: dict[tuple[str, str], tuple[list[str], str]],
 ) -> RuleContribution:
     if len(rule.events) == 1:
         candidates = by_type.get(rule.events[0], [])
@@ -336,12 +351,17 @@ def _activity(
     tf = rule.text_filter
     if tf is not None and len(rule.events) == 1 and candidates:
         key = (rule.events[0], tf.field)
-        values = columns.get(key)
-        if values is None:
-            values = columns[key] = _column(candidates, tf.field)
-        if start:
-            candidates, values = candidates[start:], values[start:]
-        matching = _text_filtered(tf, candidates, values)
+        column = columns.get(key)
+        if column is None:
+            values = _column(candidates, tf.field)
+            column = columns[key] = (values, _SEP.join(values))
+        values, joined = column
+        if tf.op == "contains" and all(n not in joined and _SEP not in n for n in tf.needles):
+            matching = []  # no event's value holds a needle (most rules, for most leads)
+        else:
+            if start:
+                candidates, values = candidates[start:], values[start:]
+            matching = _text_filtered(tf, candidates, values)
     else:
         if start:
             candidates = candidates[start:]
