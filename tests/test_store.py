@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from leadscore.store import EventInput, LeadInput, Store
-from leadscore.store.db import CHECKPOINT_SECONDS, open_database
+from leadscore.store.db import CHECKPOINT_SECONDS, WRITER_CACHE_KIB, open_database
 from leadscore.store.queries import LeadQuery, lead_view, list_leads, score_history_of
 from leadscore.store.schema import leads
 from tests.conftest import MODELS, Clock
@@ -182,9 +182,12 @@ def test_sqlite_log_is_copied_into_the_file_beside_the_writers(tmp_path: Path) -
         time.sleep(CHECKPOINT_SECONDS / 2)
         shutil.copyfile(path, copy)  # the file alone, not its -wal
         with closing(sqlite3.connect(copy)) as c:
-            tables = {n for (n,) in c.execute("SELECT name FROM sqlite_master")}
-            if "leads" in tables:
-                found = c.execute("SELECT count(*) FROM leads").fetchone()[0]
+            try:
+                tables = {n for (n,) in c.execute("SELECT name FROM sqlite_master")}
+                if "leads" in tables:
+                    found = c.execute("SELECT count(*) FROM leads").fetchone()[0]
+            except sqlite3.DatabaseError:  # copied while a checkpoint was writing: again
+                continue
     assert found == 100
     threads = [t for t in threading.enumerate() if t.name == "leadscore-checkpoint"]
     assert threads
@@ -222,3 +225,20 @@ def test_in_memory_store_starts_no_checkpoint_thread(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING):
         db.dispose()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_sqlite_writes_go_through_one_connection_with_a_larger_page_cache(tmp_path: Path) -> None:
+    """The writer's connection stays open between transactions (its pages stay cached, and
+    PRAGMA data_version can tell whether anyone else wrote); readers keep SQLite's default."""
+    db = open_database(tmp_path / "w.db")
+    try:
+        seen = set()
+        for _ in range(3):
+            with db.write() as conn:
+                seen.add(id(conn.connection.dbapi_connection))
+                assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -WRITER_CACHE_KIB
+        assert len(seen) == 1
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000
+    finally:
+        db.dispose()
