@@ -404,3 +404,44 @@ def test_a_score_written_elsewhere_is_the_old_score_of_the_next(store: Store, cl
         last = score_history_of(conn, "L1")[0]
     assert last["old_score"] == there
     assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_events_stored_without_rescoring_end_the_trust(store: Store, clock: Clock) -> None:
+    """An import stores events without rescoring (``rescore=False``): the cache never saw
+    them, so the next rescoring must ask the database."""
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 2)])
+    store.ingest_events([view(clock, "L1", "/blog")])
+    store.ingest_events([view(clock, "L1", "/pricing", 1, message_id="quiet")], rescore=False)
+    clock.advance(seconds=1)
+    with event_reads(store) as reads:
+        store.ingest_events([view(clock, "L1", "/pricing")])
+    assert reads
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_failure_after_the_commit_ends_the_trust(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is brought up to date after the commit; should that fail, what it holds is
+    not trusted again."""
+    publish(store, RT)
+    store.ingest_events([view(clock, "L1", "/pricing", 2)])
+    keep = EventCache._keep
+
+    def fail(*_args: Any) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(EventCache, "_keep", fail)
+    with pytest.raises(MemoryError):
+        store.ingest_events([view(clock, "L1", "/blog")])  # committed; the cache not told
+    monkeypatch.setattr(EventCache, "_keep", keep)
+    clock.advance(seconds=1)
+    with event_reads(store) as reads:
+        store.ingest_events([view(clock, "L1", "/pricing")])
+    assert reads
+    with store.db.read() as conn:
+        assert len(lead_events(conn, "L1")) == 3
+    assert_fresh(store, ["L1"], clock.now)
+    assert_matches_per_lead(store, ["L1"], clock.now)

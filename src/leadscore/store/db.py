@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,7 @@ WAL_AUTOCHECKPOINT = 10_000
 # SQLite: the page cache of the writer's connection, in KiB (SQLite's default is 2 MiB). The
 # writer's transactions touch a few index pages per event all over the tables; kept in its
 # own memory between transactions (no other connection writes in between, as a rule), they
-# need not be read again. Readers keep the default.
+# need not be read again. Readers' connections keep the default (on a file database).
 WRITER_CACHE_KIB = 65_536
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "leadscore_write"
@@ -151,19 +151,32 @@ class Journal:
     )
     dirty: set[str] = field(default_factory=set)  # events changed otherwise: read them
     read: set[str] = field(default_factory=set)  # leads whose events this transaction read
-    stale: set[str] = field(default_factory=set)  # changed after they were read: keep none
+    # Leads whose events changed and were not read (by the event cache) afterwards, or were
+    # read before: the caches may not know. Either ends the epoch at commit.
+    unread: set[str] = field(default_factory=set)
+    stale: set[str] = field(default_factory=set)
     broken: bool = False  # an event's id is not known: trust nothing after this
 
     def changed(self, lead_id: str) -> None:
         """The lead's events changed other than by an added event (joined, moved)."""
         self.dirty.add(lead_id)
-        if lead_id in self.read:
-            self.stale.add(lead_id)
+        self._touched(lead_id)
 
     def added(self, lead_id: str, row: tuple[int, int, str, str | None, str, str | None]) -> None:
         self.events.setdefault(lead_id, []).append(row)
+        self._touched(lead_id)
+
+    def reading(self, lead_ids: Iterable[str]) -> None:
+        """The event cache reads these leads' events now (and keeps what it reads)."""
+        ids = set(lead_ids)
+        self.read |= ids
+        self.unread -= ids
+
+    def _touched(self, lead_id: str) -> None:
         if lead_id in self.read:
             self.stale.add(lead_id)
+        else:
+            self.unread.add(lead_id)
 
 
 def start_journal(conn: Connection) -> Journal | None:
@@ -223,7 +236,8 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that may write; committed when the block ends without an exception.
-        Actions given to :func:`on_commit` inside it run after the commit."""
+        Actions given to :func:`on_commit` inside it run after the commit (on SQLite still
+        holding the process's write lock: they must not write)."""
         after: list[Callable[[], None]] = []
         if self._lock is None:
             with self.engine.begin() as conn:
@@ -232,34 +246,42 @@ class Database:
                     yield conn
                 finally:
                     conn.info.pop(_AFTER_COMMIT, None)
-        else:
-            with self._lock:
-                conn = self._writer_connection()
-                conn.info[_AFTER_COMMIT] = after
-                try:
-                    with conn.begin():
-                        version = self._open_epoch(conn)
-                        yield conn
-                    self._close_epoch(conn, version)
-                except BaseException:
-                    if conn.invalidated or conn.closed:  # a broken connection: a new one next
-                        self._drop_writer()
-                    raise
-                finally:
-                    for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
-                        conn.info.pop(key, None)
-                    if self.in_memory:  # one connection per thread: not kept
-                        self._drop_writer()
-                if self._checkpoints:
-                    if self._checkpointer is None:
-                        self._checkpointer = _Checkpointer(self)
-                    self._checkpointer.wrote()
-                # before the next writer of this process starts (see Journal)
+            for action in after:
+                action()
+            return
+        with self._lock:
+            conn = self._writer_connection()
+            conn.info[_AFTER_COMMIT] = after
+            try:
+                with conn.begin():
+                    version = self._open_epoch(conn)
+                    yield conn
+                journal = journal_of(conn)
+            except BaseException:
+                if conn.invalidated or conn.closed:  # a broken connection: a new one next
+                    self._drop_writer()
+                raise
+            finally:
+                for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
+                    conn.info.pop(key, None)
+            if self._checkpoints:
+                if self._checkpointer is None:
+                    self._checkpointer = _Checkpointer(self)
+                self._checkpointer.wrote()
+            try:
+                # the caches brought up to date before the next writer of this process starts
                 for action in after:
                     action()
-            return
-        for action in after:
-            action()
+                if version is not None:
+                    self._close_epoch(conn, version, journal)
+            except BaseException:  # the caches may be part way: trust none of them
+                self.epoch += 1
+                raise
+            finally:
+                if self.in_memory:  # one connection per thread: not kept
+                    self._drop_writer()
+                elif conn.in_transaction():  # an action that ran a statement
+                    conn.rollback()
 
     def _writer_connection(self) -> Connection:
         """SQLite: the connection every write of this Database goes through (under the write
@@ -279,22 +301,25 @@ class Database:
             with contextlib.suppress(sa.exc.SQLAlchemyError, sqlite3.Error):
                 writer.close()
 
-    def _open_epoch(self, conn: Connection) -> int:
+    def _open_epoch(self, conn: Connection) -> int | None:
         """SQLite, in a write transaction (holding the write lock): start a new cache epoch
-        unless this connection committed last, in a journaled transaction (see
-        :func:`journal_of`). ``PRAGMA data_version`` changes exactly when another connection
-        (another process, or another connection of this one) has committed since."""
+        unless this connection committed last, in a transaction whose journal says all it
+        changed (see :class:`Journal`); the epoch's number, or None for an in-memory database
+        (no epochs). ``PRAGMA data_version`` changes exactly when another connection (another
+        process, or another connection of this one) has committed since this one last did."""
+        if self.in_memory:
+            return None
         version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
-        if conn.info.get(_SEEN) != (version, self.epoch):
+        # taken away: only a transaction that gets to _close_epoch gives it back
+        if conn.info.pop(_SEEN, None) != (version, self.epoch):
             self.epoch += 1
         conn.info[_EPOCH] = self.epoch
         return version
 
-    def _close_epoch(self, conn: Connection, version: int) -> None:
-        """Committed: what the caches hold may be used again in this epoch only if the
-        transaction said all it changed (its journal); else the next one starts a new one."""
-        journal = conn.info.get(_JOURNAL)
-        if not isinstance(journal, Journal) or journal.broken:
+    def _close_epoch(self, conn: Connection, version: int, journal: Journal | None) -> None:
+        """Committed, and the caches told: what they hold may be used in this epoch still only
+        if the journal says all the transaction changed and the caches took it in."""
+        if journal is None or journal.broken or journal.unread or journal.stale:
             self.epoch += 1
         conn.info[_SEEN] = (version, self.epoch)
 
@@ -386,10 +411,17 @@ class _Checkpointer:
 _sqlite_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
+# The parent's writer connections in a forked child: neither used nor closed there (closing
+# an inherited SQLite handle can disturb the parent's locks), so kept from the collector.
+_inherited: list[Connection] = []
+
+
 def _after_fork_in_child() -> None:
     for db in list(_sqlite_databases):
         db._checkpointer = None
-        db._writer = None  # the parent's: not to be used (nor closed) here
+        if db._writer is not None:
+            _inherited.append(db._writer)
+            db._writer = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -15,6 +15,11 @@ one query in the same transaction, whichever process wrote them. A list read ins
 transaction enters the cache only when that transaction commits, so events that were rolled
 back are never kept.
 
+One exception to the check: a SQLite writer that knows no one else has written since its last
+commit, which recorded all it changed (a cache epoch, see :class:`leadscore.store.db.Journal`),
+serves a list kept in this epoch plus the events its transaction inserted, without a query
+(``unchecked`` in :meth:`EventCache.stats`).
+
 Property texts repeat (the same pages, the same campaigns): each distinct (type, item,
 properties) is decoded once and its fields shared, read-only, by every event that has it.
 """
@@ -161,7 +166,7 @@ class EventCache:
                     found[lid] = grown
                     self.unchecked += 1
         if journal is not None:
-            journal.read.update(ids)
+            journal.reading(ids)
         asked = [lid for lid in ids if lid not in found and lid not in again]
         stats: dict[str, tuple[int, int]] = {}
         rows: dict[str, list[_Row]] = {lid: [] for lid in asked}
