@@ -258,7 +258,8 @@ class Database:
                     yield conn
                 journal = journal_of(conn)
             except BaseException:
-                if conn.invalidated or conn.closed:  # a broken connection: a new one next
+                # a broken connection: a new one next; in memory: one connection per thread
+                if conn.invalidated or conn.closed or self.in_memory:
                     self._drop_writer()
                 raise
             finally:
