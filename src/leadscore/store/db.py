@@ -150,33 +150,23 @@ class Journal:
         default_factory=dict
     )
     dirty: set[str] = field(default_factory=set)  # events changed otherwise: read them
-    read: set[str] = field(default_factory=set)  # leads whose events this transaction read
-    # Leads whose events changed and were not read (by the event cache) afterwards, or were
-    # read before: the caches may not know. Either ends the epoch at commit.
-    unread: set[str] = field(default_factory=set)
-    stale: set[str] = field(default_factory=set)
+    # Leads whose events changed since the event cache last read them in this transaction
+    # (it keeps what it reads): any left at commit end the epoch, the cache may not know.
+    unseen: set[str] = field(default_factory=set)
     broken: bool = False  # an event's id is not known: trust nothing after this
 
     def changed(self, lead_id: str) -> None:
         """The lead's events changed other than by an added event (joined, moved)."""
         self.dirty.add(lead_id)
-        self._touched(lead_id)
+        self.unseen.add(lead_id)
 
     def added(self, lead_id: str, row: tuple[int, int, str, str | None, str, str | None]) -> None:
         self.events.setdefault(lead_id, []).append(row)
-        self._touched(lead_id)
+        self.unseen.add(lead_id)
 
     def reading(self, lead_ids: Iterable[str]) -> None:
         """The event cache reads these leads' events now (and keeps what it reads)."""
-        ids = set(lead_ids)
-        self.read |= ids
-        self.unread -= ids
-
-    def _touched(self, lead_id: str) -> None:
-        if lead_id in self.read:
-            self.stale.add(lead_id)
-        else:
-            self.unread.add(lead_id)
+        self.unseen.difference_update(lead_ids)
 
 
 def start_journal(conn: Connection) -> Journal | None:
@@ -320,7 +310,7 @@ class Database:
     def _close_epoch(self, conn: Connection, version: int, journal: Journal | None) -> None:
         """Committed, and the caches told: what they hold may be used in this epoch still only
         if the journal says all the transaction changed and the caches took it in."""
-        if journal is None or journal.broken or journal.unread or journal.stale:
+        if journal is None or journal.broken or journal.unseen:
             self.epoch += 1
         conn.info[_SEEN] = (version, self.epoch)
 

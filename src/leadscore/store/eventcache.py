@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.store.db import Journal, cache_epoch, driver_sql, in_list, journal_of, on_commit
+from leadscore.store.db import cache_epoch, driver_sql, in_list, journal_of, on_commit
 from leadscore.store.leads import event_fields
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
@@ -208,7 +208,7 @@ class EventCache:
                 if cached.get(lid) is not e or e.epoch != epoch
             }
             if fresh:
-                on_commit(conn, lambda: self._keep(fresh, kept, journal))
+                on_commit(conn, lambda: self._keep(fresh, kept))
         out: dict[str, tuple[Event, ...]] = {}
         for lid in lead_ids:
             entry = found[lid]
@@ -231,21 +231,16 @@ class EventCache:
                     rows[lid].append((b, a, etype, item, text, message_id))
         return {lid: _entry(rows[lid], kept) for lid in lead_ids}
 
-    def _keep(
-        self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None, journal: Journal | None
-    ) -> None:
+    def _keep(self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None) -> None:
         """Committed: remember these lists (unless a larger one came first), oldest out;
-        none if the cache started over for other types meanwhile, nor those of leads whose
-        events the transaction changed after it read them."""
+        none if the cache started over for other types meanwhile (a list that the transaction
+        changed after reading it is kept too: the epoch then ends, and the next rescoring
+        checks it against the database)."""
         with self._lock:
             if kept != self._types:
                 return
             entries = self._entries
             for lid, entry in fresh.items():
-                if journal is not None and lid in journal.stale:
-                    if (gone := entries.pop(lid, None)) is not None:
-                        self._size -= gone.weight
-                    continue
                 old = entries.pop(lid, None)
                 if old is not None:
                     self._size -= old.weight
