@@ -714,16 +714,28 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited: see {self.log}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1) as s:
-                    s.sendall(f"GET /api/v1/health HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-                    head = s.recv(65536)
-                if head.startswith(b"HTTP/1.1 200"):
-                    return dict(json.loads(head.split(b"\r\n\r\n", 1)[1]))
-            except (OSError, ValueError):
-                pass
+            health = self.health()
+            if health is not None:
+                return health
             time.sleep(0.2)
         raise RuntimeError(f"the server did not answer /api/v1/health within 60 s: see {self.log}")
+
+    def health(self) -> dict[str, Any] | None:
+        """The server's /api/v1/health, or None if it does not answer it."""
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as s:
+                s.sendall(
+                    f"GET /api/v1/health HTTP/1.1\r\nHost: {HOST}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            if data.startswith(b"HTTP/1.1 200"):
+                return dict(json.loads(data.split(b"\r\n\r\n", 1)[1]))
+        except (OSError, ValueError):
+            pass
+        return None
 
     @property
     def pid(self) -> int:
@@ -753,6 +765,7 @@ class RunReport:
     after: int
     totals: RunTotals
     profiles: dict[str, Path] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)  # the server's, after the steps
 
     @property
     def ok(self) -> bool:
@@ -761,6 +774,21 @@ class RunReport:
             and not self.totals.errors
             and not self.totals.duplicates
             and not any(s.errors for s in self.steps)
+        )
+
+    def cache_line(self) -> str:
+        """How rescoring came by leads' events since the server started (its event cache, from
+        its health page): a lead read and decoded in full is a miss."""
+        c = self.health.get("event_cache")
+        if not c:
+            return ""
+        used = c["hits"] + c["extended"] + c["misses"] + c.get("unchecked", 0)
+        if not used:
+            return ""
+        return (
+            f"{c['misses'] / used:.0%} of {used:,} lead reads were misses (read and decoded in "
+            f"full), {c.get('unchecked', 0) / used:.0%} served without a query; "
+            f"{c['leads']:,} leads kept after the steps"
         )
 
     def check_line(self) -> str:
@@ -825,6 +853,7 @@ def run_one(
         )
         report = RunReport(key, label, [], before, before, totals)
         asyncio.run(_steps(driver, report, cfg))
+        report.health = server.health() or {}
         if cfg.profile_dir is not None:
             asyncio.run(_profiles(driver, report, cfg, server.pid))
         report.after = count_events(prepared.url)
@@ -832,6 +861,8 @@ def run_one(
         server.stop()
     style = "green" if report.ok else "red"
     console.print(f"[{style}]{label}: {report.check_line()}[/]")
+    if report.cache_line():
+        console.print(f"[dim]{label}: event cache: {report.cache_line()}[/]")
     return report
 
 
@@ -1285,6 +1316,7 @@ def markdown_block(reports: Sequence[RunReport], meta: Meta) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", *reading(reports)]
     lines += [f"- Check, {r.label}: {r.check_line()}." for r in reports]
+    lines += [f"- Event cache, {r.label}: {c}." for r in reports if (c := r.cache_line())]
     lines += [f"<!-- bench/ingest.py {key} end -->"]
     return "\n".join(lines)
 
