@@ -19,6 +19,7 @@ from leadscore import score_lead
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import Conflict, LeadscoreError, StoreError
 from leadscore.service import Settings, create_app
+from leadscore.service import writer as writer_module
 from leadscore.service.errors import ApiError
 from leadscore.service.writer import ProcessWriter, _from_wire, _to_wire
 from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
@@ -290,3 +291,47 @@ def test_requests_waiting_together_share_one_transaction(
     finally:
         store.db.dispose()
     assert len(stamps) == 1, f"{len(stamps)} transactions"
+
+
+def test_an_ingest_process_that_cannot_start_again_is_retried_after_a_back_off(
+    writer: ProcessWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest process ends and the store cannot be opened any more: the next request
+    hears 503 from the failed start; those within the back-off hear 503 at once, with its
+    Retry-After, and start nothing; once it is over (and the store is back) a start succeeds
+    and the events are stored."""
+    good = writer._args
+    starts: list[float] = []
+    real = writer_module._Child
+
+    def counted(*args: object) -> object:
+        starts.append(time.monotonic())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "_Child", counted)
+    writer._args = ("postgresql://postgres@127.0.0.1:9/nowhere", *good[1:])
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while writer._child.alive:  # the end of its pipe noticed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    def refused(prefix: str) -> ApiError:
+        with pytest.raises(ApiError) as info:
+            asyncio.run(writer.ingest(page_views(["B1"], prefix)))
+        assert info.value.status == 503 and "could not open the store" in info.value.message
+        return info.value
+
+    refused("b1-")
+    assert len(starts) == 1
+    again = refused("b2-")  # within the back-off: nothing started
+    assert len(starts) == 1
+    assert again.headers is not None and again.headers["Retry-After"] == "1"
+    writer._args = good
+    time.sleep(1.1)
+    outcomes = asyncio.run(writer.ingest(page_views(["B1"], "b3-")))
+    assert [o.status for o in outcomes] == ["accepted"]
+    assert len(starts) == 2 and writer.pid not in (None, pid)
+    assert (writer._backoff, writer._start_error) == (0.0, "")

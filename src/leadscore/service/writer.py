@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import queue
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ log = logging.getLogger("leadscore.service")
 MAX_ITEMS = 2000  # events in one transaction, at most (a request's are never split)
 START_SECONDS = 60.0  # for the ingest process to open the store
 STOP_SECONDS = 30.0  # for it to finish the transaction under way and exit
+RESTART_MAX_SECONDS = 60.0  # the longest wait between failed starts of the ingest process
 
 Outcome = list[ItemOutcome] | BaseException
 
@@ -246,10 +249,10 @@ def _ingest_process(
         store.db.dispose()
 
 
-def _unavailable(message: str) -> ApiError:
+def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
     """What a request hears when the ingest process is not there to answer: a 503 (a
     sender's usual cue to retry), not a server error that closes its connection."""
-    return ApiError(503, message, headers={"Retry-After": "1"})
+    return ApiError(503, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class _Child:
@@ -358,8 +361,10 @@ class _Child:
 
 class ProcessWriter:
     """Writes the events of every request in an ingest process of its own (started here, and
-    again should it end), in batches of up to ``max_items``. The store at ``db`` must be a
-    file or a server: an in-memory database exists only in the process that opened it."""
+    again should it end; after a start that failed, requests hear 503 at once until a back-off
+    of 1 s, doubling with each failure up to :data:`RESTART_MAX_SECONDS`, is over), in batches
+    of up to ``max_items``. The store at ``db`` must be a file or a server: an in-memory
+    database exists only in the process that opened it."""
 
     def __init__(
         self,
@@ -373,6 +378,10 @@ class ProcessWriter:
         self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._next_id = 0
+        # after a failed start of the ingest process: seconds waited, until when, and why
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._start_error = ""
         self._sender = threading.Thread(
             target=self._send, name="leadscore-ingest-send", daemon=True
         )
@@ -405,14 +414,30 @@ class ProcessWriter:
                 self._child.stop()
                 return
             if not self._child.alive:
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:  # the last start failed: not again before its back-off is over
+                    message = f"the events could not be stored: {self._start_error}"
+                    _settle(job, _unavailable(message, wait))
+                    continue
                 code = self._child.process.exitcode
-                log.error("the ingest process ended (exit code %s): starting another", code)
+                if not self._start_error:
+                    log.error("the ingest process ended (exit code %s): starting another", code)
                 self._child.stop()
                 try:
                     self._child = _Child(*self._args)
                 except StoreError as e:
-                    log.error("%s", e)
-                    _settle(job, _unavailable(f"the events could not be stored: {e}"))
+                    # each failed start waits twice as long before the next (1 s up to a
+                    # minute), so that requests do not start a process each
+                    self._backoff = min(RESTART_MAX_SECONDS, max(1.0, 2 * self._backoff))
+                    self._retry_at = time.monotonic() + self._backoff
+                    self._start_error = str(e)
+                    log.error("%s (next attempt in %.0f s)", e, self._backoff)
+                    _settle(
+                        job, _unavailable(f"the events could not be stored: {e}", self._backoff)
+                    )
                     continue
+                if self._start_error:
+                    log.warning("the ingest process started again")
+                self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
             self._next_id += 1
             self._child.send(self._next_id, job)
