@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from leadscore import score_lead
 from leadscore.engine.timeutil import from_micros
-from leadscore.errors import Conflict, LeadscoreError, StoreError
+from leadscore.errors import Conflict, InputError, InputProblem, StoreError
 from leadscore.service import Settings, create_app
 from leadscore.service import writer as writer_module
 from leadscore.service.errors import ApiError
@@ -149,12 +149,18 @@ def test_a_store_the_ingest_process_cannot_open_fails_at_start() -> None:
         ProcessWriter("postgresql://postgres@127.0.0.1:9/nowhere", cached_events=0)
 
 
-def test_errors_cross_the_pipe_as_their_own_kind() -> None:
+def test_errors_cross_the_pipe_as_what_the_request_is_to_hear() -> None:
     conflict = _from_wire(_to_wire(Conflict("lead L1 changed meanwhile: send again")))
-    assert type(conflict) is Conflict and str(conflict) == "lead L1 changed meanwhile: send again"
-    assert type(_from_wire(_to_wire(LeadscoreError("x")))) is LeadscoreError
+    assert isinstance(conflict, ApiError)
+    assert (conflict.status, conflict.code) == (409, "conflict")
+    assert conflict.message == "lead L1 changed meanwhile: send again"
+    bad = InputError([InputProblem("events", "no such type", row=3)])
+    heard = _from_wire(_to_wire(bad))
+    assert isinstance(heard, ApiError) and heard.status == 422
+    assert heard.details == [{"message": "events: row 3: no such type"}]
     other = _from_wire(_to_wire(ValueError("the events could not be stored")))
-    assert type(other) is RuntimeError
+    assert type(other) is RuntimeError and str(other) == "the events could not be stored"
+    assert _from_wire(_to_wire([])) == []
 
 
 def test_the_service_ingests_through_the_process_for_a_store_it_opens(tmp_path: Path) -> None:

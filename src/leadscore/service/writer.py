@@ -31,11 +31,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from leadscore.errors import Conflict, LeadscoreError, NotFound, StoreError, UsageError
-from leadscore.service.errors import ApiError
+from leadscore.errors import LeadscoreError, StoreError
+from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
 from leadscore.store.keeper import ChangeListener
 from leadscore.store.scores import ScoreChange
@@ -166,26 +167,28 @@ class IngestWriter:
 
 # --- the ingest process -------------------------------------------------------------------------
 
-# The errors a request may hear, rebuilt by name on the server's side: an exception crosses the
-# pipe as its class name and message (a pickled exception does not always unpickle).
-_ERRORS: dict[str, type[LeadscoreError]] = {
-    cls.__name__: cls for cls in (Conflict, NotFound, StoreError, UsageError, LeadscoreError)
-}
+# An error crosses the pipe as what the request is to hear: a LeadscoreError of any kind as
+# the API error it stands for (status, message, code, details), anything else as a message
+# (a pickled exception does not always unpickle).
+_Wire = list[ItemOutcome] | tuple[str, int, str, str, list[dict[str, Any]]] | tuple[str, str]
 
 
-def _to_wire(result: Outcome) -> list[ItemOutcome] | tuple[str, str]:
+def _to_wire(result: Outcome) -> _Wire:
+    if isinstance(result, LeadscoreError):
+        e = from_leadscore(result)
+        return ("api", e.status, e.message, e.code, e.details)
     if isinstance(result, BaseException):
-        name = type(result).__name__
-        return (name if name in _ERRORS else "RuntimeError", str(result))
+        return ("error", str(result))
     return result
 
 
-def _from_wire(result: list[ItemOutcome] | tuple[str, str]) -> Outcome:
-    if isinstance(result, tuple):
-        name, message = result
-        cls = _ERRORS.get(name)
-        return cls(message) if cls is not None else RuntimeError(message)
-    return result
+def _from_wire(result: _Wire) -> Outcome:
+    if isinstance(result, list):
+        return result
+    if result[0] == "api" and len(result) == 5:
+        _, status, message, code, details = result
+        return ApiError(status, message, code=code, details=details)
+    return RuntimeError(str(result[-1]))
 
 
 def _ingest_process(
