@@ -49,7 +49,8 @@ log = logging.getLogger("leadscore.service")
 MAX_ITEMS = 2000  # events in one transaction, at most (a request's are never split)
 START_SECONDS = 60.0  # for the ingest process to open the store
 STOP_SECONDS = 30.0  # for it to finish the transaction under way and exit
-RESTART_MAX_SECONDS = 60.0  # the longest wait between failed starts of the ingest process
+RESTART_FIRST_SECONDS = 1.0  # the wait after a failed start of the ingest process, doubling
+RESTART_MAX_SECONDS = 60.0  # with each further failure up to this
 
 Outcome = list[ItemOutcome] | BaseException
 
@@ -365,7 +366,7 @@ class _Child:
 class ProcessWriter:
     """Writes the events of every request in an ingest process of its own (started here, and
     again should it end; after a start that failed, requests hear 503 at once until a back-off
-    of 1 s, doubling with each failure up to :data:`RESTART_MAX_SECONDS`, is over), in batches
+    of 1 s, doubling with each failure up to a minute, is over), in batches
     of up to ``max_items``. The store at ``db`` must be a file or a server: an in-memory
     database exists only in the process that opened it."""
 
@@ -431,7 +432,9 @@ class ProcessWriter:
                 except StoreError as e:
                     # each failed start waits twice as long before the next (1 s up to a
                     # minute), so that requests do not start a process each
-                    self._backoff = min(RESTART_MAX_SECONDS, max(1.0, 2 * self._backoff))
+                    self._backoff = min(
+                        RESTART_MAX_SECONDS, max(RESTART_FIRST_SECONDS, 2 * self._backoff)
+                    )
                     self._retry_at = time.monotonic() + self._backoff
                     self._start_error = str(e)
                     log.error("%s (next attempt in %.0f s)", e, self._backoff)
