@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import Journal, open_database
-from leadscore.store.eventcache import EventCache, decoded_fields
+from leadscore.store.eventcache import EventCache, Preloader, decoded_fields
 from leadscore.store.keeper import _event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
 from leadscore.store.queries import score_history_of
@@ -445,3 +445,67 @@ def test_a_failure_after_the_commit_ends_the_trust(
         assert len(lead_events(conn, "L1")) == 3
     assert_fresh(store, ["L1"], clock.now)
     assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def _preload_all(store: Store, preloader: Preloader) -> int:
+    steps = 0
+    while store.preload_step(preloader):
+        steps += 1
+        assert steps < 1_000
+    return steps
+
+
+def test_preloading_reads_the_most_recent_leads_ahead_and_rescoring_finds_them(
+    db_url: str, clock: Clock
+) -> None:
+    """A store restarted with events in it: the preloader reads the leads whose events are
+    newest first, in small steps, until the cache is filled to its share; the first
+    rescoring of a preloaded lead then reads no event again (a hit), and gets exactly what a
+    fresh read gives, late and future events and another writer's events included."""
+    first = Store(open_database(db_url), clock=clock)
+    try:
+        publish(first, RT)
+        for i in range(12):  # L0 oldest ... L11 newest; two events each, one future
+            first.ingest_events(
+                [view(clock, f"L{i}", "/pricing", 2), view(clock, f"L{i}", "/blog", -1)]
+            )
+            clock.advance(seconds=10)
+        first.ingest_events([view(clock, None, "/x", 1, anonymous_id="anon")])  # type: ignore[arg-type]
+    finally:
+        first.db.dispose()
+    store = Store(open_database(db_url), clock=clock, cached_events=2 * 8 + 1)
+    try:
+        cache = store.event_cache
+        # a few leads of 2 events a step, until 15.3 of 17 are filled: 8 leads, whatever the
+        # steps' sizes (they adapt to the time a step takes)
+        preloader = Preloader(cache, fill=0.9, scan=7, leads=3)
+        steps = _preload_all(store, preloader)
+        assert steps >= 3 and preloader.done
+        assert cache.preloaded == 8 and preloader.events == 16 and cache.cached_events == 16
+        assert set(cache._entries) == {f"L{i}" for i in range(4, 12)}  # the newest
+        assert not store.preload_step(preloader)  # done for good
+        # L11: an event after its future one (extends the list); L9: a late one (read in
+        # full); L10: a profile change (the list as it was)
+        store.ingest_events([view(clock, "L11", "/docs", -2), view(clock, "L9", "/docs", 30)])
+        store.upsert_leads([LeadInput("L10", fields={"title": "VP"})])
+        assert (cache.extended, cache.misses, cache.hits) == (1, 1, 1)
+        assert_fresh(store, [f"L{i}" for i in range(12)], clock.now)
+        assert_matches_per_lead(store, ["L9", "L10", "L11"], clock.now)
+    finally:
+        store.db.dispose()
+
+
+def test_preloading_keeps_what_rescoring_kept_and_stops_when_full(
+    store: Store, clock: Clock
+) -> None:
+    publish(store, RT)
+    for i in range(5):
+        store.ingest_events([view(clock, f"L{i}", "/pricing", 1)])
+    store.ingest_events([view(clock, "L4", "/pricing")])
+    kept = store.event_cache._entries["L4"]
+    preloader = Preloader(store.event_cache)
+    _preload_all(store, preloader)
+    assert store.event_cache._entries["L4"] is kept  # left as it was
+    assert store.event_cache.preloaded == 0  # rescoring had kept every lead already
+    full = Preloader(EventCache(0))
+    assert full.done and not store.preload_step(full)

@@ -342,3 +342,29 @@ def test_an_ingest_process_that_cannot_start_again_is_retried_after_a_back_off(
     assert [o.status for o in outcomes] == ["accepted"]
     assert len(starts) == 2 and writer.pid not in (None, pid)
     assert (writer._backoff, writer._start_error) == (0.0, "")
+
+
+def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: str) -> None:
+    """Started on a store with events, the ingest process reads the leads' events into its
+    cache between requests: the first event of such a lead finds its list there."""
+    store = Store(open_database(db_url))
+    try:
+        store.ensure_a_model()
+        store.ingest_events(page_views([f"W{i}" for i in range(30)], "before-"))
+    finally:
+        store.db.dispose()
+    w = ProcessWriter(db_url, durable=False, cached_events=10_000)
+    try:
+        deadline = time.monotonic() + 60
+        n = 0
+        while w.cache_stats()["preloaded"] < 30:  # the stats come with each answer
+            assert time.monotonic() < deadline, w.cache_stats()
+            asyncio.run(w.ingest(page_views([f"X{n}"], f"x{n}-")))
+            n += 1
+            time.sleep(0.05)
+        misses = w.cache_stats()["misses"]
+        asyncio.run(w.ingest(page_views(["W7", "W21"], "after-")))
+        stats = w.cache_stats()
+        assert stats["misses"] == misses and stats["extended"] >= 2
+    finally:
+        w.close()

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
+from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import ChangeListener
 from leadscore.store.scores import ScoreChange
 from leadscore.store.triggers import TriggerEngine
@@ -219,9 +220,13 @@ def _ingest_process(
         return
     with_triggers(store)
     results_out.send(("ready", store.event_cache.stats()))
+    # between requests, the events of the leads most recently active are read into the cache
+    preloader = Preloader(store.event_cache)
     try:
         stop = False
         while not stop:
+            while not preloader.done and not jobs_in.poll():
+                _preload(store, preloader)
             try:
                 first = jobs_in.recv()
             except EOFError:  # the server is gone
@@ -251,6 +256,18 @@ def _ingest_process(
                 break
     finally:
         store.db.dispose()
+
+
+def _preload(store: Store, preloader: Preloader) -> None:
+    """One step of warming the event cache; should it fail, the cache fills as leads are
+    rescored, as without it."""
+    try:
+        more = store.preload_step(preloader)
+    except Exception:
+        log.exception("reading events ahead into the cache failed; it goes on without")
+        more = False
+    if not more:
+        preloader.done = True
 
 
 def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:

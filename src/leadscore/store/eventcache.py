@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from leadscore.engine.lead import Event
 from leadscore.store.db import cache_epoch, driver_sql, in_list, journal_of, on_commit
 from leadscore.store.leads import event_fields
 
-__all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "decoded_fields"]
+__all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "Preloader", "decoded_fields"]
 
 # About 220 bytes per kept event, the shared decoded properties included (measured with
 # tracemalloc over 137,332 events of the sample data: 30 MB).
@@ -101,6 +102,7 @@ class EventCache:
         self.extended = 0  # leads served from the cache plus their new events
         self.misses = 0  # leads read in full
         self.unchecked = 0  # leads served without asking the database (see Journal)
+        self.preloaded = 0  # leads read ahead of their first rescoring (see Preloader)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -121,6 +123,7 @@ class EventCache:
             "extended": self.extended,
             "misses": self.misses,
             "unchecked": self.unchecked,
+            "preloaded": self.preloaded,
         }
 
     def clear(self) -> None:
@@ -217,6 +220,33 @@ class EventCache:
                 evs = evs[: bisect_right(evs, until_us, key=_ts)]
             out[lid] = evs
         return out
+
+    def load(self, conn: Connection, lead_ids: Sequence[str], types: Sequence[str] | None) -> int:
+        """Read the events of ``lead_ids`` (of ``types``, if given) ahead of their rescoring, in
+        the order given, while they fit in the cache; the leads it holds already are left as
+        they are. How many events it kept. ``conn`` must see only committed data (a read
+        transaction): what it keeps is checked against the database at the leads' first
+        rescoring, as any list kept outside the writer's epoch."""
+        kept = None if types is None else frozenset(types)
+        with self._lock:
+            if kept != self._types:
+                self._entries.clear()
+                self._size = 0
+                self._types = kept
+            wanted = [lid for lid in lead_ids if lid not in self._entries]
+        added = 0
+        for lid, entry in self._read(conn, wanted, kept).items():
+            with self._lock:
+                if kept != self._types or lid in self._entries or entry.count == 0:
+                    continue
+                if self._size + entry.weight > self.max_events:
+                    continue
+                self._entries[lid] = entry
+                self._entries.move_to_end(lid, last=False)  # read ahead: out first
+                self._size += entry.weight
+                self.preloaded += 1
+                added += len(entry.events)
+        return added
 
     def _read(
         self, conn: Connection, lead_ids: Sequence[str], kept: frozenset[str] | None
@@ -345,3 +375,77 @@ def _grown(
 
 def _ts(e: Event) -> int:
     return e.ts_us
+
+
+PRELOAD_SCAN = 2_000  # events scanned back at a time
+PRELOAD_LEADS = 50  # leads read in full by the first step (then adjusted)
+PRELOAD_STEP_SECONDS = 0.01  # what a step aims to take
+
+
+class Preloader:
+    """Fills an :class:`EventCache` with the events of the leads most recently active, newest
+    first, one small step at a time, so that an idle writer (the ingest process between
+    requests) can warm its cache after a start without keeping any request waiting long.
+
+    Each :meth:`step` reads ``leads`` leads in full (a number adjusted after each step so
+    that a step takes about :data:`PRELOAD_STEP_SECONDS`), the next ones not kept yet in
+    order of their newest event (found by scanning the events back by id, ``scan`` at a
+    time); the preloader stops for good once the cache is filled to ``fill`` of its size or
+    every event has been scanned."""
+
+    def __init__(
+        self,
+        cache: EventCache,
+        fill: float = 0.9,
+        *,
+        scan: int = PRELOAD_SCAN,
+        leads: int = PRELOAD_LEADS,
+    ) -> None:
+        self.cache = cache
+        self.fill = fill
+        self.scan = scan
+        self.leads = leads
+        self.done = cache.max_events <= 0
+        self.events = 0  # kept so far
+        self._below: int | None = None  # the scan's lowest event id so far
+        self._seen: set[str] = set()
+        self._pending: list[str] = []  # found by the scan, not read yet (newest first)
+
+    def step(self, conn: Connection, types: Sequence[str] | None) -> bool:
+        """One step in the read transaction ``conn``; whether there is more to do."""
+        cache = self.cache
+        if self.done or cache.cached_events >= cache.max_events * self.fill:
+            self.done = True
+            return False
+        if not self._pending:
+            q, params = (
+                (_SCAN, (self.scan,))
+                if self._below is None
+                else (_SCAN_BELOW, (self._below, self.scan))
+            )
+            rows = conn.exec_driver_sql(driver_sql(conn, q), params).all()
+            if not rows:
+                self.done = True
+                return False
+            self._below = int(rows[-1][0])
+            for _, lid in rows:
+                if lid not in self._seen:
+                    self._seen.add(lid)
+                    self._pending.append(lid)
+        leads = self._pending[: self.leads]
+        del self._pending[: self.leads]
+        started = time.perf_counter()
+        self.events += cache.load(conn, leads, types)
+        # steps of about PRELOAD_STEP_SECONDS, whatever the leads' numbers of events
+        took = time.perf_counter() - started
+        if took > 2 * PRELOAD_STEP_SECONDS:
+            self.leads = max(1, self.leads // 2)
+        elif took < PRELOAD_STEP_SECONDS / 2:
+            self.leads = min(4 * PRELOAD_LEADS, self.leads * 2)
+        return True
+
+
+_SCAN = "SELECT id, lead_id FROM events WHERE lead_id IS NOT NULL ORDER BY id DESC LIMIT ?"
+_SCAN_BELOW = (
+    "SELECT id, lead_id FROM events WHERE lead_id IS NOT NULL AND id < ? ORDER BY id DESC LIMIT ?"
+)

@@ -34,7 +34,7 @@ from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
 from leadscore.spec.model import InactivityRule
 from leadscore.store.db import Database, start_journal
-from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache
+from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache, Preloader
 from leadscore.store.leads import (
     EventInput,
     ItemOutcome,
@@ -315,6 +315,16 @@ class Store:
         if self.listener is not None and changes:
             self.listener(conn, changes, now_us, fire_triggers)
         return changes
+
+    def preload_step(self, preloader: Preloader) -> bool:
+        """One step of reading the events of recently active leads into the event cache
+        ahead of their rescoring (see :class:`~leadscore.store.eventcache.Preloader`), in a
+        read transaction of its own; whether there is more to do."""
+        sheets = self.sheets()
+        if not sheets:
+            return False
+        with self.db.read() as conn:
+            return preloader.step(conn, _event_types(sheets))
 
     def explain(self, conn: Connection, lead_id: str, sheet: str) -> ScoreResult:
         """The full explanation of a lead's current score on a sheet (at its stored as-of)."""
