@@ -345,8 +345,9 @@ def test_an_ingest_process_that_cannot_start_again_is_retried_after_a_back_off(
 
 
 def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: str) -> None:
-    """Started on a store with events, the ingest process reads the leads' events into its
-    cache between requests: the first event of such a lead finds its list there."""
+    """Started on a SQLite store with events, the ingest process reads the leads' events into
+    its cache between requests: the first event of such a lead finds its list there. On
+    PostgreSQL it does not (it would save the decoding, not the reads)."""
     store = Store(open_database(db_url))
     try:
         store.ensure_a_model()
@@ -355,6 +356,12 @@ def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: s
         store.db.dispose()
     w = ProcessWriter(db_url, durable=False, cached_events=10_000)
     try:
+        if not db_url.startswith("sqlite"):
+            for n in range(3):
+                asyncio.run(w.ingest(page_views([f"X{n}"], f"x{n}-")))
+                time.sleep(0.2)
+            assert w.cache_stats()["preloaded"] == 0
+            return
         deadline = time.monotonic() + 60
         n = 0
         while w.cache_stats()["preloaded"] < 30:  # the stats come with each answer

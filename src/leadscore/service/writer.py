@@ -220,8 +220,12 @@ def _ingest_process(
         return
     with_triggers(store)
     results_out.send(("ready", store.event_cache.stats()))
-    # between requests, the events of the leads most recently active are read into the cache
+    # between requests, the events of the leads most recently active are read into the cache.
+    # Not on PostgreSQL: every rescoring there asks the database for the leads' events
+    # anyway, so a kept list saves the decoding but not the reads, and it measured no faster
+    # (docs/benchmarks.md)
     preloader = Preloader(store.event_cache)
+    preloader.done = preloader.done or not store.db.is_sqlite
     try:
         stop = False
         while not stop:

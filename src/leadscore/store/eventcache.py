@@ -415,8 +415,7 @@ class Preloader:
         """One step in the read transaction ``conn``; whether there is more to do."""
         cache = self.cache
         if self.done or cache.cached_events >= cache.max_events * self.fill:
-            self.done = True
-            return False
+            return self._finish()
         if not self._pending:
             q, params = (
                 (_SCAN, (self.scan,))
@@ -425,8 +424,7 @@ class Preloader:
             )
             rows = conn.exec_driver_sql(driver_sql(conn, q), params).all()
             if not rows:
-                self.done = True
-                return False
+                return self._finish()
             self._below = int(rows[-1][0])
             for _, lid in rows:
                 if lid not in self._seen:
@@ -443,6 +441,12 @@ class Preloader:
         elif took < PRELOAD_STEP_SECONDS / 2:
             self.leads = min(4 * PRELOAD_LEADS, self.leads * 2)
         return True
+
+    def _finish(self) -> bool:
+        self.done = True
+        self._seen.clear()
+        self._pending.clear()
+        return False
 
 
 _SCAN = "SELECT id, lead_id FROM events WHERE lead_id IS NOT NULL ORDER BY id DESC LIMIT ?"
