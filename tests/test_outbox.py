@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -253,10 +254,13 @@ def test_concurrent_deliverers_send_each_row_once(
     ids = [queue(store, receiver.url, json.dumps({"n": i})) for i in range(30)]
     other_db = open_database(db_url, migrate=False)
     counts: list[int] = []
+    # six sends at once on a slow machine may take longer than POLICY's 0.3 s: such an attempt
+    # counts as failed (the row stays pending) although the receiver got it
+    patient = replace(POLICY, timeout_s=30.0)
     try:
         with (
-            Deliverer(store.db, clock=clock, policy=POLICY) as a,
-            Deliverer(other_db, clock=clock, policy=POLICY) as b,
+            Deliverer(store.db, clock=clock, policy=patient) as a,
+            Deliverer(other_db, clock=clock, policy=patient) as b,
         ):
             threads = [
                 threading.Thread(target=lambda d=d: counts.append(d.deliver_due(workers=3)))
