@@ -126,6 +126,14 @@ class EventCache:
             "preloaded": self.preloaded,
         }
 
+    def _reading(self, kept: frozenset[str] | None) -> None:
+        """About to read events of the ``kept`` types (None: all), holding the lock: lists of
+        other types (other sheets were active) are dropped."""
+        if kept != self._types:
+            self._entries.clear()
+            self._size = 0
+            self._types = kept
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -145,10 +153,7 @@ class EventCache:
         kept = None if types is None else frozenset(types)
         ids = sorted(set(lead_ids))
         with self._lock:
-            if kept != self._types:  # other sheets read other types: start over
-                self._entries.clear()
-                self._size = 0
-                self._types = kept
+            self._reading(kept)
             cached = {lid: e for lid in ids if (e := self._entries.get(lid)) is not None}
             for lid in cached:
                 self._entries.move_to_end(lid)  # used last: out last
@@ -229,10 +234,7 @@ class EventCache:
         rescoring, as any list kept outside the writer's epoch."""
         kept = None if types is None else frozenset(types)
         with self._lock:
-            if kept != self._types:
-                self._entries.clear()
-                self._size = 0
-                self._types = kept
+            self._reading(kept)
             wanted = [lid for lid in lead_ids if lid not in self._entries]
         added = 0
         for lid, entry in self._read(conn, wanted, kept).items():
