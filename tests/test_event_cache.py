@@ -18,7 +18,7 @@ from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import Journal, open_database
 from leadscore.store.eventcache import EventCache, Preloader, decoded_fields
-from leadscore.store.keeper import _event_types
+from leadscore.store.keeper import event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
 from leadscore.store.queries import score_history_of
 from leadscore.store.schema import events
@@ -37,7 +37,7 @@ def assert_fresh(store: Store, lead_ids: list[str], until_us: int) -> None:
     counters left as they were)."""
     cache = store.event_cache
     counters = (cache.hits, cache.extended, cache.misses, cache.unchecked)
-    types = _event_types(store.sheets())  # what rescoring asks for
+    types = event_types(store.sheets())  # what rescoring asks for
     with store.db.write() as conn:
         got = cache.events_of_leads(conn, lead_ids, until_us, types)
         cache.hits, cache.extended, cache.misses, cache.unchecked = counters

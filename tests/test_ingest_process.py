@@ -24,8 +24,10 @@ from leadscore.service.errors import ApiError
 from leadscore.service.writer import ProcessWriter, _from_wire, _to_wire
 from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
 from leadscore.store.db import open_database
+from leadscore.store.deferred import store_events
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.schema import events, scores
+from leadscore.store.schema import events as events_table
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.slow  # each test starts a Python process
@@ -56,6 +58,29 @@ def page_views(lead_ids: list[str], prefix: str) -> list[EventInput]:
     ]
 
 
+def assert_scores_exact(db_url: str, lead_ids: list[str], events: int | None = None) -> None:
+    """Each lead's stored score is what the per-lead evaluator gives for its stored events as
+    of the score's as-of (and the store holds ``events`` events, if given)."""
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            if events is not None:
+                stored = conn.execute(sa.select(sa.func.count()).select_from(events_table))
+                assert stored.scalar() == events
+            model = store.sheets(conn)[0].model
+            for lead_id in lead_ids:
+                score, as_of = conn.execute(
+                    sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == lead_id)
+                ).one()
+                record = lead_records(conn, [lead_id])[lead_id]
+                expected = score_lead(
+                    model, record, lead_events(conn, lead_id, as_of), from_micros(as_of)
+                )
+                assert score == pytest.approx(expected.score, abs=1e-9), lead_id
+    finally:
+        store.db.dispose()
+
+
 def test_concurrent_requests_are_stored_and_scored_by_the_ingest_process(
     writer: ProcessWriter, db_url: str
 ) -> None:
@@ -77,22 +102,7 @@ def test_concurrent_requests_are_stored_and_scored_by_the_ingest_process(
     again = asyncio.run(writer.ingest(requests[3][:1]))
     assert [(o.index, o.status) for o in again] == [(0, "duplicate")]
 
-    store = Store(open_database(db_url))
-    try:
-        with store.db.read() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 60
-            model = store.sheets(conn)[0].model
-            for lead_id in ("P0", "P19", "SHARED"):
-                score, as_of = conn.execute(
-                    sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == lead_id)
-                ).one()
-                record = lead_records(conn, [lead_id])[lead_id]
-                expected = score_lead(
-                    model, record, lead_events(conn, lead_id, as_of), from_micros(as_of)
-                )
-                assert score == pytest.approx(expected.score, abs=1e-9)
-    finally:
-        store.db.dispose()
+    assert_scores_exact(db_url, ["P0", "P19", "SHARED"], events=60)
     stats = writer.cache_stats()
     assert stats["leads"] == 21 and stats["misses"] >= 21
 
@@ -373,5 +383,55 @@ def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: s
         asyncio.run(w.ingest(page_views(["W7", "W21"], "after-")))
         stats = w.cache_stats()
         assert stats["misses"] == misses and stats["extended"] >= 2
+    finally:
+        w.close()
+
+
+def test_a_scoring_process_scores_beside_the_ingest_process_on_sqlite(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """On SQLite the ingest process hands rescoring to a scoring process beside it (which
+    keeps the event cache); killed, the ingest process goes on alone, and scores stay exact.
+    On PostgreSQL there is none."""
+    child = writer._child
+    if not db_url.startswith("sqlite"):
+        assert child.scorer is None
+        return
+    assert child.scorer is not None and child.scorer.is_alive()
+    asyncio.run(writer.ingest(page_views(["S1", "S2"], "a-")))
+    asyncio.run(writer.ingest(page_views(["S1"], "b-")))
+    stats = writer.cache_stats()  # the scoring process's cache
+    assert stats["leads"] == 2 and stats["unchecked"] >= 1
+    assert_scores_exact(db_url, ["S1", "S2"])
+    pid = writer.pid
+    os.kill(child.scorer.pid or 0, signal.SIGKILL)
+    child.scorer.join(10)
+    for n in range(3):
+        outcomes = asyncio.run(writer.ingest(page_views(["S1", "S3"], f"c{n}-")))
+        assert [o.status for o in outcomes] in (["accepted", "created"], ["accepted", "accepted"])
+    assert writer.pid == pid  # the same ingest process, on its own now
+    assert writer.cache_stats()["leads"] >= 2  # its own cache
+    assert_scores_exact(db_url, ["S1", "S2", "S3"], events=9)
+
+
+def test_events_stored_but_never_scored_are_scored_when_the_ingest_process_starts(
+    tmp_path: Path,
+) -> None:
+    """Events stored by the first of the two transactions, the process gone before the second
+    (as after a SIGKILL between them): the next ingest process rescores their leads before it
+    answers anything."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(open_database(url), cached_events=0)
+    try:
+        store.ensure_a_model()
+        stored = store_events(store, page_views(["U1", "U2"], "u-"))
+        assert stored.leads == ["U1", "U2"]
+        with store.db.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(scores)).scalar() == 0
+    finally:
+        store.db.dispose()
+    w = ProcessWriter(url, durable=False, cached_events=1_000)
+    try:
+        assert_scores_exact(url, ["U1", "U2"], events=2)
     finally:
         w.close()

@@ -182,6 +182,14 @@ def serve(
             "server process)."
         ),
     ] = True,
+    scoring_process: Annotated[
+        bool,
+        typer.Option(
+            help="SQLite, with the ingest process: rescore ingested events' leads in a third "
+            "process, so that storing a batch and scoring the one before use two cores "
+            "(off: the ingest process does both)."
+        ),
+    ] = True,
 ) -> None:
     """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
     import uvicorn
@@ -204,6 +212,7 @@ def serve(
         webhook_timeout=webhook_timeout,
         durable=not fast_commits,
         ingest_process=ingest_process,
+        scoring_process=scoring_process,
     )
     if cached_events is not None:
         settings.cached_events = cached_events

@@ -181,7 +181,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             # Segment identify calls) are few beside the ingest process's
             s.event_cache.max_events = settings.cached_events // 10
             writer = ProcessWriter(
-                settings.db, durable=settings.durable, cached_events=settings.cached_events
+                settings.db,
+                durable=settings.durable,
+                cached_events=settings.cached_events,
+                scoring_process=settings.scoring_process,
             )
         else:
             writer = IngestWriter(s)

@@ -36,6 +36,8 @@ class Settings:
     # store and rescore ingested events in a process of their own (a file or server store,
     # opened by the service itself); else in a thread of the server process
     ingest_process: bool = True
+    # SQLite, with the ingest process: rescoring after ingest in a scoring process beside it
+    scoring_process: bool = True
     max_body_bytes: int = 1_000_000
     max_upload_bytes: int = 50_000_000  # a file posted whole (outcomes as CSV)
     max_batch: int = 1000

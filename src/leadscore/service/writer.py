@@ -10,7 +10,11 @@ Two writers, one interface (``ingest``, ``close``, ``cache_stats``):
 
 - :class:`ProcessWriter` writes in a process of its own, the one ``leadscore serve`` uses. The
   server process then speaks HTTP while the ingest process stores and rescores, each on a core
-  of its own; in one process the two take turns under Python's global interpreter lock.
+  of its own; in one process the two take turns under Python's global interpreter lock. On
+  SQLite the ingest process hands the rescoring to a scoring process beside it
+  (:mod:`leadscore.service.scoring`) and writes each batch in two transactions, storing the
+  next batch while the scoring process scores the last; a request is still answered only
+  after its leads' scores are committed.
 - :class:`IngestWriter` writes in a thread of the server process: for a store handed to the
   application (tests, a settable clock) and for in-memory databases, which another process
   cannot open.
@@ -27,17 +31,23 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.errors import ApiError, from_leadscore
+from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
+from leadscore.store.db import database_url
+from leadscore.store.deferred import Stored, settle, store_events, write_scored
 from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import ChangeListener
 from leadscore.store.scores import ScoreChange
@@ -89,6 +99,11 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
         # one request's events broke the shared transaction: write each on its own, so the
         # others are not refused for it
         return [result for job in jobs for result in write_jobs(store, [job])]
+    return _split(outcomes, jobs)
+
+
+def _split(outcomes: list[ItemOutcome], jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
+    """The outcomes of a transaction's items, per request (indexed within the request)."""
     results: list[Outcome] = []
     start = 0
     for job in jobs:
@@ -194,84 +209,194 @@ def _from_wire(result: _Wire) -> Outcome:
 
 
 def _ingest_process(
-    jobs_in: Pipe, results_out: Pipe, db: str | None, durable: bool, cached: int, max_items: int
+    jobs_in: Pipe,
+    results_out: Pipe,
+    db: str | None,
+    durable: bool,
+    cached: int,
+    max_items: int,
+    scoring: Pipe | None = None,
 ) -> None:
     """The ingest process: open the store, then write what arrives until the server sends
-    ``None`` or goes away (its end of the pipe closes)."""
+    ``None`` or goes away (its end of the pipe closes). With ``scoring`` (a pipe to the
+    scoring process, leadscore.service.scoring), it stores each batch and writes its scores in
+    two transactions, the scoring done there in between."""
     # The server stops it (after the transaction under way): Ctrl-C, which reaches the whole
     # process group, is the server's to handle. SIGTERM (a service manager's stop, or
     # multiprocessing's own at the server's exit) ends it between transactions, never inside one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    busy = False
-    stop_asked = False
+    state = _State()
 
     def on_term(_signum: int, _frame: object) -> None:
-        nonlocal stop_asked
-        if not busy:
+        if not state.busy:
             raise SystemExit(0)
-        stop_asked = True
+        state.stop_asked = True
 
     signal.signal(signal.SIGTERM, on_term)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: ingest process: %(message)s")
+    link = ScorerLink(scoring) if scoring is not None else None
     try:
-        store = open_store(db, durable=durable, cached_events=cached)
+        # with a scoring process, that process keeps the leads' events, this one none
+        store = open_store(db, durable=durable, cached_events=0 if link else cached)
     except LeadscoreError as e:
+        if link is not None:
+            link.stop()
         results_out.send(("failed", str(e)))
         return
     with_triggers(store)
-    results_out.send(("ready", store.event_cache.stats()))
-    # between requests, the events of the leads most recently active are read into the cache.
-    # Not on PostgreSQL: every rescoring there asks the database for the leads' events
-    # anyway, so a kept list saves the decoding but not the reads, and it measured no faster
-    # (docs/benchmarks.md)
-    preloader = Preloader(store.event_cache)
-    preloader.done = preloader.done or not store.db.is_sqlite
     try:
-        stop = False
-        while not stop:
-            while not preloader.done and not jobs_in.poll():
-                _preload(store, preloader)
-            try:
-                first = jobs_in.recv()
-            except EOFError:  # the server is gone
-                break
-            if first is None:
-                break
-            batch, size = [first], len(first[1])
-            while size < max_items and jobs_in.poll():
-                try:
-                    job = jobs_in.recv()
-                except EOFError:  # the server is gone: write what has arrived
-                    job = None
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
-                size += len(job[1])
-            busy = True  # until the answer is sent
-            results = write_jobs(store, [items for _, items in batch])
-            answer = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
-            try:
-                results_out.send((answer, store.event_cache.stats()))
-            except OSError:  # the server is gone; what was committed stays
-                break
-            busy = False
-            if stop_asked:
-                break
+        if link is not None and not (link.start() and store.db.is_sqlite):
+            link.stop()
+        if link is not None and link.alive:
+            settled = settle(store)  # the leads of a batch stored before the last stop
+            if settled:
+                log.warning("rescored %d leads whose scores were not written before", settled)
+        else:
+            store.event_cache.max_events = cached
+        results_out.send(("ready", _stats(store, link)))
+        _write_loop(store, link, jobs_in, results_out, max_items, cached, state)
     finally:
+        if link is not None:
+            link.stop()
         store.db.dispose()
 
 
-def _preload(store: Store, preloader: Preloader) -> None:
-    """One step of warming the event cache; should it fail, the cache fills as leads are
-    rescored, as without it."""
-    try:
-        more = store.preload_step(preloader)
-    except Exception:
-        log.exception("reading events ahead into the cache failed; it goes on without")
-        more = False
-    if not more:
-        preloader.done = True
+@dataclass
+class _State:
+    busy: bool = False  # a transaction under way or a batch in flight: SIGTERM waits
+    stop_asked: bool = False
+
+
+# At most this many batches stored and not yet answered: one whose scores are being computed,
+# one stored meanwhile.
+MAX_IN_FLIGHT = 2
+
+_Batch = list[tuple[int, list[EventInput]]]
+
+
+def _stats(store: Store, link: ScorerLink | None) -> dict[str, int]:
+    return dict(link.stats) if link is not None and link.alive else store.event_cache.stats()
+
+
+def _write_loop(
+    store: Store,
+    link: ScorerLink | None,
+    jobs_in: Pipe,
+    results_out: Pipe,
+    max_items: int,
+    cached: int,
+    state: _State,
+) -> None:
+    # between requests, the events of the leads most recently active are read into the cache
+    # (by the scoring process, when there is one). Not on PostgreSQL: every rescoring there
+    # asks the database for the leads' events anyway, so a kept list saves the decoding but
+    # not the reads, and it measured no faster (docs/benchmarks.md)
+    preloader = Preloader(store.event_cache)
+    preloader.done = preloader.done or not store.db.is_sqlite
+    in_flight: deque[tuple[int, _Batch, Stored]] = deque()
+    seq = 0
+
+    def answer(batch: _Batch, results: Sequence[Outcome]) -> bool:
+        reply = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
+        try:
+            results_out.send((reply, _stats(store, link)))
+        except OSError:  # the server is gone; what was committed stays
+            return False
+        return True
+
+    def finish() -> bool:
+        """Write the scores of the oldest batch in flight and answer its requests."""
+        n, batch, stored = in_flight.popleft()
+        jobs = [items for _, items in batch]
+        scored = link.receive(n) if link is not None else None
+        if scored is None:
+            # the scoring process may have missed this batch's journal: its kept lists are
+            # to be checked against the database from now on
+            store.db.end_epoch()
+        results: list[Outcome]
+        try:
+            write_scored(store, stored, scored)
+            results = _split(stored.outcomes, jobs)
+        except Exception:
+            log.exception("writing the scores of stored events failed")
+            try:  # once more, rescored here
+                write_scored(store, stored, None)
+                results = _split(stored.outcomes, jobs)
+            except Exception:
+                log.exception("rescoring stored events failed")
+                message = "the events were stored, but their leads could not be rescored"
+                results = [RuntimeError(message) for _ in jobs]
+        if link is not None and not link.alive and store.event_cache.max_events == 0:
+            store.event_cache.max_events = cached  # on its own from now on
+        return answer(batch, results)
+
+    stop = False
+    while True:
+        piped = link is not None and link.alive
+        if in_flight and (
+            link is None
+            or not piped
+            or stop
+            or state.stop_asked
+            or len(in_flight) >= MAX_IN_FLIGHT
+            # whichever comes first: the scores of the batch in flight, or another request
+            # to store meanwhile
+            or link.pipe in wait([jobs_in, link.pipe])
+        ):
+            if not finish():
+                return
+            continue
+        if stop or state.stop_asked:
+            return
+        if not in_flight:
+            state.busy = False
+            while not piped and not preloader.done and not jobs_in.poll():
+                preload(store, preloader)
+        try:
+            first = jobs_in.recv()
+        except EOFError:  # the server is gone
+            stop = True
+            continue
+        if first is None:
+            stop = True
+            continue
+        state.busy = True  # until the answers are sent
+        batch, size = [first], len(first[1])
+        while size < max_items and jobs_in.poll():
+            try:
+                job = jobs_in.recv()
+            except EOFError:  # the server is gone: write what has arrived
+                job = None
+            if job is None:
+                stop = True
+                break
+            batch.append(job)
+            size += len(job[1])
+        jobs = [items for _, items in batch]
+        stored: Stored | None = None
+        if piped:
+            try:
+                stored = store_events(store, [item for items in jobs for item in items])
+            except Exception:  # written below, each request on its own, as without the pipe
+                stored = None
+        if stored is not None and stored.leads:
+            assert link is not None
+            seq += 1
+            link.send(stored.job(seq))
+            in_flight.append((seq, batch, stored))
+            continue
+        results: list[Outcome]
+        if stored is not None:  # nothing to rescore (repeats, anonymous events)
+            results = _split(stored.outcomes, jobs)
+        else:
+            while in_flight:  # in order: the batches before this one first
+                if not finish():
+                    return
+            results = write_jobs(store, jobs)
+            if piped:  # events the scoring process was not told of
+                store.db.end_epoch()
+        if not answer(batch, results):
+            return
 
 
 def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
@@ -283,19 +408,37 @@ def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
 class _Child:
     """One ingest process, the pipes to it, and the requests it has not answered yet."""
 
-    def __init__(self, db: str | None, durable: bool, cached: int, max_items: int) -> None:
+    def __init__(
+        self, db: str | None, durable: bool, cached: int, max_items: int, scoring: bool
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # not fork: the server runs threads
         jobs_in, self._jobs_out = ctx.Pipe(duplex=False)
         self._results_in, results_out = ctx.Pipe(duplex=False)
+        # the scoring process, a sibling (a daemonic process may not start children): it
+        # talks only to the ingest process, and ends when that one's end of their pipe closes
+        self.scorer: BaseProcess | None = None
+        to_scorer: Pipe | None = None
+        if scoring:
+            to_scorer, scorer_end = ctx.Pipe(duplex=True)
+            self.scorer = ctx.Process(
+                target=scoring_process,
+                args=(scorer_end, db, durable, cached),
+                name="leadscore-scoring",
+                daemon=True,
+            )
+            self.scorer.start()
+            scorer_end.close()
         self.process = ctx.Process(
             target=_ingest_process,
-            args=(jobs_in, results_out, db, durable, cached, max_items),
+            args=(jobs_in, results_out, db, durable, cached, max_items, to_scorer),
             name="leadscore-ingest",
             daemon=True,
         )
         self.process.start()
         jobs_in.close()
         results_out.close()
+        if to_scorer is not None:
+            to_scorer.close()
         self._pending: dict[int, _Job] = {}
         self._lock = threading.Lock()
         self.alive = True
@@ -310,9 +453,11 @@ class _Child:
         try:
             self._ready()
         except StoreError:
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join(timeout=5)
+            for p in (self.process, self.scorer):
+                if p is not None and p.is_alive():
+                    p.kill()
+                if p is not None:
+                    p.join(timeout=5)
             self._jobs_out.close()
             self._results_in.close()
             raise
@@ -382,6 +527,11 @@ class _Child:
         self._jobs_out.close()
         self._receiver.join(timeout=5)
         self._results_in.close()
+        if self.scorer is not None:  # ends once the ingest process has
+            self.scorer.join(timeout=5)
+            if self.scorer.is_alive():
+                self.scorer.kill()
+                self.scorer.join()
 
 
 class ProcessWriter:
@@ -398,8 +548,11 @@ class ProcessWriter:
         durable: bool = True,
         cached_events: int,
         max_items: int = MAX_ITEMS,
+        scoring_process: bool = True,
     ) -> None:
-        self._args = (db, durable, cached_events, max_items)
+        # a scoring process beside it on SQLite (leadscore.service.scoring)
+        scoring = scoring_process and database_url(db).startswith("sqlite")
+        self._args = (db, durable, cached_events, max_items, scoring)
         self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._next_id = 0

@@ -44,6 +44,7 @@ __all__ = [
     "on_commit",
     "open_database",
     "start_journal",
+    "writers_epoch",
 ]
 
 DEFAULT_DB = "leadscore.db"
@@ -185,6 +186,28 @@ def journal_of(conn: Connection) -> Journal | None:
     return journal if isinstance(journal, Journal) else None
 
 
+@contextmanager
+def writers_epoch(conn: Connection, epoch: int, journal: Journal) -> Iterator[None]:
+    """Inside a read transaction of another process than the writer's (the scoring process,
+    leadscore.service.scoring): let the caches use ``conn`` as if it were the writer's
+    transaction of cache epoch ``epoch`` whose changes ``journal`` says. Valid only when the
+    writer committed that transaction before this one began (its snapshot holds the journal's
+    events), and when the caches involved take epochs only from that writer. Actions given to
+    :func:`on_commit` run when the block ends without an exception: what was read is
+    committed already."""
+    after: list[Callable[[], None]] = []
+    conn.info[_EPOCH] = epoch
+    conn.info[_JOURNAL] = journal
+    conn.info[_AFTER_COMMIT] = after
+    try:
+        yield
+    finally:
+        for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
+            conn.info.pop(key, None)
+    for action in after:
+        action()
+
+
 def cache_epoch(conn: Connection) -> int | None:
     """The cache epoch of this write transaction (SQLite), or None: what a cache stored in
     this epoch is current, and what it stores now is stamped with it."""
@@ -306,6 +329,12 @@ class Database:
             self.epoch += 1
         conn.info[_EPOCH] = self.epoch
         return version
+
+    def end_epoch(self) -> None:
+        """Start a new cache epoch at the next write transaction: for a cache that takes this
+        writer's epochs elsewhere (the scoring process) and missed a journal, whatever it
+        kept is to be checked against the database again."""
+        self.epoch += 1
 
     def _close_epoch(self, conn: Connection, version: int, journal: Journal | None) -> None:
         """Committed, and the caches told: what they hold may be used in this epoch still only

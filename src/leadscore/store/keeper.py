@@ -297,13 +297,23 @@ class Store:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             lock_leads(conn, ids)
-        records = lead_records(conn, ids)
-        by_lead = self.event_cache.events_of_leads(
-            conn, list(records), now_us, _event_types(sheets)
-        )
+        new = self.new_scores(conn, sheets, ids, now_us)
+        changes = write_scores(conn, new, reason, now_us, detail)
+        if self.listener is not None and changes:
+            self.listener(conn, changes, now_us, fire_triggers)
+        return changes
+
+    def new_scores(
+        self, conn: Connection, sheets: Sequence[Sheet], lead_ids: Sequence[str], now_us: int
+    ) -> list[NewScore]:
+        """The scores of ``lead_ids`` (sorted; those not stored are left out) on ``sheets`` as
+        of ``now_us``, from their profiles and events as ``conn`` sees them (the events through
+        the event cache)."""
+        records = lead_records(conn, lead_ids)
+        by_lead = self.event_cache.events_of_leads(conn, list(records), now_us, event_types(sheets))
         as_of = from_micros(now_us)
         new: list[NewScore] = []
-        for lead_id in ids:
+        for lead_id in lead_ids:
             record = records.get(lead_id)
             if record is None:
                 continue
@@ -311,10 +321,7 @@ class Store:
             for sheet in sheets:
                 result = score_lead(sheet.model, record, evs, as_of, explain=False)
                 new.append(NewScore.from_result(lead_id, sheet.version.id, now_us, result))
-        changes = write_scores(conn, new, reason, now_us, detail)
-        if self.listener is not None and changes:
-            self.listener(conn, changes, now_us, fire_triggers)
-        return changes
+        return new
 
     def preload_step(self, preloader: Preloader) -> bool:
         """One step of reading the events of recently active leads into the event cache
@@ -324,7 +331,7 @@ class Store:
         if not sheets:
             return False
         with self.db.read() as conn:
-            return preloader.step(conn, _event_types(sheets))
+            return preloader.step(conn, event_types(sheets))
 
     def explain(self, conn: Connection, lead_id: str, sheet: str) -> ScoreResult:
         """The full explanation of a lead's current score on a sheet (at its stored as-of)."""
@@ -467,7 +474,7 @@ def _batch_rows(
     return rows
 
 
-def _event_types(sheets: Sequence[Sheet]) -> list[str] | None:
+def event_types(sheets: Sequence[Sheet]) -> list[str] | None:
     """The event types the sheets read; None when one needs every event (an inactivity rule
     on any event type)."""
     types: set[str] = set()
@@ -517,7 +524,7 @@ def _export(conn: Connection, sheets: Sequence[Sheet]) -> tuple[pa.Table, pa.Tab
         for column in profiles.values():
             if len(column) < n:
                 column.append(None)
-    types = _event_types(sheets)
+    types = event_types(sheets)
     q = sa.select(
         events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
     ).where(events.c.lead_id.is_not(None))

@@ -1,0 +1,151 @@
+"""The scoring process: rescoring after ingest on a core of its own (SQLite stores).
+
+In batches, the ingest process used one core while the HTTP process stayed mostly idle: about
+half of its time went to reading leads' events and evaluating them, the other half to the
+database (storing events, writing scores and history, committing). With a scoring process
+beside it, the ingest process works in two transactions per batch
+(:mod:`leadscore.store.deferred`): it stores a batch's events and commits, hands the batch's
+leads to the scoring process, stores the next batch meanwhile, then writes the first batch's
+scores and answers its requests. The scoring process keeps the event cache (and reads it
+ahead after a start, as the ingest process does without it).
+
+Should the scoring process fail or end, the ingest process rescores on its own, as without
+it; a batch whose scores it cannot trust (something else wrote in between) is rescored by the
+ingest process too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from multiprocessing.connection import Connection as Pipe
+
+from leadscore.errors import LeadscoreError
+from leadscore.store import Store, open_store
+from leadscore.store.deferred import Scored, ScoreJob, score_job
+from leadscore.store.eventcache import Preloader
+
+__all__ = ["ScorerLink", "preload", "scoring_process"]
+
+log = logging.getLogger("leadscore.service")
+
+START_SECONDS = 60.0  # for the scoring process to open the store
+# for it to score a batch; after that the ingest process stops using it and scores on its own
+ANSWER_SECONDS = 60.0
+
+
+def preload(store: Store, preloader: Preloader) -> None:
+    """One step of warming the event cache; should it fail, the cache fills as leads are
+    rescored, as without it."""
+    try:
+        more = store.preload_step(preloader)
+    except Exception:
+        log.exception("reading events ahead into the cache failed; it goes on without")
+        more = False
+    if not more:
+        preloader.done = True
+
+
+def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> None:
+    """The scoring process: open the store, then score the jobs the ingest process sends until
+    it sends ``None`` or goes away. Between jobs, the events of the most recently active leads
+    are read into the cache."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle (see the writer)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: scoring process: %(message)s")
+    try:
+        store = open_store(db, durable=durable, cached_events=cached)
+    except LeadscoreError as e:
+        pipe.send(("failed", str(e)))
+        return
+    try:
+        pipe.send(("ready", store.event_cache.stats()))
+        preloader = Preloader(store.event_cache)
+        while True:
+            while not preloader.done and not pipe.poll():
+                preload(store, preloader)
+            try:
+                job = pipe.recv()
+            except EOFError:  # the ingest process is gone
+                break
+            if job is None:
+                break
+            answer: tuple[str, Scored | int, dict[str, int]]
+            try:
+                answer = ("ok", score_job(store, job), store.event_cache.stats())
+            except Exception:
+                log.exception("scoring failed; the ingest process rescores these leads itself")
+                answer = ("error", job.seq, store.event_cache.stats())
+            try:
+                pipe.send(answer)
+            except OSError:
+                break
+    finally:
+        store.db.dispose()
+
+
+class ScorerLink:
+    """The ingest process's end of the pipe to the scoring process."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.alive = False
+        self.stats: dict[str, int] = {}
+
+    def start(self) -> bool:
+        """Wait for the scoring process to open the store; whether it did."""
+        try:
+            if not self.pipe.poll(START_SECONDS):
+                log.error("the scoring process did not start within %.0f s", START_SECONDS)
+                return False
+            kind, detail = self.pipe.recv()
+        except (EOFError, OSError):
+            log.error("the scoring process stopped while starting")
+            return False
+        if kind != "ready":
+            log.error("the scoring process could not open the store: %s", detail)
+            return False
+        self.stats = detail
+        self.alive = True
+        return True
+
+    def send(self, job: ScoreJob) -> None:
+        try:
+            self.pipe.send(job)
+        except OSError:
+            self._lost()
+
+    def receive(self, seq: int) -> Scored | None:
+        """The answer to job ``seq`` (the next one due); None if the scoring process failed
+        to score it or is gone."""
+        if not self.alive:
+            return None
+        try:
+            if not self.pipe.poll(ANSWER_SECONDS):
+                log.error("the scoring process did not answer within %.0f s", ANSWER_SECONDS)
+                self.stop()
+                return None
+            kind, payload, stats = self.pipe.recv()
+        except (EOFError, OSError):
+            self._lost()
+            return None
+        self.stats = stats
+        if kind == "ok" and isinstance(payload, Scored) and payload.seq == seq:
+            return payload
+        if kind == "ok" or payload != seq:  # out of step: trust nothing more from it
+            log.error("the scoring process answered out of turn: no longer used")
+            self.stop()
+        return None
+
+    def stop(self) -> None:
+        """Ask the scoring process to end (it exits when the pipe closes, too)."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.pipe.send(None)
+        self.alive = False
+        self.pipe.close()
+
+    def _lost(self) -> None:
+        if self.alive:
+            log.error("the scoring process ended: the ingest process rescores on its own")
+        self.alive = False

@@ -1,0 +1,250 @@
+"""Ingest in two transactions with the scoring in between (leadscore.store.deferred), as the
+ingest process and the scoring process of ``leadscore serve`` run it on SQLite: here the two
+are two stores on one file in this process. Whatever comes between the two transactions
+(another writer, a model published, the process ending), the scores written are exactly what
+the per-lead evaluator gives for the stored profile and events."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store.db import open_database
+from leadscore.store.deferred import SCORED_TO, STORED_TO, Stored, score_job, settle, write_scored
+from leadscore.store.deferred import store_events as store_events_of
+from leadscore.store.keeper import event_types
+from leadscore.store.leads import lead_events
+from tests.conftest import Clock
+from tests.test_event_cache import DAY, snapshot, view
+from tests.test_store_scoring import ALT, RT, assert_matches_per_lead, publish
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def writer(url: str, clock: Clock) -> Iterator[Store]:
+    """The ingest process's store: it keeps no events (the scoring process does)."""
+    s = Store(open_database(url), clock=clock, cached_events=0)
+    yield s
+    s.db.dispose()
+
+
+@pytest.fixture
+def scorer(url: str, clock: Clock) -> Iterator[Store]:
+    """The scoring process's store."""
+    s = Store(open_database(url), clock=clock)
+    yield s
+    s.db.dispose()
+
+
+@pytest.fixture
+def other(url: str, clock: Clock) -> Iterator[Store]:
+    """Another writer on the same file (the HTTP process, the command line)."""
+    s = Store(open_database(url), clock=clock)
+    yield s
+    s.db.dispose()
+
+
+class Pipeline:
+    """The two transactions and the scoring in between, one batch at a time or overlapped."""
+
+    def __init__(self, writer: Store, scorer: Store) -> None:
+        self.writer, self.scorer = writer, scorer
+        self.seq = 0
+        self.used: list[bool] = []
+
+    def store(self, items: list[EventInput]) -> Stored:
+        return store_events_of(self.writer, items)
+
+    def finish(self, stored: Stored) -> None:
+        if not stored.leads:  # nothing to rescore: answered at once
+            return
+        self.seq += 1
+        scored = score_job(self.scorer, stored.job(self.seq))
+        self.used.append(write_scored(self.writer, stored, scored))
+
+    def ingest(self, items: list[EventInput]) -> Stored:
+        stored = self.store(items)
+        self.finish(stored)
+        return stored
+
+
+def test_batches_scored_elsewhere_equal_the_per_lead_evaluator(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    publish(writer, ALT)
+    rng = random.Random(7)
+    leads = [f"L{i}" for i in range(12)]
+    p = Pipeline(writer, scorer)
+    urls = ["/pricing", "/blog", "/careers", "/demo"]
+    for n in range(25):
+        clock.advance(seconds=rng.randint(1, 3600))
+        batch = [
+            view(clock, rng.choice(leads), rng.choice(urls), rng.choice([0, 0, 0, 2, 40]))
+            for _ in range(rng.randint(1, 8))
+        ]
+        if n % 5 == 4:  # a retry: acknowledged, not counted twice
+            batch = [view(clock, "L0", "/pricing", message_id="again")] * 2
+        stored = p.ingest(batch)
+        assert stored.leads == sorted({e.lead_id or "" for e in batch}) or n > 4
+        assert_matches_per_lead(writer, stored.leads, clock.now)
+    assert p.used and all(p.used)
+    assert scorer.event_cache.unchecked > 0
+    assert writer.event_cache.cached_events == 0
+
+
+def test_the_scoring_stores_cache_grows_with_the_writers_journal(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    cache = scorer.event_cache
+    p.ingest([view(clock, "L1", "/pricing", 3)])
+    assert (cache.misses, cache.unchecked) == (1, 0)
+    for _ in range(3):
+        clock.advance(seconds=60)
+        p.ingest([view(clock, "L1", "/pricing")])
+    # kept, and grown by the events each batch's journal said, without asking the database
+    assert (cache.misses, cache.unchecked) == (1, 3)
+    other.upsert_leads([LeadInput("L2")])  # another writer: the database is asked again
+    clock.advance(seconds=60)
+    p.ingest([view(clock, "L1", "/pricing")])
+    assert (cache.misses, cache.unchecked, cache.extended) == (1, 3, 1)
+    assert p.used == [True] * 5
+    assert_matches_per_lead(writer, ["L1"], clock.now)
+
+
+def test_batches_overlapped_the_later_events_already_seen_are_counted_once(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    p.ingest([view(clock, "L1", "/pricing", 3)])
+    clock.advance(seconds=10)
+    first = p.store([view(clock, "L1", "/pricing"), view(clock, "L2", "/demo")])
+    clock.advance(seconds=10)
+    # stored before the first batch is scored: the scoring of the first reads it too
+    second = p.store([view(clock, "L1", "/pricing"), view(clock, "L2", "/blog")])
+    p.finish(first)
+    p.finish(second)
+    assert p.used == [True, True, True]
+    assert_matches_per_lead(writer, ["L1", "L2"], second.now_us)
+    # the scoring store's kept list holds each event once
+    types = event_types(scorer.sheets())
+    with scorer.db.read() as conn:
+        for lead_id in ("L1", "L2"):
+            want = lead_events(conn, lead_id, second.now_us, types)
+            assert snapshot(scorer.event_cache._entries[lead_id].events) == snapshot(want)
+
+
+def test_another_writer_in_between_makes_the_writer_rescore(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    p.ingest([view(clock, "L1", "/pricing")])
+    clock.advance(seconds=10)
+    stored = p.store([view(clock, "L1", "/pricing")])
+    scored = score_job(scorer, stored.job(99))
+    # the profile changes after the scores were computed, before they are written
+    other.upsert_leads([LeadInput("L1", fields={"title": "VP Marketing", "country": "US"})])
+    assert write_scored(writer, stored, scored) is False
+    assert_matches_per_lead(writer, ["L1"], stored.now_us)
+
+
+def test_a_model_published_in_between_makes_the_writer_rescore(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    stored = p.store([view(clock, "L1", "/pricing")])
+    scored = score_job(scorer, stored.job(1))
+    publish(other, RT.replace("points: 16", "points: 17"))
+    assert write_scored(writer, stored, scored) is False
+    assert_matches_per_lead(writer, ["L1"], stored.now_us)
+    (version,) = {s.version.id for s in writer.sheets()}
+    assert version not in scored.versions
+
+
+def test_without_scores_from_elsewhere_the_writer_rescores(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    stored = store_events_of(writer, [view(clock, "L1", "/pricing"), view(clock, "L2", "/demo")])
+    assert write_scored(writer, stored, None) is False
+    assert_matches_per_lead(writer, ["L1", "L2"], stored.now_us)
+
+
+def test_a_batch_stored_and_never_scored_is_rescored_at_the_next_start(
+    writer: Store, url: str, clock: Clock
+) -> None:
+    publish(writer, RT)
+    Pipeline(writer, writer).ingest([view(clock, "L0", "/pricing")])  # scored: settled
+    clock.advance(seconds=10)
+    stored = store_events_of(writer, [view(clock, "L1", "/pricing"), view(clock, "L2", "/demo")])
+    assert stored.leads == ["L1", "L2"]
+    writer.db.dispose()  # the process ends before writing their scores
+    clock.advance(seconds=10)
+    again = Store(open_database(url), clock=clock, cached_events=0)
+    try:
+        with again.db.read() as conn:
+            assert not conn.exec_driver_sql(
+                "SELECT count(*) FROM scores WHERE lead_id IN ('L1', 'L2')"
+            ).scalar_one()
+        assert settle(again) == 2
+        assert_matches_per_lead(again, ["L1", "L2"], clock.now)
+        assert settle(again) == 0  # nothing left
+        with again.db.read() as conn:
+            counters = dict(conn.exec_driver_sql("SELECT name, value FROM counters").all())
+        assert counters[STORED_TO] == counters[SCORED_TO] == stored.newest_id
+    finally:
+        again.db.dispose()
+
+
+def test_a_store_that_never_deferred_has_nothing_to_settle(writer: Store, clock: Clock) -> None:
+    publish(writer, RT)
+    writer.ingest_events([view(clock, "L1", "/pricing")])
+    assert settle(writer) == 0
+
+
+def test_repeats_and_anonymous_events_leave_nothing_to_score(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    Pipeline(writer, scorer).ingest([view(clock, "L1", "/pricing", message_id="m1")])
+    stored = store_events_of(
+        writer,
+        [
+            view(clock, "L1", "/pricing", message_id="m1"),
+            EventInput("page_view", clock.now - DAY, None, anonymous_id="a1"),
+        ],
+    )
+    assert [o.status for o in stored.outcomes] == ["duplicate", "anonymous"]
+    assert stored.leads == []
+    assert settle(writer) == 0
+
+
+def test_events_the_scoring_store_was_not_told_of_end_its_trust(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    """The ingest process stores a batch in one transaction itself (its two-transaction store
+    failed, or the scoring process failed a batch): it ends its epoch, so the scoring store
+    checks what it kept against the database."""
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    p.ingest([view(clock, "L1", "/pricing")])
+    clock.advance(seconds=60)
+    writer.ingest_events([view(clock, "L1", "/pricing")])
+    writer.db.end_epoch()
+    clock.advance(seconds=60)
+    p.ingest([view(clock, "L1", "/pricing")])
+    assert p.used == [True, True]
+    assert_matches_per_lead(writer, ["L1"], clock.now)
