@@ -14,7 +14,15 @@ import pytest
 
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import open_database
-from leadscore.store.deferred import SCORED_TO, STORED_TO, Stored, score_job, settle, write_scored
+from leadscore.store.deferred import (
+    SCORED_TO,
+    STORED_TO,
+    Stored,
+    score_job,
+    settle,
+    write_scored,
+    write_scored_and_store,
+)
 from leadscore.store.deferred import store_events as store_events_of
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import lead_events
@@ -248,3 +256,23 @@ def test_events_the_scoring_store_was_not_told_of_end_its_trust(
     p.ingest([view(clock, "L1", "/pricing")])
     assert p.used == [True, True]
     assert_matches_per_lead(writer, ["L1"], clock.now)
+
+
+def test_one_transaction_writes_a_batchs_scores_and_stores_the_next(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    first = p.store([view(clock, "L1", "/pricing"), view(clock, "L2", "/demo")])
+    scored = score_job(scorer, first.job(1))
+    clock.advance(seconds=30)
+    used, second = write_scored_and_store(
+        writer, first, scored, [view(clock, "L1", "/pricing"), view(clock, "L3", "/blog")]
+    )
+    assert used and second.leads == ["L1", "L3"]
+    assert second.epoch == first.epoch  # the journal went on: the scoring store trusts it
+    assert_matches_per_lead(writer, ["L2"], first.now_us)
+    p.finish(second)
+    assert p.used == [True]
+    assert_matches_per_lead(writer, ["L1", "L3"], clock.now)
+    assert settle(writer) == 0

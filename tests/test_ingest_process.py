@@ -29,6 +29,7 @@ from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.schema import events, scores
 from leadscore.store.schema import events as events_table
 from tests.conftest import RunningServer
+from tests.test_store_scoring import ALT, publish
 
 pytestmark = pytest.mark.slow  # each test starts a Python process
 
@@ -67,16 +68,17 @@ def assert_scores_exact(db_url: str, lead_ids: list[str], events: int | None = N
             if events is not None:
                 stored = conn.execute(sa.select(sa.func.count()).select_from(events_table))
                 assert stored.scalar() == events
-            model = store.sheets(conn)[0].model
-            for lead_id in lead_ids:
-                score, as_of = conn.execute(
-                    sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == lead_id)
-                ).one()
-                record = lead_records(conn, [lead_id])[lead_id]
-                expected = score_lead(
-                    model, record, lead_events(conn, lead_id, as_of), from_micros(as_of)
-                )
-                assert score == pytest.approx(expected.score, abs=1e-9), lead_id
+            for sheet in store.sheets(conn):
+                for lead_id in lead_ids:
+                    score, as_of = conn.execute(
+                        sa.select(scores.c.score, scores.c.as_of_us).where(
+                            scores.c.lead_id == lead_id, scores.c.sheet == sheet.name
+                        )
+                    ).one()
+                    record = lead_records(conn, [lead_id])[lead_id]
+                    evs = lead_events(conn, lead_id, as_of)
+                    expected = score_lead(sheet.model, record, evs, from_micros(as_of))
+                    assert score == pytest.approx(expected.score, abs=1e-9), lead_id
     finally:
         store.db.dispose()
 
@@ -414,8 +416,9 @@ def test_a_scoring_process_scores_beside_the_ingest_process_on_sqlite(
     assert_scores_exact(db_url, ["S1", "S2", "S3"], events=9)
 
 
+@pytest.mark.parametrize("scoring", [True, False])
 def test_events_stored_but_never_scored_are_scored_when_the_ingest_process_starts(
-    tmp_path: Path,
+    tmp_path: Path, scoring: bool
 ) -> None:
     """Events stored by the first of the two transactions, the process gone before the second
     (as after a SIGKILL between them): the next ingest process rescores their leads before it
@@ -430,8 +433,49 @@ def test_events_stored_but_never_scored_are_scored_when_the_ingest_process_start
             assert conn.execute(sa.select(sa.func.count()).select_from(scores)).scalar() == 0
     finally:
         store.db.dispose()
-    w = ProcessWriter(url, durable=False, cached_events=1_000)
+    w = ProcessWriter(url, durable=False, cached_events=1_000, scoring_process=scoring)
     try:
+        assert (w._child.scorer is not None) == scoring
         assert_scores_exact(url, ["U1", "U2"], events=2)
+    finally:
+        w.close()
+
+
+def test_large_batches_in_flight_both_ways_go_through(tmp_path: Path) -> None:
+    """Requests of 2,000 events for 2,000 leads each, several at once: the ingest process sends
+    the next batch's job (about 800 KB) while the scoring process answers the last (about
+    450 KB, two sheets), each more than the pipe holds; neither waits for the other to
+    read."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(open_database(url))
+    store.ensure_a_model()
+    publish(store, ALT)  # a second sheet: two scores a lead in each answer
+    store.db.dispose()
+    w = ProcessWriter(url, durable=False, cached_events=100_000)
+    try:
+        t = now_us()
+        pad = "x" * 300
+        requests = [
+            [
+                EventInput(
+                    "page_view",
+                    t,
+                    f"B{r}-{i}",
+                    properties={"url": "/pricing", "note": pad},
+                    message_id=f"big{r}-{i}",
+                )
+                for i in range(2000)
+            ]
+            for r in range(6)
+        ]
+
+        async def send_all() -> list[list[ItemOutcome]]:
+            return await asyncio.wait_for(
+                asyncio.gather(*(w.ingest(items) for items in requests)), 300
+            )
+
+        answers = asyncio.run(send_all())
+        assert all(len(a) == 2000 for a in answers)
+        assert_scores_exact(url, ["B0-0", "B3-500", "B5-1999"], events=12_000)
     finally:
         w.close()

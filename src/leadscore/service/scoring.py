@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
+import threading
 from multiprocessing.connection import Connection as Pipe
+from typing import Any
 
 from leadscore.errors import LeadscoreError
 from leadscore.store import Store, open_store
@@ -30,7 +33,7 @@ __all__ = ["ScorerLink", "preload", "scoring_process"]
 
 log = logging.getLogger("leadscore.service")
 
-START_SECONDS = 60.0  # for the scoring process to open the store
+START_SECONDS = 30.0  # for the scoring process to open the store (the server waits 60 s)
 # for it to score a batch; after that the ingest process stops using it and scores on its own
 ANSWER_SECONDS = 60.0
 
@@ -48,40 +51,59 @@ def preload(store: Store, preloader: Preloader) -> None:
 
 
 def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> None:
-    """The scoring process: open the store, then score the jobs the ingest process sends until
-    it sends ``None`` or goes away. Between jobs, the events of the most recently active leads
-    are read into the cache."""
+    """The scoring process: once the ingest process has opened the store (and brought it up
+    to date), open it too, then score the jobs the ingest process sends until it sends
+    ``None`` or goes away. Between jobs, the events of the most recently active leads are
+    read into the cache."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle (see the writer)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: scoring process: %(message)s")
     try:
-        store = open_store(db, durable=durable, cached_events=cached)
-    except LeadscoreError as e:
-        pipe.send(("failed", str(e)))
+        if pipe.recv() != "open":
+            return
+    except (EOFError, OSError):  # the ingest process did not get that far
         return
     try:
-        pipe.send(("ready", store.event_cache.stats()))
+        store = open_store(db, durable=durable, cached_events=cached)
+    except LeadscoreError as e:
+        pipe.send(("failed", str(e), {}))
+        return
+    # Answers go out from a thread of their own, so that this process always reads the next
+    # job: were both processes sending a message larger than the pipe's buffer at once (a
+    # job, an answer), each would wait for the other to read.
+    answers: queue.SimpleQueue[tuple[str, Any, dict[str, int]] | None] = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_answers, args=(pipe, answers), daemon=True)
+    sender.start()
+    try:
+        answers.put(("ready", None, store.event_cache.stats()))
         preloader = Preloader(store.event_cache)
         while True:
             while not preloader.done and not pipe.poll():
                 preload(store, preloader)
             try:
                 job = pipe.recv()
-            except EOFError:  # the ingest process is gone
+            except (EOFError, OSError):  # the ingest process is gone
                 break
             if job is None:
                 break
-            answer: tuple[str, Scored | int, dict[str, int]]
             try:
-                answer = ("ok", score_job(store, job), store.event_cache.stats())
+                answers.put(("ok", score_job(store, job), store.event_cache.stats()))
             except Exception:
                 log.exception("scoring failed; the ingest process rescores these leads itself")
-                answer = ("error", job.seq, store.event_cache.stats())
-            try:
-                pipe.send(answer)
-            except OSError:
-                break
+                answers.put(("error", job.seq, store.event_cache.stats()))
     finally:
+        answers.put(None)
+        sender.join(timeout=5)
         store.db.dispose()
+
+
+def _send_answers(
+    pipe: Pipe, answers: queue.SimpleQueue[tuple[str, Any, dict[str, int]] | None]
+) -> None:
+    while (answer := answers.get()) is not None:
+        try:
+            pipe.send(answer)
+        except OSError:  # the ingest process is gone
+            return
 
 
 class ScorerLink:
@@ -93,19 +115,21 @@ class ScorerLink:
         self.stats: dict[str, int] = {}
 
     def start(self) -> bool:
-        """Wait for the scoring process to open the store; whether it did."""
+        """Let the scoring process open the store (this process has opened it: any migration
+        is done) and wait for it; whether it did."""
         try:
+            self.pipe.send("open")
             if not self.pipe.poll(START_SECONDS):
                 log.error("the scoring process did not start within %.0f s", START_SECONDS)
                 return False
-            kind, detail = self.pipe.recv()
+            kind, detail, stats = self.pipe.recv()
         except (EOFError, OSError):
             log.error("the scoring process stopped while starting")
             return False
         if kind != "ready":
             log.error("the scoring process could not open the store: %s", detail)
             return False
-        self.stats = detail
+        self.stats = stats
         self.alive = True
         return True
 

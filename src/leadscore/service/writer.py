@@ -47,7 +47,13 @@ from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
 from leadscore.store.db import database_url
-from leadscore.store.deferred import Stored, settle, store_events, write_scored
+from leadscore.store.deferred import (
+    Stored,
+    settle,
+    store_events,
+    write_scored,
+    write_scored_and_store,
+)
 from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import ChangeListener
 from leadscore.store.scores import ScoreChange
@@ -245,13 +251,14 @@ def _ingest_process(
         return
     with_triggers(store)
     try:
-        if link is not None and not (link.start() and store.db.is_sqlite):
+        # the leads of events stored and never rescored before the last stop (see
+        # leadscore.store.deferred), whether or not this process has a scoring process
+        settled = settle(store)
+        if settled:
+            log.warning("rescored %d leads whose scores were not written before", settled)
+        if link is not None and not (store.db.is_sqlite and link.start()):
             link.stop()
-        if link is not None and link.alive:
-            settled = settle(store)  # the leads of a batch stored before the last stop
-            if settled:
-                log.warning("rescored %d leads whose scores were not written before", settled)
-        else:
+        if link is None or not link.alive:
             store.event_cache.max_events = cached
         results_out.send(("ready", _stats(store, link)))
         _write_loop(store, link, jobs_in, results_out, max_items, cached, state)
@@ -295,72 +302,14 @@ def _write_loop(
     preloader.done = preloader.done or not store.db.is_sqlite
     in_flight: deque[tuple[int, _Batch, Stored]] = deque()
     seq = 0
-
-    def answer(batch: _Batch, results: Sequence[Outcome]) -> bool:
-        reply = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
-        try:
-            results_out.send((reply, _stats(store, link)))
-        except OSError:  # the server is gone; what was committed stays
-            return False
-        return True
-
-    def finish() -> bool:
-        """Write the scores of the oldest batch in flight and answer its requests."""
-        n, batch, stored = in_flight.popleft()
-        jobs = [items for _, items in batch]
-        scored = link.receive(n) if link is not None else None
-        if scored is None:
-            # the scoring process may have missed this batch's journal: its kept lists are
-            # to be checked against the database from now on
-            store.db.end_epoch()
-        results: list[Outcome]
-        try:
-            write_scored(store, stored, scored)
-            results = _split(stored.outcomes, jobs)
-        except Exception:
-            log.exception("writing the scores of stored events failed")
-            try:  # once more, rescored here
-                write_scored(store, stored, None)
-                results = _split(stored.outcomes, jobs)
-            except Exception:
-                log.exception("rescoring stored events failed")
-                message = "the events were stored, but their leads could not be rescored"
-                results = [RuntimeError(message) for _ in jobs]
-        if link is not None and not link.alive and store.event_cache.max_events == 0:
-            store.event_cache.max_events = cached  # on its own from now on
-        return answer(batch, results)
-
     stop = False
-    while True:
-        piped = link is not None and link.alive
-        if in_flight and (
-            link is None
-            or not piped
-            or stop
-            or state.stop_asked
-            or len(in_flight) >= MAX_IN_FLIGHT
-            # whichever comes first: the scores of the batch in flight, or another request
-            # to store meanwhile
-            or link.pipe in wait([jobs_in, link.pipe])
-        ):
-            if not finish():
-                return
-            continue
-        if stop or state.stop_asked:
-            return
-        if not in_flight:
-            state.busy = False
-            while not piped and not preloader.done and not jobs_in.poll():
-                preload(store, preloader)
-        try:
-            first = jobs_in.recv()
-        except EOFError:  # the server is gone
-            stop = True
-            continue
-        if first is None:
-            stop = True
-            continue
-        state.busy = True  # until the answers are sent
+
+    def piped() -> bool:
+        return link is not None and link.alive
+
+    def gather(first: tuple[int, list[EventInput]]) -> _Batch:
+        """The first request and those waiting behind it, up to ``max_items`` events."""
+        nonlocal stop
         batch, size = [first], len(first[1])
         while size < max_items and jobs_in.poll():
             try:
@@ -372,30 +321,137 @@ def _write_loop(
                 break
             batch.append(job)
             size += len(job[1])
+        return batch
+
+    def answer(batch: _Batch, results: Sequence[Outcome]) -> bool:
+        reply = [(jid, _to_wire(r)) for (jid, _), r in zip(batch, results, strict=True)]
+        try:
+            results_out.send((reply, _stats(store, link)))
+        except OSError:  # the server is gone; what was committed stays
+            return False
+        return True
+
+    def finish(after: _Batch | None = None) -> tuple[bool, Stored | None]:
+        """Write the scores of the oldest batch in flight (in one transaction with storing
+        the events of ``after``, the next batch, if given) and answer its requests; whether
+        the answers went out, and the next batch stored (None: to be stored yet)."""
+        n, batch, stored = in_flight.popleft()
         jobs = [items for _, items in batch]
-        stored: Stored | None = None
-        if piped:
+        scored = link.receive(n) if link is not None else None
+        if scored is None:
+            # the scoring process may have missed this batch's journal: its kept lists are
+            # to be checked against the database from now on
+            store.db.end_epoch()
+        results: list[Outcome]
+        stored_after: Stored | None = None
+        try:
+            if after is not None and piped():
+                items = [item for _, job in after for item in job]
+                _, stored_after = write_scored_and_store(store, stored, scored, items)
+            else:
+                write_scored(store, stored, scored)
+            results = _split(stored.outcomes, jobs)
+        except Exception:
+            log.exception("writing the scores of stored events failed")
+            try:  # once more, on their own, rescored here
+                write_scored(store, stored, None)
+                results = _split(stored.outcomes, jobs)
+            except Exception:
+                # The events are stored and their leads' scores are not: end this process
+                # unanswered (the requests hear 503, send again, and hear their events are
+                # duplicates); the next ingest process rescores those leads first.
+                log.exception("rescoring stored events failed: the ingest process stops")
+                return False, None
+        if link is not None and not link.alive and store.event_cache.max_events == 0:
+            alone()
+        return answer(batch, results), stored_after
+
+    def alone() -> None:
+        """The scoring process is gone: keep the leads' events here from now on."""
+        nonlocal preloader
+        store.event_cache.max_events = cached
+        preloader = Preloader(store.event_cache)
+        preloader.done = preloader.done or not store.db.is_sqlite
+
+    def start(batch: _Batch, stored: Stored | None) -> bool:
+        """A batch received: hand it to the scoring process once stored (``stored``: it is
+        already), or write it here in one transaction; whether answers could go out."""
+        nonlocal seq
+        jobs = [items for _, items in batch]
+        if stored is None and piped():
             try:
                 stored = store_events(store, [item for items in jobs for item in items])
             except Exception:  # written below, each request on its own, as without the pipe
                 stored = None
-        if stored is not None and stored.leads:
-            assert link is not None
+        if stored is not None and stored.leads and link is not None and link.alive:
             seq += 1
             link.send(stored.job(seq))
             in_flight.append((seq, batch, stored))
-            continue
+            return True
         results: list[Outcome]
-        if stored is not None:  # nothing to rescore (repeats, anonymous events)
+        if stored is not None and not stored.leads:  # nothing to rescore: repeats, anonymous
+            while in_flight:  # a repeat is answered after its original
+                if not finish()[0]:
+                    return False
             results = _split(stored.outcomes, jobs)
+        elif stored is not None:  # stored, and the scoring process gone meanwhile
+            in_flight.append((0, batch, stored))
+            while in_flight:
+                if not finish()[0]:
+                    return False
+            return True
         else:
             while in_flight:  # in order: the batches before this one first
-                if not finish():
-                    return
+                if not finish()[0]:
+                    return False
             results = write_jobs(store, jobs)
-            if piped:  # events the scoring process was not told of
+            if link is not None:  # events the scoring process was not told of
                 store.db.end_epoch()
-        if not answer(batch, results):
+        return answer(batch, results)
+
+    while True:
+        if in_flight and (
+            link is None
+            or not link.alive
+            or stop
+            or state.stop_asked
+            or len(in_flight) >= MAX_IN_FLIGHT
+            # whichever comes first: the scores of the batch in flight, or another request
+            # to store meanwhile (neither within a second: wait for the scores, at most
+            # ScorerLink's time limit, and look at SIGTERM)
+            or jobs_in not in wait([jobs_in, link.pipe], timeout=1.0)
+        ):
+            after: _Batch | None = None
+            if piped() and not stop and not state.stop_asked and jobs_in.poll():
+                # another request waits: stored in the transaction that writes these scores
+                try:
+                    first = jobs_in.recv()
+                except EOFError:
+                    first = None
+                if first is None:
+                    stop = True
+                else:
+                    after = gather(first)
+            sent, stored_after = finish(after)
+            if not sent or (after is not None and not start(after, stored_after)):
+                return
+            continue
+        if stop or state.stop_asked:
+            return
+        if not in_flight:
+            state.busy = False
+            while not piped() and not preloader.done and not jobs_in.poll():
+                preload(store, preloader)
+        try:
+            first = jobs_in.recv()
+        except EOFError:  # the server is gone
+            stop = True
+            continue
+        if first is None:
+            stop = True
+            continue
+        state.busy = True  # until the answers are sent
+        if not start(gather(first), None):
             return
 
 

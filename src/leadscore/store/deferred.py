@@ -6,7 +6,8 @@ core. The ingest process of ``leadscore serve`` on SQLite splits that work (see
 a scoring process reads the leads' profiles and events (its own event cache, kept current by
 the batch's journal) and evaluates them, while this process stores the next batch;
 :func:`write_scored` then writes the scores, history rows and trigger firings in a second
-transaction, and only after that commit are the requests answered. So a score is readable
+transaction (:func:`write_scored_and_store`: the one that stores the next batch, when one is
+waiting), and only after that commit are the requests answered. So a score is readable
 when its request is acknowledged, as before, and the writer's core spends its time on the
 database.
 
@@ -34,7 +35,16 @@ from leadscore.store.keeper import Store
 from leadscore.store.leads import EventInput, ItemOutcome, insert_events
 from leadscore.store.scores import NewScore, write_scores
 
-__all__ = ["ScoreJob", "Scored", "Stored", "score_job", "settle", "store_events", "write_scored"]
+__all__ = [
+    "ScoreJob",
+    "Scored",
+    "Stored",
+    "score_job",
+    "settle",
+    "store_events",
+    "write_scored",
+    "write_scored_and_store",
+]
 
 # counters: the newest event id stored by store_events, the newest whose leads write_scored
 # (or settle) rescored; any in between await their rescoring
@@ -95,30 +105,34 @@ def store_events(store: Store, items: Sequence[EventInput]) -> Stored:
     leads' events, and this transaction does not tell this process's cache about them."""
     assert store.event_cache.max_events == 0
     with store.db.write() as conn:
-        journal = start_journal(conn)
-        epoch = cache_epoch(conn)
-        now = store.clock()
-        outcomes, touched = insert_events(conn, items, now)
-        leads = sorted(touched)
-        newest = _newest_id(conn)
-        if journal is not None:
-            # the scoring process takes these in (this process keeps no lists to update), so
-            # the epoch goes on after this commit
-            journal.reading(leads)
-        if leads:
-            _set(conn, STORED_TO, newest)
-        if journal is None or epoch is None:
-            return Stored(outcomes, leads, now, None, newest)
-        return Stored(
-            outcomes,
-            leads,
-            now,
-            epoch,
-            newest,
-            {lid: list(rows) for lid, rows in journal.events.items()},
-            frozenset(journal.dirty),
-            journal.broken,
-        )
+        return _store(conn, store, items)
+
+
+def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Stored:
+    journal = start_journal(conn)
+    epoch = cache_epoch(conn)
+    now = store.clock()
+    outcomes, touched = insert_events(conn, items, now)
+    leads = sorted(touched)
+    newest = _newest_id(conn)
+    if journal is not None:
+        # the scoring process takes these in (this process keeps no lists to update), so
+        # the epoch goes on after this commit
+        journal.reading(leads)
+    if leads:
+        _set(conn, STORED_TO, newest)
+    if journal is None or epoch is None:
+        return Stored(outcomes, leads, now, None, newest)
+    return Stored(
+        outcomes,
+        leads,
+        now,
+        epoch,
+        newest,
+        {lid: list(rows) for lid, rows in journal.events.items()},
+        frozenset(journal.dirty),
+        journal.broken,
+    )
 
 
 def score_job(store: Store, job: ScoreJob) -> Scored:
@@ -142,23 +156,39 @@ def write_scored(store: Store, stored: Stored, scored: Scored | None) -> bool:
     None: the scoring process failed). Whether ``scored``'s were written."""
     with store.db.write() as conn:
         start_journal(conn)  # changes no events: this writer's epoch goes on
-        used = False
-        if stored.leads:
-            sheets = store.sheets(conn, check=True)
-            used = (
-                scored is not None
-                and stored.epoch is not None
-                and cache_epoch(conn) == stored.epoch
-                and scored.versions == tuple(s.version.id for s in sheets)
-            )
-            if used:
-                assert scored is not None
-                changes = write_scores(conn, scored.scores, "event", stored.now_us)
-                if store.listener is not None and changes:
-                    store.listener(conn, changes, stored.now_us, True)
-            else:
-                store.rescore_leads(conn, stored.leads, "event", stored.now_us)
-            _set(conn, SCORED_TO, stored.newest_id)
+        return _write(conn, store, stored, scored)
+
+
+def write_scored_and_store(
+    store: Store, stored: Stored, scored: Scored | None, items: Sequence[EventInput]
+) -> tuple[bool, Stored]:
+    """:func:`write_scored` and :func:`store_events` of the next batch in one transaction (one
+    commit instead of two)."""
+    assert store.event_cache.max_events == 0
+    with store.db.write() as conn:
+        start_journal(conn)
+        used = _write(conn, store, stored, scored)
+        return used, _store(conn, store, items)
+
+
+def _write(conn: Connection, store: Store, stored: Stored, scored: Scored | None) -> bool:
+    if not stored.leads:
+        return False
+    sheets = store.sheets(conn, check=True)
+    used = (
+        scored is not None
+        and stored.epoch is not None
+        and cache_epoch(conn) == stored.epoch
+        and scored.versions == tuple(s.version.id for s in sheets)
+    )
+    if used:
+        assert scored is not None
+        changes = write_scores(conn, scored.scores, "event", stored.now_us)
+        if store.listener is not None and changes:
+            store.listener(conn, changes, stored.now_us, True)
+    else:
+        store.rescore_leads(conn, stored.leads, "event", stored.now_us)
+    _set(conn, SCORED_TO, stored.newest_id)
     return used
 
 
