@@ -178,28 +178,36 @@ def test_errors_cross_the_pipe_as_what_the_request_is_to_hear() -> None:
 def test_the_service_ingests_through_the_process_for_a_store_it_opens(tmp_path: Path) -> None:
     """create_app with settings (as ``leadscore serve``): events go through the ingest
     process, the health page shows that process's event cache, and the score is readable at
-    once; with ``ingest_process=False`` they go through a thread (its cache: the server's)."""
+    once; with ``ingest_process=False`` they go through a thread (its cache: the server's).
+    On SQLite a scoring process works beside the ingest process unless ``scoring_process``
+    is off."""
     db = str(tmp_path / "s.db")
-    for in_process, expected_leads in ((True, 1), (False, 1)):
+    for in_process, scoring in ((True, True), (True, False), (False, True)):
         settings = Settings(
             db=db,
             no_auth=True,
             rescore_interval=0,
             deliver_interval=0,
             ingest_process=in_process,
+            scoring_process=scoring,
         )
         app = create_app(settings)
         with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
-            lead = f"S{int(in_process)}"
+            lead = f"S{int(in_process)}{int(scoring)}"
             r = client.post(
                 "/api/v1/events",
                 json={"lead_id": lead, "type": "demo_request", "event_id": f"e-{lead}"},
             )
             assert r.status_code == 200, r.text
             assert client.get(f"/api/v1/leads/{lead}").json()["scores"]["b2b-default"]["score"] > 0
-            assert isinstance(app.state.leadscore.writer, ProcessWriter) is in_process
+            writer = app.state.leadscore.writer
+            assert isinstance(writer, ProcessWriter) is in_process
+            if isinstance(writer, ProcessWriter):
+                assert (writer._child.scorer is not None) is scoring
             health = client.get("/api/v1/health").json()
-            assert health["event_cache"]["leads"] == expected_leads
+            # this lead, and those of the runs before read ahead by a new ingest process
+            assert health["event_cache"]["leads"] >= 1
+            assert health["event_cache"]["misses"] == 1
 
 
 def test_a_store_handed_to_the_service_is_written_by_a_thread(store: Store) -> None:
