@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 
 from leadscore.store.db import Journal, cache_epoch, driver_sql, start_journal, writers_epoch
 from leadscore.store.keeper import Store
-from leadscore.store.leads import EventInput, ItemOutcome, insert_events
+from leadscore.store.leads import EventInput, ItemOutcome, insert_events, newest_event_id
 from leadscore.store.scores import NewScore, write_scores
 
 __all__ = [
@@ -114,7 +114,7 @@ def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Store
     now = store.clock()
     outcomes, touched = insert_events(conn, items, now)
     leads = sorted(touched)
-    newest = _newest_id(conn)
+    newest = newest_event_id(conn)
     if journal is not None:
         # the scoring process takes these in (this process keeps no lists to update), so
         # the epoch goes on after this commit
@@ -213,10 +213,6 @@ def settle(store: Store) -> int:
         store.rescore_leads(conn, lead_ids, "event", store.clock())
         _set(conn, SCORED_TO, stored_to)
     return len(lead_ids)
-
-
-def _newest_id(conn: Connection) -> int:
-    return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one())
 
 
 def _get(conn: Connection, name: str) -> int | None:

@@ -64,6 +64,7 @@ __all__ = [
     "lock_identities",
     "lock_leads",
     "merged_into",
+    "newest_event_id",
     "no_lead",
     "upsert_leads",
 ]
@@ -694,10 +695,10 @@ def insert_events(
             for r in rows
         ]
         journal = journal_of(conn)
-        before = _newest_event_id(conn) if journal is not None else 0
+        before = newest_event_id(conn) if journal is not None else 0
         inserted = conn.exec_driver_sql(driver_sql(conn, _INSERT_EVENTS), params).rowcount
         if journal is not None:
-            _journal_events(journal, params, before, inserted, _newest_event_id(conn))
+            _journal_events(journal, params, before, inserted, newest_event_id(conn))
     touched = set(wanted)
     for anonymous_id, lead_id in links:
         if link_alias(conn, anonymous_id, lead_id, now_us):
@@ -705,7 +706,8 @@ def insert_events(
     return outcomes, touched
 
 
-def _newest_event_id(conn: Connection) -> int:
+def newest_event_id(conn: Connection) -> int:
+    """The largest event id stored (0: none)."""
     return int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one())
 
 
