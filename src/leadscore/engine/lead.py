@@ -27,7 +27,14 @@ from leadscore.engine.timeutil import (
     parse_instant,
     to_micros,
 )
-from leadscore.spec.conditions import WHITESPACE, TextFilter, fold, parse_number, to_text
+from leadscore.spec.conditions import (
+    WHITESPACE,
+    TextFilter,
+    condition_fields,
+    fold,
+    parse_number,
+    to_text,
+)
 from leadscore.spec.model import (
     COUNT_WORDS,
     ActivityRule,
@@ -138,7 +145,15 @@ def score_lead(
     """
     t_us, as_of_dt = _instant(as_of)
     plan = _plan_of(model)
-    record = {k: (v if v is None or type(v) is str else to_text(v)) for k, v in lead.items()}
+    # Only the fields some rule reads are compared: they alone are turned into text.
+    get = lead.get
+    record = {}
+    for k in plan.lead_fields:
+        v = get(k)
+        record[k] = v if v is None or type(v) is str else to_text(v)
+    lead_id = get(lead_id_column)
+    if lead_id is not None and type(lead_id) is not str:
+        lead_id = to_text(lead_id)
     # Only the event types some rule reads are kept; an any-type inactivity rule needs just
     # the newest visible event of all.
     by_type: dict[str, list[Event]] = {t: [] for t in model.event_types}
@@ -167,17 +182,13 @@ def score_lead(
     add = contributions.append
     # (type, field): normalised values, and the values joined by _SEP
     columns: dict[tuple[str, str], tuple[list[str], str]] = {}
-    for rule in plan.profile:
+    for rule, hit, miss in plan.profile:
         for name in rule.numeric_fields:
             _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
-        if rule.predicate(record):
-            pts = rule.points
-            add(RuleContribution(rule.id, "profile", rule.group, True, pts, pts, pts))
-        else:
-            add(RuleContribution(rule.id, "profile", rule.group, False, rule.points, 0.0, 0.0))
+        add(hit if rule.predicate(record) else miss)
     for activity, etype, idle in plan.activity:
         if idle is not None and not by_type[etype]:  # most rules, for most leads
-            add(RuleContribution(*idle))
+            add(idle)
         else:
             add(_activity(activity, by_type, t_us, explain, warnings, columns))
     if plan.inactivity:
@@ -203,7 +214,7 @@ def score_lead(
     grade = model.grade_for(fit)
     band = model.band_for(score)
     return ScoreResult(
-        record.get(lead_id_column),
+        lead_id,
         model.name,
         as_of_dt,
         score,
@@ -231,12 +242,15 @@ class _Plan:
     order gives the results in the model's order) and each group with the positions of its
     rules in that order."""
 
-    profile: tuple[ProfileRule, ...]
+    # each profile rule with its contribution when it holds and when it does not (results
+    # share them: a contribution is not changed once made)
+    profile: tuple[tuple[ProfileRule, RuleContribution, RuleContribution], ...]
     # each activity rule with its event type and, when it reads one type and is neither a
     # count nor a trend rule, its contribution for a lead with no event of that type
-    activity: tuple[tuple[ActivityRule, str, tuple[Any, ...] | None], ...]
+    activity: tuple[tuple[ActivityRule, str, RuleContribution | None], ...]
     inactivity: tuple[InactivityRule, ...]
     groups: tuple[tuple[Group, tuple[int, ...]], ...]
+    lead_fields: tuple[str, ...]  # the lead fields the profile rules read
 
 
 def _plan_of(model: Model) -> _Plan:
@@ -252,23 +266,31 @@ def _plan_of(model: Model) -> _Plan:
             raise ValueError(f"model {model.name}: rules are not in kind order")
         position = {r.id: i for i, r in enumerate(model.rules)}
         plan = model.engine_cache["lead"] = _Plan(
-            profile,
+            tuple(
+                (
+                    r,
+                    RuleContribution(r.id, "profile", r.group, True, r.points, r.points, r.points),
+                    RuleContribution(r.id, "profile", r.group, False, r.points, 0.0, 0.0),
+                )
+                for r in profile
+            ),
             tuple((r, r.events[0], _idle(r)) for r in activity),
             inactivity,
             tuple((g, tuple(position[r.id] for r in g.rules)) for g in model.groups),
+            tuple(dict.fromkeys(f for r in profile for f in condition_fields(r.condition))),
         )
     assert isinstance(plan, _Plan)
     return plan
 
 
-def _idle(rule: ActivityRule) -> tuple[Any, ...] | None:
-    """The arguments of a :class:`RuleContribution` for a lead without any event of the
-    rule's one type (what :func:`_activity` gives then), or None when that takes more."""
+def _idle(rule: ActivityRule) -> RuleContribution | None:
+    """The contribution of a rule for a lead without any event of the rule's one type (what
+    :func:`_activity` gives then), or None when that takes more."""
     if len(rule.events) != 1 or rule.count is not None or rule.trend is not None:
         return None
     raw, side = clip(0.0, rule.min_points, rule.max_points)
     clipped = None if side is None else f"{side}_points"
-    return (rule.id, "activity", rule.group, False, rule.points, 0.0, raw, clipped)
+    return RuleContribution(rule.id, "activity", rule.group, False, rule.points, 0.0, raw, clipped)
 
 
 def _check_number(value: str | None, where: str, warnings: list[str]) -> None:

@@ -1,7 +1,10 @@
 """What an evaluation returns: the score and the explanation of every point.
 
 Plain slotted dataclasses (not frozen: a frozen dataclass pays for every field on
-construction, and the per-lead evaluator builds a dozen of these per lead).
+construction, and the per-lead evaluator builds a dozen of these per lead). Read them, do not
+change them: the per-lead evaluator hands the same :class:`RuleContribution` object to every
+result where a rule came out alike (a profile rule that held, or did not; an activity rule
+without events), made once per model.
 
 The numbers add up exactly: a rule's ``raw`` is the sum of its counted events' ``points`` (in
 the listed order), its ``points`` is ``raw`` clipped to the rule's caps; a group's ``raw`` is the
