@@ -687,7 +687,9 @@ def free_port() -> int:
 class Server:
     """``leadscore serve --no-auth`` as a subprocess."""
 
-    def __init__(self, url: str, fast_commits: bool, log: Path, ingest_process: bool) -> None:
+    def __init__(
+        self, url: str, fast_commits: bool, log: Path, ingest_process: bool, scoring_process: bool
+    ) -> None:
         self.port = free_port()
         self.command = [
             str(LEADSCORE),
@@ -703,6 +705,7 @@ class Server:
             "0",
             *(["--fast-commits"] if fast_commits else []),
             *([] if ingest_process else ["--no-ingest-process"]),
+            *([] if scoring_process else ["--no-scoring-process"]),
         ]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -824,6 +827,7 @@ class Config:
     profile_dir: Path | None
     profile_seconds: float
     ingest_process: bool = True
+    scoring_process: bool = True
 
 
 def run_one(
@@ -837,7 +841,13 @@ def run_one(
 ) -> RunReport:
     label = RUNS[key][0]
     before = count_events(prepared.url)
-    server = Server(prepared.url, fast_commits, workdir / f"server-{key}.log", cfg.ingest_process)
+    server = Server(
+        prepared.url,
+        fast_commits,
+        workdir / f"server-{key}.log",
+        cfg.ingest_process,
+        cfg.scoring_process,
+    )
     console.print(f"[bold]{label}[/]: {' '.join(server.command[1:])}")
     try:
         health = server.start()
@@ -1302,9 +1312,13 @@ def markdown_block(reports: Sequence[RunReport], meta: Meta) -> str:
         f"connection), {cfg.batch_concurrency} for batches",
         "- Server: "
         + (
-            "an HTTP process and its ingest process (the default)"
-            if cfg.ingest_process
-            else "one process, ingest in a thread of it (`--no-ingest-process`)"
+            "one process, ingest in a thread of it (`--no-ingest-process`)"
+            if not cfg.ingest_process
+            else "an HTTP process and its ingest process, without a scoring process "
+            "(`--no-scoring-process`)"
+            if not cfg.scoring_process
+            else "an HTTP process and its ingest process, and on SQLite a scoring process "
+            "(the default)"
         ),
         "- CPU column: cores used by the client / server (both its processes) / PostgreSQL "
         "backends / everything else on the machine",
@@ -1357,6 +1371,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="serve with --no-ingest-process (ingest in a thread of the HTTP process)",
     )
+    p.add_argument(
+        "--no-scoring-process",
+        action="store_true",
+        help="serve with --no-scoring-process (on SQLite, each batch scored in its "
+        "transaction by the ingest process)",
+    )
     p.add_argument("--profile", type=Path, help="also write py-spy profiles of the server here")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="per profile (default 10)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -1394,6 +1414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile,
         args.profile_seconds,
         not args.no_ingest_process,
+        not args.no_scoring_process,
     )
     workdir = Path(tempfile.mkdtemp(prefix="leadscore-ingest-"))
     console.print(f"[dim]working directory: {workdir}[/]")
