@@ -41,6 +41,7 @@ __all__ = [
     "from_driver_json",
     "in_list",
     "journal_of",
+    "journaled_epoch",
     "on_commit",
     "open_database",
     "start_journal",
@@ -213,6 +214,15 @@ def cache_epoch(conn: Connection) -> int | None:
     this epoch is current, and what it stores now is stamped with it."""
     epoch = conn.info.get(_EPOCH)
     return epoch if isinstance(epoch, int) else None
+
+
+def journaled_epoch(conn: Connection) -> int | None:
+    """The cache epoch of a transaction that keeps a journal (the writer's ingest
+    transactions, or the scoring process's reads under :func:`writers_epoch`), else None.
+    Such transactions change events, leads, scores and what follows from them, never a model
+    version or a trigger: what a transaction of epoch N read of those is current for every
+    other journaled transaction of epoch N, with no need to ask the database again."""
+    return cache_epoch(conn) if journal_of(conn) is not None else None
 
 
 def _alembic_config() -> Config:

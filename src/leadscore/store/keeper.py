@@ -33,7 +33,7 @@ from leadscore.scoring import PreparedInputs, register_inputs
 from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
 from leadscore.spec.model import InactivityRule
-from leadscore.store.db import Database, start_journal
+from leadscore.store.db import Database, journaled_epoch, start_journal
 from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache, Preloader
 from leadscore.store.leads import (
     EventInput,
@@ -119,6 +119,8 @@ class Store:
         self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
         # (monotonic time until which the sheets need no check, the sheets)
         self._sheets_checked: tuple[float, list[Sheet]] = (0.0, [])
+        # the journaled cache epoch in which the sheets were last read (see journaled_epoch)
+        self._sheets_epoch: int | None = None
         self._models: dict[int, Model] = {}
         self._lock = threading.Lock()
 
@@ -126,12 +128,16 @@ class Store:
 
     def sheets(self, conn: Connection | None = None, *, check: bool = False) -> list[Sheet]:
         """The active sheets (reloaded when another process published a model: within
-        :data:`SHEETS_TTL`, or at once with ``check``)."""
+        :data:`SHEETS_TTL`, or at once with ``check``; a journaled transaction of the cache
+        epoch in which they were last read needs no check)."""
         if conn is None:
             with self.db.read() as c:
                 return self.sheets(c, check=check)
+        epoch = journaled_epoch(conn)
         with self._lock:
             fresh_until, cached = self._sheets_checked
+            if epoch is not None and epoch == self._sheets_epoch:
+                return self._sheets[1]
         if not check and time.monotonic() < fresh_until:
             return cached
         ids = tuple(
@@ -145,18 +151,21 @@ class Store:
         with self._lock:
             if ids == self._sheets[0]:
                 self._sheets_checked = (time.monotonic() + SHEETS_TTL, self._sheets[1])
+                self._sheets_epoch = epoch
                 return self._sheets[1]
         versions = active_versions(conn)
         sheets = [Sheet(v, self.model_of(v)) for v in versions]
         with self._lock:
             self._sheets = (tuple(v.id for v in versions), sheets)
             self._sheets_checked = (time.monotonic() + SHEETS_TTL, sheets)
+            self._sheets_epoch = epoch
         return sheets
 
     def forget_sheets(self) -> None:
         """Read the active sheets from the store at the next call (after a publish)."""
         with self._lock:
             self._sheets_checked = (0.0, [])
+            self._sheets_epoch = None
 
     def model_of(self, version: ModelVersion) -> Model:
         with self._lock:

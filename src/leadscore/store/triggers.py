@@ -39,6 +39,7 @@ from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import NotFound, UsageError
 from leadscore.spec import Model, to_text
+from leadscore.store.db import journaled_epoch
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.lifecycle import set_stage
 from leadscore.store.schema import counters, leads, outbox, scores, trigger_firings, triggers
@@ -281,6 +282,7 @@ class TriggerEngine:
     def __init__(self, model_for_version: ModelForVersion) -> None:
         self.model_for_version = model_for_version
         self._cache: tuple[list[tuple[str, Any]], list[TriggerSpec]] = ([], [])
+        self._epoch: int | None = None  # the journaled cache epoch they were read in
 
     @classmethod
     def attach(cls, store: Store) -> TriggerEngine:
@@ -308,7 +310,11 @@ class TriggerEngine:
                     self.fire(conn, trigger, change, transition, now_us)
 
     def triggers(self, conn: Connection) -> list[TriggerSpec]:
-        """The enabled triggers, by id (parsed again only when a definition changed)."""
+        """The enabled triggers, by id (parsed again only when a definition changed; not
+        read again in a journaled transaction of the cache epoch they were read in)."""
+        epoch = journaled_epoch(conn)
+        if epoch is not None and epoch == self._epoch:
+            return self._cache[1]
         rows = [
             (str(i), d)
             for i, d in conn.execute(
@@ -317,6 +323,7 @@ class TriggerEngine:
                 .order_by(triggers.c.id)
             )
         ]
+        self._epoch = epoch
         if rows == self._cache[0]:
             return self._cache[1]
         parsed = []
