@@ -20,6 +20,7 @@ from leadscore.store.deferred import (
     Stored,
     score_job,
     settle,
+    store_and_score,
     write_scored,
     write_scored_and_store,
 )
@@ -276,3 +277,53 @@ def test_one_transaction_writes_a_batchs_scores_and_stores_the_next(
     assert p.used == [True]
     assert_matches_per_lead(writer, ["L1", "L3"], clock.now)
     assert settle(writer) == 0
+
+
+def test_batches_written_alone_reach_the_scoring_stores_lists_with_the_next_job(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    """Small batches the ingest process stores and scores itself (store_and_score): their
+    journals, sent with the next job, grow the scoring store's kept lists (those of the job's
+    leads and of others) so that it goes on trusting them; a lead's events changed otherwise
+    (dirty), and any other writer's commit, make it read again."""
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    cache = scorer.event_cache
+    p.ingest([view(clock, lid, "/pricing", 3) for lid in ("L1", "L2", "L3")])
+    earlier = []
+    for n in range(3):
+        clock.advance(seconds=60)
+        alone = store_and_score(writer, [view(clock, "L1", f"/pricing/{n}")])
+        assert alone.leads == ["L1"]
+        assert_matches_per_lead(writer, ["L1"], clock.now)  # scored in its transaction
+        journal = alone.earlier()
+        assert journal is not None
+        earlier.append(journal)
+    clock.advance(seconds=60)
+    stored = p.store([view(clock, "L2", "/blog")])  # not L1: its list grows all the same
+    before = (cache.misses, cache.extended, cache.unchecked)
+    p.seq += 1
+    assert write_scored(writer, stored, score_job(scorer, stored.job(p.seq, earlier)))
+    assert (cache.misses, cache.extended, cache.unchecked) == (before[0], before[1], before[2] + 1)
+    types = event_types(scorer.sheets())
+    with scorer.db.read() as conn:
+        for lead_id in ("L1", "L2", "L3"):
+            want = lead_events(conn, lead_id, clock.now, types)
+            assert snapshot(cache._entries[lead_id].events) == snapshot(want), lead_id
+    clock.advance(seconds=60)
+    p.ingest([view(clock, "L1", "/pricing")])
+    assert cache.misses == before[0] and cache.unchecked == before[2] + 2  # trusted
+    assert_matches_per_lead(writer, ["L2"], stored.now_us)
+    assert_matches_per_lead(writer, ["L1"], clock.now)
+    # a list changed otherwise is dropped; a journal of an older epoch is not sent
+    cache.take(stored.epoch or 0, {}, ["L3"])
+    assert "L3" not in cache._entries
+    other.upsert_leads([LeadInput("L9")])
+    clock.advance(seconds=60)
+    old = store_and_score(writer, [view(clock, "L1", "/pricing")]).earlier()
+    assert old is not None and old.epoch != stored.epoch
+    clock.advance(seconds=60)
+    later = p.store([view(clock, "L1", "/pricing")])
+    assert later.job(1, [journal, old]).earlier == (old,)
+    p.finish(later)
+    assert_matches_per_lead(writer, ["L1"], clock.now)

@@ -21,7 +21,7 @@ from leadscore.errors import Conflict, InputError, InputProblem, StoreError
 from leadscore.service import Settings, create_app
 from leadscore.service import writer as writer_module
 from leadscore.service.errors import ApiError
-from leadscore.service.writer import ProcessWriter, _from_wire, _to_wire
+from leadscore.service.writer import INLINE_EVENTS, ProcessWriter, _from_wire, _to_wire
 from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
 from leadscore.store.db import open_database
 from leadscore.store.deferred import store_events
@@ -194,9 +194,13 @@ def test_the_service_ingests_through_the_process_for_a_store_it_opens(tmp_path: 
         app = create_app(settings)
         with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
             lead = f"S{int(in_process)}{int(scoring)}"
+            # more events than a batch the ingest process scores alone (INLINE_EVENTS)
             r = client.post(
                 "/api/v1/events",
-                json={"lead_id": lead, "type": "demo_request", "event_id": f"e-{lead}"},
+                json=[
+                    {"lead_id": lead, "type": "demo_request", "event_id": f"e-{lead}-{n}"}
+                    for n in range(INLINE_EVENTS + 1)
+                ],
             )
             assert r.status_code == 200, r.text
             assert client.get(f"/api/v1/leads/{lead}").json()["scores"]["b2b-default"]["score"] > 0
@@ -374,7 +378,8 @@ def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: s
         store.ingest_events(page_views([f"W{i}" for i in range(30)], "before-"))
     finally:
         store.db.dispose()
-    w = ProcessWriter(db_url, durable=False, cached_events=10_000)
+    # every batch through the scoring process, which keeps the cache on SQLite
+    w = ProcessWriter(db_url, durable=False, cached_events=10_000, inline_events=0)
     try:
         if not db_url.startswith("sqlite"):
             for n in range(3):
@@ -397,12 +402,26 @@ def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: s
         w.close()
 
 
+@pytest.fixture
+def through_scorer(db_url: str) -> Iterator[ProcessWriter]:
+    """As ``writer``, every batch handed to the scoring process, however small."""
+    store = Store(open_database(db_url))
+    store.ensure_a_model()
+    store.db.dispose()
+    w = ProcessWriter(db_url, durable=False, cached_events=10_000, inline_events=0)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
 def test_a_scoring_process_scores_beside_the_ingest_process_on_sqlite(
-    writer: ProcessWriter, db_url: str
+    through_scorer: ProcessWriter, db_url: str
 ) -> None:
     """On SQLite the ingest process hands rescoring to a scoring process beside it (which
     keeps the event cache); killed, the ingest process goes on alone, and scores stay exact.
     On PostgreSQL there is none."""
+    writer = through_scorer
     child = writer._child
     if not db_url.startswith("sqlite"):
         assert child.scorer is None
@@ -422,6 +441,44 @@ def test_a_scoring_process_scores_beside_the_ingest_process_on_sqlite(
     assert writer.pid == pid  # the same ingest process, on its own now
     assert writer.cache_stats()["leads"] >= 2  # its own cache
     assert_scores_exact(db_url, ["S1", "S2", "S3"], events=9)
+
+
+def test_small_batches_on_a_quiet_server_are_scored_by_the_ingest_process(tmp_path: Path) -> None:
+    """A batch of a few events that finds none in flight is stored and scored by the ingest
+    process in one transaction. The scoring process takes those transactions' journals in with
+    its next batch: the lists it keeps stay current, trusted without asking the database, and
+    every score exact. (Forms: each one changes the score of b2b-default.)"""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(open_database(url))
+    store.ensure_a_model()
+    store.db.dispose()
+
+    def forms(lead_ids: list[str], prefix: str) -> list[EventInput]:
+        t = now_us()
+        return [
+            EventInput("form_submit", t, lead, message_id=f"{prefix}{i}")
+            for i, lead in enumerate(lead_ids)
+        ]
+
+    leads = [f"B{i}" for i in range(INLINE_EVENTS + 1)]
+    w = ProcessWriter(url, durable=False, cached_events=10_000)
+    try:
+        asyncio.run(w.ingest(forms(leads, "big1-")))  # through the scoring process
+        first = w.cache_stats()
+        assert first["leads"] == len(leads)  # kept there (read, or read ahead first)
+        for n in range(3):  # alone: the ingest process reads the two leads itself
+            asyncio.run(w.ingest(forms(["B0", "B1"], f"small{n}-")))
+        alone = w.cache_stats()
+        assert alone["misses"] - first["misses"] == 6
+        assert_scores_exact(url, leads, events=len(leads) + 6)
+        asyncio.run(w.ingest(forms(leads, "big2-")))
+        second = w.cache_stats()
+        # every kept list grown by the journals, B0 and B1 by those of the small batches too
+        assert second["unchecked"] - alone["unchecked"] == len(leads)
+        assert (second["misses"], second["extended"]) == (alone["misses"], alone["extended"])
+        assert_scores_exact(url, leads, events=2 * len(leads) + 6)
+    finally:
+        w.close()
 
 
 @pytest.mark.parametrize("scoring", [True, False])

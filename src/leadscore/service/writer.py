@@ -48,8 +48,10 @@ from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
 from leadscore.store.db import database_url
 from leadscore.store.deferred import (
+    Earlier,
     Stored,
     settle,
+    store_and_score,
     store_events,
     write_scored,
     write_scored_and_store,
@@ -214,6 +216,15 @@ def _from_wire(result: _Wire) -> Outcome:
     return RuntimeError(str(result[-1]))
 
 
+# A batch of at most this many events that arrives while none is in flight is stored and
+# scored by the ingest process in one transaction: sooner than two transactions with a trip
+# to the scoring process between them (single events, light traffic).
+INLINE_EVENTS = 16
+# the journals of such transactions kept for the scoring process's next job, at most (beyond,
+# its kept lists are checked against the database again instead)
+MAX_EARLIER_EVENTS = 10_000
+
+
 def _ingest_process(
     jobs_in: Pipe,
     results_out: Pipe,
@@ -222,11 +233,13 @@ def _ingest_process(
     cached: int,
     max_items: int,
     scoring: Pipe | None = None,
+    inline_events: int = INLINE_EVENTS,
 ) -> None:
     """The ingest process: open the store, then write what arrives until the server sends
     ``None`` or goes away (its end of the pipe closes). With ``scoring`` (a pipe to the
     scoring process, leadscore.service.scoring), it stores each batch and writes its scores in
-    two transactions, the scoring done there in between."""
+    two transactions, the scoring done there in between (batches of up to ``inline_events``
+    events arriving while none is in flight: in one transaction, scored here)."""
     # The server stops it (after the transaction under way): Ctrl-C, which reaches the whole
     # process group, is the server's to handle. SIGTERM (a service manager's stop, or
     # multiprocessing's own at the server's exit) ends it between transactions, never inside one.
@@ -261,7 +274,7 @@ def _ingest_process(
         if link is None or not link.alive:
             store.event_cache.max_events = cached
         results_out.send(("ready", _stats(store, link)))
-        _write_loop(store, link, jobs_in, results_out, max_items, cached, state)
+        _write_loop(store, link, jobs_in, results_out, max_items, cached, state, inline_events)
     finally:
         if link is not None:
             link.stop()
@@ -282,7 +295,15 @@ _Batch = list[tuple[int, list[EventInput]]]
 
 
 def _stats(store: Store, link: ScorerLink | None) -> dict[str, int]:
-    return dict(link.stats) if link is not None and link.alive else store.event_cache.stats()
+    """The event cache's figures: the scoring process's when there is one (what it keeps),
+    with the leads this process read itself counted in (small batches it scored alone)."""
+    mine = store.event_cache.stats()
+    if link is None or not link.alive:
+        return mine
+    stats = dict(link.stats)
+    for key in ("hits", "extended", "misses", "unchecked", "preloaded"):
+        stats[key] = stats.get(key, 0) + mine[key]
+    return stats
 
 
 def _write_loop(
@@ -293,6 +314,7 @@ def _write_loop(
     max_items: int,
     cached: int,
     state: _State,
+    inline_events: int = INLINE_EVENTS,
 ) -> None:
     # between requests, the events of the leads most recently active are read into the cache
     # (by the scoring process, when there is one). Not on PostgreSQL: every rescoring there
@@ -302,6 +324,9 @@ def _write_loop(
     preloader.done = preloader.done or not store.db.is_sqlite
     in_flight: deque[tuple[int, _Batch, Stored]] = deque()
     seq = 0
+    # journals of the transactions written here alone since the scoring process's last job
+    earlier: list[Earlier] = []
+    earlier_events = 0
     stop = False
 
     def piped() -> bool:
@@ -373,19 +398,62 @@ def _write_loop(
         preloader = Preloader(store.event_cache)
         preloader.done = preloader.done or not store.db.is_sqlite
 
+    def keep_journal(stored: Stored) -> None:
+        """A transaction written here alone: the scoring process takes its journal in with its
+        next job (past a bound, the epoch ends instead and it checks its lists)."""
+        nonlocal earlier_events
+        journal = stored.earlier()
+        if journal is None:  # nothing for it (repeats only), or the epoch ends with it
+            if stored.epoch is None or stored.broken:
+                earlier.clear()
+                earlier_events = 0
+            return
+        if earlier and earlier[-1].epoch != journal.epoch:  # those before are of no use
+            earlier.clear()
+            earlier_events = 0
+        earlier.append(journal)
+        earlier_events += sum(len(rows) for rows in journal.added.values())
+        if earlier_events > MAX_EARLIER_EVENTS:
+            store.db.end_epoch()
+            earlier.clear()
+            earlier_events = 0
+
+    def alone_now(batch: _Batch) -> bool | None:
+        """A small batch with none in flight: stored and scored here in one transaction, and
+        answered; None if that transaction failed (the batch is to be written as without the
+        scoring process)."""
+        try:
+            stored = store_and_score(store, [item for _, items in batch for item in items])
+        except Exception:
+            return None
+        keep_journal(stored)
+        return answer(batch, _split(stored.outcomes, [items for _, items in batch]))
+
     def start(batch: _Batch, stored: Stored | None) -> bool:
         """A batch received: hand it to the scoring process once stored (``stored``: it is
         already), or write it here in one transaction; whether answers could go out."""
-        nonlocal seq
+        nonlocal seq, earlier_events
         jobs = [items for _, items in batch]
-        if stored is None and piped():
+        if (
+            stored is None
+            and piped()
+            and not in_flight
+            and sum(len(items) for items in jobs) <= inline_events
+        ):
+            sent = alone_now(batch)
+            if sent is not None:
+                return sent
+            # else written below, each request on its own
+        elif stored is None and piped():
             try:
                 stored = store_events(store, [item for items in jobs for item in items])
             except Exception:  # written below, each request on its own, as without the pipe
                 stored = None
         if stored is not None and stored.leads and link is not None and link.alive:
             seq += 1
-            link.send(stored.job(seq))
+            link.send(stored.job(seq, earlier))
+            earlier.clear()
+            earlier_events = 0
             in_flight.append((seq, batch, stored))
             return True
         results: list[Outcome]
@@ -465,7 +533,13 @@ class _Child:
     """One ingest process, the pipes to it, and the requests it has not answered yet."""
 
     def __init__(
-        self, db: str | None, durable: bool, cached: int, max_items: int, scoring: bool
+        self,
+        db: str | None,
+        durable: bool,
+        cached: int,
+        max_items: int,
+        scoring: bool,
+        inline_events: int,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")  # not fork: the server runs threads
         jobs_in, self._jobs_out = ctx.Pipe(duplex=False)
@@ -486,7 +560,7 @@ class _Child:
             scorer_end.close()
         self.process = ctx.Process(
             target=_ingest_process,
-            args=(jobs_in, results_out, db, durable, cached, max_items, to_scorer),
+            args=(jobs_in, results_out, db, durable, cached, max_items, to_scorer, inline_events),
             name="leadscore-ingest",
             daemon=True,
         )
@@ -605,10 +679,12 @@ class ProcessWriter:
         cached_events: int,
         max_items: int = MAX_ITEMS,
         scoring_process: bool = True,
+        inline_events: int = INLINE_EVENTS,
     ) -> None:
-        # a scoring process beside it on SQLite (leadscore.service.scoring)
+        # a scoring process beside it on SQLite (leadscore.service.scoring); batches of up to
+        # inline_events events that find none in flight are scored without it
         scoring = scoring_process and database_url(db).startswith("sqlite")
-        self._args = (db, durable, cached_events, max_items, scoring)
+        self._args = (db, durable, cached_events, max_items, scoring, inline_events)
         self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._next_id = 0

@@ -36,11 +36,13 @@ from leadscore.store.leads import EventInput, ItemOutcome, insert_events, newest
 from leadscore.store.scores import NewScore, write_scores
 
 __all__ = [
+    "Earlier",
     "ScoreJob",
     "Scored",
     "Stored",
     "score_job",
     "settle",
+    "store_and_score",
     "store_events",
     "write_scored",
     "write_scored_and_store",
@@ -56,9 +58,21 @@ Row = tuple[int, int, str, str | None, str, str | None]
 
 
 @dataclass(frozen=True)
+class Earlier:
+    """The journal of a transaction the ingest process stored and scored on its own
+    (:func:`store_and_score`), for the scoring process to take in before its next job."""
+
+    epoch: int
+    added: dict[str, list[Row]]
+    dirty: frozenset[str]
+    broken: bool
+
+
+@dataclass(frozen=True)
 class ScoreJob:
     """What the scoring process needs to score a stored batch's leads: the leads, the as-of,
-    and the writer's journal of the transaction that stored the events."""
+    and the writer's journal of the transaction that stored the events (and of those it
+    wrote on its own since the last job, oldest first)."""
 
     seq: int
     leads: list[str]
@@ -67,6 +81,7 @@ class ScoreJob:
     added: dict[str, list[Row]]
     dirty: frozenset[str]
     broken: bool
+    earlier: tuple[Earlier, ...] = ()
 
 
 @dataclass
@@ -82,11 +97,26 @@ class Stored:
     dirty: frozenset[str] = frozenset()
     broken: bool = True
 
-    def job(self, seq: int) -> ScoreJob:
+    def job(self, seq: int, earlier: Sequence[Earlier] = ()) -> ScoreJob:
+        """The scoring process's job; ``earlier``: the journals of transactions written
+        without it since its last job (those of another epoch are of no use to it)."""
         assert self.epoch is not None
         return ScoreJob(
-            seq, self.leads, self.now_us, self.epoch, self.added, self.dirty, self.broken
+            seq,
+            self.leads,
+            self.now_us,
+            self.epoch,
+            self.added,
+            self.dirty,
+            self.broken,
+            tuple(e for e in earlier if e.epoch == self.epoch),
         )
+
+    def earlier(self) -> Earlier | None:
+        """Its journal, for the scoring process to take in later (None: nothing to take)."""
+        if self.epoch is None or self.broken or not (self.added or self.dirty):
+            return None
+        return Earlier(self.epoch, self.added, self.dirty, self.broken)
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,20 @@ def store_events(store: Store, items: Sequence[EventInput]) -> Stored:
     assert store.event_cache.max_events == 0
     with store.db.write() as conn:
         return _store(conn, store, items)
+
+
+def store_and_score(store: Store, items: Sequence[EventInput]) -> Stored:
+    """Store events and rescore their leads here, in one transaction (as
+    :meth:`Store.ingest_events`), for a batch too small to be worth a trip to the scoring
+    process. Its journal (:meth:`Stored.earlier`) goes to the scoring process with the next
+    job, so that the lists it keeps stay current through this writer's epoch."""
+    assert store.event_cache.max_events == 0
+    with store.db.write() as conn:
+        stored = _store(conn, store, items)
+        if stored.leads:
+            store.rescore_leads(conn, stored.leads, "event", stored.now_us)
+            _set(conn, SCORED_TO, stored.newest_id)
+    return stored
 
 
 def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Stored:
@@ -140,6 +184,8 @@ def score_job(store: Store, job: ScoreJob) -> Scored:
     after the batch's commit. Its event cache takes the writer's epochs and journals (see
     :func:`leadscore.store.db.writers_epoch`): a lead kept since the writer's epoch began is
     served from memory plus the events the batch added to it."""
+    for e in job.earlier:
+        store.event_cache.take(e.epoch, e.added, e.dirty)
     new: list[NewScore] = []
     with store.db.read() as conn:
         sheets = store.sheets(conn, check=True)

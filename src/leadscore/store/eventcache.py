@@ -31,7 +31,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -225,6 +225,34 @@ class EventCache:
                 evs = evs[: bisect_right(evs, until_us, key=_ts)]
             out[lid] = evs
         return out
+
+    def take(self, epoch: int, added: Mapping[str, Sequence[_Row]], dirty: Iterable[str]) -> None:
+        """A transaction of the writer's cache epoch ``epoch`` (see
+        :func:`leadscore.store.db.writers_epoch`) that this cache did not read through added
+        these events to leads, and changed the events of ``dirty`` otherwise: the lists kept
+        in that epoch grow by the events added (a list they do not simply extend, and one of
+        ``dirty``, is dropped: the next rescoring reads it). Lists of other epochs are checked
+        against the database before use anyway."""
+        gone = set(dirty)
+        with self._lock:
+            entries = self._entries
+            for lid in gone.union(added):
+                entry = entries.get(lid)
+                if entry is None or entry.epoch != epoch:
+                    continue
+                del entries[lid]
+                self._size -= entry.weight
+                rows = added.get(lid)
+                if lid in gone or not rows:
+                    continue
+                grown = _grown(entry, list(rows), entry.count + len(rows), self._types)
+                if grown is None or grown.weight > self.max_events:
+                    continue
+                entries[lid] = replace(grown, epoch=epoch)
+                self._size += grown.weight
+            while self._size > self.max_events and entries:
+                _, out = entries.popitem(last=False)
+                self._size -= out.weight
 
     def load(self, conn: Connection, lead_ids: Sequence[str], types: Sequence[str] | None) -> int:
         """Read the events of ``lead_ids`` (of ``types``, if given) ahead of their rescoring, in
