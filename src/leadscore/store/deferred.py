@@ -65,7 +65,6 @@ class Earlier:
     epoch: int
     added: dict[str, list[Row]]
     dirty: frozenset[str]
-    broken: bool
 
 
 @dataclass(frozen=True)
@@ -113,10 +112,11 @@ class Stored:
         )
 
     def earlier(self) -> Earlier | None:
-        """Its journal, for the scoring process to take in later (None: nothing to take)."""
+        """Its journal, for the scoring process to take in later (None: nothing to take, or
+        a journal that does not say all the transaction changed, which ends the epoch)."""
         if self.epoch is None or self.broken or not (self.added or self.dirty):
             return None
-        return Earlier(self.epoch, self.added, self.dirty, self.broken)
+        return Earlier(self.epoch, self.added, self.dirty)
 
 
 @dataclass(frozen=True)
