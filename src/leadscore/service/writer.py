@@ -424,7 +424,9 @@ def _write_loop(
         scoring process)."""
         try:
             stored = store_and_score(store, [item for _, items in batch for item in items])
-        except Exception:
+        except Exception as e:
+            if not isinstance(e, LeadscoreError):  # else a request's to hear, below
+                log.warning("a small batch failed (%s): its requests are written one by one", e)
             return None
         keep_journal(stored)
         return answer(batch, _split(stored.outcomes, [items for _, items in batch]))

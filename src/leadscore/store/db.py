@@ -68,6 +68,7 @@ _AFTER_COMMIT = "leadscore_after_commit"
 _EPOCH = "leadscore_epoch"  # this write transaction's cache epoch
 _JOURNAL = "leadscore_journal"  # its Journal
 _SEEN = "leadscore_seen"  # (data_version, epoch) at this connection's last commit
+_BORROWED = "leadscore_borrowed"  # a read under another process's epoch (writers_epoch)
 
 log = logging.getLogger("leadscore.store")
 
@@ -200,10 +201,11 @@ def writers_epoch(conn: Connection, epoch: int, journal: Journal) -> Iterator[No
     conn.info[_EPOCH] = epoch
     conn.info[_JOURNAL] = journal
     conn.info[_AFTER_COMMIT] = after
+    conn.info[_BORROWED] = True
     try:
         yield
     finally:
-        for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
+        for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL, _BORROWED):
             conn.info.pop(key, None)
     for action in after:
         action()
@@ -217,12 +219,15 @@ def cache_epoch(conn: Connection) -> int | None:
 
 
 def journaled_epoch(conn: Connection) -> int | None:
-    """The cache epoch of a transaction that keeps a journal (the writer's ingest
-    transactions, or the scoring process's reads under :func:`writers_epoch`), else None.
-    Such transactions change events, leads, scores and what follows from them, never a model
-    version or a trigger: what a transaction of epoch N read of those is current for every
-    other journaled transaction of epoch N, with no need to ask the database again."""
-    return cache_epoch(conn) if journal_of(conn) is not None else None
+    """The cache epoch of a write transaction that keeps a journal (the writer's ingest
+    transactions), else None. Such transactions change events, leads, scores and what follows
+    from them, never a model version or a trigger: what one of epoch N read of those is current
+    for every other of epoch N, with no need to ask the database again. Not for a read under
+    :func:`writers_epoch`: its snapshot may hold another process's commit that the writer has
+    not met yet (the writer's next transaction starts a new epoch for it)."""
+    if conn.info.get(_BORROWED) or journal_of(conn) is None:
+        return None
+    return cache_epoch(conn)
 
 
 def _alembic_config() -> Config:

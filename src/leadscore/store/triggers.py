@@ -323,17 +323,16 @@ class TriggerEngine:
                 .order_by(triggers.c.id)
             )
         ]
-        self._epoch = epoch
-        if rows == self._cache[0]:
-            return self._cache[1]
-        parsed = []
-        for trigger_id, definition in rows:
-            try:
-                parsed.append(TriggerSpec.model_validate(definition))
-            except ValidationError as e:  # stored by an older or newer version: skip, loudly
-                log.warning("trigger %s is not valid and was skipped: %s", trigger_id, e)
-        self._cache = (rows, parsed)
-        return parsed
+        if rows != self._cache[0]:
+            parsed = []
+            for trigger_id, definition in rows:
+                try:
+                    parsed.append(TriggerSpec.model_validate(definition))
+                except ValidationError as e:  # stored by an older or newer version: skip, loudly
+                    log.warning("trigger %s is not valid and was skipped: %s", trigger_id, e)
+            self._cache = (rows, parsed)
+        self._epoch = epoch  # once the cache holds what was read
+        return self._cache[1]
 
     def fire(
         self,
