@@ -15,6 +15,7 @@ import pytest
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import open_database
 from leadscore.store.deferred import (
+    ALONE_EVENTS,
     SCORED_TO,
     STORED_TO,
     Stored,
@@ -327,3 +328,25 @@ def test_batches_written_alone_reach_the_scoring_stores_lists_with_the_next_job(
     assert later.job(1, [journal, old]).earlier == (old,)
     p.finish(later)
     assert_matches_per_lead(writer, ["L1"], clock.now)
+
+
+def test_a_small_batch_for_a_long_history_is_left_to_the_scoring_process(
+    writer: Store, scorer: Store, clock: Clock
+) -> None:
+    """store_and_score reads its leads' events from the database: past ALONE_EVENTS events in
+    all it only stores them (as store_events), and the scoring process scores them."""
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    p.ingest([view(clock, "L1", f"/blog/{i}", 1 + i / 1000) for i in range(ALONE_EVENTS)])
+    clock.advance(seconds=60)
+    short = store_and_score(writer, [view(clock, "L2", "/pricing"), view(clock, "L3", "/blog")])
+    assert short.scored and short.leads == ["L2", "L3"]
+    assert_matches_per_lead(writer, ["L2", "L3"], clock.now)
+    clock.advance(seconds=60)
+    long = store_and_score(writer, [view(clock, "L1", "/pricing")])
+    assert not long.scored and long.leads == ["L1"]
+    assert long.earlier() is not None  # not sent by the writer: this job carries the events
+    p.finish(long)
+    assert p.used[-1]
+    assert_matches_per_lead(writer, ["L1"], clock.now)
+    assert settle(writer) == 0  # the counters agree

@@ -24,7 +24,7 @@ from leadscore.service.errors import ApiError
 from leadscore.service.writer import INLINE_EVENTS, ProcessWriter, _from_wire, _to_wire
 from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
 from leadscore.store.db import open_database
-from leadscore.store.deferred import store_events
+from leadscore.store.deferred import ALONE_EVENTS, store_events
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.schema import events, scores
 from leadscore.store.schema import events as events_table
@@ -477,6 +477,13 @@ def test_small_batches_on_a_quiet_server_are_scored_by_the_ingest_process(tmp_pa
         assert second["unchecked"] - alone["unchecked"] == len(leads)
         assert (second["misses"], second["extended"]) == (alone["misses"], alone["extended"])
         assert_scores_exact(url, leads, events=2 * len(leads) + 6)
+        # a lead with a long history: its single event is scored by the scoring process
+        asyncio.run(w.ingest(forms(["H"] * ALONE_EVENTS, "long-")))
+        before = w.cache_stats()
+        asyncio.run(w.ingest(forms(["H"], "one-")))
+        after = w.cache_stats()
+        assert after["misses"] == before["misses"] and after["unchecked"] > before["unchecked"]
+        assert_scores_exact(url, [*leads, "H"], events=2 * len(leads) + 6 + ALONE_EVENTS + 1)
     finally:
         w.close()
 

@@ -418,18 +418,21 @@ def _write_loop(
             earlier.clear()
             earlier_events = 0
 
-    def alone_now(batch: _Batch) -> bool | None:
+    def alone_now(batch: _Batch) -> tuple[bool | None, Stored | None]:
         """A small batch with none in flight: stored and scored here in one transaction, and
-        answered; None if that transaction failed (the batch is to be written as without the
-        scoring process)."""
+        answered (whether the answers went out); or only stored, its leads' histories being
+        long (that Stored, for the scoring process); or (None, None) if the transaction
+        failed (the batch is to be written as without the scoring process)."""
         try:
             stored = store_and_score(store, [item for _, items in batch for item in items])
         except Exception as e:
             if not isinstance(e, LeadscoreError):  # else a request's to hear, below
                 log.warning("a small batch failed (%s): its requests are written one by one", e)
-            return None
+            return None, None
+        if not stored.scored:
+            return None, stored
         keep_journal(stored)
-        return answer(batch, _split(stored.outcomes, [items for _, items in batch]))
+        return answer(batch, _split(stored.outcomes, [items for _, items in batch])), None
 
     def start(batch: _Batch, stored: Stored | None) -> bool:
         """A batch received: hand it to the scoring process once stored (``stored``: it is
@@ -442,10 +445,11 @@ def _write_loop(
             and not in_flight
             and sum(len(items) for items in jobs) <= inline_events
         ):
-            sent = alone_now(batch)
+            sent, stored = alone_now(batch)
             if sent is not None:
                 return sent
-            # else written below, each request on its own
+            # else stored only (scored below, by the scoring process), or written below, each
+            # request on its own
         elif stored is None and piped():
             try:
                 stored = store_events(store, [item for items in jobs for item in items])

@@ -30,12 +30,20 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
-from leadscore.store.db import Journal, cache_epoch, driver_sql, start_journal, writers_epoch
+from leadscore.store.db import (
+    Journal,
+    cache_epoch,
+    driver_sql,
+    in_list,
+    start_journal,
+    writers_epoch,
+)
 from leadscore.store.keeper import Store
 from leadscore.store.leads import EventInput, ItemOutcome, insert_events, newest_event_id
 from leadscore.store.scores import NewScore, write_scores
 
 __all__ = [
+    "ALONE_EVENTS",
     "Earlier",
     "ScoreJob",
     "Scored",
@@ -95,6 +103,7 @@ class Stored:
     added: dict[str, list[Row]] = field(default_factory=dict)
     dirty: frozenset[str] = frozenset()
     broken: bool = True
+    scored: bool = False  # its leads rescored in the same transaction (store_and_score)
 
     def job(self, seq: int, earlier: Sequence[Earlier] = ()) -> ScoreJob:
         """The scoring process's job; ``earlier``: the journals of transactions written
@@ -138,18 +147,33 @@ def store_events(store: Store, items: Sequence[EventInput]) -> Stored:
         return _store(conn, store, items)
 
 
+# store_and_score rescores here leads with at most this many events in all: it reads them
+# from the database (about 3 us an event), where the scoring process keeps them in memory
+ALONE_EVENTS = 500
+
+
 def store_and_score(store: Store, items: Sequence[EventInput]) -> Stored:
     """Store events and rescore their leads here, in one transaction (as
     :meth:`Store.ingest_events`), for a batch too small to be worth a trip to the scoring
-    process. Its journal (:meth:`Stored.earlier`) goes to the scoring process with the next
-    job, so that the lists it keeps stay current through this writer's epoch."""
+    process: unless its leads have more than :data:`ALONE_EVENTS` events in all, in which case
+    only the events are stored (as :func:`store_events`; ``Stored.scored`` is False) and
+    the scoring process is to score them. The journal of a transaction that scored
+    (:meth:`Stored.earlier`) goes to the scoring process with its next job, so that the lists
+    it keeps stay current through this writer's epoch."""
     assert store.event_cache.max_events == 0
     with store.db.write() as conn:
         stored = _store(conn, store, items)
-        if stored.leads:
+        if stored.leads and _events_of(conn, stored.leads) <= ALONE_EVENTS:
             store.rescore_leads(conn, stored.leads, "event", stored.now_us)
             _set(conn, SCORED_TO, stored.newest_id)
+            stored.scored = True
     return stored
+
+
+def _events_of(conn: Connection, lead_ids: Sequence[str]) -> int:
+    """How many events these leads have (from the index on lead and time)."""
+    q = driver_sql(conn, f"SELECT count(*) FROM events WHERE lead_id IN {in_list(len(lead_ids))}")
+    return int(conn.exec_driver_sql(q, tuple(lead_ids)).scalar_one())
 
 
 def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Stored:
