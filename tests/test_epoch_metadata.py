@@ -6,9 +6,7 @@ transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager
 
 import sqlalchemy as sa
 
@@ -17,6 +15,7 @@ from leadscore.store.db import open_database
 from leadscore.store.schema import scores
 from leadscore.store.triggers import parse_triggers, save_triggers
 from tests.conftest import Clock
+from tests.test_event_cache import statements
 from tests.test_triggers import TINY, event, fired, profile, setup
 
 TRIGGERS = "triggers: [{id: hot, when: {enters_band: hot}, actions: [set_stage: mql]}]"
@@ -27,21 +26,10 @@ triggers:
 """
 
 
-@contextmanager
-def metadata_reads(store: Store) -> Iterator[list[str]]:
+def metadata_reads(store: Store) -> AbstractContextManager[list[str]]:
     """The statements that read the active model versions or the triggers while the block
     runs."""
-    seen: list[str] = []
-
-    def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM model_versions" in statement or "FROM triggers" in statement:
-            seen.append(statement)
-
-    sa.event.listen(store.db.engine, "before_cursor_execute", listen)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+    return statements(store, "FROM model_versions", "FROM triggers")
 
 
 def score_of(store: Store, lead_id: str) -> tuple[float, int]:

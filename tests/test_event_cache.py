@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -231,12 +231,12 @@ def test_large_properties_count_for_more(db_url: str, clock: Clock) -> None:
 
 
 @contextmanager
-def event_reads(store: Store) -> Iterator[list[str]]:
-    """The statements that read leads' events from the database while the block runs."""
+def statements(store: Store, *needles: str) -> Iterator[list[str]]:
+    """The statements holding any of ``needles`` that the store runs while the block runs."""
     seen: list[str] = []
 
     def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM events WHERE lead_id IN" in statement:
+        if any(n in statement for n in needles):
             seen.append(statement)
 
     sa.event.listen(store.db.engine, "before_cursor_execute", listen)
@@ -244,6 +244,11 @@ def event_reads(store: Store) -> Iterator[list[str]]:
         yield seen
     finally:
         sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+
+
+def event_reads(store: Store) -> AbstractContextManager[list[str]]:
+    """The statements that read leads' events from the database while the block runs."""
+    return statements(store, "FROM events WHERE lead_id IN")
 
 
 def test_the_only_writer_rescores_without_reading_the_events_again(
