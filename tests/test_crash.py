@@ -279,9 +279,9 @@ def test_sigkill_keeps_every_pending_webhook(db_url: str, tmp_path: Path) -> Non
 
 
 def test_serve_refuses_a_request_with_oversized_headers(tmp_path: Path) -> None:
-    """`leadscore serve` parses HTTP with h11, which refuses headers that outgrow its buffer
-    (httptools, which uvicorn would take where installed, reads any size into memory): 2 MB
-    of headers get no answer but an error or a closed connection, and the server serves on."""
+    """`leadscore serve` parses HTTP with httptools under a bound on request heads
+    (leadscore.service.http; httptools alone reads any size into memory): 2 MB of headers get
+    no answer but an error or a closed connection, and the server serves on."""
     port = free_port()
     proc = start_server(f"sqlite:///{tmp_path / 'store.db'}", port, tmp_path)
     try:

@@ -179,6 +179,7 @@ def run_demo_server(
     import uvicorn
 
     from leadscore.service import Settings
+    from leadscore.service.http import BoundedHttpTools
     from leadscore.ui import create_app
 
     check_port_free("127.0.0.1", port)
@@ -197,7 +198,7 @@ def run_demo_server(
     store.listener = _announce(say, store.listener)
     app = create_app(Settings(db=str(db), no_auth=True, rescore_interval=600), store=store)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=BoundedHttpTools)
     )
     stop = threading.Event()
     streamer = threading.Thread(

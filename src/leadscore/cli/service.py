@@ -194,6 +194,7 @@ def serve(
     """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
     import uvicorn
 
+    from leadscore.service.http import BoundedHttpTools
     from leadscore.service.state import ENV_SETTINGS, Settings
 
     if no_auth and not _loopback(host):
@@ -231,9 +232,8 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
-        # h11, not httptools even where it is installed: h11 refuses a request whose headers
-        # outgrow its buffer, httptools reads headers of any size into memory
-        http="h11",
+        # httptools, with a bound on request heads (leadscore.service.http)
+        http=BoundedHttpTools,
     )
 
 
