@@ -27,18 +27,20 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import os
+import pickle
 import queue
 import signal
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Connection
 
@@ -126,16 +128,40 @@ def _split(outcomes: list[ItemOutcome], jobs: Sequence[Sequence[EventInput]]) ->
 @dataclass
 class _Job:
     items: list[EventInput]
-    done: Future[list[ItemOutcome]] = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop  # the request's, which awaits ``done``
+    done: asyncio.Future[list[ItemOutcome]]
+
+    @classmethod
+    def here(cls, items: list[EventInput]) -> _Job:
+        """A job awaited in the running event loop."""
+        loop = asyncio.get_running_loop()
+        return cls(items, loop, loop.create_future())
 
 
 def _settle(job: _Job, result: Outcome) -> None:
-    if job.done.done():  # the request was cancelled (a client gone, a shutdown): no one waits
+    """Answer a job, from any thread: at once in its loop's own thread, else through it."""
+    if _running_loop() is job.loop:
+        _resolve(job.done, result)
+        return
+    # its loop closed (asyncio.run over, the request given up): no one waits
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(_resolve, job.done, result)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _resolve(done: asyncio.Future[list[ItemOutcome]], result: Outcome) -> None:
+    if done.done():  # the request was cancelled (a client gone, a shutdown): no one waits
         return
     if isinstance(result, BaseException):
-        job.done.set_exception(result)
+        done.set_exception(result)
     else:
-        job.done.set_result(result)
+        done.set_result(result)
 
 
 class IngestWriter:
@@ -150,9 +176,9 @@ class IngestWriter:
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
         """Store and rescore ``items``; their outcomes once they are committed."""
-        job = _Job(items)
+        job = _Job.here(items)
         self._jobs.put(job)
-        return await asyncio.wrap_future(job.done)
+        return await job.done
 
     def cache_stats(self) -> dict[str, int]:
         """The statistics of the event cache that rescoring after ingest uses."""
@@ -535,8 +561,48 @@ def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+# multiprocessing's framing of a message on a pipe (Connection.send_bytes / recv_bytes): a
+# 4-byte big-endian signed length, or -1 and an 8-byte length for 2 GiB and more
+_SHORT = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+READ_BYTES = 1 << 20  # read from the answers' pipe at once, at most
+
+
+def _frame(message: object) -> bytes:
+    """``message`` as ``Connection.send`` would write it (``Connection.recv`` reads it)."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(body) > 0x7FFFFFFF:
+        return _SHORT.pack(-1) + _LONG.pack(len(body)) + body
+    return _SHORT.pack(len(body)) + body
+
+
+def _unframe(buffer: bytearray) -> object | None:
+    """The first whole message in ``buffer`` (taken out of it), or None if none is whole."""
+    if len(buffer) < _SHORT.size:
+        return None
+    (size,) = _SHORT.unpack_from(buffer)
+    start = _SHORT.size
+    if size == -1:
+        if len(buffer) < start + _LONG.size:
+            return None
+        (size,) = _LONG.unpack_from(buffer, start)
+        start += _LONG.size
+    if len(buffer) < start + size:
+        return None
+    message: object = pickle.loads(bytes(buffer[start : start + size]))
+    del buffer[: start + size]
+    return message
+
+
 class _Child:
-    """One ingest process, the pipes to it, and the requests it has not answered yet."""
+    """One ingest process, the pipes to it, and the requests it has not answered yet.
+
+    Its pipes are read and written by an event loop (``bind``), without blocking and without
+    a thread between a request and the pipe: a request's events are written by the loop
+    that received it (what the pipe cannot take yet is written as it drains), and the answers
+    are read by that loop as they arrive. Everything below but ``stop`` runs in the thread of
+    the loop bound.
+    """
 
     def __init__(
         self,
@@ -576,14 +642,16 @@ class _Child:
         if to_scorer is not None:
             to_scorer.close()
         self._pending: dict[int, _Job] = {}
-        self._lock = threading.Lock()
+        self._next_id = 0
+        self._out = bytearray()  # framed requests the pipe has not taken yet
+        self._in = bytearray()  # answers' bytes read, not yet a whole message
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop doing the pipe I/O
+        self._writing = False  # the loop waits for the pipe to drain
         self.alive = True
         self.stats: dict[str, int] = {}
         self._wait_ready()
-        self._receiver = threading.Thread(
-            target=self._receive, name="leadscore-ingest-answers", daemon=True
-        )
-        self._receiver.start()
+        os.set_blocking(self._jobs_out.fileno(), False)
+        os.set_blocking(self._results_in.fileno(), False)
 
     def _wait_ready(self) -> None:
         try:
@@ -612,37 +680,94 @@ class _Child:
             raise StoreError(f"the ingest process could not open the store: {detail}")
         self.stats = detail
 
-    def send(self, jid: int, job: _Job) -> None:
-        with self._lock:
-            if not self.alive:
-                _settle(job, _unavailable("the ingest process stopped: send the events again"))
-                return
-            self._pending[jid] = job
-        # should the process have ended, the receiver reads whatever it answered first, then
-        # fails the rest (this job among them) at the end of the pipe
-        with contextlib.suppress(OSError):
-            self._jobs_out.send((jid, job.items))
+    def bind(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Have ``loop`` (the one running in this thread) do the pipe I/O from now on, unless
+        another loop still runs and does (False). A process found ended is marked gone."""
+        if self.loop is loop:
+            return True
+        old = self.loop
+        if old is not None and not old.is_closed():
+            if old.is_running():
+                return False
+            self._unwatch()  # a loop stopped for good (not closed): its requests are over
+        self.loop = loop
+        if self.process.exitcode is not None:  # ended while no loop watched its pipe
+            self._gone()
+            return True
+        loop.add_reader(self._results_in.fileno(), self._readable)
+        if self._out:
+            self._flush()
+        return True
 
-    def _receive(self) -> None:
-        while True:
-            try:
-                answer, stats = self._results_in.recv()
-            except (EOFError, OSError):
-                self._gone()
-                return
-            self.stats = stats
+    def submit(self, job: _Job) -> bool:
+        """Send ``job``'s events (in the bound loop's thread); False if the process had ended
+        before they could go (they did not: the job may be sent to another one)."""
+        if not self.alive:
+            return False
+        self._next_id += 1
+        jid = self._next_id
+        if not self._out and self.process.exitcode is not None:
+            self._gone()
+            return False
+        self._pending[jid] = job
+        self._out += _frame((jid, job.items))
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Write what the pipe takes; wait for it to drain for the rest."""
+        fd = self._jobs_out.fileno()
+        try:
+            while self._out:
+                del self._out[: os.write(fd, self._out)]
+        except BlockingIOError:
+            pass
+        except OSError:  # the process ended: its requests hear so (_gone)
+            self._gone()
+            return
+        assert self.loop is not None
+        if self._out and not self._writing:
+            self.loop.add_writer(fd, self._flush)
+            self._writing = True
+        elif not self._out and self._writing:
+            self.loop.remove_writer(fd)
+            self._writing = False
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._results_in.fileno(), READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the process ended
+            self._gone()
+            return
+        self._in += data
+        while (message := _unframe(self._in)) is not None:
+            answer, self.stats = cast(tuple[list[tuple[int, _Wire]], dict[str, int]], message)
             for jid, result in answer:
-                with self._lock:
-                    job = self._pending.pop(jid, None)
+                job = self._pending.pop(jid, None)
                 if job is not None:
                     _settle(job, _from_wire(result))
+
+    def _unwatch(self) -> None:
+        """No loop does this child's pipe I/O any more."""
+        loop, self.loop = self.loop, None
+        if loop is None or loop.is_closed():
+            return
+        loop.remove_reader(self._results_in.fileno())
+        if self._writing:
+            loop.remove_writer(self._jobs_out.fileno())
+            self._writing = False
 
     def _gone(self) -> None:
         """The process ended: the requests it had not answered hear so (their events may or
         may not be stored; sending them again with their ids is safe)."""
-        with self._lock:
-            self.alive = False
-            pending, self._pending = self._pending, {}
+        self.alive = False
+        self._unwatch()
+        pending, self._pending = self._pending, {}
+        self._out.clear()
         for job in pending.values():
             _settle(
                 job,
@@ -653,7 +778,13 @@ class _Child:
             )
 
     def stop(self) -> None:
+        """Stop the process (after the requests sent) and close the pipes (``detach``
+        first)."""
+        self.alive = False
         with contextlib.suppress(OSError):
+            os.set_blocking(self._jobs_out.fileno(), True)
+            while self._out:
+                del self._out[: os.write(self._jobs_out.fileno(), self._out)]
             self._jobs_out.send(None)
         self.process.join(timeout=STOP_SECONDS)
         if self.process.is_alive():
@@ -661,7 +792,6 @@ class _Child:
             self.process.kill()
             self.process.join()
         self._jobs_out.close()
-        self._receiver.join(timeout=5)
         self._results_in.close()
         if self.scorer is not None:  # ends once the ingest process has
             self.scorer.join(timeout=5)
@@ -669,13 +799,34 @@ class _Child:
                 self.scorer.kill()
                 self.scorer.join()
 
+    def detach(self) -> None:
+        """No loop does the pipe I/O any more (before ``stop``, from any thread)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        if _running_loop() is loop or not loop.is_running():
+            self._unwatch()
+            return
+        done = threading.Event()
+
+        def off() -> None:
+            self._unwatch()
+            done.set()
+
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(off)
+            done.wait(STOP_SECONDS)
+
 
 class ProcessWriter:
     """Writes the events of every request in an ingest process of its own (started here, and
     again should it end; after a start that failed, requests hear 503 at once until a back-off
     of 1 s, doubling with each failure up to a minute, is over), in batches
     of up to ``max_items``. The store at ``db`` must be a file or a server: an in-memory
-    database exists only in the process that opened it."""
+    database exists only in the process that opened it.
+
+    The event loop of the requests talks to the ingest process itself (``_Child``); a thread
+    of its own starts the process again when it has ended, which takes a while."""
 
     def __init__(
         self,
@@ -692,16 +843,17 @@ class ProcessWriter:
         scoring = scoring_process and database_url(db).startswith("sqlite")
         self._args = (db, durable, cached_events, max_items, scoring, inline_events)
         self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
+        # requests for the thread that starts the ingest process again
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._next_id = 0
         # after a failed start of the ingest process: seconds waited, until when, and why
         self._backoff = 0.0
         self._retry_at = 0.0
         self._start_error = ""
-        self._sender = threading.Thread(
-            target=self._send, name="leadscore-ingest-send", daemon=True
+        self._closed = False
+        self._restarter = threading.Thread(
+            target=self._restart, name="leadscore-ingest-restart", daemon=True
         )
-        self._sender.start()
+        self._restarter.start()
 
     @property
     def pid(self) -> int | None:
@@ -710,20 +862,43 @@ class ProcessWriter:
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
         """Store and rescore ``items``; their outcomes once they are committed."""
-        job = _Job(items)
+        job = _Job.here(items)
+        if self._closed:
+            raise _unavailable("the server is stopping: send the events again")
+        self._submit(job)
+        return await job.done
+
+    def _submit(self, job: _Job) -> None:
+        """Hand ``job`` to the ingest process (in its loop's thread): through the loop doing
+        the pipe I/O, or to the thread that starts a process if none is there."""
+        child = self._child
+        if child.alive and child.bind(job.loop):
+            if child.submit(job):
+                return
+        elif child.alive and child.loop is not None:  # another loop does the pipe I/O
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: the thread, below
+                child.loop.call_soon_threadsafe(self._submit_there, child, job)
+                return
         self._jobs.put(job)
-        return await asyncio.wrap_future(job.done)
+
+    def _submit_there(self, child: _Child, job: _Job) -> None:
+        """``job`` of another loop, sent by the loop doing ``child``'s pipe I/O."""
+        if not child.submit(job):
+            self._jobs.put(job)
 
     def cache_stats(self) -> dict[str, int]:
         """The ingest process's event cache, as of its last answer."""
         return dict(self._child.stats)
 
     def close(self) -> None:
+        self._closed = True
+        self._child.detach()
         self._jobs.put(None)
-        self._sender.join(timeout=STOP_SECONDS + 10)
+        self._restarter.join(timeout=STOP_SECONDS + 10)
 
-    def _send(self) -> None:
-        # One thread sends, so that a request never waits on the pipe inside the event loop.
+    def _restart(self) -> None:
+        # Requests that found the ingest process ended: start another (blocking, up to a
+        # minute), then hand them back to their loops.
         while True:
             job = self._jobs.get()
             if job is None:
@@ -757,5 +932,5 @@ class ProcessWriter:
                 if self._start_error:
                     log.warning("the ingest process started again")
                 self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
-            self._next_id += 1
-            self._child.send(self._next_id, job)
+            with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
+                job.loop.call_soon_threadsafe(self._submit, job)
