@@ -5,6 +5,7 @@ committed; its failures heard by the requests it had not answered; replaced when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -315,6 +316,43 @@ def test_requests_larger_than_the_pipe_never_block_the_event_loop(writer: Proces
     for answer in answers:
         assert len(answer) == 1000 and {o.status for o in answer} == {"accepted"}
     assert writer.pid == pid
+
+
+def test_a_request_given_up_while_the_pipe_is_full_is_still_sent_whole(
+    writer: ProcessWriter, db_url: str
+) -> None:
+    """A large request waits for the pipe (the ingest process stopped) and its event loop ends
+    (asyncio.run over): the next request's loop writes the rest of it, so the process reads
+    both whole, and both are stored."""
+    asyncio.run(writer.ingest(page_views(["E0"], "e-")))
+    pid = writer.pid
+    assert pid is not None
+    pad = "x" * 1000
+    big = [
+        EventInput("page_view", now_us(), "E1", properties={"pad": pad}, message_id=f"big{i}")
+        for i in range(1000)
+    ]
+
+    async def give_up() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(writer.ingest(big), 0.3)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asyncio.run(give_up())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    outcomes = asyncio.run(writer.ingest(page_views(["E2"], "after-")))
+    assert [o.status for o in outcomes] == ["accepted"] and writer.pid == pid
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            stored = conn.execute(
+                sa.select(sa.func.count()).where(events_table.c.lead_id == "E1")
+            ).scalar_one()
+    finally:
+        store.db.dispose()
+    assert stored == 1000
 
 
 def test_a_request_from_a_second_event_loop_goes_through_the_first(

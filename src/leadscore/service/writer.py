@@ -568,12 +568,16 @@ _LONG = struct.Struct("!Q")
 READ_BYTES = 1 << 20  # read from the answers' pipe at once, at most
 
 
-def _frame(message: object) -> bytes:
+def _frame(message: object) -> list[memoryview]:
     """``message`` as ``Connection.send`` would write it (``Connection.recv`` reads it)."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     if len(body) > 0x7FFFFFFF:
-        return _SHORT.pack(-1) + _LONG.pack(len(body)) + body
-    return _SHORT.pack(len(body)) + body
+        head = _SHORT.pack(-1) + _LONG.pack(len(body))
+    else:
+        head = _SHORT.pack(len(body))
+    if len(body) < 16384:  # one write, as Connection.send does
+        return [memoryview(head + body)]
+    return [memoryview(head), memoryview(body)]
 
 
 def _unframe(buffer: bytearray) -> object | None:
@@ -589,7 +593,7 @@ def _unframe(buffer: bytearray) -> object | None:
         start += _LONG.size
     if len(buffer) < start + size:
         return None
-    message: object = pickle.loads(bytes(buffer[start : start + size]))
+    message: object = pickle.loads(buffer[start : start + size])
     del buffer[: start + size]
     return message
 
@@ -643,7 +647,7 @@ class _Child:
             to_scorer.close()
         self._pending: dict[int, _Job] = {}
         self._next_id = 0
-        self._out = bytearray()  # framed requests the pipe has not taken yet
+        self._out: deque[memoryview] = deque()  # framed requests the pipe has not taken yet
         self._in = bytearray()  # answers' bytes read, not yet a whole message
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop doing the pipe I/O
         self._writing = False  # the loop waits for the pipe to drain
@@ -686,10 +690,10 @@ class _Child:
         if self.loop is loop:
             return True
         old = self.loop
-        if old is not None and not old.is_closed():
-            if old.is_running():
+        if old is not None:
+            if not old.is_closed() and old.is_running():
                 return False
-            self._unwatch()  # a loop stopped for good (not closed): its requests are over
+            self._unwatch()  # a loop closed or stopped for good: its requests are over
         self.loop = loop
         if self.process.exitcode is not None:  # ended while no loop watched its pipe
             self._gone()
@@ -710,16 +714,21 @@ class _Child:
             self._gone()
             return False
         self._pending[jid] = job
-        self._out += _frame((jid, job.items))
+        self._out.extend(_frame((jid, job.items)))
         self._flush()
         return True
 
     def _flush(self) -> None:
         """Write what the pipe takes; wait for it to drain for the rest."""
         fd = self._jobs_out.fileno()
+        out = self._out
         try:
-            while self._out:
-                del self._out[: os.write(fd, self._out)]
+            while out:
+                written = os.write(fd, out[0])
+                if written < len(out[0]):
+                    out[0] = out[0][written:]
+                    break
+                out.popleft()
         except BlockingIOError:
             pass
         except OSError:  # the process ended: its requests hear so (_gone)
@@ -754,12 +763,12 @@ class _Child:
     def _unwatch(self) -> None:
         """No loop does this child's pipe I/O any more."""
         loop, self.loop = self.loop, None
-        if loop is None or loop.is_closed():
+        writing, self._writing = self._writing, False
+        if loop is None or loop.is_closed():  # a closed loop watches nothing
             return
         loop.remove_reader(self._results_in.fileno())
-        if self._writing:
+        if writing:
             loop.remove_writer(self._jobs_out.fileno())
-            self._writing = False
 
     def _gone(self) -> None:
         """The process ended: the requests it had not answered hear so (their events may or
@@ -782,9 +791,12 @@ class _Child:
         first)."""
         self.alive = False
         with contextlib.suppress(OSError):
-            os.set_blocking(self._jobs_out.fileno(), True)
+            fd = self._jobs_out.fileno()
+            os.set_blocking(fd, True)
             while self._out:
-                del self._out[: os.write(self._jobs_out.fileno(), self._out)]
+                chunk = self._out.popleft()
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk) :]
             self._jobs_out.send(None)
         self.process.join(timeout=STOP_SECONDS)
         if self.process.is_alive():
