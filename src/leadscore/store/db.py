@@ -274,10 +274,12 @@ class Database:
                     yield conn
                 finally:
                     conn.info.pop(_AFTER_COMMIT, None)
-            for action in after:
-                action()
+            self._after_commit(after)
             return
         with self._lock:
+            # started before the transaction: nothing after its commit may fail the write
+            if self._checkpoints and self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self)
             conn = self._writer_connection()
             conn.info[_AFTER_COMMIT] = after
             try:
@@ -293,24 +295,34 @@ class Database:
             finally:
                 for key in (_AFTER_COMMIT, _EPOCH, _JOURNAL):
                     conn.info.pop(key, None)
-            if self._checkpoints:
-                if self._checkpointer is None:
-                    self._checkpointer = _Checkpointer(self)
+            if self._checkpointer is not None:
                 self._checkpointer.wrote()
             try:
                 # the caches brought up to date before the next writer of this process starts
-                for action in after:
-                    action()
-                if version is not None:
+                if self._after_commit(after) and version is not None:
                     self._close_epoch(conn, version, journal)
-            except BaseException:  # the caches may be part way: trust none of them
-                self.epoch += 1
-                raise
             finally:
                 if self.in_memory:  # one connection per thread: not kept
                     self._drop_writer()
                 elif conn.in_transaction():  # an action that ran a statement
                     conn.rollback()
+
+    def _after_commit(self, actions: list[Callable[[], None]]) -> bool:
+        """Run a committed transaction's after-commit actions (cache updates). One that fails
+        does not fail the write, which stands committed (its caller would take it for not
+        written, and write it again): it is logged, and the caches of this process are
+        trusted no more (a new epoch). Whether all ran."""
+        try:
+            for action in actions:
+                action()
+        except Exception:
+            self.epoch += 1
+            log.exception("updating the caches after a commit failed: they are read again")
+            return False
+        except BaseException:
+            self.epoch += 1
+            raise
+        return True
 
     def _writer_connection(self) -> Connection:
         """SQLite: the connection every write of this Database goes through (under the write
