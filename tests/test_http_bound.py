@@ -3,6 +3,7 @@ request's line and headers, and no bound on what is not head (bodies, requests i
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
-from leadscore.service.http import MAX_HEAD_BYTES, BoundedHttpTools
+from leadscore.service.http import MAX_HEAD_BYTES, MAX_PIPELINED, BoundedHttpTools
 from tests.webhook_receiver import free_port
 
 
@@ -145,3 +147,135 @@ def test_heads_of_many_requests_on_one_connection_are_counted_each_on_its_own(po
         s.sendall(request("/", headers, b"q" * 400_000) + request("/", headers, b"r"))
         answers = read_answers(s, 2)
     assert [a.split(b" | ")[1].split()[0] for a in answers] == [b"400000", b"1"]
+
+
+# --- the protocol on its own, fed reads by hand ----------------------------------------------
+
+
+class FakeTransport:
+    """What the protocol writes, and whether it closed or paused the connection."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+READ = 16384  # bytes a read brings in these tests
+
+
+def feed_until_closed(
+    protocol: BoundedHttpTools, transport: FakeTransport, start: bytes, filler: bytes
+) -> int:
+    """Feed ``start``, then ``filler`` a read at a time, until the connection is closed (at
+    most 32 MB); the bytes fed by then."""
+    protocol.data_received(start)
+    fed = len(start)
+    while not transport.closed and fed < 32 * 1024 * 1024:
+        protocol.data_received(filler)
+        fed += len(filler)
+    return fed
+
+
+def with_protocol(check: Any) -> None:
+    """Run ``check(protocol, transport)`` inside an event loop (the app's tasks need one)."""
+
+    async def main() -> None:
+        config = uvicorn.Config(echo_app, log_level="error", http=BoundedHttpTools)
+        config.load()
+        protocol = BoundedHttpTools(config, ServerState(), {})
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        check(protocol, transport)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def test_a_header_line_that_never_ends_is_cut_off_near_the_bound() -> None:
+    def check(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        fed = feed_until_closed(protocol, transport, b"GET / HTTP/1.1\r\nX-Endless: ", b"x" * READ)
+        assert fed <= MAX_HEAD_BYTES + 2 * READ
+        assert transport.written.startswith(b"HTTP/1.1 431")
+
+    with_protocol(check)
+
+
+def test_many_small_headers_are_counted_as_they_are_parsed() -> None:
+    def check(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        lines = b"".join(b"h%d: v\r\n" % i for i in range(2000))  # every read ends lines
+        fed = feed_until_closed(protocol, transport, b"GET / HTTP/1.1\r\n", lines)
+        assert fed <= MAX_HEAD_BYTES + len(lines) + 100
+        assert len(protocol.headers) * 6 <= MAX_HEAD_BYTES + 100
+        assert transport.written.startswith(b"HTTP/1.1 431")
+
+    with_protocol(check)
+
+
+def test_trailers_count_against_the_bound() -> None:
+    """Chunked trailers are headers too: lines of them without end, or one that never ends,
+    close the connection (no 431: the request is being answered already)."""
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+
+    def many(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        fed = feed_until_closed(protocol, transport, head, b"a: b\r\n" * (READ // 6))
+        assert fed <= MAX_HEAD_BYTES + 2 * READ
+        assert len(protocol.headers) <= MAX_HEAD_BYTES // 6
+
+    def endless(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        fed = feed_until_closed(protocol, transport, head + b"X-Trailer: ", b"t" * READ)
+        assert fed <= MAX_HEAD_BYTES + 3 * READ
+
+    with_protocol(many)
+    with_protocol(endless)
+
+
+def test_pipelined_requests_are_bounded() -> None:
+    """Requests read ahead of the one being answered: more than MAX_PIPELINED in one read
+    closes the connection; fewer are kept, and reading pauses until they are answered."""
+
+    def flood(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 1000)
+        assert transport.closed and len(protocol.pipeline) <= MAX_PIPELINED
+        assert not transport.written.startswith(b"HTTP/1.1 431")  # the first is being answered
+
+    def few(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 5)
+        assert not transport.closed and len(protocol.pipeline) == 4
+        assert not transport.reading
+        protocol.on_response_complete()  # the first answered: the next starts, still paused
+        assert len(protocol.pipeline) == 3 and not transport.reading
+
+    with_protocol(flood)
+    with_protocol(few)
+
+
+def test_bodies_do_not_count_against_the_bound() -> None:
+    def check(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
+        body = 5 * MAX_HEAD_BYTES
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % body)
+        for _ in range(body // READ):
+            protocol.data_received(b"b" * READ)
+        assert not transport.closed
+
+    with_protocol(check)

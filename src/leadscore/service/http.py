@@ -1,11 +1,10 @@
-"""The HTTP parser ``leadscore serve`` runs under uvicorn: httptools, with a bound on headers.
+"""The HTTP parser ``leadscore serve`` runs under uvicorn: httptools, with bounds.
 
-httptools (llhttp, in C) parses a request in a fraction of h11's time, which is most of what
-a single-event POST costs the server process (docs/benchmarks.md). But it keeps a request's
-URL and headers in memory whatever their size, where h11 refuses a request whose head
-outgrows its buffer. :class:`BoundedHttpTools` restores the bound: a connection that sends
-more than ``MAX_HEAD_BYTES`` of request line and headers hears 431 and is closed, so a client
-cannot make the server hold more than that (and one read's worth) for it.
+httptools (llhttp, in C) parses a request in a fraction of h11's time, which is much of what
+a single-event POST costs the server process (docs/benchmarks.md). But under uvicorn it keeps
+a request's URL, headers and trailers in memory whatever their size, and parses every
+pipelined request of a read at once, where h11 refuses a head that outgrows its buffer and
+takes requests one at a time. :class:`BoundedHttpTools` restores bounds on both.
 """
 
 from __future__ import annotations
@@ -19,24 +18,31 @@ from uvicorn.server import ServerState
 
 __all__ = ["MAX_HEAD_BYTES", "BoundedHttpTools"]
 
-# request line and headers of one request, at most (h11's buffer, which uvicorn uses
-# otherwise, is 16 KiB; this counts in whole reads, so it is given room above that)
+# request line and headers (and trailers) of one request, at most (h11's buffer, which uvicorn
+# uses otherwise, is 16 KiB)
 MAX_HEAD_BYTES = 64 * 1024
+# requests read ahead of the one being answered on a connection (HTTP pipelining), at most
+MAX_PIPELINED = 32
 
 
-class _HeadTooLarge(Exception):
+class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request (httptools hands it
     back to uvicorn as a parser error, whose 400 the protocol then leaves unsent)."""
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing heads larger than ``MAX_HEAD_BYTES`` with 431.
+    """uvicorn's httptools protocol, with bounds on what a connection can make it hold.
 
-    A head that ends is measured once parsed (its URL and headers). One that has not ended yet
-    is measured in whole reads: a read that arrives while the connection waits for (or reads)
-    a request's head, and does not finish it, counts in full; so a head that never ends is cut
-    off once the reads that carried it pass the bound, and the server never holds more than
-    the bound and one read (up to 256 KiB under asyncio) of it.
+    - A request's URL and headers (and chunked trailers) are counted as they are parsed: past
+      ``MAX_HEAD_BYTES`` the request hears 431 and the connection is closed.
+    - What httptools keeps before it has parsed a whole URL, header or trailer line is bounded
+      by counting reads: a read that carries no body and ends no head and no request counts
+      in full, and once such reads in a row pass ``MAX_HEAD_BYTES`` the connection is refused
+      the same way. So a line that never ends is cut off, and the server holds at most the
+      bound and two reads (up to 256 KiB each under asyncio) of it.
+    - Requests pipelined behind the one being answered: reading pauses until they are
+      answered (uvicorn resumes it after each response), and a read that brings more than
+      ``MAX_PIPELINED`` of them closes the connection.
     """
 
     def __init__(
@@ -47,50 +53,84 @@ class BoundedHttpTools(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._in_head = True  # waiting for, or reading, a request's line and headers
-        self._head_bytes = 0  # of the head under way, in the reads before the current one
-        self._boundary = False  # a head or a request ended within the current read
+        self._head_bytes = 0  # URL and header lines of the request being parsed
+        self._idle_bytes = 0  # of the reads in a row that made no progress
+        self._progress = False  # the current read carried body, or ended a head or request
         self._refused = False
 
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > MAX_HEAD_BYTES:
-            self._refuse_head()
-            raise _HeadTooLarge
-        self._in_head, self._head_bytes, self._boundary = False, 0, True
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse()
+        self._progress = True
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._progress = True
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        self._in_head, self._head_bytes, self._boundary = True, 0, True
+        self._progress = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.pipeline and not self.transport.is_closing():
+            # uvicorn resumed reading: not while requests read ahead still wait
+            self.flow.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        was_in_head = self._in_head
-        self._boundary = False
+        self._progress = False
         super().data_received(data)
-        if was_in_head and self._in_head and not self._boundary and not self._refused:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse_head()
+        if self._refused:
+            return
+        if self._progress:
+            self._idle_bytes = 0
+        else:
+            self._idle_bytes += len(data)
+            if self._idle_bytes > MAX_HEAD_BYTES:
+                self._refuse(raised=False)
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # else the parser stopped at a refused head: 431 was sent
+        if not self._refused:  # else the parser stopped at a refused request: answered
             super().send_400_response(msg)
 
-    def _refuse_head(self) -> None:
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse()
+
+    def _refuse(self, raised: bool = True) -> None:
+        """Close the connection: with a 431 unless an earlier request on it is still being
+        answered (the 431 would be taken for that request's answer)."""
         self._refused = True
-        message = b"request line and headers over %d bytes" % MAX_HEAD_BYTES
-        self.transport.write(
-            b"".join(
-                [
-                    STATUS_LINE[431],
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(message),
-                    b"connection: close\r\n\r\n",
-                    message,
-                ]
+        busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if not busy:
+            message = b"request line and headers over %d bytes" % MAX_HEAD_BYTES
+            self.transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[431],
+                        b"content-type: text/plain; charset=utf-8\r\n",
+                        b"content-length: %d\r\n" % len(message),
+                        b"connection: close\r\n\r\n",
+                        message,
+                    ]
+                )
             )
-        )
         self.transport.close()
+        if raised:
+            raise _Refused
