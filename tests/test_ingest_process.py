@@ -108,7 +108,9 @@ def test_concurrent_requests_are_stored_and_scored_by_the_ingest_process(
 
     assert_scores_exact(db_url, ["P0", "P19", "SHARED"], events=60)
     stats = writer.cache_stats()
-    assert stats["leads"] == 21 and stats["misses"] >= 21
+    # on SQLite the first request may find none in flight and be scored by the ingest process
+    # itself (its lead then not kept by the scoring process, whose cache this is)
+    assert stats["leads"] in (20, 21) and stats["misses"] >= 21
 
 
 def test_a_killed_ingest_process_fails_the_requests_it_held_and_is_replaced(
@@ -381,6 +383,60 @@ def test_a_request_from_a_second_event_loop_goes_through_the_first(
     # the first loop is closed: the next request's loop takes the pipes over
     assert asyncio.run(writer.ingest(page_views(["D2"], "d4-")))[0].status == "accepted"
     assert writer._child.loop is not loop
+
+
+def test_a_request_waiting_on_a_loop_that_ends_is_answered_through_its_own(
+    writer: ProcessWriter,
+) -> None:
+    """A request handed to another thread's loop (which does the pipe I/O) whose loop ends
+    before the answer comes: the request's own loop takes the pipes over and reads it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(writer.ingest(page_views(["F1"], "f1-")), loop).result(30)
+    pid = writer.pid
+    assert pid is not None
+
+    async def stranded() -> list[ItemOutcome]:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(writer.ingest(page_views(["F2"], "f2-")))
+            await asyncio.sleep(0.3)  # written by the other loop, not answered
+            assert writer._child.loop is loop and not task.done()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return await asyncio.wait_for(task, 30)
+
+    assert [o.status for o in asyncio.run(stranded())] == ["accepted"]
+
+
+def test_close_answers_the_requests_sent_before_it(db_url: str) -> None:
+    """close() (the server's shutdown) lets the ingest process answer what it was sent; what
+    it could not answer hears 503, and nothing waits forever."""
+    store = Store(open_database(db_url))
+    store.ensure_a_model()
+    store.db.dispose()
+    w = ProcessWriter(db_url, durable=False, cached_events=0)
+    pid = w.pid
+    assert pid is not None
+
+    async def close_while_held() -> tuple[list[ItemOutcome], ApiError]:
+        os.kill(pid, signal.SIGSTOP)
+        task = asyncio.ensure_future(w.ingest(page_views(["C1", "C2"], "c-")))
+        await asyncio.sleep(0.3)
+        threading.Timer(0.5, os.kill, (pid, signal.SIGCONT)).start()
+        w.close()  # in the loop, as the server's lifespan does
+        answered = await asyncio.wait_for(task, 30)
+        with pytest.raises(ApiError) as info:
+            await asyncio.wait_for(w.ingest(page_views(["C3"], "late-")), 30)
+        return answered, info.value
+
+    answered, late = asyncio.run(close_while_held())
+    assert [o.status for o in answered] == ["accepted", "accepted"]
+    assert late.status == 503 and "stopping" in late.message
 
 
 def test_sigterm_ends_an_idle_ingest_process_and_the_next_request_starts_another(

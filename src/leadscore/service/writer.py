@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import threading
@@ -130,6 +131,7 @@ class _Job:
     items: list[EventInput]
     loop: asyncio.AbstractEventLoop  # the request's, which awaits ``done``
     done: asyncio.Future[list[ItemOutcome]]
+    sent: bool = False  # queued for the ingest process's pipe (ProcessWriter)
 
     @classmethod
     def here(cls, items: list[EventInput]) -> _Job:
@@ -566,6 +568,8 @@ def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 READ_BYTES = 1 << 20  # read from the answers' pipe at once, at most
+# a request handed to another thread's event loop: how often to check that loop still runs
+WATCH_SECONDS = 0.5
 
 
 def _frame(message: object) -> list[memoryview]:
@@ -652,6 +656,7 @@ class _Child:
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop doing the pipe I/O
         self._writing = False  # the loop waits for the pipe to drain
         self.alive = True
+        self._stopped = False
         self.stats: dict[str, int] = {}
         self._wait_ready()
         os.set_blocking(self._jobs_out.fileno(), False)
@@ -715,6 +720,7 @@ class _Child:
             return False
         self._pending[jid] = job
         self._out.extend(_frame((jid, job.items)))
+        job.sent = True
         self._flush()
         return True
 
@@ -743,22 +749,30 @@ class _Child:
             self._writing = False
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._results_in.fileno(), READ_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # the process ended
+        if not self._read_answers(all_there=False):  # the process ended
             self._gone()
-            return
-        self._in += data
-        while (message := _unframe(self._in)) is not None:
-            answer, self.stats = cast(tuple[list[tuple[int, _Wire]], dict[str, int]], message)
-            for jid, result in answer:
-                job = self._pending.pop(jid, None)
-                if job is not None:
-                    _settle(job, _from_wire(result))
+
+    def _read_answers(self, all_there: bool) -> bool:
+        """Read the answers the pipe holds (one read, or ``all_there``: until it is empty)
+        and answer their requests; False once the pipe has ended (the process with it)."""
+        while True:
+            try:
+                data = os.read(self._results_in.fileno(), READ_BYTES)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._in += data
+            while (message := _unframe(self._in)) is not None:
+                answer, self.stats = cast(tuple[list[tuple[int, _Wire]], dict[str, int]], message)
+                for jid, result in answer:
+                    job = self._pending.pop(jid, None)
+                    if job is not None:
+                        _settle(job, _from_wire(result))
+            if not all_there:
+                return True
 
     def _unwatch(self) -> None:
         """No loop does this child's pipe I/O any more."""
@@ -775,8 +789,12 @@ class _Child:
         may not be stored; sending them again with their ids is safe)."""
         self.alive = False
         self._unwatch()
-        pending, self._pending = self._pending, {}
         self._out.clear()
+        self._read_answers(all_there=True)  # what it answered before it ended
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
         for job in pending.values():
             _settle(
                 job,
@@ -787,22 +805,45 @@ class _Child:
             )
 
     def stop(self) -> None:
-        """Stop the process (after the requests sent) and close the pipes (``detach``
-        first)."""
+        """Stop the process and close the pipes (``detach`` first): the requests written
+        and the end are sent, answers read meanwhile (so that a process writing answers is
+        not left waiting for a reader), within ``STOP_SECONDS`` in all; the requests still
+        unanswered then hear 503. Once; again, nothing."""
         self.alive = False
-        with contextlib.suppress(OSError):
-            fd = self._jobs_out.fileno()
-            os.set_blocking(fd, True)
-            while self._out:
-                chunk = self._out.popleft()
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk) :]
-            self._jobs_out.send(None)
-        self.process.join(timeout=STOP_SECONDS)
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + STOP_SECONDS
+        out, self._out = self._out, deque()
+        out.extend(_frame(None))
+        reading, wfd = self._results_in.fileno(), self._jobs_out.fileno()
+        with contextlib.suppress(OSError, ValueError):
+            while (left := deadline - time.monotonic()) > 0:
+                readable, writable, _ = select.select(
+                    [reading], [wfd] if out else [], [], min(left, 0.5)
+                )
+                if writable:
+                    try:
+                        written = os.write(wfd, out[0])
+                    except BlockingIOError:
+                        written = 0
+                    except OSError:  # the process ended: nothing more goes
+                        out.clear()
+                    else:
+                        if written < len(out[0]):
+                            out[0] = out[0][written:]
+                        else:
+                            out.popleft()
+                if readable and not self._read_answers(all_there=True):
+                    break  # the process ended
+        self.process.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             log.warning("the ingest process did not stop within %.0f s: ended", STOP_SECONDS)
             self.process.kill()
             self.process.join()
+        with contextlib.suppress(OSError, ValueError):
+            self._read_answers(all_there=True)
+        self._fail_pending()
         self._jobs_out.close()
         self._results_in.close()
         if self.scorer is not None:  # ends once the ingest process has
@@ -875,28 +916,60 @@ class ProcessWriter:
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
         """Store and rescore ``items``; their outcomes once they are committed."""
         job = _Job.here(items)
-        if self._closed:
-            raise _unavailable("the server is stopping: send the events again")
-        self._submit(job)
-        return await job.done
+        if self._submit(job):
+            return await job.done
+        # handed to the loop of another thread, which does the pipe I/O: should that loop
+        # end before the job is written or answered, this one takes the I/O over
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(job.done), WATCH_SECONDS)
+                self._take_over(job)
+        except asyncio.CancelledError:
+            job.done.cancel()
+            raise
 
-    def _submit(self, job: _Job) -> None:
-        """Hand ``job`` to the ingest process (in its loop's thread): through the loop doing
-        the pipe I/O, or to the thread that starts a process if none is there."""
+    def _submit(self, job: _Job) -> bool:
+        """Hand ``job`` to the ingest process (in its loop's thread): False if it went
+        through the loop of another thread, which does the pipe I/O (else this loop does, or
+        the thread that starts a process has it)."""
+        if self._closed:
+            _settle(job, _unavailable("the server is stopping: send the events again"))
+            return True
         child = self._child
         if child.alive and child.bind(job.loop):
             if child.submit(job):
-                return
-        elif child.alive and child.loop is not None:  # another loop does the pipe I/O
-            with contextlib.suppress(RuntimeError):  # closed meanwhile: the thread, below
-                child.loop.call_soon_threadsafe(self._submit_there, child, job)
-                return
+                return True
+        elif child.alive and (there := child.loop) is not None:
+            try:
+                there.call_soon_threadsafe(self._submit_there, child, job)
+                return False
+            except RuntimeError:  # closed meanwhile: to the thread, below
+                pass
         self._jobs.put(job)
+        return True
 
     def _submit_there(self, child: _Child, job: _Job) -> None:
         """``job`` of another loop, sent by the loop doing ``child``'s pipe I/O."""
-        if not child.submit(job):
+        if job.sent or job.done.done():  # taken over meanwhile, or given up
+            return
+        if self._closed:
+            _settle(job, _unavailable("the server is stopping: send the events again"))
+        elif not child.submit(job):
             self._jobs.put(job)
+
+    def _take_over(self, job: _Job) -> None:
+        """``job`` waited long for another thread's loop: if that loop no longer runs, this
+        one does the pipe I/O from now on (sending the job, if it was not, and reading the
+        answers)."""
+        child = self._child
+        there = child.loop
+        if there is not None and not there.is_closed() and there.is_running():
+            return  # busy, not gone
+        if not job.sent:
+            self._submit(job)
+        elif child.alive:
+            child.bind(job.loop)
 
     def cache_stats(self) -> dict[str, int]:
         """The ingest process's event cache, as of its last answer."""
@@ -913,36 +986,51 @@ class ProcessWriter:
         # minute), then hand them back to their loops.
         while True:
             job = self._jobs.get()
-            if job is None:
-                self._child.stop()
-                return
-            if not self._child.alive:
-                wait = self._retry_at - time.monotonic()
-                if wait > 0:  # the last start failed: not again before its back-off is over
-                    message = f"the events could not be stored: {self._start_error}"
-                    _settle(job, _unavailable(message, wait))
-                    continue
-                code = self._child.process.exitcode
-                if not self._start_error:
-                    log.error("the ingest process ended (exit code %s): starting another", code)
-                self._child.stop()
+            try:
+                if not self._restart_for(job):
+                    return
+            except Exception:  # the request hears it; the thread goes on for the next ones
+                log.exception("starting the ingest process again failed")
+                if job is not None:
+                    _settle(job, _unavailable("the events could not be stored: see the log"))
+
+    def _restart_for(self, job: _Job | None) -> bool:
+        """One request for the restarting thread (None: stop); whether to go on."""
+        if job is None:
+            self._child.stop()
+            while True:  # requests that came in meanwhile hear that the server stops
                 try:
-                    self._child = _Child(*self._args)
-                except StoreError as e:
-                    # each failed start waits twice as long before the next (1 s up to a
-                    # minute), so that requests do not start a process each
-                    self._backoff = min(
-                        RESTART_MAX_SECONDS, max(RESTART_FIRST_SECONDS, 2 * self._backoff)
-                    )
-                    self._retry_at = time.monotonic() + self._backoff
-                    self._start_error = str(e)
-                    log.error("%s (next attempt in %.0f s)", e, self._backoff)
-                    _settle(
-                        job, _unavailable(f"the events could not be stored: {e}", self._backoff)
-                    )
-                    continue
-                if self._start_error:
-                    log.warning("the ingest process started again")
-                self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
-            with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
-                job.loop.call_soon_threadsafe(self._submit, job)
+                    late = self._jobs.get_nowait()
+                except queue.Empty:
+                    return False
+                if late is not None:
+                    _settle(late, _unavailable("the server is stopping: send them again"))
+        if not self._child.alive:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:  # the last start failed: not again before its back-off is over
+                message = f"the events could not be stored: {self._start_error}"
+                _settle(job, _unavailable(message, wait))
+                return True
+            code = self._child.process.exitcode
+            if not self._start_error:
+                log.error("the ingest process ended (exit code %s): starting another", code)
+            self._child.stop()
+            try:
+                self._child = _Child(*self._args)
+            except StoreError as e:
+                # each failed start waits twice as long before the next (1 s up to a
+                # minute), so that requests do not start a process each
+                self._backoff = min(
+                    RESTART_MAX_SECONDS, max(RESTART_FIRST_SECONDS, 2 * self._backoff)
+                )
+                self._retry_at = time.monotonic() + self._backoff
+                self._start_error = str(e)
+                log.error("%s (next attempt in %.0f s)", e, self._backoff)
+                _settle(job, _unavailable(f"the events could not be stored: {e}", self._backoff))
+                return True
+            if self._start_error:
+                log.warning("the ingest process started again")
+            self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
+        with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
+            job.loop.call_soon_threadsafe(self._submit, job)
+        return True

@@ -305,7 +305,11 @@ class Database:
                 if self.in_memory:  # one connection per thread: not kept
                     self._drop_writer()
                 elif conn.in_transaction():  # an action that ran a statement
-                    conn.rollback()
+                    try:
+                        conn.rollback()
+                    except Exception:  # committed all the same: a new connection next time
+                        log.exception("ending a transaction after its commit failed")
+                        self._drop_writer()
 
     def _after_commit(self, actions: list[Callable[[], None]]) -> bool:
         """Run a committed transaction's after-commit actions (cache updates). One that fails
