@@ -1212,6 +1212,7 @@ def versions(pg: str | None) -> str:
     parts = [
         ("Python", platform.python_version()),
         ("uvicorn", v("uvicorn")),
+        ("httptools", v("httptools")),
         ("FastAPI", v("fastapi")),
         ("SQLAlchemy", v("sqlalchemy")),
         ("psycopg", v("psycopg")),
@@ -1221,7 +1222,10 @@ def versions(pg: str | None) -> str:
     ]
     text = ", ".join(f"{name} {ver}" for name, ver in parts)
     loop = "uvloop" if v("uvloop") != "not installed" else "asyncio"
-    return f"{text}; uvicorn runs on {loop} with h11 (leadscore serve asks for it)"
+    return (
+        f"{text}; uvicorn runs on {loop} with httptools (leadscore serve asks for it, under "
+        "bounds of its own: leadscore.service.http)"
+    )
 
 
 def source_state() -> str:
