@@ -42,6 +42,7 @@ from leadscore.store.schema import (
 )
 from leadscore.store.versions import list_versions
 from tests.conftest import Clock
+from tests.test_event_cache import statements
 
 SECOND = 1_000_000
 # What only concurrent writers show, which SQLite serialises: the `store` on PostgreSQL alone.
@@ -965,3 +966,24 @@ def test_verify_rejects_bad_keys_and_a_key_is_revoked_once(store: Store, clock: 
     with store.db.read() as conn:
         listed = {k.id: k.revoked_us for k in list_keys(conn)}
     assert listed == {key.id: clock.now + SECOND, other.split("_")[1]: None}
+
+
+@POSTGRESQL_ONLY
+def test_an_ingest_transaction_locks_its_leads_once(store: Store, clock: Clock) -> None:
+    """The leads an ingest transaction locked to store its events stay locked for its
+    rescoring: not asked for again. Locks taken under a savepoint that was rolled back are
+    not trusted (they may be gone): asked for again."""
+    publish(store, V1)
+    store.ingest_events([EventInput("email_open", clock.now, lead_id="K1")])
+    clock.advance(seconds=1)
+    with statements(store, "FOR UPDATE") as locks:
+        store.ingest_events([EventInput("email_open", clock.now, lead_id="K1")])
+    assert len(locks) == 1
+    with store.db.write() as conn:
+        savepoint = conn.begin_nested()
+        assert lock_leads(conn, ["K1"]) == {"K1"}
+        savepoint.rollback()
+        with statements(store, "FOR UPDATE") as again:
+            assert lock_leads(conn, ["K1"]) == {"K1"}
+            assert lock_leads(conn, ["K1"]) == {"K1"}
+        assert len(again) == 1  # asked once after the rollback, then trusted

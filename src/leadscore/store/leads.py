@@ -194,16 +194,39 @@ def lock_leads(conn: Connection, lead_ids: Iterable[str], *, share: bool = False
     """The ids among ``lead_ids`` whose leads exist, their rows locked until the transaction
     ends (PostgreSQL; SQLite writers are serialised anyway), in lead id order like every other
     locker. A row deleted by a merge that committed while this waited is not among them.
-    ``share``: only against a merge deleting the row (others may update it meanwhile)."""
+    ``share``: only against a merge deleting the row (others may update it meanwhile).
+    Leads this transaction has locked already (for update) are not asked for again."""
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     if conn.dialect.name == "sqlite":
         q = _LEAD_IDS
+        held: set[str] = set()
     else:
         q = _LEAD_IDS_KEY_SHARE if share else _LEAD_IDS_FOR_UPDATE
+        held = _locked_here(conn)
+        if held.issuperset(wanted):  # locked rows exist: no merge can have deleted them
+            return set(wanted)
     for start in range(0, len(wanted), 500):
         found.update(str(i) for (i,) in conn.execute(q, {"ids": wanted[start : start + 500]}))
+    if q is _LEAD_IDS_FOR_UPDATE and not conn.in_nested_transaction():
+        held.update(found)  # (under a savepoint, a rollback to it may release them)
     return found
+
+
+_LOCKED = "leadscore.locked_leads"
+
+
+def _locked_here(conn: Connection) -> set[str]:
+    """The leads the transaction under way on ``conn`` is known to hold locked for update
+    (PostgreSQL): locked by :func:`lock_leads` outside any savepoint, or under one since
+    released."""
+    txn = conn.get_transaction()
+    record = conn.info.get(_LOCKED)
+    if record is None or record[0] is not txn:
+        record = (txn, set())
+        conn.info[_LOCKED] = record
+    locked: set[str] = record[1]
+    return locked
 
 
 def _existing(
@@ -676,6 +699,8 @@ def insert_events(
         present = lock_leads(conn, wanted)
         late = _merged_meanwhile(conn, savepoint, wanted, present, created, attempt)
         if not late:
+            if not conn.in_nested_transaction():  # released: the locks are the transaction's
+                _locked_here(conn).update(present)
             break
         wanted = _redirect(late, wanted, rows, outcomes, links)
     if rows:
