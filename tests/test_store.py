@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from leadscore.store import EventInput, LeadInput, Store
+from leadscore.store import db as db_module
 from leadscore.store.db import CHECKPOINT_SECONDS, WRITER_CACHE_KIB, open_database
 from leadscore.store.queries import LeadQuery, lead_view, list_leads, score_history_of
 from leadscore.store.schema import leads
@@ -193,6 +194,35 @@ def test_sqlite_log_is_copied_into_the_file_beside_the_writers(tmp_path: Path) -
     assert threads
     db.dispose()
     assert not [t for t in threads if t.is_alive()]
+
+
+def test_sqlite_log_file_shrinks_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of writes (a bulk import) grows the write-ahead log file; once checkpointed,
+    the next write starts the log over and cuts the file back to JOURNAL_SIZE_LIMIT instead of
+    keeping the burst's size for good."""
+    monkeypatch.setattr(db_module, "JOURNAL_SIZE_LIMIT", 256 * 1024)
+    path = tmp_path / "store.db"
+    db = open_database(path)
+    wal = tmp_path / "store.db-wal"
+    try:
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x)")
+            conn.exec_driver_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)"
+                " INSERT INTO t SELECT randomblob(1000) FROM n"
+            )
+        assert wal.stat().st_size > 2 * 1024 * 1024  # the burst, about 4 MB
+        deadline = time.monotonic() + 10 * CHECKPOINT_SECONDS + 5
+        while not db.checkpoint():  # copied into the file (the thread may be at it too)
+            assert time.monotonic() < deadline
+            time.sleep(CHECKPOINT_SECONDS / 2)
+        with db.write() as conn:  # starts the log over
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        assert wal.stat().st_size <= 256 * 1024
+    finally:
+        db.dispose()
 
 
 def _checkpoint_threads() -> list[threading.Thread]:

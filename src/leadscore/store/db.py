@@ -57,6 +57,9 @@ CHECKPOINT_SECONDS = 0.5
 # A writer still checkpoints (as SQLite does by default at 1,000) when the log has grown to
 # this many pages, 40 MB at 4 KiB: a backstop for a checkpoint thread that cannot keep up.
 WAL_AUTOCHECKPOINT = 10_000
+# the write-ahead log file is cut back to this size when it starts over after a checkpoint
+# (else it keeps the size of its largest burst, say a bulk import, for good)
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # SQLite: the page cache of the writer's connection, in KiB (SQLite's default is 2 MiB). The
 # writer's transactions touch a few index pages per event all over the tables; kept in its
 # own memory between transactions (no other connection writes in between, as a rule), they
@@ -492,6 +495,7 @@ def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
         cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        cur.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
