@@ -251,20 +251,32 @@ def test_trailers_count_against_the_bound() -> None:
 
 
 def test_pipelined_requests_are_bounded() -> None:
-    """Requests read ahead of the one being answered: more than MAX_PIPELINED in one read
-    closes the connection; fewer are kept, and reading pauses until they are answered."""
+    """Requests read ahead of the one being answered: of a read that brings more than
+    MAX_PIPELINED, those kept are answered and the last of them closes the connection (the
+    one being answered is not cut off); reading stays paused while any wait, whatever a
+    request's receive asks."""
 
     def flood(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 1000)
-        assert transport.closed and len(protocol.pipeline) <= MAX_PIPELINED
-        assert not transport.written.startswith(b"HTTP/1.1 431")  # the first is being answered
+        assert len(protocol.pipeline) == MAX_PIPELINED
+        assert not transport.closed  # the first request is being answered
+        assert protocol.cycle.keep_alive is False  # the last one kept closes the connection
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 1000)  # dropped
+        assert len(protocol.pipeline) == MAX_PIPELINED
 
     def few(protocol: BoundedHttpTools, transport: FakeTransport) -> None:
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 5)
         assert not transport.closed and len(protocol.pipeline) == 4
         assert not transport.reading
+        protocol.flow.resume_reading()  # as a request's receive() does
+        assert not transport.reading
         protocol.on_response_complete()  # the first answered: the next starts, still paused
         assert len(protocol.pipeline) == 3 and not transport.reading
+        for _ in range(3):
+            protocol.on_response_complete()
+        assert not protocol.pipeline
+        protocol.on_response_complete()  # the last answered: reading again
+        assert transport.reading
 
     with_protocol(flood)
     with_protocol(few)

@@ -413,6 +413,31 @@ def test_a_request_waiting_on_a_loop_that_ends_is_answered_through_its_own(
     assert [o.status for o in asyncio.run(stranded())] == ["accepted"]
 
 
+def test_a_job_handed_over_twice_is_sent_once(writer: ProcessWriter, db_url: str) -> None:
+    """A job may reach the pipe by two ways (the restarting thread hands it back while a
+    watching loop takes it over): it is written once, so its events (no event id here) are
+    stored once."""
+
+    async def twice() -> list[ItemOutcome]:
+        job = writer_module._Job.here(
+            [EventInput("page_view", now_us(), "J1", properties={"url": "/pricing"})]
+        )
+        writer._submit(job)
+        writer._submit(job)
+        return await asyncio.wait_for(job.done, 30)
+
+    assert [o.status for o in asyncio.run(twice())] == ["accepted"]
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            stored = conn.execute(
+                sa.select(sa.func.count()).where(events_table.c.lead_id == "J1")
+            ).scalar_one()
+    finally:
+        store.db.dispose()
+    assert stored == 1
+
+
 def test_close_answers_the_requests_sent_before_it(db_url: str) -> None:
     """close() (the server's shutdown) lets the ingest process answer what it was sent; what
     it could not answer hears 503, and nothing waits forever."""

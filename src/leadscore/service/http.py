@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -23,6 +24,20 @@ __all__ = ["MAX_HEAD_BYTES", "BoundedHttpTools"]
 MAX_HEAD_BYTES = 64 * 1024
 # requests read ahead of the one being answered on a connection (HTTP pipelining), at most
 MAX_PIPELINED = 32
+
+
+class _PipelineFlow(FlowControl):
+    """uvicorn's flow control, with reading kept paused while pipelined requests wait (a
+    request's ``receive`` and the end of each response resume it otherwise). The request
+    being answered has all its body by then: the requests behind it were parsed after it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpTools) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if not self._protocol.pipeline:
+            super().resume_reading()
 
 
 class _Refused(Exception):
@@ -40,9 +55,10 @@ class BoundedHttpTools(HttpToolsProtocol):
       in full, and once such reads in a row pass ``MAX_HEAD_BYTES`` the connection is refused
       the same way. So a line that never ends is cut off, and the server holds at most the
       bound and two reads (up to 256 KiB each under asyncio) of it.
-    - Requests pipelined behind the one being answered: reading pauses until they are
-      answered (uvicorn resumes it after each response), and a read that brings more than
-      ``MAX_PIPELINED`` of them closes the connection.
+    - Requests pipelined behind the one being answered: reading stays paused until they are
+      answered, and of a read that brings more than ``MAX_PIPELINED`` of them the rest is
+      dropped: the requests kept are answered, then the connection is closed (as HTTP lets a
+      server do; the client sends the others again).
     """
 
     def __init__(
@@ -58,6 +74,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._progress = False  # the current read carried body, or ended a head or request
         self._refused = False
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow = _PipelineFlow(transport, self)
+
     def on_message_begin(self) -> None:
         self._head_bytes = 0
         super().on_message_begin()
@@ -72,7 +92,11 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:
-            self._refuse()
+            # the requests kept are answered, the last of them closing the connection; the
+            # rest of what was read is dropped
+            self._refused = True
+            self.cycle.keep_alive = False
+            raise _Refused
         self._progress = True
         super().on_headers_complete()
 
@@ -83,12 +107,6 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._progress = True
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.pipeline and not self.transport.is_closing():
-            # uvicorn resumed reading: not while requests read ahead still wait
-            self.flow.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

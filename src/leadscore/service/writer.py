@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import pickle
 import queue
-import select
+import selectors
 import signal
 import struct
 import threading
@@ -132,6 +132,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop  # the request's, which awaits ``done``
     done: asyncio.Future[list[ItemOutcome]]
     sent: bool = False  # queued for the ingest process's pipe (ProcessWriter)
+    restarting: bool = False  # with the thread that starts the ingest process again
 
     @classmethod
     def here(cls, items: list[EventInput]) -> _Job:
@@ -787,11 +788,11 @@ class _Child:
     def _gone(self) -> None:
         """The process ended: the requests it had not answered hear so (their events may or
         may not be stored; sending them again with their ids is safe)."""
-        self.alive = False
         self._unwatch()
         self._out.clear()
         self._read_answers(all_there=True)  # what it answered before it ended
         self._fail_pending()
+        self.alive = False  # last: then another thread may start a process in its place
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
@@ -817,11 +818,14 @@ class _Child:
         out, self._out = self._out, deque()
         out.extend(_frame(None))
         reading, wfd = self._results_in.fileno(), self._jobs_out.fileno()
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError), selectors.DefaultSelector() as sel:
+            sel.register(reading, selectors.EVENT_READ)
+            sel.register(wfd, selectors.EVENT_WRITE)
             while (left := deadline - time.monotonic()) > 0:
-                readable, writable, _ = select.select(
-                    [reading], [wfd] if out else [], [], min(left, 0.5)
-                )
+                if not out and wfd in sel.get_map():
+                    sel.unregister(wfd)
+                ready = {key.fd for key, _ in sel.select(min(left, 0.5))}
+                readable, writable = reading in ready, wfd in ready
                 if writable:
                     try:
                         written = os.write(wfd, out[0])
@@ -918,8 +922,9 @@ class ProcessWriter:
         job = _Job.here(items)
         if self._submit(job):
             return await job.done
-        # handed to the loop of another thread, which does the pipe I/O: should that loop
-        # end before the job is written or answered, this one takes the I/O over
+        # handed to the loop of another thread, which does the pipe I/O, or to the thread
+        # that starts the process: should that loop end before the job is written or
+        # answered, this one takes the I/O over
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -930,9 +935,12 @@ class ProcessWriter:
             raise
 
     def _submit(self, job: _Job) -> bool:
-        """Hand ``job`` to the ingest process (in its loop's thread): False if it went
-        through the loop of another thread, which does the pipe I/O (else this loop does, or
-        the thread that starts a process has it)."""
+        """Hand ``job`` to the ingest process (in its loop's thread): True if this loop does
+        the pipe I/O (or the job is answered already); False if it went through the loop of
+        another thread, or to the thread that starts a process (to be watched)."""
+        job.restarting = False
+        if job.sent or job.done.done():  # sent already, or given up
+            return True
         if self._closed:
             _settle(job, _unavailable("the server is stopping: send the events again"))
             return True
@@ -946,22 +954,28 @@ class ProcessWriter:
                 return False
             except RuntimeError:  # closed meanwhile: to the thread, below
                 pass
+        job.restarting = True
         self._jobs.put(job)
-        return True
+        return False
 
     def _submit_there(self, child: _Child, job: _Job) -> None:
         """``job`` of another loop, sent by the loop doing ``child``'s pipe I/O."""
-        if job.sent or job.done.done():  # taken over meanwhile, or given up
+        if job.sent or job.done.done() or job.restarting:  # taken over meanwhile, or given up
             return
         if self._closed:
             _settle(job, _unavailable("the server is stopping: send the events again"))
         elif not child.submit(job):
+            job.restarting = True
             self._jobs.put(job)
 
     def _take_over(self, job: _Job) -> None:
         """``job`` waited long for another thread's loop: if that loop no longer runs, this
         one does the pipe I/O from now on (sending the job, if it was not, and reading the
         answers)."""
+        if job.restarting or self._closed:  # the restarting thread has it, or none will
+            if self._closed and not job.sent:
+                _settle(job, _unavailable("the server is stopping: send the events again"))
+            return
         child = self._child
         there = child.loop
         if there is not None and not there.is_closed() and there.is_running():

@@ -221,6 +221,8 @@ def _locked_here(conn: Connection) -> set[str]:
     (PostgreSQL): locked by :func:`lock_leads` outside any savepoint, or under one since
     released."""
     txn = conn.get_transaction()
+    if txn is None:  # none begun yet (autobegin on the first statement): nothing known
+        return set()
     record = conn.info.get(_LOCKED)
     if record is None or record[0] is not txn:
         record = (txn, set())
