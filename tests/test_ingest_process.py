@@ -320,6 +320,20 @@ def test_requests_larger_than_the_pipe_never_block_the_event_loop(writer: Proces
     assert writer.pid == pid
 
 
+def stored_events(db_url: str, lead_id: str) -> int:
+    """How many events the store holds for ``lead_id``."""
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(events_table.c.lead_id == lead_id)
+                ).scalar_one()
+            )
+    finally:
+        store.db.dispose()
+
+
 def test_a_request_given_up_while_the_pipe_is_full_is_still_sent_whole(
     writer: ProcessWriter, db_url: str
 ) -> None:
@@ -346,15 +360,7 @@ def test_a_request_given_up_while_the_pipe_is_full_is_still_sent_whole(
         os.kill(pid, signal.SIGCONT)
     outcomes = asyncio.run(writer.ingest(page_views(["E2"], "after-")))
     assert [o.status for o in outcomes] == ["accepted"] and writer.pid == pid
-    store = Store(open_database(db_url))
-    try:
-        with store.db.read() as conn:
-            stored = conn.execute(
-                sa.select(sa.func.count()).where(events_table.c.lead_id == "E1")
-            ).scalar_one()
-    finally:
-        store.db.dispose()
-    assert stored == 1000
+    assert stored_events(db_url, "E1") == 1000
 
 
 def test_a_request_from_a_second_event_loop_goes_through_the_first(
@@ -427,15 +433,7 @@ def test_a_job_handed_over_twice_is_sent_once(writer: ProcessWriter, db_url: str
         return await asyncio.wait_for(job.done, 30)
 
     assert [o.status for o in asyncio.run(twice())] == ["accepted"]
-    store = Store(open_database(db_url))
-    try:
-        with store.db.read() as conn:
-            stored = conn.execute(
-                sa.select(sa.func.count()).where(events_table.c.lead_id == "J1")
-            ).scalar_one()
-    finally:
-        store.db.dispose()
-    assert stored == 1
+    assert stored_events(db_url, "J1") == 1
 
 
 def test_close_answers_the_requests_sent_before_it(db_url: str) -> None:
