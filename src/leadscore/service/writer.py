@@ -781,9 +781,11 @@ class _Child:
         writing, self._writing = self._writing, False
         if loop is None or loop.is_closed():  # a closed loop watches nothing
             return
-        loop.remove_reader(self._results_in.fileno())
-        if writing:
-            loop.remove_writer(self._jobs_out.fileno())
+        # a stopped loop of another thread may be closing meanwhile: then it watches nothing
+        with contextlib.suppress(RuntimeError, ValueError, KeyError, OSError):
+            loop.remove_reader(self._results_in.fileno())
+            if writing:
+                loop.remove_writer(self._jobs_out.fileno())
 
     def _gone(self) -> None:
         """The process ended: the requests it had not answered hear so (their events may or
