@@ -232,7 +232,7 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
-        # httptools, with a bound on request heads (leadscore.service.http)
+        # httptools, with bounds on heads, trailers and pipelining (leadscore.service.http)
         http=BoundedHttpTools,
     )
 

@@ -17,7 +17,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-__all__ = ["MAX_HEAD_BYTES", "BoundedHttpTools"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_PIPELINED", "BoundedHttpTools"]
 
 # request line and headers (and trailers) of one request, at most (h11's buffer, which uvicorn
 # uses otherwise, is 16 KiB)
