@@ -128,6 +128,7 @@ def import_leads(
             stage = None if stage is None else stage.strip().lower()
             items.append(LeadInput(lead_id, email, fields, stage, owner))
         outcomes = store.upsert_leads(items, rescore=False)
+        store.db.let_others_write()
         report.stored += sum(o.status != "error" for o in outcomes)
         report.errors += [
             f"row {start + o.index + 1}: {o.error}" for o in outcomes if o.status == "error"
@@ -173,6 +174,7 @@ def import_events(
             for i in range(part.num_rows)
         ]
         outcomes = store.ingest_events(items, rescore=False)
+        store.db.let_others_write()
         report.stored += sum(o.status in ("accepted", "anonymous") for o in outcomes)
         report.repeated += sum(o.status == "duplicate" for o in outcomes)
         if progress:
@@ -217,6 +219,7 @@ def import_outcomes(
     for start in _chunks(len(items)):
         with store.db.write() as conn:
             added = add_outcomes(conn, items[start : start + CHUNK], "import")
+        store.db.let_others_write()
         report.stored += added
         report.repeated += len(items[start : start + CHUNK]) - added
         if progress:
