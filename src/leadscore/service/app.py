@@ -4,8 +4,9 @@ On start it opens (and migrates) the store, publishes the model files it was giv
 shipped b2b-default model when the store has no model at all), loads the triggers file it was
 given, sends score changes to the triggers, starts the writer of posted events (an ingest
 process beside this one, or a thread for a store handed in: :mod:`leadscore.service.writer`),
-and runs two background threads: the scheduled rescoring and the delivery of the webhook
-outbox.
+and runs two background threads: the scheduled rescoring (which, as every rescoring of the
+whole store, runs in a child process when the service opened the store itself:
+:mod:`leadscore.service.rescoring`) and the delivery of the webhook outbox.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from leadscore.service import (
 )
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers
+from leadscore.service.rescoring import Rescorer, Stopped
 from leadscore.service.state import ServiceState, Settings
 from leadscore.service.writer import IngestWriter, ProcessWriter, with_triggers
 from leadscore.store import Store, open_store
@@ -149,6 +151,8 @@ def _every(interval: float, stop: threading.Event, job: str, run: object) -> thr
         while not stop.wait(interval):
             try:
                 run()  # type: ignore[operator]
+            except Stopped:  # the service stops
+                return
             except Exception:  # keep the loop alive; the next pass retries
                 log.exception("%s failed", job)
 
@@ -188,11 +192,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
         else:
             writer = IngestWriter(s)
-        app.state.leadscore = ServiceState(settings, s, KeyCache(), writer)
+        rescorer = Rescorer(
+            s, settings.db, durable=settings.durable, apart=own and not s.db.in_memory
+        )
+        app.state.leadscore = ServiceState(settings, s, KeyCache(), writer, rescorer)
         threads = []
         if settings.rescore_interval > 0:
             threads.append(
-                _every(settings.rescore_interval, stop, "rescore", lambda: s.rescore_all("decay"))
+                _every(
+                    settings.rescore_interval,
+                    stop,
+                    "rescore",
+                    lambda: rescorer.rescore("decay", stop=stop),
+                )
             )
         policy = RetryPolicy(
             timeout_s=settings.webhook_timeout, first_delay_s=settings.retry_first_delay

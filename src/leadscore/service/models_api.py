@@ -251,7 +251,7 @@ async def publish_model(
     change is recorded with reason ``model change``. Triggers do not fire unless asked."""
     state = _state(request)
     report = await run_in_threadpool(
-        lambda: state.store.publish(name, version, fire_triggers=fire_triggers)
+        lambda: state.rescorer.publish(name, version, fire_triggers=fire_triggers)
     )
     with state.store.db.read() as conn:
         active = get_version(conn, name)
@@ -268,7 +268,7 @@ async def rescore(
     evaluator; changes are recorded with reason ``decay``."""
     state = _state(request)
     report = await run_in_threadpool(
-        lambda: state.store.rescore_all("decay", fire_triggers=fire_triggers)
+        lambda: state.rescorer.rescore("decay", fire_triggers=fire_triggers)
     )
     return iso_times(asdict(report))  # type: ignore[no-any-return]
 

@@ -12,6 +12,7 @@ from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS
 
 if TYPE_CHECKING:
     from leadscore.service.auth import KeyCache
+    from leadscore.service.rescoring import Rescorer
     from leadscore.service.writer import IngestWriter, ProcessWriter
 
 __all__ = ["ENV_SETTINGS", "ServiceState", "Settings"]
@@ -58,3 +59,4 @@ class ServiceState:
     store: Store
     keys: KeyCache
     writer: IngestWriter | ProcessWriter
+    rescorer: Rescorer  # whole-store rescorings (in a child process for a store it opened)

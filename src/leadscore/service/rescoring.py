@@ -1,0 +1,163 @@
+"""Rescorings of the whole store, in a process of their own.
+
+Rescoring every lead (the scheduled rescoring, ``POST /api/v1/rescore``, publishing a model) is
+seconds to minutes of work in Python. In a thread of the HTTP process it held the interpreter
+lock against the requests being served meanwhile (docs/benchmarks.md: a rescoring of a 10,000
+lead store every 4 s took single-event POSTs from a p99 of 7 ms to 26 ms). A server that opened
+its store itself (a SQLite file or a PostgreSQL database) runs them in a child process instead,
+as ``leadscore rescore`` run beside it would; the child sends the report back, or the error to
+answer with. A store handed to :func:`leadscore.service.create_app` (tests, the demo, a store in
+memory) is rescored in the calling thread, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import pickle
+import signal
+import threading
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+from leadscore.errors import LeadscoreError, StoreError
+from leadscore.service.writer import with_triggers
+from leadscore.store import RescoreReport, Store, open_store
+
+__all__ = ["Rescorer"]
+
+log = logging.getLogger("leadscore.service")
+
+POLL_SECONDS = 0.5  # how often a wait for the child looks at whether it is still there
+EXIT_SECONDS = 10.0  # for the child to exit once it has answered
+
+
+class Stopped(Exception):
+    """The service stopped while a rescoring ran: the child was ended (what it committed,
+    chunk by chunk, stays; the next rescoring does the rest)."""
+
+
+class Rescorer:
+    """Whole-store rescorings of a service's store: in a child process that opens ``db``
+    itself when ``apart``, else in the calling thread with ``store``."""
+
+    def __init__(self, store: Store, db: str | None, *, durable: bool, apart: bool) -> None:
+        self.store = store
+        self.db = db
+        self.durable = durable
+        self.apart = apart
+
+    def rescore(
+        self,
+        reason: str = "decay",
+        *,
+        fire_triggers: bool = True,
+        stop: threading.Event | None = None,
+    ) -> RescoreReport:
+        """Bring every lead's score up to now (:meth:`Store.rescore_all`). With ``stop``
+        given, a rescoring under way in a child ends when it is set (:class:`Stopped`)."""
+        if not self.apart:
+            return self.store.rescore_all(reason, fire_triggers=fire_triggers)
+        return self._in_child("rescore", {"reason": reason, "fire_triggers": fire_triggers}, stop)
+
+    def publish(
+        self, name: str, version: int | None = None, *, fire_triggers: bool = False
+    ) -> RescoreReport:
+        """Make a version active and rescore every lead with it (:meth:`Store.publish`)."""
+        if not self.apart:
+            return self.store.publish(name, version, fire_triggers=fire_triggers)
+        try:
+            return self._in_child(
+                "publish", {"name": name, "version": version, "fire_triggers": fire_triggers}
+            )
+        finally:
+            self.store.forget_sheets()  # this process shows the version at once
+
+    def _in_child(
+        self, action: str, kwargs: dict[str, Any], stop: threading.Event | None = None
+    ) -> RescoreReport:
+        ctx = multiprocessing.get_context("spawn")
+        receiver, sender = ctx.Pipe(duplex=False)
+        child = ctx.Process(
+            target=child_main,
+            args=(sender, self.db, self.durable, action, kwargs),
+            name=f"leadscore-{action}",
+            daemon=True,
+        )
+        child.start()
+        sender.close()  # the child's end: EOF here once the child is gone
+        try:
+            answer = _wait(receiver, child, stop)
+        finally:
+            receiver.close()
+            child.join(EXIT_SECONDS)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        kind, payload = answer
+        if kind == "ok" and isinstance(payload, RescoreReport):
+            return payload
+        if isinstance(payload, BaseException):
+            raise payload
+        raise RuntimeError(f"the rescoring process answered {answer!r}")
+
+
+def _wait(
+    receiver: Pipe, child: multiprocessing.process.BaseProcess, stop: threading.Event | None
+) -> tuple[str, Any]:
+    while True:
+        if stop is not None and stop.is_set():
+            child.terminate()
+            raise Stopped
+        try:
+            if receiver.poll(POLL_SECONDS):
+                answer = receiver.recv()
+                if isinstance(answer, tuple) and len(answer) == 2:
+                    return answer
+                raise RuntimeError(f"the rescoring process answered {answer!r}")
+        except EOFError:  # it ended without an answer
+            child.join(EXIT_SECONDS)
+            raise RuntimeError(
+                f"the rescoring process ended without finishing (exit code {child.exitcode}); "
+                "what it committed stays, and the next rescoring does the rest"
+            ) from None
+
+
+def child_main(
+    out: Pipe, db: str | None, durable: bool, action: str, kwargs: dict[str, Any]
+) -> None:
+    """The child: open the store, rescore (score changes go to the triggers, as in the
+    server), send back the report or the error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle: it ends this one
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: rescoring: %(message)s")
+    answer: tuple[str, Any]
+    try:
+        store = open_store(db, durable=durable, cached_events=0)
+        try:
+            with_triggers(store)
+            publish = action == "publish"
+            report = store.publish(**kwargs) if publish else store.rescore_all(**kwargs)
+        finally:
+            store.db.dispose()
+        answer = ("ok", report)
+    except LeadscoreError as e:
+        answer = ("error", _portable(e))
+    except Exception as e:
+        log.exception("%s failed", action)
+        answer = ("error", RuntimeError(f"{action} failed: {type(e).__name__}: {e}"))
+    with contextlib.suppress(OSError):
+        out.send(answer)
+    out.close()
+
+
+def _portable(e: LeadscoreError) -> LeadscoreError:
+    """``e``, or a StoreError with its message when ``e`` does not survive pickling as it is
+    (an error with fields of its own)."""
+    try:
+        copy = pickle.loads(pickle.dumps(e))
+    except Exception:
+        return StoreError(str(e))
+    if type(copy) is not type(e) or str(copy) != str(e) or copy.__dict__ != e.__dict__:
+        return StoreError(str(e))
+    return copy
