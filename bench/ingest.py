@@ -14,7 +14,9 @@ generator in this process drives it over HTTP/1.1 keep-alive connections on 127.
   leads) -> events/s;
 - "POST to new score readable": POST one event (its ``ts`` the send time), then
   ``GET /api/v1/leads/{id}?explain=false`` until the lead's score has ``as_of >= ts``; alone
-  (idle server) and as one extra connection during the single-event load.
+  (idle server) and as one extra connection during the single-event load;
+- single-event POSTs again while one more connection POSTs ``/api/v1/rescore`` back to back
+  (every lead rescored, in a child process of the server).
 
 Runs: SQLite with ``--fast-commits``, SQLite in the default (durable) mode, PostgreSQL. Each
 run checks that the events stored equal the events acknowledged. The CPU used by this client,
@@ -374,6 +376,7 @@ class RunTotals:
     accepted: int = 0
     duplicates: int = 0
     probe_gets: Counter[int] = field(default_factory=Counter)  # GETs a probe needed -> probes
+    rescorings: list[tuple[float, int]] = field(default_factory=list)  # (seconds, leads)
     errors: list[str] = field(default_factory=list)
 
     def error(self, text: str) -> None:
@@ -434,6 +437,21 @@ class Driver:
             self.totals.error(f"POST of {n} events: {accepted} accepted, {answer.get('errors')}")
             return False, accepted
         return True, accepted
+
+    def rescore(self) -> Job:
+        """``POST /api/v1/rescore``: every lead rescored (in a child process of the server)."""
+
+        async def job(http: Http) -> tuple[bool, int]:
+            start = time.perf_counter()
+            status, content = await http.request("POST", "/api/v1/rescore", b"")
+            if status != 200:
+                self.totals.error(f"POST /api/v1/rescore: {status} {content[:200]!r}")
+                return False, 0
+            leads = int(json.loads(content)["leads"])
+            self.totals.rescorings.append((time.perf_counter() - start, leads))
+            return True, 0
+
+        return job
 
     def probe(self) -> Job:
         """POST one event, then GET the lead until its score is as of the event or later."""
@@ -920,6 +938,11 @@ async def _steps(driver: Driver, report: RunReport, cfg: Config) -> None:
     for size in cfg.batch_sizes:
         result = StepResult(run, f"batch{size}", f"POST {size} events", cfg.batch_concurrency, secs)
         await step(result, driver.post(size))
+    # last: its rescorings write every lead's score (the caches of the steps above are checked
+    # against the store afterwards)
+    during = StepResult(run, "single_rescoring", "POST 1 event, during rescorings", conc, secs)
+    rescoring = StepResult(run, "rescoring", "POST /api/v1/rescore, back to back", 1, secs)
+    await step(during, driver.post(1), side=(rescoring, driver.rescore()))
 
 
 async def _profiles(driver: Driver, report: RunReport, cfg: Config, pid: int) -> None:
@@ -1126,6 +1149,29 @@ def reading(reports: Sequence[RunReport]) -> list[str]:
             + "; ".join(parts)
             + "."
         )
+    parts = []
+    for r in reports:
+        if not any(s.key == "single_rescoring" for s in r.steps):
+            continue
+        during, alone = r.step("single_rescoring"), r.step("single")
+        runs = r.totals.rescorings
+        took = (
+            f"{len(runs)} rescoring{'s' if len(runs) != 1 else ''} of {runs[0][1]:,} leads, "
+            f"{min(t for t, _ in runs):.1f}-{max(t for t, _ in runs):.1f} s each"
+            if runs
+            else "no rescoring finished"
+        )
+        parts.append(
+            f"{r.label} {during.rate:,.0f} req/s, p50 {during.pct(50):.1f} / p99 "
+            f"{during.pct(99):.1f} / max {during.pct(100):.0f} ms (without: {alone.rate:,.0f} "
+            f"req/s, p99 {alone.pct(99):.1f} / max {alone.pct(100):.0f} ms; {took})"
+        )
+    if parts:
+        lines.append(
+            "- Single-event POST while every lead is rescored (`POST /api/v1/rescore` back to "
+            "back on one more connection; the server rescores in a child process, writing "
+            "1,000 leads per transaction): " + "; ".join(parts) + "."
+        )
     by_key = {r.key: r for r in reports}
     if "sqlite" in by_key and "sqlite-fast" in by_key:
         durable, fast = by_key["sqlite"], by_key["sqlite-fast"]
@@ -1193,6 +1239,12 @@ needed). It runs alone ("idle") and as one extra connection during the single-ev
 ("under load"), where it queues behind that load: in a closed loop at saturation a request
 waits about the number of connections divided by the throughput. Its Req/s is POST + GET
 pairs per second.
+
+The last step repeats the single-event load while one more connection POSTs
+`/api/v1/rescore` back to back: every lead rescored with the batch evaluator (in a child
+process of the server, as the scheduled rescoring is) and written 1,000 leads per
+transaction, which the ingest process waits for. The rescoring's own row counts no request
+that did not finish within the timed part; the summary gives the duration of each.
 
 CPU is in cores (2.00 = the whole machine), averaged over the timed part: this client
 (getrusage), the server process, the PostgreSQL backends of the benchmark's database (found by
