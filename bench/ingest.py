@@ -126,17 +126,22 @@ TICK = os.sysconf("SC_CLK_TCK")
 # --- CPU accounting -----------------------------------------------------------------------------
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used, 0 if it is gone."""
+def _proc_cpu(pid: int, reaped: bool = False) -> float:
+    """CPU seconds (user + system) a process has used, 0 if it is gone; with ``reaped``, those
+    of its children that ended and were waited for too."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = int(fields[11]) + int(fields[12])
+    if reaped:
+        own += int(fields[13]) + int(fields[14])
+    return own / TICK
 
 
 def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (the server and its ingest process)."""
+    """CPU seconds of a process and its descendants (the server, its ingest and scoring
+    processes, and the children it starts for rescorings, also once they ended)."""
     parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -153,7 +158,7 @@ def _tree_cpu(pid: int) -> float:
             p = parent.get(p, 0)
         return False
 
-    return sum(_proc_cpu(p) for p in parent if under(p))
+    return sum(_proc_cpu(p, reaped=True) for p in parent if under(p))
 
 
 def _db_backends(dbname: str | None) -> dict[int, float]:
