@@ -304,7 +304,13 @@ def test_a_waiting_writer_gets_sqlite_s_lock_between_another_s_chunks(tmp_path: 
             done.append(n)
             chunked.let_others_write()
         other.join()
-        assert got_in_after and got_in_after[0] <= 5, got_in_after
+        # usually at the pause after the third chunk; a loaded machine may miss a few
+        assert got_in_after and got_in_after[0] <= 10, got_in_after
+        # the mechanism: no wait inside SQLite on the writer's connection
+        with waiting.write() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 0
+        with waiting.read() as conn:  # readers keep SQLite's wait
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 30_000
     finally:
         chunked.dispose()
         waiting.dispose()
@@ -337,7 +343,8 @@ def test_batch_rescoring_keeps_its_rows_out_of_the_collector_while_writing(
 ) -> None:
     """A full pass of the garbage collector over the batch's rows took 0.1 s for 10,000 leads,
     inside a chunk's transaction: they are frozen (gc.freeze) while the chunks are written,
-    and given back after, also when a write fails."""
+    and given back after, also when a write fails; objects frozen by someone else before
+    stay frozen."""
     import leadscore.store.keeper as keeper
 
     store.ensure_published((MODELS / "b2b-default.yaml").read_text(), "b2b-default.yaml")
@@ -361,3 +368,12 @@ def test_batch_rescoring_keeps_its_rows_out_of_the_collector_while_writing(
     with pytest.raises(RuntimeError, match="disk full"):
         store.rescore_all("decay")
     assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # the program's own
+    try:
+        before = gc.get_freeze_count()
+        monkeypatch.setattr(keeper, "write_scores", write_scores)
+        store.rescore_all("decay")
+        assert gc.get_freeze_count() > before // 2  # not given back (some died meanwhile)
+    finally:
+        gc.unfreeze()

@@ -359,7 +359,9 @@ class Database:
         writer, self._writer = self._writer, None
         if writer is not None:
             with contextlib.suppress(sa.exc.SQLAlchemyError, sqlite3.Error):
-                writer.close()
+                if not self.in_memory:  # set up for writing (busy_timeout 0, a larger cache):
+                    writer.invalidate()  # closed, not handed to readers by the pool
+                writer.close()  # in memory, its connection is the database: kept in the pool
 
     def _open_epoch(self, conn: Connection) -> int | None:
         """SQLite, in a write transaction (holding the write lock): start a new cache epoch
@@ -537,9 +539,9 @@ def _begin_immediate(conn: Connection) -> None:
         try:
             raw.execute("BEGIN IMMEDIATE")
             return
-        except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                break  # said below, as SQLAlchemy says errors
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                break  # raised below, as SQLAlchemy raises (and handles) errors
         time.sleep(LOCK_TRY_SECONDS)
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Protocol
@@ -409,63 +410,100 @@ class Store:
         rows = _batch_rows(active, prepared, t_us)
         if progress:
             progress("scoring", 1, 1)
-        multi = len(active) > 1
         version_of = {s.name: s.version.id for s in active}
         # The rows and the snapshot are a great many objects that live until the end: left
         # to the garbage collector, each of its full passes would walk them all (0.1 s for
-        # 10,000 leads) inside a chunk's transaction, holding SQLite's write lock. Kept out
-        # of its passes while the chunks are written.
-        gc.freeze()
-        try:
-            done = 0
+        # 10,000 leads) inside a chunk's transaction, holding SQLite's write lock.
+        with _out_of_gc_passes():
             for begin in range(0, len(rows), chunk):
                 part = rows[begin : begin + chunk]
                 with self.db.write() as conn:
-                    now = self.clock()
-                    # Real-time rescoring of these leads waits until this chunk commits, so it
-                    # is never overwritten by the batch's older value; a lead merged away since
-                    # the snapshot is not scored again.
-                    present = lock_leads(conn, [r["lead_id"] for r in part])
-                    ids = [r["lead_id"] for r in part if r["lead_id"] in present]
-                    current = current_scores(conn, ids)
-                    fresh = {k for k, row in current.items() if seen.get(k) != row["updated_us"]}
-                    # Rescored meanwhile, but with a model this run replaces: a process that
-                    # read the active versions just before a publish committed (PostgreSQL's
-                    # read committed lets it). Rescored again below, from its events, with the
-                    # active one.
-                    replaced = sorted(
-                        {
-                            lead
-                            for (lead, sheet) in fresh
-                            if sheet in version_of
-                            and current[lead, sheet]["model_version_id"] != version_of[sheet]
-                        }
+                    self._write_chunk(
+                        conn, part, active, version_of, seen, t_us, report, fire_triggers
                     )
-                    new: list[NewScore] = []
-                    for r in part:
-                        if r["lead_id"] not in present:
-                            continue
-                        for s in active:
-                            if (r["lead_id"], s.name) in fresh:
-                                report.skipped += 1
-                                continue
-                            new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
-                    changes = write_scores(conn, new, reason, now, current=current)
-                    for c in changes:
-                        if c.recorded:
-                            report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
-                            report.changed += 1
-                    if self.listener is not None and changes:
-                        self.listener(conn, changes, now, fire_triggers)
-                    if replaced:
-                        self.rescore_leads(conn, replaced, reason, now, fire_triggers=fire_triggers)
                 self.db.let_others_write()
-                done += len(part)
                 if progress:
-                    progress("writing scores", done, len(rows))
-        finally:
-            gc.unfreeze()
+                    progress("writing scores", begin + len(part), len(rows))
         return report
+
+    def _write_chunk(
+        self,
+        conn: Connection,
+        part: Sequence[dict[str, Any]],
+        active: Sequence[Sheet],
+        version_of: dict[str, int],
+        seen: dict[tuple[str, str], int],
+        t_us: int,
+        report: RescoreReport,
+        fire_triggers: bool,
+    ) -> None:
+        """:meth:`rescore_all`: write the scores of a chunk of its rows."""
+        now = self.clock()
+        # Real-time rescoring of these leads waits until this chunk commits, so it is
+        # never overwritten by the batch's older value; a lead merged away since the
+        # snapshot is not scored again.
+        present = lock_leads(conn, [r["lead_id"] for r in part])
+        ids = [r["lead_id"] for r in part if r["lead_id"] in present]
+        current = current_scores(conn, ids)
+        fresh = {k for k, row in current.items() if seen.get(k) != row["updated_us"]}
+        # Rescored meanwhile, but with a model this run replaces: a process that read
+        # the active versions just before a publish committed (PostgreSQL's read
+        # committed lets it). Rescored again below, from its events, with the active one.
+        replaced = sorted(
+            {
+                lead
+                for (lead, sheet) in fresh
+                if sheet in version_of
+                and current[lead, sheet]["model_version_id"] != version_of[sheet]
+            }
+        )
+        multi = len(active) > 1
+        new: list[NewScore] = []
+        for r in part:
+            if r["lead_id"] not in present:
+                continue
+            for s in active:
+                if (r["lead_id"], s.name) in fresh:
+                    report.skipped += 1
+                    continue
+                new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
+        changes = write_scores(conn, new, report.reason, now, current=current)
+        for c in changes:
+            if c.recorded:
+                report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
+                report.changed += 1
+        if self.listener is not None and changes:
+            self.listener(conn, changes, now, fire_triggers)
+        if replaced:
+            self.rescore_leads(conn, replaced, report.reason, now, fire_triggers=fire_triggers)
+
+
+_frozen_lock = threading.Lock()
+_frozen_by = 0  # rescorings under way with gc.freeze in effect (threads of one process)
+
+
+@contextmanager
+def _out_of_gc_passes() -> Iterator[None]:
+    """Keep the objects alive now out of the garbage collector's passes (``gc.freeze``) for
+    the block, counting the rescorings that run at once in one process: the last to end gives
+    them back. Nothing is done when something else froze objects before (not ours to undo)."""
+    global _frozen_by
+    with _frozen_lock:
+        if _frozen_by == 0 and gc.get_freeze_count():
+            mine = False
+        else:
+            mine = True
+            if _frozen_by == 0:
+                gc.freeze()
+            _frozen_by += 1
+    try:
+        yield
+    finally:
+        if mine:
+            with _frozen_lock:
+                _frozen_by -= 1
+                if _frozen_by == 0:
+                    gc.unfreeze()
 
 
 def _batch_rows(
