@@ -4,9 +4,13 @@ itself, with the triggers and errors they have in the server's own thread."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import os
+import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,23 @@ import httpx
 import pytest
 
 from leadscore.engine.timeutil import parse_instant
-from leadscore.errors import NotFound, StoreError
+from leadscore.errors import (
+    ConfigError,
+    Conflict,
+    InputError,
+    InputProblem,
+    LeadscoreError,
+    ModelError,
+    ModelIssue,
+    NotFound,
+    StoreError,
+    UsageError,
+)
 from leadscore.service import Settings, create_app
-from leadscore.service.rescoring import Rescorer, Stopped
-from leadscore.store import Store
+from leadscore.service.errors import ApiError
+from leadscore.service.models_api import _whole_store
+from leadscore.service.rescoring import Rescorer, Stopped, _portable, child_main
+from leadscore.store import RescoreReport, Store
 from leadscore.store.db import open_database
 from leadscore.store.leads import EventInput, LeadInput
 from leadscore.store.triggers import firings, parse_triggers, save_triggers
@@ -108,14 +125,108 @@ def test_a_child_that_cannot_open_the_store_says_why(store: Store, tmp_path: Pat
         Rescorer(store, missing, durable=False, apart=True).rescore()
 
 
-def test_stopping_the_service_ends_a_rescoring_under_way(store: Store, db_url: str) -> None:
+def sqlite_store_with_a_lead(tmp_path: Path, clock: Clock) -> tuple[Store, str]:
+    url = f"sqlite:///{tmp_path / 'blocked.db'}"
+    store = Store(open_database(url), clock=clock)
+    store.ensure_published(MODEL, "tiny.yaml")
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP Sales"})])
+    return store, url
+
+
+def rescoring_children() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("leadscore-re")]
+
+
+def child_under_way(rescorer: Rescorer) -> tuple[Future[object], Any]:
+    """Start a rescoring in a thread; its child once started (held up at its first write by
+    the caller, who holds SQLite's write lock)."""
+    pool = ThreadPoolExecutor(1)
+    future: Future[object] = pool.submit(rescorer.rescore)
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + 30
+    while not rescoring_children():
+        assert time.monotonic() < deadline, "no rescoring child within 30 s"
+        time.sleep(0.01)
+    return future, rescoring_children()[0]
+
+
+def test_stopping_the_service_ends_a_rescoring_under_way(tmp_path: Path, clock: Clock) -> None:
+    store, url = sqlite_store_with_a_lead(tmp_path, clock)
+    holder = open_database(url)
     stop = threading.Event()
-    threading.Timer(0.2, stop.set).start()
-    started = time.monotonic()
-    with pytest.raises(Stopped):
-        Rescorer(store, db_url, durable=False, apart=True).rescore(stop=stop)
-    assert time.monotonic() - started < 10
-    assert multiprocessing.active_children() == []
+    rescorer = Rescorer(store, url, durable=False, apart=True, stop=stop)
+    try:
+        with holder.write():  # the child cannot finish
+            future, child = child_under_way(rescorer)
+            stop.set()
+            with pytest.raises(Stopped):
+                future.result(timeout=30)
+        assert not child.is_alive()
+    finally:
+        holder.dispose()
+        store.db.dispose()
+
+
+def test_a_child_that_dies_is_reported(tmp_path: Path, clock: Clock) -> None:
+    store, url = sqlite_store_with_a_lead(tmp_path, clock)
+    holder = open_database(url)
+    try:
+        with holder.write():
+            future, child = child_under_way(Rescorer(store, url, durable=False, apart=True))
+            os.kill(child.pid, signal.SIGKILL)
+            with pytest.raises(RuntimeError, match=r"ended without finishing \(exit code -9\)"):
+                future.result(timeout=30)
+    finally:
+        holder.dispose()
+        store.db.dispose()
+
+
+def test_a_child_whose_server_is_gone_ends_itself(tmp_path: Path, clock: Clock) -> None:
+    """The child is told its server's pid; when its parent is another (the server was killed
+    and the child handed to init), it exits at once instead of writing on."""
+    store, url = sqlite_store_with_a_lead(tmp_path, clock)
+    store.db.dispose()
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    not_its_parent = 1
+    child = ctx.Process(target=child_main, args=(sender, url, False, "rescore", {}, not_its_parent))
+    child.start()
+    sender.close()
+    child.join(30)
+    assert child.exitcode == 1
+    with pytest.raises(EOFError):  # it answered nothing
+        receiver.recv()
+    receiver.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModelError([ModelIssue("m.yaml", 3, "profile[0]", "unknown key")]),
+        ConfigError([ModelIssue("t.yaml", 4, "triggers[0]", "no when")]),
+        InputError([InputProblem("e.csv", "not a time", 2, "ts")], "use ISO 8601"),
+        NotFound("no model 'x'"),
+        Conflict("already active"),
+        UsageError("no such sheet"),
+        StoreError("cannot open"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_every_error_comes_back_from_the_child_as_it_was(error: LeadscoreError) -> None:
+    """What the API answers depends on the error's class and fields (a ModelError is a 422
+    with its lines): the child's errors reach the server whole."""
+    copy = _portable(error)
+    assert type(copy) is type(error)
+    assert str(copy) == str(error) and copy.__dict__ == error.__dict__
+
+
+def test_a_stopped_rescoring_answers_503() -> None:
+    def stopped() -> RescoreReport:
+        raise Stopped
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(_whole_store(stopped))
+    assert caught.value.status == 503
 
 
 def test_the_service_rescores_apart_for_a_store_it_opened(tmp_path: Path, store: Store) -> None:
@@ -179,4 +290,4 @@ def test_the_scheduled_rescoring_runs_apart_and_ends_with_the_service(
         assert history[0]["reason"] == "decay"
         assert app.state.leadscore.rescorer.apart
         assert api.get("/api/v1/leads/L1").json()["stage"] == "recycled"
-    assert multiprocessing.active_children() == []
+    assert rescoring_children() == []

@@ -56,6 +56,9 @@ class ModelError(LeadscoreError):
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
 
+    def __reduce__(self) -> tuple[type[ModelError], tuple[list[ModelIssue]]]:
+        return type(self), (self.issues,)  # pickled whole (a rescoring process sends it back)
+
 
 @dataclass(frozen=True)
 class InputProblem:
@@ -84,6 +87,9 @@ class InputError(LeadscoreError):
         text = "\n".join(str(p) for p in problems)
         super().__init__(text + (f"\n{hint}" if hint else ""))
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[list[InputProblem], str | None]]:
+        return type(self), (self.problems, self.hint)
+
 
 class UsageError(LeadscoreError):
     """Arguments that cannot work together (an unknown sheet, a bad as-of time, ...)."""
@@ -108,3 +114,6 @@ class ConfigError(LeadscoreError):
     def __init__(self, issues: list[ModelIssue]) -> None:
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ModelIssue]]]:
+        return type(self), (self.issues,)

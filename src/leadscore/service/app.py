@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         else:
             writer = IngestWriter(s)
         rescorer = Rescorer(
-            s, settings.db, durable=settings.durable, apart=own and not s.db.in_memory
+            s, settings.db, durable=settings.durable, apart=own and not s.db.in_memory, stop=stop
         )
         app.state.leadscore = ServiceState(settings, s, KeyCache(), writer, rescorer)
         threads = []
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                     settings.rescore_interval,
                     stop,
                     "rescore",
-                    lambda: rescorer.rescore("decay", stop=stop),
+                    lambda: rescorer.rescore("decay"),
                 )
             )
         policy = RetryPolicy(

@@ -7,6 +7,7 @@ stored versions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -31,10 +32,12 @@ from leadscore.errors import ModelError, ModelIssue
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError, from_leadscore, loc_text
 from leadscore.service.payloads import Scalar, read_json
+from leadscore.service.rescoring import Stopped
 from leadscore.service.state import ServiceState
 from leadscore.service.views import iso_times
 from leadscore.spec import Model, parse_model
 from leadscore.spec.conditions import to_text
+from leadscore.store import RescoreReport
 from leadscore.store.keys import ApiKey
 from leadscore.store.leads import event_fields
 from leadscore.store.versions import get_version, list_versions
@@ -250,7 +253,7 @@ async def publish_model(
     """Make a version the active one and rescore every lead with it from its events; each
     change is recorded with reason ``model change``. Triggers do not fire unless asked."""
     state = _state(request)
-    report = await run_in_threadpool(
+    report = await _whole_store(
         lambda: state.rescorer.publish(name, version, fire_triggers=fire_triggers)
     )
     with state.store.db.read() as conn:
@@ -267,10 +270,23 @@ async def rescore(
     """Bring every lead's score up to now (decay, windows, inactivity) with the batch
     evaluator; changes are recorded with reason ``decay``."""
     state = _state(request)
-    report = await run_in_threadpool(
+    report = await _whole_store(
         lambda: state.rescorer.rescore("decay", fire_triggers=fire_triggers)
     )
     return iso_times(asdict(report))  # type: ignore[no-any-return]
+
+
+async def _whole_store(run: Callable[[], RescoreReport]) -> RescoreReport:
+    """A rescoring of every lead (in a process of its own: leadscore.service.rescoring),
+    off the event loop; 503 when the server stops meanwhile."""
+    try:
+        return await run_in_threadpool(run)
+    except Stopped:
+        raise ApiError(
+            503,
+            "the server is stopping: the rescoring was ended (what it wrote stays; the next "
+            "rescoring does the rest)",
+        ) from None
 
 
 # --- scoring a hypothetical lead ----------------------------------------------------------------

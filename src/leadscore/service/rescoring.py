@@ -2,12 +2,15 @@
 
 Rescoring every lead (the scheduled rescoring, ``POST /api/v1/rescore``, publishing a model) is
 seconds to minutes of work in Python. In a thread of the HTTP process it held the interpreter
-lock against the requests being served meanwhile (docs/benchmarks.md: a rescoring of a 10,000
-lead store every 4 s took single-event POSTs from a p99 of 7 ms to 26 ms). A server that opened
-its store itself (a SQLite file or a PostgreSQL database) runs them in a child process instead,
-as ``leadscore rescore`` run beside it would; the child sends the report back, or the error to
+lock against the requests being served meanwhile (a 10,000-lead store rescored every 4 s took
+single-event POSTs from a p99 of 7 ms to 25 ms; docs/operations.md). A server that opened its
+store itself (a SQLite file or a PostgreSQL database) runs them in a child process instead, as
+``leadscore rescore`` run beside it would; the child sends the report back, or the error to
 answer with. A store handed to :func:`leadscore.service.create_app` (tests, the demo, a store in
 memory) is rescored in the calling thread, as before.
+
+When the service stops, a child under way is ended (what it committed, chunk by chunk, stays;
+the next rescoring does the rest); a child whose server is gone (killed) ends itself.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -25,12 +30,13 @@ from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.writer import with_triggers
 from leadscore.store import RescoreReport, Store, open_store
 
-__all__ = ["Rescorer"]
+__all__ = ["Rescorer", "Stopped"]
 
 log = logging.getLogger("leadscore.service")
 
 POLL_SECONDS = 0.5  # how often a wait for the child looks at whether it is still there
 EXIT_SECONDS = 10.0  # for the child to exit once it has answered
+ORPHAN_SECONDS = 1.0  # how often the child looks at whether its server is still there
 
 
 class Stopped(Exception):
@@ -40,26 +46,29 @@ class Stopped(Exception):
 
 class Rescorer:
     """Whole-store rescorings of a service's store: in a child process that opens ``db``
-    itself when ``apart``, else in the calling thread with ``store``."""
+    itself when ``apart``, else in the calling thread with ``store``. Setting ``stop`` (the
+    service's) ends a child under way: its caller hears :class:`Stopped`."""
 
-    def __init__(self, store: Store, db: str | None, *, durable: bool, apart: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        db: str | None,
+        *,
+        durable: bool,
+        apart: bool,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.store = store
         self.db = db
         self.durable = durable
         self.apart = apart
+        self.stop = stop
 
-    def rescore(
-        self,
-        reason: str = "decay",
-        *,
-        fire_triggers: bool = True,
-        stop: threading.Event | None = None,
-    ) -> RescoreReport:
-        """Bring every lead's score up to now (:meth:`Store.rescore_all`). With ``stop``
-        given, a rescoring under way in a child ends when it is set (:class:`Stopped`)."""
+    def rescore(self, reason: str = "decay", *, fire_triggers: bool = True) -> RescoreReport:
+        """Bring every lead's score up to now (:meth:`Store.rescore_all`)."""
         if not self.apart:
             return self.store.rescore_all(reason, fire_triggers=fire_triggers)
-        return self._in_child("rescore", {"reason": reason, "fire_triggers": fire_triggers}, stop)
+        return self._in_child("rescore", {"reason": reason, "fire_triggers": fire_triggers})
 
     def publish(
         self, name: str, version: int | None = None, *, fire_triggers: bool = False
@@ -74,27 +83,27 @@ class Rescorer:
         finally:
             self.store.forget_sheets()  # this process shows the version at once
 
-    def _in_child(
-        self, action: str, kwargs: dict[str, Any], stop: threading.Event | None = None
-    ) -> RescoreReport:
+    def _in_child(self, action: str, kwargs: dict[str, Any]) -> RescoreReport:
         ctx = multiprocessing.get_context("spawn")
         receiver, sender = ctx.Pipe(duplex=False)
         child = ctx.Process(
             target=child_main,
-            args=(sender, self.db, self.durable, action, kwargs),
+            args=(sender, self.db, self.durable, action, kwargs, os.getpid()),
             name=f"leadscore-{action}",
             daemon=True,
         )
-        child.start()
-        sender.close()  # the child's end: EOF here once the child is gone
         try:
-            answer = _wait(receiver, child, stop)
+            child.start()
+            sender.close()  # the child's end: EOF here once the child is gone
+            answer = _wait(receiver, child, self.stop)
         finally:
+            sender.close()
             receiver.close()
-            child.join(EXIT_SECONDS)
-            if child.is_alive():
-                child.kill()
-                child.join()
+            if child.pid is not None:  # started
+                child.join(EXIT_SECONDS)
+                if child.is_alive():
+                    child.kill()
+                    child.join()
         kind, payload = answer
         if kind == "ok" and isinstance(payload, RescoreReport):
             return payload
@@ -125,12 +134,13 @@ def _wait(
 
 
 def child_main(
-    out: Pipe, db: str | None, durable: bool, action: str, kwargs: dict[str, Any]
+    out: Pipe, db: str | None, durable: bool, action: str, kwargs: dict[str, Any], server: int
 ) -> None:
     """The child: open the store, rescore (score changes go to the triggers, as in the
     server), send back the report or the error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle: it ends this one
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: rescoring: %(message)s")
+    threading.Thread(target=_end_with, args=(server,), name="leadscore-orphan", daemon=True).start()
     answer: tuple[str, Any]
     try:
         store = open_store(db, durable=durable, cached_events=0)
@@ -146,9 +156,23 @@ def child_main(
     except Exception as e:
         log.exception("%s failed", action)
         answer = ("error", RuntimeError(f"{action} failed: {type(e).__name__}: {e}"))
-    with contextlib.suppress(OSError):
+    try:
         out.send(answer)
+    except OSError:  # the server is gone
+        pass
+    except Exception as e:  # the answer does not pickle: say so rather than nothing
+        log.exception("sending the %s answer failed", action)
+        with contextlib.suppress(Exception):
+            out.send(("error", RuntimeError(f"{action}: its answer could not be sent: {e}")))
     out.close()
+
+
+def _end_with(server: int) -> None:
+    """In the child: exit at once when the server process is gone (killed: nothing asked
+    this one to stop), rather than go on writing beside a server started anew."""
+    while os.getppid() == server:
+        time.sleep(ORPHAN_SECONDS)
+    os._exit(1)
 
 
 def _portable(e: LeadscoreError) -> LeadscoreError:
