@@ -1160,9 +1160,10 @@ def reading(reports: Sequence[RunReport]) -> list[str]:
             continue
         during, alone = r.step("single_rescoring"), r.step("single")
         runs = r.totals.rescorings
+        spans = [f"{t:.1f}" for t in sorted(t for t, _ in runs)]
         took = (
             f"{len(runs)} rescoring{'s' if len(runs) != 1 else ''} of {runs[0][1]:,} leads, "
-            f"{min(t for t, _ in runs):.1f}-{max(t for t, _ in runs):.1f} s each"
+            + (f"{spans[0]} s" if len(set(spans)) == 1 else f"{spans[0]}-{spans[-1]} s each")
             if runs
             else "no rescoring finished"
         )
