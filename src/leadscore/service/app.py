@@ -40,6 +40,7 @@ from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.rescoring import Rescorer, Stopped
 from leadscore.service.state import ServiceState, Settings
+from leadscore.service.survivors import freeze_survivors
 from leadscore.service.writer import IngestWriter, ProcessWriter, with_triggers
 from leadscore.store import Store, open_store
 from leadscore.store.outbox import Deliverer, RetryPolicy
@@ -219,6 +220,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
             thread.start()
             threads.append(thread)
+        if settings.freeze_at_start:
+            freeze_survivors()  # all made so far lives as long as the server
         try:
             yield
         finally:

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from leadscore.errors import LeadscoreError
+from leadscore.service.survivors import freeze_survivors
 from leadscore.store import Store, open_store
 from leadscore.store.deferred import Scored, ScoreJob, score_job
 from leadscore.store.eventcache import Preloader
@@ -74,11 +75,16 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
     sender = threading.Thread(target=_send_answers, args=(pipe, answers), daemon=True)
     sender.start()
     try:
+        freeze_survivors()
         answers.put(("ready", None, store.event_cache.stats()))
         preloader = Preloader(store.event_cache)
+        frozen = False
         while True:
             while not preloader.done and not pipe.poll():
                 preload(store, preloader)
+            if preloader.done and not frozen:  # the events read ahead, kept for long
+                freeze_survivors()
+                frozen = True
             try:
                 job = pipe.recv()
             except (EOFError, OSError):  # the ingest process is gone

@@ -39,6 +39,9 @@ class Settings:
     ingest_process: bool = True
     # SQLite, with the ingest process: rescoring after ingest in a scoring process beside it
     scoring_process: bool = True
+    # once started, keep the objects made so far out of the garbage collector's full passes
+    # (leadscore serve: the process is the server's alone; leadscore.service.survivors)
+    freeze_at_start: bool = False
     max_body_bytes: int = 1_000_000
     max_upload_bytes: int = 50_000_000  # a file posted whole (outcomes as CSV)
     max_batch: int = 1000

@@ -48,6 +48,7 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
+from leadscore.service.survivors import freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
 from leadscore.store.db import database_url
 from leadscore.store.deferred import (
@@ -302,6 +303,7 @@ def _ingest_process(
             link.stop()
         if link is None or not link.alive:
             store.event_cache.max_events = cached
+        freeze_survivors()  # the modules, the store, the cache read so far
         results_out.send(("ready", _stats(store, link)))
         _write_loop(store, link, jobs_in, results_out, max_items, cached, state, inline_events)
     finally:
