@@ -214,6 +214,7 @@ def serve(
         durable=not fast_commits,
         ingest_process=ingest_process,
         scoring_process=scoring_process,
+        freeze_at_start=True,
     )
     if cached_events is not None:
         settings.cached_events = cached_events
