@@ -75,14 +75,13 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
     sender = threading.Thread(target=_send_answers, args=(pipe, answers), daemon=True)
     sender.start()
     try:
-        freeze_survivors()
         answers.put(("ready", None, store.event_cache.stats()))
         preloader = Preloader(store.event_cache)
         frozen = False
         while True:
             while not preloader.done and not pipe.poll():
                 preload(store, preloader)
-            if preloader.done and not frozen:  # the events read ahead, kept for long
+            if preloader.done and not frozen:  # the modules, the store, the events read ahead
                 freeze_survivors()
                 frozen = True
             try:

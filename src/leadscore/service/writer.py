@@ -566,6 +566,11 @@ def _unavailable(message: str, retry_after: float = 1.0) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+def _stopping() -> ApiError:
+    """What a request hears when the server stops before its events were sent on."""
+    return _unavailable("the server is stopping: send the events again")
+
+
 # multiprocessing's framing of a message on a pipe (Connection.send_bytes / recv_bytes): a
 # 4-byte big-endian signed length, or -1 and an 8-byte length for 2 GiB and more
 _SHORT = struct.Struct("!i")
@@ -946,7 +951,7 @@ class ProcessWriter:
         if job.sent or job.done.done():  # sent already, or given up
             return True
         if self._closed:
-            _settle(job, _unavailable("the server is stopping: send the events again"))
+            _settle(job, _stopping())
             return True
         child = self._child
         if child.alive and child.bind(job.loop):
@@ -967,7 +972,7 @@ class ProcessWriter:
         if job.sent or job.done.done() or job.restarting:  # taken over meanwhile, or given up
             return
         if self._closed:
-            _settle(job, _unavailable("the server is stopping: send the events again"))
+            _settle(job, _stopping())
         elif not child.submit(job):
             job.restarting = True
             self._jobs.put(job)
@@ -978,7 +983,7 @@ class ProcessWriter:
         answers)."""
         if job.restarting or self._closed:  # the restarting thread has it, or none will
             if self._closed and not job.sent:
-                _settle(job, _unavailable("the server is stopping: send the events again"))
+                _settle(job, _stopping())
             return
         child = self._child
         there = child.loop
@@ -1022,7 +1027,7 @@ class ProcessWriter:
                 except queue.Empty:
                     return False
                 if late is not None:
-                    _settle(late, _unavailable("the server is stopping: send them again"))
+                    _settle(late, _stopping())
         if not self._child.alive:
             wait = self._retry_at - time.monotonic()
             if wait > 0:  # the last start failed: not again before its back-off is over
