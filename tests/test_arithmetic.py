@@ -238,3 +238,36 @@ def test_events_in_any_order_score_alike() -> None:
     results = [score_lead(m, {}, evs, AS_OF) for evs in (in_order, shuffled, events)]
     assert results[0] == results[1] == results[2]
     assert [e.event_id for e in results[0].rules[0].events][:2] == ["e28", "e24"]
+
+
+def test_profile_results_kept_per_model_follow_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-lead evaluator keeps each model's profile results by the values of the fields
+    its rules read: a lead scored again gets the same contributions and warnings, a changed
+    field (or one only a single rule reads) gets its own, and starting over past the bound
+    changes nothing."""
+    import leadscore.engine.lead as lead_module
+
+    m = model(
+        """
+        profile:
+          - {id: vp, if: {field: title, contains: vp}, points: 10}
+          - {id: big, if: {field: employees, gt: 100}, points: 5}
+          - {id: us, if: {field: country, eq: US}, points: 3}
+        """
+    )
+    vp = {"title": "VP Sales", "employees": "lots", "country": "US", "other": "x"}
+    first = score_lead(m, vp, (), AS_OF, explain=False)
+    assert (first.score, first.warnings) == (
+        13.0,
+        ("rule big: lead field 'employees': 'lots' is not a number",),
+    )
+    again = score_lead(m, {**vp, "other": "y"}, (), AS_OF, explain=False)  # a field no rule reads
+    assert (again.score, again.warnings, again.rules) == (first.score, first.warnings, first.rules)
+    assert score_lead(m, {**vp, "country": "DE"}, (), AS_OF).score == 10.0
+    assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).warnings == ()
+    assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).score == 18.0
+    assert score_lead(m, {**vp, "title": None}, (), AS_OF).score == 3.0
+    monkeypatch.setattr(lead_module, "PROFILE_MEMO", 2)
+    for title, score in [("VP", 13.0), ("CTO", 3.0), ("vp eng", 13.0), ("CTO", 3.0)] * 2:
+        assert score_lead(m, {**vp, "title": title}, (), AS_OF).score == score
+    assert len(lead_module._plan_of(m).profile_memo) <= 2

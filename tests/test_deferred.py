@@ -350,3 +350,20 @@ def test_a_small_batch_for_a_long_history_is_left_to_the_scoring_process(
     assert p.used[-1]
     assert_matches_per_lead(writer, ["L1"], clock.now)
     assert settle(writer) == 0  # the counters agree
+
+
+def test_scores_cross_the_pipe_whole() -> None:
+    """A scoring process's answer is pickled to the ingest process: every field of every new
+    score arrives (NewScore pickles as the tuple of its fields)."""
+    import dataclasses
+    import pickle
+
+    from leadscore.store.deferred import Scored
+    from leadscore.store.scores import NewScore
+
+    values = {f.name: f"v{i}" for i, f in enumerate(dataclasses.fields(NewScore))}
+    values["groups"] = {"fit": 1.5}
+    sent = Scored(7, (3,), [NewScore(**values)])
+    got = pickle.loads(pickle.dumps(sent, pickle.HIGHEST_PROTOCOL))
+    assert got == sent
+    assert {f.name: getattr(got.scores[0], f.name) for f in dataclasses.fields(NewScore)} == values

@@ -147,10 +147,10 @@ def score_lead(
     plan = _plan_of(model)
     # Only the fields some rule reads are compared: they alone are turned into text.
     get = lead.get
-    record = {}
+    values = []
     for k in plan.lead_fields:
         v = get(k)
-        record[k] = v if v is None or type(v) is str else to_text(v)
+        values.append(v if v is None or type(v) is str else to_text(v))
     lead_id = get(lead_id_column)
     if lead_id is not None and type(lead_id) is not str:
         lead_id = to_text(lead_id)
@@ -177,15 +177,20 @@ def score_lead(
             if len(bucket) > 1:
                 bucket.sort(key=_TS)
 
-    warnings: list[str] = []
-    contributions: list[RuleContribution] = []
+    # The profile rules' contributions depend on those fields alone: a lead scored again (on
+    # its next event) finds them made.
+    key = tuple(values)
+    profile = plan.profile_memo.get(key)
+    if profile is None:
+        profile = _profile(plan, dict(zip(plan.lead_fields, values, strict=True)))
+        if len(plan.profile_memo) >= PROFILE_MEMO:
+            plan.profile_memo.clear()
+        plan.profile_memo[key] = profile
+    contributions = list(profile[0])
+    warnings = list(profile[1])
     add = contributions.append
     # (type, field): normalised values, and the values joined by _SEP
     columns: dict[tuple[str, str], tuple[list[str], str]] = {}
-    for rule, hit, miss in plan.profile:
-        for name in rule.numeric_fields:
-            _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
-        add(hit if rule.predicate(record) else miss)
     for activity, etype, idle in plan.activity:
         if idle is not None and not by_type[etype]:  # most rules, for most leads
             add(idle)
@@ -234,6 +239,24 @@ def score_lead(
 
 _NEVER = -(1 << 63)  # before any event
 
+# Profile results kept per model (by the values of the fields its rules read), at most this
+# many; then they start over.
+PROFILE_MEMO = 50_000
+
+
+def _profile(
+    plan: _Plan, record: Mapping[str, str | None]
+) -> tuple[tuple[RuleContribution, ...], tuple[str, ...]]:
+    """The contributions of the profile rules to a lead with fields ``record``, and the
+    warnings they raise."""
+    warnings: list[str] = []
+    out = []
+    for rule, hit, miss in plan.profile:
+        for name in rule.numeric_fields:
+            _check_number(record.get(name), f"rule {rule.id}: lead field {name!r}", warnings)
+        out.append(hit if rule.predicate(record) else miss)
+    return tuple(out), tuple(warnings)
+
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
@@ -251,6 +274,10 @@ class _Plan:
     inactivity: tuple[InactivityRule, ...]
     groups: tuple[tuple[Group, tuple[int, ...]], ...]
     lead_fields: tuple[str, ...]  # the lead fields the profile rules read
+    # (values of lead_fields) -> what _profile gives for them
+    profile_memo: dict[
+        tuple[str | None, ...], tuple[tuple[RuleContribution, ...], tuple[str, ...]]
+    ] = field(default_factory=dict, compare=False)
 
 
 def _plan_of(model: Model) -> _Plan:

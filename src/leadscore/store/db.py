@@ -132,7 +132,11 @@ def in_list(n: int) -> str:
 def driver_json(value: Any) -> str:
     """A JSON column's value as the driver takes it: text, as the engine's serializer writes
     it (non-ASCII kept as is)."""
-    return json.dumps(value, ensure_ascii=False)
+    return _ENCODE(value)
+
+
+# json.dumps(value, ensure_ascii=False), without making an encoder on every call
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def from_driver_json(value: Any) -> Any:

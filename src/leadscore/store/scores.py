@@ -32,9 +32,13 @@ REASONS = ("event", "profile", "decay", "model change", "manual")
 HISTORY_MIN_DELTA = 0.01
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewScore:
-    """A freshly computed score of one lead on one sheet."""
+    """A freshly computed score of one lead on one sheet (not to be changed once made).
+
+    Not frozen, and pickled as the tuple of its fields: the scoring process sends hundreds
+    a batch, which a frozen dataclass with slots makes several times slower to build and to
+    unpickle."""
 
     lead_id: str
     sheet: str
@@ -64,6 +68,25 @@ class NewScore:
             r.mql,
             r.priority,
             {g.group_id: g.points for g in r.groups},
+        )
+
+    def __reduce__(self) -> tuple[type[NewScore], tuple[Any, ...]]:
+        return (
+            NewScore,
+            (
+                self.lead_id,
+                self.sheet,
+                self.model_version_id,
+                self.as_of_us,
+                self.score,
+                self.fit,
+                self.engagement,
+                self.grade,
+                self.band,
+                self.mql,
+                self.priority,
+                self.groups,
+            ),
         )
 
     def values(self, now_us: int) -> dict[str, Any]:
