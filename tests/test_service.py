@@ -123,6 +123,52 @@ def test_limits_and_malformed_bodies(serve: Serve) -> None:
     _envelope(api.get("/api/v1/nothing-here"), 404, "not_found")
 
 
+def test_properties_over_the_limit_are_refused_per_item(serve: Serve) -> None:
+    """The properties' size is that of their JSON (non-ASCII escaped, as json.dumps writes
+    it), checked exactly whenever a quick bound does not clear them."""
+    api = serve(no_auth=True, max_properties_bytes=100)
+    items = [
+        {"lead_id": "L1", "type": "x", "note": "a" * 80},  # 92 bytes as JSON
+        {"lead_id": "L1", "type": "x", "note": "a" * 40},  # bound 500, JSON 52
+        {"lead_id": "L1", "type": "x", "note": "é" * 20},  # JSON 132 (\u00e9)
+        {"lead_id": "L1", "type": "x", "nested": {"k": "a" * 120}},
+    ]
+    body = api.post("/api/v1/events", json=items).json()
+    assert [i["index"] for i in body["items"]] == [0, 1]
+    assert [e["index"] for e in body["errors"]] == [2, 3]
+    assert body["errors"][0]["message"] == "the properties take more than 100 bytes as JSON"
+
+
+def test_json_bound_is_never_below_the_json() -> None:
+    import json
+    import random
+
+    from leadscore.service.payloads import _json_bound
+
+    rng = random.Random(0)
+    chars = 'az09 "\\\x00\x1f\u2028é😀'
+    text = lambda n: "".join(rng.choice(chars) for _ in range(n))  # noqa: E731
+    for _ in range(3000):
+        value = {
+            text(rng.randint(0, 6)): rng.choice(
+                [
+                    None,
+                    True,
+                    10**15 - 1,
+                    -(10**15) + 1,
+                    1e-300 / 3,
+                    -1 / 3,
+                    float("-inf"),
+                    float("nan"),
+                    text(rng.randint(0, 20)),
+                ]
+            )
+            for _ in range(rng.randint(0, 5))
+        }
+        assert _json_bound(value) >= len(json.dumps(value)), value
+    assert _json_bound({"k": [1]}) == _json_bound({"k": 10**15}) == float("inf")
+
+
 def test_keys_and_scopes(serve: Serve, store: Store) -> None:
     api = serve()
     ingest, read = _key(store, "ingest"), _key(store, "read")

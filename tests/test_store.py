@@ -76,6 +76,7 @@ def test_event_properties_and_scores_round_trip_through_the_driver(
     non-ASCII and nested properties come back as sent, a rule matches them, and the score's
     groups and MQL flag read back with their types."""
     from leadscore.engine.lead import Event
+    from leadscore.store.db import from_driver_json
     from leadscore.store.leads import lead_events, lead_records
     from leadscore.store.scores import current_scores
 
@@ -101,7 +102,7 @@ mql: hot
     assert isinstance(event, Event) and event.fields["city"] == "Zürich"
     assert "Zürich" in raw  # stored as text, not \u-escaped (search sees it as sent)
     assert record == {"company": "Ünïcode GmbH", "lead_id": "L1"}
-    assert (row["score"], row["band"], row["mql"], row["groups"]) == (
+    assert (row["score"], row["band"], row["mql"], from_driver_json(row["groups"])) == (
         60.0,
         "hot",
         True,
@@ -377,3 +378,31 @@ def test_batch_rescoring_keeps_its_rows_out_of_the_collector_while_writing(
         assert gc.get_freeze_count() > before // 2  # not given back (some died meanwhile)
     finally:
         gc.unfreeze()
+
+
+def test_groups_are_written_when_only_they_change(store: Store, clock: Clock) -> None:
+    """An event that moves points from one group to another leaves the score, band and grade
+    as they were: the stored groups change all the same (they are compared as stored)."""
+    store.ensure_published(
+        """
+version: 1
+name: two
+groups:
+  a: {kind: activity}
+  b: {kind: activity}
+activity:
+  - {id: up, group: a, event: up, points: 10}
+  - {id: down, group: b, event: down, points: -10}
+bands: {cold: -100, hot: 50}
+mql: hot
+""",
+        "two.yaml",
+    )
+    store.ingest_events([EventInput("up", clock.now, "L1")])
+    with store.db.read() as conn:
+        before = lead_view(conn, "L1")["scores"]["two"]
+    store.ingest_events([EventInput("up", clock.now, "L1"), EventInput("down", clock.now, "L1")])
+    with store.db.read() as conn:
+        after = lead_view(conn, "L1")["scores"]["two"]
+    assert (before["score"], before["groups"]) == (10.0, {"a": 10.0, "b": 0.0})
+    assert (after["score"], after["groups"]) == (10.0, {"a": 20.0, "b": -10.0})

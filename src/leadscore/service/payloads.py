@@ -126,8 +126,29 @@ def _timestamp(value: Timestamp | None, now_us: int) -> int:
 
 
 def check_size(value: dict[str, Any], what: str, limit: int) -> None:
-    if len(json.dumps(value, default=str)) > limit:
+    if _json_bound(value) > limit and len(json.dumps(value, default=str)) > limit:
         raise ValueError(f"{what} take more than {limit:,} bytes as JSON")
+
+
+def _json_bound(value: dict[str, Any]) -> float:
+    """At least ``len(json.dumps(value))`` for a flat object of text, booleans, nulls and
+    numbers, without writing it (a character takes at most 12 in JSON: an escaped surrogate
+    pair); infinite for anything else."""
+    n = 2  # {}
+    for k, v in value.items():
+        t = type(v)
+        if t is str:
+            n += 12 * len(v) + 2
+        elif v is None or t is bool:
+            n += 5
+        elif t is float or (t is int and -(10**15) < v < 10**15):
+            n += 25  # repr of a float (or "Infinity"), or of an int of 16 digits and a sign
+        else:
+            return float("inf")
+        if type(k) is not str:
+            return float("inf")
+        n += 12 * len(k) + 6  # the key's quotes, ": " and ", "
+    return n
 
 
 class LeadIn(BaseModel):

@@ -172,7 +172,9 @@ class EventCache:
                 if mine.epoch != epoch or lid in journal.dirty:
                     continue
                 added = journal.events.get(lid)
-                grown = mine if not added else _grown(mine, added, mine.count + len(added), kept)
+                grown = (
+                    mine if not added else _grown(mine, added, mine.count + len(added), kept, epoch)
+                )
                 if grown is None:  # a late event: read the lead in full
                     again.append(lid)
                 else:
@@ -194,7 +196,7 @@ class EventCache:
         for lid in asked:
             entry = cached.get(lid)
             if entry is None:  # every event of the lead came back (if it has any)
-                found[lid] = _entry(rows[lid], kept)
+                found[lid] = _entry(rows[lid], kept, epoch)
                 self.misses += 1
                 continue
             count, max_id = stats.get(lid, (0, 0))
@@ -204,7 +206,7 @@ class EventCache:
                 found[lid] = entry
                 self.hits += 1
             else:
-                grown = _grown(entry, rows[lid], count, kept)
+                grown = _grown(entry, rows[lid], count, kept, epoch)
                 if grown is None:
                     again.append(lid)
                 else:
@@ -250,10 +252,10 @@ class EventCache:
                 rows = added.get(lid)
                 if lid in gone or not rows:
                     continue
-                grown = _grown(entry, list(rows), entry.count + len(rows), self._types)
+                grown = _grown(entry, list(rows), entry.count + len(rows), self._types, epoch)
                 if grown is None or grown.weight > self.max_events:
                     continue
-                entries[lid] = _stamped(grown, epoch)
+                entries[lid] = grown
                 self._size += grown.weight
             while self._size > self.max_events and entries:
                 _, out = entries.popitem(last=False)
@@ -369,14 +371,14 @@ _ROWS = (
 )
 
 
-def _entry(rows: list[_Row], kept: frozenset[str] | None) -> _Entry:
-    """A lead's entry from all its events' rows (any order)."""
+def _entry(rows: list[_Row], kept: frozenset[str] | None, epoch: int | None = None) -> _Entry:
+    """A lead's entry from all its events' rows (any order), of cache epoch ``epoch``."""
     if not rows:
         return _EMPTY
     rows.sort()
     last = rows[-1]
     events_, weight = _decoded(rows, kept)
-    return _Entry(len(rows), max(r[1] for r in rows), (last[0], last[1]), events_, weight)
+    return _Entry(len(rows), max(r[1] for r in rows), (last[0], last[1]), events_, weight, epoch)
 
 
 def _decoded(rows: list[_Row], kept: frozenset[str] | None) -> tuple[tuple[Event, ...], int]:
@@ -390,10 +392,15 @@ def _decoded(rows: list[_Row], kept: frozenset[str] | None) -> tuple[tuple[Event
 
 
 def _grown(
-    entry: _Entry, rows: list[_Row], count: int, kept: frozenset[str] | None
+    entry: _Entry,
+    rows: list[_Row],
+    count: int,
+    kept: frozenset[str] | None,
+    epoch: int | None = None,
 ) -> _Entry | None:
-    """``entry`` with the rows newer than its newest id added, when they account for all the
-    events the lead gained and come after the cached ones in time; else None."""
+    """``entry`` with the rows newer than its newest id added (of cache epoch ``epoch``),
+    when they account for all the events the lead gained and come after the cached ones in
+    time; else None."""
     new = sorted(r for r in rows if r[1] > entry.max_id)
     if not new or entry.count + len(new) != count or (new[0][0], new[0][1]) < entry.last_key:
         return None
@@ -405,6 +412,7 @@ def _grown(
         (last[0], last[1]),
         entry.events + added,
         entry.weight + weight,
+        epoch,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
-from leadscore.store.db import driver_json, driver_sql, from_driver_json, in_list
+from leadscore.store.db import driver_json, driver_sql, in_list
 from leadscore.store.schema import score_history, scores
 
 __all__ = [
@@ -134,7 +134,8 @@ class ScoreChange:
 def current_scores(
     conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Current score rows (column name -> value) keyed by (lead_id, sheet)."""
+    """Current score rows (column name -> value) keyed by (lead_id, sheet). ``groups`` is as
+    the driver gives it (JSON text from SQLite, decoded from PostgreSQL): only compared."""
     ids = list(dict.fromkeys(lead_ids))
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
@@ -147,7 +148,6 @@ def current_scores(
         for values in conn.exec_driver_sql(driver_sql(conn, sql), params):
             row = dict(zip(_NAMES, values, strict=True))
             row["mql"] = bool(row["mql"])  # 0 / 1 from SQLite
-            row["groups"] = from_driver_json(row["groups"])
             found[(row["lead_id"], row["sheet"])] = row
     return found
 
@@ -193,7 +193,15 @@ def _changed_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[st
     values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
     for column in _VARYING:
         value = getattr(n, column)
-        if old[column] != value:
+        if column == "groups":  # set as JSON text
+            was = old["groups"]
+            if isinstance(was, str):  # SQLite: the text stored, compared as it is
+                value = driver_json(value)
+                if was != value:
+                    values["groups"] = value
+            elif was != value:  # decoded by psycopg
+                values["groups"] = driver_json(value)
+        elif old[column] != value:
             values[column] = value
     return values
 
@@ -281,8 +289,6 @@ def write_scores(
     # one executemany per set of changed columns
     shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for n, values in updates:
-        if "groups" in values:
-            values["groups"] = driver_json(values["groups"])
         shapes.setdefault(tuple(values), []).append((*values.values(), n.lead_id, n.sheet))
     for names, rows in shapes.items():
         sets = ", ".join(f"{name} = ?" for name in names)
