@@ -18,7 +18,7 @@ generator in this process drives it over HTTP/1.1 keep-alive connections on 127.
 - single-event POSTs again while one more connection POSTs ``/api/v1/rescore`` back to back
   (every lead rescored, in a child process of the server).
 
-Runs: SQLite with ``--fast-commits``, SQLite in the default (durable) mode, PostgreSQL. Each
+Runs: SQLite and PostgreSQL, each with ``--fast-commits`` and in the default (durable) mode. Each
 run checks that the events stored equal the events acknowledged. The CPU used by this client,
 the server, the PostgreSQL backends and everything else on the machine is reported per step.
 ``--profile DIR`` adds py-spy profiles of the server (after the timed steps; py-spy must be
@@ -102,7 +102,8 @@ EVENT_COLUMNS = (
 RUNS = {  # key: (label, store, --fast-commits)
     "sqlite-fast": ("SQLite, --fast-commits", "sqlite", True),
     "sqlite": ("SQLite, durable (default)", "sqlite", False),
-    "postgres": ("PostgreSQL, durable", "postgres", False),
+    "postgres-fast": ("PostgreSQL, --fast-commits", "postgres", True),
+    "postgres": ("PostgreSQL, durable (default)", "postgres", False),
 }
 COLUMNS = (
     "Run",
@@ -676,6 +677,14 @@ def recreate_pg(admin: str, dbname: str) -> str:
     return _pg_url(dbname, admin)
 
 
+def copy_pg(admin: str, loaded: str, dbname: str) -> str:
+    """A copy of the loaded database for one run (each run starts from the same rows)."""
+    with psycopg.connect(admin, autocommit=True) as pg:
+        pg.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        pg.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{loaded}"')
+    return _pg_url(dbname, admin)
+
+
 def drop_pg(admin: str, dbname: str) -> None:
     with psycopg.connect(admin, autocommit=True) as pg:
         pg.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
@@ -1179,18 +1188,20 @@ def reading(reports: Sequence[RunReport]) -> list[str]:
             "1,000 leads per transaction): " + "; ".join(parts) + "."
         )
     by_key = {r.key: r for r in reports}
-    if "sqlite" in by_key and "sqlite-fast" in by_key:
-        durable, fast = by_key["sqlite"], by_key["sqlite-fast"]
+    for name, key in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")):
+        if key not in by_key or f"{key}-fast" not in by_key:
+            continue
+        durable, fast = by_key[key], by_key[f"{key}-fast"]
         a, b = durable.step("single").rate, fast.step("single").rate
         last = [s.key for s in durable.steps if s.key.startswith("batch")][-1]
         c, d = durable.step(last).event_rate, fast.step(last).event_rate
         same = abs(a / b - 1) < 0.15 and abs(c / d - 1) < 0.15
         lines.append(
-            f"- SQLite durable vs `--fast-commits`: {a:,.0f} vs {b:,.0f} req/s single-event, "
+            f"- {name} durable vs `--fast-commits`: {a:,.0f} vs {b:,.0f} req/s single-event, "
             f"{c:,.0f} vs {d:,.0f} events/s in the largest batches: "
             + (
                 "within 15% of each other, so waiting for the disk on each commit is not "
-                "what limits the service here (the server process is CPU-bound)."
+                "what limits the service here."
                 if same
                 else f"durable commits change throughput by {a / b - 1:+.0%} (single) and "
                 f"{c / d - 1:+.0%} (batches)."
@@ -1223,7 +1234,8 @@ Synthetic leads and events (`leadscore.sample.write_sample(..., seed=0)`, as of 
 run, so the history is recent) are loaded straight into the store's tables (SQLite
 `executemany`, PostgreSQL `COPY` then `VACUUM ANALYZE`), stored as `leadscore import` would store
 them, and every lead is scored once with `Store.rescore_all`; none of this is timed. The
-durable SQLite run starts from a copy of the same file as the `--fast-commits` run. Each run
+SQLite runs start from copies of the same file, the PostgreSQL runs from copies of the same
+database (`CREATE DATABASE ... TEMPLATE`). Each run
 starts `leadscore serve --db ... --no-auth --rescore-every 0 [--fast-commits]` as a subprocess
 and waits for `/api/v1/health`. The server's CPU is that of its process and of its ingest
 process together.
@@ -1367,7 +1379,13 @@ def markdown_block(reports: Sequence[RunReport], meta: Meta) -> str:
         f"load average at the start: {meta.load}",
         f"- Versions: {versions(pg_version)}",
         f"- Stores: SQLite file in a temporary directory (WAL; `--fast-commits`: synchronous "
-        f"NORMAL, default: FULL); {meta.pg or 'PostgreSQL not run'}. Loaded (not timed): "
+        f"NORMAL, default: FULL); {meta.pg or 'PostgreSQL not run'}"
+        + (
+            "; `--fast-commits`: synchronous_commit off for the server's connections"
+            if meta.pg
+            else ""
+        )
+        + f". Loaded (not timed): "
         f"{loaded}",
         f"- Steps: {cfg.seconds:.0f} s timed each (after {RAMP_SECONDS:.0f} s untimed); "
         f"{cfg.concurrency} connections for the baselines and single events (plus the probe "
@@ -1480,7 +1498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="leadscore-ingest-"))
     console.print(f"[dim]working directory: {workdir}[/]")
-    use_pg = "postgres" in args.runs
+    use_pg = any(RUNS[r][1] == "postgres" for r in args.runs)
+    pg_copies: list[str] = []
     reports: list[RunReport] = []
     prepared: dict[str, Prepared] = {}
     pg_text: str | None = None
@@ -1511,12 +1530,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p = prepared["SQLite"]
                 store = Prepared(str(target), None, p.leads, p.events, p.seconds)
             else:
-                store = prepared["PostgreSQL"]
+                p = prepared["PostgreSQL"]
+                name = f"{args.pg_db}_{key.replace('-', '_')}"
+                pg_copies.append(name)
+                url = copy_pg(args.pg_admin, args.pg_db, name)
+                store = Prepared(url, name, p.leads, p.events, p.seconds)
             reports.append(run_one(key, store, fast, ids, templates, cfg, workdir))
     finally:
         if use_pg and not args.keep:
-            with contextlib.suppress(psycopg.Error):
-                drop_pg(args.pg_admin, args.pg_db)
+            for name in [args.pg_db, *pg_copies]:
+                with contextlib.suppress(psycopg.Error):
+                    drop_pg(args.pg_admin, name)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     source = source_line(source, source_state())

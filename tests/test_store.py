@@ -406,3 +406,21 @@ mql: hot
         after = lead_view(conn, "L1")["scores"]["two"]
     assert (before["score"], before["groups"]) == (10.0, {"a": 10.0, "b": 0.0})
     assert (after["score"], after["groups"]) == (10.0, {"a": 20.0, "b": -10.0})
+
+
+def test_fast_commits_do_not_wait_for_the_disk(db_url: str) -> None:
+    """``durable=False`` (``leadscore serve --fast-commits``): SQLite's synchronous NORMAL
+    (FULL by default), PostgreSQL's synchronous_commit off for the store's connections (the
+    server's own setting by default)."""
+    setting = "PRAGMA synchronous" if db_url.startswith("sqlite") else "SHOW synchronous_commit"
+    seen = {}
+    for durable in (True, False):
+        db = open_database(db_url, durable=durable)
+        try:
+            with db.read() as conn:
+                seen[durable] = str(conn.exec_driver_sql(setting).scalar_one())
+        finally:
+            db.dispose()
+    assert seen == (
+        {True: "2", False: "1"} if db_url.startswith("sqlite") else {True: "on", False: "off"}
+    )

@@ -268,8 +268,10 @@ def test_one_transaction_updates_each_lead_with_what_changed_for_it(
     """Three VP leads with an email open (score 30, warm). One ingest rescores L1 (a view:
     score and engagement move, band and grade stay), L2 (a demo: also band, MQL flag and
     priority) and L3 (another open, which no rule reads: only the time of the score). Each
-    lead's row ends equal to the per-lead evaluator, and the UPDATEs set the columns that
-    changed, not fit or grade, whose indexes would be rewritten for nothing."""
+    lead's row ends equal to the per-lead evaluator. On SQLite the UPDATEs set the columns
+    that changed, not fit or grade, whose indexes would be rewritten for nothing; on
+    PostgreSQL, which leaves the indexes alone when a value stays the same, one UPDATE sets
+    every column of each row."""
     publish(store, RT)
     t0 = clock.now
     store.upsert_leads([LeadInput(f"L{i}", fields={"title": "VP Sales"}) for i in (1, 2, 3)])
@@ -295,8 +297,11 @@ def test_one_transaction_updates_each_lead_with_what_changed_for_it(
     assert_matches_per_lead(store, ["L1", "L2", "L3"], clock.now)
     assert [round(current(store, f"L{i}", "rt")["score"], 2) for i in (1, 2, 3)] == [46, 70, 30]
     assert [current(store, f"L{i}", "rt")["band"] for i in (1, 2, 3)] == ["warm", "hot", "warm"]
-    assert len(sets) == 3  # one statement per set of changed columns
     columns = [{c.split("=")[0].strip() for c in s.split(",")} for s in sets]
+    if not store.db.is_sqlite:
+        assert len(sets) == 1 and {"fit", "grade", "band", "score", "groups"} <= columns[0]
+        return
+    assert len(sets) == 3  # one statement per set of changed columns
     assert {"as_of_us", "updated_us"} == set.intersection(*columns)
     assert all("fit" not in c and "grade" not in c for c in columns), sets
     assert {"score", "engagement", "groups"} <= set.union(*columns)

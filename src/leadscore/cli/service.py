@@ -160,8 +160,9 @@ def serve(
     fast_commits: Annotated[
         bool,
         typer.Option(
-            help="SQLite: do not wait for the disk on every commit (safe from a killed "
-            "process, not from a power cut)."
+            help="Do not wait for the disk on every commit (SQLite: synchronous NORMAL; "
+            "PostgreSQL: synchronous_commit off): safe from a killed process, not from a power "
+            "cut (nor, on PostgreSQL, a crash of the database server)."
         ),
     ] = False,
     cached_events: Annotated[
