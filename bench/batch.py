@@ -535,8 +535,9 @@ plain loop of `score_lead` over the first leads of the input covering about 1.5M
 them; left out when no lead has that many), with their
 events grouped into `Event` lists beforehand, one lead's after another as the store reads them
 back (grouping is not timed); ms/lead is the mean. Each run starts cold: the profile rules'
-results that the per-lead evaluator keeps per model (by the lead's field values, so that the
-service's next scoring of a lead finds them) are dropped first, so every lead is new to it.
+results that the per-lead evaluator keeps per model (by the values of the fields they read,
+so that the service's next scoring of a lead finds them) are dropped first, so a run gains
+from them only where leads share those values.
 In rows (d) to (d'') each result is read
 (its score) and dropped, as the service's real-time rescoring does (it stores the numbers and
 moves on); row (d*) is a diagnostic: the same loop as (d) keeping every result in one list.

@@ -267,6 +267,10 @@ def test_profile_results_kept_per_model_follow_the_fields(monkeypatch: pytest.Mo
     assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).warnings == ()
     assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).score == 18.0
     assert score_lead(m, {**vp, "title": None}, (), AS_OF).score == 3.0
+    long_title = "VP " + "x" * lead_module.PROFILE_MEMO_CHARS  # not kept: evaluated each time
+    kept = len(lead_module._plan_of(m).profile_memo)
+    assert score_lead(m, {**vp, "title": long_title}, (), AS_OF).score == 13.0
+    assert len(lead_module._plan_of(m).profile_memo) == kept
     monkeypatch.setattr(lead_module, "PROFILE_MEMO", 2)
     for title, score in [("VP", 13.0), ("CTO", 3.0), ("vp eng", 13.0), ("CTO", 3.0)] * 2:
         assert score_lead(m, {**vp, "title": title}, (), AS_OF).score == score

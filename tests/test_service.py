@@ -129,7 +129,7 @@ def test_properties_over_the_limit_are_refused_per_item(serve: Serve) -> None:
     api = serve(no_auth=True, max_properties_bytes=100)
     items = [
         {"lead_id": "L1", "type": "x", "note": "a" * 80},  # 92 bytes as JSON
-        {"lead_id": "L1", "type": "x", "note": "a" * 40},  # bound 500, JSON 52
+        {"lead_id": "L1", "type": "x", "note": "a" * 40},  # bound 538, JSON 52
         {"lead_id": "L1", "type": "x", "note": "é" * 20},  # JSON 132 (\u00e9)
         {"lead_id": "L1", "type": "x", "nested": {"k": "a" * 120}},
     ]

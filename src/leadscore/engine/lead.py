@@ -183,9 +183,10 @@ def score_lead(
     profile = plan.profile_memo.get(key)
     if profile is None:
         profile = _profile(plan, dict(zip(plan.lead_fields, values, strict=True)))
-        if len(plan.profile_memo) >= PROFILE_MEMO:
-            plan.profile_memo.clear()
-        plan.profile_memo[key] = profile
+        if sum(len(v) for v in values if v is not None) <= PROFILE_MEMO_CHARS:
+            if len(plan.profile_memo) >= PROFILE_MEMO:
+                plan.profile_memo.clear()
+            plan.profile_memo[key] = profile
     contributions = list(profile[0])
     warnings = list(profile[1])
     add = contributions.append
@@ -240,8 +241,10 @@ def score_lead(
 _NEVER = -(1 << 63)  # before any event
 
 # Profile results kept per model (by the values of the fields its rules read), at most this
-# many; then they start over.
+# many (then they start over), and only for values of at most this many characters in all
+# (longer ones are evaluated each time, so that the memory kept stays bounded).
 PROFILE_MEMO = 50_000
+PROFILE_MEMO_CHARS = 1_000
 
 
 def _profile(

@@ -142,7 +142,7 @@ def _json_bound(value: dict[str, Any]) -> float:
         elif v is None or t is bool:
             n += 5
         elif t is float or (t is int and -(10**15) < v < 10**15):
-            n += 25  # repr of a float (or "Infinity"), or of an int of 16 digits and a sign
+            n += 25  # repr of a float (at most 24), or of an int of 15 digits and a sign
         else:
             return float("inf")
         if type(k) is not str:

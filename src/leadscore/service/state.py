@@ -32,7 +32,9 @@ class Settings:
     deliver_interval: float = 1.0  # seconds between outbox delivery passes; 0: never
     retry_first_delay: float = 10.0  # seconds before a failed webhook's first retry (doubling)
     webhook_timeout: float = 10.0  # seconds a receiver has to answer
-    durable: bool = True  # SQLite: fsync every commit (else: safe from crashes, not power cuts)
+    # commits wait for the disk (else, --fast-commits: SQLite synchronous NORMAL, PostgreSQL
+    # synchronous_commit off: safe from a killed process, not from a power cut)
+    durable: bool = True
     cached_events: int = DEFAULT_CACHED_EVENTS  # decoded events kept for rescoring; 0: none
     # store and rescore ingested events in a process of their own (a file or server store,
     # opened by the service itself); else in a thread of the server process

@@ -550,22 +550,28 @@ def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _commit_without_waiting(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL, ``durable=False``: a commit returns before the server has flushed its log
+    to disk (which it does within a few hundred milliseconds). As with SQLite's synchronous
+    NORMAL, what a crash of the machine (here also of the database server) may lose is the
+    last moments' commits. Set on each new connection, leaving the URL's and the
+    environment's own options (PGOPTIONS) as they are."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")
+    dbapi_connection.autocommit = autocommit
+
+
 def open_database(
     db: str | Path | None = None, *, migrate: bool = True, durable: bool = True
 ) -> Database:
     """Open (and by default create or upgrade) the store at ``db`` (a URL or a SQLite path)."""
     url = database_url(db)
-    options: dict[str, Any] = {}
-    if not durable and not url.startswith("sqlite"):
-        # A commit returns before PostgreSQL has flushed its log to disk (it does so within
-        # a few hundred milliseconds): as SQLite's synchronous NORMAL, what a crash of the
-        # machine (here also of the database server) may lose is the last moments' commits.
-        options["connect_args"] = {"options": "-c synchronous_commit=off"}
     try:
         engine = sa.create_engine(
             url,
             pool_pre_ping=not url.startswith("sqlite"),
-            **options,
             # An error's text (logged, recorded with a trigger firing) never carries the
             # statement's values: profiles, webhook URLs and secrets.
             hide_parameters=True,
@@ -575,6 +581,8 @@ def open_database(
         )
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot open the store {db!s}: {e}") from None
+    if not durable and engine.dialect.name == "postgresql":
+        sa.event.listen(engine, "connect", _commit_without_waiting)
     database = Database(engine, durable=durable)
     if migrate:
         try:

@@ -135,7 +135,8 @@ def current_scores(
     conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Current score rows (column name -> value) keyed by (lead_id, sheet). ``groups`` is as
-    the driver gives it (JSON text from SQLite, decoded from PostgreSQL): only compared."""
+    the driver gives it (JSON text from SQLite, decoded by psycopg): write_scores compares
+    the text on SQLite and does not read it on PostgreSQL."""
     ids = list(dict.fromkeys(lead_ids))
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
@@ -189,9 +190,10 @@ _VARYING = tuple(
 
 
 def _all_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[str, Any]:
-    """The columns of ``n``'s row to set (name -> value): all of them. PostgreSQL compares
-    the indexed columns' values (an equal value set keeps the update off the indexes), and
-    one statement for every row saves the round trips of one per set of changed columns."""
+    """The columns of ``n``'s row to set (name -> value), all of them (PostgreSQL: an
+    indexed column set to its own value does not stop an update from leaving the indexes
+    alone, where the page has room), so that one statement serves every row: one round trip
+    instead of one per set of changed columns."""
     values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
     for column in _VARYING:
         values[column] = getattr(n, column)
@@ -200,18 +202,15 @@ def _all_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[str, A
 
 
 def _changed_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[str, Any]:
-    """The columns of ``n``'s row to set (name -> value), the two times and the changed ones."""
+    """The columns of ``n``'s row to set (name -> value), the two times and the changed ones
+    (SQLite: ``old``'s groups are the JSON text stored, compared as text)."""
     values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
     for column in _VARYING:
         value = getattr(n, column)
         if column == "groups":  # set as JSON text
-            was = old["groups"]
-            if isinstance(was, str):  # SQLite: the text stored, compared as it is
-                value = driver_json(value)
-                if was != value:
-                    values["groups"] = value
-            elif was != value:  # decoded by psycopg
-                values["groups"] = driver_json(value)
+            value = driver_json(value)
+            if old["groups"] != value:
+                values["groups"] = value
         elif old[column] != value:
             values[column] = value
     return values
@@ -298,7 +297,7 @@ def write_scores(
         )
     if inserts:
         conn.execute(scores.insert(), inserts)
-    # one executemany per set of changed columns
+    # one executemany per set of changed columns (on PostgreSQL, one: every column)
     shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for n, values in updates:
         shapes.setdefault(tuple(values), []).append((*values.values(), n.lead_id, n.sheet))
