@@ -189,15 +189,14 @@ _VARYING = tuple(
 )
 
 
-def _all_values(n: NewScore, old: Mapping[str, Any], now_us: int) -> dict[str, Any]:
+def _all_values(n: NewScore, now_us: int) -> dict[str, Any]:
     """The columns of ``n``'s row to set (name -> value), all of them (PostgreSQL: an
     indexed column set to its own value does not stop an update from leaving the indexes
     alone, where the page has room), so that one statement serves every row: one round trip
     instead of one per set of changed columns."""
     values: dict[str, Any] = {"as_of_us": n.as_of_us, "updated_us": now_us}
     for column in _VARYING:
-        values[column] = getattr(n, column)
-    values["groups"] = driver_json(n.groups)
+        values[column] = driver_json(n.groups) if column == "groups" else getattr(n, column)
     return values
 
 
@@ -239,13 +238,14 @@ def write_scores(
     updates: list[tuple[NewScore, dict[str, Any]]] = []
     history: list[tuple[Any, ...]] = []
     changes: list[ScoreChange] = []
-    to_set = _changed_values if conn.dialect.name == "sqlite" else _all_values
+    sqlite = conn.dialect.name == "sqlite"
     for n in new:
         old = current.get((n.lead_id, n.sheet))
         if old is None:
             inserts.append(n.values(now_us))
         else:
-            updates.append((n, to_set(n, old, now_us)))
+            values = _changed_values(n, old, now_us) if sqlite else _all_values(n, now_us)
+            updates.append((n, values))
         same_labels = old is not None and (
             old["band"] == n.band
             and old["grade"] == n.grade
