@@ -26,6 +26,7 @@ from leadscore.store.deferred import (
     write_scored_and_store,
 )
 from leadscore.store.deferred import store_events as store_events_of
+from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import lead_events
 from tests.conftest import Clock
@@ -328,6 +329,82 @@ def test_batches_written_alone_reach_the_scoring_stores_lists_with_the_next_job(
     assert later.job(1, [journal, old]).earlier == (old,)
     p.finish(later)
     assert_matches_per_lead(writer, ["L1"], clock.now)
+
+
+def test_lists_read_ahead_in_the_writers_epoch_are_trusted_and_take_its_journals_once(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    """The scoring process reads leads' events ahead between jobs, stamped with the writer's
+    epoch as last heard (leadscore.service.scoring): the next job of that epoch uses them
+    without asking the database, whether its snapshot came before or after the commits whose
+    journals reach it with the job (events already read ahead are not added twice); once the
+    epoch has ended, they are checked against the database first."""
+    publish(writer, RT)
+    p = Pipeline(writer, scorer)
+    for i in range(6):
+        p.ingest([view(clock, f"L{i}", "/pricing", 3)])
+        clock.advance(seconds=10)
+    scorer.event_cache.clear()  # as after a start
+    cache = scorer.event_cache
+    heard = writer.db.epoch  # as the ingest process sends it with "open"
+    clock.advance(seconds=60)
+    # committed before the read-ahead: its journal reaches the scorer with the next job
+    alone = store_and_score(writer, [view(clock, "L1", "/blog"), view(clock, "L2", "/demo")])
+    assert alone.scored and alone.epoch == heard
+    journal = alone.earlier()
+    assert journal is not None
+    preloader = Preloader(cache, scan=2, leads=2)
+    while scorer.preload_step(preloader, heard):
+        pass
+    assert cache.preloaded == 6
+    clock.advance(seconds=60)
+    # committed after it: its events are new to the lists read ahead
+    stored = p.store([view(clock, f"L{i}", "/pricing") for i in range(4)])
+    assert stored.epoch == heard
+    before = (cache.misses, cache.extended, cache.hits, cache.unchecked)
+    p.seq += 1
+    assert write_scored(writer, stored, score_job(scorer, stored.job(p.seq, [journal])))
+    assert (cache.misses, cache.extended, cache.hits) == before[:3]
+    assert cache.unchecked == before[3] + 4
+    assert_matches_per_lead(writer, stored.leads, stored.now_us)
+    types = event_types(scorer.sheets())
+
+    def assert_kept_once(lead_ids: list[str]) -> None:
+        with scorer.db.read() as conn:
+            for lead_id in lead_ids:
+                want = lead_events(conn, lead_id, clock.now, types)
+                assert snapshot(cache._entries[lead_id].events) == snapshot(want), lead_id
+
+    assert_kept_once([f"L{i}" for i in range(6)])
+    # read ahead after a commit of the same epoch whose journal comes with the job
+    clock.advance(seconds=60)
+    later = p.store([view(clock, "L4", "/pricing"), view(clock, "L5", "/blog")])
+    cache.clear()
+    preloader = Preloader(cache, scan=2, leads=2)
+    while scorer.preload_step(preloader, stored.epoch):
+        pass
+    before = (cache.misses, cache.extended, cache.hits, cache.unchecked)
+    p.finish(later)
+    assert (cache.misses, cache.extended, cache.hits) == before[:3]
+    assert cache.unchecked == before[3] + 2
+    assert_kept_once(["L4", "L5"])
+    assert_matches_per_lead(writer, ["L4", "L5"], later.now_us)
+    # the epoch heard has ended (another writer): what is read ahead in it is checked
+    heard = writer.db.epoch
+    other.ingest_events([view(clock, "L3", "/demo")])
+    cache.clear()
+    preloader = Preloader(cache, scan=2, leads=2)
+    while scorer.preload_step(preloader, heard):
+        pass
+    clock.advance(seconds=60)
+    last = p.store([view(clock, "L3", "/pricing")])
+    assert last.epoch != heard
+    before = (cache.misses, cache.extended, cache.hits, cache.unchecked)
+    p.finish(last)
+    assert (cache.extended, cache.unchecked) == (before[1] + 1, before[3])
+    assert p.used[-1]
+    assert_kept_once(["L3"])
+    assert_matches_per_lead(writer, ["L3"], last.now_us)
 
 
 def test_a_small_batch_for_a_long_history_is_left_to_the_scoring_process(

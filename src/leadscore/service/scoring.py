@@ -39,11 +39,12 @@ START_SECONDS = 30.0  # for the scoring process to open the store (the server wa
 ANSWER_SECONDS = 60.0
 
 
-def preload(store: Store, preloader: Preloader) -> None:
-    """One step of warming the event cache; should it fail, the cache fills as leads are
-    rescored, as without it."""
+def preload(store: Store, preloader: Preloader, epoch: int | None = None) -> None:
+    """One step of warming the event cache (of the writer's cache ``epoch``, see
+    :meth:`leadscore.store.eventcache.EventCache.load`); should it fail, the cache fills as
+    leads are rescored, as without it."""
     try:
-        more = store.preload_step(preloader)
+        more = store.preload_step(preloader, epoch)
     except Exception:
         log.exception("reading events ahead into the cache failed; it goes on without")
         more = False
@@ -55,14 +56,24 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
     """The scoring process: once the ingest process has opened the store (and brought it up
     to date), open it too, then score the jobs the ingest process sends until it sends
     ``None`` or goes away. Between jobs, the events of the most recently active leads are
-    read into the cache."""
+    read into the cache.
+
+    What it reads ahead is stamped with the writer's cache epoch as last heard (with "open",
+    then each job's), so that a lead's first rescoring uses it without asking the database
+    again while the epoch lasts. That holds because each read-ahead snapshot comes after the
+    commit this epoch was heard with, and the journal of every commit of the writer after
+    that one reaches this process with a job (:attr:`ScoreJob.earlier`, the job's own) unless
+    the epoch ends first: the lists then grow by what they do not hold yet
+    (:meth:`EventCache.take`), or a new epoch leaves them to be checked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle (see the writer)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: scoring process: %(message)s")
     try:
-        if pipe.recv() != "open":
-            return
+        opening = pipe.recv()
     except (EOFError, OSError):  # the ingest process did not get that far
         return
+    if not (isinstance(opening, tuple) and opening[0] == "open"):
+        return
+    epoch: int | None = opening[1]
     try:
         store = open_store(db, durable=durable, cached_events=cached)
     except LeadscoreError as e:
@@ -80,7 +91,7 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
         frozen = False
         while True:
             while not preloader.done and not pipe.poll():
-                preload(store, preloader)
+                preload(store, preloader, epoch)
             if preloader.done and not frozen:  # the modules, the store, the events read ahead
                 freeze_survivors()
                 frozen = True
@@ -92,9 +103,11 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
                 break
             try:
                 answers.put(("ok", score_job(store, job), store.event_cache.stats()))
+                epoch = job.epoch
             except Exception:
                 log.exception("scoring failed; the ingest process rescores these leads itself")
                 answers.put(("error", job.seq, store.event_cache.stats()))
+                epoch = None  # it may not have taken the job's journal in
     finally:
         answers.put(None)
         sender.join(timeout=5)
@@ -119,11 +132,12 @@ class ScorerLink:
         self.alive = False
         self.stats: dict[str, int] = {}
 
-    def start(self) -> bool:
+    def start(self, epoch: int | None) -> bool:
         """Let the scoring process open the store (this process has opened it: any migration
-        is done) and wait for it; whether it did."""
+        is done) and wait for it; whether it did. ``epoch``: this process's cache epoch after
+        its last commit (None: unknown), for what the scoring process reads ahead."""
         try:
-            self.pipe.send("open")
+            self.pipe.send(("open", epoch))
             if not self.pipe.poll(START_SECONDS):
                 log.error("the scoring process did not start within %.0f s", START_SECONDS)
                 return False

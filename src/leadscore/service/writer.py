@@ -299,7 +299,7 @@ def _ingest_process(
         settled = settle(store)
         if settled:
             log.warning("rescored %d leads whose scores were not written before", settled)
-        if link is not None and not (store.db.is_sqlite and link.start()):
+        if link is not None and not (store.db.is_sqlite and link.start(store.db.epoch)):
             link.stop()
         if link is None or not link.alive:
             store.event_cache.max_events = cached

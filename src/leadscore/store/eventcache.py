@@ -171,10 +171,7 @@ class EventCache:
             for lid, mine in cached.items():
                 if mine.epoch != epoch or lid in journal.dirty:
                     continue
-                added = journal.events.get(lid)
-                grown = (
-                    mine if not added else _grown(mine, added, mine.count + len(added), kept, epoch)
-                )
+                grown = _with(mine, journal.events.get(lid), kept, epoch)
                 if grown is None:  # a late event: read the lead in full
                     again.append(lid)
                 else:
@@ -249,10 +246,9 @@ class EventCache:
                     continue
                 del entries[lid]
                 self._size -= entry.weight
-                rows = added.get(lid)
-                if lid in gone or not rows:
+                if lid in gone:
                     continue
-                grown = _grown(entry, list(rows), entry.count + len(rows), self._types, epoch)
+                grown = _with(entry, added.get(lid), self._types, epoch)
                 if grown is None or grown.weight > self.max_events:
                     continue
                 entries[lid] = grown
@@ -261,18 +257,27 @@ class EventCache:
                 _, out = entries.popitem(last=False)
                 self._size -= out.weight
 
-    def load(self, conn: Connection, lead_ids: Sequence[str], types: Sequence[str] | None) -> int:
+    def load(
+        self,
+        conn: Connection,
+        lead_ids: Sequence[str],
+        types: Sequence[str] | None,
+        epoch: int | None = None,
+    ) -> int:
         """Read the events of ``lead_ids`` (of ``types``, if given) ahead of their rescoring, in
         the order given, while they fit in the cache; the leads it holds already are left as
         they are. How many events it kept. ``conn`` must see only committed data (a read
         transaction): what it keeps is checked against the database at the leads' first
-        rescoring, as any list kept outside the writer's epoch."""
+        rescoring, as any list kept outside the writer's epoch, unless ``epoch`` is given: the
+        writer's cache epoch, for a snapshot taken after a commit of that epoch whose journal
+        (and those of all the epoch's later commits) this cache takes in (see
+        :func:`leadscore.service.scoring.scoring_process`)."""
         kept = None if types is None else frozenset(types)
         with self._lock:
             self._reading(kept)
             wanted = [lid for lid in lead_ids if lid not in self._entries]
         added = 0
-        for lid, entry in self._read(conn, wanted, kept).items():
+        for lid, entry in self._read(conn, wanted, kept, epoch).items():
             with self._lock:
                 if kept != self._types or lid in self._entries or entry.count == 0:
                     continue
@@ -286,9 +291,13 @@ class EventCache:
         return added
 
     def _read(
-        self, conn: Connection, lead_ids: Sequence[str], kept: frozenset[str] | None
+        self,
+        conn: Connection,
+        lead_ids: Sequence[str],
+        kept: frozenset[str] | None,
+        epoch: int | None = None,
     ) -> dict[str, _Entry]:
-        """Leads read in full."""
+        """Leads read in full (their entries of cache epoch ``epoch``)."""
         rows: dict[str, list[_Row]] = {lid: [] for lid in lead_ids}
         for start in range(0, len(lead_ids), _CHUNK):
             part = sorted(lead_ids[start : start + _CHUNK])
@@ -296,7 +305,7 @@ class EventCache:
             for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
                 if kind == 1:
                     rows[lid].append((b, a, etype, item, text, message_id))
-        return {lid: _entry(rows[lid], kept) for lid in lead_ids}
+        return {lid: _entry(rows[lid], kept, epoch) for lid in lead_ids}
 
     def _keep(self, fresh: Mapping[str, _Entry], kept: frozenset[str] | None) -> None:
         """Committed: remember these lists (unless a larger one came first), oldest out;
@@ -416,6 +425,22 @@ def _grown(
     )
 
 
+def _with(
+    entry: _Entry, rows: Sequence[_Row] | None, kept: frozenset[str] | None, epoch: int
+) -> _Entry | None:
+    """``entry``, kept in cache epoch ``epoch``, after a transaction of that epoch added
+    ``rows`` to its lead (None if they do not come after its events in time: the lead is to be
+    read again). The entry may have been read after that commit (the scoring process reads
+    ahead between jobs, and a job's snapshot may hold the next batch): a transaction's rows
+    are then all in it already, with ids up to its newest id, since SQLite gives each new row
+    an id above every id committed before (see leadscore.store.leads._journal_events); else
+    all of them are newer than its newest id."""
+    new = [r for r in rows if r[1] > entry.max_id] if rows else None
+    if not new:
+        return entry if entry.epoch == epoch else _stamped(entry, epoch)
+    return _grown(entry, new, entry.count + len(new), kept, epoch)
+
+
 def _ts(e: Event) -> int:
     return e.ts_us
 
@@ -454,8 +479,9 @@ class Preloader:
         self._seen: set[str] = set()
         self._pending: list[str] = []  # found by the scan, not read yet (newest first)
 
-    def step(self, conn: Connection, types: Sequence[str] | None) -> bool:
-        """One step in the read transaction ``conn``; whether there is more to do."""
+    def step(self, conn: Connection, types: Sequence[str] | None, epoch: int | None = None) -> bool:
+        """One step in the read transaction ``conn`` (what it reads is of cache epoch
+        ``epoch``: see :meth:`EventCache.load`); whether there is more to do."""
         cache = self.cache
         if self.done or cache.cached_events >= cache.max_events * self.fill:
             return self._finish()
@@ -476,7 +502,7 @@ class Preloader:
         leads = self._pending[: self.leads]
         del self._pending[: self.leads]
         started = time.perf_counter()
-        self.events += cache.load(conn, leads, types)
+        self.events += cache.load(conn, leads, types, epoch)
         # steps of about PRELOAD_STEP_SECONDS, whatever the leads' numbers of events
         took = time.perf_counter() - started
         if took > 2 * PRELOAD_STEP_SECONDS:

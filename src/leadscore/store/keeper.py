@@ -340,15 +340,16 @@ class Store:
                 new.append(NewScore.from_result(lead_id, sheet.version.id, now_us, result))
         return new
 
-    def preload_step(self, preloader: Preloader) -> bool:
+    def preload_step(self, preloader: Preloader, epoch: int | None = None) -> bool:
         """One step of reading the events of recently active leads into the event cache
         ahead of their rescoring (see :class:`~leadscore.store.eventcache.Preloader`), in a
-        read transaction of its own; whether there is more to do."""
+        read transaction of its own (of the writer's cache ``epoch``: see
+        :meth:`~leadscore.store.eventcache.EventCache.load`); whether there is more to do."""
         sheets = self.sheets()
         if not sheets:
             return False
         with self.db.read() as conn:
-            return preloader.step(conn, event_types(sheets))
+            return preloader.step(conn, event_types(sheets), epoch)
 
     def explain(self, conn: Connection, lead_id: str, sheet: str) -> ScoreResult:
         """The full explanation of a lead's current score on a sheet (at its stored as-of)."""
