@@ -6,7 +6,6 @@ the per-lead evaluator gives for the stored profile and events."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,6 @@ from leadscore.store.deferred import store_events as store_events_of
 from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import lead_events
-from leadscore.store.queries import score_history_of
 from tests.conftest import Clock
 from tests.test_event_cache import DAY, snapshot, view
 from tests.test_store_scoring import ALT, RT, assert_matches_per_lead, publish
@@ -409,42 +407,6 @@ def test_lists_read_ahead_in_the_writers_epoch_are_trusted_and_take_its_journals
     assert_matches_per_lead(writer, ["L3"], last.now_us)
 
 
-def test_scores_worked_out_before_an_earlier_batchs_write_are_worked_out_again(
-    writer: Store, scorer: Store, clock: Clock
-) -> None:
-    """The scoring process compares its scores with the current ones in its own snapshot;
-    two batches in flight can both be scored before the first one's scores are written. The
-    second's leads that the first wrote are then compared again in the write transaction:
-    each history row's old score is the one before it (the chain unbroken), and the scores
-    are the per-lead evaluator's."""
-    publish(writer, RT)
-    p = Pipeline(writer, scorer)
-    p.ingest([view(clock, lid, "/pricing", 3) for lid in ("L1", "L2", "L3")])
-    clock.advance(seconds=10)
-    first = p.store([view(clock, "L1", "/pricing"), view(clock, "L2", "/pricing")])
-    clock.advance(seconds=10)
-    second = p.store([view(clock, "L1", "/pricing/b"), view(clock, "L3", "/pricing")])
-    a = score_job(scorer, first.job(2))
-    b = score_job(scorer, second.job(3))  # its snapshot: before the first batch's scores
-    assert write_scored(writer, first, a)
-    assert writer.score_log.since(second.writes_seen) == {"L1", "L2"}
-    assert write_scored(writer, second, b)
-    assert_matches_per_lead(writer, ["L2"], first.now_us)
-    assert_matches_per_lead(writer, ["L1", "L3"], second.now_us)
-    with writer.db.read() as conn:
-        for lead_id in ("L1", "L2", "L3"):
-            rows = score_history_of(conn, lead_id)[::-1]  # oldest first
-            assert len(rows) == {"L1": 3, "L2": 2, "L3": 2}[lead_id]
-            for before, after in itertools.pairwise(rows):
-                assert after["old_score"] == before["new_score"], (lead_id, rows)
-    # a log that no longer reaches back to a batch: all its leads are compared again
-    log = writer.score_log
-    for i in range(log.KEPT):
-        log.wrote([f"X{i}"])
-    assert log.since(second.writes_seen) is None
-    assert log.since(log.count - 1) == {f"X{log.KEPT - 1}"} and log.since(log.count) == set()
-
-
 def test_a_small_batch_for_a_long_history_is_left_to_the_scoring_process(
     writer: Store, scorer: Store, clock: Clock
 ) -> None:
@@ -469,20 +431,16 @@ def test_a_small_batch_for_a_long_history_is_left_to_the_scoring_process(
 
 def test_scores_cross_the_pipe_whole() -> None:
     """A scoring process's answer is pickled to the ingest process: every field of every new
-    score and of every change arrives (both pickle as the tuples of their fields)."""
+    score arrives (NewScore pickles as the tuple of its fields)."""
     import dataclasses
     import pickle
 
     from leadscore.store.deferred import Scored
-    from leadscore.store.scores import NewScore, ScoreChange
+    from leadscore.store.scores import NewScore
 
     values = {f.name: f"v{i}" for i, f in enumerate(dataclasses.fields(NewScore))}
     values["groups"] = {"fit": 1.5}
-    change = {f.name: f"c{i}" for i, f in enumerate(dataclasses.fields(ScoreChange))}
-    score = NewScore(**values)
-    sent = Scored(7, (3,), [(score, False, {"score": 2.0}, ScoreChange(**change), ("h", 1))])
+    sent = Scored(7, (3,), [NewScore(**values)])
     got = pickle.loads(pickle.dumps(sent, pickle.HIGHEST_PROTOCOL))
     assert got == sent
-    fields_of = dataclasses.fields
-    assert {f.name: getattr(got.planned[0][0], f.name) for f in fields_of(NewScore)} == values
-    assert {f.name: getattr(got.planned[0][3], f.name) for f in fields_of(ScoreChange)} == change
+    assert {f.name: getattr(got.scores[0], f.name) for f in dataclasses.fields(NewScore)} == values

@@ -40,7 +40,7 @@ from leadscore.store.db import (
 )
 from leadscore.store.keeper import Store
 from leadscore.store.leads import EventInput, ItemOutcome, insert_events, newest_event_id
-from leadscore.store.scores import Planned, apply_planned, current_scores, plan_scores
+from leadscore.store.scores import NewScore, write_scores
 
 __all__ = [
     "ALONE_EVENTS",
@@ -104,9 +104,6 @@ class Stored:
     dirty: frozenset[str] = frozenset()
     broken: bool = True
     scored: bool = False  # its leads rescored in the same transaction (store_and_score)
-    # this process's writes of scores up to its commit (Store.score_log): those after it
-    # may be missing from the scoring process's snapshot
-    writes_seen: int = 0
 
     def job(self, seq: int, earlier: Sequence[Earlier] = ()) -> ScoreJob:
         """The scoring process's job; ``earlier``: the journals of transactions written
@@ -133,13 +130,11 @@ class Stored:
 
 @dataclass(frozen=True)
 class Scored:
-    """The scoring process's answer: the scores, each with what writing it comes to against
-    the current score in its snapshot (:func:`~leadscore.store.scores.plan_scores`), and the
-    model versions it used."""
+    """The scoring process's answer: the scores, and the model versions it used."""
 
     seq: int
     versions: tuple[int, ...]
-    planned: list[Planned]
+    scores: list[NewScore]
 
 
 def store_events(store: Store, items: Sequence[EventInput]) -> Stored:
@@ -196,8 +191,6 @@ def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Store
         _set(conn, STORED_TO, newest)
     if journal is None or epoch is None:
         return Stored(outcomes, leads, now, None, newest)
-    if journal.dirty:  # merged: the leads' scores moved or dropped
-        store.score_log.wrote(journal.dirty)
     return Stored(
         outcomes,
         leads,
@@ -207,7 +200,6 @@ def _store(conn: Connection, store: Store, items: Sequence[EventInput]) -> Store
         {lid: list(rows) for lid, rows in journal.events.items()},
         frozenset(journal.dirty),
         journal.broken,
-        writes_seen=store.score_log.count,
     )
 
 
@@ -218,18 +210,14 @@ def score_job(store: Store, job: ScoreJob) -> Scored:
     served from memory plus the events the batch added to it."""
     for e in job.earlier:
         store.event_cache.take(e.epoch, e.added, e.dirty)
-    planned: list[Planned] = []
+    new: list[NewScore] = []
     with store.db.read() as conn:
         sheets = store.sheets(conn, check=True)
         if sheets and job.leads:
             journal = Journal(events=dict(job.added), dirty=set(job.dirty), broken=job.broken)
             with writers_epoch(conn, job.epoch, journal):
                 new = store.new_scores(conn, sheets, job.leads, job.now_us)
-            # compared with the current scores here rather than in the ingest process, the
-            # busier of the two: it reads again only those it changed since (see _write)
-            current = current_scores(conn, job.leads)
-            planned = plan_scores(new, current, "event", job.now_us, sqlite=store.db.is_sqlite)
-    return Scored(job.seq, tuple(s.version.id for s in sheets), planned)
+    return Scored(job.seq, tuple(s.version.id for s in sheets), new)
 
 
 def write_scored(store: Store, stored: Stored, scored: Scored | None) -> bool:
@@ -265,34 +253,13 @@ def _write(conn: Connection, store: Store, stored: Stored, scored: Scored | None
     )
     if used:
         assert scored is not None
-        changes = apply_planned(conn, _current(conn, store, stored, scored.planned))
-        store.score_log.wrote(stored.leads)
+        changes = write_scores(conn, scored.scores, "event", stored.now_us)
         if store.listener is not None and changes:
             store.listener(conn, changes, stored.now_us, True)
     else:
         store.rescore_leads(conn, stored.leads, "event", stored.now_us)
     _set(conn, SCORED_TO, stored.newest_id)
     return used
-
-
-def _current(
-    conn: Connection, store: Store, stored: Stored, planned: list[Planned]
-) -> list[Planned]:
-    """``planned`` (the scoring process's), worked out again for the leads whose scores this
-    process changed after storing the batch (all of them if it no longer knows which): the
-    scoring process's snapshot may not show those changes. Only this process writes in the
-    cache epoch that ``planned`` is used in."""
-    stale = store.score_log.since(stored.writes_seen)
-    if stale is not None and not stale:
-        return planned
-    again = [p[0] for p in planned if stale is None or p[0].lead_id in stale]
-    if not again:
-        return planned
-    current = current_scores(conn, (n.lead_id for n in again))
-    redone = iter(
-        plan_scores(again, current, "event", stored.now_us, sqlite=conn.dialect.name == "sqlite")
-    )
-    return [next(redone) if stale is None or p[0].lead_id in stale else p for p in planned]
 
 
 def settle(store: Store) -> int:

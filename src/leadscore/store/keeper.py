@@ -52,13 +52,7 @@ from leadscore.store.leads import (
     upsert_leads,
 )
 from leadscore.store.schema import events, leads, model_versions, scores
-from leadscore.store.scores import (
-    NewScore,
-    ScoreChange,
-    ScoreLog,
-    current_scores,
-    write_scores,
-)
+from leadscore.store.scores import NewScore, ScoreChange, current_scores, write_scores
 from leadscore.store.versions import (
     ModelVersion,
     active_versions,
@@ -127,8 +121,6 @@ class Store:
         # per active model version: the profile rules' results that rescoring a lead again
         # reuses (see score_lead's ``profiles``)
         self._profiles: dict[int, ProfileMemo] = {}
-        # the leads whose scores this process changed, by write (leadscore.store.deferred)
-        self.score_log = ScoreLog()
         self._sheets: tuple[tuple[int, ...], list[Sheet]] = ((), [])
         # (monotonic time until which the sheets need no check, the sheets)
         self._sheets_checked: tuple[float, list[Sheet]] = (0.0, [])
@@ -272,11 +264,9 @@ class Store:
         with self.db.write() as conn:
             # Every change of events here is recorded (leadscore.store.db.Journal), so that
             # the event cache of this process stays current without asking the database.
-            journal = start_journal(conn)
+            start_journal(conn)
             now = self.clock()
             outcomes, touched = insert_events(conn, items, now)
-            if journal is not None and journal.dirty:  # merged: scores moved or dropped
-                self.score_log.wrote(journal.dirty)
             if rescore:
                 self.rescore_leads(conn, touched, "event", now)
         return outcomes
@@ -322,7 +312,6 @@ class Store:
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             lock_leads(conn, ids)
         new = self.new_scores(conn, sheets, ids, now_us)
-        self.score_log.wrote(ids)
         changes = write_scores(conn, new, reason, now_us, detail)
         if self.listener is not None and changes:
             self.listener(conn, changes, now_us, fire_triggers)
@@ -485,7 +474,6 @@ class Store:
                     report.skipped += 1
                     continue
                 new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
-        self.score_log.wrote(ids)
         changes = write_scores(conn, new, report.reason, now, current=current)
         for c in changes:
             if c.recorded:

@@ -7,10 +7,8 @@ grade or MQL flag appends a history row with its reason and is returned as a
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -23,12 +21,8 @@ __all__ = [
     "HISTORY_MIN_DELTA",
     "REASONS",
     "NewScore",
-    "Planned",
     "ScoreChange",
-    "ScoreLog",
-    "apply_planned",
     "current_scores",
-    "plan_scores",
     "write_scores",
 ]
 
@@ -136,44 +130,6 @@ class ScoreChange:
     def is_first(self) -> bool:
         return self.old_score is None
 
-    def __reduce__(self) -> tuple[type[ScoreChange], tuple[Any, ...]]:
-        # as the tuple of its fields: the scoring process sends hundreds a batch (see
-        # leadscore.store.deferred), which pickle's default for slots unpickles at half speed
-        return (ScoreChange, tuple(getattr(self, name) for name in _CHANGE_FIELDS))
-
-
-class ScoreLog:
-    """The leads whose current scores this process changed, write by write, for its last
-    :data:`KEPT` writes: which of them a snapshot taken after write ``n`` may not show (see
-    :mod:`leadscore.store.deferred`). Writes are counted from 1; 0 is "none yet"."""
-
-    KEPT = 16
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._recent: deque[tuple[int, frozenset[str]]] = deque(maxlen=self.KEPT)
-        self._lock = threading.Lock()
-
-    def wrote(self, lead_ids: Iterable[str]) -> None:
-        """A transaction of this process changes these leads' scores (noted before its
-        commit: a write that then fails is noted all the same, which only costs a read)."""
-        leads = frozenset(lead_ids)
-        with self._lock:
-            self.count += 1
-            self._recent.append((self.count, leads))
-
-    def since(self, n: int) -> frozenset[str] | None:
-        """The leads of the writes after write ``n``; None if they are no longer all kept."""
-        with self._lock:
-            if self.count == n:
-                return frozenset()
-            if not self._recent or self._recent[0][0] > n + 1:
-                return None
-            return frozenset().union(*(leads for c, leads in self._recent if c > n))
-
-
-_CHANGE_FIELDS = tuple(f.name for f in fields(ScoreChange))
-
 
 def current_scores(
     conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
@@ -275,40 +231,21 @@ def write_scores(
     (with ``recorded=False``) so that a trigger on a number (``crosses: 50``) sees a score
     that creeps across it.
     """
+    assert reason in REASONS, reason
     if current is None:
         current = current_scores(conn, (n.lead_id for n in new))
+    inserts: list[dict[str, Any]] = []
+    updates: list[tuple[NewScore, dict[str, Any]]] = []
+    history: list[tuple[Any, ...]] = []
+    changes: list[ScoreChange] = []
     sqlite = conn.dialect.name == "sqlite"
-    return apply_planned(conn, plan_scores(new, current, reason, now_us, detail, sqlite=sqlite))
-
-
-# What writing one new score comes to, worked out against the row it replaces (plan_scores):
-# the score; True to insert its row, else False to update it; the columns to set (name ->
-# value); the change (None: nothing changed); its history row (None: not recorded).
-Planned = tuple[NewScore, bool, dict[str, Any], "ScoreChange | None", tuple[Any, ...] | None]
-
-
-def plan_scores(
-    new: Sequence[NewScore],
-    current: Mapping[tuple[str, str], Mapping[str, Any]],
-    reason: str,
-    now_us: int,
-    detail: str | None = None,
-    *,
-    sqlite: bool,
-) -> list[Planned]:
-    """What :func:`write_scores` writes for ``new`` over the ``current`` rows (as
-    :func:`current_scores` reads them), without writing it: the scoring process works it out
-    from its own snapshot (see :mod:`leadscore.store.deferred`). ``sqlite``: update only the
-    changed columns (PostgreSQL: all of them)."""
-    assert reason in REASONS, reason
-    out: list[Planned] = []
     for n in new:
         old = current.get((n.lead_id, n.sheet))
         if old is None:
-            insert, values = True, n.values(now_us)
+            inserts.append(n.values(now_us))
         else:
-            insert = False
             values = _changed_values(n, old, now_us) if sqlite else _all_values(n, now_us)
+            updates.append((n, values))
         same_labels = old is not None and (
             old["band"] == n.band
             and old["grade"] == n.grade
@@ -316,7 +253,6 @@ def plan_scores(
             and old["model_version_id"] == n.model_version_id
         )
         if old is not None and same_labels and old["score"] == n.score:
-            out.append((n, insert, values, None, None))
             continue
         recorded = old is None or not (
             same_labels and abs(old["score"] - n.score) < HISTORY_MIN_DELTA
@@ -337,7 +273,10 @@ def plan_scores(
             detail,
             recorded,
         )
-        history = (
+        changes.append(change)
+        if not recorded:
+            continue
+        history.append(
             (
                 n.lead_id,
                 n.sheet,
@@ -355,31 +294,13 @@ def plan_scores(
                 detail,
                 now_us,
             )
-            if recorded
-            else None
         )
-        out.append((n, insert, values, change, history))
-    return out
-
-
-def apply_planned(conn: Connection, planned: Sequence[Planned]) -> list[ScoreChange]:
-    """Write what :func:`plan_scores` worked out; the changes, in order."""
-    inserts: list[dict[str, Any]] = []
-    # one executemany per set of changed columns (on PostgreSQL, one: every column)
-    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    history: list[tuple[Any, ...]] = []
-    changes: list[ScoreChange] = []
-    for n, insert, values, change, row in planned:
-        if insert:
-            inserts.append(values)
-        else:
-            shapes.setdefault(tuple(values), []).append((*values.values(), n.lead_id, n.sheet))
-        if change is not None:
-            changes.append(change)
-        if row is not None:
-            history.append(row)
     if inserts:
         conn.execute(scores.insert(), inserts)
+    # one executemany per set of changed columns (on PostgreSQL, one: every column)
+    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for n, values in updates:
+        shapes.setdefault(tuple(values), []).append((*values.values(), n.lead_id, n.sheet))
     for names, rows in shapes.items():
         sets = ", ".join(f"{name} = ?" for name in names)
         sql = f"UPDATE scores SET {sets} WHERE lead_id = ? AND sheet = ?"
