@@ -64,7 +64,8 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
     commit this epoch was heard with, and the journal of every commit of the writer after
     that one reaches this process with a job (:attr:`ScoreJob.earlier`, the job's own) unless
     the epoch ends first: the lists then grow by what they do not hold yet
-    (:meth:`EventCache.take`), or a new epoch leaves them to be checked."""
+    (:meth:`EventCache.take`), or a new epoch leaves them to be checked. A job that fails may
+    not have taken its journal in: the process then drops every list it kept."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle (see the writer)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: scoring process: %(message)s")
     try:
@@ -106,8 +107,13 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
                 epoch = job.epoch
             except Exception:
                 log.exception("scoring failed; the ingest process rescores these leads itself")
+                # The job's journal may not have been taken in, and the next job (already
+                # sent, of the same epoch: the ingest process ends the epoch only when it
+                # hears of this failure) would trust lists that lack its events. Its scores
+                # would not be written, but nothing kept is to be trusted any more.
+                store.event_cache.clear()
+                epoch = None
                 answers.put(("error", job.seq, store.event_cache.stats()))
-                epoch = None  # it may not have taken the job's journal in
     finally:
         answers.put(None)
         sender.join(timeout=5)

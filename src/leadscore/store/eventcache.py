@@ -434,7 +434,9 @@ def _with(
     ahead between jobs, and a job's snapshot may hold the next batch): a transaction's rows
     are then all in it already, with ids up to its newest id, since SQLite gives each new row
     an id above every id committed before (see leadscore.store.leads._journal_events); else
-    all of them are newer than its newest id."""
+    all of them are newer than its newest id. That holds while no event is ever deleted: a
+    purge of events would have to end the writer's epoch (a transaction without a journal
+    does)."""
     new = [r for r in rows if r[1] > entry.max_id] if rows else None
     if not new:
         return entry if entry.epoch == epoch else _stamped(entry, epoch)
