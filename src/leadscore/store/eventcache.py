@@ -439,7 +439,7 @@ def _with(
     does)."""
     new = [r for r in rows if r[1] > entry.max_id] if rows else None
     if not new:
-        return entry if entry.epoch == epoch else _stamped(entry, epoch)
+        return entry
     return _grown(entry, new, entry.count + len(new), kept, epoch)
 
 
