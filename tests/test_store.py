@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import shutil
@@ -224,6 +225,52 @@ def test_sqlite_log_file_shrinks_back_after_a_burst(
         with db.write() as conn:  # starts the log over
             conn.exec_driver_sql("INSERT INTO t VALUES (1)")
         assert wal.stat().st_size <= 256 * 1024
+    finally:
+        db.dispose()
+
+
+def test_sqlite_checkpoint_held_back_syncs_the_files_and_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holding an older snapshot keeps the checkpoint thread from copying the pages
+    written after it: the thread then syncs the database and its log (so that the checkpoint
+    that copies the rest waits for little) and tries again, until the file alone holds the
+    later rows once the reader is done."""
+    synced: list[str] = []
+    original = db_module.Database.sync_files
+
+    def sync_files(self: db_module.Database) -> None:
+        synced.append(threading.current_thread().name)
+        original(self)
+
+    monkeypatch.setattr(db_module.Database, "sync_files", sync_files)
+    path = tmp_path / "store.db"
+    db = open_database(path)
+    try:
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x)")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        with db.write() as conn:  # after the reader's snapshot: not to be copied while it reads
+            conn.exec_driver_sql("INSERT INTO t SELECT 2 UNION ALL SELECT 3")
+        deadline = time.monotonic() + 10 * CHECKPOINT_SECONDS + 5
+        while not synced:
+            assert time.monotonic() < deadline
+            time.sleep(CHECKPOINT_SECONDS / 2)
+        assert synced[0] == "leadscore-checkpoint"
+        reader.execute("COMMIT")
+        reader.close()
+        copy = tmp_path / "copy.db"
+        found = 0
+        while found != 3:
+            assert time.monotonic() < deadline
+            time.sleep(CHECKPOINT_SECONDS / 2)
+            shutil.copyfile(path, copy)  # the file alone, not its -wal
+            # (a copy made while a checkpoint was writing may not open: again)
+            with closing(sqlite3.connect(copy)) as c, contextlib.suppress(sqlite3.DatabaseError):
+                found = c.execute("SELECT count(*) FROM t").fetchone()[0]
     finally:
         db.dispose()
 

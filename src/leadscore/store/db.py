@@ -52,15 +52,24 @@ __all__ = [
 DEFAULT_DB = "leadscore.db"
 # SQLite: the write-ahead log is copied into the database file (a checkpoint) by a thread of
 # its own, every this many seconds after writes, instead of by whichever commit happens to
-# fill the log: a writer then only appends to the log, and the copying (and its fsync) runs
-# beside it with the GIL released.
-CHECKPOINT_SECONDS = 0.5
-# A writer still checkpoints (as SQLite does by default at 1,000) when the log has grown to
-# this many pages, 40 MB at 4 KiB: a backstop for a checkpoint thread that cannot keep up.
-WAL_AUTOCHECKPOINT = 10_000
-# the write-ahead log file is cut back to this size when it starts over after a checkpoint
-# (else it keeps the size of its largest burst, say a bulk import, for good)
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# fill the log: a writer then only appends to the log, and the copying runs beside it with the
+# GIL released. A checkpoint also waits for the disk (with synchronous NORMAL, --fast-commits,
+# the only waits there are): for the log before copying, for the file once all is copied.
+CHECKPOINT_SECONDS = 0.2
+# A writer still checkpoints itself (as SQLite does by default at 1,000 pages), its commit
+# waiting for the copying and both syncs, when the log has this many pages since it last
+# started over: 100 MB at 4 KiB. The log starts over only at a write transaction that finds
+# it copied entirely, which under sustained writes (a checkpoint racing the writer, readers
+# holding older pages) seldom happens: then this checkpoint starts it over, and finds little
+# left to copy or to sync after the thread's (see _Checkpointer). At 10,000 pages it came
+# every few batches, and the syncs it waited for cost about a tenth of the throughput of
+# batches (docs/benchmarks.md).
+WAL_AUTOCHECKPOINT = 25_000
+# The log file is cut back to this size when it starts over (else it keeps the size of its
+# largest burst, say a bulk import, for good); above the size the log reaches under sustained
+# writes, so that it is written over rather than grown again each time (which measured
+# slower).
+JOURNAL_SIZE_LIMIT = 128 * 1024 * 1024
 # SQLite: the page cache of the writer's connection, in KiB (SQLite's default is 2 MiB). The
 # writer's transactions touch a few index pages per event all over the tables; kept in its
 # own memory between transactions (no other connection writes in between, as a rule), they
@@ -433,6 +442,20 @@ class Database:
         busy, pages, copied = row
         return not busy and copied >= pages
 
+    def sync_files(self) -> None:
+        """SQLite: flush the database file and its log to the disk (as a checkpoint does,
+        before and after copying), so that a checkpoint soon after finds little to wait for."""
+        path = self.engine.url.database
+        if not path or self.in_memory:
+            return
+        for name in (path + "-wal", path):
+            with contextlib.suppress(OSError):
+                fd = os.open(name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
     def let_others_write(self) -> None:
         """Between the chunks of a long run of write transactions: a pause in which a writer
         of another process that waits for SQLite's write lock gets it (see
@@ -454,7 +477,10 @@ class Database:
 
 class _Checkpointer:
     """A thread that checkpoints a SQLite database every :data:`CHECKPOINT_SECONDS` after
-    writes; it ends with :meth:`stop` or once the database is no longer used."""
+    writes; it ends with :meth:`stop` or once the database is no longer used. A checkpoint
+    that could not copy everything (the writer committed meanwhile, or a reader holds older
+    pages) is followed by a sync of both files, so that whichever checkpoint copies the rest
+    (the next round, or a writer's at WAL_AUTOCHECKPOINT) waits for little."""
 
     def __init__(self, db: Database) -> None:
         self._db = weakref.ref(db)
@@ -478,8 +504,9 @@ class _Checkpointer:
             if self._dirty:
                 self._dirty = False
                 try:
-                    if not db.checkpoint():  # a reader held pages back: again next time
-                        self._dirty = True
+                    if not db.checkpoint():  # written to meanwhile, or a reader held pages back
+                        self._dirty = True  # again next time
+                        db.sync_files()
                 except (sa.exc.SQLAlchemyError, sqlite3.Error) as e:
                     # nothing is lost: the writers' own checkpoints (WAL_AUTOCHECKPOINT) take over
                     log.warning("checkpoint of %s failed: %s", db.url, e)
