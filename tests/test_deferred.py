@@ -222,6 +222,74 @@ def test_a_batch_stored_and_never_scored_is_rescored_at_the_next_start(
         again.db.dispose()
 
 
+def test_a_large_batch_goes_in_parts_each_with_its_leads_share_of_the_journal(
+    writer: Store, clock: Clock
+) -> None:
+    publish(writer, RT)
+    leads = [f"P{i:02d}" for i in range(10)]
+    stored = store_events_of(writer, [view(clock, lid, "/pricing") for lid in leads * 2])
+    assert stored.leads == leads and len(stored.outcomes) == 20
+    assert stored.parts(7) == [stored]  # at most one and a half parts: whole
+    parts = stored.parts(3)  # four parts of two or three leads, in order
+    assert [p.leads for p in parts] == [leads[0:2], leads[2:5], leads[5:7], leads[7:10]]
+    assert [p.final for p in parts] == [False, False, False, True]
+    assert [len(p.outcomes) for p in parts] == [0, 0, 0, 20]
+    for p in parts:
+        assert set(p.added) == set(p.leads) and all(len(p.added[lid]) == 2 for lid in p.leads)
+        assert (p.epoch, p.newest_id, p.now_us) == (stored.epoch, stored.newest_id, stored.now_us)
+    # a journal's lead outside the batch (not expected) is not lost: it goes with the first
+    odd = Stored(
+        [], leads, stored.now_us, stored.epoch, stored.newest_id, {"X": []}, frozenset("Y")
+    )
+    first = odd.parts(3)[0]
+    assert "X" in first.added and "Y" in first.dirty
+
+
+def test_a_batch_written_in_parts_counts_as_scored_only_with_its_last(
+    writer: Store, scorer: Store, url: str, clock: Clock
+) -> None:
+    """Each part is scored by the scoring process and written in a transaction of its own;
+    should the process end after the first, the next start rescores the batch's leads."""
+    publish(writer, RT)
+    leads = [f"P{i}" for i in range(6)]
+    p = Pipeline(writer, scorer)
+    p.ingest([view(clock, lid, "/blog", 2) for lid in leads])
+    clock.advance(seconds=60)
+    stored = store_events_of(writer, [view(clock, lid, "/pricing") for lid in leads])
+    first, _ = stored.parts(3)  # the last part is never written
+    p.seq += 1
+    assert write_scored(writer, first, score_job(scorer, first.job(p.seq)))
+    assert_matches_per_lead(writer, first.leads, clock.now)
+    with writer.db.read() as conn:
+        counters = dict(conn.exec_driver_sql("SELECT name, value FROM counters").all())
+    assert counters[SCORED_TO] < counters[STORED_TO] == stored.newest_id
+    writer.db.dispose()  # the process ends before writing the last part
+    again = Store(open_database(url), clock=clock, cached_events=0)
+    try:
+        assert settle(again) == len(leads)
+        assert_matches_per_lead(again, leads, clock.now)
+    finally:
+        again.db.dispose()
+    # and written whole, part after part, the batch is scored as the per-lead evaluator
+    clock.advance(seconds=60)
+    with_parts = Store(open_database(url), clock=clock, cached_events=0)
+    try:
+        for url_ in ["/demo", "/pricing"]:
+            before = scorer.event_cache.unchecked
+            stored = store_events_of(with_parts, [view(clock, lid, url_) for lid in leads])
+            for part in stored.parts(2):
+                p.seq += 1
+                assert write_scored(with_parts, part, score_job(scorer, part.job(p.seq)))
+            assert_matches_per_lead(with_parts, leads, clock.now)
+            clock.advance(seconds=60)
+        # the second batch: every kept list (checked in the first, after another writer's
+        # commit) grown by its part's journal, without asking the database
+        assert scorer.event_cache.unchecked - before == len(leads)
+        assert settle(with_parts) == 0
+    finally:
+        with_parts.db.dispose()
+
+
 def test_a_store_that_never_deferred_has_nothing_to_settle(writer: Store, clock: Clock) -> None:
     publish(writer, RT)
     writer.ingest_events([view(clock, "L1", "/pricing")])

@@ -706,9 +706,9 @@ def test_events_stored_but_never_scored_are_scored_when_the_ingest_process_start
 
 def test_large_batches_in_flight_both_ways_go_through(tmp_path: Path) -> None:
     """Requests of 2,000 events for 2,000 leads each, several at once: the ingest process sends
-    the next batch's job (about 800 KB) while the scoring process answers the last (about
-    450 KB, two sheets), each more than the pipe holds; neither waits for the other to
-    read."""
+    the next batch's jobs (in parts, about 800 KB in all) while the scoring process answers the
+    last (about 450 KB, two sheets), each more than the pipe holds; neither waits for the
+    other to read."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(open_database(url))
     store.ensure_a_model()
@@ -739,6 +739,8 @@ def test_large_batches_in_flight_both_ways_go_through(tmp_path: Path) -> None:
 
         answers = asyncio.run(send_all())
         assert all(len(a) == 2000 for a in answers)
-        assert_scores_exact(url, ["B0-0", "B3-500", "B5-1999"], events=12_000)
+        # each in parts (PART_LEADS): leads of first, middle and last parts
+        leads = ["B0-0", "B0-249", "B0-250", "B3-500", "B3-1000", "B5-1749", "B5-1999"]
+        assert_scores_exact(url, leads, events=12_000)
     finally:
         w.close()

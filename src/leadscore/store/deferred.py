@@ -17,10 +17,14 @@ publish, merge or other writer came in between) and with the sheets still active
 the batch's leads are rescored here, in the second transaction, as :meth:`Store.ingest_events`
 would.
 
-Should the process end between the two transactions, the events are stored and their leads'
-scores not yet rewritten: two counters record the newest event id stored for scoring and the
-newest whose leads were scored, and :func:`settle` (run when the ingest process starts)
-rescores the leads of the events in between.
+A large batch is scored and written in parts (:meth:`Stored.parts`): the scores of one part
+are written, in a transaction of their own, while the scoring process scores the next; the
+requests are answered once the last part is written.
+
+Should the process end between the transactions, the events are stored and their leads'
+scores not (all) rewritten: two counters record the newest event id stored for scoring and
+the newest whose leads were scored (moved on by the last part only), and :func:`settle` (run
+when the ingest process starts) rescores the leads of the events in between.
 """
 
 from __future__ import annotations
@@ -104,6 +108,46 @@ class Stored:
     dirty: frozenset[str] = frozenset()
     broken: bool = True
     scored: bool = False  # its leads rescored in the same transaction (store_and_score)
+    # the last (or only) part of its batch (see parts): writing its scores records the
+    # batch's events as scored (SCORED_TO)
+    final: bool = True
+
+    def parts(self, size: int) -> list[Stored]:
+        """The batch in parts of about ``size`` leads (just itself when it has at most one
+        and a half times as many), for the scoring process to score and the writer to write
+        one after the other: the first parts' scores are written while the scoring process
+        scores the next. Each part holds its leads' share of the journal (a lead's events
+        are in no other part) and the batch's outcomes go with the last, which alone is
+        ``final``."""
+        n = -(-len(self.leads) // size)
+        if n <= 1 or len(self.leads) * 2 <= size * 3:
+            return [self]
+        out: list[Stored] = []
+        start = 0
+        for i in range(n):
+            end = len(self.leads) * (i + 1) // n
+            leads = self.leads[start:end]
+            start = end
+            mine = set(leads)
+            out.append(
+                Stored(
+                    self.outcomes if i == n - 1 else [],
+                    leads,
+                    self.now_us,
+                    self.epoch,
+                    self.newest_id,
+                    {lid: rows for lid, rows in self.added.items() if lid in mine},
+                    self.dirty & mine,
+                    self.broken,
+                    final=i == n - 1,
+                )
+            )
+        # a journal's leads are all the batch's (else the epoch ends, see _store): any other
+        # goes with the first part all the same
+        placed = {lid for part in out for lid in part.leads}
+        out[0].added.update((k, v) for k, v in self.added.items() if k not in placed)
+        out[0].dirty = out[0].dirty | (self.dirty - placed)
+        return out
 
     def job(self, seq: int, earlier: Sequence[Earlier] = ()) -> ScoreJob:
         """The scoring process's job; ``earlier``: the journals of transactions written
@@ -258,7 +302,8 @@ def _write(conn: Connection, store: Store, stored: Stored, scored: Scored | None
             store.listener(conn, changes, stored.now_us, True)
     else:
         store.rescore_leads(conn, stored.leads, "event", stored.now_us)
-    _set(conn, SCORED_TO, stored.newest_id)
+    if stored.final:
+        _set(conn, SCORED_TO, stored.newest_id)
     return used
 
 
