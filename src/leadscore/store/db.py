@@ -38,6 +38,7 @@ __all__ = [
     "cache_epoch",
     "database_url",
     "driver_json",
+    "driver_rows",
     "driver_sql",
     "from_driver_json",
     "in_list",
@@ -131,6 +132,17 @@ def driver_sql(conn: Connection, sql: str) -> str:
     """``sql``, written with ``?`` placeholders, in the placeholder style of ``conn``'s driver
     (``?`` for sqlite3, ``%s`` for psycopg). ``sql`` holds no other ``?`` or ``%``."""
     return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def driver_rows(conn: Connection, sql: str, params: Any = ()) -> list[Any]:
+    """The rows of a statement for the driver (see :func:`driver_sql`), as the driver gives
+    them, fetched from its cursor at once: SQLAlchemy's result fetches and wraps them one by
+    one (about 1.7 us a row more, on SQLite). Errors of the statement still come wrapped."""
+    result = conn.exec_driver_sql(sql, params)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 def in_list(n: int) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.store.db import cache_epoch, driver_sql, in_list, journal_of, on_commit
+from leadscore.store.db import cache_epoch, driver_rows, driver_sql, in_list, journal_of, on_commit
 from leadscore.store.leads import event_fields
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "Preloader", "decoded_fields"]
@@ -185,7 +185,7 @@ class EventCache:
         for start in range(0, len(asked), _CHUNK):
             part = asked[start : start + _CHUNK]
             q, params = _query(conn, part, cached)
-            for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
+            for kind, lid, a, b, etype, item, text, message_id in driver_rows(conn, q, params):
                 if kind == 0:
                     stats[lid] = (int(a), int(b))
                 else:
@@ -302,7 +302,7 @@ class EventCache:
         for start in range(0, len(lead_ids), _CHUNK):
             part = sorted(lead_ids[start : start + _CHUNK])
             q, params = _query(conn, part, {})
-            for kind, lid, a, b, etype, item, text, message_id in conn.exec_driver_sql(q, params):
+            for kind, lid, a, b, etype, item, text, message_id in driver_rows(conn, q, params):
                 if kind == 1:
                     rows[lid].append((b, a, etype, item, text, message_id))
         return {lid: _entry(rows[lid], kept, epoch) for lid in lead_ids}

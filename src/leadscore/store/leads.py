@@ -32,6 +32,7 @@ from leadscore.spec.conditions import to_text
 from leadscore.store.db import (
     Journal,
     driver_json,
+    driver_rows,
     driver_sql,
     from_driver_json,
     in_list,
@@ -490,8 +491,9 @@ def _known(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
-        rows = conn.execute(_LEAD_IDS, {"ids": wanted[start : start + 500]})
-        found.update(str(i) for (i,) in rows)
+        part = wanted[start : start + 500]
+        sql = f"SELECT lead_id FROM leads WHERE lead_id IN {in_list(len(part))}"
+        found.update(str(i) for (i,) in driver_rows(conn, driver_sql(conn, sql), tuple(part)))
     return found
 
 
@@ -810,7 +812,7 @@ def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[st
     for start in range(0, len(wanted), 500):
         part = wanted[start : start + 500]
         sql = f"SELECT lead_id, profile FROM leads WHERE lead_id IN {in_list(len(part))}"
-        for lid, profile in conn.exec_driver_sql(driver_sql(conn, sql), tuple(part)):
+        for lid, profile in driver_rows(conn, driver_sql(conn, sql), tuple(part)):
             out[lid] = {**from_driver_json(profile), "lead_id": lid}
     return out
 

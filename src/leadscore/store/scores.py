@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
-from leadscore.store.db import driver_json, driver_sql, in_list
+from leadscore.store.db import driver_json, driver_rows, driver_sql, in_list
 from leadscore.store.schema import score_history, scores
 
 __all__ = [
@@ -146,7 +146,7 @@ def current_scores(
         if sheet is not None:
             sql += " AND sheet = ?"
             params += (sheet,)
-        for values in conn.exec_driver_sql(driver_sql(conn, sql), params):
+        for values in driver_rows(conn, driver_sql(conn, sql), params):
             row = dict(zip(_NAMES, values, strict=True))
             row["mql"] = bool(row["mql"])  # 0 / 1 from SQLite
             found[(row["lead_id"], row["sheet"])] = row
