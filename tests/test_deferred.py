@@ -7,11 +7,15 @@ the per-lead evaluator gives for the stored profile and events."""
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterator
+from multiprocessing import Pipe
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from leadscore.service import writer as writer_module
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import open_database
 from leadscore.store.deferred import (
@@ -288,6 +292,71 @@ def test_a_batch_written_in_parts_counts_as_scored_only_with_its_last(
         assert settle(with_parts) == 0
     finally:
         with_parts.db.dispose()
+
+
+class _InThisThread:
+    """The ingest process's link to the scoring process, scoring here: each job when its
+    answer is asked for (its pipe is never readable, so the loop waits for nothing)."""
+
+    def __init__(self, scorer: Store, log: list[tuple[str, str]]) -> None:
+        self.scorer, self.log = scorer, log
+        self.alive = True
+        self.stats: dict[str, int] = {}
+        self.jobs: deque[ScoreJob] = deque()
+        self.pipe, self._other = Pipe()
+
+    def send(self, job: ScoreJob) -> None:
+        self.jobs.append(job)
+        self.log.append(("sent", job.leads[0].split("-")[0]))
+
+    def receive(self, seq: int) -> Scored | None:
+        job = self.jobs.popleft()
+        assert job.seq == seq
+        return score_job(self.scorer, job)
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+class _Answers:
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    def send(self, message: Any) -> None:
+        self.log.append(("answered", message[0][0][0]))
+
+
+def test_batches_in_parts_keep_at_most_max_in_flight_batches_unanswered(
+    writer: Store, scorer: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight requests waiting, each stored in parts: writing a part that is not its batch's
+    last answers nothing, so it may not make room for another batch to be stored (found by a
+    review: each such part stored one more, all eight in flight at once)."""
+    monkeypatch.setattr(writer_module, "PART_LEADS", 4)  # 20 leads a batch: 5 parts
+    publish(writer, RT)
+    log: list[tuple[str, str]] = []
+    jobs_out, jobs_in = Pipe()
+    requests = [[view(clock, f"B{r}-{i:02d}", "/pricing") for i in range(20)] for r in range(8)]
+    for r, items in enumerate(requests):  # all waiting before the loop starts
+        jobs_out.send((f"B{r}", items))
+    jobs_out.send(None)
+    link = _InThisThread(scorer, log)
+    state = writer_module._State()
+    writer_module._write_loop(writer, link, jobs_in, _Answers(log), 20, 0, state, 0)
+    outstanding, worst, started = 0, 0, set()
+    for kind, batch in log:
+        if kind == "sent" and batch not in started:
+            started.add(batch)
+            outstanding += 1
+        elif kind == "answered":
+            outstanding -= 1
+        worst = max(worst, outstanding)
+    assert [b for k, b in log if k == "answered"] == [f"B{r}" for r in range(8)]
+    assert len([k for k, _ in log if k == "sent"]) == 8 * 5
+    assert worst <= writer_module.MAX_IN_FLIGHT
+    assert_matches_per_lead(
+        writer, [e.lead_id or "" for items in requests for e in items], clock.now
+    )
 
 
 def test_a_store_that_never_deferred_has_nothing_to_settle(writer: Store, clock: Clock) -> None:

@@ -7,6 +7,8 @@ import gc
 import logging
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from contextlib import closing
@@ -229,21 +231,25 @@ def test_sqlite_log_file_shrinks_back_after_a_burst(
         db.dispose()
 
 
-def test_sqlite_checkpoint_held_back_syncs_the_files_and_is_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+_CLOSE_ONLY = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+    " c.execute('SELECT 1 FROM t').fetchall(); c.close()"
+)
+_COUNT = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+    " print(c.execute('SELECT count(*) FROM t').fetchone()[0])"
+)
+
+
+def test_sqlite_checkpoint_held_back_is_tried_again_and_keeps_the_files_locks(
+    tmp_path: Path,
 ) -> None:
     """A reader holding an older snapshot keeps the checkpoint thread from copying the pages
-    written after it: the thread then syncs the database and its log (so that the checkpoint
-    that copies the rest waits for little) and tries again, until the file alone holds the
-    later rows once the reader is done."""
-    synced: list[str] = []
-    original = db_module.Database.sync_files
-
-    def sync_files(self: db_module.Database) -> None:
-        synced.append(threading.current_thread().name)
-        original(self)
-
-    monkeypatch.setattr(db_module.Database, "sync_files", sync_files)
+    written after it: the thread tries again until the file alone holds the later rows. Its
+    rounds never open the database's files themselves (closing a descriptor drops every POSIX
+    lock the process holds on the file, SQLite's included): another process that opens and
+    closes the database meanwhile must not take itself for the last one and delete the live
+    log, whose later commits it would then never see."""
     path = tmp_path / "store.db"
     db = open_database(path)
     try:
@@ -255,14 +261,13 @@ def test_sqlite_checkpoint_held_back_syncs_the_files_and_is_tried_again(
         assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
         with db.write() as conn:  # after the reader's snapshot: not to be copied while it reads
             conn.exec_driver_sql("INSERT INTO t SELECT 2 UNION ALL SELECT 3")
-        deadline = time.monotonic() + 10 * CHECKPOINT_SECONDS + 5
-        while not synced:
-            assert time.monotonic() < deadline
-            time.sleep(CHECKPOINT_SECONDS / 2)
-        assert synced[0] == "leadscore-checkpoint"
+        time.sleep(3 * CHECKPOINT_SECONDS)  # rounds that could not copy everything
+        subprocess.run([sys.executable, "-c", _CLOSE_ONLY, str(path)], check=True)
+        assert Path(f"{path}-wal").exists()  # still this process's log
         reader.execute("COMMIT")
         reader.close()
         copy = tmp_path / "copy.db"
+        deadline = time.monotonic() + 10 * CHECKPOINT_SECONDS + 5
         found = 0
         while found != 3:
             assert time.monotonic() < deadline
@@ -271,6 +276,12 @@ def test_sqlite_checkpoint_held_back_syncs_the_files_and_is_tried_again(
             # (a copy made while a checkpoint was writing may not open: again)
             with closing(sqlite3.connect(copy)) as c, contextlib.suppress(sqlite3.DatabaseError):
                 found = c.execute("SELECT count(*) FROM t").fetchone()[0]
+        with db.write() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (4)")
+        seen = subprocess.run(
+            [sys.executable, "-c", _COUNT, str(path)], check=True, capture_output=True, text=True
+        )
+        assert seen.stdout.strip() == "4"
     finally:
         db.dispose()
 

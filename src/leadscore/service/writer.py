@@ -537,7 +537,16 @@ def _write_loop(
             or jobs_in not in wait([jobs_in, link.pipe], timeout=1.0)
         ):
             after: _Batch | None = None
-            if piped() and not stop and not state.stop_asked and jobs_in.poll():
+            # batches still unanswered once the oldest part is written (a part that is not
+            # its batch's last answers none): another may be stored only below the bound
+            left = sum(p.final for _, _, p in in_flight) - in_flight[0][2].final
+            if (
+                piped()
+                and not stop
+                and not state.stop_asked
+                and left < MAX_IN_FLIGHT
+                and jobs_in.poll()
+            ):
                 # another request waits: stored in the transaction that writes these scores
                 try:
                     first = jobs_in.recv()

@@ -62,9 +62,9 @@ CHECKPOINT_SECONDS = 0.2
 # started over: 100 MB at 4 KiB. The log starts over only at a write transaction that finds
 # it copied entirely, which under sustained writes (a checkpoint racing the writer, readers
 # holding older pages) seldom happens: then this checkpoint starts it over, and finds little
-# left to copy or to sync after the thread's (see _Checkpointer). At 10,000 pages it came
-# every few batches, and the syncs it waited for cost about a tenth of the throughput of
-# batches (docs/benchmarks.md).
+# left to copy after the thread's. At 10,000 pages it came every few batches, and the copying
+# and syncs it waited for cost about a tenth of the throughput of batches; with none at all
+# the log grew to gigabytes and batches slowed by a quarter (docs/benchmarks.md).
 WAL_AUTOCHECKPOINT = 25_000
 # The log file is cut back to this size when it starts over (else it keeps the size of its
 # largest burst, say a bulk import, for good); above the size the log reaches under sustained
@@ -454,20 +454,6 @@ class Database:
         busy, pages, copied = row
         return not busy and copied >= pages
 
-    def sync_files(self) -> None:
-        """SQLite: flush the database file and its log to the disk (as a checkpoint does,
-        before and after copying), so that a checkpoint soon after finds little to wait for."""
-        path = self.engine.url.database
-        if not path or self.in_memory:
-            return
-        for name in (path + "-wal", path):
-            with contextlib.suppress(OSError):
-                fd = os.open(name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-
     def let_others_write(self) -> None:
         """Between the chunks of a long run of write transactions: a pause in which a writer
         of another process that waits for SQLite's write lock gets it (see
@@ -489,10 +475,9 @@ class Database:
 
 class _Checkpointer:
     """A thread that checkpoints a SQLite database every :data:`CHECKPOINT_SECONDS` after
-    writes; it ends with :meth:`stop` or once the database is no longer used. A checkpoint
-    that could not copy everything (the writer committed meanwhile, or a reader holds older
-    pages) is followed by a sync of both files, so that whichever checkpoint copies the rest
-    (the next round, or a writer's at WAL_AUTOCHECKPOINT) waits for little."""
+    writes; it ends with :meth:`stop` or once the database is no longer used. (It never opens
+    the database's files itself: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, SQLite's connections' included.)"""
 
     def __init__(self, db: Database) -> None:
         self._db = weakref.ref(db)
@@ -518,7 +503,6 @@ class _Checkpointer:
                 try:
                     if not db.checkpoint():  # written to meanwhile, or a reader held pages back
                         self._dirty = True  # again next time
-                        db.sync_files()
                 except (sa.exc.SQLAlchemyError, sqlite3.Error) as e:
                     # nothing is lost: the writers' own checkpoints (WAL_AUTOCHECKPOINT) take over
                     log.warning("checkpoint of %s failed: %s", db.url, e)
