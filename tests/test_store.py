@@ -487,3 +487,21 @@ def test_fast_commits_do_not_wait_for_the_disk(db_url: str) -> None:
             default = conn.exec_driver_sql("SHOW synchronous_commit").scalar_one()
         plain.dispose()
         assert seen == {True: default, False: "off"}
+
+
+def test_rows_fetched_from_the_driver_come_with_sqlalchemys_errors(tmp_path: Path) -> None:
+    """driver_rows: an error SQLite meets while stepping to a later row (here a malformed
+    JSON text in the second row) comes as SQLAlchemy's, as one from running the statement."""
+    db = open_database(tmp_path / "rows.db")
+    try:
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE j (x)")
+            conn.exec_driver_sql("INSERT INTO j VALUES ('[1]'), ('not json')")
+        with db.read() as conn:
+            assert db_module.driver_rows(conn, "SELECT json(x) FROM j LIMIT 1") == [("[1]",)]
+            with pytest.raises(sa.exc.OperationalError):
+                db_module.driver_rows(conn, "SELECT json(x) FROM j")
+            with pytest.raises(sa.exc.OperationalError):
+                db_module.driver_rows(conn, "SELECT * FROM no_such_table")
+    finally:
+        db.dispose()

@@ -137,10 +137,14 @@ def driver_sql(conn: Connection, sql: str) -> str:
 def driver_rows(conn: Connection, sql: str, params: Any = ()) -> list[Any]:
     """The rows of a statement for the driver (see :func:`driver_sql`), as the driver gives
     them, fetched from its cursor at once: SQLAlchemy's result fetches and wraps them one by
-    one (about 1.7 us a row more, on SQLite). Errors of the statement still come wrapped."""
+    one (about 1.7 us a row more, on SQLite). Errors come as SQLAlchemy's, as from
+    ``exec_driver_sql``, also one that SQLite meets while stepping to a later row."""
     result = conn.exec_driver_sql(sql, params)
+    base = conn.dialect.loaded_dbapi.Error
     try:
         return list(result.cursor.fetchall())
+    except base as e:
+        raise sa.exc.DBAPIError.instance(sql, params, e, base, dialect=conn.dialect) from e
     finally:
         result.close()
 
