@@ -121,3 +121,10 @@ def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None
         assert code == 2 and "Choose another with --port" in out
     code, out = run("serve", "--db", db, "--host", "0.0.0.0", "--no-auth")
     assert code == 2 and "only on 127.0.0.1" in out
+    # several ingest processes: PostgreSQL only, and with the ingest process
+    code, out = run("serve", "--db", db, "--no-auth", "--ingest-processes", "2")
+    assert code == 2 and "SQLite takes one writer at a time" in out
+    pg = "postgresql://postgres@127.0.0.1:9/nowhere"
+    code, out = run("serve", "--db", pg, "--ingest-processes", "2", "--no-ingest-process")
+    assert code == 2 and "--no-ingest-process" in out
+    assert not Path(db).exists()  # refused before the store was made

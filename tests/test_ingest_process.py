@@ -19,11 +19,18 @@ import sqlalchemy as sa
 
 from leadscore import score_lead
 from leadscore.engine.timeutil import from_micros
-from leadscore.errors import Conflict, InputError, InputProblem, StoreError
+from leadscore.errors import Conflict, InputError, InputProblem, StoreError, UsageError
 from leadscore.service import Settings, create_app
 from leadscore.service import writer as writer_module
+from leadscore.service.app import ingest_processes
 from leadscore.service.errors import ApiError
-from leadscore.service.writer import INLINE_EVENTS, ProcessWriter, _from_wire, _to_wire
+from leadscore.service.writer import (
+    INLINE_EVENTS,
+    ProcessWriter,
+    ProcessWriterPool,
+    _from_wire,
+    _to_wire,
+)
 from leadscore.store import EventInput, ItemOutcome, LeadInput, Store
 from leadscore.store.db import open_database
 from leadscore.store.deferred import ALONE_EVENTS, store_events
@@ -744,3 +751,117 @@ def test_large_batches_in_flight_both_ways_go_through(tmp_path: Path) -> None:
         assert_scores_exact(url, leads, events=12_000)
     finally:
         w.close()
+
+
+# --- several ingest processes (PostgreSQL) ------------------------------------------------------
+
+
+@pytest.fixture
+def pool(db_url: str) -> Iterator[ProcessWriterPool]:
+    store = Store(open_database(db_url))
+    store.ensure_a_model()
+    store.db.dispose()
+    p = ProcessWriterPool(2, db_url, durable=False, cached_events=10_000)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_ingest_processes_write_the_same_leads_at_once_on_postgresql(
+    pool: ProcessWriterPool, db_url: str
+) -> None:
+    """Two ingest processes on one PostgreSQL database: a lead's single events always go to
+    the same one; requests of several leads go to the one with fewer events waiting, so both
+    write SHARED at once (row locks make one wait for the other). Every request hears its own
+    outcomes, and every lead's score is what its stored events give."""
+    pids = pool.pids
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    alone = page_views(["ONE"], "x-")
+    assert pool.writer_for(alone) is pool.writer_for(page_views(["ONE"], "y-"))
+    by_lead = {pool.writers.index(pool.writer_for(page_views([f"Q{i}"], "q"))) for i in range(40)}
+    assert by_lead == {0, 1}  # the leads are shared out
+    requests = [page_views([f"P{r}", "SHARED", f"P{r}"], f"r{r}-") for r in range(30)]
+    requests += [page_views([f"Q{i}"], f"q{i}-") for i in range(10)]
+
+    async def send_all() -> tuple[list[list[ItemOutcome]], list[int]]:
+        tasks = [asyncio.ensure_future(pool.ingest(items)) for items in requests]
+        await asyncio.sleep(0)  # each sent to its process, none answered yet
+        waiting = [w.pending_events() for w in pool.writers]
+        return await asyncio.gather(*tasks), waiting
+
+    answers, waiting = asyncio.run(send_all())
+    assert sum(waiting) == 100 and min(waiting) >= 30  # the 30 of SHARED shared out
+    for r, answer in enumerate(answers[:30]):
+        assert [(o.index, o.lead_id) for o in answer] == [(0, f"P{r}"), (1, "SHARED"), (2, f"P{r}")]
+        assert {o.status for o in answer} == {"accepted"}
+    assert all([o.status for o in a] == ["accepted"] for a in answers[30:])
+    stats = [w.cache_stats() for w in pool.writers]
+    assert all(s["misses"] > 0 for s in stats)  # both wrote
+    assert pool.cache_stats()["misses"] == sum(s["misses"] for s in stats)
+    again = asyncio.run(pool.ingest(requests[3][1:2]))
+    assert [o.status for o in again] == ["duplicate"]
+    assert_scores_exact(db_url, ["SHARED", "P0", "P29", "Q0", "Q9"], events=100)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_killed_process_of_the_pool_is_replaced_and_the_other_goes_on(
+    pool: ProcessWriterPool, db_url: str
+) -> None:
+    """One of two ingest processes killed: the other answers its leads' requests meanwhile,
+    and the next request for a lead of the killed one starts another in its place."""
+    leads = [f"K{i}" for i in range(40)]
+    mine = {lead: pool.writers.index(pool.writer_for(page_views([lead], "k"))) for lead in leads}
+    first = next(lead for lead in leads if mine[lead] == 0)
+    second = next(lead for lead in leads if mine[lead] == 1)
+    asyncio.run(pool.ingest(page_views([first], "w0-")))
+    asyncio.run(pool.ingest(page_views([second], "w1-")))
+    killed, other = pool.pids
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pool.writers[0]._child.alive and time.monotonic() < deadline:
+        asyncio.run(pool.ingest(page_views([second], f"o{time.monotonic_ns()}-")))
+    assert pool.pids[1] == other
+    outcomes = asyncio.run(pool.ingest(page_views([first], "after-")))
+    assert [o.status for o in outcomes] == ["accepted"]
+    assert pool.pids[0] not in (None, killed) and pool.pids[1] == other
+    assert_scores_exact(db_url, [first, second])
+
+
+def test_a_pool_needs_two_processes_and_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="one writer at a time"):
+        ProcessWriterPool(2, f"sqlite:///{tmp_path / 's.db'}", cached_events=0)
+    with pytest.raises(ValueError, match="two ingest processes or more"):
+        ProcessWriterPool(1, "postgresql://postgres@127.0.0.1:9/nowhere", cached_events=0)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_the_service_starts_as_many_ingest_processes_as_suit_the_store(db_url: str) -> None:
+    """``leadscore serve`` on PostgreSQL: two ingest processes unless told otherwise (the
+    health page says how many); on SQLite one, and asking for more is refused."""
+    cases = [(0, 2), (1, 1), (3, 3)] if db_url.startswith("postgresql") else [(0, 1), (1, 1)]
+    for asked, started in cases:
+        settings = Settings(
+            db=db_url,
+            no_auth=True,
+            rescore_interval=0,
+            deliver_interval=0,
+            ingest_processes=asked,
+        )
+        app = create_app(settings)
+        with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
+            r = client.post("/api/v1/events", json={"lead_id": f"N{asked}", "type": "demo_request"})
+            assert r.status_code == 200, r.text
+            health = client.get("/api/v1/health").json()
+            assert health["ingest_processes"] == started
+            writer = app.state.leadscore.writer
+            if started > 1:
+                assert isinstance(writer, ProcessWriterPool) and len(writer.writers) == started
+                assert health["event_cache"]["limit"] == settings.cached_events // started * started
+            else:
+                assert isinstance(writer, ProcessWriter)
+    if db_url.startswith("sqlite"):
+        with pytest.raises(UsageError, match="SQLite takes one writer at a time"):
+            ingest_processes(Settings(db=db_url, ingest_processes=2), sqlite=True)

@@ -191,12 +191,22 @@ def serve(
             "(off: the ingest process does both)."
         ),
     ] = True,
+    ingest_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="PostgreSQL: ingest processes writing at once, each request sent to one "
+            "of them [default: 2; SQLite: 1, the only value it takes].",
+        ),
+    ] = None,
 ) -> None:
     """Run the scoring service: ingest API, scores, history, models (OpenAPI at /docs)."""
     import uvicorn
 
     from leadscore.service.http import BoundedHttpTools
     from leadscore.service.state import ENV_SETTINGS, Settings
+    from leadscore.store.db import database_url
 
     if no_auth and not _loopback(host):
         raise UsageError(f"--no-auth serves without API keys: only on 127.0.0.1, not on {host}")
@@ -215,10 +225,22 @@ def serve(
         durable=not fast_commits,
         ingest_process=ingest_process,
         scoring_process=scoring_process,
+        ingest_processes=ingest_processes or 0,
         freeze_at_start=True,
     )
     if cached_events is not None:
         settings.cached_events = cached_events
+    if ingest_processes is not None and ingest_processes > 1:
+        if not ingest_process:
+            raise UsageError(
+                f"--ingest-processes {ingest_processes} and --no-ingest-process: the second "
+                "writes in a thread of the server process instead"
+            )
+        if database_url(db).startswith("sqlite"):
+            raise UsageError(
+                f"--ingest-processes {ingest_processes}: SQLite takes one writer at a time; "
+                "more than one ingest process needs PostgreSQL (--db postgresql://...)"
+            )
     store = open_store(db)  # create or migrate before the workers start; fail early
     store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()

@@ -26,6 +26,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import leadscore
+from leadscore.errors import UsageError
 from leadscore.service import (
     ingest,
     keys_api,
@@ -41,7 +42,12 @@ from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.rescoring import Rescorer, Stopped
 from leadscore.service.state import ServiceState, Settings
 from leadscore.service.survivors import freeze_survivors
-from leadscore.service.writer import IngestWriter, ProcessWriter, with_triggers
+from leadscore.service.writer import (
+    IngestWriter,
+    ProcessWriter,
+    ProcessWriterPool,
+    with_triggers,
+)
 from leadscore.store import Store, open_store
 from leadscore.store.outbox import Deliverer, RetryPolicy
 from leadscore.store.triggers import load_triggers, save_triggers
@@ -147,6 +153,25 @@ class CrossSiteGuard:
         await self.app(scope, receive, send)
 
 
+# ingest processes on PostgreSQL unless told: full size, single events, 2 cores, about a
+# third more requests a second with two than with one (docs/benchmarks.md)
+PG_INGEST_PROCESSES = 2
+
+
+def ingest_processes(settings: Settings, sqlite: bool) -> int:
+    """How many ingest processes to start (``Settings.ingest_processes``, 0: the store's
+    default). SQLite takes one writer at a time: more than one is refused."""
+    n = settings.ingest_processes
+    if sqlite and n > 1:
+        raise UsageError(
+            f"ingest processes: {n} asked, but SQLite takes one writer at a time; more than "
+            "one needs PostgreSQL"
+        )
+    if n > 0:
+        return n
+    return 1 if sqlite else PG_INGEST_PROCESSES
+
+
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(interval):
@@ -180,17 +205,26 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         with_triggers(s)
         _publish_start_models(s, settings)
         _load_start_triggers(s, settings)
-        writer: IngestWriter | ProcessWriter
+        writer: IngestWriter | ProcessWriter | ProcessWriterPool
         if own and settings.ingest_process and not s.db.in_memory:
             # the server process keeps a tenth of the cache: its rescorings (leads posted,
             # Segment identify calls) are few beside the ingest process's
             s.event_cache.max_events = settings.cached_events // 10
-            writer = ProcessWriter(
-                settings.db,
-                durable=settings.durable,
-                cached_events=settings.cached_events,
-                scoring_process=settings.scoring_process,
-            )
+            processes = ingest_processes(settings, s.db.is_sqlite)
+            if processes > 1:  # each keeps about its share of the leads (by hash)
+                writer = ProcessWriterPool(
+                    processes,
+                    settings.db,
+                    durable=settings.durable,
+                    cached_events=settings.cached_events // processes,
+                )
+            else:
+                writer = ProcessWriter(
+                    settings.db,
+                    durable=settings.durable,
+                    cached_events=settings.cached_events,
+                    scoring_process=settings.scoring_process,
+                )
         else:
             writer = IngestWriter(s)
         rescorer = Rescorer(
@@ -276,6 +310,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             "store": state.store.db.engine.dialect.name,
             "sheets": [s.name for s in state.store.sheets()],
             "event_cache": state.writer.cache_stats(),
+            "ingest_processes": (
+                len(state.writer.writers)
+                if isinstance(state.writer, ProcessWriterPool)
+                else int(isinstance(state.writer, ProcessWriter))
+            ),
         }
 
     return app

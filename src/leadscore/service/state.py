@@ -13,7 +13,7 @@ from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS
 if TYPE_CHECKING:
     from leadscore.service.auth import KeyCache
     from leadscore.service.rescoring import Rescorer
-    from leadscore.service.writer import IngestWriter, ProcessWriter
+    from leadscore.service.writer import IngestWriter, ProcessWriter, ProcessWriterPool
 
 __all__ = ["ENV_SETTINGS", "ServiceState", "Settings"]
 
@@ -39,6 +39,9 @@ class Settings:
     # store and rescore ingested events in a process of their own (a file or server store,
     # opened by the service itself); else in a thread of the server process
     ingest_process: bool = True
+    # how many ingest processes write at once: 0, as many as suit the store (PostgreSQL 2,
+    # SQLite 1: it takes one writer at a time); see leadscore.service.writer.ProcessWriterPool
+    ingest_processes: int = 0
     # SQLite, with the ingest process: rescoring after ingest in a scoring process beside it
     scoring_process: bool = True
     # once started, keep the objects made so far out of the garbage collector's full passes
@@ -63,5 +66,5 @@ class ServiceState:
     settings: Settings
     store: Store
     keys: KeyCache
-    writer: IngestWriter | ProcessWriter
+    writer: IngestWriter | ProcessWriter | ProcessWriterPool
     rescorer: Rescorer  # whole-store rescorings (in a child process for a store it opened)

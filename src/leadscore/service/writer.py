@@ -6,7 +6,7 @@ flush), and answers every request with its own items' outcomes. A request is sti
 only after its events are committed. Under load this turns hundreds of small transactions into
 a few large ones; with a single request waiting it costs nothing extra.
 
-Two writers, one interface (``ingest``, ``close``, ``cache_stats``):
+Three writers, one interface (``ingest``, ``close``, ``cache_stats``):
 
 - :class:`ProcessWriter` writes in a process of its own, the one ``leadscore serve`` uses. The
   server process then speaks HTTP while the ingest process stores and rescores, each on a core
@@ -15,6 +15,8 @@ Two writers, one interface (``ingest``, ``close``, ``cache_stats``):
   (:mod:`leadscore.service.scoring`) and writes each batch in two transactions, storing the
   next batch while the scoring process scores the last; a request is still answered only
   after its leads' scores are committed.
+- :class:`ProcessWriterPool` (PostgreSQL): several ingest processes writing at once, each
+  request sent to one of them; what ``leadscore serve`` uses there (two, by default).
 - :class:`IngestWriter` writes in a thread of the server process: for a store handed to the
   application (tests, a settable clock) and for in-memory databases, which another process
   cannot open.
@@ -35,6 +37,7 @@ import signal
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,7 +68,7 @@ from leadscore.store.keeper import ChangeListener
 from leadscore.store.scores import ScoreChange
 from leadscore.store.triggers import TriggerEngine
 
-__all__ = ["IngestWriter", "ProcessWriter", "with_triggers"]
+__all__ = ["IngestWriter", "ProcessWriter", "ProcessWriterPool", "with_triggers"]
 
 log = logging.getLogger("leadscore.service")
 
@@ -1017,10 +1020,21 @@ class ProcessWriter:
         """The ingest process's event cache, as of its last answer."""
         return dict(self._child.stats)
 
+    def pending_events(self) -> int:
+        """The events of the requests its ingest process has not answered yet."""
+        return sum(len(job.items) for job in self._child._pending.values())
+
     def close(self) -> None:
+        self.begin_close()
+        self.end_close()
+
+    def begin_close(self) -> None:
+        """Ask the ingest process to finish and stop (``end_close`` waits for it)."""
         self._closed = True
         self._child.detach()
         self._jobs.put(None)
+
+    def end_close(self) -> None:
         self._restarter.join(timeout=STOP_SECONDS + 10)
 
     def _restart(self) -> None:
@@ -1076,3 +1090,67 @@ class ProcessWriter:
         with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
             job.loop.call_soon_threadsafe(self._submit, job)
         return True
+
+
+class ProcessWriterPool:
+    """Several ingest processes (a :class:`ProcessWriter` each) writing to one PostgreSQL
+    database at once, for ``leadscore serve --ingest-processes N``.
+
+    On PostgreSQL a transaction spends much of its time waiting for the database's answers
+    (a dozen statements for a single event), so one ingest process leaves both the database
+    and its own core partly idle; two keep them busier (docs/benchmarks.md). Concurrent
+    transactions are as safe as those of several servers sharing the database: a lead's rows
+    are locked in lead-id order by whichever writes it first, the other waits.
+
+    A request whose events are all one lead's (the usual single event) goes to the process
+    that lead hashes to, so that each process keeps (in its event cache) about a share of the
+    leads and a lead's events stay in one cache; any other request goes to the process with
+    the fewest events waiting. A process that has ended is started again by the next request
+    it gets, as :class:`ProcessWriter` does."""
+
+    def __init__(self, processes: int, db: str | None, **kwargs: Any) -> None:
+        if processes < 2:
+            raise ValueError("a pool is for two ingest processes or more")
+        if database_url(db).startswith("sqlite"):
+            raise ValueError("SQLite takes one writer at a time: one ingest process")
+        self.writers: list[ProcessWriter] = []
+        try:
+            for _ in range(processes):
+                self.writers.append(ProcessWriter(db, **kwargs))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The ingest processes' ids."""
+        return [w.pid for w in self.writers]
+
+    def writer_for(self, items: Sequence[EventInput]) -> ProcessWriter:
+        """The ingest process that is to write these events (see the class)."""
+        writers = self.writers
+        first = items[0] if items else None
+        key = None if first is None else first.lead_id or first.email or first.anonymous_id
+        if key is not None and all(
+            (it.lead_id or it.email or it.anonymous_id) == key for it in items
+        ):
+            return writers[zlib.crc32(key.encode()) % len(writers)]
+        return min(writers, key=lambda w: w.pending_events())
+
+    async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
+        """Store and rescore ``items``; their outcomes once they are committed."""
+        return await self.writer_for(items).ingest(items)
+
+    def cache_stats(self) -> dict[str, int]:
+        """The event caches of all the ingest processes, added up."""
+        total: dict[str, int] = {}
+        for w in self.writers:
+            for key, value in w.cache_stats().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def close(self) -> None:
+        for w in self.writers:  # all asked first: they finish their transactions together
+            w.begin_close()
+        for w in self.writers:
+            w.end_close()
