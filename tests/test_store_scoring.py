@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from leadscore import score_lead
 from leadscore.engine.timeutil import from_micros
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store.db import open_database
-from leadscore.store.leads import lead_events, lead_records
+from leadscore.store.leads import insert_events, lead_events, lead_records, lock_leads
 from leadscore.store.queries import lead_view, score_history_of
 from leadscore.store.schema import scores
 from leadscore.store.scores import HISTORY_MIN_DELTA
@@ -399,6 +401,52 @@ def test_a_score_written_with_the_replaced_model_during_a_publish_is_rescored(
         other.db.dispose()
     assert row.model_version_id == store.sheets()[0].version.id
     assert row.score == 75.0
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_an_event_committed_while_ingest_waits_for_the_lead_counts_in_its_score(
+    store: Store, clock: Clock, db_url: str
+) -> None:
+    """Two writers at once on PostgreSQL (two ingest processes): this one reads the clock
+    (T) and waits for L1's lock, held by the other, which stores a demo request stamped T + 1 s
+    and commits. Scored as of T, L1 would lose that demo (and its score would go back in
+    time); scored as of the clock once the lock is this one's, both events count."""
+    publish(store, RT)
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP Sales"})])
+    other = Store(open_database(db_url), clock=clock)
+    holding, waiting = threading.Event(), threading.Event()
+
+    def hold_then_write_here() -> None:
+        with other.db.write() as conn:
+            lock_leads(conn, ["L1"])
+            holding.set()
+            waiting.wait(10)
+            time.sleep(0.3)
+            clock.advance(seconds=1)
+            now = clock.now
+            _, touched = insert_events(
+                conn, [EventInput("demo_request", now, "L1", message_id="other")], now
+            )
+            other.rescore_leads(conn, touched, "event", now)
+
+    thread = threading.Thread(target=hold_then_write_here)
+    try:
+        thread.start()
+        assert holding.wait(10)
+        waiting.set()
+        store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="mine")])
+        thread.join(10)
+        with store.db.read() as conn:
+            row = conn.execute(
+                sa.select(scores.c.score, scores.c.as_of_us).where(scores.c.lead_id == "L1")
+            ).one()
+            events = lead_events(conn, "L1", None)
+    finally:
+        thread.join(10)
+        other.db.dispose()
+    assert {e.event_id for e in events} >= {"mine", "other"}
+    assert row.as_of_us == clock.now  # not T
+    assert row.score == 70.0  # VP 30 + demo 40
 
 
 def test_future_events_count_from_their_time_on(store: Store, clock: Clock) -> None:

@@ -195,9 +195,11 @@ def serve(
         int | None,
         typer.Option(
             min=1,
+            max=32,
             show_default=False,
             help="PostgreSQL: ingest processes writing at once, each request sent to one "
-            "of them [default: 2; SQLite: 1, the only value it takes].",
+            "of them; more than one pays when transactions wait on the database (one on "
+            "another machine) [default: 1, SQLite's only value].",
         ),
     ] = None,
 ) -> None:
@@ -208,6 +210,17 @@ def serve(
     from leadscore.service.state import ENV_SETTINGS, Settings
     from leadscore.store.db import database_url
 
+    if ingest_processes is not None and ingest_processes > 1:
+        if not ingest_process:
+            raise UsageError(
+                f"--ingest-processes {ingest_processes} needs ingest processes: without "
+                "--no-ingest-process (which writes in a thread of the server process)"
+            )
+        if database_url(db).startswith("sqlite"):
+            raise UsageError(
+                f"--ingest-processes {ingest_processes}: SQLite takes one writer at a time; "
+                "more than one ingest process needs PostgreSQL (--db postgresql://...)"
+            )
     if no_auth and not _loopback(host):
         raise UsageError(f"--no-auth serves without API keys: only on 127.0.0.1, not on {host}")
     check_port_free(host, port)
@@ -230,17 +243,6 @@ def serve(
     )
     if cached_events is not None:
         settings.cached_events = cached_events
-    if ingest_processes is not None and ingest_processes > 1:
-        if not ingest_process:
-            raise UsageError(
-                f"--ingest-processes {ingest_processes} and --no-ingest-process: the second "
-                "writes in a thread of the server process instead"
-            )
-        if database_url(db).startswith("sqlite"):
-            raise UsageError(
-                f"--ingest-processes {ingest_processes}: SQLite takes one writer at a time; "
-                "more than one ingest process needs PostgreSQL (--db postgresql://...)"
-            )
     store = open_store(db)  # create or migrate before the workers start; fail early
     store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()

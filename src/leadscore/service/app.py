@@ -153,23 +153,19 @@ class CrossSiteGuard:
         await self.app(scope, receive, send)
 
 
-# ingest processes on PostgreSQL unless told: full size, single events, 2 cores, about a
-# third more requests a second with two than with one (docs/benchmarks.md)
-PG_INGEST_PROCESSES = 2
-
-
 def ingest_processes(settings: Settings, sqlite: bool) -> int:
-    """How many ingest processes to start (``Settings.ingest_processes``, 0: the store's
-    default). SQLite takes one writer at a time: more than one is refused."""
+    """How many ingest processes to start (``Settings.ingest_processes``, 0: one). SQLite
+    takes one writer at a time: more than one is refused there. On PostgreSQL more than one
+    pays where transactions wait on the database (a cold event cache, a database on another
+    machine); with a warm cache and the database on the same 2 cores one measured faster
+    (docs/benchmarks.md), hence the default."""
     n = settings.ingest_processes
     if sqlite and n > 1:
         raise UsageError(
             f"ingest processes: {n} asked, but SQLite takes one writer at a time; more than "
             "one needs PostgreSQL"
         )
-    if n > 0:
-        return n
-    return 1 if sqlite else PG_INGEST_PROCESSES
+    return max(1, n)
 
 
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:

@@ -16,7 +16,7 @@ Three writers, one interface (``ingest``, ``close``, ``cache_stats``):
   next batch while the scoring process scores the last; a request is still answered only
   after its leads' scores are committed.
 - :class:`ProcessWriterPool` (PostgreSQL): several ingest processes writing at once, each
-  request sent to one of them; what ``leadscore serve`` uses there (two, by default).
+  request sent to one of them (``leadscore serve --ingest-processes N``).
 - :class:`IngestWriter` writes in a thread of the server process: for a store handed to the
   application (tests, a settable clock) and for in-memory databases, which another process
   cannot open.
@@ -104,7 +104,7 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
     outcomes (indexed within the request), or the exception it is to hear."""
     merged = [item for job in jobs for item in job]
     try:
-        outcomes = store.ingest_events(merged)
+        outcomes = _ingest(store, merged)
     except Exception as e:
         if len(jobs) == 1:
             if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
@@ -115,6 +115,25 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
         # others are not refused for it
         return [result for job in jobs for result in write_jobs(store, [job])]
     return _split(outcomes, jobs)
+
+
+# PostgreSQL: a transaction that met a deadlock (another writer took locks the other way
+# round: two servers, or two ingest processes) or a serialization failure is run again, up to
+# this many times, before its requests hear of it
+CONFLICT_RETRIES = 3
+
+
+def _ingest(store: Store, items: list[EventInput]) -> list[ItemOutcome]:
+    for attempt in range(CONFLICT_RETRIES + 1):
+        try:
+            return store.ingest_events(items)
+        except Exception as e:
+            orig = getattr(e, "orig", None)
+            sqlstate = getattr(orig, "sqlstate", None)
+            if sqlstate not in ("40P01", "40001") or attempt == CONFLICT_RETRIES:
+                raise
+            log.warning("ingest met %s (SQLSTATE %s): run again", type(orig).__name__, sqlstate)
+    raise AssertionError("unreachable")
 
 
 def _split(outcomes: list[ItemOutcome], jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
@@ -906,6 +925,13 @@ class _Child:
             done.wait(STOP_SECONDS)
 
 
+class _Revive:
+    """For the restarting thread: start another ingest process, no request waiting."""
+
+
+_REVIVE = _Revive()
+
+
 class ProcessWriter:
     """Writes the events of every request in an ingest process of its own (started here, and
     again should it end; after a start that failed, requests hear 503 at once until a back-off
@@ -932,12 +958,13 @@ class ProcessWriter:
         self._args = (db, durable, cached_events, max_items, scoring, inline_events)
         self._child = _Child(*self._args)  # fails here, at start, if the store cannot be opened
         # requests for the thread that starts the ingest process again
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | _Revive | None] = queue.SimpleQueue()
         # after a failed start of the ingest process: seconds waited, until when, and why
         self._backoff = 0.0
         self._retry_at = 0.0
         self._start_error = ""
         self._closed = False
+        self._reviving = False  # a start asked of the restarting thread with no request
         self._restarter = threading.Thread(
             target=self._restart, name="leadscore-ingest-restart", daemon=True
         )
@@ -1024,6 +1051,19 @@ class ProcessWriter:
         """The events of the requests its ingest process has not answered yet."""
         return sum(len(job.items) for job in self._child._pending.values())
 
+    @property
+    def up(self) -> bool:
+        """Whether its ingest process runs (else one is to be started, or is starting)."""
+        return self._child.alive
+
+    def revive(self) -> None:
+        """Have the restarting thread start another ingest process now if this one has
+        ended (unless a failed start's back-off is not over), with no request waiting for it:
+        for a pool that sends its requests elsewhere meanwhile."""
+        if not self._child.alive and not self._reviving and not self._closed:
+            self._reviving = True
+            self._jobs.put(_REVIVE)
+
     def close(self) -> None:
         self.begin_close()
         self.end_close()
@@ -1042,6 +1082,13 @@ class ProcessWriter:
         # minute), then hand them back to their loops.
         while True:
             job = self._jobs.get()
+            if isinstance(job, _Revive):
+                self._reviving = False
+                try:
+                    self._start_if_ended()
+                except Exception:
+                    log.exception("starting the ingest process again failed")
+                continue
             try:
                 if not self._restart_for(job):
                     return
@@ -1059,14 +1106,24 @@ class ProcessWriter:
                     late = self._jobs.get_nowait()
                 except queue.Empty:
                     return False
-                if late is not None:
+                if isinstance(late, _Job):
                     _settle(late, _stopping())
+        refused = self._start_if_ended()
+        if refused is not None:
+            _settle(job, refused)
+            return True
+        with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
+            job.loop.call_soon_threadsafe(self._submit, job)
+        return True
+
+    def _start_if_ended(self) -> ApiError | None:
+        """Start another ingest process if the last one has ended; what a request is to hear
+        if there is none (a start failed, or the back-off of the last failure is not over)."""
         if not self._child.alive:
             wait = self._retry_at - time.monotonic()
             if wait > 0:  # the last start failed: not again before its back-off is over
                 message = f"the events could not be stored: {self._start_error}"
-                _settle(job, _unavailable(message, wait))
-                return True
+                return _unavailable(message, wait)
             code = self._child.process.exitcode
             if not self._start_error:
                 log.error("the ingest process ended (exit code %s): starting another", code)
@@ -1082,31 +1139,32 @@ class ProcessWriter:
                 self._retry_at = time.monotonic() + self._backoff
                 self._start_error = str(e)
                 log.error("%s (next attempt in %.0f s)", e, self._backoff)
-                _settle(job, _unavailable(f"the events could not be stored: {e}", self._backoff))
-                return True
+                return _unavailable(f"the events could not be stored: {e}", self._backoff)
             if self._start_error:
                 log.warning("the ingest process started again")
             self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
-        with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
-            job.loop.call_soon_threadsafe(self._submit, job)
-        return True
+        return None
 
 
 class ProcessWriterPool:
     """Several ingest processes (a :class:`ProcessWriter` each) writing to one PostgreSQL
     database at once, for ``leadscore serve --ingest-processes N``.
 
-    On PostgreSQL a transaction spends much of its time waiting for the database's answers
-    (a dozen statements for a single event), so one ingest process leaves both the database
-    and its own core partly idle; two keep them busier (docs/benchmarks.md). Concurrent
+    On PostgreSQL a transaction spends part of its time waiting for the database's answers
+    (a dozen statements for a single event): where that leaves the ingest process's core idle
+    (a database on another machine, a cold event cache), two keep it busier. Where the CPU is
+    the limit they cost more (smaller transactions, each process's own cache): on the 2-core
+    benchmark with a warm cache one process was faster (docs/benchmarks.md). Concurrent
     transactions are as safe as those of several servers sharing the database: a lead's rows
     are locked in lead-id order by whichever writes it first, the other waits.
 
-    A request whose events are all one lead's (the usual single event) goes to the process
-    that lead hashes to, so that each process keeps (in its event cache) about a share of the
-    leads and a lead's events stay in one cache; any other request goes to the process with
-    the fewest events waiting. A process that has ended is started again by the next request
-    it gets, as :class:`ProcessWriter` does."""
+    A request whose events all name one lead the same way (the usual single event: the same
+    lead id, else email, else anonymous id, as sent) goes to the process that name hashes to,
+    so that each process keeps (in its event cache) about a share of the leads and a lead's
+    events stay in one cache; any other request goes to the process with the fewest events
+    waiting. While a process has ended, requests go to those that run, and the ended one is
+    started again at once (after the back-off of a failed start, as :class:`ProcessWriter`
+    does); with none running, requests go to it all the same and hear what it hears."""
 
     def __init__(self, processes: int, db: str | None, **kwargs: Any) -> None:
         if processes < 2:
@@ -1129,13 +1187,21 @@ class ProcessWriterPool:
     def writer_for(self, items: Sequence[EventInput]) -> ProcessWriter:
         """The ingest process that is to write these events (see the class)."""
         writers = self.writers
+        up = []
+        for w in writers:
+            if w.up:
+                up.append(w)
+            else:  # started again now, rather than when a request comes its way
+                w.revive()
         first = items[0] if items else None
         key = None if first is None else first.lead_id or first.email or first.anonymous_id
         if key is not None and all(
             (it.lead_id or it.email or it.anonymous_id) == key for it in items
         ):
-            return writers[zlib.crc32(key.encode()) % len(writers)]
-        return min(writers, key=lambda w: w.pending_events())
+            mine = writers[zlib.crc32(key.encode()) % len(writers)]
+            if mine.up or not up:
+                return mine
+        return min(up or writers, key=lambda w: w.pending_events())
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
         """Store and rescore ``items``; their outcomes once they are committed."""

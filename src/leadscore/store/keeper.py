@@ -253,7 +253,7 @@ class Store:
             outcomes = upsert_leads(conn, items, now)
             if rescore:
                 touched = {o.lead_id for o in outcomes if o.status != "error" and o.lead_id}
-                self.rescore_leads(conn, touched, "profile", now)
+                self.rescore_leads(conn, touched, "profile", now, current=True)
         return outcomes
 
     def ingest_events(
@@ -268,7 +268,7 @@ class Store:
             now = self.clock()
             outcomes, touched = insert_events(conn, items, now)
             if rescore:
-                self.rescore_leads(conn, touched, "event", now)
+                self.rescore_leads(conn, touched, "event", now, current=True)
         return outcomes
 
     def identify(
@@ -285,7 +285,8 @@ class Store:
             if outcome.status != "error" and outcome.lead_id and anonymous_id:
                 joined = link_alias(conn, anonymous_id, outcome.lead_id, now)
             if outcome.lead_id and outcome.status != "error":
-                self.rescore_leads(conn, [outcome.lead_id], "event" if joined else "profile", now)
+                reason = "event" if joined else "profile"
+                self.rescore_leads(conn, [outcome.lead_id], reason, now, current=True)
         return outcome, joined
 
     # --- scoring ------------------------------------------------------------------------------
@@ -299,8 +300,11 @@ class Store:
         detail: str | None = None,
         *,
         fire_triggers: bool = True,
+        current: bool = False,
     ) -> list[ScoreChange]:
-        """Rescore leads with the per-lead evaluator as of ``now_us``, inside ``conn``."""
+        """Rescore leads with the per-lead evaluator as of ``now_us``, inside ``conn``.
+        ``current``: ``now_us`` is the clock's time read when the transaction began, and on
+        PostgreSQL the as-of becomes the clock's time once the leads are locked (see below)."""
         ids = sorted(set(lead_ids))
         if not ids:
             return []
@@ -311,6 +315,12 @@ class Store:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
             lock_leads(conn, ids)
+            if current:
+                # Another process may have committed, while this one waited for a lead's
+                # lock, an event stamped after this transaction read the clock: scored as of
+                # then, the lead's score would leave that event out (and replace a newer
+                # one). As of now it counts every event committed before the lock was ours.
+                now_us = max(now_us, self.clock())
         new = self.new_scores(conn, sheets, ids, now_us)
         changes = write_scores(conn, new, reason, now_us, detail)
         if self.listener is not None and changes:
