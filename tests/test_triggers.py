@@ -8,6 +8,8 @@ worth 30 (fit, grade A from 30, else B), each demo request +50 and each unsubscr
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ import sqlalchemy as sa
 from leadscore.errors import ConfigError
 from leadscore.spec import Model, parse_model
 from leadscore.store import EventInput, LeadInput, ScoreChange, Store
+from leadscore.store.db import database_url
 from leadscore.store.outbox import Deliverer, RetryPolicy, verify_signature
-from leadscore.store.schema import leads, outbox, stage_changes, trigger_firings
+from leadscore.store.schema import counters, leads, outbox, stage_changes, trigger_firings
 from leadscore.store.scores import REASONS
 from leadscore.store.trigger_config import Reason
 from leadscore.store.triggers import (
@@ -517,3 +520,74 @@ def _history_rows(store: Store) -> int:
 
     with store.db.read() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(score_history)).scalar_one())
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_round_robin_positions_are_locked_in_name_order(
+    store: Store, clock: Clock, db_url: str
+) -> None:
+    """A lead becoming MQL fires t1 (rotation "zeta", not made yet) then t2 (rotation
+    "alpha"). Another writer holds alpha's position: this transaction waits for it before
+    taking (or making) zeta's (names in order, as every writer takes them), so a writer
+    holding zeta and waiting for alpha could not deadlock with it. Once alpha is let go, both
+    owners are assigned in turn."""
+    setup(
+        store,
+        "triggers:\n"
+        "  - {id: t1, when: {becomes_mql: true}, actions: [{assign_owner: "
+        "{round_robin: [ann, bo], pool: zeta, reassign: true}}]}\n"
+        "  - {id: t2, when: {becomes_mql: true}, actions: [{assign_owner: "
+        "{round_robin: [cy, di], pool: alpha, reassign: true}}]}\n",
+    )
+    profile(store, "L1", title="VP")
+    with store.db.write() as conn:  # zeta's row is made by the first firing
+        conn.execute(counters.insert().values(name="round_robin:alpha", value=0))
+    engine = sa.create_engine(database_url(db_url))
+    errors: list[BaseException] = []
+
+    def demo() -> None:
+        try:
+            event(store, clock, "L1", "demo_request")
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        with engine.connect() as holder, engine.connect() as probe:
+            holder.execute(
+                sa.select(counters.c.value)
+                .where(counters.c.name == "round_robin:alpha")
+                .with_for_update()
+            ).all()
+            thread = threading.Thread(target=demo)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the demo's transaction waits for a lock
+                waiting = probe.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+                probe.rollback()
+                if waiting:
+                    break
+                time.sleep(0.02)
+            assert waiting, "the demo's transaction never waited for alpha"
+            trans = probe.begin()  # zeta's position is not held (nor made) meanwhile
+            probe.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+            probe.execute(
+                sa.text(
+                    "INSERT INTO counters (name, value) VALUES ('round_robin:zeta', 0) "
+                    "ON CONFLICT (name) DO UPDATE SET value = counters.value"
+                )
+            )
+            trans.rollback()
+            holder.rollback()
+            thread.join(10)
+    finally:
+        engine.dispose()
+    assert not errors and not thread.is_alive()
+    assert [f["detail"].get("error") for f in fired(store)] == [None, None]
+    with store.db.read() as conn:
+        owner = conn.execute(sa.select(leads.c.owner).where(leads.c.lead_id == "L1")).scalar()
+    assert owner == "cy"  # t1 gave ann, then t2 (reassign) cy

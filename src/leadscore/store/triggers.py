@@ -25,7 +25,7 @@ acknowledged event must never be lost to a trigger.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +192,36 @@ def _masked(firing: dict[str, Any]) -> dict[str, Any]:
     return firing
 
 
+def _rotation(trigger: TriggerSpec, index: int, spec: AssignOwnerSpec) -> str:
+    """The counter that holds a round-robin action's position (its pool's, if shared)."""
+    return f"round_robin:{spec.pool or f'{trigger.id}:{index}'}"
+
+
+def _rotations(trigger: TriggerSpec) -> list[str]:
+    """The counters of a trigger's round-robin actions."""
+    return [
+        _rotation(trigger, index, a.assign_owner)
+        for index, a in enumerate(trigger.actions)
+        if a.assign_owner is not None and a.assign_owner.round_robin is not None
+    ]
+
+
+def lock_counters(conn: Connection, names: Iterable[str]) -> None:
+    """PostgreSQL: lock the named counters until the transaction ends, in name order, as
+    every writer that takes more than one does: one statement that inserts each missing one
+    (at 0) or updates it to its own value, row after row in that order (each row locked
+    before the next is tried; inserting the missing ones first and then locking all would
+    hold a new row while waiting for an older one)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    conn.execute(
+        postgresql.insert(counters)
+        .values([{"name": name, "value": 0} for name in wanted])
+        .on_conflict_do_update(index_elements=[counters.c.name], set_={"value": counters.c.value})
+    )
+
+
 def next_counter(conn: Connection, name: str) -> int:
     """Add one to the named counter (created at 0) and return the new value, atomically: two
     processes never get the same value."""
@@ -299,6 +329,7 @@ class TriggerEngine:
         enabled = self.triggers(conn)
         if not enabled:
             return
+        due = []
         for change in changes:
             for trigger in enabled:
                 if trigger.sheet is not None and trigger.sheet != change.sheet:
@@ -307,7 +338,20 @@ class TriggerEngine:
                     continue
                 transition = detect_transition(trigger.when, change)
                 if transition is not None:
-                    self.fire(conn, trigger, change, transition, now_us)
+                    due.append((trigger, change, transition))
+        if due and conn.dialect.name == "postgresql":
+            # Round-robin positions are rows locked until the transaction ends: taken here in
+            # name order, so that two writers firing two rotations at once (two servers, or
+            # two ingest processes) cannot each hold one and wait for the other's.
+            rotations = {name for t, _, _ in due for name in _rotations(t)}
+            if rotations:
+                try:  # as a firing's, a failure here must not lose the score change
+                    with conn.begin_nested():
+                        lock_counters(conn, rotations)
+                except Exception:
+                    log.exception("locking round-robin positions failed; firing all the same")
+        for trigger, change, transition in due:
+            self.fire(conn, trigger, change, transition, now_us)
 
     def triggers(self, conn: Connection) -> list[TriggerSpec]:
         """The enabled triggers, by id (parsed again only when a definition changed; not
@@ -446,8 +490,7 @@ class TriggerEngine:
         if spec.round_robin is not None:
             # The position lives in the database, so it survives restarts and every process
             # (and every engine instance) continues the same rotation.
-            counter = f"round_robin:{spec.pool or f'{trigger.id}:{index}'}"
-            n = next_counter(conn, counter)
+            n = next_counter(conn, _rotation(trigger, index, spec))
             owner = spec.round_robin[(n - 1) % len(spec.round_robin)]
             done["how"] = f"round robin, turn {n}"
         else:
