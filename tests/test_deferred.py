@@ -17,7 +17,7 @@ import pytest
 
 from leadscore.service import writer as writer_module
 from leadscore.store import EventInput, LeadInput, Store
-from leadscore.store.db import open_database
+from leadscore.store.db import open_database, start_journal
 from leadscore.store.deferred import (
     ALONE_EVENTS,
     SCORED_TO,
@@ -34,7 +34,8 @@ from leadscore.store.deferred import (
 from leadscore.store.deferred import store_events as store_events_of
 from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import event_types
-from leadscore.store.leads import lead_events
+from leadscore.store.leads import lead_events, upsert_leads
+from leadscore.store.queries import lead_view
 from tests.conftest import Clock
 from tests.test_event_cache import DAY, snapshot, view
 from tests.test_store_scoring import ALT, RT, assert_matches_per_lead, publish
@@ -459,6 +460,9 @@ def test_batches_written_alone_reach_the_scoring_stores_lists_with_the_next_job(
     # a list changed otherwise is dropped; a journal of an older epoch is not sent
     cache.take(stored.epoch or 0, {}, ["L3"])
     assert "L3" not in cache._entries
+    assert "L3" in scorer.profile_cache._kept
+    scorer.profile_cache.take(stored.epoch or 0, ["L3"])  # its profile may have changed too
+    assert "L3" not in scorer.profile_cache._kept
     other.upsert_leads([LeadInput("L9")])
     clock.advance(seconds=60)
     old = store_and_score(writer, [view(clock, "L1", "/pricing")]).earlier()
@@ -632,3 +636,64 @@ def test_a_job_the_scoring_process_fails_leaves_it_nothing_kept_to_trust(
     finally:
         link.stop()
         proc.join(timeout=30)
+
+
+def test_the_scoring_store_keeps_profiles_through_the_writers_epoch_only(
+    writer: Store, scorer: Store, other: Store, clock: Clock
+) -> None:
+    """The profile fields a job reads are kept for the writer's epoch: the next jobs of that
+    epoch use them; a profile another process changes (a new epoch for the writer) is read
+    again, and the scores follow it."""
+    publish(writer, RT)
+    writer.upsert_leads([LeadInput("L1", fields={"title": "Analyst", "employees": 50})])
+    p = Pipeline(writer, scorer)
+    cache = scorer.profile_cache
+    p.ingest([view(clock, "L1", "/pricing")])
+    assert (cache.hits, cache.misses) == (0, 1)
+    for _ in range(2):
+        clock.advance(seconds=60)
+        p.ingest([view(clock, "L1", "/pricing")])
+    assert (cache.hits, cache.misses) == (2, 1)
+    other.upsert_leads([LeadInput("L1", fields={"title": "VP Sales", "employees": 5000})])
+    for _ in range(2):
+        clock.advance(seconds=60)
+        p.ingest([view(clock, "L1", "/pricing")])
+        assert_matches_per_lead(writer, ["L1"], clock.now)
+    assert (cache.hits, cache.misses) == (3, 2)
+    assert p.used == [True] * 5
+    with writer.db.read() as conn:
+        assert lead_view(conn, "L1")["scores"]["rt"]["fit"] == 40  # the new title and size
+
+
+def test_a_profile_changed_in_a_journaled_transaction_is_read_again(
+    other: Store, clock: Clock
+) -> None:
+    """A store that rescores in its own transactions (no scoring process) keeps profiles
+    through its epoch; a profile a journaled transaction changes (as a merge does) is read
+    again, and outside a journaled transaction nothing is kept."""
+    store = other
+    publish(store, RT)
+    store.upsert_leads([LeadInput("L1", fields={"title": "Analyst"})])
+    cache = store.profile_cache
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    clock.advance(seconds=60)
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    assert (cache.hits, cache.misses, len(cache)) == (1, 1, 1)
+    clock.advance(seconds=60)
+    with store.db.write() as conn:
+        start_journal(conn)
+        upsert_leads(conn, [LeadInput("L1", fields={"title": "VP Sales"})], clock.now)
+        store.rescore_leads(conn, ["L1"], "profile", clock.now)
+    assert (cache.hits, cache.misses) == (1, 2)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+    clock.advance(seconds=60)
+    store.ingest_events([view(clock, "L1", "/pricing")])
+    assert (cache.hits, cache.misses) == (2, 2)  # the new profile, kept in the same epoch
+    assert_matches_per_lead(store, ["L1"], clock.now)
+    store.upsert_leads([LeadInput("L1", fields={"title": "Intern"})])  # read, not kept
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert_matches_per_lead(store, ["L1"], clock.now)
+    clock.advance(seconds=60)
+    store.ingest_events([view(clock, "L1", "/pricing")])  # a new epoch: read again
+    assert (cache.hits, cache.misses) == (2, 3)
+    assert_matches_per_lead(store, ["L1"], clock.now)

@@ -44,7 +44,7 @@ from leadscore.spec.model import (
     ProfileRule,
 )
 
-__all__ = ["Event", "ProfileMemo", "score_lead"]
+__all__ = ["Event", "ProfileMemo", "profile_fields", "score_lead"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +320,12 @@ def _plan_of(model: Model) -> _Plan:
         )
     assert isinstance(plan, _Plan)
     return plan
+
+
+def profile_fields(model: Model) -> tuple[str, ...]:
+    """The lead fields :func:`score_lead` reads of ``model`` (besides the lead's id): a record
+    holding only these scores the same as the whole profile."""
+    return _plan_of(model).lead_fields
 
 
 def _idle(rule: ActivityRule) -> RuleContribution | None:

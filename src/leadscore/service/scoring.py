@@ -112,6 +112,7 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
                 # hears of this failure) would trust lists that lack its events. Its scores
                 # would not be written, but nothing kept is to be trusted any more.
                 store.event_cache.clear()
+                store.profile_cache.clear()
                 epoch = None
                 answers.put(("error", job.seq, store.event_cache.stats()))
     finally:

@@ -254,6 +254,7 @@ def score_job(store: Store, job: ScoreJob) -> Scored:
     served from memory plus the events the batch added to it."""
     for e in job.earlier:
         store.event_cache.take(e.epoch, e.added, e.dirty)
+        store.profile_cache.take(e.epoch, e.dirty)
     new: list[NewScore] = []
     with store.db.read() as conn:
         sheets = store.sheets(conn, check=True)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.batch import plan_for
-from leadscore.engine.lead import ProfileMemo, score_lead
+from leadscore.engine.lead import ProfileMemo, profile_fields, score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros
 from leadscore.errors import NotFound
@@ -41,6 +41,7 @@ from leadscore.store.leads import (
     EventInput,
     ItemOutcome,
     LeadInput,
+    ProfileCache,
     email_key,
     event_fields,
     insert_events,
@@ -68,6 +69,9 @@ DEFAULT_MODEL = "b2b-default.yaml"  # shipped in leadscore/models
 # by another process is shown within this time (one published here, at once). Rescoring asks
 # in its own transaction, so that it never writes a score with a model already replaced.
 SHEETS_TTL = 1.0
+# events its event cache keeps per lead whose profile fields a store keeps (1,000,000 events:
+# 50,000 leads, about 17 MB)
+PROFILES_PER_EVENTS = 20
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -118,6 +122,9 @@ class Store:
         self.listener = listener
         # decoded events of recently rescored leads (see leadscore.store.eventcache)
         self.event_cache = EventCache(cached_events)
+        # the profile fields the sheets read, of recently rescored leads (inside a SQLite
+        # writer's cache epoch: see ProfileCache)
+        self.profile_cache = ProfileCache(cached_events // PROFILES_PER_EVENTS)
         # per active model version: the profile rules' results that rescoring a lead again
         # reuses (see score_lead's ``profiles``)
         self._profiles: dict[int, ProfileMemo] = {}
@@ -333,7 +340,8 @@ class Store:
         """The scores of ``lead_ids`` (sorted; those not stored are left out) on ``sheets`` as
         of ``now_us``, from their profiles and events as ``conn`` sees them (the events through
         the event cache)."""
-        records = lead_records(conn, lead_ids)
+        fields = tuple(dict.fromkeys(f for s in sheets for f in profile_fields(s.model)))
+        records = self.profile_cache.records(conn, lead_ids, fields)
         by_lead = self.event_cache.events_of_leads(conn, list(records), now_us, event_types(sheets))
         as_of = from_micros(now_us)
         memos = [self._profiles.setdefault(s.version.id, {}) for s in sheets]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from leadscore.errors import Conflict, NotFound
 from leadscore.spec.conditions import to_text
 from leadscore.store.db import (
     Journal,
+    cache_epoch,
     driver_json,
     driver_rows,
     driver_sql,
@@ -55,6 +57,7 @@ __all__ = [
     "EventInput",
     "ItemOutcome",
     "LeadInput",
+    "ProfileCache",
     "email_key",
     "event_fields",
     "insert_events",
@@ -350,7 +353,16 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
                     )
                 )
         conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(**values))
+        _profile_changed(conn, lead_id)
     return outcomes
+
+
+def _profile_changed(conn: Connection, lead_id: str) -> None:
+    """A lead's profile changed: a journaled transaction says so in its journal, for the
+    caches that keep profiles (:class:`ProfileCache`) to read it again."""
+    journal = journal_of(conn)
+    if journal is not None:
+        journal.changed(lead_id)
 
 
 def _merged_meanwhile(
@@ -457,6 +469,7 @@ def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, f
         values["owner"] = row["owner"] or stub["owner"]
         conn.execute(scores.delete().where(scores.c.lead_id == old))
     conn.execute(leads.update().where(leads.c.lead_id == target).values(**values))
+    _profile_changed(conn, target)
     # An outcome the target already has (same outcome at the same time) is not recorded twice.
     mine = outcomes.alias("mine")
     conn.execute(
@@ -814,6 +827,94 @@ def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[st
         sql = f"SELECT lead_id, profile FROM leads WHERE lead_id IN {in_list(len(part))}"
         for lid, profile in driver_rows(conn, driver_sql(conn, sql), tuple(part)):
             out[lid] = {**from_driver_json(profile), "lead_id": lid}
+    return out
+
+
+_INTERN_CHARS = 64
+
+
+class ProfileCache:
+    """The profile fields some active sheet reads, of up to ``max_leads`` recently rescored
+    leads (about 330 bytes a lead with the default model and the sample data's profiles),
+    for rescorings inside one SQLite writer's cache epoch (see
+    :class:`leadscore.store.db.Journal`): its journaled transactions, or the scoring
+    process's reads under :func:`leadscore.store.db.writers_epoch`.
+
+    Why a kept profile is current: within an epoch, nothing but the writer's journaled
+    transactions has committed, and those change no profile but a new lead's (not kept yet)
+    or one they mark changed in the journal (a merge; :func:`_profile_changed`), which is
+    read again when the journal comes with a job (:meth:`records`) or before one
+    (:meth:`take`); in the writer, a transaction that leaves a changed lead unread by its
+    rescorings ends the epoch (see ``Journal.unseen``). A scoring process's read may see
+    another process's commit that the writer has not met yet; the writer's next transaction
+    then starts a new epoch, in which it does not use the scores computed meanwhile
+    (leadscore.store.deferred), and this cache starts over. Elsewhere (PostgreSQL, reads, a
+    transaction without a journal) every profile is read.
+
+    Used under the writer's lock, or by the scoring process's one thread: not thread-safe."""
+
+    def __init__(self, max_leads: int) -> None:
+        self.max_leads = max_leads
+        self._epoch: int | None = None
+        self._fields: tuple[str, ...] = ()
+        self._kept: dict[str, tuple[Any, ...]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._epoch = None
+
+    def take(self, epoch: int, dirty: Iterable[str]) -> None:
+        """A transaction of the writer's epoch ``epoch`` that no rescoring here read through
+        changed the events (and perhaps the profiles) of ``dirty``: they are read again."""
+        if epoch == self._epoch:
+            for lid in dirty:
+                self._kept.pop(lid, None)
+
+    def records(
+        self, conn: Connection, lead_ids: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, dict[str, Any]]:
+        """As :func:`lead_records`, with only ``fields`` (and ``lead_id``) in each record."""
+        epoch = cache_epoch(conn)
+        journal = journal_of(conn)
+        if self.max_leads <= 0 or epoch is None or journal is None:
+            return {lid: _some(r, fields) for lid, r in lead_records(conn, lead_ids).items()}
+        if epoch != self._epoch or fields != self._fields:
+            self._kept.clear()
+            self._epoch, self._fields = epoch, fields
+        kept, dirty = self._kept, journal.dirty  # read after their change: kept again
+        out: dict[str, dict[str, Any]] = {}
+        missing: list[str] = []
+        for lid in lead_ids:
+            values = kept.get(lid)
+            if values is None or lid in dirty:
+                missing.append(lid)
+            else:
+                record = dict(zip(fields, values, strict=True))
+                record["lead_id"] = lid
+                out[lid] = record
+        self.hits += len(out)
+        self.misses += len(missing)
+        if missing:
+            if len(kept) + len(missing) > self.max_leads:
+                kept.clear()
+            for lid, full in lead_records(conn, missing).items():
+                record = out[lid] = _some(full, fields)
+                # values that repeat (a country, an industry, a title) kept once
+                kept[lid] = tuple(
+                    sys.intern(v) if type(v) is str and len(v) <= _INTERN_CHARS else v
+                    for v in (record[f] for f in fields)
+                )
+        return out
+
+
+def _some(record: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    out = {f: record.get(f) for f in fields}
+    out["lead_id"] = record["lead_id"]
     return out
 
 
