@@ -41,7 +41,7 @@ from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers
 from leadscore.service.rescoring import Rescorer, Stopped
 from leadscore.service.state import ServiceState, Settings
-from leadscore.service.survivors import freeze_survivors
+from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.service.writer import (
     IngestWriter,
     ProcessWriter,
@@ -252,6 +252,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             threads.append(thread)
         if settings.freeze_at_start:
             freeze_survivors()  # all made so far lives as long as the server
+            collect_rarely()
         try:
             yield
         finally:

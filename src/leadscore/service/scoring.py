@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from leadscore.errors import LeadscoreError
-from leadscore.service.survivors import freeze_survivors
+from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import Store, open_store
 from leadscore.store.deferred import Scored, ScoreJob, score_job
 from leadscore.store.eventcache import Preloader
@@ -67,6 +67,7 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
     (:meth:`EventCache.take`), or a new epoch leaves them to be checked. A job that fails may
     not have taken its journal in: the process then drops every list it kept."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's to handle (see the writer)
+    collect_rarely()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: scoring process: %(message)s")
     try:
         opening = pipe.recv()

@@ -51,7 +51,7 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
-from leadscore.service.survivors import freeze_survivors
+from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
 from leadscore.store.db import database_url
 from leadscore.store.deferred import (
@@ -296,6 +296,7 @@ def _ingest_process(
     # process group, is the server's to handle. SIGTERM (a service manager's stop, or
     # multiprocessing's own at the server's exit) ends it between transactions, never inside one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    collect_rarely()
     state = _State()
 
     def on_term(_signum: int, _frame: object) -> None:
