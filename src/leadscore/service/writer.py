@@ -124,7 +124,8 @@ CONFLICT_RETRIES = 3
 
 
 def _ingest(store: Store, items: list[EventInput]) -> list[ItemOutcome]:
-    for attempt in range(CONFLICT_RETRIES + 1):
+    attempt = 0
+    while True:
         try:
             return store.ingest_events(items)
         except Exception as e:
@@ -132,8 +133,8 @@ def _ingest(store: Store, items: list[EventInput]) -> list[ItemOutcome]:
             sqlstate = getattr(orig, "sqlstate", None)
             if sqlstate not in ("40P01", "40001") or attempt == CONFLICT_RETRIES:
                 raise
+            attempt += 1
             log.warning("ingest met %s (SQLSTATE %s): run again", type(orig).__name__, sqlstate)
-    raise AssertionError("unreachable")
 
 
 def _split(outcomes: list[ItemOutcome], jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
@@ -845,6 +846,10 @@ class _Child:
         self._fail_pending()
         self.alive = False  # last: then another thread may start a process in its place
 
+    def pending_events(self) -> int:
+        """The events of the requests sent and not answered yet."""
+        return sum(len(job.items) for job in self._pending.values())
+
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
         for job in pending.values():
@@ -1050,7 +1055,7 @@ class ProcessWriter:
 
     def pending_events(self) -> int:
         """The events of the requests its ingest process has not answered yet."""
-        return sum(len(job.items) for job in self._child._pending.values())
+        return self._child.pending_events()
 
     @property
     def up(self) -> bool:
