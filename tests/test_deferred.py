@@ -22,6 +22,7 @@ from leadscore.store.deferred import (
     ALONE_EVENTS,
     SCORED_TO,
     STORED_TO,
+    Earlier,
     Scored,
     ScoreJob,
     Stored,
@@ -457,12 +458,16 @@ def test_batches_written_alone_reach_the_scoring_stores_lists_with_the_next_job(
     assert cache.misses == before[0] and cache.unchecked == before[2] + 2  # trusted
     assert_matches_per_lead(writer, ["L2"], stored.now_us)
     assert_matches_per_lead(writer, ["L1"], clock.now)
-    # a list changed otherwise is dropped; a journal of an older epoch is not sent
-    cache.take(stored.epoch or 0, {}, ["L3"])
-    assert "L3" not in cache._entries
-    assert "L3" in scorer.profile_cache._kept
-    scorer.profile_cache.take(stored.epoch or 0, ["L3"])  # its profile may have changed too
-    assert "L3" not in scorer.profile_cache._kept
+    # a lead changed otherwise (dirty) in a transaction written alone: its kept list and its
+    # kept profile are dropped when that journal comes with the next job
+    assert "L3" in cache._entries and "L3" in scorer.profile_cache._kept
+    clock.advance(seconds=60)
+    nxt = p.store([view(clock, "L2", "/pricing")])
+    p.seq += 1
+    changed = Earlier(nxt.epoch or 0, {}, frozenset({"L3"}))
+    assert write_scored(writer, nxt, score_job(scorer, nxt.job(p.seq, [changed])))
+    assert "L3" not in cache._entries and "L3" not in scorer.profile_cache._kept
+    # a journal of an older epoch is not sent
     other.upsert_leads([LeadInput("L9")])
     clock.advance(seconds=60)
     old = store_and_score(writer, [view(clock, "L1", "/pricing")]).earlier()

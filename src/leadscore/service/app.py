@@ -205,7 +205,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if own and settings.ingest_process and not s.db.in_memory:
             # the server process keeps a tenth of the cache: its rescorings (leads posted,
             # Segment identify calls) are few beside the ingest process's
-            s.event_cache.max_events = settings.cached_events // 10
+            s.keep_events(settings.cached_events // 10)
             processes = ingest_processes(settings, s.db.is_sqlite)
             if processes > 1:  # each keeps about its share of the leads (by hash)
                 writer = ProcessWriterPool(

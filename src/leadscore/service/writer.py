@@ -326,7 +326,7 @@ def _ingest_process(
         if link is not None and not (store.db.is_sqlite and link.start(store.db.epoch)):
             link.stop()
         if link is None or not link.alive:
-            store.event_cache.max_events = cached
+            store.keep_events(cached)
         freeze_survivors()  # the modules, the store, the cache read so far
         results_out.send(("ready", _stats(store, link)))
         _write_loop(store, link, jobs_in, results_out, max_items, cached, state, inline_events)
@@ -458,7 +458,7 @@ def _write_loop(
     def alone() -> None:
         """The scoring process is gone: keep the leads' events here from now on."""
         nonlocal preloader
-        store.event_cache.max_events = cached
+        store.keep_events(cached)
         preloader = Preloader(store.event_cache)
         preloader.done = preloader.done or not store.db.is_sqlite
 

@@ -136,6 +136,12 @@ class Store:
         self._models: dict[int, Model] = {}
         self._lock = threading.Lock()
 
+    def keep_events(self, cached_events: int) -> None:
+        """Keep up to this many events in the event cache from now on (and the profiles of a
+        twentieth as many leads): 0 keeps none."""
+        self.event_cache.max_events = cached_events
+        self.profile_cache.max_leads = cached_events // PROFILES_PER_EVENTS
+
     # --- models -------------------------------------------------------------------------------
 
     def sheets(self, conn: Connection | None = None, *, check: bool = False) -> list[Sheet]:

@@ -469,7 +469,6 @@ def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, f
         values["owner"] = row["owner"] or stub["owner"]
         conn.execute(scores.delete().where(scores.c.lead_id == old))
     conn.execute(leads.update().where(leads.c.lead_id == target).values(**values))
-    _profile_changed(conn, target)
     # An outcome the target already has (same outcome at the same time) is not recorded twice.
     mine = outcomes.alias("mine")
     conn.execute(
@@ -842,7 +841,8 @@ class ProfileCache:
 
     Why a kept profile is current: within an epoch, nothing but the writer's journaled
     transactions has committed, and those change no profile but a new lead's (not kept yet)
-    or one they mark changed in the journal (a merge; :func:`_profile_changed`), which is
+    or one they mark changed in the journal (:func:`_profile_changed`; a merge marks both
+    leads, though no journaled transaction merges today), which is
     read again when the journal comes with a job (:meth:`records`) or before one
     (:meth:`take`); in the writer, a transaction that leaves a changed lead unread by its
     rescorings ends the epoch (see ``Journal.unseen``). A scoring process's read may see
@@ -886,12 +886,13 @@ class ProfileCache:
         if epoch != self._epoch or fields != self._fields:
             self._kept.clear()
             self._epoch, self._fields = epoch, fields
-        kept, dirty = self._kept, journal.dirty  # read after their change: kept again
+        kept, dirty = self._kept, journal.dirty
         out: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
         for lid in lead_ids:
             values = kept.get(lid)
-            if values is None or lid in dirty:
+            if values is None or lid in dirty:  # read after its change, and kept again
+                kept.pop(lid, None)  # (unless it is gone: merged away)
                 missing.append(lid)
             else:
                 record = dict(zip(fields, values, strict=True))
@@ -904,6 +905,8 @@ class ProfileCache:
                 kept.clear()
             for lid, full in lead_records(conn, missing).items():
                 record = out[lid] = _some(full, fields)
+                if len(kept) >= self.max_leads:
+                    continue
                 # values that repeat (a country, an industry, a title) kept once
                 kept[lid] = tuple(
                     sys.intern(v) if type(v) is str and len(v) <= _INTERN_CHARS else v
