@@ -1085,9 +1085,8 @@ def rows(reports: Sequence[RunReport]) -> list[tuple[str, ...]]:
                     f"{s.requests:,}",
                     f"{s.rate:,.0f}",
                     f"{s.event_rate:,.0f}" if s.events and not s.key.startswith("readable") else "",
-                    f"{s.pct(50):.1f}",
-                    f"{s.pct(95):.1f}",
-                    f"{s.pct(99):.1f}",
+                    # "-": no timed request ended in the step (a rescoring outlasted it)
+                    *(f"{s.pct(q):.1f}" if s.latencies else "-" for q in (50, 95, 99)),
                     str(s.errors),
                     s.cpu.text() if s.cpu else "",
                     _target(s),
@@ -1266,7 +1265,8 @@ The last step repeats the single-event load while one more connection POSTs
 `/api/v1/rescore` back to back: every lead rescored with the batch evaluator (in a child
 process of the server, as the scheduled rescoring is) and written 1,000 leads per
 transaction, which the ingest process waits for. The rescoring's own row counts no request
-that did not finish within the timed part; the summary gives the duration of each.
+that did not finish within the timed part (`-` for its latencies when none did: a rescoring
+that outlasted the step); the summary gives the duration of each.
 
 CPU is in cores (2.00 = the whole machine), averaged over the timed part: this client
 (getrusage), the server process, the PostgreSQL backends of the benchmark's database (found by
