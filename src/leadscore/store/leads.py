@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from leadscore.store.db import (
     from_driver_json,
     in_list,
     journal_of,
+    on_commit,
 )
 from leadscore.store.schema import (
     aliases,
@@ -168,7 +170,6 @@ _LEAD_IDS_KEY_SHARE = _LEAD_IDS.order_by(_in_byte_order(leads.c.lead_id)).with_f
 )
 _LEADS = sa.select(leads).where(leads.c.lead_id.in_(_IDS))
 _LEADS_FOR_UPDATE = _LEADS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
-_MESSAGE_IDS = sa.select(events.c.message_id).where(events.c.message_id.in_(_IDS))
 # to the driver as it is (see leadscore.store.db.driver_sql)
 _INSERT_EVENTS = (
     "INSERT INTO events (lead_id, anonymous_id, type, ts_us, item, properties, message_id,"
@@ -633,21 +634,23 @@ def link_alias(conn: Connection, anonymous_id: str, lead_id: str, now_us: int) -
 
 
 def insert_events(
-    conn: Connection, items: Sequence[EventInput], now_us: int
+    conn: Connection,
+    items: Sequence[EventInput],
+    now_us: int,
+    known: KnownLeads | None = None,
 ) -> tuple[list[ItemOutcome], set[str]]:
-    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events."""
-    ids = [i.message_id for i in items if i.message_id]
-    seen: set[str] = set()
-    for start in range(0, len(ids), 500):
-        found = conn.execute(_MESSAGE_IDS, {"ids": ids[start : start + 500]})
-        seen.update(str(m) for (m,) in found)
+    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events.
+    ``known`` (PostgreSQL): the leads this process has seen existing, locked without a
+    savepoint when every lead of the events is among them (see :class:`KnownLeads`)."""
+    named = sorted({i.lead_id for i in items if i.lead_id})
+    seen, moved = _seen_and_moved(conn, [i.message_id for i in items if i.message_id], named)
     emails = [e for i in items if (e := email_key(i.email))]
     # Exclusive for what this may claim: the email of an event that creates its lead (by id,
     # with that email), an anonymous id that it links to a lead; shared for what it only
     # resolves (most events), so that ingest does not wait for ingest.
     with_email = {i.lead_id: e for i in items if i.lead_id and (e := email_key(i.email))}
-    known = _known(conn, with_email) if with_email and conn.dialect.name != "sqlite" else set()
-    claiming = {e for lid, e in with_email.items() if lid not in known}
+    exist = _known(conn, with_email) if with_email and conn.dialect.name != "sqlite" else set()
+    claiming = {e for lid, e in with_email.items() if lid not in exist}
     linking = {i.anonymous_id for i in items if i.anonymous_id and i.lead_id}
     lock_identities(
         conn,
@@ -702,11 +705,26 @@ def insert_events(
             }
         )
         outcomes.append(ItemOutcome(index, "accepted" if lead_id else "anonymous", lead_id))
-    # Sent for a lead that was merged away: goes to the lead it became.
-    wanted = _redirect(merged_into(conn, wanted), wanted, rows, outcomes, links)
+    # Sent for a lead that was merged away: goes to the lead it became (the leads named by
+    # id were looked up with the message ids, those found by email or alias are now).
+    asked = set(named)
+    moved.update(merged_into(conn, [lid for lid in wanted if lid not in asked]))
+    wanted = _redirect(
+        {lid: into for lid, into in moved.items() if lid in wanted}, wanted, rows, outcomes, links
+    )
     for attempt in range(RESOLVE_ATTEMPTS):
         if conn.dialect.name == "sqlite" or not wanted:
             _ensure_leads(conn, wanted, now_us)
+            break
+        if attempt == 0 and known is not None and known.hold(wanted):
+            # Each lead existed when this process last met it, and a lead is deleted only
+            # by a merge: lock them at once (what the way below comes to when none is new
+            # or moved; one round trip instead of four). One gone meanwhile was merged
+            # away: the transaction is run again, that lead looked up afresh.
+            present = lock_leads(conn, wanted)
+            if len(present) < len(wanted):
+                known.forget(set(wanted) - present)
+                raise LeadsMoved("leads were merged while this request ran; send it again")
             break
         # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
         # that starts now waits for these events and then moves them along.
@@ -740,11 +758,87 @@ def insert_events(
         inserted = conn.exec_driver_sql(driver_sql(conn, _INSERT_EVENTS), params).rowcount
         if journal is not None:
             _journal_events(journal, params, before, inserted, newest_event_id(conn))
+    if known is not None and wanted and conn.dialect.name != "sqlite":
+        now_known = list(wanted)  # created or locked above: they exist once this commits
+        on_commit(conn, lambda: known.add(now_known))
     touched = set(wanted)
     for anonymous_id, lead_id in links:
         if link_alias(conn, anonymous_id, lead_id, now_us):
             touched.add(lead_id)
     return outcomes, touched
+
+
+def _seen_and_moved(
+    conn: Connection, message_ids: Sequence[str], lead_ids: Sequence[str]
+) -> tuple[set[str], dict[str, str]]:
+    """The ``message_ids`` stored already, and the ``lead_ids`` merged away with the leads
+    they became: one statement (per 500 of each) for both."""
+    seen: set[str] = set()
+    moved: dict[str, str] = {}
+    for start in range(0, max(len(message_ids), len(lead_ids)), 500):
+        messages = message_ids[start : start + 500]
+        leads_ = lead_ids[start : start + 500]
+        parts: list[str] = []
+        if messages:
+            parts.append(
+                "SELECT 0, message_id, CAST(NULL AS TEXT) FROM events "
+                f"WHERE message_id IN {in_list(len(messages))}"
+            )
+        if leads_:
+            parts.append(
+                "SELECT 1, lead_id, into_id FROM lead_merges "
+                f"WHERE lead_id IN {in_list(len(leads_))}"
+            )
+        sql = driver_sql(conn, " UNION ALL ".join(parts))
+        for kind, key, into in driver_rows(conn, sql, (*messages, *leads_)):
+            if kind == 0:
+                seen.add(str(key))
+            else:
+                moved[str(key)] = str(into)
+    return seen, moved
+
+
+class LeadsMoved(Conflict):
+    """A lead that :class:`KnownLeads` held existing was merged away meanwhile: the
+    transaction is to be run again (:meth:`leadscore.store.Store.ingest_events` does, once)."""
+
+
+# KnownLeads keeps at most this many lead ids (about 100 bytes each), the most recent
+KNOWN_LEADS = 100_000
+
+
+class KnownLeads:
+    """Lead ids this process has seen existing in a committed transaction (PostgreSQL), most
+    recently met last: a hint, checked by locking the leads (:func:`insert_events`), which
+    saves a request whose leads all exist the savepoint, the lookup and the release that a
+    new or moved lead needs. Thread-safe."""
+
+    def __init__(self, max_leads: int = KNOWN_LEADS) -> None:
+        self.max_leads = max_leads
+        self._ids: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def hold(self, lead_ids: Iterable[str]) -> bool:
+        """Whether every one of ``lead_ids`` is known."""
+        ids = self._ids
+        return all(lid in ids for lid in lead_ids)
+
+    def add(self, lead_ids: Iterable[str]) -> None:
+        with self._lock:
+            ids = self._ids
+            for lid in lead_ids:
+                ids.pop(lid, None)
+                ids[lid] = None
+            while len(ids) > self.max_leads:
+                del ids[next(iter(ids))]
+
+    def forget(self, lead_ids: Iterable[str]) -> None:
+        with self._lock:
+            for lid in lead_ids:
+                self._ids.pop(lid, None)
 
 
 def newest_event_id(conn: Connection) -> int:

@@ -1,0 +1,142 @@
+"""PostgreSQL: what a write costs in round trips, and a pooled connection the server closed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import leadscore.store.leads as store_leads
+from leadscore.store import EventInput, LeadInput, Store, open_database
+from leadscore.store import db as dbmod
+from leadscore.store.schema import events, leads
+from tests.conftest import Clock
+
+
+@pytest.fixture
+def pg_store(pg_database: str, clock: Clock) -> Iterator[Store]:
+    db = open_database(pg_database, migrate=False)
+    with db.engine.begin() as conn:
+        from leadscore.store import schema
+
+        names = ", ".join(f'"{t.name}"' for t in schema.metadata.sorted_tables)
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    s = Store(db, clock=clock)
+    try:
+        yield s
+    finally:
+        s.db.dispose()
+
+
+def _backend_pids(store: Store) -> set[int]:
+    pool = store.db.engine.pool
+    assert isinstance(pool, sa.pool.QueuePool)
+    with store.db.read() as conn:
+        return {int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())}
+
+
+def test_a_connection_closed_by_the_server_is_replaced_after_idling(
+    pg_store: Store, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (pid,) = _backend_pids(pg_store)
+    admin = sa.create_engine(dbmod.database_url(pg_database), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+    admin.dispose()
+    monkeypatch.setattr(dbmod, "PING_AFTER_IDLE_SECONDS", 0.0)  # as if idle for long
+    (again,) = _backend_pids(pg_store)  # no error: the dead connection was tried and replaced
+    assert again != pid
+
+
+def test_a_connection_in_recent_use_is_not_tried(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings: list[Any] = []
+    real = pg_store.db.engine.dialect.do_ping
+    monkeypatch.setattr(pg_store.db.engine.dialect, "do_ping", lambda c: pings.append(c) or real(c))
+    _backend_pids(pg_store)  # a new connection: not tried either
+    _backend_pids(pg_store)
+    assert pings == []
+    monkeypatch.setattr(dbmod, "PING_AFTER_IDLE_SECONDS", 0.0)
+    _backend_pids(pg_store)
+    assert len(pings) == 1
+
+
+def _statements(store: Store) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(
+        store.db.engine,
+        "before_cursor_execute",
+        lambda _c, _cur, sql, *_a: seen.append(" ".join(sql.split())),
+    )
+    return seen
+
+
+SECOND = 1_000_000
+
+
+def test_events_of_leads_met_before_lock_them_without_a_savepoint(
+    pg_store: Store, clock: Clock
+) -> None:
+    """A lead's first event creates it under a savepoint (it may be new, or merged away
+    meanwhile); once the process has seen it existing, its next events lock it at once, with
+    no savepoint nor lookup (the message ids and the merges asked in one statement)."""
+    pg_store.ensure_a_model()
+    seen = _statements(pg_store)
+    pg_store.ingest_events([EventInput("page_view", clock.now, lead_id="L1", message_id="m1")])
+    first = list(seen)
+    assert any(s.startswith("SAVEPOINT") for s in first)
+    assert pg_store.known_leads.hold(["L1"])
+    seen.clear()
+    clock.advance(seconds=1)
+    out = pg_store.ingest_events(
+        [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
+    )
+    assert [o.status for o in out] == ["accepted"]
+    second = list(seen)
+    assert not any(s.startswith(("SAVEPOINT", "RELEASE")) for s in second)
+    # the lookup of message ids and merges, the lock, the insert; the sheets' check, the
+    # profile, the events' check, the current score, its update and the history
+    assert len(second) == 9, second
+    assert "FROM lead_merges" in second[0] and "FROM events" in second[0]
+    assert "FOR UPDATE" in second[1]
+    assert second[2].startswith("INSERT INTO events")
+    again = pg_store.ingest_events(
+        [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
+    )
+    assert [o.status for o in again] == ["duplicate"]
+
+
+def test_a_known_lead_merged_away_meanwhile_sends_the_events_to_the_lead_it_became(
+    pg_store: Store, pg_database: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`m@x.com` is known to this process; another process merges it into M1 right after this
+    request looked for merges: locking finds it gone, and the request starts again, to M1."""
+    pg_store.ensure_a_model()
+    pg_store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
+    assert pg_store.known_leads.hold(["m@x.com"])
+    other = Store(open_database(pg_database, migrate=False), clock=clock)
+    real = store_leads._seen_and_moved
+    calls: list[dict[str, str]] = []
+
+    def seen_and_moved(conn: Any, message_ids: Any, lead_ids: Any) -> Any:
+        found = real(conn, message_ids, lead_ids)
+        calls.append(dict(found[1]))
+        if len(calls) == 1:  # the merge commits just after this request looked
+            other.upsert_leads([LeadInput("M1", "m@x.com")])
+        return found
+
+    monkeypatch.setattr(store_leads, "_seen_and_moved", seen_and_moved)
+    try:
+        out = pg_store.ingest_events([EventInput("email_open", clock.now, lead_id="m@x.com")])
+    finally:
+        other.db.dispose()
+    assert calls == [{}, {"m@x.com": "M1"}]  # looked again, and found the merge
+    assert [(o.status, o.lead_id) for o in out] == [("accepted", "M1")]
+    assert not pg_store.known_leads.hold(["m@x.com"])
+    with pg_store.db.read() as conn:
+        owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
+        ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
+    assert (owners, ids) == (["M1"], ["M1"])
