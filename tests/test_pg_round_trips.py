@@ -140,3 +140,59 @@ def test_a_known_lead_merged_away_meanwhile_sends_the_events_to_the_lead_it_beca
         owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
         ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
     assert (owners, ids) == (["M1"], ["M1"])
+
+
+def _terminate(pg_database: str, pids: set[int]) -> None:
+    admin = sa.create_engine(dbmod.database_url(pg_database), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for pid in pids:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+    admin.dispose()
+
+
+def test_one_connection_found_closed_replaces_the_older_ones_too(
+    pg_store: Store, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart closes every pooled connection: the first one tried after an idle spell
+    fails its ping, and the pool replaces the others as well without trying each."""
+    engine = pg_store.db.engine
+    with engine.connect() as a, engine.connect() as b:  # two connections in the pool
+        pids = {int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for c in (a, b)}
+    _terminate(pg_database, pids)
+    pings: list[bool] = []
+    real = engine.dialect.do_ping
+
+    def do_ping(c: Any) -> bool:
+        try:
+            result = bool(real(c))
+        except Exception:
+            pings.append(False)
+            raise
+        pings.append(True)
+        return result
+
+    monkeypatch.setattr(engine.dialect, "do_ping", do_ping)
+    monkeypatch.setattr(dbmod, "PING_AFTER_IDLE_SECONDS", 0.0)
+    with engine.connect() as a, engine.connect() as b:
+        now = {int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for c in (a, b)}
+    assert not now & pids
+    assert pings.count(False) == 1  # the others: new connections
+
+
+def test_ingest_runs_again_on_a_new_connection_when_its_own_was_closed(
+    pg_store: Store, pg_database: str, clock: Clock
+) -> None:
+    """The database closes the connection a transaction was about to use (in use a moment
+    ago: not tried first): events with message ids are written on a new one; without, the
+    request hears an error (had the commit gone through, a retry would store them twice)."""
+    from leadscore.service.writer import write_jobs
+
+    pg_store.ensure_a_model()
+    _terminate(pg_database, _backend_pids(pg_store))
+    (out,) = write_jobs(pg_store, [[EventInput("page_view", clock.now, "L1", message_id="m1")]])
+    assert isinstance(out, list) and [o.status for o in out] == ["accepted"]
+    _terminate(pg_database, _backend_pids(pg_store))
+    (failed,) = write_jobs(pg_store, [[EventInput("page_view", clock.now, "L1")]])
+    assert isinstance(failed, RuntimeError)
+    with pg_store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 1

@@ -53,7 +53,7 @@ from leadscore.service.errors import ApiError, from_leadscore
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
-from leadscore.store.db import database_url
+from leadscore.store.db import connection_lost, database_url
 from leadscore.store.deferred import (
     Earlier,
     Stored,
@@ -125,12 +125,20 @@ CONFLICT_RETRIES = 3
 
 def _ingest(store: Store, items: list[EventInput]) -> list[ItemOutcome]:
     attempt = 0
+    reconnected = False
     while True:
         try:
             return store.ingest_events(items)
         except Exception as e:
             orig = getattr(e, "orig", None)
             sqlstate = getattr(orig, "sqlstate", None)
+            if not reconnected and connection_lost(e) and all(item.message_id for item in items):
+                # The database closed the connection (a restart): once more on a new one.
+                # Only when every event has a message id: had the commit gone through before
+                # the connection broke, they are acknowledged as repeats, not stored twice.
+                reconnected = True
+                log.warning("ingest lost its database connection (%s): run again", orig)
+                continue
             if sqlstate not in ("40P01", "40001") or attempt == CONFLICT_RETRIES:
                 raise
             attempt += 1

@@ -36,6 +36,7 @@ __all__ = [
     "Database",
     "Journal",
     "cache_epoch",
+    "connection_lost",
     "database_url",
     "driver_json",
     "driver_rows",
@@ -315,7 +316,8 @@ class Database:
                 try:
                     yield conn
                 finally:
-                    conn.info.pop(_AFTER_COMMIT, None)
+                    if not conn.invalidated:  # (a broken connection's info is gone with it)
+                        conn.info.pop(_AFTER_COMMIT, None)
             self._after_commit(after)
             return
         with self._lock:
@@ -603,16 +605,29 @@ def _returned(_dbapi_connection: Any, record: Any) -> None:
 
 
 def _ping_if_idle(engine: Engine) -> Callable[[Any, Any, Any], None]:
+    dialect = engine.dialect
+
     def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         returned = record.info.get(_RETURNED)
         if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
             return
         try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as e:  # the pool tries another connection (a new one)
-            raise sa.exc.DisconnectionError(f"a pooled connection is gone: {e}") from e
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as e:
+            if not dialect.is_disconnect(e, dbapi_connection, None):
+                raise
+            # as pool_pre_ping does: this connection and every older one in the pool are
+            # replaced (a server restart closed them all), and the pool tries a new one
+            raise sa.exc.InvalidatePoolError(f"a pooled connection is gone: {e}") from e
 
     return checkout
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a statement's failure because the database closed the connection
+    (PostgreSQL restarted, say): the pool has replaced it; the transaction did not commit,
+    unless the connection broke during the commit itself (its outcome is then unknown)."""
+    return isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
 
 
 def open_database(
@@ -623,6 +638,8 @@ def open_database(
     try:
         engine = sa.create_engine(
             url,
+            # PostgreSQL: tried only after an idle spell (_ping_if_idle); SQLite: no server
+            pool_pre_ping=not url.startswith(("sqlite", "postgresql")),
             # An error's text (logged, recorded with a trigger firing) never carries the
             # statement's values: profiles, webhook URLs and secrets.
             hide_parameters=True,

@@ -642,6 +642,9 @@ def insert_events(
     """Store events idempotently (by ``message_id``); outcomes, and the leads that got events.
     ``known`` (PostgreSQL): the leads this process has seen existing, locked without a
     savepoint when every lead of the events is among them (see :class:`KnownLeads`)."""
+    # The merges of leads named by id are looked up here, before the identity locks below (a
+    # merge under way holds its email's): one committing in between is met when the leads
+    # are locked, at the cost of a savepoint's rollback or a run again (both rare).
     named = sorted({i.lead_id for i in items if i.lead_id})
     seen, moved = _seen_and_moved(conn, [i.message_id for i in items if i.message_id], named)
     emails = [e for i in items if (e := email_key(i.email))]
