@@ -196,3 +196,29 @@ def test_ingest_runs_again_on_a_new_connection_when_its_own_was_closed(
     assert isinstance(failed, RuntimeError)
     with pg_store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 1
+
+
+def test_known_leads_keep_the_most_recently_met() -> None:
+    known = store_leads.KnownLeads(max_leads=3)
+    known.add(["a", "b", "c"])
+    known.add(["a"])  # met again: last out
+    known.add(["d"])
+    assert (len(known), known.hold(["a", "c", "d"]), known.hold(["b"])) == (3, True, False)
+    known.forget(["c", "x"])
+    assert not known.hold(["c"]) and known.hold(["a", "d"])
+
+
+def test_a_transaction_that_rolls_back_makes_no_lead_known(
+    pg_store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg_store.ensure_a_model()
+
+    def fail(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("rescoring failed")
+
+    monkeypatch.setattr(pg_store, "rescore_leads", fail)
+    with pytest.raises(RuntimeError):
+        pg_store.ingest_events([EventInput("page_view", clock.now, lead_id="L9")])
+    assert not pg_store.known_leads.hold(["L9"])
+    with pg_store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one() == 0

@@ -72,6 +72,34 @@ def test_repeated_message_id_is_acknowledged_not_counted(store: Store, clock: Cl
         assert lead_view(conn, "L1")["scores"]["b2b-default"]["engagement"] == 10.0
 
 
+def test_a_request_of_many_events_finds_its_repeats_and_merged_leads_beyond_500(
+    store: Store, clock: Clock
+) -> None:
+    """700 events with message ids for three leads, one of them merged away: the repeats
+    among them (asked 500 at a time, with the merges; these past the first 500) are
+    acknowledged, not stored again, and the merged lead's events go to the lead it became."""
+    store.ensure_a_model()
+    store.ingest_events([EventInput("email_open", clock.now, email="m@x.com")])
+    store.upsert_leads([LeadInput("M1", "m@x.com")])  # m@x.com merged into M1
+    first = [
+        EventInput("page_view", clock.now, f"L{i % 2}", message_id=f"e{i}") for i in range(650)
+    ]
+    store.ingest_events(first)
+    items = [EventInput("page_view", clock.now, "m@x.com", message_id=f"m{i}") for i in range(600)]
+    items += [
+        EventInput("page_view", clock.now, f"L{i % 2}", message_id=f"e{i}") for i in range(600, 700)
+    ]
+    out = store.ingest_events(items)
+    assert {(o.status, o.lead_id) for o in out[:600]} == {("accepted", "M1")}
+    assert [o.status for o in out[600:650]] == ["duplicate"] * 50
+    assert {o.status for o in out[650:]} == {"accepted"}
+    with store.db.read() as conn:
+        counts = dict(
+            conn.execute(sa.text("SELECT lead_id, count(*) FROM events GROUP BY lead_id")).all()
+        )
+    assert counts == {"L0": 350, "L1": 350, "M1": 601}
+
+
 def test_event_properties_and_scores_round_trip_through_the_driver(
     store: Store, clock: Clock
 ) -> None:
