@@ -12,6 +12,7 @@ import leadscore.store.leads as store_leads
 from leadscore.store import EventInput, LeadInput, Store, open_database
 from leadscore.store import db as dbmod
 from leadscore.store.schema import events, leads
+from leadscore.store.triggers import TriggerEngine
 from tests.conftest import Clock
 
 
@@ -82,8 +83,10 @@ def test_events_of_leads_met_before_lock_them_without_a_savepoint(
 ) -> None:
     """A lead's first event creates it under a savepoint (it may be new, or merged away
     meanwhile); once the process has seen it existing, its next events lock it at once, with
-    no savepoint nor lookup (the message ids and the merges asked in one statement)."""
+    no savepoint nor lookup (the message ids and the merges asked in one statement, the
+    published models and the enabled triggers in another)."""
     pg_store.ensure_a_model()
+    TriggerEngine.attach(pg_store)
     seen = _statements(pg_store)
     pg_store.ingest_events([EventInput("page_view", clock.now, lead_id="L1", message_id="m1")])
     first = list(seen)
@@ -97,12 +100,14 @@ def test_events_of_leads_met_before_lock_them_without_a_savepoint(
     assert [o.status for o in out] == ["accepted"]
     second = list(seen)
     assert not any(s.startswith(("SAVEPOINT", "RELEASE")) for s in second)
-    # the lookup of message ids and merges, the lock, the insert; the sheets' check, the
-    # profile, the events' check, the current score, its update and the history
+    # the lookup of message ids and merges, the lock, the insert; the sheets' check with the
+    # triggers, the profile, the events' check, the current score, its update and the history
     assert len(second) == 9, second
     assert "FROM lead_merges" in second[0] and "FROM events" in second[0]
     assert "FOR UPDATE" in second[1]
     assert second[2].startswith("INSERT INTO events")
+    assert "FROM model_versions" in second[3] and "FROM triggers" in second[3]
+    assert sum("triggers" in s for s in second) == 1
     again = pg_store.ingest_events(
         [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
     )

@@ -33,6 +33,7 @@ from leadscore.errors import StoreError
 
 __all__ = [
     "DEFAULT_DB",
+    "TRIGGER_ROWS",
     "Database",
     "Journal",
     "cache_epoch",
@@ -45,6 +46,8 @@ __all__ = [
     "in_list",
     "journal_of",
     "journaled_epoch",
+    "keep_for_transaction",
+    "kept_for_transaction",
     "on_commit",
     "open_database",
     "start_journal",
@@ -112,6 +115,26 @@ def database_url(db: str | Path | None) -> str:
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return text
+
+
+# keep_for_transaction's key for the enabled triggers (id, definition) by id, read on
+# PostgreSQL with the published model versions (Store.sheets) for the trigger engine
+TRIGGER_ROWS = "leadscore.trigger_rows"
+
+
+def keep_for_transaction(conn: Connection, key: str, value: Any) -> None:
+    """Keep ``value`` under ``key`` for the rest of the transaction under way on ``conn``
+    (what one statement read for a later step of the same transaction)."""
+    conn.info[key] = (conn.get_transaction(), value)
+
+
+def kept_for_transaction(conn: Connection, key: str) -> Any:
+    """What :func:`keep_for_transaction` kept under ``key`` in the transaction under way on
+    ``conn`` (taken away), or None (none kept, or kept by an earlier transaction)."""
+    kept = conn.info.pop(key, None)
+    if kept is None or kept[0] is None or kept[0] is not conn.get_transaction():
+        return None
+    return kept[1]
 
 
 def on_commit(conn: Connection, action: Callable[[], None]) -> None:

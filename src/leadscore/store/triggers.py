@@ -39,7 +39,7 @@ from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import NotFound, UsageError
 from leadscore.spec import Model, to_text
-from leadscore.store.db import journaled_epoch
+from leadscore.store.db import TRIGGER_ROWS, journaled_epoch, kept_for_transaction
 from leadscore.store.leads import lead_events, lead_records
 from leadscore.store.lifecycle import set_stage
 from leadscore.store.schema import counters, leads, outbox, scores, trigger_firings, triggers
@@ -359,14 +359,16 @@ class TriggerEngine:
         epoch = journaled_epoch(conn)
         if epoch is not None and epoch == self._epoch:
             return self._cache[1]
-        rows = [
-            (str(i), d)
-            for i, d in conn.execute(
-                sa.select(triggers.c.id, triggers.c.definition)
-                .where(triggers.c.enabled.is_(True))
-                .order_by(triggers.c.id)
-            )
-        ]
+        rows = kept_for_transaction(conn, TRIGGER_ROWS)  # read with the sheets (PostgreSQL)
+        if rows is None:
+            rows = [
+                (str(i), d)
+                for i, d in conn.execute(
+                    sa.select(triggers.c.id, triggers.c.definition)
+                    .where(triggers.c.enabled.is_(True))
+                    .order_by(triggers.c.id)
+                )
+            ]
         if rows != self._cache[0]:
             parsed = []
             for trigger_id, definition in rows:
