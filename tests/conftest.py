@@ -120,6 +120,37 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
 # --- the service on a real socket ---------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sent_statements(store: Store, *, round_trips: bool = False) -> Iterator[list[str]]:
+    """Every statement the store sends while the block runs: through SQLAlchemy, and those
+    sent together in one round trip on PostgreSQL (leadscore.store.db.prefetched), each on
+    its own; with ``round_trips``, one entry per round trip instead, statements sent together
+    as ``PIPELINE: first ; second ; ...`` (an executemany is one too)."""
+    from leadscore.store import db as dbmod
+
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()) if round_trips else statement)
+
+    real = dbmod._pipelined
+
+    def pipelined(conn: Any, todo: list[dbmod.Statement]) -> list[list[Any]]:
+        if round_trips:
+            seen.append("PIPELINE: " + " ; ".join(" ".join(sql.split()) for sql, _ in todo))
+        else:
+            seen.extend(sql for sql, _ in todo)
+        return real(conn, todo)
+
+    sa.event.listen(store.db.engine, "before_cursor_execute", listen)
+    dbmod._pipelined = pipelined  # type: ignore[assignment]
+    try:
+        yield seen
+    finally:
+        dbmod._pipelined = real  # type: ignore[assignment]
+        sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+
+
 class RunningServer:
     """A uvicorn server in a thread, serving ``app`` on a free loopback port."""
 

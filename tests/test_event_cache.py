@@ -12,7 +12,6 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
@@ -22,7 +21,7 @@ from leadscore.store.keeper import event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
 from leadscore.store.queries import score_history_of
 from leadscore.store.schema import events
-from tests.conftest import Clock
+from tests.conftest import Clock, sent_statements
 from tests.test_store_scoring import ALT, DW, RT, assert_matches_per_lead, publish
 
 DAY = 86_400_000_000
@@ -232,18 +231,12 @@ def test_large_properties_count_for_more(db_url: str, clock: Clock) -> None:
 
 @contextmanager
 def statements(store: Store, *needles: str) -> Iterator[list[str]]:
-    """The statements holding any of ``needles`` that the store runs while the block runs."""
+    """The statements holding any of ``needles`` that the store runs while the block runs
+    (listed when it ends)."""
     seen: list[str] = []
-
-    def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if any(n in statement for n in needles):
-            seen.append(statement)
-
-    sa.event.listen(store.db.engine, "before_cursor_execute", listen)
-    try:
+    with sent_statements(store) as sent:
         yield seen
-    finally:
-        sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+    seen.extend(s for s in sent if any(n in s for n in needles))
 
 
 def event_reads(store: Store) -> AbstractContextManager[list[str]]:

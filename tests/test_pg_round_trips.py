@@ -13,7 +13,7 @@ from leadscore.store import EventInput, LeadInput, Store, open_database
 from leadscore.store import db as dbmod
 from leadscore.store.schema import events, leads
 from leadscore.store.triggers import TriggerEngine
-from tests.conftest import Clock
+from tests.conftest import Clock, sent_statements
 
 
 @pytest.fixture
@@ -65,16 +65,6 @@ def test_a_connection_in_recent_use_is_not_tried(
     assert len(pings) == 1
 
 
-def _statements(store: Store) -> list[str]:
-    seen: list[str] = []
-    sa.event.listen(
-        store.db.engine,
-        "before_cursor_execute",
-        lambda _c, _cur, sql, *_a: seen.append(" ".join(sql.split())),
-    )
-    return seen
-
-
 SECOND = 1_000_000
 
 
@@ -87,26 +77,27 @@ def test_events_of_leads_met_before_lock_them_without_a_savepoint(
     published models and the enabled triggers in another)."""
     pg_store.ensure_a_model()
     TriggerEngine.attach(pg_store)
-    seen = _statements(pg_store)
-    pg_store.ingest_events([EventInput("page_view", clock.now, lead_id="L1", message_id="m1")])
-    first = list(seen)
+    with sent_statements(pg_store, round_trips=True) as first:
+        pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m1")])
     assert any(s.startswith("SAVEPOINT") for s in first)
     assert pg_store.known_leads.hold(["L1"])
-    seen.clear()
     clock.advance(seconds=1)
-    out = pg_store.ingest_events(
-        [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
-    )
+    with sent_statements(pg_store, round_trips=True) as second:
+        out = pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m2")])
     assert [o.status for o in out] == ["accepted"]
-    second = list(seen)
     assert not any(s.startswith(("SAVEPOINT", "RELEASE")) for s in second)
     # the lookup of message ids and merges, the lock, the insert; the sheets' check with the
-    # triggers, the profile, the events' check, the current score, its update and the history
-    assert len(second) == 9, second
+    # triggers; the profile, the events' check and the current score together; the score's
+    # update and the history
+    assert len(second) == 7, second
     assert "FROM lead_merges" in second[0] and "FROM events" in second[0]
     assert "FOR UPDATE" in second[1]
     assert second[2].startswith("INSERT INTO events")
     assert "FROM model_versions" in second[3] and "FROM triggers" in second[3]
+    reads = second[4].split(" ; ")
+    assert reads[0].startswith("PIPELINE: SELECT lead_id, profile FROM leads"), reads
+    assert "FROM events" in reads[1] and "FROM scores" in reads[2] and len(reads) == 3
+    assert second[5].startswith("UPDATE scores")
     assert sum("triggers" in s for s in second) == 1
     again = pg_store.ingest_events(
         [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
@@ -227,3 +218,55 @@ def test_a_transaction_that_rolls_back_makes_no_lead_known(
     assert not pg_store.known_leads.hold(["L9"])
     with pg_store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one() == 0
+
+
+def test_prefetched_rows_are_those_the_statements_read_once_each_inside_the_block(
+    pg_store: Store,
+) -> None:
+    pg_store.upsert_leads([LeadInput("L1", fields={"title": "CTO"}), LeadInput("L2")])
+    a = ("SELECT lead_id FROM leads WHERE lead_id = %s", ("L1",))
+    b = ("SELECT count(*) FROM leads WHERE lead_id <> %s", ("L1",))
+    with pg_store.db.write() as conn:
+        with sent_statements(pg_store, round_trips=True) as sent, dbmod.prefetched(conn, [a, b]):
+            assert dbmod.driver_rows(conn, *b) == [(1,)]
+            conn.exec_driver_sql("DELETE FROM leads WHERE lead_id = 'L2'")
+            assert dbmod.driver_rows(conn, *b) == [(0,)]  # asked again: read again
+            assert dbmod.driver_rows(conn, *a) == [("L1",)]
+        assert len(sent) == 3 and sent[0] == "PIPELINE: " + a[0] + " ; " + b[0], sent
+        assert sent[1].startswith("DELETE") and sent[2] == b[0]
+        with dbmod.prefetched(conn, [a, b]):
+            pass
+        with sent_statements(pg_store) as after:
+            assert dbmod.driver_rows(conn, *a) == [("L1",)]
+        assert after == [a[0]]  # not kept past the block: read again
+    with pg_store.db.read() as conn:
+        assert dbmod.driver_rows(conn, *b) == [(0,)]
+
+
+def test_a_prefetched_statement_that_fails_fails_as_sqlalchemy_s_would(pg_store: Store) -> None:
+    good = ("SELECT 1 WHERE 1 = %s", (1,))
+    bad = ("SELECT 1 / 0 WHERE 1 = %s", (1,))
+    with (
+        pytest.raises(sa.exc.DBAPIError) as failed,
+        pg_store.db.write() as conn,
+        dbmod.prefetched(conn, [good, bad]),
+    ):
+        pass
+    assert failed.value.orig.sqlstate == "22012"  # type: ignore[union-attr]
+    assert not dbmod.connection_lost(failed.value)
+    with pg_store.db.read() as conn:  # the pool's connection is usable again
+        assert dbmod.driver_rows(conn, *good) == [(1,)]
+
+
+def test_a_prefetch_on_a_connection_the_server_closed_reports_it_lost(
+    pg_store: Store, pg_database: str
+) -> None:
+    reads = [("SELECT 1 WHERE 1 = %s", (1,)), ("SELECT 2 WHERE 1 = %s", (1,))]
+    with pytest.raises(sa.exc.DBAPIError) as failed, pg_store.db.write() as conn:
+        pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+        _terminate(pg_database, {pid})
+        with dbmod.prefetched(conn, reads):
+            pass
+    assert dbmod.connection_lost(failed.value)
+    with pg_store.db.read() as conn:
+        assert dbmod.driver_rows(conn, *reads[0]) == [(1,)]

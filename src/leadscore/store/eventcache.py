@@ -38,7 +38,15 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.lead import Event
-from leadscore.store.db import cache_epoch, driver_rows, driver_sql, in_list, journal_of, on_commit
+from leadscore.store.db import (
+    Statement,
+    cache_epoch,
+    driver_rows,
+    driver_sql,
+    in_list,
+    journal_of,
+    on_commit,
+)
 from leadscore.store.leads import event_fields
 
 __all__ = ["DEFAULT_CACHED_EVENTS", "EventCache", "Preloader", "decoded_fields"]
@@ -229,6 +237,21 @@ class EventCache:
                 evs = evs[: bisect_right(evs, until_us, key=_ts)]
             out[lid] = evs
         return out
+
+    def statements(
+        self, conn: Connection, lead_ids: Sequence[str], types: Sequence[str] | None = None
+    ) -> list[Statement]:
+        """The statements :meth:`events_of_leads` will run for these leads and types (for
+        :func:`~leadscore.store.db.prefetched`) when ``conn`` is outside a cache epoch
+        (PostgreSQL), where it asks the database about every lead; none inside one."""
+        if cache_epoch(conn) is not None:
+            return []
+        kept = None if types is None else frozenset(types)
+        ids = sorted(set(lead_ids))
+        with self._lock:  # as events_of_leads will find them (_reading)
+            entries = self._entries if kept == self._types else {}
+            cached = {lid: e for lid in ids if (e := entries.get(lid)) is not None}
+        return [_query(conn, ids[s : s + _CHUNK], cached) for s in range(0, len(ids), _CHUNK)]
 
     def take(self, epoch: int, added: Mapping[str, Sequence[_Row]], dirty: Iterable[str]) -> None:
         """A transaction of the writer's cache epoch ``epoch`` (see

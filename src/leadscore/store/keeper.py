@@ -39,8 +39,10 @@ from leadscore.spec.model import InactivityRule
 from leadscore.store.db import (
     TRIGGER_ROWS,
     Database,
+    Statement,
     journaled_epoch,
     keep_for_transaction,
+    prefetched,
     start_journal,
 )
 from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache, Preloader
@@ -56,13 +58,20 @@ from leadscore.store.leads import (
     insert_events,
     lead_events,
     lead_records,
+    lead_records_statements,
     link_alias,
     lock_identities,
     lock_leads,
     upsert_leads,
 )
 from leadscore.store.schema import events, leads, model_versions, scores
-from leadscore.store.scores import NewScore, ScoreChange, current_scores, write_scores
+from leadscore.store.scores import (
+    NewScore,
+    ScoreChange,
+    current_scores,
+    current_scores_statements,
+    write_scores,
+)
 from leadscore.store.versions import (
     ModelVersion,
     active_versions,
@@ -364,18 +373,39 @@ class Store:
         if not sheets:
             return []
         if not self.db.is_sqlite:  # serialise concurrent rescoring of the same lead
-            lock_leads(conn, ids)
+            present = lock_leads(conn, ids)
             if current:
                 # Another process may have committed, while this one waited for a lead's
                 # lock, an event stamped after this transaction read the clock: scored as of
                 # then, the lead's score would leave that event out (and replace a newer
                 # one). As of now it counts every event committed before the lock was ours.
                 now_us = max(now_us, self.clock())
-        new = self.new_scores(conn, sheets, ids, now_us)
-        changes = write_scores(conn, new, reason, now_us, detail)
+            # the reads of the rescoring in one round trip (see prefetched)
+            reads = self._rescoring_reads(conn, sheets, ids, [i for i in ids if i in present])
+        else:
+            reads = []
+        with prefetched(conn, reads):
+            new = self.new_scores(conn, sheets, ids, now_us)
+            changes = write_scores(conn, new, reason, now_us, detail)
         if self.listener is not None and changes:
             self.listener(conn, changes, now_us, fire_triggers)
         return changes
+
+    def _rescoring_reads(
+        self,
+        conn: Connection,
+        sheets: Sequence[Sheet],
+        lead_ids: Sequence[str],
+        present: Sequence[str],
+    ) -> list[Statement]:
+        """The statements that :meth:`new_scores` (outside a cache epoch: the profiles, then
+        the events of the leads found) and then :func:`write_scores` (their current scores)
+        will run for ``lead_ids`` (sorted), of which ``present`` exist."""
+        return [
+            *lead_records_statements(conn, lead_ids),
+            *self.event_cache.statements(conn, present, event_types(sheets)),
+            *current_scores_statements(conn, present),
+        ]
 
     def new_scores(
         self, conn: Connection, sheets: Sequence[Sheet], lead_ids: Sequence[str], now_us: int

@@ -33,6 +33,7 @@ from leadscore.errors import Conflict, NotFound
 from leadscore.spec.conditions import to_text
 from leadscore.store.db import (
     Journal,
+    Statement,
     cache_epoch,
     driver_json,
     driver_rows,
@@ -65,6 +66,7 @@ __all__ = [
     "insert_events",
     "lead_events",
     "lead_records",
+    "lead_records_statements",
     "link_alias",
     "lock_anonymous",
     "lock_identities",
@@ -916,13 +918,21 @@ def event_fields(
 
 def lead_records(conn: Connection, lead_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The profile of each lead as the evaluators see it (fields plus ``lead_id``)."""
-    wanted = sorted(set(lead_ids))
     out: dict[str, dict[str, Any]] = {}
+    for sql, params in lead_records_statements(conn, lead_ids):
+        for lid, profile in driver_rows(conn, sql, params):
+            out[lid] = {**from_driver_json(profile), "lead_id": lid}
+    return out
+
+
+def lead_records_statements(conn: Connection, lead_ids: Iterable[str]) -> list[Statement]:
+    """The statements :func:`lead_records` runs (for :func:`~leadscore.store.db.prefetched`)."""
+    wanted = sorted(set(lead_ids))
+    out: list[Statement] = []
     for start in range(0, len(wanted), 500):
         part = wanted[start : start + 500]
         sql = f"SELECT lead_id, profile FROM leads WHERE lead_id IN {in_list(len(part))}"
-        for lid, profile in driver_rows(conn, driver_sql(conn, sql), tuple(part)):
-            out[lid] = {**from_driver_json(profile), "lead_id": lid}
+        out.append((driver_sql(conn, sql), tuple(part)))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
-from leadscore.store.db import driver_json, driver_rows, driver_sql, in_list
+from leadscore.store.db import Statement, driver_json, driver_rows, driver_sql, in_list
 from leadscore.store.schema import score_history, scores
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "NewScore",
     "ScoreChange",
     "current_scores",
+    "current_scores_statements",
     "write_scores",
 ]
 
@@ -137,8 +138,21 @@ def current_scores(
     """Current score rows (column name -> value) keyed by (lead_id, sheet). ``groups`` is as
     the driver gives it (JSON text from SQLite, decoded by psycopg): write_scores compares
     the text on SQLite and does not read it on PostgreSQL."""
-    ids = list(dict.fromkeys(lead_ids))
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    for sql, params in current_scores_statements(conn, lead_ids, sheet):
+        for values in driver_rows(conn, sql, params):
+            row = dict(zip(_NAMES, values, strict=True))
+            row["mql"] = bool(row["mql"])  # 0 / 1 from SQLite
+            found[(row["lead_id"], row["sheet"])] = row
+    return found
+
+
+def current_scores_statements(
+    conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
+) -> list[Statement]:
+    """The statements :func:`current_scores` runs (for :func:`~leadscore.store.db.prefetched`)."""
+    ids = list(dict.fromkeys(lead_ids))
+    out: list[Statement] = []
     for start in range(0, len(ids), 500):
         part = ids[start : start + 500]
         sql = f"SELECT {_COLUMNS} FROM scores WHERE lead_id IN {in_list(len(part))}"
@@ -146,11 +160,8 @@ def current_scores(
         if sheet is not None:
             sql += " AND sheet = ?"
             params += (sheet,)
-        for values in driver_rows(conn, driver_sql(conn, sql), params):
-            row = dict(zip(_NAMES, values, strict=True))
-            row["mql"] = bool(row["mql"])  # 0 / 1 from SQLite
-            found[(row["lead_id"], row["sheet"])] = row
-    return found
+        out.append((driver_sql(conn, sql), params))
+    return out
 
 
 # the hottest statements go to the driver as they are (see leadscore.store.db.driver_sql)
