@@ -121,34 +121,46 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
 
 
 @contextlib.contextmanager
-def sent_statements(store: Store, *, round_trips: bool = False) -> Iterator[list[str]]:
-    """Every statement the store sends while the block runs: through SQLAlchemy, and those
-    sent together in one round trip on PostgreSQL (leadscore.store.db.prefetched), each on
-    its own; with ``round_trips``, one entry per round trip instead, statements sent together
-    as ``PIPELINE: first ; second ; ...`` (an executemany is one too)."""
+def watching(store: Store, see: Callable[[list[str]], None]) -> Iterator[None]:
+    """``see(statements)`` before each round trip of the store to its database while the
+    block runs: one statement through SQLAlchemy (or an executemany), or several sent
+    together on PostgreSQL (leadscore.store.db: prefetched, write_together)."""
     from leadscore.store import db as dbmod
 
-    seen: list[str] = []
-
     def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()) if round_trips else statement)
+        see([statement])
 
-    real = dbmod._pipelined
+    real = dbmod._together
 
-    def pipelined(conn: Any, todo: list[dbmod.Statement]) -> list[list[Any]]:
-        if round_trips:
-            seen.append("PIPELINE: " + " ; ".join(" ".join(sql.split()) for sql, _ in todo))
-        else:
-            seen.extend(sql for sql, _ in todo)
-        return real(conn, todo)
+    def together(conn: Any, todo: Any, *, many: bool) -> list[list[Any]]:
+        see([sql for sql, _ in todo])
+        return real(conn, todo, many=many)
 
     sa.event.listen(store.db.engine, "before_cursor_execute", listen)
-    dbmod._pipelined = pipelined  # type: ignore[assignment]
+    dbmod._together = together  # type: ignore[assignment]
     try:
-        yield seen
+        yield
     finally:
-        dbmod._pipelined = real  # type: ignore[assignment]
+        dbmod._together = real  # type: ignore[assignment]
         sa.event.remove(store.db.engine, "before_cursor_execute", listen)
+
+
+@contextlib.contextmanager
+def sent_statements(store: Store, *, round_trips: bool = False) -> Iterator[list[str]]:
+    """Every statement the store sends while the block runs (see :func:`watching`); with
+    ``round_trips``, one entry per round trip, whitespace collapsed, statements sent
+    together as ``TOGETHER: first ; second ; ...``."""
+    seen: list[str] = []
+
+    def see(statements: list[str]) -> None:
+        if not round_trips:
+            seen.extend(statements)
+            return
+        texts = [" ".join(s.split()) for s in statements]
+        seen.append(texts[0] if len(texts) == 1 else "TOGETHER: " + " ; ".join(texts))
+
+    with watching(store, see):
+        yield seen
 
 
 class RunningServer:

@@ -88,16 +88,16 @@ def test_events_of_leads_met_before_lock_them_without_a_savepoint(
     assert not any(s.startswith(("SAVEPOINT", "RELEASE")) for s in second)
     # the lookup of message ids and merges, the lock, the insert; the sheets' check with the
     # triggers; the profile, the events' check and the current score together; the score's
-    # update and the history
-    assert len(second) == 7, second
+    # update and the history together
+    assert len(second) == 6, second
     assert "FROM lead_merges" in second[0] and "FROM events" in second[0]
     assert "FOR UPDATE" in second[1]
     assert second[2].startswith("INSERT INTO events")
     assert "FROM model_versions" in second[3] and "FROM triggers" in second[3]
     reads = second[4].split(" ; ")
-    assert reads[0].startswith("PIPELINE: SELECT lead_id, profile FROM leads"), reads
+    assert reads[0].startswith("TOGETHER: SELECT lead_id, profile FROM leads"), reads
     assert "FROM events" in reads[1] and "FROM scores" in reads[2] and len(reads) == 3
-    assert second[5].startswith("UPDATE scores")
+    assert second[5].startswith("TOGETHER: UPDATE scores") and "INTO score_history" in second[5]
     assert sum("triggers" in s for s in second) == 1
     again = pg_store.ingest_events(
         [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
@@ -232,7 +232,7 @@ def test_prefetched_rows_are_those_the_statements_read_once_each_inside_the_bloc
             conn.exec_driver_sql("DELETE FROM leads WHERE lead_id = 'L2'")
             assert dbmod.driver_rows(conn, *b) == [(0,)]  # asked again: read again
             assert dbmod.driver_rows(conn, *a) == [("L1",)]
-        assert len(sent) == 3 and sent[0] == "PIPELINE: " + a[0] + " ; " + b[0], sent
+        assert len(sent) == 3 and sent[0] == "TOGETHER: " + a[0] + " ; " + b[0], sent
         assert sent[1].startswith("DELETE") and sent[2] == b[0]
         with dbmod.prefetched(conn, [a, b]):
             pass

@@ -21,7 +21,7 @@ from leadscore.store.leads import insert_events, lead_events, lead_records, lock
 from leadscore.store.queries import lead_view, score_history_of
 from leadscore.store.schema import scores
 from leadscore.store.scores import HISTORY_MIN_DELTA
-from tests.conftest import Clock
+from tests.conftest import Clock, sent_statements, watching
 
 DAY = 86_400_000_000
 SECOND = 1_000_000
@@ -281,12 +281,7 @@ def test_one_transaction_updates_each_lead_with_what_changed_for_it(
     clock.advance(seconds=60)
     sets: list[str] = []
 
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE SCORES"):
-            sets.append(statement.split("SET", 1)[1].split("WHERE", 1)[0])
-
-    sa.event.listen(store.db.engine, "before_cursor_execute", seen)
-    try:
+    with sent_statements(store) as sent:
         store.ingest_events(
             [
                 EventInput("page_view", t0, "L1", properties={"url": "/pricing"}),
@@ -294,8 +289,9 @@ def test_one_transaction_updates_each_lead_with_what_changed_for_it(
                 EventInput("email_open", t0, "L3"),
             ]
         )
-    finally:
-        sa.event.remove(store.db.engine, "before_cursor_execute", seen)
+    for statement in sent:
+        if statement.lstrip().upper().startswith("UPDATE SCORES"):
+            sets.append(statement.split("SET", 1)[1].split("WHERE", 1)[0])
     assert_matches_per_lead(store, ["L1", "L2", "L3"], clock.now)
     assert [round(current(store, f"L{i}", "rt")["score"], 2) for i in (1, 2, 3)] == [46, 70, 30]
     assert [current(store, f"L{i}", "rt")["band"] for i in (1, 2, 3)] == ["warm", "hot", "warm"]
@@ -725,21 +721,17 @@ def test_real_time_rescoring_during_the_batch_write_is_not_overwritten(
         except BaseException as e:  # reported below, in the test's thread
             errors.append(e)
 
-    def before_execute(
-        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
-    ) -> None:
-        if armed[0] and threading.get_ident() == main and statement.startswith("UPDATE scores"):
+    def before_sending(statements: list[str]) -> None:
+        updates = any(s.startswith("UPDATE scores") for s in statements)
+        if armed[0] and threading.get_ident() == main and updates:
             armed[0] = False
             worker = threading.Thread(target=late_open)
             worker.start()
             workers.append(worker)
             worker.join(timeout=0.3)  # long enough to finish unless something makes it wait
 
-    sa.event.listen(store.db.engine, "before_cursor_execute", before_execute)
-    try:
+    with watching(store, before_sending):
         store.rescore_all()
-    finally:
-        sa.event.remove(store.db.engine, "before_cursor_execute", before_execute)
     assert len(workers) == 1
     workers[0].join()
     assert not errors

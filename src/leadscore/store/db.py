@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ __all__ = [
     "open_database",
     "prefetched",
     "start_journal",
+    "write_together",
     "writers_epoch",
 ]
 
@@ -201,7 +202,7 @@ def prefetched(conn: Connection, statements: Iterable[Statement]) -> Iterator[No
         return
     conn.info[_PREFETCHED] = (
         conn.get_transaction(),
-        dict(zip(todo, _pipelined(conn, todo), strict=True)),
+        dict(zip(todo, _together(conn, todo, many=False), strict=True)),
     )
     try:
         yield
@@ -209,26 +210,43 @@ def prefetched(conn: Connection, statements: Iterable[Statement]) -> Iterator[No
         conn.info.pop(_PREFETCHED, None)
 
 
-def _pipelined(conn: Connection, todo: list[Statement]) -> list[list[Any]]:
-    """The rows of each statement, the statements sent together and answered in one round
-    trip (psycopg). Errors come as SQLAlchemy's, a lost connection invalidated as
-    SQLAlchemy's own statements would (see :func:`connection_lost`)."""
-    raw = conn.connection.driver_connection
+def write_together(
+    conn: Connection, writes: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
+) -> None:
+    """Run each statement (for the driver, see :func:`driver_sql`) for each of its rows of
+    parameters, as ``exec_driver_sql`` would: on PostgreSQL all in one round trip (psycopg's
+    pipeline mode), where one executemany each would wait for the database in turn."""
+    todo = [(sql, rows) for sql, rows in writes if rows]
+    if conn.dialect.name != "postgresql" or len(todo) < 2:
+        for sql, rows in todo:
+            conn.exec_driver_sql(sql, list(rows))
+        return
+    _together(conn, todo, many=True)
+
+
+def _together(conn: Connection, todo: Sequence[tuple[str, Any]], *, many: bool) -> list[list[Any]]:
+    """Statements sent in one round trip (psycopg's pipeline mode): each run once with its
+    parameters, and its rows returned, or (``many``) once for each row of parameters given.
+    Errors come as SQLAlchemy's (of the first statement, its parameters hidden anyway), a
+    lost connection invalidated as SQLAlchemy's own statements would (see
+    :func:`connection_lost`)."""
+    raw: Any = conn.connection.driver_connection
     error = conn.dialect.loaded_dbapi.Error
-    cursors: list[Any] = []
+    cursors = [raw.cursor() for _ in todo]
     try:
-        with raw.pipeline():  # type: ignore[union-attr]
-            for sql, params in todo:
-                cur = raw.cursor()  # type: ignore[union-attr]
-                cur.execute(sql, params)
-                cursors.append(cur)
-        return [list(cur.fetchall()) for cur in cursors]
+        with raw.pipeline():
+            for cur, (sql, params) in zip(cursors, todo, strict=True):
+                if many:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql, params)
+        return [] if many else [list(cur.fetchall()) for cur in cursors]
     except error as e:
         lost = bool(conn.dialect.is_disconnect(e, raw, None))
         if lost:
             conn.invalidate(e)
         raise sa.exc.DBAPIError.instance(
-            todo[0][0], todo[0][1], e, error, connection_invalidated=lost, dialect=conn.dialect
+            todo[0][0], (), e, error, connection_invalidated=lost, dialect=conn.dialect
         ) from e
     finally:
         for cur in cursors:

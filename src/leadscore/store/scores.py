@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
-from leadscore.store.db import Statement, driver_json, driver_rows, driver_sql, in_list
+from leadscore.store.db import (
+    Statement,
+    driver_json,
+    driver_rows,
+    driver_sql,
+    in_list,
+    write_together,
+)
 from leadscore.store.schema import score_history, scores
 
 __all__ = [
@@ -90,8 +97,10 @@ class NewScore:
             ),
         )
 
-    def values(self, now_us: int) -> dict[str, Any]:
-        return {
+    def row(self, now_us: int) -> tuple[Any, ...]:
+        """Its row of ``scores`` (the groups as JSON text, for the driver), in the table's
+        order of columns."""
+        values = {
             "lead_id": self.lead_id,
             "sheet": self.sheet,
             "model_version_id": self.model_version_id,
@@ -103,9 +112,10 @@ class NewScore:
             "band": self.band,
             "mql": self.mql,
             "priority": self.priority,
-            "groups": self.groups,
+            "groups": driver_json(self.groups),
             "updated_us": now_us,
         }
+        return tuple(values[name] for name in _NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +196,7 @@ _HISTORY_NAMES = (
     "recorded_us",
 )
 assert set(_HISTORY_NAMES) == {c.name for c in score_history.columns} - {"id"}
+_INSERT_SCORES = f"INSERT INTO scores ({_COLUMNS}) VALUES {in_list(len(_NAMES))}"
 _INSERT_HISTORY = (
     f"INSERT INTO score_history ({', '.join(_HISTORY_NAMES)}) VALUES {in_list(len(_HISTORY_NAMES))}"
 )
@@ -245,7 +256,7 @@ def write_scores(
     assert reason in REASONS, reason
     if current is None:
         current = current_scores(conn, (n.lead_id for n in new))
-    inserts: list[dict[str, Any]] = []
+    inserts: list[NewScore] = []
     updates: list[tuple[NewScore, dict[str, Any]]] = []
     history: list[tuple[Any, ...]] = []
     changes: list[ScoreChange] = []
@@ -253,7 +264,7 @@ def write_scores(
     for n in new:
         old = current.get((n.lead_id, n.sheet))
         if old is None:
-            inserts.append(n.values(now_us))
+            inserts.append(n)
         else:
             values = _changed_values(n, old, now_us) if sqlite else _all_values(n, now_us)
             updates.append((n, values))
@@ -306,8 +317,7 @@ def write_scores(
                 now_us,
             )
         )
-    if inserts:
-        conn.execute(scores.insert(), inserts)
+    writes = [(driver_sql(conn, _INSERT_SCORES), [n.row(now_us) for n in inserts])]
     # one executemany per set of changed columns (on PostgreSQL, one: every column)
     shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for n, values in updates:
@@ -315,7 +325,7 @@ def write_scores(
     for names, rows in shapes.items():
         sets = ", ".join(f"{name} = ?" for name in names)
         sql = f"UPDATE scores SET {sets} WHERE lead_id = ? AND sheet = ?"
-        conn.exec_driver_sql(driver_sql(conn, sql), rows)
-    if history:
-        conn.exec_driver_sql(driver_sql(conn, _INSERT_HISTORY), history)
+        writes.append((driver_sql(conn, sql), rows))
+    writes.append((driver_sql(conn, _INSERT_HISTORY), history))
+    write_together(conn, writes)  # on PostgreSQL in one round trip
     return changes
