@@ -68,51 +68,75 @@ def test_a_connection_in_recent_use_is_not_tried(
 SECOND = 1_000_000
 
 
-def test_events_of_leads_met_before_lock_them_without_a_savepoint(
-    pg_store: Store, clock: Clock
+def test_an_event_for_a_lead_that_exists_takes_six_round_trips(
+    pg_store: Store, pg_database: str, clock: Clock
 ) -> None:
-    """A lead's first event creates it under a savepoint (it may be new, or merged away
-    meanwhile); once the process has seen it existing, its next events lock it at once, with
-    no savepoint nor lookup (the message ids and the merges asked in one statement, the
-    published models and the enabled triggers in another)."""
+    """The leads of the events are locked under a savepoint taken in the same round trip;
+    all of them existing, that is all (the message ids and the merges asked in one
+    statement, the published models and the enabled triggers in another, the rescoring's
+    reads together, its writes together), in a process that has never met the lead too."""
     pg_store.ensure_a_model()
-    TriggerEngine.attach(pg_store)
-    with sent_statements(pg_store, round_trips=True) as first:
-        pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m1")])
-    assert any(s.startswith("SAVEPOINT") for s in first)
-    assert pg_store.known_leads.hold(["L1"])
+    pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m1")])
+    other = Store(open_database(pg_database, migrate=False), clock=clock)
+    TriggerEngine.attach(other)
     clock.advance(seconds=1)
-    with sent_statements(pg_store, round_trips=True) as second:
-        out = pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m2")])
+    try:
+        other.ingest_events([EventInput("page_view", clock.now, "L2")])  # reads the models
+        with sent_statements(other, round_trips=True) as sent:
+            out = other.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m2")])
+    finally:
+        other.db.dispose()
     assert [o.status for o in out] == ["accepted"]
-    assert not any(s.startswith(("SAVEPOINT", "RELEASE")) for s in second)
-    # the lookup of message ids and merges, the lock, the insert; the sheets' check with the
-    # triggers; the profile, the events' check and the current score together; the score's
-    # update and the history together
-    assert len(second) == 6, second
-    assert "FROM lead_merges" in second[0] and "FROM events" in second[0]
-    assert "FOR UPDATE" in second[1]
-    assert second[2].startswith("INSERT INTO events")
-    assert "FROM model_versions" in second[3] and "FROM triggers" in second[3]
-    reads = second[4].split(" ; ")
+    assert len(sent) == 6, sent
+    assert "FROM lead_merges" in sent[0] and "FROM events" in sent[0]
+    assert sent[1].startswith("TOGETHER: SAVEPOINT leadscore_existing ; SELECT lead_id FROM leads")
+    assert sent[1].endswith("FOR UPDATE")
+    assert sent[2].startswith("INSERT INTO events")
+    assert "FROM model_versions" in sent[3] and "FROM triggers" in sent[3]
+    reads = sent[4].split(" ; ")
     assert reads[0].startswith("TOGETHER: SELECT lead_id, profile FROM leads"), reads
     assert "FROM events" in reads[1] and "FROM scores" in reads[2] and len(reads) == 3
-    assert second[5].startswith("TOGETHER: UPDATE scores") and "INTO score_history" in second[5]
-    assert sum("triggers" in s for s in second) == 1
+    assert sent[5].startswith("TOGETHER: UPDATE scores") and "INTO score_history" in sent[5]
+    assert sum("triggers" in s for s in sent) == 1
     again = pg_store.ingest_events(
         [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
     )
     assert [o.status for o in again] == ["duplicate"]
 
 
-def test_a_known_lead_merged_away_meanwhile_sends_the_events_to_the_lead_it_became(
+def test_a_new_lead_among_existing_ones_is_created_and_every_lead_locked_in_order(
+    pg_store: Store, clock: Clock
+) -> None:
+    """One of the leads missing: back to the savepoint (the rows locked so far let go), then
+    the way that creates the new lead and locks them all in lead id order."""
+    pg_store.ensure_a_model()
+    pg_store.ingest_events([EventInput("page_view", clock.now, "L3")])
+    with sent_statements(pg_store, round_trips=True) as sent:
+        out = pg_store.ingest_events(
+            [EventInput("page_view", clock.now, lid) for lid in ("L3", "L1")]
+        )
+    assert [(o.status, o.lead_id) for o in out] == [("accepted", "L3"), ("accepted", "L1")]
+    rollback = sent.index("ROLLBACK TO SAVEPOINT leadscore_existing")
+    assert "FOR UPDATE" in sent[rollback - 1]
+    after = sent[rollback + 1 :]
+    assert after[0].startswith("SAVEPOINT sa_savepoint"), after
+    created = next(i for i, s in enumerate(after) if s.startswith("INSERT INTO leads"))
+    locked = next(i for i, s in enumerate(after) if "FOR UPDATE" in s)
+    assert created < locked and after[locked].count("%(ids_") == 2, after  # both at once
+    assert any(s.startswith("RELEASE SAVEPOINT sa_savepoint") for s in after[locked:])
+    with pg_store.db.read() as conn:
+        ids = conn.execute(sa.select(leads.c.lead_id).order_by("lead_id")).scalars().all()
+    assert ids == ["L1", "L3"]
+
+
+def test_a_lead_merged_away_meanwhile_sends_the_events_to_the_lead_it_became(
     pg_store: Store, pg_database: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`m@x.com` is known to this process; another process merges it into M1 right after this
-    request looked for merges: locking finds it gone, and the request starts again, to M1."""
+    """Another process merges `m@x.com` into M1 right after this request looked for merges:
+    locking finds it gone, and the request goes on with M1 (looked up once it was re-created
+    under a savepoint, which is then rolled back)."""
     pg_store.ensure_a_model()
     pg_store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="m@x.com")])
-    assert pg_store.known_leads.hold(["m@x.com"])
     other = Store(open_database(pg_database, migrate=False), clock=clock)
     real = store_leads._seen_and_moved
     calls: list[dict[str, str]] = []
@@ -129,9 +153,8 @@ def test_a_known_lead_merged_away_meanwhile_sends_the_events_to_the_lead_it_beca
         out = pg_store.ingest_events([EventInput("email_open", clock.now, lead_id="m@x.com")])
     finally:
         other.db.dispose()
-    assert calls == [{}, {"m@x.com": "M1"}]  # looked again, and found the merge
+    assert calls == [{}]  # looked once, before the merge
     assert [(o.status, o.lead_id) for o in out] == [("accepted", "M1")]
-    assert not pg_store.known_leads.hold(["m@x.com"])
     with pg_store.db.read() as conn:
         owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
         ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
@@ -192,32 +215,6 @@ def test_ingest_runs_again_on_a_new_connection_when_its_own_was_closed(
     assert isinstance(failed, RuntimeError)
     with pg_store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 1
-
-
-def test_known_leads_keep_the_most_recently_met() -> None:
-    known = store_leads.KnownLeads(max_leads=3)
-    known.add(["a", "b", "c"])
-    known.add(["a"])  # met again: last out
-    known.add(["d"])
-    assert (len(known), known.hold(["a", "c", "d"]), known.hold(["b"])) == (3, True, False)
-    known.forget(["c", "x"])
-    assert not known.hold(["c"]) and known.hold(["a", "d"])
-
-
-def test_a_transaction_that_rolls_back_makes_no_lead_known(
-    pg_store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pg_store.ensure_a_model()
-
-    def fail(*_a: Any, **_k: Any) -> Any:
-        raise RuntimeError("rescoring failed")
-
-    monkeypatch.setattr(pg_store, "rescore_leads", fail)
-    with pytest.raises(RuntimeError):
-        pg_store.ingest_events([EventInput("page_view", clock.now, lead_id="L9")])
-    assert not pg_store.known_leads.hold(["L9"])
-    with pg_store.db.read() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one() == 0
 
 
 def test_prefetched_rows_are_those_the_statements_read_once_each_inside_the_block(

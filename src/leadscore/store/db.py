@@ -52,6 +52,7 @@ __all__ = [
     "on_commit",
     "open_database",
     "prefetched",
+    "read_together",
     "start_journal",
     "write_together",
     "writers_epoch",
@@ -210,6 +211,16 @@ def prefetched(conn: Connection, statements: Iterable[Statement]) -> Iterator[No
         conn.info.pop(_PREFETCHED, None)
 
 
+def read_together(conn: Connection, statements: Sequence[Statement]) -> list[list[Any]]:
+    """The rows of each statement (for the driver, see :func:`driver_sql`), as
+    :func:`driver_rows` would read them: on PostgreSQL all sent in one round trip (psycopg's
+    pipeline mode), in order, each seeing what those before it did. A statement that returns
+    no rows (a SAVEPOINT) has an empty list."""
+    if conn.dialect.name != "postgresql" or len(statements) < 2:
+        return [driver_rows(conn, sql, params) for sql, params in statements]
+    return _together(conn, statements, many=False)
+
+
 def write_together(
     conn: Connection, writes: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
 ) -> None:
@@ -240,7 +251,9 @@ def _together(conn: Connection, todo: Sequence[tuple[str, Any]], *, many: bool) 
                     cur.executemany(sql, params)
                 else:
                     cur.execute(sql, params)
-        return [] if many else [list(cur.fetchall()) for cur in cursors]
+        if many:
+            return []
+        return [list(cur.fetchall()) if cur.description else [] for cur in cursors]
     except error as e:
         lost = bool(conn.dialect.is_disconnect(e, raw, None))
         if lost:

@@ -49,9 +49,7 @@ from leadscore.store.eventcache import DEFAULT_CACHED_EVENTS, EventCache, Preloa
 from leadscore.store.leads import (
     EventInput,
     ItemOutcome,
-    KnownLeads,
     LeadInput,
-    LeadsMoved,
     ProfileCache,
     email_key,
     event_fields,
@@ -143,8 +141,6 @@ class Store:
         # the profile fields the sheets read, of recently rescored leads (inside a SQLite
         # writer's cache epoch: see ProfileCache)
         self.profile_cache = ProfileCache(cached_events // PROFILES_PER_EVENTS)
-        # leads seen existing (PostgreSQL: their events' transaction locks them at once)
-        self.known_leads = KnownLeads()
         # per active model version: the profile rules' results that rescoring a lead again
         # reuses (see score_lead's ``profiles``)
         self._profiles: dict[int, ProfileMemo] = {}
@@ -314,18 +310,12 @@ class Store:
     ) -> list[ItemOutcome]:
         """Store events (repeats of a ``message_id`` are acknowledged, not counted twice) and
         rescore the leads they belong to (``rescore=False``: see :meth:`upsert_leads`)."""
-        try:
-            return self._ingest_events(items, rescore)
-        except LeadsMoved:  # once more, the leads gone looked up afresh (no longer known)
-            return self._ingest_events(items, rescore)
-
-    def _ingest_events(self, items: Sequence[EventInput], rescore: bool) -> list[ItemOutcome]:
         with self.db.write() as conn:
             # Every change of events here is recorded (leadscore.store.db.Journal), so that
             # the event cache of this process stays current without asking the database.
             start_journal(conn)
             now = self.clock()
-            outcomes, touched = insert_events(conn, items, now, self.known_leads)
+            outcomes, touched = insert_events(conn, items, now)
             if rescore:
                 self.rescore_leads(conn, touched, "event", now, current=True)
         return outcomes

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +40,7 @@ from leadscore.store.db import (
     from_driver_json,
     in_list,
     journal_of,
-    on_commit,
+    read_together,
 )
 from leadscore.store.schema import (
     aliases,
@@ -368,6 +367,30 @@ def _profile_changed(conn: Connection, lead_id: str) -> None:
         journal.changed(lead_id)
 
 
+_EXISTING = "leadscore_existing"  # the savepoint of _lock_existing
+
+
+def _lock_existing(conn: Connection, wanted: Collection[str]) -> bool:
+    """PostgreSQL: take a savepoint and lock the rows of the ``wanted`` leads, in lead id
+    order, all in one round trip; whether every one of them exists (their locks are then
+    the transaction's, the savepoint left as it is). Most events are for leads that exist.
+    One missing is new, or was merged away meanwhile: back to the savepoint, which lets go of
+    the rows locked since, for the way that creates the new ones and locks every lead in
+    lead id order."""
+    ids = sorted(wanted)
+    lock = 'SELECT lead_id FROM leads WHERE lead_id IN {} ORDER BY lead_id COLLATE "C" FOR UPDATE'
+    statements: list[Statement] = [(f"SAVEPOINT {_EXISTING}", ())]
+    for start in range(0, len(ids), 500):
+        part = tuple(ids[start : start + 500])
+        statements.append((driver_sql(conn, lock.format(in_list(len(part)))), part))
+    found = {str(i) for rows in read_together(conn, statements) for (i,) in rows}
+    if len(found) < len(ids):
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_EXISTING}")
+        return False
+    _locked_here(conn).update(found)
+    return True
+
+
 def _merged_meanwhile(
     conn: Connection,
     savepoint: sa.NestedTransaction,
@@ -639,11 +662,8 @@ def insert_events(
     conn: Connection,
     items: Sequence[EventInput],
     now_us: int,
-    known: KnownLeads | None = None,
 ) -> tuple[list[ItemOutcome], set[str]]:
-    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events.
-    ``known`` (PostgreSQL): the leads this process has seen existing, locked without a
-    savepoint when every lead of the events is among them (see :class:`KnownLeads`)."""
+    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events."""
     # The merges of leads named by id are looked up here, before the identity locks below (a
     # merge under way holds its email's): one committing in between is met when the leads
     # are locked, at the cost of a savepoint's rollback or a run again (both rare).
@@ -721,18 +741,10 @@ def insert_events(
         if conn.dialect.name == "sqlite" or not wanted:
             _ensure_leads(conn, wanted, now_us)
             break
-        if attempt == 0 and known is not None and known.hold(wanted):
-            # Each lead existed when this process last met it, and a lead is deleted only
-            # by a merge: lock them at once (what the way below comes to when none is new
-            # or moved; one round trip instead of four). One gone meanwhile was merged
-            # away: the transaction is run again, that lead looked up afresh.
-            present = lock_leads(conn, wanted)
-            if len(present) < len(wanted):
-                known.forget(set(wanted) - present)
-                raise LeadsMoved("leads were merged while this request ran; send it again")
-            break
         # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
         # that starts now waits for these events and then moves them along.
+        if attempt == 0 and _lock_existing(conn, wanted):
+            break  # (all of them exist: the way below comes to that, in four round trips)
         savepoint = conn.begin_nested()
         created = _ensure_leads(conn, wanted, now_us)
         present = lock_leads(conn, wanted)
@@ -763,9 +775,6 @@ def insert_events(
         inserted = conn.exec_driver_sql(driver_sql(conn, _INSERT_EVENTS), params).rowcount
         if journal is not None:
             _journal_events(journal, params, before, inserted, newest_event_id(conn))
-    if known is not None and wanted and conn.dialect.name != "sqlite":
-        now_known = list(wanted)  # created or locked above: they exist once this commits
-        on_commit(conn, lambda: known.add(now_known))
     touched = set(wanted)
     for anonymous_id, lead_id in links:
         if link_alias(conn, anonymous_id, lead_id, now_us):
@@ -801,49 +810,6 @@ def _seen_and_moved(
             else:
                 moved[str(key)] = str(into)
     return seen, moved
-
-
-class LeadsMoved(Conflict):
-    """A lead that :class:`KnownLeads` held existing was merged away meanwhile: the
-    transaction is to be run again (:meth:`leadscore.store.Store.ingest_events` does, once)."""
-
-
-# KnownLeads keeps at most this many lead ids (about 100 bytes each), the most recent
-KNOWN_LEADS = 100_000
-
-
-class KnownLeads:
-    """Lead ids this process has seen existing in a committed transaction (PostgreSQL), most
-    recently met last: a hint, checked by locking the leads (:func:`insert_events`), which
-    saves a request whose leads all exist the savepoint, the lookup and the release that a
-    new or moved lead needs. Thread-safe."""
-
-    def __init__(self, max_leads: int = KNOWN_LEADS) -> None:
-        self.max_leads = max_leads
-        self._ids: dict[str, None] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def hold(self, lead_ids: Iterable[str]) -> bool:
-        """Whether every one of ``lead_ids`` is known."""
-        ids = self._ids
-        return all(lid in ids for lid in lead_ids)
-
-    def add(self, lead_ids: Iterable[str]) -> None:
-        with self._lock:
-            ids = self._ids
-            for lid in lead_ids:
-                ids.pop(lid, None)
-                ids[lid] = None
-            while len(ids) > self.max_leads:
-                del ids[next(iter(ids))]
-
-    def forget(self, lead_ids: Iterable[str]) -> None:
-        with self._lock:
-            for lid in lead_ids:
-                self._ids.pop(lid, None)
 
 
 def newest_event_id(conn: Connection) -> int:
