@@ -132,9 +132,9 @@ def watching(store: Store, see: Callable[[list[str]], None]) -> Iterator[None]:
 
     real = dbmod._together
 
-    def together(conn: Any, todo: Any, *, many: bool) -> list[list[Any]]:
-        see([sql for sql, _ in todo])
-        return real(conn, todo, many=many)
+    def together(conn: Any, todo: Any) -> list[list[Any]]:
+        see([sql for sql, *_ in todo])
+        return real(conn, todo)
 
     sa.event.listen(store.db.engine, "before_cursor_execute", listen)
     dbmod._together = together  # type: ignore[assignment]

@@ -14,6 +14,7 @@ from leadscore.store import db as dbmod
 from leadscore.store.schema import events, leads
 from leadscore.store.triggers import TriggerEngine
 from tests.conftest import Clock, sent_statements
+from tests.test_store_scoring import assert_matches_per_lead
 
 
 @pytest.fixture
@@ -68,13 +69,14 @@ def test_a_connection_in_recent_use_is_not_tried(
 SECOND = 1_000_000
 
 
-def test_an_event_for_a_lead_that_exists_takes_six_round_trips(
+def test_an_event_for_a_lead_that_exists_takes_three_round_trips(
     pg_store: Store, pg_database: str, clock: Clock
 ) -> None:
-    """The leads of the events are locked under a savepoint taken in the same round trip;
-    all of them existing, that is all (the message ids and the merges asked in one
-    statement, the published models and the enabled triggers in another, the rescoring's
-    reads together, its writes together), in a process that has never met the lead too."""
+    """Besides BEGIN and COMMIT: the message ids and the merges asked in one statement;
+    the leads locked under a savepoint, the events inserted, the published models and the
+    enabled triggers read, then the rescoring's reads (profiles, events, current scores), all
+    in one round trip; the rescoring's writes in another. The same in a process that has
+    never met the lead."""
     pg_store.ensure_a_model()
     pg_store.ingest_events([EventInput("page_view", clock.now, "L1", message_id="m1")])
     other = Store(open_database(pg_database, migrate=False), clock=clock)
@@ -87,21 +89,53 @@ def test_an_event_for_a_lead_that_exists_takes_six_round_trips(
     finally:
         other.db.dispose()
     assert [o.status for o in out] == ["accepted"]
-    assert len(sent) == 6, sent
+    assert len(sent) == 3, sent
     assert "FROM lead_merges" in sent[0] and "FROM events" in sent[0]
-    assert sent[1].startswith("TOGETHER: SAVEPOINT leadscore_existing ; SELECT lead_id FROM leads")
-    assert sent[1].endswith("FOR UPDATE")
-    assert sent[2].startswith("INSERT INTO events")
-    assert "FROM model_versions" in sent[3] and "FROM triggers" in sent[3]
-    reads = sent[4].split(" ; ")
-    assert reads[0].startswith("TOGETHER: SELECT lead_id, profile FROM leads"), reads
-    assert "FROM events" in reads[1] and "FROM scores" in reads[2] and len(reads) == 3
-    assert sent[5].startswith("TOGETHER: UPDATE scores") and "INTO score_history" in sent[5]
-    assert sum("triggers" in s for s in sent) == 1
+    together = sent[1].removeprefix("TOGETHER: ").split(" ; ")
+    assert together[0] == "SAVEPOINT leadscore_existing", together
+    assert together[1].startswith("SELECT lead_id FROM leads") and "FOR UPDATE" in together[1]
+    assert together[2].startswith("INSERT INTO events")
+    assert "FROM model_versions" in together[3] and "FROM triggers" in together[3]
+    assert together[4].startswith("SELECT lead_id, profile FROM leads")
+    assert "FROM events" in together[5] and "FROM scores" in together[6] and len(together) == 7
+    assert sent[2].startswith("TOGETHER: UPDATE scores") and "INTO score_history" in sent[2]
     again = pg_store.ingest_events(
         [EventInput("page_view", clock.now, lead_id="L1", message_id="m2")]
     )
     assert [o.status for o in again] == ["duplicate"]
+    assert_matches_per_lead(pg_store, ["L1"], clock.now)
+
+
+# a second sheet reading an event type that the shipped model does not
+TRADE_SHOWS = """
+version: 1
+name: trade-shows
+activity:
+  - {id: visit, event: trade_show_visit, points: 10}
+bands: {cold: -.inf, hot: 50}
+mql: hot
+"""
+
+
+def test_rows_read_with_the_locks_for_sheets_since_replaced_are_read_again(
+    pg_store: Store, pg_database: str, clock: Clock
+) -> None:
+    """The rescoring's reads go with the locks for the sheets this process read last; another
+    process publishes a model that reads another event type meanwhile: the events are read
+    again (the profiles and the current scores, the same statements, are not)."""
+    pg_store.ensure_a_model()
+    pg_store.ingest_events([EventInput("page_view", clock.now, "L1")])
+    clock.advance(seconds=1)
+    other = Store(open_database(pg_database, migrate=False), clock=clock)
+    try:
+        other.ensure_published(TRADE_SHOWS, "trade-shows.yaml")
+    finally:
+        other.db.dispose()
+    with sent_statements(pg_store, round_trips=True) as sent:
+        pg_store.ingest_events([EventInput("demo_request", clock.now, "L1")])
+    again = [s for s in sent if not s.startswith("TOGETHER") and "FROM events WHERE lead_id" in s]
+    assert len(again) == 1 and not any("FROM scores WHERE" in s for s in sent[2:]), sent
+    assert_matches_per_lead(pg_store, ["L1"], clock.now)
 
 
 def test_a_new_lead_among_existing_ones_is_created_and_every_lead_locked_in_order(

@@ -37,6 +37,7 @@ __all__ = [
     "Database",
     "Journal",
     "Statement",
+    "Write",
     "cache_epoch",
     "connection_lost",
     "database_url",
@@ -48,11 +49,13 @@ __all__ = [
     "journal_of",
     "journaled_epoch",
     "keep_for_transaction",
+    "keep_prefetched",
     "kept_for_transaction",
     "on_commit",
     "open_database",
     "prefetched",
     "read_together",
+    "send_together",
     "start_journal",
     "write_together",
     "writers_epoch",
@@ -185,30 +188,54 @@ def driver_rows(conn: Connection, sql: str, params: Any = ()) -> list[Any]:
 _PREFETCHED = "leadscore.prefetched"
 
 Statement = tuple[str, tuple[Any, ...]]  # for the driver (driver_sql), and its parameters
+Write = tuple[str, Sequence[tuple[Any, ...]]]  # a statement run for each row of parameters
 
 
 @contextmanager
 def prefetched(conn: Connection, statements: Iterable[Statement]) -> Iterator[None]:
     """PostgreSQL: run these reads now, all in one round trip (psycopg's pipeline mode), and
     keep their rows for :func:`driver_rows` to return, inside the block, when it is given
-    the same statement and parameters (once each; what was not asked for is forgotten at the
-    block's end). Worth it where a transaction's next reads do not depend on each other's
-    rows but each would wait for the database in turn (an ingest transaction after its
-    locks: the profiles, the events, the current scores). The block must not write the rows
-    read before it reads them. Elsewhere (SQLite, where a read is no round trip) the
-    statements run when asked for, as without it."""
-    todo = list(dict.fromkeys(statements))
-    if conn.dialect.name != "postgresql" or len(todo) < 2:
-        yield
-        return
-    conn.info[_PREFETCHED] = (
-        conn.get_transaction(),
-        dict(zip(todo, _together(conn, todo, many=False), strict=True)),
-    )
+    the same statement and parameters (once each; what was not asked for, and what
+    :func:`keep_prefetched` kept before, is forgotten at the block's end). Worth it where a
+    transaction's next reads do not depend on each other's rows but each would wait for the
+    database in turn (an ingest transaction after its locks: the profiles, the events, the
+    current scores). The block must not write the rows read before it reads them. Elsewhere
+    (SQLite, where a read is no round trip) the statements run when asked for, as without
+    it. Statements kept already are not run again."""
+    kept = _kept(conn)
+    todo = [st for st in dict.fromkeys(statements) if kept is None or st not in kept]
+    if conn.dialect.name == "postgresql" and len(todo) >= 2:
+        keep_prefetched(conn, todo, send_together(conn, then=todo)[1])
     try:
         yield
     finally:
         conn.info.pop(_PREFETCHED, None)
+
+
+def keep_prefetched(
+    conn: Connection, statements: Sequence[Statement], rows: Sequence[list[Any]]
+) -> None:
+    """Keep the ``rows`` that ``statements`` read (in this transaction, just now) for
+    :func:`driver_rows`, as :func:`prefetched` does: until the end of the next
+    :func:`prefetched` block of this transaction, which should follow soon, before anything
+    writes what they read."""
+    kept = _kept(conn)
+    if kept is None:
+        kept = {}
+        conn.info[_PREFETCHED] = (conn.get_transaction(), kept)
+    kept.update(zip(statements, rows, strict=True))
+
+
+def _kept(conn: Connection) -> dict[Statement, list[Any]] | None:
+    """The rows kept for this transaction (see :func:`prefetched`), if any."""
+    found = conn.info.get(_PREFETCHED)
+    if found is None:
+        return None
+    txn, kept = found
+    if txn is not conn.get_transaction():  # kept by an earlier transaction
+        del conn.info[_PREFETCHED]
+        return None
+    return kept  # type: ignore[no-any-return]
 
 
 def read_together(conn: Connection, statements: Sequence[Statement]) -> list[list[Any]]:
@@ -216,28 +243,46 @@ def read_together(conn: Connection, statements: Sequence[Statement]) -> list[lis
     :func:`driver_rows` would read them: on PostgreSQL all sent in one round trip (psycopg's
     pipeline mode), in order, each seeing what those before it did. A statement that returns
     no rows (a SAVEPOINT) has an empty list."""
-    if conn.dialect.name != "postgresql" or len(statements) < 2:
-        return [driver_rows(conn, sql, params) for sql, params in statements]
-    return _together(conn, statements, many=False)
+    return send_together(conn, statements)[0]
 
 
-def write_together(
-    conn: Connection, writes: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
-) -> None:
+def write_together(conn: Connection, writes: Sequence[Write]) -> None:
     """Run each statement (for the driver, see :func:`driver_sql`) for each of its rows of
     parameters, as ``exec_driver_sql`` would: on PostgreSQL all in one round trip (psycopg's
     pipeline mode), where one executemany each would wait for the database in turn."""
-    todo = [(sql, rows) for sql, rows in writes if rows]
+    send_together(conn, writes=writes)
+
+
+def send_together(
+    conn: Connection,
+    reads: Sequence[Statement] = (),
+    writes: Sequence[Write] = (),
+    then: Sequence[Statement] = (),
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Run ``reads``, then ``writes`` (each statement for each of its rows of parameters;
+    none for an empty list), then the reads of ``then``, in that order, each seeing what
+    those before it did; the rows of ``reads`` and of ``then`` (an empty list for a
+    statement that returns none, such as a SAVEPOINT). On PostgreSQL all in one round trip
+    (psycopg's pipeline mode); elsewhere one by one, as :func:`driver_rows` and
+    ``exec_driver_sql`` would."""
+    todo: list[tuple[str, Any, bool]] = [(sql, params, False) for sql, params in reads]
+    todo += [(sql, rows, True) for sql, rows in writes if rows]
+    todo += [(sql, params, False) for sql, params in then]
     if conn.dialect.name != "postgresql" or len(todo) < 2:
-        for sql, rows in todo:
-            conn.exec_driver_sql(sql, list(rows))
-        return
-    _together(conn, todo, many=True)
+        out: list[list[Any]] = []
+        for sql, params, many in todo:
+            if many:
+                conn.exec_driver_sql(sql, list(params))
+            else:
+                out.append(driver_rows(conn, sql, params))
+        return out[: len(reads)], out[len(reads) :]
+    rows = _together(conn, todo)
+    return rows[: len(reads)], rows[len(todo) - len(then) :]
 
 
-def _together(conn: Connection, todo: Sequence[tuple[str, Any]], *, many: bool) -> list[list[Any]]:
+def _together(conn: Connection, todo: Sequence[tuple[str, Any, bool]]) -> list[list[Any]]:
     """Statements sent in one round trip (psycopg's pipeline mode): each run once with its
-    parameters, and its rows returned, or (``many``) once for each row of parameters given.
+    parameters and its rows returned, or (``many``) once for each row of parameters given.
     Errors come as SQLAlchemy's (of the first statement, its parameters hidden anyway), a
     lost connection invalidated as SQLAlchemy's own statements would (see
     :func:`connection_lost`)."""
@@ -246,14 +291,15 @@ def _together(conn: Connection, todo: Sequence[tuple[str, Any]], *, many: bool) 
     cursors = [raw.cursor() for _ in todo]
     try:
         with raw.pipeline():
-            for cur, (sql, params) in zip(cursors, todo, strict=True):
+            for cur, (sql, params, many) in zip(cursors, todo, strict=True):
                 if many:
                     cur.executemany(sql, params)
                 else:
                     cur.execute(sql, params)
-        if many:
-            return []
-        return [list(cur.fetchall()) if cur.description else [] for cur in cursors]
+        return [
+            list(cur.fetchall()) if not many and cur.description else []
+            for cur, (_, _, many) in zip(cursors, todo, strict=True)
+        ]
     except error as e:
         lost = bool(conn.dialect.is_disconnect(e, raw, None))
         if lost:
@@ -267,18 +313,13 @@ def _together(conn: Connection, todo: Sequence[tuple[str, Any]], *, many: bool) 
 
 
 def _prefetched(conn: Connection, sql: str, params: Any) -> list[Any] | None:
-    kept = conn.info.get(_PREFETCHED)
+    kept = _kept(conn)
     if kept is None:
         return None
-    txn, rows = kept
-    if txn is not conn.get_transaction():  # kept by an earlier transaction
-        del conn.info[_PREFETCHED]
-        return None
     try:
-        found: list[Any] | None = rows.pop((sql, params), None)
+        return kept.pop((sql, params), None)
     except TypeError:  # parameters that are no tuple of plain values: never prefetched
         return None
-    return found
 
 
 def in_list(n: int) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.resources import files
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ from leadscore.store.db import (
     TRIGGER_ROWS,
     Database,
     Statement,
+    driver_rows,
     journaled_epoch,
     keep_for_transaction,
     prefetched,
@@ -122,6 +124,19 @@ class RescoreReport:
     per_sheet: dict[str, int] = field(default_factory=dict)
 
 
+# PostgreSQL: the ids of the published model versions (kind 0, by sheet name) and the enabled
+# triggers (kind 1, by id), in the orders of the two reads it stands for (the database's
+# collation); see Store._published
+_PUBLISHED_AND_TRIGGERS: Statement = (
+    "SELECT kind, key, value FROM ("
+    "SELECT 0 AS kind, CAST(id AS TEXT) AS key, name AS value FROM model_versions "
+    "WHERE status = 'published' UNION ALL "
+    "SELECT 1, id, CAST(definition AS TEXT) FROM triggers WHERE enabled) AS both_ "
+    "ORDER BY kind, CASE WHEN kind = 0 THEN value END, key",
+    (),
+)
+
+
 class Store:
     """Leads, events, scores and models in one database (see :func:`open_store`)."""
 
@@ -202,18 +217,24 @@ class Store:
                     .order_by(model_versions.c.name)
                 )
             )
-        # in the orders of the two reads it stands for (the database's collation)
-        rows = conn.exec_driver_sql(
-            "SELECT kind, key, value FROM ("
-            "SELECT 0 AS kind, CAST(id AS TEXT) AS key, name AS value FROM model_versions "
-            "WHERE status = 'published' UNION ALL "
-            "SELECT 1, id, CAST(definition AS TEXT) FROM triggers WHERE enabled) AS both_ "
-            "ORDER BY kind, CASE WHEN kind = 0 THEN value END, key"
-        ).all()
+        rows = driver_rows(conn, *_PUBLISHED_AND_TRIGGERS)
         keep_for_transaction(
             conn, TRIGGER_ROWS, [(str(k), json.loads(v)) for kind, k, v in rows if kind == 1]
         )
         return tuple(int(k) for kind, k, _ in rows if kind == 0)
+
+    def _ingest_reads(self, conn: Connection, lead_ids: Sequence[str]) -> list[Statement]:
+        """PostgreSQL: the reads of the rescoring that follows an ingest's insert of events
+        for these leads (sorted, existing), for insert_events to send with their locks: the
+        sheets' check and, for the sheets read last (those the check will most likely find),
+        the reads of :meth:`_rescoring_reads`. Sheets found changed: those of theirs that
+        differ are read again (in the rescoring's own round trip)."""
+        with self._lock:
+            sheets = self._sheets[1]
+        reads = [_PUBLISHED_AND_TRIGGERS]
+        if sheets:
+            reads += self._rescoring_reads(conn, sheets, lead_ids, lead_ids)
+        return reads
 
     def forget_sheets(self) -> None:
         """Read the active sheets from the store at the next call (after a publish)."""
@@ -315,7 +336,8 @@ class Store:
             # the event cache of this process stays current without asking the database.
             start_journal(conn)
             now = self.clock()
-            outcomes, touched = insert_events(conn, items, now)
+            after = None if self.db.is_sqlite or not rescore else partial(self._ingest_reads, conn)
+            outcomes, touched = insert_events(conn, items, now, after)
             if rescore:
                 self.rescore_leads(conn, touched, "event", now, current=True)
         return outcomes

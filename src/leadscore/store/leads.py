@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from leadscore.spec.conditions import to_text
 from leadscore.store.db import (
     Journal,
     Statement,
+    Write,
     cache_epoch,
     driver_json,
     driver_rows,
@@ -40,7 +41,8 @@ from leadscore.store.db import (
     from_driver_json,
     in_list,
     journal_of,
-    read_together,
+    keep_prefetched,
+    send_together,
 )
 from leadscore.store.schema import (
     aliases,
@@ -171,7 +173,9 @@ _LEAD_IDS_KEY_SHARE = _LEAD_IDS.order_by(_in_byte_order(leads.c.lead_id)).with_f
 )
 _LEADS = sa.select(leads).where(leads.c.lead_id.in_(_IDS))
 _LEADS_FOR_UPDATE = _LEADS.order_by(_in_byte_order(leads.c.lead_id)).with_for_update()
-# to the driver as it is (see leadscore.store.db.driver_sql)
+# to the driver as it is (see leadscore.store.db.driver_sql). A retry racing its original (the
+# same message id in two requests at once): the second insert waits for the first and skips
+# the row instead of failing the request.
 _INSERT_EVENTS = (
     "INSERT INTO events (lead_id, anonymous_id, type, ts_us, item, properties, message_id,"
     " received_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
@@ -370,24 +374,31 @@ def _profile_changed(conn: Connection, lead_id: str) -> None:
 _EXISTING = "leadscore_existing"  # the savepoint of _lock_existing
 
 
-def _lock_existing(conn: Connection, wanted: Collection[str]) -> bool:
-    """PostgreSQL: take a savepoint and lock the rows of the ``wanted`` leads, in lead id
-    order, all in one round trip; whether every one of them exists (their locks are then
-    the transaction's, the savepoint left as it is). Most events are for leads that exist.
-    One missing is new, or was merged away meanwhile: back to the savepoint, which lets go of
-    the rows locked since, for the way that creates the new ones and locks every lead in
-    lead id order."""
-    ids = sorted(wanted)
+def _lock_existing(
+    conn: Connection,
+    ids: Sequence[str],
+    writes: Sequence[Write] = (),
+    reads: Sequence[Statement] = (),
+) -> bool:
+    """PostgreSQL: take a savepoint and lock the rows of the leads ``ids`` (sorted), then
+    run ``writes`` and ``reads``, all in one round trip; whether every one of the leads
+    exists: their locks are then the transaction's (the savepoint left as it is), the writes
+    done and the rows of the reads kept for them (:func:`~leadscore.store.db.keep_prefetched`).
+    Most events are for leads that exist. One missing is new, or was merged away meanwhile:
+    back to the savepoint, which undoes the writes and lets go of the rows locked since, for
+    the way that creates the new leads and locks every lead in lead id order."""
     lock = 'SELECT lead_id FROM leads WHERE lead_id IN {} ORDER BY lead_id COLLATE "C" FOR UPDATE'
-    statements: list[Statement] = [(f"SAVEPOINT {_EXISTING}", ())]
+    locks: list[Statement] = [(f"SAVEPOINT {_EXISTING}", ())]
     for start in range(0, len(ids), 500):
         part = tuple(ids[start : start + 500])
-        statements.append((driver_sql(conn, lock.format(in_list(len(part)))), part))
-    found = {str(i) for rows in read_together(conn, statements) for (i,) in rows}
+        locks.append((driver_sql(conn, lock.format(in_list(len(part)))), part))
+    locked, read = send_together(conn, locks, writes, reads)
+    found = {str(i) for rows in locked for (i,) in rows}
     if len(found) < len(ids):
         conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_EXISTING}")
         return False
     _locked_here(conn).update(found)
+    keep_prefetched(conn, reads, read)
     return True
 
 
@@ -662,8 +673,12 @@ def insert_events(
     conn: Connection,
     items: Sequence[EventInput],
     now_us: int,
+    reads_after: Callable[[Sequence[str]], Sequence[Statement]] | None = None,
 ) -> tuple[list[ItemOutcome], set[str]]:
-    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events."""
+    """Store events idempotently (by ``message_id``); outcomes, and the leads that got events.
+    ``reads_after`` (PostgreSQL): the reads that will follow for these leads (sorted), sent
+    with their locks and the events' insert when that is possible, their rows kept for them
+    (:func:`~leadscore.store.db.keep_prefetched`)."""
     # The merges of leads named by id are looked up here, before the identity locks below (a
     # merge under way holds its email's): one committing in between is met when the leads
     # are locked, at the cost of a savepoint's rollback or a run again (both rare).
@@ -737,14 +752,23 @@ def insert_events(
     wanted = _redirect(
         {lid: into for lid, into in moved.items() if lid in wanted}, wanted, rows, outcomes, links
     )
+    stored = False  # the events inserted with the leads' locks
     for attempt in range(RESOLVE_ATTEMPTS):
         if conn.dialect.name == "sqlite" or not wanted:
             _ensure_leads(conn, wanted, now_us)
             break
         # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
         # that starts now waits for these events and then moves them along.
-        if attempt == 0 and _lock_existing(conn, wanted):
-            break  # (all of them exist: the way below comes to that, in four round trips)
+        if attempt == 0:
+            # the events too, unless a journal counts them (SQLite's writer: not here)
+            insert: list[Write] = []
+            if rows and journal_of(conn) is None:
+                insert.append((driver_sql(conn, _INSERT_EVENTS), _event_params(rows)))
+            ids = sorted(wanted)
+            after = reads_after(ids) if reads_after is not None and not links else ()
+            if _lock_existing(conn, ids, insert, after):
+                stored = bool(insert)  # (all of them exist: the way below comes to that,
+                break  # in four round trips)
         savepoint = conn.begin_nested()
         created = _ensure_leads(conn, wanted, now_us)
         present = lock_leads(conn, wanted)
@@ -754,22 +778,8 @@ def insert_events(
                 _locked_here(conn).update(present)
             break
         wanted = _redirect(late, wanted, rows, outcomes, links)
-    if rows:
-        # A retry racing its original (the same message id in two requests at once): the
-        # second insert waits for the first and skips the row instead of failing the request.
-        params = [
-            (
-                r["lead_id"],
-                r["anonymous_id"],
-                r["type"],
-                r["ts_us"],
-                r["item"],
-                driver_json(r["properties"]),
-                r["message_id"],
-                r["received_us"],
-            )
-            for r in rows
-        ]
+    if rows and not stored:
+        params = _event_params(rows)
         journal = journal_of(conn)
         before = newest_event_id(conn) if journal is not None else 0
         inserted = conn.exec_driver_sql(driver_sql(conn, _INSERT_EVENTS), params).rowcount
@@ -780,6 +790,23 @@ def insert_events(
         if link_alias(conn, anonymous_id, lead_id, now_us):
             touched.add(lead_id)
     return outcomes, touched
+
+
+def _event_params(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows of events to insert as _INSERT_EVENTS takes them."""
+    return [
+        (
+            r["lead_id"],
+            r["anonymous_id"],
+            r["type"],
+            r["ts_us"],
+            r["item"],
+            driver_json(r["properties"]),
+            r["message_id"],
+            r["received_us"],
+        )
+        for r in rows
+    ]
 
 
 def _seen_and_moved(
