@@ -124,7 +124,7 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
 def watching(store: Store, see: Callable[[list[str]], None]) -> Iterator[None]:
     """``see(statements)`` before each round trip of the store to its database while the
     block runs: one statement through SQLAlchemy (or an executemany), or several sent
-    together on PostgreSQL (leadscore.store.db: prefetched, write_together)."""
+    together on PostgreSQL (leadscore.store.db.send_together and what uses it)."""
     from leadscore.store import db as dbmod
 
     def listen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

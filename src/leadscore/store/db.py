@@ -169,8 +169,9 @@ def driver_rows(conn: Connection, sql: str, params: Any = ()) -> list[Any]:
     """The rows of a statement for the driver (see :func:`driver_sql`), as the driver gives
     them, fetched from its cursor at once: SQLAlchemy's result fetches and wraps them one by
     one (about 1.7 us a row more, on SQLite). Errors come as SQLAlchemy's, as from
-    ``exec_driver_sql``, also one that SQLite meets while stepping to a later row. The rows
-    of a statement that :func:`prefetch` ran already in this transaction are those it read."""
+    ``exec_driver_sql``, also one that SQLite meets while stepping to a later row. A
+    statement read ahead in this transaction (:func:`prefetched`, :func:`keep_prefetched`)
+    returns the rows read then."""
     if _PREFETCHED in conn.info:
         rows = _prefetched(conn, sql, params)
         if rows is not None:
