@@ -301,3 +301,48 @@ def test_a_prefetch_on_a_connection_the_server_closed_reports_it_lost(
     assert dbmod.connection_lost(failed.value)
     with pg_store.db.read() as conn:
         assert dbmod.driver_rows(conn, *reads[0]) == [(1,)]
+
+
+def test_ingest_runs_again_when_the_connection_breaks_while_its_scores_are_written(
+    pg_store: Store, pg_database: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database closes the connection just as the scores' writes are sent together: the
+    request hears nothing of it; its transaction runs again on a new connection (the lost
+    connection reported as such, not hidden behind another error on the way out)."""
+    from leadscore.service.writer import write_jobs
+
+    pg_store.ensure_a_model()
+    write_jobs(pg_store, [[EventInput("page_view", clock.now, "L1", message_id="m0")]])
+    real = dbmod._together
+    killed: list[int] = []
+
+    def together(conn: Any, todo: Any) -> list[list[Any]]:
+        if not killed and any(sql.startswith("UPDATE scores") for sql, *_ in todo):
+            killed.append(int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()))
+            _terminate(pg_database, set(killed))
+        return real(conn, todo)
+
+    monkeypatch.setattr(dbmod, "_together", together)
+    clock.advance(seconds=1)
+    (out,) = write_jobs(pg_store, [[EventInput("page_view", clock.now, "L1", message_id="m1")]])
+    assert killed and isinstance(out, list), out
+    assert [o.status for o in out] == ["accepted"]
+    with pg_store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one() == 2
+    assert_matches_per_lead(pg_store, ["L1"], clock.now)
+
+
+def test_many_leads_are_locked_first_and_their_events_inserted_after(
+    pg_store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond AHEAD_LEADS leads, the events' insert and the reads wait for the locks (one new
+    lead among many would have all of that done twice)."""
+    pg_store.ensure_a_model()
+    pg_store.ingest_events([EventInput("page_view", clock.now, f"L{i}") for i in range(3)])
+    monkeypatch.setattr(store_leads, "AHEAD_LEADS", 2)
+    with sent_statements(pg_store, round_trips=True) as sent:
+        pg_store.ingest_events([EventInput("page_view", clock.now, f"L{i}") for i in range(3)])
+    (locks,) = [s for s in sent if "leadscore_existing" in s]
+    assert "INSERT" not in locks and "profile" not in locks, locks
+    assert any(s.startswith("INSERT INTO events") for s in sent)
+    assert_matches_per_lead(pg_store, ["L0", "L1", "L2"], clock.now)

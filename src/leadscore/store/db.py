@@ -44,6 +44,7 @@ __all__ = [
     "driver_json",
     "driver_rows",
     "driver_sql",
+    "forget_prefetched",
     "from_driver_json",
     "in_list",
     "journal_of",
@@ -210,6 +211,14 @@ def prefetched(conn: Connection, statements: Iterable[Statement]) -> Iterator[No
     try:
         yield
     finally:
+        forget_prefetched(conn)
+
+
+def forget_prefetched(conn: Connection) -> None:
+    """Drop what :func:`prefetched` or :func:`keep_prefetched` kept on ``conn`` (nothing on a
+    connection lost meanwhile, whose info went with it: asking would raise SQLAlchemy's
+    PendingRollbackError in place of the error that broke it)."""
+    if not conn.invalidated:
         conn.info.pop(_PREFETCHED, None)
 
 
@@ -284,9 +293,10 @@ def send_together(
 def _together(conn: Connection, todo: Sequence[tuple[str, Any, bool]]) -> list[list[Any]]:
     """Statements sent in one round trip (psycopg's pipeline mode): each run once with its
     parameters and its rows returned, or (``many``) once for each row of parameters given.
-    Errors come as SQLAlchemy's (of the first statement, its parameters hidden anyway), a
-    lost connection invalidated as SQLAlchemy's own statements would (see
-    :func:`connection_lost`)."""
+    Errors come as SQLAlchemy's (naming the statements sent, their parameters hidden
+    anyway). A lost connection is invalidated, and the pool replaced so that its older
+    connections, which the database closed too, are not handed out again untried (what
+    SQLAlchemy does for its own statements: see :func:`connection_lost`)."""
     raw: Any = conn.connection.driver_connection
     error = conn.dialect.loaded_dbapi.Error
     cursors = [raw.cursor() for _ in todo]
@@ -305,8 +315,10 @@ def _together(conn: Connection, todo: Sequence[tuple[str, Any, bool]]) -> list[l
         lost = bool(conn.dialect.is_disconnect(e, raw, None))
         if lost:
             conn.invalidate(e)
+            conn.engine.dispose(close=False)
+        statements = " ; ".join(dict.fromkeys(sql for sql, _, _ in todo))
         raise sa.exc.DBAPIError.instance(
-            todo[0][0], (), e, error, connection_invalidated=lost, dialect=conn.dialect
+            statements, (), e, error, connection_invalidated=lost, dialect=conn.dialect
         ) from e
     finally:
         for cur in cursors:

@@ -42,6 +42,7 @@ from leadscore.store.db import (
     Database,
     Statement,
     driver_rows,
+    forget_prefetched,
     journaled_epoch,
     keep_for_transaction,
     prefetched,
@@ -337,9 +338,12 @@ class Store:
             start_journal(conn)
             now = self.clock()
             after = None if self.db.is_sqlite or not rescore else partial(self._ingest_reads, conn)
-            outcomes, touched = insert_events(conn, items, now, after)
-            if rescore:
-                self.rescore_leads(conn, touched, "event", now, current=True)
+            try:
+                outcomes, touched = insert_events(conn, items, now, after)
+                if rescore:
+                    self.rescore_leads(conn, touched, "event", now, current=True)
+            finally:  # rows read ahead for a rescoring that did not ask for them
+                forget_prefetched(conn)
         return outcomes
 
     def identify(

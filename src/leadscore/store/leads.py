@@ -372,6 +372,9 @@ def _profile_changed(conn: Connection, lead_id: str) -> None:
 
 
 _EXISTING = "leadscore_existing"  # the savepoint of _lock_existing
+# insert_events sends the events' insert and the reads after it with the leads' locks for at
+# most this many leads (single events grouped, small batches)
+AHEAD_LEADS = 32
 
 
 def _lock_existing(
@@ -760,12 +763,15 @@ def insert_events(
         # PostgreSQL: lock the leads' rows (in lead id order, in one pass), so that a merge
         # that starts now waits for these events and then moves them along.
         if attempt == 0:
-            # the events too, unless a journal counts them (SQLite's writer: not here)
-            insert: list[Write] = []
-            if rows and journal_of(conn) is None:
-                insert.append((driver_sql(conn, _INSERT_EVENTS), _event_params(rows)))
+            # The events' insert and the reads after it too, unless a journal counts the
+            # events (SQLite's writer: not here), or there are so many leads that one of them
+            # being new (all of that to do again) costs more than the round trips saved.
             ids = sorted(wanted)
-            after = reads_after(ids) if reads_after is not None and not links else ()
+            ahead = len(ids) <= AHEAD_LEADS and journal_of(conn) is None
+            insert: list[Write] = []
+            if rows and ahead:
+                insert.append((driver_sql(conn, _INSERT_EVENTS), _event_params(rows)))
+            after = reads_after(ids) if reads_after is not None and ahead and not links else ()
             if _lock_existing(conn, ids, insert, after):
                 stored = bool(insert)  # (all of them exist: the way below comes to that,
                 break  # in four round trips)
