@@ -55,7 +55,6 @@ __all__ = [
     "on_commit",
     "open_database",
     "prefetched",
-    "read_together",
     "send_together",
     "start_journal",
     "write_together",
@@ -246,14 +245,6 @@ def _kept(conn: Connection) -> dict[Statement, list[Any]] | None:
         del conn.info[_PREFETCHED]
         return None
     return kept  # type: ignore[no-any-return]
-
-
-def read_together(conn: Connection, statements: Sequence[Statement]) -> list[list[Any]]:
-    """The rows of each statement (for the driver, see :func:`driver_sql`), as
-    :func:`driver_rows` would read them: on PostgreSQL all sent in one round trip (psycopg's
-    pipeline mode), in order, each seeing what those before it did. A statement that returns
-    no rows (a SAVEPOINT) has an empty list."""
-    return send_together(conn, statements)[0]
 
 
 def write_together(conn: Connection, writes: Sequence[Write]) -> None:
