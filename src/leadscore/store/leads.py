@@ -390,6 +390,8 @@ def _lock_existing(
     Most events are for leads that exist. One missing is new, or was merged away meanwhile:
     back to the savepoint, which undoes the writes and lets go of the rows locked since, for
     the way that creates the new leads and locks every lead in lead id order."""
+    # _LEAD_IDS_FOR_UPDATE (lock_leads' statement) as the driver takes it: a pipeline sends
+    # what psycopg is given, not SQLAlchemy's statements (same order, same chunks of 500)
     lock = 'SELECT lead_id FROM leads WHERE lead_id IN {} ORDER BY lead_id COLLATE "C" FOR UPDATE'
     locks: list[Statement] = [(f"SAVEPOINT {_EXISTING}", ())]
     for start in range(0, len(ids), 500):
