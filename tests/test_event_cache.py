@@ -15,7 +15,8 @@ import pytest
 
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
-from leadscore.store.db import Journal, open_database
+from leadscore.store import eventcache as eventcache_module
+from leadscore.store.db import Journal, driver_rows, open_database
 from leadscore.store.eventcache import EventCache, Preloader, decoded_fields
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
@@ -94,6 +95,36 @@ def test_a_late_event_or_events_joined_from_elsewhere_read_the_lead_again(
     with store.db.read() as conn:
         assert len(lead_events(conn, "L1")) == 4
     assert_matches_per_lead(store, ["L1"], clock.now)
+
+
+def test_a_cached_lead_is_checked_by_reading_only_its_own_newer_events(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(store, RT)
+    # L1's events are older (lower ids) than all of L2's: a floor shared by both leads would
+    # bring L2's old events back with its new one
+    store.ingest_events([view(clock, "L1", "/blog", 3)])
+    store.ingest_events([view(clock, "L2", f"/p{i}", 2, message_id=f"m{i}") for i in range(5)])
+    with store.db.read() as conn:
+        newest = {
+            lid: max(r.id for r in conn.execute(events.select().where(events.c.lead_id == lid)))
+            for lid in ("L1", "L2")
+        }
+    seen: list[Any] = []
+
+    def recording(conn: Any, sql: str, params: Any = ()) -> list[Any]:
+        rows = driver_rows(conn, sql, params)
+        seen.extend(r for r in rows if r[0] == 1)
+        return rows
+
+    monkeypatch.setattr(eventcache_module, "driver_rows", recording)
+    clock.advance(seconds=5)
+    store.ingest_events([view(clock, "L1", "/pricing"), view(clock, "L2", "/pricing")])
+    assert all(r[2] > newest[r[1]] for r in seen), seen
+    if not store.db.is_sqlite:  # SQLite's only writer trusts its lists without asking
+        assert sorted(r[1] for r in seen) == ["L1", "L2"]
+    assert_fresh(store, ["L1", "L2"], clock.now)
+    assert_matches_per_lead(store, ["L1", "L2"], clock.now)
 
 
 def test_future_events_wait_for_their_time(store: Store, clock: Clock) -> None:

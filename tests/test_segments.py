@@ -354,3 +354,26 @@ def test_every_migration_ships_in_the_package() -> None:
     assert "store/migrations/versions/0002_segments.py" in files
     for name in files:
         assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+
+
+def test_migrate_0006_puts_the_event_ids_in_the_lead_index_on_postgresql(empty_url: str) -> None:
+    def definition(db: Database) -> str:
+        with db.read() as conn:
+            if db.is_sqlite:
+                sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_events_lead_ts'"
+            else:
+                sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_events_lead_ts'"
+            return str(conn.exec_driver_sql(sql).scalar_one())
+
+    db = open_database(empty_url, migrate=False)
+    try:
+        _to_revision(db, "0005")
+        before = definition(db)
+        assert "INCLUDE" not in before
+        db.migrate()
+        after = definition(db)
+        assert after == before if db.is_sqlite else after.endswith("(lead_id, ts_us) INCLUDE (id)")
+        _to_revision(db, "0005", down=True)
+        assert definition(db) == before
+    finally:
+        db.dispose()
