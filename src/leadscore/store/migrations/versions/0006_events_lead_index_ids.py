@@ -3,8 +3,9 @@ that the event cache checks a lead's kept events (their count and newest id) and
 newer ones from the index alone, without a visit to the table for every event of the lead.
 SQLite: nothing (its index holds the id already: the rowid).
 
-Rebuilding the index locks the events table against writes for the while (about 2 s per
-million events on the benchmark machine): upgrade with the service stopped.
+Rebuilding the index locks the events table, reads and writes alike, until the migration
+commits (about 2 s per million events on the benchmark machine): upgrade with the service
+stopped, as for any migration.
 
 Revision ID: 0006
 Revises: 0005
