@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from typer.testing import CliRunner
 
 from leadscore import parse_model, run_examples, score_lead
@@ -23,7 +24,7 @@ from leadscore.predictive.fit import (
     fit_scorecard,
     top_decile_lift,
 )
-from leadscore.predictive.scorecard import C_GRID, pair_tests
+from leadscore.predictive.scorecard import C_GRID, pair_tests, scorecard_yaml
 from leadscore.scoring import iter_lead_events, prepare
 
 
@@ -46,9 +47,47 @@ def test_points_from_a_known_coefficient() -> None:
     assert rule.coefficient == pytest.approx(np.log(4), abs=1e-3)
     assert rule.points == 20  # two doublings of the odds at 10 points each
     # the intercept is group a's log-odds, ln(1/4): the odds are even 20 points above a's 0
-    assert card.even_odds_score == pytest.approx(20.0, abs=0.01)
+    assert -card.fitted_.intercept * card.factor == pytest.approx(20.0, abs=0.01)
+    # the calibration, fitted out of fold (each fold's points are a little off), keeps the
+    # mean and says a little less: 0.21 and 0.49 where the regression says 0.2 and 0.5
+    assert card.even_odds_score == pytest.approx(20.0, abs=1.0)
+    assert 10 < card.calibration_points < 11.5
     p = card.predict_proba(X)[:, 1]
-    assert p[0] == pytest.approx(0.2, abs=1e-3) and p[-1] == pytest.approx(0.5, abs=1e-3)
+    assert p[0] == pytest.approx(0.2, abs=0.015) and p[-1] == pytest.approx(0.5, abs=0.015)
+    assert p.mean() == pytest.approx(y.mean(), abs=1e-3)  # as the file rounds it
+
+
+def noisy_leads(n: int, seed: int) -> tuple[dict[str, list[str]], np.ndarray]:
+    """One column that matters (odds x4 for plan "pro") and twenty that do not."""
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["free", "pro"], n)
+    y = rng.random(n) < np.where(plan == "pro", 0.4, 0.143)
+    X = {"lead_id": [f"L{i}" for i in range(n)], "plan": list(plan)}
+    for k in range(20):
+        X[f"noise{k}"] = [f"v{v}" for v in rng.integers(0, 6, n)]
+    return X, y
+
+
+def test_the_calibration_is_fitted_out_of_fold_and_keeps_the_mean() -> None:
+    # unregularised on 800 leads, twenty noise columns get points that new leads do not
+    # bear out: the calibration, fitted on scores out of fold, says a point is worth less
+    X, y = noisy_leads(800, seed=7)
+    card = ScorecardClassifier(C=1e6, interactions=0).fit(X, y)
+    assert card.fitted_.calibration is not None
+    assert card.calibration_points > 12  # the points were made at 10 a doubling
+    p = card.predict_proba(X)[:, 1]
+    assert p.mean() == pytest.approx(y.mean(), abs=1e-3)  # calibrated in the large
+    text = scorecard_yaml(card, "noisy", train_scores=None, examples=[], fitted_on="test")
+    assert parse_model(text).spec.calibration.points_to_double_odds == card.calibration_points
+    assert "round(coefficient x 10 / ln 2)" in text and "out of 5-fold" in text
+    # on new leads from the same world it errs less than the regression's own intercept and
+    # scale would have (those fit the 800 leads' noise)
+    X_new, y_new = noisy_leads(20_000, seed=8)
+    scores = card.score_rows(X_new)
+    own = 1 / (1 + 2 ** ((-card.fitted_.intercept * card.factor - scores) / 10))
+    fitted = card.predict_proba(X_new)[:, 1]
+    assert log_loss(y_new, fitted) < log_loss(y_new, own) - 0.01
+    assert expected_calibration_error(fitted, y_new) < expected_calibration_error(own, y_new)
 
 
 def test_numeric_bins_are_monotone_where_the_data_rises() -> None:

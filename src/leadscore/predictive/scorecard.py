@@ -9,9 +9,15 @@ on the residuals) and gives the cells that stray most a rule of their own (``all
 bins' conditions), refits, and turns each coefficient into whole points:
 ``round(coefficient x points_to_double_odds / ln 2)``. The score is the sum of a lead's
 points; its chance to convert is
-``1 / (1 + 2 ** ((even_odds_score - score) / points_to_double_odds))``, where the even-odds
-score is ``-intercept x points_to_double_odds / ln 2``: the model file carries both as its
-``calibration``.
+``1 / (1 + 2 ** ((even_odds_score - score) / points_to_double_odds))``, the model file's
+``calibration``. Whole points fitted on all the rows promise more than they keep on leads the
+fit did not see, so the calibration is fitted apart: its slope (points to double the odds) by
+a logistic fit of the outcome on each row's score out of fold (the 5 folds of the
+cross-validation, each row scored by the points fitted without it), its even-odds score so
+that the mean chance over the fitting part is the part's conversion rate (a uniform shrinkage
+of the points' meaning, then calibration in the large). Where the scores out of fold do not
+rank the outcome, the regression's own: ``-intercept x points_to_double_odds / ln 2`` and
+the scale the points were made at.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from scipy import sparse, stats
+from scipy import optimize, sparse, special, stats
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -264,19 +270,52 @@ def _interaction_cells(
     return cells
 
 
-def _cross_validated(matrix: F64, target: Bools) -> float:
-    """The L2 strength of :data:`C_GRID` with the lowest log loss over 5 stratified folds
-    (seeded)."""
+def _cross_validated(
+    matrix: F64, target: Bools, factor: float, grid: tuple[float, ...] = C_GRID
+) -> tuple[float, F64]:
+    """The L2 strength of ``grid`` with the lowest log loss over 5 stratified folds
+    (seeded), and each row's score out of fold at that strength: its whole points as the
+    folds without it fitted them."""
     folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(matrix, target))
     rows = sparse.csr_matrix(matrix)  # 0/1 indicators, mostly 0
-    losses = np.zeros(len(C_GRID))
+    losses = np.zeros(len(grid))
+    scores = np.zeros((len(grid), len(target)))
     for train, test in folds:
         model = LogisticRegression(solver=SOLVER, max_iter=2000, warm_start=True)
-        for k, c in enumerate(C_GRID):  # each strength starts from the previous one's fit
+        for k, c in enumerate(grid):  # each strength starts from the previous one's fit
             model.set_params(C=c).fit(rows[train], target[train])
             p = model.predict_proba(rows[test])[:, 1]
             losses[k] += log_loss(target[test], p, labels=[0, 1])
-    return float(C_GRID[int(np.argmin(losses))])
+            scores[k, test] = rows[test] @ np.round(model.coef_[0] * factor)
+    best = int(np.argmin(losses))
+    return float(grid[best]), scores[best]
+
+
+def _calibration(oof: F64, scores: F64, target: Bools) -> tuple[float, float] | None:
+    """(even-odds score, points to double the odds) for the final scores: the slope of a
+    logistic fit of the outcome on the scores out of fold (how much a score difference is
+    worth on leads the fit did not see), then the even-odds score that makes the mean chance
+    on the fitting part its conversion rate. None when the scores out of fold do not rank the
+    outcome (the regression's own intercept and scale stand then)."""
+    if np.ptp(oof) == 0 or np.ptp(scores) == 0:
+        return None
+    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
+    fit.fit(oof.reshape(-1, 1), target)
+    slope = float(fit.coef_[0][0])
+    if not math.isfinite(slope) or slope <= 1e-6:
+        return None
+    rate = float(target.mean())
+
+    def gap(intercept: float) -> float:
+        return float(np.mean(special.expit(intercept + slope * scores))) - rate
+
+    low, high = -1.0, 1.0
+    while gap(low) > 0:
+        low *= 2
+    while gap(high) < 0:
+        high *= 2
+    intercept = float(optimize.brentq(gap, low, high, xtol=1e-10))
+    return -intercept / slope, math.log(2) / slope
 
 
 def _count_rule(source: ActivitySource, condition: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -324,6 +363,7 @@ class _Fitted:
     dropped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     C: float = 1.0
+    calibration: tuple[float, float] | None = None
 
 
 def _auc(scores: F64, positive: Bools) -> float:
@@ -483,7 +523,9 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             matrix = np.column_stack([matrix, *(c.mask.astype(np.float64) for c in cells)])
         if self.C is None:
             say("choosing the regularisation (5-fold cross-validation)")
-        penalty = _cross_validated(matrix, target) if self.C is None else self.C
+        penalty, oof = _cross_validated(
+            matrix, target, self.factor, C_GRID if self.C is None else (self.C,)
+        )
         if cells or self.C is None:
             model = LogisticRegression(C=penalty, solver=SOLVER, max_iter=2000)
             model.fit(matrix, target)
@@ -544,6 +586,8 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                     (cell.first.column, cell.second.column),
                 )
             )
+        points = np.array([round(float(b) * self.factor) for b in coefs], dtype=np.float64)
+        cal = _calibration(oof, matrix @ points, target)
         self.fitted_ = _Fitted(
             features,
             rules,
@@ -551,6 +595,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             dropped,
             warnings,
             penalty,
+            cal,
         )
         self.classes_ = np.array([0, 1])
         self.n_rows_ = len(target)
@@ -560,7 +605,17 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     @property
     def even_odds_score(self) -> float:
         """The score at which the odds are 1:1 (a 50% chance)."""
+        if self.fitted_.calibration is not None:
+            return round(self.fitted_.calibration[0], 2)
         return round(-self.fitted_.intercept * self.factor, 2)
+
+    @property
+    def calibration_points(self) -> float:
+        """The score difference that doubles the odds of converting (the calibration's; the
+        rules' points were made at ``points_to_double_odds``)."""
+        if self.fitted_.calibration is not None:
+            return float(f"{self.fitted_.calibration[1]:.4g}")
+        return self.points_to_double_odds
 
     def model(self, name: str = "scorecard") -> Model:
         """The fitted points as a model (rules and calibration, no bands or examples)."""
@@ -591,7 +646,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return np.asarray(run.table.column("score").to_numpy(zero_copy_only=False), dtype=float)
 
     def probability(self, scores: F64) -> F64:
-        exponent = (self.even_odds_score - scores) / self.points_to_double_odds
+        exponent = (self.even_odds_score - scores) / self.calibration_points
         return 1.0 / (1.0 + np.power(2.0, np.minimum(exponent, 1000.0)))
 
     def predict_proba(self, X: Any) -> F64:
@@ -692,7 +747,8 @@ def scorecard_yaml(
     lines = [
         "# Fitted by `leadscore fit` from the team's own conversions: edit it like any model.",
         f"# {fitted_on}",
-        "# Each rule's points are round(coefficient x points_to_double_odds / ln 2) of an",
+        f"# Each rule's points are round(coefficient x {card.points_to_double_odds:g} / ln 2)"
+        " of an",
         f"# L2-regularised logistic regression (C = {f.C:g}"
         + (", chosen by 5-fold cross-validation)" if card.C is None else ")")
         + " on the bins below;",
@@ -748,9 +804,15 @@ def scorecard_yaml(
     lines += [
         "",
         "# The score as a chance to convert: 1 / (1 + 2 ^ ((even_odds_score - score) /",
-        "# points_to_double_odds)).",
+        "# points_to_double_odds))"
+        + (
+            "; the slope fitted on the scores out of 5-fold cross-validation,\n"
+            "# the even-odds score so that the mean chance on the fitting part is its rate."
+            if f.calibration is not None
+            else "."
+        ),
         "calibration:",
-        f"  points_to_double_odds: {card.points_to_double_odds!r}",
+        f"  points_to_double_odds: {card.calibration_points!r}",
         f"  even_odds_score: {card.even_odds_score!r}",
         "  fitted_on: " + _yaml_value(fitted_on),
     ]
