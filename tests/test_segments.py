@@ -21,9 +21,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from leadscore.errors import NotFound, UsageError
-from leadscore.store import Database, Store, database_url, open_database, schema
+from leadscore.store import (
+    Database,
+    LeadInput,
+    LeadQuery,
+    Store,
+    database_url,
+    open_database,
+    schema,
+)
 from leadscore.store.db import MIGRATIONS
 from leadscore.store.keys import create_key, list_keys
+from leadscore.store.queries import list_leads
 from leadscore.store.segments import (
     check_name,
     check_query,
@@ -332,13 +341,17 @@ def test_migrate_adds_segments_to_a_store_made_before_them(empty_url: str) -> No
 
 def test_the_migrations_make_exactly_the_schema(store: Store) -> None:
     with store.db.engine.connect() as conn:
-        # SQLite's lead search index (migration 0004) is SQLite's own, not in the metadata
+        # the lead search indexes (migrations 0004 and 0007) are each database's own, not in
+        # the metadata
         context = MigrationContext.configure(
             conn,
             opts={
                 "compare_type": True,
                 "include_name": lambda name, kind, _: (
-                    not (kind == "table" and str(name).startswith("lead_search"))
+                    not (
+                        (kind == "table" and str(name).startswith("lead_search"))
+                        or (kind == "index" and name == "ix_leads_search")
+                    )
                 ),
             },
         )
@@ -377,3 +390,67 @@ def test_migrate_0006_puts_the_event_ids_in_the_lead_index_on_postgresql(empty_u
         assert definition(db) == before
     finally:
         db.dispose()
+
+
+def _search_index(db: Database) -> str | None:
+    if db.is_sqlite:
+        return None
+    with db.read() as conn:
+        sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_leads_search'"
+        return conn.exec_driver_sql(sql).scalar()
+
+
+def test_migrate_0007_makes_the_trigram_index_of_the_search_on_postgresql(empty_url: str) -> None:
+    db = open_database(empty_url, migrate=False)
+    try:
+        _to_revision(db, "0006")
+        assert _search_index(db) is None
+        db.migrate()
+        index = _search_index(db)
+        if db.is_sqlite:
+            assert index is None
+        else:
+            assert index is not None and "gin_trgm_ops" in index
+            with db.read() as conn:  # the planner's statistics of the text: 1,000 leads
+                q = (
+                    "SELECT attstattarget FROM pg_attribute "
+                    "WHERE attrelid = 'ix_leads_search'::regclass"
+                )
+                assert conn.exec_driver_sql(q).scalar_one() == 1000
+        _to_revision(db, "0006", down=True)
+        assert _search_index(db) is None
+        db.migrate()
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("empty_url", ["postgresql"], indirect=True)
+def test_migrate_0007_goes_on_without_the_index_where_pg_trgm_may_not_be_added(
+    empty_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a role that may make tables but not add extensions (no CREATE on the database)
+    role = f"leadscore_limited_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(database_url(empty_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        conn.exec_driver_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    # the test server trusts local connections (docs/development: trust auth)
+    url = sa.engine.make_url(empty_url).set(username=role).render_as_string(hide_password=False)
+    try:
+        store = Store(open_database(url))  # migrates, as the service does on start
+        try:
+            assert store.db.revision() == store.db.head()
+            assert _search_index(store.db) is None
+            assert "could not add the pg_trgm extension" in caplog.text
+            assert "permission denied" in caplog.text
+            store.upsert_leads([LeadInput("T1", fields={"company": "Quartz Labs"})])
+            with store.db.read() as conn:
+                page = list_leads(conn, LeadQuery(search="quartz"), [])
+            assert [i["lead_id"] for i in page.items] == ["T1"]  # found by reading the leads
+        finally:
+            store.db.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,14 @@ from leadscore.engine.timeutil import to_micros
 from leadscore.errors import NotFound, UsageError
 from leadscore.store import EventInput, LeadInput, LeadQuery, Store
 from leadscore.store.lifecycle import set_stage
-from leadscore.store.queries import SORTS, lead_view, list_leads, score_history_of
+from leadscore.store.queries import (
+    PG_SEARCH_TEXT,
+    SORTS,
+    lead_view,
+    list_leads,
+    score_history_of,
+)
+from leadscore.store.schema import leads
 from tests.conftest import Clock
 
 SECOND = 1_000_000
@@ -404,3 +412,12 @@ def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
         vacuum.execute("VACUUM")
         vacuum.close()
         assert found("basalt") == ["S1"] and found("pure") == ["S2"]
+    else:
+        # PostgreSQL: the search's expression is the trigram index's (migration 0007), so the
+        # planner can answer a rare term from the index (here made to prefer it)
+        rare = sa.select(leads.c.lead_id).where(PG_SEARCH_TEXT.like("%quartz%", escape="\\"))
+        sql = str(rare.compile(store.db.engine, compile_kwargs={"literal_binds": True}))
+        with store.db.read() as conn:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + sql))
+        assert "ix_leads_search" in plan, plan
