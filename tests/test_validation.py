@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from leadscore import parse_model, prepare
 from leadscore.cli import app
+from leadscore.errors import UsageError
 from leadscore.inputs import normalize_outcomes
 from leadscore.validation import Conversion, roc_auc
 from leadscore.validation.report import (
@@ -292,6 +293,35 @@ def write_inputs(tmp_path: Path) -> list[str]:
     ]
 
 
+def test_report_and_backtest_commands_take_a_creation_column(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = write_inputs(tmp_path)
+    (tmp_path / "leads.csv").write_text(
+        "lead_id,title,created at\n"
+        + "".join(
+            f"L{i},{t},{'2026-07-10' if i == 10 else '2026-01-01'}\n"
+            for i, t in enumerate(TITLES, start=1)
+        )
+    )
+    result = runner.invoke(app, ["report", *args, "--created-column", "created at"])
+    assert result.exit_code == 0, result.stderr
+    assert "9 leads, 3 converted" in result.stdout
+    assert "1 leads created after the reference time are left out" in result.stdout
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            *args[:-2],
+            *("--from", "2026-05-01", "--to", "2026-06-26"),
+            *("--created-column", "created at", "--json"),
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["notes"][0].startswith(
+        "1 leads were created after the last cut-off and take no part"
+    )
+
+
 def test_report_command_tables_json_and_html(tmp_path: Path) -> None:
     runner = CliRunner()
     args = write_inputs(tmp_path)
@@ -315,6 +345,9 @@ def test_report_command_tables_json_and_html(tmp_path: Path) -> None:
 def test_report_command_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     args = write_inputs(tmp_path)
+    result = runner.invoke(app, ["report", *args, "--created-column", "born"])
+    assert result.exit_code == 2
+    assert "--created-column: the leads have no column 'born' ('lead_id', 'title')" in result.stderr
     (tmp_path / "outcomes.csv").write_text("lead_id,outcome,ts\nL1,won,someday\n")
     result = runner.invoke(app, ["report", *args])
     assert result.exit_code == 1
@@ -452,7 +485,6 @@ def test_backtest_challenger_side_by_side(backtest: dict) -> None:
 
 
 def test_cutoff_errors() -> None:
-    from leadscore.errors import UsageError
     from leadscore.validation.backtest import cutoffs
 
     assert cutoffs(0, 14, 7) == [0, 7, 14]
@@ -556,6 +588,60 @@ def test_drift_of_bands_between_two_dates(tmp_path: Path) -> None:
     assert f"{by_hand:.3f}" in out.stdout and "significant shift" in out.stdout
     bad = runner.invoke(app, ["drift", *args, "--from", "2026-06-30", "--to", "2026-05-31"])
     assert bad.exit_code == 2 and "--to must be after --from" in bad.stderr
+
+
+def test_report_judges_only_the_leads_created_by_the_reference_time() -> None:
+    model = parse_model(MODEL_YAML)
+    # L10 came in after the reference time; L11's creation cannot be read
+    created = ["2026-01-01"] * 9 + ["2026-07-10", "soon"]
+    leads = leads_table().append_column("created", pa.array(created))
+    result = report_from_inputs(
+        model,
+        prepare(leads, events_table()),
+        outcomes_table(),
+        AS_OF_US,
+        Conversion(),
+        capacity_per_week=1,
+        created_column="created",
+    )
+    assert result["scored"] == 9 and result["converted_before"] == 0  # L11 left out
+    assert (result["leads"], result["conversions"]) == (9, 3)  # L1 L3 L8; L10 not judged
+    assert result["outcomes_for_unknown_leads"] == 1  # X9 only: L10's and L11's went too
+    notes = result["notes"]
+    assert any(n.startswith("1 leads created after the reference time are left out") for n in notes)
+    assert "1 leads have no readable 'created' and are left out" in notes
+    assert result["suggested_threshold"]["capacity"]["leads"] is not None
+    with pytest.raises(UsageError, match=r"--created-column: the leads have no column 'born'"):
+        report_from_inputs(
+            model, prepare(leads, events_table()), outcomes_table(), AS_OF_US, created_column="born"
+        )
+
+
+def test_backtest_takes_leads_in_from_their_creation() -> None:
+    from leadscore.validation.backtest import run_backtest
+
+    prepared, outcomes = bt_inputs()
+    # F is created on day 10 (its demo of day 1 counts from the cut-off of day 14), H after
+    # the last cut-off (it takes no part)
+    created = ["2025-12-01"] * 5 + ["2026-01-11", "2025-12-01", "2026-02-01"]
+    leads = prepared.leads.append_column("created", pa.array(created))
+    start = int(D0.timestamp() * 1_000_000)
+    result = run_backtest(
+        [parse_model(CHAMPION), parse_model(CHALLENGER)],
+        prepare(leads, prepared.events),
+        outcomes,
+        start,
+        start + 28 * DAY_US,
+        7 * DAY_US,
+        Conversion(horizon_days=30),
+        created_column="created",
+    )
+    champion, challenger = result["models"]
+    assert champion["mql_at_start"] == 1  # B
+    assert [p["new_mqls"] for p in champion["periods"]] == [1, 1, 1, 0]  # A | F | D | -
+    assert challenger["mql_at_start"] == 2  # A, B
+    assert [p["new_mqls"] for p in challenger["periods"]] == [0, 2, 1, 0]  # - | C F | D | -
+    assert "1 leads were created after the last cut-off and take no part" in result["notes"]
 
 
 def test_drift_population_by_creation_time() -> None:

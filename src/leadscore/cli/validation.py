@@ -53,6 +53,13 @@ ConversionOpt = Annotated[
     str,
     typer.Option("--conversion", help="The outcomes that count as a conversion, comma-separated."),
 ]
+CreatedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--created-column",
+        help="A leads column with each lead's creation time: a lead counts from then on.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")]
 HtmlOpt = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
@@ -242,6 +249,7 @@ def report(
             "--capacity", min=0.0, help="Suggest a threshold for at most this many new MQLs a week."
         ),
     ] = None,
+    created_column: CreatedOpt = None,
     as_json: JsonOpt = False,
     html: HtmlOpt = None,
     lead_id_column: IdOpt = "lead_id",
@@ -285,6 +293,7 @@ def report(
             conv,
             target_precision=target_precision,
             capacity_per_week=capacity,
+            created_column=created_column,
         )
     if html is not None:
         try:
@@ -374,6 +383,7 @@ def backtest(
     ] = "7d",
     horizon: HorizonOpt = "90d",
     conversion: ConversionOpt = "won,opportunity",
+    created_column: CreatedOpt = None,
     as_json: JsonOpt = False,
     lead_id_column: IdOpt = "lead_id",
     skip_bad_rows: SkipOpt = False,
@@ -401,7 +411,15 @@ def backtest(
     start_us = instant(start, "--from") if start is not None else end_us - 26 * step_us
     with Bar() as bar:
         result = run_backtest(
-            loaded, prepared, table, start_us, end_us, step_us, conv, progress=bar
+            loaded,
+            prepared,
+            table,
+            start_us,
+            end_us,
+            step_us,
+            conv,
+            progress=bar,
+            created_column=created_column,
         )
     if as_json:
         sys.stdout.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
@@ -470,13 +488,7 @@ def drift(
     bins: Annotated[
         int, typer.Option("--bins", min=2, max=100, help="Bins of a numeric column.")
     ] = 10,
-    created_column: Annotated[
-        str | None,
-        typer.Option(
-            "--created-column",
-            help="A leads column with each lead's creation time: a lead counts from then on.",
-        ),
-    ] = None,
+    created_column: CreatedOpt = None,
     as_json: JsonOpt = False,
     lead_id_column: IdOpt = "lead_id",
     skip_bad_rows: SkipOpt = False,

@@ -38,6 +38,8 @@ from leadscore.validation.outcomes import (
     Conversion,
     check_instant,
     conversion_times,
+    created_note,
+    created_times,
 )
 from leadscore.validation.report import day_quantiles, rate
 
@@ -154,9 +156,12 @@ def run_backtest(
     conversion: Conversion = Conversion(),
     *,
     progress: Progress | None = None,
+    created_column: str | None = None,
 ) -> dict[str, Any]:
     """Replay ``prepared`` at every cut-off for each model (at most two); a dictionary with one
-    summary per model (``models``), each with its ``periods``, JSON as is."""
+    summary per model (``models``), each with its ``periods``, JSON as is. With
+    ``created_column`` (a time column of the leads), a lead takes part in the cut-offs from its
+    creation on: one created later cannot have been an MQL before."""
     if not 1 <= len(models) <= 2:
         raise UsageError("a backtest compares one model or two (champion and challenger)")
     cuts = cutoffs(start_us, end_us, every_us)
@@ -165,6 +170,10 @@ def run_backtest(
     conv = conversion_times(outcomes, lead_ids, conversion)
     left_out = conv <= cuts[0]
     touch = _first_touch(prepared, lead_ids)
+    created = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    unread = 0
+    if created_column is not None:
+        created, unread = created_times(prepared.leads, created_column)
     known_until = (
         int(pc.max(outcomes.column("ts").cast(pa.int64())).as_py()) if outcomes.num_rows else None
     )
@@ -176,7 +185,7 @@ def run_backtest(
     try:
         register_inputs(con, prepared, plans)
         for k, cut in enumerate(cuts):
-            eligible = conv > (cuts[k - 1] if k else cuts[0])
+            eligible = (conv > (cuts[k - 1] if k else cuts[0])) & (created <= cut)
             for plan, first in zip(plans, firsts, strict=True):
                 table = plan.execute(con, cut, columns=("lead_id", "mql"))
                 where = pc.index_in(table.column("lead_id"), value_set=lead_ids)
@@ -190,11 +199,16 @@ def run_backtest(
                     progress("backtest cut-offs", done, steps)
     finally:
         con.disconnect()
-    notes = []
+    notes: list[str] = []
     if int(left_out.sum()):
         notes.append(
             f"{int(left_out.sum()):,} leads converted before the first cut-off and are left out"
         )
+    if created_column is not None:
+        later = int(((created > cuts[-1]) & (created != NEVER)).sum())
+        if later:
+            notes.append(f"{later:,} leads were created after the last cut-off and take no part")
+        notes += created_note(unread, created_column)
     if known_until is None:
         notes.append("no outcomes: conversion rates cannot be judged")
     elif cuts[-1] + conversion.horizon_us > known_until:

@@ -19,11 +19,16 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from leadscore.engine.timeutil import from_micros, iso_utc, parse_instant
+from leadscore.engine.timeutil import from_micros, iso_utc
 from leadscore.errors import UsageError
 from leadscore.scoring import PreparedInputs, score_run
 from leadscore.spec.model import Model
-from leadscore.validation.outcomes import check_instant
+from leadscore.validation.outcomes import (
+    check_instant,
+    created_by,
+    created_note,
+    created_times,
+)
 
 __all__ = [
     "FLOOR",
@@ -155,11 +160,10 @@ def drift(
     notes = list(base.warnings)
     base_t, current_t = base.table, current.table
     if created_column is not None:
-        base_t, current_t, skipped = _created_by(
-            prepared.leads, created_column, base_t, current_t, base_us, current_us
-        )
-        if skipped:
-            notes.append(f"{skipped} leads have no readable {created_column!r} and are left out")
+        created, unread = created_times(prepared.leads, created_column)
+        base_t = created_by(base_t, prepared.leads, created, base_us)
+        current_t = created_by(current_t, prepared.leads, created, current_us)
+        notes += created_note(unread, created_column)
     columns = drift_between(model, base_t, current_t, bins)
     return {
         "model": model.name,
@@ -171,32 +175,3 @@ def drift(
         "columns": columns,
         "notes": notes,
     }
-
-
-def _created_by(
-    leads: pa.Table,
-    column: str,
-    base: pa.Table,
-    current: pa.Table,
-    base_us: int,
-    current_us: int,
-) -> tuple[pa.Table, pa.Table, int]:
-    if column not in leads.column_names:
-        known = ", ".join(repr(c) for c in leads.column_names)
-        raise UsageError(f"--created-column: the leads have no column {column!r} ({known})")
-    created: list[int | None] = []
-    for value in leads.column(column).to_pylist():
-        try:
-            created.append(parse_instant(value) if value not in (None, "") else None)
-        except (ValueError, TypeError):
-            created.append(None)
-    when = dict(zip(leads.column("lead_id").to_pylist(), created, strict=True))
-
-    def keep(table: pa.Table, cut: int) -> pa.Table:
-        mask = [
-            (t := when.get(i)) is not None and t <= cut for i in table.column("lead_id").to_pylist()
-        ]
-        return table.filter(pa.array(mask, pa.bool_()))
-
-    skipped = sum(1 for t in created if t is None)
-    return keep(base, base_us), keep(current, current_us), skipped

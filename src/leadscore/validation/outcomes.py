@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore.engine.timeutil import MAX_US, MIN_US
+from leadscore.engine.timeutil import MAX_US, MIN_US, parse_instant
 from leadscore.errors import UsageError
 
 __all__ = [
@@ -18,6 +18,9 @@ __all__ = [
     "Conversion",
     "check_instant",
     "conversion_times",
+    "created_by",
+    "created_note",
+    "created_times",
     "parse_conversion",
     "parse_days",
     "unknown_leads",
@@ -120,6 +123,44 @@ def conversion_times(
     idx = where.fill_null(0).to_numpy(zero_copy_only=False)
     out[found] = times[idx[found]]
     return out
+
+
+def created_times(leads: pa.Table, column: str) -> tuple[I64, int]:
+    """Each lead's creation time (epoch microseconds) from the leads' ``column`` (ISO 8601 or
+    epoch seconds), in the leads' order, and how many leads have none that can be read: they
+    get :data:`NEVER` (no population holds them). A UsageError names a column the leads do
+    not have (``--created-column``)."""
+    if column not in leads.column_names:
+        known = ", ".join(repr(c) for c in leads.column_names)
+        raise UsageError(f"--created-column: the leads have no column {column!r} ({known})")
+    out = np.full(leads.num_rows, NEVER, dtype=np.int64)
+    unread = 0
+    for i, value in enumerate(leads.column(column).to_pylist()):
+        try:
+            out[i] = parse_instant(value)
+        except (ValueError, TypeError, OverflowError):
+            unread += 1
+    return out, unread
+
+
+def created_by(scores: pa.Table, leads: pa.Table, created: I64, cut_us: int) -> pa.Table:
+    """The rows of ``scores`` (a scoring run's table, by ``lead_id``) of the leads created at
+    or before ``cut_us`` (``created`` in the order of ``leads``, as :func:`created_times`
+    gives it)."""
+    where = pc.index_in(
+        scores.column("lead_id"), value_set=leads.column("lead_id").combine_chunks()
+    )
+    idx = where.fill_null(0).to_numpy(zero_copy_only=False)
+    found = pc.is_valid(where).to_numpy(zero_copy_only=False)
+    keep = found & (created[idx] <= cut_us)
+    return scores.filter(pa.array(keep, pa.bool_()))
+
+
+def created_note(unread: int, column: str) -> list[str]:
+    """The note for leads left out because their creation time cannot be read."""
+    if not unread:
+        return []
+    return [f"{unread:,} leads have no readable {column!r} and are left out"]
 
 
 def unknown_leads(outcomes: pa.Table, lead_ids: pa.Array | pa.ChunkedArray) -> int:

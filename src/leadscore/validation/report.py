@@ -38,6 +38,9 @@ from leadscore.validation.outcomes import (
     Conversion,
     check_instant,
     conversion_times,
+    created_by,
+    created_note,
+    created_times,
     unknown_leads,
 )
 
@@ -472,23 +475,58 @@ def report_from_inputs(
     target_precision: float | None = None,
     capacity_per_week: float | None = None,
     earlier_weeks: float = 4.0,
+    created_column: str | None = None,
 ) -> dict[str, Any]:
     """Score ``prepared`` with the batch evaluator as of ``as_of_us`` (and ``earlier_weeks``
-    before, to size a threshold to a capacity) and build the report."""
+    before, to size a threshold to a capacity) and build the report. With ``created_column``
+    (a time column of the leads), only the leads created by ``as_of_us`` are judged: a lead
+    created later did not exist to be scored then."""
     check_instant(as_of_us, "the reference time")
     if target_precision is not None and not 0 < target_precision <= 1:
         raise UsageError(f"the target precision is a share above 0, at most 1: {target_precision}")
     if capacity_per_week is not None and not 0 < capacity_per_week < math.inf:
         raise UsageError(f"the capacity is a number of MQLs a week above 0: {capacity_per_week}")
     run = score_run(model, prepared, from_micros(as_of_us))
+    scores = run.table
+    notes: list[str] = []
+    if created_column is not None:
+        created, unread = created_times(prepared.leads, created_column)
+        scores = created_by(scores, prepared.leads, created, as_of_us)
+        later = run.table.num_rows - scores.num_rows - unread
+        if later:
+            notes.append(
+                f"{later:,} leads created after the reference time are left out (they did "
+                "not exist to be scored then)"
+            )
+        notes += created_note(unread, created_column)
+        # their outcomes go with them (not counted as outcomes of leads the file lacks)
+        gone = pc.invert(
+            pc.is_in(
+                run.table.column("lead_id"), value_set=scores.column("lead_id").combine_chunks()
+            )
+        )
+        outcomes = outcomes.filter(
+            pc.invert(
+                pc.is_in(
+                    outcomes.column("lead_id"),
+                    value_set=run.table.filter(gone)["lead_id"].combine_chunks(),
+                )
+            )
+        )
     earlier = None
     if capacity_per_week is not None:
         before_us = as_of_us - int(earlier_weeks * 7 * MICROS_PER_DAY)
         check_instant(before_us, f"the reference time minus {earlier_weeks:g} weeks")
         earlier = score_run(model, prepared, from_micros(before_us)).table
+        if created_column is not None:  # the same leads, in the same order
+            earlier = earlier.filter(
+                pc.is_in(
+                    earlier.column("lead_id"), value_set=scores.column("lead_id").combine_chunks()
+                )
+            )
     report = build_report(
         model,
-        run.table,
+        scores,
         outcomes,
         as_of_us,
         conversion,
@@ -497,7 +535,7 @@ def report_from_inputs(
         target_precision=target_precision,
         capacity_per_week=capacity_per_week,
     )
-    report["notes"] = run.warnings + report["notes"]
+    report["notes"] = run.warnings + notes + report["notes"]
     return report
 
 
