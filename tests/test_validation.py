@@ -617,6 +617,36 @@ def test_report_judges_only_the_leads_created_by_the_reference_time() -> None:
         )
 
 
+def test_a_lead_created_since_the_earlier_scores_rose_from_nothing() -> None:
+    # the capacity threshold counts leads whose score rose over the four weeks: one created
+    # within them rose from nothing, even if its fit alone has not changed since
+    model = parse_model(MODEL_YAML)
+    leads = pa.table(
+        {
+            "lead_id": ["OLD1", "OLD2", "NEW"],
+            "title": ["vp"] * 3,
+            "created": ["2026-01-01", "2026-01-01", "2026-06-20"],
+        }
+    )
+    no_events = events_table().slice(0, 0)
+    outcomes = outcomes_table().slice(0, 0)
+
+    def capacity(created_column: str | None) -> dict:
+        result = report_from_inputs(
+            model,
+            prepare(leads, no_events),
+            outcomes,
+            AS_OF_US,
+            capacity_per_week=1,
+            created_column=created_column,
+        )
+        return result["suggested_threshold"]["capacity"]
+
+    assert "no lead's score rose" in capacity(None)["reason"]
+    found = capacity("created")
+    assert found["threshold"] == 40 and found["mqls_per_week"] == 0.25  # NEW, over 4 weeks
+
+
 def test_backtest_takes_leads_in_from_their_creation() -> None:
     from leadscore.validation.backtest import run_backtest
 
@@ -642,6 +672,25 @@ def test_backtest_takes_leads_in_from_their_creation() -> None:
     assert challenger["mql_at_start"] == 2  # A, B
     assert [p["new_mqls"] for p in challenger["periods"]] == [0, 2, 1, 0]  # - | C F | D | -
     assert "1 leads were created after the last cut-off and take no part" in result["notes"]
+    assert result["leads"] == 7  # H is not counted
+    # a lead whose creation cannot be read is in no cut-off's population: its conversion is
+    # neither caught nor missed (A's, in the champion's third period, goes)
+    created[0] = "someday"
+    leads = prepared.leads.append_column("created", pa.array(created))
+    unread = run_backtest(
+        [parse_model(CHAMPION)],
+        prepare(leads, prepared.events),
+        outcomes,
+        start,
+        start + 28 * DAY_US,
+        7 * DAY_US,
+        Conversion(horizon_days=30),
+        created_column="created",
+    )
+    assert (champion["conversions"], champion["caught"]) == (4, 2)
+    assert (unread["models"][0]["conversions"], unread["models"][0]["caught"]) == (3, 1)
+    assert "1 leads have no readable 'created' and are left out" in unread["notes"]
+    assert unread["leads"] == 6
 
 
 def test_drift_population_by_creation_time() -> None:

@@ -13,11 +13,11 @@ points; its chance to convert is
 ``calibration``. Whole points fitted on all the rows promise more than they keep on leads the
 fit did not see, so the calibration is fitted apart: its slope (points to double the odds) by
 a logistic fit of the outcome on each row's score out of fold (the 5 folds of the
-cross-validation, each row scored by the points fitted without it), its even-odds score so
-that the mean chance over the fitting part is the part's conversion rate (a uniform shrinkage
-of the points' meaning, then calibration in the large). Where the scores out of fold do not
-rank the outcome, the regression's own: ``-intercept x points_to_double_odds / ln 2`` and
-the scale the points were made at.
+cross-validation, each row scored by the points fitted without it; the bins and pairs are
+chosen on all rows), its even-odds score so that the mean chance over the fitting part is the
+part's conversion rate (a uniform shrinkage of the points' meaning, then calibration in the
+large). Scores out of fold that rank the outcome not at all, or backwards, make a point worth
+about nothing (1,000 points to double the odds): every lead then gets about that rate.
 """
 
 from __future__ import annotations
@@ -291,19 +291,24 @@ def _cross_validated(
     return float(grid[best]), scores[best]
 
 
-def _calibration(oof: F64, scores: F64, target: Bools) -> tuple[float, float] | None:
+# The calibration's slope at least this (points to double the odds at most 1,000): out-of-fold
+# scores that rank the outcome not at all, or backwards, say a point is worth about nothing,
+# and every lead gets about the fitting part's rate.
+FLAT_SLOPE = math.log(2) / 1000
+
+
+def _calibration(oof: F64, scores: F64, target: Bools) -> tuple[float, float]:
     """(even-odds score, points to double the odds) for the final scores: the slope of a
     logistic fit of the outcome on the scores out of fold (how much a score difference is
-    worth on leads the fit did not see), then the even-odds score that makes the mean chance
-    on the fitting part its conversion rate. None when the scores out of fold do not rank the
-    outcome (the regression's own intercept and scale stand then)."""
-    if np.ptp(oof) == 0 or np.ptp(scores) == 0:
-        return None
-    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
-    fit.fit(oof.reshape(-1, 1), target)
-    slope = float(fit.coef_[0][0])
-    if not math.isfinite(slope) or slope <= 1e-6:
-        return None
+    worth on leads the fit did not see; at least :data:`FLAT_SLOPE`), then the even-odds score
+    that makes the mean chance on the fitting part its conversion rate."""
+    slope = FLAT_SLOPE
+    if np.ptp(oof) > 0:
+        fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
+        fit.fit(oof.reshape(-1, 1), target)
+        found = float(fit.coef_[0][0])
+        if math.isfinite(found):
+            slope = max(found, FLAT_SLOPE)
     rate = float(target.mean())
 
     def gap(intercept: float) -> float:
@@ -360,10 +365,10 @@ class _Fitted:
     features: list[Feature]
     rules: list[Rule]
     intercept: float
+    calibration: tuple[float, float]  # (even-odds score, points to double the odds)
     dropped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     C: float = 1.0
-    calibration: tuple[float, float] | None = None
 
 
 def _auc(scores: F64, positive: Bools) -> float:
@@ -587,15 +592,14 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 )
             )
         points = np.array([round(float(b) * self.factor) for b in coefs], dtype=np.float64)
-        cal = _calibration(oof, matrix @ points, target)
         self.fitted_ = _Fitted(
             features,
             rules,
             float(model.intercept_[0]),
+            _calibration(oof, matrix @ points, target),
             dropped,
             warnings,
             penalty,
-            cal,
         )
         self.classes_ = np.array([0, 1])
         self.n_rows_ = len(target)
@@ -605,17 +609,13 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     @property
     def even_odds_score(self) -> float:
         """The score at which the odds are 1:1 (a 50% chance)."""
-        if self.fitted_.calibration is not None:
-            return round(self.fitted_.calibration[0], 2)
-        return round(-self.fitted_.intercept * self.factor, 2)
+        return round(self.fitted_.calibration[0], 2)
 
     @property
     def calibration_points(self) -> float:
         """The score difference that doubles the odds of converting (the calibration's; the
         rules' points were made at ``points_to_double_odds``)."""
-        if self.fitted_.calibration is not None:
-            return float(f"{self.fitted_.calibration[1]:.4g}")
-        return self.points_to_double_odds
+        return float(f"{self.fitted_.calibration[1]:.4g}")
 
     def model(self, name: str = "scorecard") -> Model:
         """The fitted points as a model (rules and calibration, no bands or examples)."""
@@ -804,13 +804,9 @@ def scorecard_yaml(
     lines += [
         "",
         "# The score as a chance to convert: 1 / (1 + 2 ^ ((even_odds_score - score) /",
-        "# points_to_double_odds))"
-        + (
-            "; the slope fitted on the scores out of 5-fold cross-validation,\n"
-            "# the even-odds score so that the mean chance on the fitting part is its rate."
-            if f.calibration is not None
-            else "."
-        ),
+        "# points_to_double_odds)); the slope fitted on the scores out of 5-fold",
+        "# cross-validation, the even-odds score so that the mean chance on the fitting part",
+        "# is its conversion rate.",
         "calibration:",
         f"  points_to_double_odds: {card.calibration_points!r}",
         f"  even_odds_score: {card.even_odds_score!r}",

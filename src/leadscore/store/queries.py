@@ -192,9 +192,11 @@ LEAD_SEARCH_IDS = sa.table(
 
 
 # PostgreSQL: what the search matches, exactly as migration 0007's trigram index
-# (ix_leads_search) is made, so that the planner can use it (a test checks that it does)
+# (ix_leads_search) is made, so that the planner can use it (a test checks that it does).
+# A line break between the two, which neither the id nor the profile's JSON text holds, so
+# that no term matches across them.
 PG_SEARCH_TEXT = sa.literal_column(
-    "lower((leads.lead_id)::text || ' ' || (leads.profile)::text)", sa.Text
+    "lower((leads.lead_id)::text || E'\\n' || (leads.profile)::text)", sa.Text
 )
 
 

@@ -174,6 +174,9 @@ def run_backtest(
     unread = 0
     if created_column is not None:
         created, unread = created_times(prepared.leads, created_column)
+    # created after the last cut-off, or at no readable time: in no cut-off's population,
+    # their conversions neither caught nor missed
+    absent = created > cuts[-1]
     known_until = (
         int(pc.max(outcomes.column("ts").cast(pa.int64())).as_py()) if outcomes.num_rows else None
     )
@@ -205,7 +208,7 @@ def run_backtest(
             f"{int(left_out.sum()):,} leads converted before the first cut-off and are left out"
         )
     if created_column is not None:
-        later = int(((created > cuts[-1]) & (created != NEVER)).sum())
+        later = int((absent & (created != NEVER)).sum())
         if later:
             notes.append(f"{later:,} leads were created after the last cut-off and take no part")
         notes += created_note(unread, created_column)
@@ -218,7 +221,7 @@ def run_backtest(
             "marked incomplete, their rates may be understated"
         )
     summaries = [
-        _summary(m, first, cuts, conv, touch, left_out, conversion, known_until)
+        _summary(m, first, cuts, conv, touch, left_out | absent, conversion, known_until)
         for m, first in zip(models, firsts, strict=True)
     ]
     if not any(s["conversions"] for s in summaries):
@@ -228,7 +231,7 @@ def run_backtest(
         "to": iso_utc(cuts[-1]),
         "every_days": every_us / MICROS_PER_DAY,
         "cutoffs": len(cuts),
-        "leads": n,
+        "leads": n - int(absent.sum()),
         "left_out": int(left_out.sum()),
         "conversion": {
             "outcomes": list(conversion.outcomes),

@@ -294,11 +294,14 @@ def build_report(
     earlier_weeks: float = 4.0,
     target_precision: float | None = None,
     capacity_per_week: float | None = None,
+    known_leads: pa.Array | None = None,
 ) -> dict[str, Any]:
     """Every figure of the validation report, as a JSON-ready dictionary.
 
     ``earlier`` (the same model's scores ``earlier_weeks`` before ``as_of_us``, same lead
-    order) lets the report size an MQL threshold to ``capacity_per_week``.
+    order) lets the report size an MQL threshold to ``capacity_per_week``. ``known_leads``:
+    every lead of the input, when ``scores`` holds only some of them (an outcome of the
+    others is not one of an unknown lead).
     """
     notes: list[str] = []
     ids_all = scores.column("lead_id").combine_chunks()
@@ -326,7 +329,9 @@ def build_report(
         },
         "scored": len(ids_all),
         "converted_before": int(before.sum()),
-        "outcomes_for_unknown_leads": unknown_leads(outcomes, ids_all),
+        "outcomes_for_unknown_leads": unknown_leads(
+            outcomes, ids_all if known_leads is None else known_leads
+        ),
         **_cell(n, total),
     }
     if int(before.sum()):
@@ -499,20 +504,6 @@ def report_from_inputs(
                 "not exist to be scored then)"
             )
         notes += created_note(unread, created_column)
-        # their outcomes go with them (not counted as outcomes of leads the file lacks)
-        gone = pc.invert(
-            pc.is_in(
-                run.table.column("lead_id"), value_set=scores.column("lead_id").combine_chunks()
-            )
-        )
-        outcomes = outcomes.filter(
-            pc.invert(
-                pc.is_in(
-                    outcomes.column("lead_id"),
-                    value_set=run.table.filter(gone)["lead_id"].combine_chunks(),
-                )
-            )
-        )
     earlier = None
     if capacity_per_week is not None:
         before_us = as_of_us - int(earlier_weeks * 7 * MICROS_PER_DAY)
@@ -524,6 +515,15 @@ def report_from_inputs(
                     earlier.column("lead_id"), value_set=scores.column("lead_id").combine_chunks()
                 )
             )
+            # a lead created since was below every threshold then: it did not exist
+            newer = created_by(earlier, prepared.leads, created, before_us)
+            fresh = pc.invert(
+                pc.is_in(earlier.column("lead_id"), value_set=newer["lead_id"].combine_chunks())
+            )
+            prior = pc.if_else(
+                fresh, pa.scalar(-math.inf), earlier.column("score").cast(pa.float64())
+            )
+            earlier = earlier.set_column(earlier.schema.get_field_index("score"), "score", prior)
     report = build_report(
         model,
         scores,
@@ -534,6 +534,7 @@ def report_from_inputs(
         earlier_weeks=earlier_weeks,
         target_precision=target_precision,
         capacity_per_week=capacity_per_week,
+        known_leads=None if created_column is None else run.table["lead_id"].combine_chunks(),
     )
     report["notes"] = run.warnings + notes + report["notes"]
     return report

@@ -3,11 +3,11 @@ text, so that the lead list's search finds a rare term without reading every lea
 its own since 0004). The expression is the one the search matches
 (``leadscore.store.queries.PG_SEARCH_TEXT``).
 
-pg_trgm ships with PostgreSQL (the contrib package) and is a trusted extension: a user who
-may create objects in the database may add it. Where it cannot be added (not installed, or
+pg_trgm ships with PostgreSQL (the contrib package) and is a trusted extension: a user with
+the CREATE right on the database may add it. Where it cannot be added (not installed, or
 no such right), or the index cannot be made, the migration goes on without it and says so:
 the search then reads the leads, as before. The index can be made by hand later, with the
-two statements of docs/operations.md (``CREATE EXTENSION``, then ``INDEX`` below).
+statements of docs/operations.md.
 
 Building the index and the planner's statistics reads every lead and blocks writes to the
 leads table until the migration commits (about 35 s per million leads on the benchmark
@@ -34,7 +34,7 @@ log = logging.getLogger("leadscore.store")
 
 INDEX = (
     "CREATE INDEX ix_leads_search ON leads USING gin "
-    "(lower((lead_id)::text || ' ' || (profile)::text) gin_trgm_ops)"
+    "(lower((lead_id)::text || E'\\n' || (profile)::text) gin_trgm_ops)"
 )
 # The planner's statistics of the indexed text, sampled from 1,000 leads' (not the default
 # 100), tell it a term that many leads hold (read the leads in the list's order, stopping at a
