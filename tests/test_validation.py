@@ -651,21 +651,25 @@ def test_backtest_takes_leads_in_from_their_creation() -> None:
     from leadscore.validation.backtest import run_backtest
 
     prepared, outcomes = bt_inputs()
+    start = int(D0.timestamp() * 1_000_000)
+
+    def replay(created: list[str], *models: str) -> dict:
+        leads = prepared.leads.append_column("created", pa.array(created))
+        return run_backtest(
+            [parse_model(m) for m in models],
+            prepare(leads, prepared.events),
+            outcomes,
+            start,
+            start + 28 * DAY_US,
+            7 * DAY_US,
+            Conversion(horizon_days=30),
+            created_column="created",
+        )
+
     # F is created on day 10 (its demo of day 1 counts from the cut-off of day 14), H after
     # the last cut-off (it takes no part)
     created = ["2025-12-01"] * 5 + ["2026-01-11", "2025-12-01", "2026-02-01"]
-    leads = prepared.leads.append_column("created", pa.array(created))
-    start = int(D0.timestamp() * 1_000_000)
-    result = run_backtest(
-        [parse_model(CHAMPION), parse_model(CHALLENGER)],
-        prepare(leads, prepared.events),
-        outcomes,
-        start,
-        start + 28 * DAY_US,
-        7 * DAY_US,
-        Conversion(horizon_days=30),
-        created_column="created",
-    )
+    result = replay(created, CHAMPION, CHALLENGER)
     champion, challenger = result["models"]
     assert champion["mql_at_start"] == 1  # B
     assert [p["new_mqls"] for p in champion["periods"]] == [1, 1, 1, 0]  # A | F | D | -
@@ -675,18 +679,7 @@ def test_backtest_takes_leads_in_from_their_creation() -> None:
     assert result["leads"] == 7  # H is not counted
     # a lead whose creation cannot be read is in no cut-off's population: its conversion is
     # neither caught nor missed (A's, in the champion's third period, goes)
-    created[0] = "someday"
-    leads = prepared.leads.append_column("created", pa.array(created))
-    unread = run_backtest(
-        [parse_model(CHAMPION)],
-        prepare(leads, prepared.events),
-        outcomes,
-        start,
-        start + 28 * DAY_US,
-        7 * DAY_US,
-        Conversion(horizon_days=30),
-        created_column="created",
-    )
+    unread = replay(["someday", *created[1:]], CHAMPION)
     assert (champion["conversions"], champion["caught"]) == (4, 2)
     assert (unread["models"][0]["conversions"], unread["models"][0]["caught"]) == (3, 1)
     assert "1 leads have no readable 'created' and are left out" in unread["notes"]
