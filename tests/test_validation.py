@@ -81,6 +81,11 @@ def leads_table() -> pa.Table:
     return pa.table({"lead_id": ids, "title": TITLES})
 
 
+def leads_created(created: list[str]) -> pa.Table:
+    """The leads, with a ``created`` column."""
+    return leads_table().append_column("created", pa.array(created))
+
+
 def events_table() -> pa.Table:
     rows = list(DEMO_DAYS.items())
     return pa.table(
@@ -593,8 +598,7 @@ def test_drift_of_bands_between_two_dates(tmp_path: Path) -> None:
 def test_report_judges_only_the_leads_created_by_the_reference_time() -> None:
     model = parse_model(MODEL_YAML)
     # L10 came in after the reference time; L11's creation cannot be read
-    created = ["2026-01-01"] * 9 + ["2026-07-10", "soon"]
-    leads = leads_table().append_column("created", pa.array(created))
+    leads = leads_created(["2026-01-01"] * 9 + ["2026-07-10", "soon"])
     result = report_from_inputs(
         model,
         prepare(leads, events_table()),
@@ -690,8 +694,7 @@ def test_drift_population_by_creation_time() -> None:
     from leadscore.validation.drift import drift
 
     model = parse_model(MODEL_YAML)
-    created = ["2026-01-01"] * 9 + ["2026-06-15", "not a date"]
-    leads = leads_table().append_column("created", pa.array(created))
+    leads = leads_created(["2026-01-01"] * 9 + ["2026-06-15", "not a date"])
     result = drift(
         model,
         prepare(leads, events_table()),

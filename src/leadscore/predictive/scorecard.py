@@ -526,8 +526,11 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             )
         if cells:
             matrix = np.column_stack([matrix, *(c.mask.astype(np.float64) for c in cells)])
-        if self.C is None:
-            say("choosing the regularisation (5-fold cross-validation)")
+        say(
+            "choosing the regularisation (5-fold cross-validation)"
+            if self.C is None
+            else "scoring out of fold for the calibration (5-fold cross-validation)"
+        )
         penalty, oof = _cross_validated(
             matrix, target, self.factor, C_GRID if self.C is None else (self.C,)
         )

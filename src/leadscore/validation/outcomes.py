@@ -18,6 +18,7 @@ __all__ = [
     "Conversion",
     "check_instant",
     "conversion_times",
+    "created_at",
     "created_by",
     "created_note",
     "created_times",
@@ -143,17 +144,22 @@ def created_times(leads: pa.Table, column: str) -> tuple[I64, int]:
     return out, unread
 
 
-def created_by(scores: pa.Table, leads: pa.Table, created: I64, cut_us: int) -> pa.Table:
-    """The rows of ``scores`` (a scoring run's table, by ``lead_id``) of the leads created at
-    or before ``cut_us`` (``created`` in the order of ``leads``, as :func:`created_times`
-    gives it)."""
+def created_at(scores: pa.Table, leads: pa.Table, created: I64) -> I64:
+    """The creation time of each row of ``scores`` (a scoring run's table, by ``lead_id``):
+    ``created`` is in the order of ``leads``, as :func:`created_times` gives it
+    (:data:`NEVER` for a lead not among them)."""
     where = pc.index_in(
         scores.column("lead_id"), value_set=leads.column("lead_id").combine_chunks()
     )
     idx = where.fill_null(0).to_numpy(zero_copy_only=False)
     found = pc.is_valid(where).to_numpy(zero_copy_only=False)
-    keep = found & (created[idx] <= cut_us)
-    return scores.filter(pa.array(keep, pa.bool_()))
+    return np.where(found, created[idx], NEVER)
+
+
+def created_by(scores: pa.Table, leads: pa.Table, created: I64, cut_us: int) -> pa.Table:
+    """The rows of ``scores`` of the leads created at or before ``cut_us`` (see
+    :func:`created_at`), in their order."""
+    return scores.filter(pa.array(created_at(scores, leads, created) <= cut_us, pa.bool_()))
 
 
 def created_note(unread: int, column: str) -> list[str]:

@@ -38,6 +38,7 @@ from leadscore.validation.outcomes import (
     Conversion,
     check_instant,
     conversion_times,
+    created_at,
     created_by,
     created_note,
     created_times,
@@ -509,20 +510,13 @@ def report_from_inputs(
         before_us = as_of_us - int(earlier_weeks * 7 * MICROS_PER_DAY)
         check_instant(before_us, f"the reference time minus {earlier_weeks:g} weeks")
         earlier = score_run(model, prepared, from_micros(before_us)).table
-        if created_column is not None:  # the same leads, in the same order
-            earlier = earlier.filter(
-                pc.is_in(
-                    earlier.column("lead_id"), value_set=scores.column("lead_id").combine_chunks()
-                )
-            )
-            # a lead created since was below every threshold then: it did not exist
-            newer = created_by(earlier, prepared.leads, created, before_us)
-            fresh = pc.invert(
-                pc.is_in(earlier.column("lead_id"), value_set=newer["lead_id"].combine_chunks())
-            )
-            prior = pc.if_else(
-                fresh, pa.scalar(-math.inf), earlier.column("score").cast(pa.float64())
-            )
+        if created_column is not None:
+            # the same leads as ``scores``, in the same order; one created since was below
+            # every threshold then (it did not exist)
+            earlier = created_by(earlier, prepared.leads, created, as_of_us)
+            born = created_at(earlier, prepared.leads, created)
+            score = earlier.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+            prior = pa.array(np.where(born > before_us, -math.inf, score))
             earlier = earlier.set_column(earlier.schema.get_field_index("score"), "score", prior)
     report = build_report(
         model,
