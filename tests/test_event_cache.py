@@ -16,7 +16,7 @@ import pytest
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store import eventcache as eventcache_module
-from leadscore.store.db import Journal, driver_rows, open_database
+from leadscore.store.db import ARRAYS_FROM, Journal, driver_rows, open_database
 from leadscore.store.eventcache import EventCache, Preloader, decoded_fields
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
@@ -272,7 +272,8 @@ def statements(store: Store, *needles: str) -> Iterator[list[str]]:
 
 def event_reads(store: Store) -> AbstractContextManager[list[str]]:
     """The statements that read leads' events from the database while the block runs."""
-    return statements(store, "FROM events WHERE lead_id IN")
+    # IN-lists on SQLite, one array parameter on PostgreSQL (leadscore.store.db.any_of)
+    return statements(store, "FROM events WHERE lead_id IN", "FROM events WHERE lead_id = ANY")
 
 
 def test_the_only_writer_rescores_without_reading_the_events_again(
@@ -314,6 +315,47 @@ def test_another_process_writing_ends_the_trust(store: Store, clock: Clock) -> N
     store.ingest_events([view(clock, lid, "/blog", message_id=f"y{lid}") for lid in ("L1", "L2")])
     assert_fresh(store, ["L1", "L2"], clock.now)
     assert_matches_per_lead(store, ["L1", "L2"], clock.now)
+
+
+def test_long_lists_of_leads_go_as_arrays_on_postgresql(store: Store, clock: Clock) -> None:
+    """A request about more than ARRAYS_FROM leads sends them to PostgreSQL as arrays (one
+    statement text for any number: leadscore.store.db.any_of); the answers are the same as
+    the IN-lists' (SQLite, and short lists everywhere): events written behind the store's back
+    are read, repeats are not counted twice, every score is the per-lead evaluator's."""
+    publish(store, RT)
+    old = [f"L{i:02}" for i in range(ARRAYS_FROM + 10)]
+    new = [f"N{i:02}" for i in range(ARRAYS_FROM + 3)]
+    store.ingest_events([view(clock, lid, "/pricing", 2, message_id=f"a{lid}") for lid in old])
+    other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
+    try:  # newer events for half the leads, written behind this store's back
+        other.ingest_events(
+            [view(clock, lid, "/blog", 1, message_id=f"b{lid}") for lid in old[::2]]
+        )
+    finally:
+        other.db.dispose()
+    clock.advance(seconds=1)
+    batch = [view(clock, lid, "/pricing", message_id=f"c{lid}") for lid in old + new]
+    batch.append(view(clock, old[1], "/pricing", 2, message_id=f"a{old[1]}"))  # a repeat
+    cache = store.event_cache
+    before = (cache.extended, cache.misses)
+    with statements(store, "= ANY(", " IN (") as sent:
+        outcomes = store.ingest_events(batch)
+    # the known leads' lists extended by their newer events (read by the floors of each), the
+    # new leads' read in full
+    assert (cache.extended - before[0], cache.misses - before[1]) == (len(old), len(new))
+    assert [o.status for o in outcomes].count("accepted") == len(old) + len(new)
+    arrays = [s for s in sent if "= ANY(" in s]
+    if store.db.is_sqlite:
+        assert not arrays
+    else:  # the events check (counts, newer events, new leads' rows), locks, scores, repeats
+        assert any("unnest(" in s for s in arrays)
+        assert any("FOR UPDATE" in s for s in arrays)
+        assert any("FROM scores" in s for s in arrays)
+        assert any("message_id = ANY(" in s for s in arrays)
+    with store.db.read() as conn:
+        assert [len(lead_events(conn, lid)) for lid in old[:3]] == [3, 2, 3]
+    assert_fresh(store, old + new, clock.now)
+    assert_matches_per_lead(store, old + new, clock.now)
 
 
 def test_a_transaction_without_a_journal_ends_the_trust(store: Store, clock: Clock) -> None:

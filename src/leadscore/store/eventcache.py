@@ -40,6 +40,8 @@ from sqlalchemy.engine import Connection
 from leadscore.engine.lead import Event
 from leadscore.store.db import (
     Statement,
+    any_of,
+    arrays_for,
     cache_epoch,
     driver_rows,
     driver_sql,
@@ -375,19 +377,27 @@ def _query(
     parts: list[str] = []
     params: list[Any] = []
     if known:
-        parts.append(_STATS.format(ids=in_list(len(known))))
-        params += known
+        test, more = any_of(conn, "lead_id", known)
+        parts.append(_STATS.format(test=test))
+        params += more
     if unknown:
-        parts.append(_ROWS.format(ids=in_list(len(unknown))))
-        params += unknown
+        test, more = any_of(conn, "lead_id", unknown)
+        parts.append(_ROWS.format(test=test))
+        params += more
     if known and conn.dialect.name == "postgresql":
         # Each lead's events newer than its own newest cached id: their ids from the
         # (lead_id, ts_us) index, which includes the id there (migration 0006), then only those
         # rows. A floor shared by all the leads (below) would fetch nearly every event of a
-        # batch's leads, one heap page each, for a few new ones.
-        parts.append(_NEWER.format(floors=", ".join(["(?, CAST(? AS BIGINT))"] * len(known))))
-        for lid in known:
-            params += (lid, cached[lid].max_id)
+        # batch's leads, one heap page each, for a few new ones. The pairs as a VALUES list,
+        # or as two arrays when there are many (see arrays_for).
+        if arrays_for(conn, len(known)):
+            pairs = "unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]))"
+            params += (tuple(known), tuple(cached[lid].max_id for lid in known))
+        else:
+            pairs = "(VALUES " + ", ".join(["(?, CAST(? AS BIGINT))"] * len(known)) + ")"
+            for lid in known:
+                params += (lid, cached[lid].max_id)
+        parts.append(_NEWER.format(pairs=pairs))
     elif known:
         # `id + 0`: a test the id index cannot answer, so that the planner reads the few rows
         # of these leads rather than every event newer than the floor (which its statistics,
@@ -395,7 +405,7 @@ def _query(
         # than one OR, so that each reads the (lead_id, ts_us) index on its own. (SQLite's
         # index holds the id, its rowid, but on SQLite the writer's cache is mostly used without
         # asking: see EventCache.events_of_leads.)
-        parts.append(_ROWS.format(ids=in_list(len(known))) + " AND id + 0 > ?")
+        parts.append(_ROWS.format(test=f"lead_id IN {in_list(len(known))}") + " AND id + 0 > ?")
         params += known
         params.append(min(cached[lid].max_id for lid in known))
     return driver_sql(conn, " UNION ALL ".join(parts)), tuple(params)
@@ -405,15 +415,15 @@ def _query(
 # each row costs more than SQLite's reading it): see leadscore.store.db.driver_sql.
 _STATS = (
     "SELECT 0, lead_id, count(*), max(id), CAST(NULL AS TEXT), CAST(NULL AS TEXT),"
-    " CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM events WHERE lead_id IN {ids} GROUP BY lead_id"
+    " CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM events WHERE {test} GROUP BY lead_id"
 )
 _ROWS = (
     "SELECT 1, lead_id, id, ts_us, type, item, CAST(properties AS TEXT), message_id"
-    " FROM events WHERE lead_id IN {ids}"
+    " FROM events WHERE {test}"
 )
 _NEWER = (
     "SELECT 1, lead_id, id, ts_us, type, item, CAST(properties AS TEXT), message_id"
-    " FROM events WHERE id IN (SELECT e.id FROM (VALUES {floors}) AS k (lead_id, floor)"
+    " FROM events WHERE id IN (SELECT e.id FROM {pairs} AS k (lead_id, floor)"
     " JOIN events AS e ON e.lead_id = k.lead_id AND e.id > k.floor)"
 )
 

@@ -34,12 +34,12 @@ from leadscore.store.db import (
     Journal,
     Statement,
     Write,
+    any_of,
     cache_epoch,
     driver_json,
     driver_rows,
     driver_sql,
     from_driver_json,
-    in_list,
     journal_of,
     keep_prefetched,
     send_together,
@@ -392,11 +392,11 @@ def _lock_existing(
     the way that creates the new leads and locks every lead in lead id order."""
     # _LEAD_IDS_FOR_UPDATE (lock_leads' statement) as the driver takes it: a pipeline sends
     # what psycopg is given, not SQLAlchemy's statements (same order, same chunks of 500)
-    lock = 'SELECT lead_id FROM leads WHERE lead_id IN {} ORDER BY lead_id COLLATE "C" FOR UPDATE'
+    lock = 'SELECT lead_id FROM leads WHERE {} ORDER BY lead_id COLLATE "C" FOR UPDATE'
     locks: list[Statement] = [(f"SAVEPOINT {_EXISTING}", ())]
     for start in range(0, len(ids), 500):
-        part = tuple(ids[start : start + 500])
-        locks.append((driver_sql(conn, lock.format(in_list(len(part)))), part))
+        test, params = any_of(conn, "lead_id", ids[start : start + 500])
+        locks.append((driver_sql(conn, lock.format(test)), params))
     locked, read = send_together(conn, locks, writes, reads)
     found = {str(i) for rows in locked for (i,) in rows}
     if len(found) < len(ids):
@@ -545,9 +545,9 @@ def _known(conn: Connection, lead_ids: Iterable[str]) -> set[str]:
     wanted = sorted(set(lead_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), 500):
-        part = wanted[start : start + 500]
-        sql = f"SELECT lead_id FROM leads WHERE lead_id IN {in_list(len(part))}"
-        found.update(str(i) for (i,) in driver_rows(conn, driver_sql(conn, sql), tuple(part)))
+        test, params = any_of(conn, "lead_id", wanted[start : start + 500])
+        sql = driver_sql(conn, f"SELECT lead_id FROM leads WHERE {test}")
+        found.update(str(i) for (i,) in driver_rows(conn, sql, params))
     return found
 
 
@@ -828,18 +828,17 @@ def _seen_and_moved(
         messages = message_ids[start : start + 500]
         leads_ = lead_ids[start : start + 500]
         parts: list[str] = []
+        params: tuple[Any, ...] = ()
         if messages:
-            parts.append(
-                "SELECT 0, message_id, CAST(NULL AS TEXT) FROM events "
-                f"WHERE message_id IN {in_list(len(messages))}"
-            )
+            test, more = any_of(conn, "message_id", messages)
+            parts.append(f"SELECT 0, message_id, CAST(NULL AS TEXT) FROM events WHERE {test}")
+            params += more
         if leads_:
-            parts.append(
-                "SELECT 1, lead_id, into_id FROM lead_merges "
-                f"WHERE lead_id IN {in_list(len(leads_))}"
-            )
+            test, more = any_of(conn, "lead_id", leads_)
+            parts.append(f"SELECT 1, lead_id, into_id FROM lead_merges WHERE {test}")
+            params += more
         sql = driver_sql(conn, " UNION ALL ".join(parts))
-        for kind, key, into in driver_rows(conn, sql, (*messages, *leads_)):
+        for kind, key, into in driver_rows(conn, sql, params):
             if kind == 0:
                 seen.add(str(key))
             else:
@@ -931,9 +930,8 @@ def lead_records_statements(conn: Connection, lead_ids: Iterable[str]) -> list[S
     wanted = sorted(set(lead_ids))
     out: list[Statement] = []
     for start in range(0, len(wanted), 500):
-        part = wanted[start : start + 500]
-        sql = f"SELECT lead_id, profile FROM leads WHERE lead_id IN {in_list(len(part))}"
-        out.append((driver_sql(conn, sql), tuple(part)))
+        test, params = any_of(conn, "lead_id", wanted[start : start + 500])
+        out.append((driver_sql(conn, f"SELECT lead_id, profile FROM leads WHERE {test}"), params))
     return out
 
 

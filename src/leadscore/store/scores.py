@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from leadscore.engine.result import ScoreResult
 from leadscore.store.db import (
     Statement,
+    any_of,
     driver_json,
     driver_rows,
     driver_sql,
@@ -164,9 +165,8 @@ def current_scores_statements(
     ids = list(dict.fromkeys(lead_ids))
     out: list[Statement] = []
     for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        sql = f"SELECT {_COLUMNS} FROM scores WHERE lead_id IN {in_list(len(part))}"
-        params: tuple[Any, ...] = tuple(part)
+        test, params = any_of(conn, "lead_id", ids[start : start + 500])
+        sql = f"SELECT {_COLUMNS} FROM scores WHERE {test}"
         if sheet is not None:
             sql += " AND sheet = ?"
             params += (sheet,)
