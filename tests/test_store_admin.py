@@ -408,7 +408,7 @@ def test_a_full_rescore_racing_a_merge_scores_no_merged_lead(store: Store, clock
     store.upsert_leads([LeadInput("P1", fields={"title": "VP"})])
 
     def merge_meanwhile(stage: str, done: int, total: int) -> None:
-        if stage == "scoring" and done == 1:
+        if stage == "scoring" and done == total:
             store.upsert_leads([LeadInput("M1", "m@x.com")])
 
     clock.advance(days=1)

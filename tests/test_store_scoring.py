@@ -661,6 +661,54 @@ def test_rescore_all_keeps_lead_ids_exactly_as_stored(store: Store, clock: Clock
     assert_matches_per_lead(store, ["L1", " L1"], clock.now)
 
 
+def test_rescore_all_reads_the_leads_in_parts(store: Store, clock: Clock) -> None:
+    """A full rescoring reads and scores ``part`` leads at a time, in lead id order (ids
+    whose order differs between byte and collation order included), each part as of when it
+    is read: every lead rescored once. Leads created meanwhile are rescored when their ids
+    come after the parts done (one before them was scored when created); an event stored
+    meanwhile for a lead of a later part is not left out (it would be, scored as of the
+    start: DW, z@x.com's open a second after it). The progress counts leads."""
+    publish(store, DW)
+    ids = ["a", "B", "L10", "L2", " L1", "L1", "é", "z@x.com", "Z"]
+    store.ingest_events(
+        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
+        + [EventInput("email_open", clock.now - DAY, i) for i in ids[::2]]
+    )
+    clock.advance(days=3)
+    start = clock.now
+    seen: dict[str, tuple[int, int]] = {}
+    parts = 0
+
+    def progress(what: str, done: int, total: int) -> None:
+        nonlocal parts
+        seen[what] = (done, total)
+        if what == "writing scores":
+            parts += 1
+            if parts == 1:  # ids before and after the parts done; an open for z@x.com
+                clock.advance(seconds=1)
+                store.ingest_events(
+                    [EventInput("email_open", clock.now, i) for i in ("0", "z@x.com", "zz", "zzz")]
+                )
+
+    report = store.rescore_all(progress=progress, part=2)
+    assert report.leads == len(ids) + 2  # not "0"
+    assert parts == 6
+    # counted against the 9 leads there were at the start, then the 11 done
+    assert seen == {
+        "reading leads and events": (11, 11),
+        "scoring": (11, 11),
+        "writing scores": (11, 11),
+    }
+    for lid in [*ids, "0", "zz", "zzz"]:
+        as_of = current(store, lid, "dw")["as_of_us"]
+        assert as_of in (start, start + SECOND), lid
+        assert_matches_per_lead(store, [lid], as_of)
+    assert current(store, "z@x.com", "dw")["as_of_us"] == start + SECOND
+    assert close(
+        current(store, "z@x.com", "dw")["score"], 20 * 0.5 ** ((3 * DAY + SECOND) / DAY / 10) + 5
+    )
+
+
 def test_rescore_all_skips_leads_rescored_in_real_time_after_it_started(
     store: Store, clock: Clock
 ) -> None:
@@ -682,7 +730,7 @@ def test_rescore_all_skips_leads_rescored_in_real_time_after_it_started(
 
     def progress(what: str, done: int, total: int) -> None:
         steps.append(what)
-        if what == "scoring":
+        if what == "scoring" and done:  # the leads read and scored, not written
             clock.advance(seconds=1)
             store.ingest_events([EventInput("email_open", clock.now, "S2", message_id="o")])
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ibis
 import pyarrow as pa
@@ -91,6 +91,9 @@ SHEETS_TTL = 1.0
 # events its event cache keeps per lead whose profile fields a store keeps (1,000,000 events:
 # 50,000 leads, about 17 MB)
 PROFILES_PER_EVENTS = 20
+# Leads read and scored at a time by a full rescoring (Store.rescore_all): with 20 events a
+# lead, about a million events in memory at once.
+RESCORE_PART = 50_000
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -481,13 +484,17 @@ class Store:
         fire_triggers: bool = True,
         progress: Progress | None = None,
         chunk: int = 1000,
+        part: int = RESCORE_PART,
     ) -> RescoreReport:
         """Rescore every lead with the batch evaluator and record what changed.
 
-        Leads rescored in real time while this ran keep their newer score. Results are written
-        ``chunk`` leads per transaction, with a pause after each for a writer that waits for
-        SQLite's write lock (:meth:`Database.let_others_write`), so that real-time ingest is held
-        up for a fraction of a second at a time.
+        The leads are taken ``part`` at a time in lead id order: each part's leads and
+        events are read in one transaction and scored as of then (or as of ``as_of_us``), so
+        that memory stays bounded whatever the store's size. Leads rescored in real time while
+        this ran keep their newer score.
+        Results are written ``chunk`` leads per transaction, with a pause after each for a
+        writer that waits for SQLite's write lock (:meth:`Database.let_others_write`), so that
+        real-time ingest is held up for a fraction of a second at a time.
         """
         t_us = self.clock() if as_of_us is None else as_of_us
         report = RescoreReport(reason, t_us)
@@ -497,47 +504,73 @@ class Store:
             ]
             if not active:
                 return report
-            if progress:
-                progress("reading leads and events", 0, 1)
-            # Not `prepare`: it trims lead ids (and event types) as for files, which would
-            # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
-            prepared = PreparedInputs(*_export(conn, active))
-            # What each score row was when the snapshot was read: a row that differs when
-            # the batch writes was rescored in real time meanwhile (from newer events) and is
-            # kept. (A clock reading would not do: a request that read the clock before this
-            # run and committed after the snapshot would be overwritten.)
-            seen = {
-                (lid, sheet): updated
-                for lid, sheet, updated in conn.execute(
-                    sa.select(scores.c.lead_id, scores.c.sheet, scores.c.updated_us).where(
-                        scores.c.sheet.in_([s.name for s in active])
-                    )
-                )
-            }
-        report.leads = prepared.leads.num_rows
-        if progress:
-            progress("reading leads and events", 1, 1)
-        if not report.leads:  # nothing to score (a new store): skip compiling the models
-            return report
-        if progress:
-            progress("scoring", 0, 1)
-        rows = _batch_rows(active, prepared, t_us)
-        if progress:
-            progress("scoring", 1, 1)
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one())
         version_of = {s.name: s.version.id for s in active}
-        # The rows and the snapshot are a great many objects that live until the end: left
-        # to the garbage collector, each of its full passes would walk them all (0.1 s for
-        # 10,000 leads) inside a chunk's transaction, holding SQLite's write lock.
-        with _out_of_gc_passes():
-            for begin in range(0, len(rows), chunk):
-                part = rows[begin : begin + chunk]
-                with self.db.write() as conn:
-                    self._write_chunk(
-                        conn, part, active, version_of, seen, t_us, report, fire_triggers
+        names = [s.name for s in active]
+        after: str | None = None  # the last lead id of the parts done
+        read = scored = written = 0
+
+        def tell(what: str, done: int) -> None:
+            if progress:
+                progress(what, done, max(total, done))
+
+        tell("reading leads and events", 0)
+        while True:
+            # Each part as of when it is read (unless a time was asked for): an event stored
+            # while the parts before it ran, with its time then, counts as it did when its
+            # lead was rescored in real time (scored as of the start, it would be left out).
+            part_us = self.clock() if as_of_us is None else as_of_us
+            with self.db.read() as conn:
+                ids = _lead_ids_after(conn, after, part)
+                if not ids:
+                    break
+                # a store that fits in one part is read whole (a scan in the table's order,
+                # which SQLite reads faster than the leads' events through the index)
+                span = None if after is None and len(ids) < part else (after, ids[-1])
+                # What each score row was before the leads and events are read: a row that
+                # differs when the batch writes was rescored in real time meanwhile (from its
+                # events then, which may be newer than those read here) and is kept. (A clock
+                # reading would not do: a request that read the clock before this run and
+                # committed after the read would be overwritten. Read first, as PostgreSQL's
+                # read committed gives each statement a snapshot of its own.)
+                seen = {
+                    (lid, sheet): updated
+                    for lid, sheet, updated in conn.execute(
+                        _in_span(
+                            sa.select(scores.c.lead_id, scores.c.sheet, scores.c.updated_us),
+                            scores.c.lead_id,
+                            span,
+                        ).where(scores.c.sheet.in_(names))
                     )
-                self.db.let_others_write()
-                if progress:
-                    progress("writing scores", begin + len(part), len(rows))
+                }
+                # Not `prepare`: it trims lead ids (and event types) as for files, which would
+                # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
+                prepared = PreparedInputs(*_export(conn, active, span))
+            read += prepared.leads.num_rows
+            report.leads += prepared.leads.num_rows
+            tell("reading leads and events", read)
+            tell("scoring", scored)
+            rows = _batch_rows(active, prepared, part_us)
+            del prepared
+            scored += len(rows)
+            tell("scoring", scored)
+            # The rows and the snapshot are a great many objects that live until the part is
+            # written: left to the garbage collector, each of its full passes would walk them
+            # all (0.1 s for 10,000 leads) inside a chunk's transaction, holding SQLite's write
+            # lock.
+            with _out_of_gc_passes():
+                for begin in range(0, len(rows), chunk):
+                    piece = rows[begin : begin + chunk]
+                    with self.db.write() as conn:
+                        self._write_chunk(
+                            conn, piece, active, version_of, seen, part_us, report, fire_triggers
+                        )
+                    self.db.let_others_write()
+                    written += len(piece)
+                    tell("writing scores", written)
+            after = ids[-1]
+            if len(ids) < part:
+                break
         return report
 
     def _write_chunk(
@@ -676,15 +709,41 @@ def _new_score(row: dict[str, Any], sheet: Sheet, t_us: int, prefix: str) -> New
     )
 
 
-def _export(conn: Connection, sheets: Sequence[Sheet]) -> tuple[pa.Table, pa.Table]:
-    """Leads and the events the sheets read, as the tables the batch evaluator takes.
+# A range of lead ids: above the first (None: from the lowest), up to and including the last.
+Span = tuple[str | None, str]
+_Select = TypeVar("_Select", bound=sa.Select[Any])
+
+
+def _lead_ids_after(conn: Connection, after: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` lead ids above ``after`` (None: from the lowest), in order."""
+    q = sa.select(leads.c.lead_id).order_by(leads.c.lead_id).limit(limit)
+    if after is not None:
+        q = q.where(leads.c.lead_id > after)
+    return [str(i) for i in conn.execute(q).scalars()]
+
+
+def _in_span(q: _Select, column: sa.ColumnElement[Any], span: Span | None) -> _Select:
+    """``q`` for the rows whose ``column`` (a lead id) is in ``span`` (all of them: None)."""
+    if span is None:
+        return q
+    after, last = span
+    q = q.where(column <= last)
+    return q if after is None else q.where(column > after)
+
+
+def _export(
+    conn: Connection, sheets: Sequence[Sheet], span: Span | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """Leads and the events the sheets read, as the tables the batch evaluator takes: every
+    lead's, or those of the leads whose ids are in ``span`` (see :func:`_in_span`).
 
     Values become text exactly as the per-lead path makes them (``to_text``), so both
     evaluators see the same strings.
     """
     profiles: dict[str, list[str | None]] = {"lead_id": []}
     n = 0
-    for lead_id, profile in conn.execute(sa.select(leads.c.lead_id, leads.c.profile)):
+    q_leads = _in_span(sa.select(leads.c.lead_id, leads.c.profile), leads.c.lead_id, span)
+    for lead_id, profile in conn.execute(q_leads):
         profiles["lead_id"].append(lead_id)
         for k, v in profile.items():
             if k == "lead_id":
@@ -701,6 +760,7 @@ def _export(conn: Connection, sheets: Sequence[Sheet]) -> tuple[pa.Table, pa.Tab
     q = sa.select(
         events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
     ).where(events.c.lead_id.is_not(None))
+    q = _in_span(q, events.c.lead_id, span)
     if types is not None:
         q = q.where(events.c.type.in_(types))
     cols: dict[str, list[Any]] = {"lead_id": [], "type": [], "ts": [], "item": []}
