@@ -318,6 +318,21 @@ def _checkpoint_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "leadscore-checkpoint"]
 
 
+def test_a_read_transaction_sees_one_snapshot(store: Store, clock: Clock) -> None:
+    """What another connection commits during a read transaction is not seen by the
+    transaction's later statements (PostgreSQL's read committed, its default, would show it):
+    a lead's view reads its profile, scores and history in several."""
+    store.ingest_events([EventInput("page_view", clock.now, "L1")])
+    count = sa.select(sa.func.count()).select_from(leads)
+    with store.db.read() as conn:
+        before = conn.execute(count).scalar_one()
+        store.upsert_leads([LeadInput("L2", fields={"title": "VP"})])  # another connection
+        assert conn.execute(count).scalar_one() == before == 1
+        assert lead_view(conn, "L1")["lead_id"] == "L1"
+    with store.db.read() as conn:
+        assert conn.execute(count).scalar_one() == 2
+
+
 def test_checkpoint_thread_ends_with_a_database_dropped_undisposed(tmp_path: Path) -> None:
     before = set(_checkpoint_threads())
     db = open_database(tmp_path / "store.db")

@@ -639,9 +639,15 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only transaction (one consistent snapshot)."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read-only transaction: one consistent snapshot. (On PostgreSQL a transaction of
+        repeatable read: in read committed, its default, each statement would see what had
+        been committed when it started, so that a lead's profile, events and scores read by
+        two statements could disagree.)"""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     def migrate(self) -> None:
         """Bring the tables up to the newest migration (creating them in an empty database)."""

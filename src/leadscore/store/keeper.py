@@ -527,12 +527,11 @@ class Store:
                 # a store that fits in one part is read whole (a scan in the table's order,
                 # which SQLite reads faster than the leads' events through the index)
                 span = None if after is None and len(ids) < part else (after, ids[-1])
-                # What each score row was before the leads and events are read: a row that
-                # differs when the batch writes was rescored in real time meanwhile (from its
-                # events then, which may be newer than those read here) and is kept. (A clock
-                # reading would not do: a request that read the clock before this run and
-                # committed after the read would be overwritten. Read first, as PostgreSQL's
-                # read committed gives each statement a snapshot of its own.)
+                # What each score row was in the snapshot the leads and events are read from
+                # (Database.read): a row that differs when the batch writes was rescored in real
+                # time meanwhile (from its events then, which may be newer than those read
+                # here) and is kept. (A clock reading would not do: a request that read the
+                # clock before this run and committed after the read would be overwritten.)
                 seen = {
                     (lid, sheet): updated
                     for lid, sheet, updated in conn.execute(
