@@ -709,6 +709,23 @@ def test_rescore_all_reads_the_leads_in_parts(store: Store, clock: Clock) -> Non
     )
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_rescore_all_reads_a_store_of_one_part_whole(store: Store, clock: Clock, n: int) -> None:
+    """Up to ``part`` leads (here 3): read in one go, in the tables' order (no range of lead
+    ids); one more, in parts of lead id ranges."""
+    publish(store, DW)
+    ids = [f"L{i}" for i in range(n + 1)]
+    store.ingest_events([EventInput("email_open", clock.now, i) for i in ids])
+    clock.advance(days=1)
+    with sent_statements(store) as sent:
+        report = store.rescore_all(part=3)
+    assert report.leads == n + 1
+    reads = [q for q in sent if "FROM events" in q and "properties" in q]
+    assert len(reads) == (1 if n + 1 <= 3 else 2)
+    assert all(("lead_id <=" in q) == (n + 1 > 3) for q in reads), reads
+    assert_matches_per_lead(store, ids, clock.now)
+
+
 def test_rescore_all_skips_leads_rescored_in_real_time_after_it_started(
     store: Store, clock: Clock
 ) -> None:

@@ -521,12 +521,14 @@ class Store:
             # lead was rescored in real time (scored as of the start, it would be left out).
             part_us = self.clock() if as_of_us is None else as_of_us
             with self.db.read() as conn:
-                ids = _lead_ids_after(conn, after, part)
+                ids = _lead_ids_after(conn, after, part + 1)
+                more = len(ids) > part
+                del ids[part:]
                 if not ids:
                     break
                 # a store that fits in one part is read whole (a scan in the table's order,
                 # which SQLite reads faster than the leads' events through the index)
-                span = None if after is None and len(ids) < part else (after, ids[-1])
+                span = None if after is None and not more else (after, ids[-1])
                 # What each score row was in the snapshot the leads and events are read from
                 # (Database.read): a row that differs when the batch writes was rescored in real
                 # time meanwhile (from its events then, which may be newer than those read
@@ -568,7 +570,7 @@ class Store:
                     written += len(piece)
                     tell("writing scores", written)
             after = ids[-1]
-            if len(ids) < part:
+            if not more:
                 break
         return report
 
