@@ -16,7 +16,7 @@ import pytest
 from leadscore.engine.lead import Event
 from leadscore.store import EventInput, LeadInput, Store
 from leadscore.store import eventcache as eventcache_module
-from leadscore.store.db import ARRAYS_FROM, Journal, driver_rows, open_database
+from leadscore.store.db import ARRAYS_ABOVE, Journal, driver_rows, open_database
 from leadscore.store.eventcache import EventCache, Preloader, decoded_fields
 from leadscore.store.keeper import event_types
 from leadscore.store.leads import _journal_events, lead_events, lead_records
@@ -318,13 +318,13 @@ def test_another_process_writing_ends_the_trust(store: Store, clock: Clock) -> N
 
 
 def test_long_lists_of_leads_go_as_arrays_on_postgresql(store: Store, clock: Clock) -> None:
-    """A request about more than ARRAYS_FROM leads sends them to PostgreSQL as arrays (one
+    """A request about more than ARRAYS_ABOVE leads sends them to PostgreSQL as arrays (one
     statement text for any number: leadscore.store.db.any_of); the answers are the same as
     the IN-lists' (SQLite, and short lists everywhere): events written behind the store's back
     are read, repeats are not counted twice, every score is the per-lead evaluator's."""
     publish(store, RT)
-    old = [f"L{i:02}" for i in range(ARRAYS_FROM + 10)]
-    new = [f"N{i:02}" for i in range(ARRAYS_FROM + 3)]
+    old = [f"L{i:02}" for i in range(ARRAYS_ABOVE + 10)]
+    new = [f"N{i:02}" for i in range(ARRAYS_ABOVE + 3)]
     store.ingest_events([view(clock, lid, "/pricing", 2, message_id=f"a{lid}") for lid in old])
     other = Store(open_database(str(store.db.engine.url.render_as_string(False))), clock=clock)
     try:  # newer events for half the leads, written behind this store's back

@@ -709,6 +709,37 @@ def test_rescore_all_reads_the_leads_in_parts(store: Store, clock: Clock) -> Non
     )
 
 
+def test_a_publish_during_a_rescoring_in_parts_is_not_undone(store: Store, clock: Clock) -> None:
+    """DW is published anew (pricing worth 30) after the first part of a rescoring in parts
+    of 2 was written; its own rescoring writes every lead's score with it. The parts after
+    that must leave the sheet alone: written with the replaced model, the new scores would
+    look like the run's own (they were there before the part was read) and be overwritten."""
+    publish(store, DW)
+    ids = [f"L{i}" for i in range(6)]
+    store.ingest_events(
+        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
+    )
+    clock.advance(days=1)
+    draft = store.add_model(DW.replace("points: 20", "points: 30"))
+    parts = 0
+
+    def progress(what: str, done: int, total: int) -> None:
+        nonlocal parts
+        if what == "writing scores":
+            parts += 1
+            if parts == 1:
+                store.publish(draft.name, draft.version)
+
+    report = store.rescore_all(progress=progress, part=2)
+    assert report.leads == 2
+    new = store.sheets()[0].version.id
+    with store.db.read() as conn:
+        versions = dict(conn.execute(sa.select(scores.c.lead_id, scores.c.model_version_id)).all())
+    assert versions == dict.fromkeys(ids, new)
+    assert_matches_per_lead(store, ids, clock.now)
+    assert close(current(store, "L5", "dw")["score"], 30 * 0.5**0.1)
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_rescore_all_reads_a_store_of_one_part_whole(store: Store, clock: Clock, n: int) -> None:
     """Up to ``part`` leads (here 3): read in one go, in the tables' order (no range of lead

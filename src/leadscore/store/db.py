@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from leadscore.errors import StoreError
 
 __all__ = [
-    "ARRAYS_FROM",
+    "ARRAYS_ABOVE",
     "DEFAULT_DB",
     "TRIGGER_ROWS",
     "Database",
@@ -350,16 +350,16 @@ def any_of(
 
 def arrays_for(conn: Connection, n: int) -> bool:
     """Whether a statement about ``n`` values sends them as arrays, one parameter each
-    (:func:`any_of`): on PostgreSQL, for more than :data:`ARRAYS_FROM` values. One statement
+    (:func:`any_of`): on PostgreSQL, for more than :data:`ARRAYS_ABOVE` values. One statement
     text whatever the number, which psycopg converts once and PostgreSQL prepares after a
     few runs, where a list of 500 placeholders cost about 3 ms to convert and several to plan
     every time (a batch's mix of leads makes a new text each time). Short lists keep their
     placeholders: a few texts, prepared like any other, and planned for the values at hand;
     arrays there cost single events about a fifth of their rate (measured 2026-12-07)."""
-    return n > ARRAYS_FROM and conn.dialect.name == "postgresql"
+    return n > ARRAYS_ABOVE and conn.dialect.name == "postgresql"
 
 
-ARRAYS_FROM = 16
+ARRAYS_ABOVE = 16
 """See :func:`arrays_for`."""
 
 

@@ -121,7 +121,7 @@ class Sheet:
 @dataclass
 class RescoreReport:
     reason: str
-    as_of_us: int
+    as_of_us: int  # when the run began (its parts are scored as of when each is read)
     leads: int = 0
     changed: int = 0  # score changes that went to the history
     skipped: int = 0  # leads rescored in real time while the batch ran (kept as they are)
@@ -491,11 +491,14 @@ class Store:
         The leads are taken ``part`` at a time in lead id order: each part's leads and
         events are read in one transaction and scored as of then (or as of ``as_of_us``), so
         that memory stays bounded whatever the store's size. Leads rescored in real time while
-        this ran keep their newer score.
+        this ran keep their newer score; a sheet whose model is published anew meanwhile is
+        left to that publish's rescoring from the next part on.
         Results are written ``chunk`` leads per transaction, with a pause after each for a
         writer that waits for SQLite's write lock (:meth:`Database.let_others_write`), so that
         real-time ingest is held up for a fraction of a second at a time.
         """
+        if part < 1:
+            raise ValueError(f"part: at least 1 lead, not {part}")
         t_us = self.clock() if as_of_us is None else as_of_us
         report = RescoreReport(reason, t_us)
         with self.db.read() as conn:
@@ -506,7 +509,6 @@ class Store:
                 return report
             total = int(conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one())
         version_of = {s.name: s.version.id for s in active}
-        names = [s.name for s in active]
         after: str | None = None  # the last lead id of the parts done
         read = scored = written = 0
 
@@ -521,6 +523,15 @@ class Store:
             # lead was rescored in real time (scored as of the start, it would be left out).
             part_us = self.clock() if as_of_us is None else as_of_us
             with self.db.read() as conn:
+                # A sheet whose model was published anew since this run began is left to the
+                # publish's own rescoring: its new scores, written before this snapshot, would
+                # look like the run's own here (the check of `seen` below sees only what
+                # changes after it) and be overwritten with the replaced model's.
+                published = {s.name: s.version.id for s in self.sheets(conn, check=True)}
+                active = [s for s in active if published.get(s.name) == version_of[s.name]]
+                if not active:
+                    break
+                names = [s.name for s in active]
                 ids = _lead_ids_after(conn, after, part + 1)
                 more = len(ids) > part
                 del ids[part:]
@@ -569,6 +580,7 @@ class Store:
                     self.db.let_others_write()
                     written += len(piece)
                     tell("writing scores", written)
+            del rows, seen  # before the next part is read
             after = ids[-1]
             if not more:
                 break
@@ -761,7 +773,15 @@ def _export(
     q = sa.select(
         events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
     ).where(events.c.lead_id.is_not(None))
-    q = _in_span(q, events.c.lead_id, span)
+    if span is not None and conn.dialect.name == "sqlite":
+        # the part's event ids from the (lead, time) index, then the rows in id order: SQLite
+        # reads the table's pages in order rather than one lead's scattered rows after
+        # another (300,000 leads in parts: 26.3-26.7 s against 28.2-29.2; PostgreSQL's
+        # bitmap scan of the range already reads its pages in order)
+        ids = _in_span(sa.select(events.c.id), events.c.lead_id, span)
+        q = q.where(events.c.id.in_(ids))
+    else:
+        q = _in_span(q, events.c.lead_id, span)
     if types is not None:
         q = q.where(events.c.type.in_(types))
     cols: dict[str, list[Any]] = {"lead_id": [], "type": [], "ts": [], "item": []}
