@@ -15,6 +15,7 @@ from leadscore import parse_model, score_lead
 from leadscore.store import Store
 from leadscore.store.keys import create_key
 from leadscore.store.schema import events, leads, model_versions, score_history, scores
+from leadscore.store.whatif import preview_model
 from tests.conftest import MODELS, Clock
 
 Serve = Callable[..., httpx.Client]
@@ -249,6 +250,17 @@ def test_preview_of_a_doubled_rule_moves_exactly_the_pricing_viewers(
         q = sa.select(scores.c.lead_id, scores.c.score).where(scores.c.sheet == "mini")
         now = {lead_id: score for lead_id, score in conn.execute(q)}
     assert now == {"L1": 60.0, "L2": 70.0, "L3": 50.0, "L4": 0.0, "L5": 90.0}
+
+
+@pytest.mark.parametrize("part", [1, 2, 4])
+def test_preview_read_in_parts_equals_the_whole(serve: Serve, store: Store, part: int) -> None:
+    """The preview reads and scores the leads ``part`` at a time (as a full rescoring does):
+    the same figures and movers whatever the part's size."""
+    _with_mini(serve(no_auth=True))
+    model = parse_model(MINI_DOUBLE)
+    whole = preview_model(store, model, MINI_DOUBLE).to_dict()
+    assert (whole["leads"], whole["score_changes"], len(whole["movers"])) == (5, 3, 3)
+    assert preview_model(store, model, MINI_DOUBLE, part=part).to_dict() == whole
 
 
 def test_preview_of_the_active_model_changes_nothing(serve: Serve, clock: Clock) -> None:

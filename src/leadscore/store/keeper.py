@@ -532,14 +532,10 @@ class Store:
                 if not active:
                     break
                 names = [s.name for s in active]
-                ids = _lead_ids_after(conn, after, part + 1)
-                more = len(ids) > part
-                del ids[part:]
-                if not ids:
+                found = _next_part(conn, after, part)
+                if found is None:
                     break
-                # a store that fits in one part is read whole (a scan in the table's order,
-                # which SQLite reads faster than the leads' events through the index)
-                span = None if after is None and not more else (after, ids[-1])
+                ids, more, span = found
                 # What each score row was in the snapshot the leads and events are read from
                 # (Database.read): a row that differs when the batch writes was rescored in real
                 # time meanwhile (from its events then, which may be newer than those read
@@ -725,6 +721,21 @@ def _new_score(row: dict[str, Any], sheet: Sheet, t_us: int, prefix: str) -> New
 # A range of lead ids: above the first (None: from the lowest), up to and including the last.
 Span = tuple[str | None, str]
 _Select = TypeVar("_Select", bound=sa.Select[Any])
+
+
+def _next_part(
+    conn: Connection, after: str | None, part: int
+) -> tuple[list[str], bool, Span | None] | None:
+    """The next ``part`` lead ids above ``after`` (None: from the lowest), whether more
+    follow, and the span to read them by (:func:`_export`); None when no lead is left. A
+    store that fits in one part is read whole (span None: a scan in the tables' order,
+    which SQLite reads faster than the leads' events found through the index)."""
+    ids = _lead_ids_after(conn, after, part + 1)
+    more = len(ids) > part
+    del ids[part:]
+    if not ids:
+        return None
+    return ids, more, None if after is None and not more else (after, ids[-1])
 
 
 def _lead_ids_after(conn: Connection, after: str | None, limit: int) -> list[str]:

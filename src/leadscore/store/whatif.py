@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import NotFound
 from leadscore.scoring import PreparedInputs
 from leadscore.spec import Model
-from leadscore.store.keeper import Sheet, Store, _batch_rows, _export
+from leadscore.store.keeper import RESCORE_PART, Sheet, Store, _batch_rows, _export, _next_part
 from leadscore.store.schema import leads, scores
 from leadscore.store.scores import HISTORY_MIN_DELTA
 from leadscore.store.versions import ModelVersion, get_version, list_versions
@@ -100,6 +100,7 @@ def preview_model(
     *,
     as_of_us: int | None = None,
     movers: int = MOVERS,
+    part: int = RESCORE_PART,
 ) -> ModelPreview:
     """Score every stored lead with ``model`` (parsed from ``yaml_text``, stored or not) as of
     ``as_of_us`` (default: the store's clock) and compare with the current scores on the
@@ -108,33 +109,47 @@ def preview_model(
     A lead changes when its score moves by at least
     :data:`~leadscore.store.scores.HISTORY_MIN_DELTA` (smaller moves are float noise or a
     little decay) or its band, grade or MQL flag changes; of those, the ``movers`` with the
-    biggest score changes are listed. Nothing is written.
+    biggest score changes are listed. Nothing is written. The leads are read and scored
+    ``part`` at a time, in lead id order, as a full rescoring reads them.
     """
     t_us = store.clock() if as_of_us is None else as_of_us
     # Not stored: the version numbers mean nothing. The compiled plan is cached by the text,
     # so previewing the same draft again (or publishing it) does not compile it again.
     draft = Sheet(ModelVersion(0, model.name, 0, yaml_text, "draft", t_us, None), model)
-    with store.db.read() as conn:
-        active = next((s for s in store.sheets(conn) if s.name == model.name), None)
-        prepared = PreparedInputs(*_export(conn, [draft]))
-        before: dict[str, _Score] | None = None
-        if active is not None:
-            before = {
-                lead_id: _Score(float(score), band, grade, bool(mql))
-                for lead_id, score, band, grade, mql in conn.execute(
-                    sa.select(
-                        scores.c.lead_id,
-                        scores.c.score,
-                        scores.c.band,
-                        scores.c.grade,
-                        scores.c.mql,
-                    ).where(scores.c.sheet == model.name)
-                )
-            }
-    rows = _batch_rows([draft], prepared, t_us) if prepared.leads.num_rows else []
-    after = {
-        r["lead_id"]: _Score(float(r["score"]), r["band"], r["grade"], bool(r["mql"])) for r in rows
-    }
+    active: Sheet | None = None
+    before: dict[str, _Score] | None = None
+    after: dict[str, _Score] = {}
+    last: str | None = None  # the last lead id of the parts scored
+    # The leads in parts, as a full rescoring reads them (Store.rescore_all): the memory
+    # of one part at a time, whatever the store's size.
+    while True:
+        with store.db.read() as conn:
+            if last is None:
+                active = next((s for s in store.sheets(conn) if s.name == model.name), None)
+                if active is not None:
+                    before = {
+                        lead_id: _Score(float(score), band, grade, bool(mql))
+                        for lead_id, score, band, grade, mql in conn.execute(
+                            sa.select(
+                                scores.c.lead_id,
+                                scores.c.score,
+                                scores.c.band,
+                                scores.c.grade,
+                                scores.c.mql,
+                            ).where(scores.c.sheet == model.name)
+                        )
+                    }
+            found = _next_part(conn, last, part)
+            if found is None:
+                break
+            ids, more, span = found
+            prepared = PreparedInputs(*_export(conn, [draft], span))
+        for r in _batch_rows([draft], prepared, t_us):
+            after[r["lead_id"]] = _Score(float(r["score"]), r["band"], r["grade"], bool(r["mql"]))
+        del prepared
+        last = ids[-1]
+        if not more:
+            break
     preview = ModelPreview(
         sheet=model.name,
         as_of_us=t_us,
