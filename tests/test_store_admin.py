@@ -421,6 +421,34 @@ def test_a_full_rescore_racing_a_merge_scores_no_merged_lead(store: Store, clock
     assert score(store, "M1") == 40.0
 
 
+def test_a_rescoring_whose_lead_was_merged_away_ends_its_progress_at_what_it_did(
+    store: Store, clock: Clock
+) -> None:
+    """Three leads counted at the start, in parts of two; after the first part, z@x.com is
+    claimed by a new lead A0, whose id comes before the parts done: the run reads two leads,
+    and its progress ends at 2 of 2, not 2 of 3."""
+    publish(store, V1)
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, email="z@x.com")])
+    store.upsert_leads([LeadInput("A1", fields={"title": "VP"}), LeadInput("B1")])
+    seen: dict[str, tuple[int, int]] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        seen[what] = (done, total)
+        if what == "writing scores" and done == 2 and "A0" not in seen:
+            seen["A0"] = (0, 0)
+            store.upsert_leads([LeadInput("A0", "z@x.com")])
+
+    clock.advance(days=1)
+    report = store.rescore_all("decay", progress=progress, part=2)
+    assert report.leads == 2
+    assert {k: v for k, v in seen.items() if k != "A0"} == {
+        "reading leads and events": (2, 2),
+        "scoring": (2, 2),
+        "writing scores": (2, 2),
+    }
+    assert score(store, "A0") == 40.0
+
+
 def assert_waits(store: Store, *threads: threading.Thread) -> None:
     """The threads are blocked: on PostgreSQL, as many of the test database's sessions wait
     for a lock (soon); on SQLite, where writers queue for one lock, they still run after

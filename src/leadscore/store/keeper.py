@@ -580,6 +580,14 @@ class Store:
             after = ids[-1]
             if not more:
                 break
+        if progress:  # fewer leads than counted at the start (merged away meanwhile): all done
+            for what, done in (
+                ("reading leads and events", read),
+                ("scoring", scored),
+                ("writing scores", written),
+            ):
+                if 0 < done < total:
+                    progress(what, done, done)
         return report
 
     def _write_chunk(
