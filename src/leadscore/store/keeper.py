@@ -510,7 +510,7 @@ class Store:
             total = int(conn.execute(sa.select(sa.func.count()).select_from(leads)).scalar_one())
         version_of = {s.name: s.version.id for s in active}
         after: str | None = None  # the last lead id of the parts done
-        read = scored = written = 0
+        scored = written = 0
 
         def tell(what: str, done: int) -> None:
             if progress:
@@ -554,9 +554,8 @@ class Store:
                 # Not `prepare`: it trims lead ids (and event types) as for files, which would
                 # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
                 prepared = PreparedInputs(*_export(conn, active, span))
-            read += prepared.leads.num_rows
             report.leads += prepared.leads.num_rows
-            tell("reading leads and events", read)
+            tell("reading leads and events", report.leads)
             tell("scoring", scored)
             rows = _batch_rows(active, prepared, part_us)
             del prepared
@@ -582,7 +581,7 @@ class Store:
                 break
         if progress:  # fewer leads than counted at the start (merged away meanwhile): all done
             for what, done in (
-                ("reading leads and events", read),
+                ("reading leads and events", report.leads),
                 ("scoring", scored),
                 ("writing scores", written),
             ):
