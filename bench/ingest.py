@@ -1224,9 +1224,9 @@ def reading(reports: Sequence[RunReport]) -> list[str]:
 SECTION = "## Ingest (bench/ingest.py)"
 SECTION_INTRO = f"""\
 The scoring service under load: `leadscore serve --no-auth` (the default model b2b-default; one
-uvicorn process for HTTP and its ingest process) on a free port of 127.0.0.1, driven by a load
+uvicorn process for HTTP and its ingest processes) on a free port of 127.0.0.1, driven by a load
 generator on the same machine. Every accepted event is stored and its lead rescored (per-lead
-evaluator over all the lead's events) in the same transaction, before the response. Targets
+evaluator over all the lead's events) before the response. Targets
 on 2 cores: at least {BATCH_TARGET:,} events/s through the batch endpoint, {SINGLE_TARGET:,}
 requests/s single-event, and p99 under {P99_TARGET_MS:.0f} ms from POST to the new score readable.
 """
@@ -1398,13 +1398,13 @@ def markdown_block(reports: Sequence[RunReport], meta: Meta) -> str:
         + (
             "one process, ingest in a thread of it (`--no-ingest-process`)"
             if not cfg.ingest_process
-            else "an HTTP process and its ingest process, without a scoring process "
-            "(`--no-scoring-process`)"
+            else "an HTTP process and its ingest process (two on PostgreSQL), without a "
+            "scoring process (`--no-scoring-process`)"
             if not cfg.scoring_process
-            else "an HTTP process and its ingest process, and on SQLite a scoring process "
-            "(the default)"
+            else "an HTTP process and its ingest process and a scoring process on SQLite, "
+            "an HTTP process and two ingest processes on PostgreSQL (the defaults)"
         ),
-        "- CPU column: cores used by the client / server (both its processes) / PostgreSQL "
+        "- CPU column: cores used by the client / server (all its processes) / PostgreSQL "
         "backends / everything else on the machine",
         "",
         "| " + " | ".join(COLUMNS) + " |",

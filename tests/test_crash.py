@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from leadscore.service.writer import SPLIT_ABOVE
 from leadscore.store import Store, open_database
 from leadscore.store.schema import events, outbox, trigger_firings
 from tests.webhook_receiver import Receiver
@@ -90,8 +91,11 @@ def start_server(db_url: str, port: int, cwd: Path, *extra: str) -> subprocess.P
 
 
 def burst(url: str, worker: int, acked: list[str], stop: threading.Event) -> None:
-    """Post batches of 20 events until stopped (or the server dies); keep what was acked."""
+    """Post batches until stopped (or the server dies); keep what was acked. Even workers
+    send 20 events a batch, odd ones more than SPLIT_ABOVE (on PostgreSQL shared out among
+    the ingest processes)."""
     n = 0
+    size = SPLIT_ABOVE + 16 if worker % 2 else 20
     with httpx.Client(base_url=url, timeout=10) as client:
         while not stop.is_set():
             batch = [
@@ -101,9 +105,9 @@ def burst(url: str, worker: int, acked: list[str], stop: threading.Event) -> Non
                     "url": "/pricing",
                     "event_id": f"w{worker}-{n + i}",
                 }
-                for i in range(20)
+                for i in range(size)
             ]
-            n += 20
+            n += size
             try:
                 r = client.post("/api/v1/events", json=batch)
             except httpx.HTTPError:
@@ -189,6 +193,9 @@ def burst_then_kill(proc: subprocess.Popen[bytes], port: int, victim: str = "ser
             time.sleep(0.05)
         assert len(acked) >= before + 400, "no events were acknowledged after the restart"
         replacement = ingest_processes_of(proc.pid)
+        while len(replacement) < len(ingest) and time.monotonic() < deadline:
+            time.sleep(0.1)  # with two (PostgreSQL) the other took the events meanwhile
+            replacement = ingest_processes_of(proc.pid)
         assert ingest[0] not in replacement and len(replacement) == len(ingest)
         stop.set()
         proc.terminate()

@@ -26,8 +26,10 @@ from leadscore.service.app import ingest_processes
 from leadscore.service.errors import ApiError
 from leadscore.service.writer import (
     INLINE_EVENTS,
+    SPLIT_ABOVE,
     ProcessWriter,
     ProcessWriterPool,
+    _by_lead,
     _from_wire,
     _to_wire,
 )
@@ -837,6 +839,106 @@ def test_two_ingest_processes_write_the_same_leads_at_once_on_postgresql(
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_large_request_is_shared_out_among_the_pool_by_lead(
+    pool: ProcessWriterPool, db_url: str
+) -> None:
+    """A request of more than SPLIT_ABOVE events for several leads goes to both ingest
+    processes at once, each its leads' share (the processes its leads' single events go to);
+    the request hears every item's outcome at its own index, a bad item's error too."""
+    leads = [f"S{i % 40}" for i in range(120)]  # 40 leads, three events each
+    items = page_views(leads, "split-")
+    items[7] = EventInput("page_view", items[7].ts_us, properties={}, message_id="nameless")
+    shares = pool.shares(items)
+    assert len(shares) == 2
+    assert sorted(i for _, share in shares for i in share) == list(range(120))
+    for writer, share in shares:
+        named = [items[i] for i in share if items[i].lead_id is not None]
+        assert {pool.writer_for([item]) for item in named} == {writer}
+    assert len(pool.shares(items[:SPLIT_ABOVE])) == 1  # small requests stay whole
+
+    async def send() -> tuple[list[ItemOutcome], list[int]]:
+        task = asyncio.ensure_future(pool.ingest(items))
+        waiting = [0, 0]
+        for _ in range(5):  # until both shares are sent (neither answered yet)
+            await asyncio.sleep(0)
+            waiting = [w.pending_events() for w in pool.writers]
+            if sum(waiting) == 120:
+                break
+        return await task, waiting
+
+    outcomes, waiting = asyncio.run(send())
+    assert sum(waiting) == 120 and min(waiting) > 0
+    assert [o.index for o in outcomes] == list(range(120))
+    assert outcomes[7].status == "error" and outcomes[7].lead_id is None
+    assert all(
+        o.status == "accepted" and o.lead_id == leads[o.index] for o in outcomes if o.index != 7
+    )
+    again = asyncio.run(pool.ingest(items))  # sent again: every event a repeat
+    assert [o.status for o in again if o.index != 7] == ["duplicate"] * 119
+    assert_scores_exact(db_url, ["S0", "S7", "S39"], events=119)
+
+
+def test_a_request_is_grouped_by_lead_as_its_names_tell() -> None:
+    """For sharing a request out: events whose names meet go together (a lead id given with
+    an email joins the events of that email; an anonymous id linked to a lead id joins its
+    anonymous events), each group under its first event's name; events naming nothing
+    together."""
+
+    def ev(
+        lead: str | None = None, email: str | None = None, anon: str | None = None
+    ) -> EventInput:
+        return EventInput("page_view", 1, lead, email, anon)
+
+    items = [
+        ev("A"),
+        ev(email="a@x.com"),
+        ev("B"),
+        ev(anon="z"),
+        ev("A", "a@x.com"),
+        ev(),
+        ev("C", anon="z"),
+        ev("B"),
+        ev(email="b@x.com"),
+        ev(anon="y"),
+        ev(),
+        ev("D", "b@x.com", "y"),
+    ]
+    assert _by_lead(items) == [
+        ("A", [0, 1, 4]),
+        ("B", [2, 7]),
+        ("z", [3, 6]),
+        (None, [5, 10]),
+        ("b@x.com", [8, 9, 11]),
+    ]
+    assert _by_lead([]) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_shared_out_request_hears_the_error_of_a_share(
+    pool: ProcessWriterPool, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should one process's share fail, the request hears that error once the other share is
+    done (stored: sent again, its events are acknowledged as repeats, not stored twice)."""
+    items = page_views([f"F{i}" for i in range(100)], "fail-")
+    shares = pool.shares(items)
+    assert len(shares) == 2
+    broken, whole = shares[1][0], shares[0]
+
+    async def refuse(_items: list[EventInput]) -> list[ItemOutcome]:
+        raise ApiError(503, "the ingest process is starting")
+
+    monkeypatch.setattr(broken, "ingest", refuse)
+    with pytest.raises(ApiError, match="starting"):
+        asyncio.run(pool.ingest(items))
+    monkeypatch.undo()
+    outcomes = asyncio.run(pool.ingest(items))
+    statuses = {o.index: o.status for o in outcomes}
+    assert {statuses[i] for i in whole[1]} == {"duplicate"}
+    assert {statuses[i] for i in shares[1][1]} == {"accepted"}
+    assert_scores_exact(db_url, ["F0", "F99"], events=100)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_killed_process_of_the_pool_is_replaced_and_the_other_goes_on(
     pool: ProcessWriterPool, db_url: str
 ) -> None:
@@ -882,9 +984,11 @@ def test_a_pool_needs_two_processes_and_postgresql(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 def test_the_service_starts_as_many_ingest_processes_as_suit_the_store(db_url: str) -> None:
-    """``leadscore serve`` starts one ingest process unless told otherwise (the health page
-    says how many); on PostgreSQL as many as asked, on SQLite asking for more is refused."""
-    cases = [(0, 1), (2, 2), (3, 3)] if db_url.startswith("postgresql") else [(0, 1), (1, 1)]
+    """``leadscore serve`` starts two ingest processes on PostgreSQL and one on SQLite
+    unless told otherwise (the health page says how many); on PostgreSQL as many as asked,
+    on SQLite asking for more is refused."""
+    pg = db_url.startswith("postgresql")
+    cases = [(0, 2), (1, 1), (3, 3)] if pg else [(0, 1), (1, 1)]
     for asked, started in cases:
         settings = Settings(
             db=db_url,

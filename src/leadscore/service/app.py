@@ -58,6 +58,12 @@ __all__ = ["app_from_env", "create_app"]
 
 log = logging.getLogger("leadscore.service")
 
+# ingest processes on PostgreSQL unless told otherwise (--ingest-processes): a request of
+# many leads is shared out among them, and one's Python work overlaps the other's wait for
+# the database (500-event batches 5,150-6,400 against 3,400-4,150 events/s on 2 cores,
+# single events about the same, 2026-12-07 in docs/benchmarks.md)
+POSTGRESQL_INGEST_PROCESSES = 2
+
 
 def _publish_start_models(store: Store, settings: Settings) -> None:
     for path in settings.models:
@@ -154,18 +160,20 @@ class CrossSiteGuard:
 
 
 def ingest_processes(settings: Settings, sqlite: bool) -> int:
-    """How many ingest processes to start (``Settings.ingest_processes``, 0: one). SQLite
-    takes one writer at a time: more than one is refused there. On PostgreSQL more than one
-    pays where transactions wait on the database (a cold event cache, a database on another
-    machine); with a warm cache and the database on the same 2 cores one measured faster
-    (docs/benchmarks.md), hence the default."""
+    """How many ingest processes to start (``Settings.ingest_processes``; 0: as suits the
+    store, ``POSTGRESQL_INGEST_PROCESSES`` on PostgreSQL, one on SQLite). SQLite takes one
+    writer at a time: more than one is refused there. On PostgreSQL two share out large
+    requests by lead, so that one's Python work overlaps the other's wait for the database
+    (docs/benchmarks.md)."""
     n = settings.ingest_processes
     if sqlite and n > 1:
         raise UsageError(
             f"ingest processes: {n} asked, but SQLite takes one writer at a time; more than "
             "one needs PostgreSQL"
         )
-    return max(1, n)
+    if n < 1:
+        return 1 if sqlite else POSTGRESQL_INGEST_PROCESSES
+    return n
 
 
 def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:

@@ -39,8 +39,8 @@ class Settings:
     # store and rescore ingested events in a process of their own (a file or server store,
     # opened by the service itself); else in a thread of the server process
     ingest_process: bool = True
-    # how many ingest processes write at once (PostgreSQL; 0: one, SQLite's only value as it
-    # takes one writer at a time); see leadscore.service.writer.ProcessWriterPool
+    # how many ingest processes write at once (0: two on PostgreSQL, one on SQLite, its only
+    # value as it takes one writer at a time); see leadscore.service.writer.ProcessWriterPool
     ingest_processes: int = 0
     # SQLite, with the ingest process: rescoring after ingest in a scoring process beside it
     scoring_process: bool = True

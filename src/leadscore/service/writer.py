@@ -15,8 +15,8 @@ Three writers, one interface (``ingest``, ``close``, ``cache_stats``):
   (:mod:`leadscore.service.scoring`) and writes each batch in two transactions, storing the
   next batch while the scoring process scores the last; a request is still answered only
   after its leads' scores are committed.
-- :class:`ProcessWriterPool` (PostgreSQL): several ingest processes writing at once, each
-  request sent to one of them (``leadscore serve --ingest-processes N``).
+- :class:`ProcessWriterPool` (PostgreSQL, what ``leadscore serve`` uses there): several
+  ingest processes writing at once, a large request shared out among them by lead.
 - :class:`IngestWriter` writes in a thread of the server process: for a store handed to the
   application (tests, a settable clock) and for in-memory databases, which another process
   cannot open.
@@ -72,7 +72,10 @@ __all__ = ["IngestWriter", "ProcessWriter", "ProcessWriterPool", "with_triggers"
 
 log = logging.getLogger("leadscore.service")
 
-MAX_ITEMS = 2000  # events in one transaction, at most (a request's are never split)
+MAX_ITEMS = 2000  # events in one transaction, at most (a request's are never split there)
+# ProcessWriterPool: a request of more events than this, for several leads, is shared out
+# among the ingest processes by lead
+SPLIT_ABOVE = 64
 START_SECONDS = 60.0  # for the ingest process to open the store
 STOP_SECONDS = 30.0  # for it to finish the transaction under way and exit
 RESTART_FIRST_SECONDS = 1.0  # the wait after a failed start of the ingest process, doubling
@@ -97,6 +100,40 @@ def with_triggers(store: Store) -> None:
 
     listener: ChangeListener = both
     store.listener = listener
+
+
+def _name(item: EventInput) -> str | None:
+    """How an event names its lead, as sent: lead id, else email, else anonymous id."""
+    return item.lead_id or item.email or item.anonymous_id
+
+
+def _by_lead(items: Sequence[EventInput]) -> list[tuple[str | None, list[int]]]:
+    """The indexes of ``items`` grouped by lead as far as their names tell, before the store
+    resolves them: events sharing a lead id, email or anonymous id (as sent) are together.
+    Each group with the name of its first event (None for events naming nothing)."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    tagged = [
+        [f"{kind}:{value}" for kind, value in zip("iea", names, strict=True) if value]
+        for names in ((it.lead_id, it.email, it.anonymous_id) for it in items)
+    ]
+    for names in tagged:
+        for other in names[1:]:
+            parent[root(other)] = root(names[0])
+    groups: dict[str | None, tuple[str | None, list[int]]] = {}
+    for i, names in enumerate(tagged):
+        group = root(names[0]) if names else None
+        if group not in groups:
+            groups[group] = (_name(items[i]), [])
+        groups[group][1].append(i)
+    return list(groups.values())
 
 
 def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
@@ -1162,23 +1199,25 @@ class ProcessWriter:
 
 class ProcessWriterPool:
     """Several ingest processes (a :class:`ProcessWriter` each) writing to one PostgreSQL
-    database at once, for ``leadscore serve --ingest-processes N``.
+    database at once, for ``leadscore serve`` on PostgreSQL (two unless ``--ingest-processes``
+    says otherwise).
 
-    On PostgreSQL a transaction spends part of its time waiting for the database's answers
-    (a dozen statements for a single event): where that leaves the ingest process's core idle
-    (a database on another machine, a cold event cache), two keep it busier. Where the CPU is
-    the limit they cost more (smaller transactions, each process's own cache): on the 2-core
-    benchmark with a warm cache one process was faster (docs/benchmarks.md). Concurrent
+    A transaction alternates between the ingest process's Python (reading, the evaluator)
+    and PostgreSQL's work, each waiting for the other: two processes overlap them. Concurrent
     transactions are as safe as those of several servers sharing the database: a lead's rows
     are locked in lead-id order by whichever writes it first, the other waits.
 
-    A request whose events all name one lead the same way (the usual single event: the same
-    lead id, else email, else anonymous id, as sent) goes to the process that name hashes to,
-    so that each process keeps (in its event cache) about a share of the leads and a lead's
-    events stay in one cache; any other request goes to the process with the fewest events
-    waiting. While a process has ended, requests go to those that run, and the ended one is
-    started again at once (after the back-off of a failed start, as :class:`ProcessWriter`
-    does); with none running, requests go to it all the same and hear what it hears."""
+    Each lead has a home process, the one the name its events give it hashes to (the lead
+    id, else email, else anonymous id, as sent): a request whose events all name one lead
+    goes there (the usual single event), and a request of more than ``SPLIT_ABOVE`` events
+    for several leads is shared out, each share to its leads' home, written at once and
+    answered when all are committed. So each process keeps (in its event cache) about its
+    share of the leads, and two large requests' transactions do not wait for each other's
+    locks (two batches of 500 random leads share a few). Any other request goes to the
+    process with the fewest events waiting. While a process has ended, requests go to those
+    that run (whole), and the ended one is started again at once (after the back-off of a
+    failed start, as :class:`ProcessWriter` does); with none running, requests go to it all
+    the same and hear what it hears."""
 
     def __init__(self, processes: int, db: str | None, **kwargs: Any) -> None:
         if processes < 2:
@@ -1198,28 +1237,68 @@ class ProcessWriterPool:
         """The ingest processes' ids."""
         return [w.pid for w in self.writers]
 
-    def writer_for(self, items: Sequence[EventInput]) -> ProcessWriter:
-        """The ingest process that is to write these events (see the class)."""
-        writers = self.writers
+    def _up(self) -> list[ProcessWriter]:
+        """The ingest processes running now (those that are not are started again)."""
         up = []
-        for w in writers:
+        for w in self.writers:
             if w.up:
                 up.append(w)
             else:  # started again now, rather than when a request comes its way
                 w.revive()
+        return up
+
+    def _home(self, key: str) -> ProcessWriter:
+        return self.writers[zlib.crc32(key.encode()) % len(self.writers)]
+
+    def writer_for(self, items: Sequence[EventInput]) -> ProcessWriter:
+        """The ingest process that is to write these events (see the class)."""
+        up = self._up()
         first = items[0] if items else None
-        key = None if first is None else first.lead_id or first.email or first.anonymous_id
-        if key is not None and all(
-            (it.lead_id or it.email or it.anonymous_id) == key for it in items
-        ):
-            mine = writers[zlib.crc32(key.encode()) % len(writers)]
+        key = None if first is None else _name(first)
+        if key is not None and all(_name(it) == key for it in items):
+            mine = self._home(key)
             if mine.up or not up:
                 return mine
-        return min(up or writers, key=lambda w: w.pending_events())
+        return min(up or self.writers, key=lambda w: w.pending_events())
+
+    def shares(self, items: Sequence[EventInput]) -> list[tuple[ProcessWriter, list[int]]]:
+        """A request of more than ``SPLIT_ABOVE`` events for several leads, while every
+        ingest process runs: its events shared out by lead (the indexes of each process's
+        share, in the request's order). Events whose names meet (an event giving a lead id
+        and an email, another the email alone) go together, to the home of the first's name.
+        Otherwise one share, all of it."""
+        if len(items) > SPLIT_ABOVE and len(self._up()) == len(self.writers):
+            groups: dict[int, list[int]] = {}
+            for key, indexes in _by_lead(items):
+                home = 0 if key is None else zlib.crc32(key.encode()) % len(self.writers)
+                groups.setdefault(home, []).extend(indexes)
+            if len(groups) > 1:
+                return [
+                    (self.writers[home], sorted(share)) for home, share in sorted(groups.items())
+                ]
+        return [(self.writer_for(items), list(range(len(items))))]
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
-        """Store and rescore ``items``; their outcomes once they are committed."""
-        return await self.writer_for(items).ingest(items)
+        """Store and rescore ``items``; their outcomes once they are committed (all shares'
+        when the request was shared out; should one fail, the request hears its error once
+        all have ended: the others' events are stored, and acknowledged as repeats when sent
+        again with their message ids)."""
+        shares = self.shares(items)
+        if len(shares) == 1:
+            return await shares[0][0].ingest(items)
+        results = await asyncio.gather(
+            *(w.ingest([items[i] for i in share]) for w, share in shares),
+            return_exceptions=True,
+        )
+        outcomes: list[ItemOutcome] = []
+        for (_, share), result in zip(shares, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            for outcome in result:
+                outcome.index = share[outcome.index]
+                outcomes.append(outcome)
+        outcomes.sort(key=lambda o: o.index)
+        return outcomes
 
     def cache_stats(self) -> dict[str, int]:
         """The event caches of all the ingest processes, added up."""
