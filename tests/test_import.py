@@ -105,6 +105,7 @@ def test_store_commands(tmp_path: Path) -> None:
     assert "enters_band: hot" in out
     code, out = run("rescore", "--db", db)
     assert code == 0 and "rescored 0 leads" in out
+    assert "0/0" in out and "0/1" not in out  # no leads: nothing left to wait for
 
 
 def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None:

@@ -64,10 +64,12 @@ class Bar:
         self.progress.stop()
 
     def __call__(self, what: str, done: int, total: int) -> None:
+        # nothing to do (an empty store) shows as 0/0, the bar full: done, not waiting
+        total = max(total, done, 0)
         task = self.tasks.get(what)
         if task is None:
-            task = self.tasks[what] = self.progress.add_task(what, total=max(total, 1))
-        self.progress.update(task, completed=done, total=max(total, 1))
+            task = self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(task, completed=done, total=total)
 
 
 def open_store(db: str) -> Store:
@@ -197,9 +199,9 @@ def serve(
             min=1,
             max=32,
             show_default=False,
-            help="PostgreSQL: ingest processes writing at once, each request sent to one "
-            "of them; more than one pays when transactions wait on the database (one on "
-            "another machine) [default: 1, SQLite's only value].",
+            help="PostgreSQL: ingest processes writing at once, a lead's events always to "
+            "the same one, a request of many leads shared out among them [default: 2 on "
+            "PostgreSQL; 1 on SQLite, its only value].",
         ),
     ] = None,
 ) -> None:
