@@ -60,8 +60,8 @@ log = logging.getLogger("leadscore.service")
 
 # ingest processes on PostgreSQL unless told otherwise (--ingest-processes): a request of
 # many leads is shared out among them, and one's Python work overlaps the other's wait for
-# the database (500-event batches 5,150-6,400 against 3,400-4,150 events/s on 2 cores,
-# single events about the same, 2026-12-07 in docs/benchmarks.md)
+# the database (500-event batches 5,500-6,500 against 3,000-4,150 events/s on 2 cores,
+# single events, which go to the front one, at the same rate: 2026-12-07, docs/benchmarks.md)
 POSTGRESQL_INGEST_PROCESSES = 2
 
 

@@ -1207,17 +1207,23 @@ class ProcessWriterPool:
     transactions are as safe as those of several servers sharing the database: a lead's rows
     are locked in lead-id order by whichever writes it first, the other waits.
 
-    Each lead has a home process, the one the name its events give it hashes to (the lead
-    id, else email, else anonymous id, as sent): a request whose events all name one lead
-    goes there (the usual single event), and a request of more than ``SPLIT_ABOVE`` events
-    for several leads is shared out, each share to its leads' home, written at once and
-    answered when all are committed. So each process keeps (in its event cache) about its
-    share of the leads, and two large requests' transactions do not wait for each other's
-    locks (two batches of 500 random leads share a few). Any other request goes to the
-    process with the fewest events waiting. While a process has ended, requests go to those
-    that run (whole), and the ended one is started again at once (after the back-off of a
-    failed start, as :class:`ProcessWriter` does); with none running, requests go to it all
-    the same and hear what it hears."""
+    A request of more than ``SPLIT_ABOVE`` events for several leads is shared out by lead:
+    each lead has a home process, the one the name its events give it hashes to (the lead
+    id, else email, else anonymous id, as sent), and each share goes to its leads' home,
+    written at once with the others and answered when all are committed. So two large
+    requests' transactions do not wait for each other's locks (two batches of 500 random
+    leads share a few), and each process keeps (in its event cache) about its share.
+
+    Smaller requests (single events) go to the first process, the front one, while fewer
+    than ``SPLIT_ABOVE`` events wait there: its transactions then group as many requests as
+    one process would (spread over two, each transaction held fewer and single events went
+    slower on 2 cores). Past that (a front process that does not keep up, or that writes a
+    large request's share) a request whose events all name one lead goes to its lead's home,
+    any other to the process with the fewest events waiting.
+
+    While a process has ended, requests go whole to those that run, and the ended one is
+    started again at once (after the back-off of a failed start, as :class:`ProcessWriter`
+    does); with none running, requests go to it all the same and hear what it hears."""
 
     def __init__(self, processes: int, db: str | None, **kwargs: Any) -> None:
         if processes < 2:
@@ -1247,16 +1253,23 @@ class ProcessWriterPool:
                 w.revive()
         return up
 
-    def _home(self, key: str) -> ProcessWriter:
-        return self.writers[zlib.crc32(key.encode()) % len(self.writers)]
+    def home(self, key: str) -> ProcessWriter:
+        """The home process of the lead an event names ``key`` (see the class)."""
+        return self.writers[self._home_index(key)]
+
+    def _home_index(self, key: str | None) -> int:
+        return 0 if key is None else zlib.crc32(key.encode()) % len(self.writers)
 
     def writer_for(self, items: Sequence[EventInput]) -> ProcessWriter:
-        """The ingest process that is to write these events (see the class)."""
+        """The ingest process that is to write these events, all of them (see the class)."""
         up = self._up()
+        front = self.writers[0]
+        if front.up and front.pending_events() < SPLIT_ABOVE:
+            return front
         first = items[0] if items else None
         key = None if first is None else _name(first)
         if key is not None and all(_name(it) == key for it in items):
-            mine = self._home(key)
+            mine = self.home(key)
             if mine.up or not up:
                 return mine
         return min(up or self.writers, key=lambda w: w.pending_events())
@@ -1270,8 +1283,7 @@ class ProcessWriterPool:
         if len(items) > SPLIT_ABOVE and len(self._up()) == len(self.writers):
             groups: dict[int, list[int]] = {}
             for key, indexes in _by_lead(items):
-                home = 0 if key is None else zlib.crc32(key.encode()) % len(self.writers)
-                groups.setdefault(home, []).extend(indexes)
+                groups.setdefault(self._home_index(key), []).extend(indexes)
             if len(groups) > 1:
                 return [
                     (self.writers[home], sorted(share)) for home, share in sorted(groups.items())
