@@ -199,9 +199,9 @@ def serve(
             min=1,
             max=32,
             show_default=False,
-            help="PostgreSQL: ingest processes writing at once, a lead's events always to "
-            "the same one, a request of many leads shared out among them [default: 2 on "
-            "PostgreSQL; 1 on SQLite, its only value].",
+            help="PostgreSQL: ingest processes writing at once; a request of many leads is "
+            "shared out among them by lead [default: 2 on PostgreSQL; 1 on SQLite, its only "
+            "value].",
         ),
     ] = None,
 ) -> None:

@@ -215,7 +215,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             # Segment identify calls) are few beside the ingest process's
             s.keep_events(settings.cached_events // 10)
             processes = ingest_processes(settings, s.db.is_sqlite)
-            if processes > 1:  # each keeps about its share of the leads (by hash)
+            if processes > 1:  # the cache shared out: each keeps the leads it writes
                 writer = ProcessWriterPool(
                     processes,
                     settings.db,

@@ -65,6 +65,7 @@ from leadscore.store.deferred import (
 )
 from leadscore.store.eventcache import Preloader
 from leadscore.store.keeper import ChangeListener
+from leadscore.store.leads import email_key
 from leadscore.store.scores import ScoreChange
 from leadscore.store.triggers import TriggerEngine
 
@@ -103,14 +104,16 @@ def with_triggers(store: Store) -> None:
 
 
 def _name(item: EventInput) -> str | None:
-    """How an event names its lead, as sent: lead id, else email, else anonymous id."""
-    return item.lead_id or item.email or item.anonymous_id
+    """How an event names its lead: lead id, else email (as the store finds leads by it),
+    else anonymous id."""
+    return item.lead_id or email_key(item.email) or item.anonymous_id
 
 
 def _by_lead(items: Sequence[EventInput]) -> list[tuple[str | None, list[int]]]:
     """The indexes of ``items`` grouped by lead as far as their names tell, before the store
-    resolves them: events sharing a lead id, email or anonymous id (as sent) are together.
-    Each group with the name of its first event (None for events naming nothing)."""
+    resolves them: events sharing a lead id, email (as the store matches it; a lead first
+    known by its email has it as its id), anonymous id or message id are together. Each
+    group with the first name (:func:`_name`) of its events, None if none names a lead."""
     parent: dict[str, str] = {}
 
     def root(name: str) -> str:
@@ -121,19 +124,42 @@ def _by_lead(items: Sequence[EventInput]) -> list[tuple[str | None, list[int]]]:
         return name
 
     tagged = [
-        [f"{kind}:{value}" for kind, value in zip("iea", names, strict=True) if value]
-        for names in ((it.lead_id, it.email, it.anonymous_id) for it in items)
+        [
+            tag + value
+            for tag, value in (
+                ("n:", it.lead_id),
+                ("n:", email_key(it.email)),
+                ("a:", it.anonymous_id),
+                ("m:", it.message_id),
+            )
+            if value
+        ]
+        for it in items
     ]
     for names in tagged:
         for other in names[1:]:
             parent[root(other)] = root(names[0])
-    groups: dict[str | None, tuple[str | None, list[int]]] = {}
+    groups: dict[str | None, tuple[list[str | None], list[int]]] = {}
     for i, names in enumerate(tagged):
-        group = root(names[0]) if names else None
-        if group not in groups:
-            groups[group] = (_name(items[i]), [])
-        groups[group][1].append(i)
-    return list(groups.values())
+        key, indexes = groups.setdefault(root(names[0]) if names else None, ([None], []))
+        if key[0] is None:
+            key[0] = _name(items[i])
+        indexes.append(i)
+    return [(key[0], indexes) for key, indexes in groups.values()]
+
+
+def _unstored(error: BaseException) -> str:
+    """What an event of a request's failed share hears (the others' were stored)."""
+    if isinstance(error, ApiError):
+        reason = error.message
+    elif isinstance(error, LeadscoreError):
+        reason = str(error)
+    else:
+        reason = "the events could not be stored"
+    return (
+        f"not acknowledged: {reason}; send this event again (with its event_id a repeat "
+        "is not stored twice)"
+    )
 
 
 def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
@@ -1291,10 +1317,12 @@ class ProcessWriterPool:
         return [(self.writer_for(items), list(range(len(items))))]
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
-        """Store and rescore ``items``; their outcomes once they are committed (all shares'
-        when the request was shared out; should one fail, the request hears its error once
-        all have ended: the others' events are stored, and acknowledged as repeats when sent
-        again with their message ids)."""
+        """Store and rescore ``items``; their outcomes once they are committed. A request
+        shared out is answered when every share has ended: should some fail and others be
+        stored, the failed shares' events are reported as errors by index (their share's
+        error, to be sent again) and the rest as stored, so that the request is not sent
+        again whole and its stored events, without message ids, stored twice; should all
+        fail, the request hears the first share's error."""
         shares = self.shares(items)
         if len(shares) == 1:
             return await shares[0][0].ingest(items)
@@ -1302,10 +1330,17 @@ class ProcessWriterPool:
             *(w.ingest([items[i] for i in share]) for w, share in shares),
             return_exceptions=True,
         )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed and (
+            len(failed) == len(results) or not all(isinstance(r, Exception) for r in failed)
+        ):
+            raise failed[0]
         outcomes: list[ItemOutcome] = []
         for (_, share), result in zip(shares, results, strict=True):
             if isinstance(result, BaseException):
-                raise result
+                error = _unstored(result)
+                outcomes.extend(ItemOutcome(i, "error", error=error) for i in share)
+                continue
             for outcome in result:
                 outcome.index = share[outcome.index]
                 outcomes.append(outcome)
