@@ -1235,7 +1235,9 @@ class ProcessWriterPool:
 
     A request of more than ``SPLIT_ABOVE`` events for several leads is shared out by lead:
     each lead has a home process, the one the name its events give it hashes to (the lead
-    id, else email, else anonymous id, as sent), and each share goes to its leads' home,
+    id, else the email as leads are found by it, else the anonymous id: :func:`_name`;
+    events whose names meet go together: :func:`_by_lead`), and each share goes to its
+    leads' home,
     written at once with the others and answered when all are committed. So two large
     requests' transactions do not wait for each other's locks (two batches of 500 random
     leads share a few), and each process keeps (in its event cache) about its share.
@@ -1305,7 +1307,7 @@ class ProcessWriterPool:
         ingest process runs: its events shared out by lead (the indexes of each process's
         share, in the request's order). Events whose names meet (an event giving a lead id
         and an email, another the email alone) go together, to the home of the first's name.
-        Otherwise one share, all of it."""
+        Otherwise one share, all of it (:meth:`writer_for`)."""
         if len(items) > SPLIT_ABOVE and len(self._up()) == len(self.writers):
             groups: dict[int, list[int]] = {}
             for key, indexes in _by_lead(items):
