@@ -930,27 +930,40 @@ def test_a_request_is_grouped_by_lead_as_its_names_tell() -> None:
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_a_shared_out_request_reports_a_failed_share_by_item(
+def test_a_shared_out_request_whose_share_failed(
     pool: ProcessWriterPool, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Should one process's share fail, the request is answered once the other share is
-    stored: the failed share's events as errors by index (with its error, to be sent again),
-    the others as stored, so that a client does not send the whole request again (events
-    without message ids would be stored twice). Should every share fail, the request hears
-    the error."""
+    """Should one process's share fail while the other is stored: when every stored event
+    has a message id, the request hears the error (sent again whole, as clients do on an
+    error status, the stored events are repeats); otherwise the failed share's events are
+    errors by index (to be sent again) and the rest stored, so that a resend of the whole
+    does not store twice the events without message ids. Should every share fail, the
+    request hears the error."""
+
+    async def refuse(_items: list[EventInput]) -> list[ItemOutcome]:
+        await asyncio.sleep(0.05)  # the other share is written meanwhile
+        raise ApiError(503, "the ingest process is starting")
+
+    # every event with a message id: the error, and a resend stores the rest
+    items = page_views([f"E{i}" for i in range(100)], "ids-")
+    (_, stored), (broken, refused) = pool.shares(items)
+    with monkeypatch.context() as patch:
+        patch.setattr(broken, "ingest", refuse)
+        with pytest.raises(ApiError, match="starting"):
+            asyncio.run(pool.ingest(items))
+    again = asyncio.run(pool.ingest(items))
+    assert {again[i].status for i in stored} == {"duplicate"}
+    assert {again[i].status for i in refused} == {"accepted"}
+    assert_scores_exact(db_url, ["E0", "E99"], events=100)
+
+    # some without: errors by index
     items = page_views([f"F{i}" for i in range(100)], "fail-")
     for item in items[::2]:
         item.message_id = None  # these would be stored twice by a resend
-    shares = pool.shares(items)
-    assert len(shares) == 2
-    (_, stored), (broken, refused) = shares
-
-    async def refuse(_items: list[EventInput]) -> list[ItemOutcome]:
-        await asyncio.sleep(0.05)
-        raise ApiError(503, "the ingest process is starting")
-
-    monkeypatch.setattr(broken, "ingest", refuse)
-    outcomes = asyncio.run(pool.ingest(items))
+    (_, stored), (broken, refused) = pool.shares(items)
+    with monkeypatch.context() as patch:
+        patch.setattr(broken, "ingest", refuse)
+        outcomes = asyncio.run(pool.ingest(items))
     assert [o.index for o in outcomes] == list(range(100))
     assert {outcomes[i].status for i in stored} == {"accepted"}
     assert {outcomes[i].status for i in refused} == {"error"}
@@ -958,16 +971,15 @@ def test_a_shared_out_request_reports_a_failed_share_by_item(
         "not acknowledged: the ingest process is starting" in (outcomes[i].error or "")
         for i in refused
     )
-    monkeypatch.undo()
     again = asyncio.run(pool.ingest([items[i] for i in refused]))  # only those sent again
     assert {o.status for o in again} == {"accepted"}
-    assert_scores_exact(db_url, ["F0", "F99"], events=100)
+    assert_scores_exact(db_url, ["F0", "F99"], events=200)
 
     # every share failing: the request hears it
-    monkeypatch.setattr(broken, "ingest", refuse)
-    monkeypatch.setattr(shares[0][0], "ingest", refuse)
+    monkeypatch.setattr(pool.writers[0], "ingest", refuse)
+    monkeypatch.setattr(pool.writers[1], "ingest", refuse)
     with pytest.raises(ApiError, match="starting"):
-        asyncio.run(pool.ingest(page_views([f"G{i}" for i in range(100)], "g-")))
+        asyncio.run(pool.ingest(items))
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -162,6 +162,20 @@ def _unstored(error: BaseException) -> str:
     )
 
 
+def _merged(
+    shares: Sequence[tuple[object, list[int]]], results: Sequence[list[ItemOutcome]]
+) -> list[ItemOutcome]:
+    """The outcomes of a request's shares, each indexed within its share, as the request's
+    (indexed within the request, in its order)."""
+    outcomes: list[ItemOutcome] = []
+    for (_, share), result in zip(shares, results, strict=True):
+        for outcome in result:
+            outcome.index = share[outcome.index]
+            outcomes.append(outcome)
+    outcomes.sort(key=lambda o: o.index)
+    return outcomes
+
+
 def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outcome]:
     """Store and rescore the events of several requests in one transaction: each request's
     outcomes (indexed within the request), or the exception it is to hear."""
@@ -1320,11 +1334,12 @@ class ProcessWriterPool:
 
     async def ingest(self, items: list[EventInput]) -> list[ItemOutcome]:
         """Store and rescore ``items``; their outcomes once they are committed. A request
-        shared out is answered when every share has ended: should some fail and others be
-        stored, the failed shares' events are reported as errors by index (their share's
-        error, to be sent again) and the rest as stored, so that the request is not sent
-        again whole and its stored events, without message ids, stored twice; should all
-        fail, the request hears the first share's error."""
+        shared out is answered when every share has ended. Should some fail and others be
+        stored, the request hears the first failure's error when every stored event has a
+        message id (sent again whole, those are acknowledged as repeats: the usual retry on
+        an error status, as Segment's libraries do); otherwise the failed shares' events
+        are reported as errors by index (to be sent again) and the rest as stored, since
+        the whole request sent again would store twice the events without message ids."""
         shares = self.shares(items)
         if len(shares) == 1:
             return await shares[0][0].ingest(items)
@@ -1333,21 +1348,30 @@ class ProcessWriterPool:
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]
-        if failed and (
-            len(failed) == len(results) or not all(isinstance(r, Exception) for r in failed)
-        ):
+        if not failed:
+            return _merged(shares, cast(list[list[ItemOutcome]], results))
+        for error in failed:
+            if not isinstance(error, Exception):  # cancelled, or the process is to end
+                raise error
+        log.warning(
+            "ingest: %d of %d shares of a request failed: %s", len(failed), len(shares), failed[0]
+        )
+        stored = [
+            share
+            for (_, share), r in zip(shares, results, strict=True)
+            if not isinstance(r, BaseException)
+        ]
+        if all(items[i].message_id for share in stored for i in share):
             raise failed[0]
-        outcomes: list[ItemOutcome] = []
-        for (_, share), result in zip(shares, results, strict=True):
-            if isinstance(result, BaseException):
-                error = _unstored(result)
-                outcomes.extend(ItemOutcome(i, "error", error=error) for i in share)
-                continue
-            for outcome in result:
-                outcome.index = share[outcome.index]
-                outcomes.append(outcome)
-        outcomes.sort(key=lambda o: o.index)
-        return outcomes
+        return _merged(
+            shares,
+            [
+                [ItemOutcome(i, "error", error=_unstored(r)) for i in range(len(share))]
+                if isinstance(r, BaseException)
+                else r
+                for (_, share), r in zip(shares, results, strict=True)
+            ],
+        )
 
     def cache_stats(self) -> dict[str, int]:
         """The event caches of all the ingest processes, added up."""
