@@ -983,6 +983,73 @@ def test_a_shared_out_request_whose_share_failed(
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_failed_share_as_the_http_answer_tells_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the API: a failed share of a request with events without ids is answered 200,
+    its events as errors by their index in the request (an invalid item before them moves
+    none), the rest accepted; resending only those stores them once. Through Segment's batch,
+    every event with a message id, the request hears the 503 in the error envelope, and the
+    resend of the whole stores each event once."""
+    settings = Settings(db=db_url, no_auth=True, rescore_interval=0, deliver_interval=0)
+    app = create_app(settings)
+    with RunningServer(app) as running, httpx.Client(base_url=running.url) as client:
+        pool = app.state.leadscore.writer
+        assert isinstance(pool, ProcessWriterPool) and len(pool.writers) == 2
+
+        async def refuse(_items: list[EventInput]) -> list[ItemOutcome]:
+            await asyncio.sleep(0.05)
+            raise writer_module._unavailable("the ingest process is starting")
+
+        leads = [f"H{i}" for i in range(100)]
+        # the share of writers[1], told by the leads' homes as the pool picks them
+        failing = {i for i, lead in enumerate(leads) if pool.home(lead) is pool.writers[1]}
+        assert 0 < len(failing) < len(leads)
+        body: list[dict[str, object]] = [{"lead_id": "H0"}]  # no type: invalid, index 0
+        body += [
+            {"lead_id": lead, "type": "page_view", "url": "/pricing"}
+            | ({"event_id": f"h-{i}"} if i % 2 else {})
+            for i, lead in enumerate(leads)
+        ]
+        with monkeypatch.context() as patch:
+            patch.setattr(pool.writers[1], "ingest", refuse)
+            r = client.post("/api/v1/events", json=body)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["received"] == 101
+        assert answer["accepted"] == len(leads) - len(failing)
+        refused = {e["index"] for e in answer["errors"]}
+        assert refused == {0} | {i + 1 for i in failing}
+        assert all(
+            "not acknowledged: the ingest process is starting; send this event again"
+            in e["message"]
+            for e in answer["errors"]
+            if e["index"] != 0
+        )
+        again = client.post("/api/v1/events", json=[body[i] for i in sorted(refused - {0})])
+        assert again.status_code == 200 and again.json()["accepted"] == len(failing)
+        assert_scores_exact(db_url, leads, events=len(leads))
+
+        batch = {
+            "batch": [
+                {"type": "track", "userId": lead, "event": "page_view", "messageId": f"s-{i}"}
+                for i, lead in enumerate(leads)
+            ]
+        }
+        with monkeypatch.context() as patch:
+            patch.setattr(pool.writers[1], "ingest", refuse)
+            r = client.post("/v1/batch", json=batch)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["message"] == "the ingest process is starting"
+        assert r.headers["retry-after"] == "1"
+        again = client.post("/v1/batch", json=batch)  # as Segment's libraries do on a 5xx
+        assert again.status_code == 200, again.text
+        assert again.json()["accepted"] == len(failing)
+        assert again.json()["duplicate"] == len(leads) - len(failing)
+        assert_scores_exact(db_url, leads, events=2 * len(leads))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_killed_process_of_the_pool_is_replaced_and_the_other_goes_on(
     pool: ProcessWriterPool, db_url: str
 ) -> None:
