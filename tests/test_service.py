@@ -24,6 +24,9 @@ def _key(store: Store, *scopes: str) -> str:
         return create_key(conn, "test", list(scopes), store.clock())[1]
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 def _envelope(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body: dict[str, Any] = r.json()
@@ -348,6 +351,47 @@ def test_bodies_the_store_cannot_keep_are_refused(serve: Serve) -> None:
     )
     _envelope(r, 422, "invalid")
     _envelope(api.get("/api/v1/firings", params={"before_id": 10**30}), 422, "invalid")
+    # numbers beyond a float (read as infinity) and lone surrogate halves: refused whole,
+    # wherever they are, and nothing of the request stored
+    huge = b'[{"lead_id": "OK1", "type": "x"}, {"lead_id": "L2", "type": "x", "v": 1e999}]'
+    err = _envelope(api.post("/api/v1/events", content=huge), 400, "bad_request")
+    assert err["message"] == "body[1].v: the number is too large (at most about 1.8e308)"
+    huge = b'{"lead_id": "L2", "x": -1e999}'
+    _envelope(api.post("/api/v1/leads", content=huge), 400, "bad_request")
+    huge = b'{"userId": "L2", "traits": {"x": 1e999}}'
+    _envelope(api.post("/v1/identify", content=huge), 400, "bad_request")
+    lone = b'{"lead_id": "L2", "type": "x", "p": "a\\ud800"}'
+    err = _envelope(api.post("/api/v1/events", content=lone), 400, "bad_request")
+    assert "body.p" in err["message"] and "surrogate" in err["message"]
+    lone = b'{"lead_id": "L2", "\\udfff": "x"}'
+    _envelope(api.post("/api/v1/leads", content=lone), 400, "bad_request")
+    pair = {"lead_id": "L3", "type": "x", "p": "\U0001f600"}  # a whole pair is a character
+    assert api.post("/api/v1/events", json=pair).status_code == 200
+    assert api.get("/api/v1/leads/OK1").status_code == 404
+    assert api.get("/api/v1/leads/L2").status_code == 404
+    # NUL in URLs, whatever the route, and in the bodies FastAPI reads
+    for url in (
+        "/api/v1/leads/a%00b",
+        "/api/v1/leads/L3/history?sheet=%00",
+        "/api/v1/leads?q=%00",
+        "/api/v1/leads?%00=x",
+        "/api/v1/firings?lead_id=x%00",
+    ):
+        err = _envelope(api.get(url), 400, "bad_request")
+        assert "NUL" in err["message"], url
+    r = api.post("/api/v1/leads/L3/stage", json={"stage": "lead", "reason": "a\u0000b"})
+    assert "NUL" in _envelope(r, 422, "invalid")["details"][0]["message"]
+    lone = b'{"disposition": "reject", "reason": "\\ud800"}'
+    r = api.post("/api/v1/leads/L3/disposition", content=lone, headers=JSON_TYPE)
+    _envelope(r, 422, "invalid")
+    r = api.post("/api/v1/keys", json={"name": "a\u0000b", "scopes": ["read"]})
+    _envelope(r, 422, "invalid")
+    # a body that is not JSON: 400 on every route, also those FastAPI reads
+    for path in ("/api/v1/leads/L3/stage", "/api/v1/keys", "/api/v1/events"):
+        r = api.post(path, content=b"{bad", headers=JSON_TYPE)
+        assert _envelope(r, 400, "bad_request")["message"].startswith(
+            "the body is not valid JSON"
+        ), path
 
 
 def test_lead_ids_with_slashes_and_manual_rescore(serve: Serve) -> None:

@@ -87,6 +87,17 @@ def _load_start_triggers(store: Store, settings: Settings) -> None:
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
+def _nul_refusal(scope: Scope) -> JSONResponse | None:
+    """A URL whose path or query holds the NUL character (``%00``) is refused: PostgreSQL
+    text cannot hold it, so no id, name or filter value contains it."""
+    if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+        return JSONResponse(
+            error_body("bad_request", "the URL may not contain the NUL character (%00)"),
+            status_code=400,
+        )
+    return None
+
+
 class LocalModeGuard:
     """Without keys, only this machine may talk to the service: a web page the user visits
     must not reach it (through a rebinding DNS name, or a cross-site form post). A plain ASGI
@@ -97,34 +108,37 @@ class LocalModeGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            host = urlsplit("//" + headers.get("host", "")).hostname or ""
-            origin = headers.get("origin")
-            refusal = None
-            if host not in LOOPBACK_NAMES:
-                refusal = JSONResponse(
-                    error_body(
-                        "bad_request", f"in local mode (--no-auth) the host {host!r} is refused"
-                    ),
-                    status_code=400,
-                )
-            elif (
-                origin is not None
-                and urlsplit(origin).hostname not in LOOPBACK_NAMES
-                and scope["method"] not in ("GET", "HEAD", "OPTIONS")
-            ):
-                refusal = JSONResponse(
-                    error_body(
-                        "forbidden",
-                        f"in local mode (--no-auth) requests from web pages of {origin} "
-                        "are refused",
-                    ),
-                    status_code=403,
-                )
+            refusal = _nul_refusal(scope) or self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(scope: Scope) -> JSONResponse | None:
+        headers = Headers(scope=scope)
+        host = urlsplit("//" + headers.get("host", "")).hostname or ""
+        origin = headers.get("origin")
+        if host not in LOOPBACK_NAMES:
+            return JSONResponse(
+                error_body(
+                    "bad_request", f"in local mode (--no-auth) the host {host!r} is refused"
+                ),
+                status_code=400,
+            )
+        if (
+            origin is not None
+            and urlsplit(origin).hostname not in LOOPBACK_NAMES
+            and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+        ):
+            return JSONResponse(
+                error_body(
+                    "forbidden",
+                    f"in local mode (--no-auth) requests from web pages of {origin} are refused",
+                ),
+                status_code=403,
+            )
+        return None
 
 
 class CrossSiteGuard:
@@ -138,6 +152,10 @@ class CrossSiteGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _nul_refusal(scope) if scope["type"] == "http" else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             headers = Headers(scope=scope)
             origin = headers.get("origin")

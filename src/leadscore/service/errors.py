@@ -118,6 +118,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        for err in e.errors():
+            if err.get("type") == "json_invalid":  # as read_json answers it
+                reason = (err.get("ctx") or {}).get("error")
+                message = "the body is not valid JSON" + (f": {reason}" if reason else "")
+                return _response(ApiError(400, message))
         details = [
             {"loc": loc_text(err.get("loc", ())), "message": err.get("msg", "")}
             for err in e.errors()

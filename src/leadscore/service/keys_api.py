@@ -12,11 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from leadscore.errors import UsageError
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
+from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.service.views import iso_times
 from leadscore.store.keys import SCOPES, ApiKey, create_key, list_keys, revoke_key
@@ -33,8 +34,7 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyIn(Body):
     name: str = Field(max_length=ID, description="who or what uses the key")
     scopes: list[str] = Field(
         max_length=len(SCOPES),

@@ -7,6 +7,7 @@ good ones are accepted.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
@@ -19,6 +20,7 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
 
 from leadscore.engine.timeutil import parse_instant
@@ -29,6 +31,7 @@ from leadscore.store import EventInput, LeadInput
 
 __all__ = [
     "Amount",
+    "Body",
     "EventIn",
     "LeadIn",
     "Scalar",
@@ -36,6 +39,7 @@ __all__ = [
     "item_error",
     "read_body",
     "read_json",
+    "text_problem",
     "to_event",
     "to_lead",
 ]
@@ -86,20 +90,55 @@ def _no_constant(name: str) -> Any:
 
 def check_json(value: Any, depth: int = 0, where: str = "body") -> None:
     """Refuse what JSON parsers accept but the store cannot keep: NUL characters (PostgreSQL
-    text cannot hold them) and nesting deeper than :data:`MAX_DEPTH`."""
+    text cannot hold them), halves of UTF-16 surrogate pairs written alone (``"\\ud800"``:
+    no UTF-8 text), numbers too large for a float (``1e999``, read as infinity) and nesting
+    deeper than :data:`MAX_DEPTH`."""
     if depth > MAX_DEPTH:
         raise ApiError(400, f"the body nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ApiError(400, f"{where}: text may not contain the NUL character (\\u0000)")
+        problem = text_problem(value)
+        if problem:
+            raise ApiError(400, f"{where}: {problem}")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ApiError(400, f"{where}: the number is too large (at most about 1.8e308)")
     elif isinstance(value, dict):
         for k, v in value.items():
-            if "\x00" in k:
-                raise ApiError(400, f"{where}: a field name contains the NUL character")
+            problem = text_problem(k)
+            if problem:
+                raise ApiError(400, f"{where}: a field name: {problem}")
             check_json(v, depth + 1, f"{where}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
             check_json(v, depth + 1, f"{where}[{i}]")
+
+
+def text_problem(text: str) -> str | None:
+    """What makes ``text`` impossible to store (see :func:`check_json`), or None."""
+    if "\x00" in text:
+        return "text may not contain the NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text may not contain half of a UTF-16 surrogate pair alone (such as \\ud800)"
+    return None
+
+
+class Body(BaseModel):
+    """A JSON body that FastAPI reads for an endpoint: unknown fields refused, and no text
+    that the store cannot keep (:func:`text_problem`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        texts = value if isinstance(value, list) else [value]
+        for text in texts:
+            if isinstance(text, str) and (problem := text_problem(text)):
+                raise ValueError(problem)
+        return value
 
 
 def item_error(index: int | None, e: ValidationError | ValueError) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from leadscore.service.auth import require
+from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.service.views import iso_times
 from leadscore.store.keys import ApiKey
@@ -36,8 +37,7 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-class SegmentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SegmentIn(Body):
     query: str = Field(
         max_length=8000,
         description="the lead list's query string, e.g. band=hot&grade=A,B&country=US&sort=-score "

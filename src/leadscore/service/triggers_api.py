@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
+from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.service.views import iso_times
 from leadscore.store.keys import ApiKey
@@ -79,8 +80,7 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
     return {"items": iso_times(await run_in_threadpool(run))}
 
 
-class EnabledIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EnabledIn(Body):
     enabled: bool
 
 
@@ -165,8 +165,7 @@ async def post_redeliver(
     return iso_times(await run_in_threadpool(run))  # type: ignore[no-any-return]
 
 
-class WebhookTestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WebhookTestIn(Body):
     url: str = Field(pattern=r"^https?://", max_length=2000)
     secret: str | None = Field(None, max_length=200)
     format: Literal["json", "slack"] = "json"

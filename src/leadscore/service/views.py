@@ -16,12 +16,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.datastructures import QueryParams
 
 from leadscore.engine.timeutil import iso_utc
 from leadscore.errors import UsageError
 from leadscore.service.auth import require
+from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.store import DISPOSITIONS, LeadQuery, Store
 from leadscore.store.keys import ApiKey
@@ -276,8 +277,7 @@ async def get_history(
     return {"lead_id": lead_id, "items": iso_times(await run_in_threadpool(run))}
 
 
-class DispositionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DispositionIn(Body):
     disposition: str = Field(description=", ".join(DISPOSITIONS))
     reason: str | None = Field(None, max_length=2000)
     amount: float | None = Field(None, allow_inf_nan=False)
@@ -309,8 +309,7 @@ async def post_disposition(
     return await run_in_threadpool(run)
 
 
-class StageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StageIn(Body):
     stage: str
     reason: str | None = Field(None, max_length=2000)
 
