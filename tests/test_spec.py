@@ -199,6 +199,32 @@ def test_deeply_nested_yaml_is_an_error_not_a_crash() -> None:
         parse_model("rules: " + "[" * 30_000 + "]" * 30_000)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: &a [*a]\n", 1),
+        ("version: 1\nname: x\nbands: &b\n  cold: 0\n  hot: [1, *b]\n", 3),
+        ("version: 1\nname: x\nprofile:\n- &r {id: r, points: 1, if: {all: [*r]}}\n", 4),
+    ],
+)
+def test_an_alias_inside_the_node_it_names_is_an_error_not_a_crash(text: str, line: int) -> None:
+    """YAML lets a node contain itself through an alias; walking it had no end."""
+    with pytest.raises(ModelError) as info:
+        parse_model(text, "x.yaml")
+    assert f"x.yaml:{line}: not valid here: an alias (*name) inside the node it names" in str(
+        info.value
+    )
+
+
+def test_aliases_that_name_a_node_twice_are_fine() -> None:
+    model = parse_model(
+        "version: 1\nname: x\nbands: {cold: 0, hot: 40}\nprofile:\n"
+        "- {id: a, points: 1, if: &vp {field: title, contains: vp}}\n"
+        "- {id: b, points: 2, if: {all: [*vp, *vp]}}\n"
+    )
+    assert [r.id for r in model.rules] == ["a", "b"]
+
+
 def test_an_unknown_key_is_not_its_own_suggestion() -> None:
     with pytest.raises(ModelError) as info:
         parse_model("version: 1\nname: x\nrules: []\n")

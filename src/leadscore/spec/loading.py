@@ -129,6 +129,19 @@ def validate_yaml(
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise error([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
+    loop = _alias_loop(node)
+    if loop is not None:
+        raise error(
+            [
+                ModelIssue(
+                    source,
+                    loop,
+                    "",
+                    "not valid here: an alias (*name) inside the "
+                    "node it names would make it contain itself",
+                )
+            ]
+        )
     if raw is None:
         if empty_is_error:
             raise error([ModelIssue(source, 1, "", "the file is empty")])
@@ -246,6 +259,39 @@ def _index_lines(
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index_lines(item, (*loc, i), lines, issues, source)
+
+
+def _alias_loop(root: yaml.Node | None) -> int | None:
+    """The line of a node that contains itself (``a: &x [*x]``: YAML allows it, a model
+    cannot hold it), or None. Each node is walked once, however many aliases name it."""
+    if root is None:
+        return None
+    done: set[int] = set()
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            open_.discard(id(node))
+            done.add(id(node))
+            continue
+        if id(node) in done:
+            continue
+        if id(node) in open_:
+            return int(node.start_mark.line) + 1
+        open_.add(id(node))
+        stack.append((node, True))
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in reversed(children):
+            if id(child) in open_:
+                return int(child.start_mark.line) + 1
+            stack.append((child, False))
+    return None
 
 
 def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
