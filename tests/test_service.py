@@ -223,6 +223,65 @@ def test_segment_calls(serve: Serve) -> None:
     assert "userId" in err["message"]
 
 
+def test_segment_routes_say_what_a_call_is_and_nested_values_stay_json(serve: Serve) -> None:
+    """A ``type`` in the body of /v1/identify, /v1/track or /v1/page does not make it another
+    call (Segment's endpoints decide); a list as a track's item is refused as the native API
+    refuses it; objects inside a trait's list are kept as JSON text."""
+    api = serve(no_auth=True)
+    r = api.post(
+        "/v1/identify",
+        json={"userId": "SEG7", "type": "track", "event": "demo_request", "traits": {"k": "v"}},
+    )
+    assert r.status_code == 200 and r.json()["created"] == 1, r.text
+    lead = api.get("/api/v1/leads/SEG7").json()
+    assert lead["profile"]["k"] == "v"
+    assert lead["scores"]["b2b-default"]["engagement"] == -15.0  # gone quiet: no event stored
+    r = api.post("/v1/track", json={"userId": "SEG7", "type": "identify", "event": "demo_request"})
+    assert [i["status"] for i in r.json()["items"]] == ["accepted"]
+    r = api.post("/v1/page", json={"userId": "SEG7", "type": "alias", "previousId": "a-1"})
+    assert [i["status"] for i in r.json()["items"]] == ["accepted"]
+    scores = api.get("/api/v1/leads/SEG7").json()["scores"]["b2b-default"]
+    assert scores["engagement"] >= 50  # the demo request and the page view
+    err = _envelope(
+        api.post("/v1/track", json={"userId": "SEG7", "event": "x", "properties": {"item": ["x"]}}),
+        422,
+        "invalid",
+    )
+    assert "properties.item must be text, a number or null" in err["message"]
+    r = api.post("/v1/identify", json={"userId": "SEG8", "traits": {"n": [{"a": 1}, "b", 2]}})
+    assert r.status_code == 200
+    assert api.get("/api/v1/leads/SEG8").json()["profile"]["n"] == '{"a": 1}, b, 2'
+
+
+def test_what_cannot_be_stored_as_an_id_is_refused_by_item(serve: Serve) -> None:
+    """An email becomes the id of a lead known by it alone; one longer than an id can be
+    (200) is an error of its item (PostgreSQL failed the request, SQLite kept a longer id).
+    A model whose name is longer than the store keeps is refused with a model error."""
+    api = serve(no_auth=True)
+    email = "a" * 250 + "@x.com"
+    r = api.post(
+        "/api/v1/events",
+        json=[{"email": email, "type": "x"}, {"lead_id": "E1", "email": email, "type": "x"}],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and [e["index"] for e in body["errors"]] == [0]
+    assert "an email longer than 200 characters cannot be a new lead's id" in str(body["errors"])
+    # the long email now names E1, which events and upserts by it find
+    r = api.post("/api/v1/leads", json={"email": email.upper(), "job_title": "VP"})
+    assert r.json()["items"][0]["lead_id"] == "E1"
+    r = api.post("/api/v1/leads", json={"email": "b" + email, "job_title": "VP"})
+    assert "cannot be a new lead's id" in _envelope(r, 422, "invalid")["message"]
+    name = "n" * 300
+    r = api.post(
+        "/api/v1/models",
+        content=f"version: 1\nname: {name}\nbands: {{cold: 0}}\n",
+        headers={"Content-Type": "application/yaml"},
+    )
+    err = _envelope(r, 422, "invalid_model")
+    assert "the store keeps names of at most 200 characters" in str(err)
+
+
 def test_lead_list_filters_and_pages(serve: Serve) -> None:
     api = serve(no_auth=True)
     leads = [

@@ -74,6 +74,19 @@ def test_outcomes_as_csv(serve: Serve) -> None:
     assert "line 4 ('someday')" in text
     stored = client.get("/api/v1/validation?as_of=2026-06-30").json()["stored_outcomes"]
     assert {o["outcome"]: o["count"] for o in stored} == {"won": 5, "opportunity": 1, "lost": 1}
+    # a value too long to keep: named by file, row and column, the upload not repeated
+    long_id = "Z" * 300
+    r = client.post(
+        "/api/v1/outcomes?filename=crm.csv",
+        content=f"lead_id,outcome,ts\n{long_id},won,2026-01-08T00:00:00Z\n",
+        headers=CSV,
+    )
+    assert r.status_code == 422 and long_id not in r.text
+    error = r.json()["error"]
+    assert error["message"] == (
+        "the file has 1 problem; nothing was stored: "
+        "crm.csv: row 1: column 'lead_id': longer than 200 characters"
+    )
 
 
 def test_report_of_the_active_model(serve: Serve) -> None:

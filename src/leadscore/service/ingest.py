@@ -9,6 +9,7 @@ gets a 422 with the envelope.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,17 +72,17 @@ def _items(body: Any, key: str, max_batch: int) -> tuple[list[Any], bool]:
 def _result(
     outcomes: Sequence[ItemOutcome], errors: list[dict[str, Any]], total: int
 ) -> dict[str, Any]:
-    if errors and not outcomes:
+    errors = errors + [
+        {"index": o.index, "message": o.error} for o in outcomes if o.status == "error"
+    ]
+    errors.sort(key=lambda e: int(e.get("index", 0)))
+    if errors and all(o.status == "error" for o in outcomes):  # nothing stored
         what = "item is" if total == 1 else f"{total} items are"
         message = errors[0]["message"] if total == 1 else f"all {what} invalid"
         raise ApiError(422, message, details=errors)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    errors = errors + [
-        {"index": o.index, "message": o.error} for o in outcomes if o.status == "error"
-    ]
-    errors.sort(key=lambda e: int(e.get("index", 0)))
     return {
         "received": total,
         **counts,
@@ -271,12 +272,15 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
             for k in ("url", "path", "title", "referrer"):
                 if k in page:
                     props.setdefault(k, page[k])
+    item = props.pop("item", None)
+    if isinstance(item, (dict, list)):  # as the native API answers it
+        raise ValueError("properties.item must be text, a number or null")
     native = EventIn(
         type=etype,
         ts=m.timestamp,
         lead_id=m.userId,
         anonymous_id=m.anonymousId,
-        item=to_text(props.pop("item", None)),
+        item=to_text(item),
         properties=props,
         event_id=m.messageId,
     )
@@ -290,8 +294,10 @@ def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
         if isinstance(value, dict):
             for k, v in value.items():
                 flatten(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, list):
-            fields[prefix] = ", ".join(str(to_text(v)) for v in value)
+        elif isinstance(value, list):  # a list of objects or lists: as JSON, not Python's
+            fields[prefix] = ", ".join(
+                json.dumps(v) if isinstance(v, (dict, list)) else str(to_text(v)) for v in value
+            )
         else:
             fields[prefix] = value
 
@@ -311,7 +317,7 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
     store = state.store
     now = store.clock()
     if all(
-        isinstance(m, dict) and (m.get("type") or kind or "track") in ("track", "page", "screen")
+        isinstance(m, dict) and (kind or m.get("type") or "track") in ("track", "page", "screen")
         for m in messages
     ):  # only events (the common case): they join the other requests' events in one commit
         return {"success": True, **(await _segment_events(state, messages, kind, now))}
@@ -330,8 +336,8 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
     def run() -> None:
         for i, raw in enumerate(messages):
             try:
-                if kind is not None and isinstance(raw, dict):
-                    raw = {**raw, "type": raw.get("type", kind)}
+                if kind is not None and isinstance(raw, dict):  # the route says what it is
+                    raw = {**raw, "type": kind}
                 m = SegmentMessage.model_validate(raw)
                 m.check_ids()
                 t = m.type or kind or "track"
@@ -372,7 +378,7 @@ async def _segment_events(
     errors: list[dict[str, Any]] = []
     for i, raw in enumerate(messages):
         try:
-            m = SegmentMessage.model_validate({**raw, "type": raw.get("type") or kind or "track"})
+            m = SegmentMessage.model_validate({**raw, "type": kind or raw.get("type") or "track"})
             m.check_ids()
             good.append(_segment_event(m, now, state.settings))
             positions.append(i)

@@ -227,5 +227,8 @@ def import_outcomes(
     return report
 
 
-def _label(source: str | Path | pa.Table) -> str:
+def _label(source: str | Path | pa.Table | NamedData) -> str:
+    """How errors name ``source``: its path, an upload's name (not its bytes), or "table"."""
+    if isinstance(source, NamedData):
+        return source.name
     return "table" if isinstance(source, pa.Table) else str(source)

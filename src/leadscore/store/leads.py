@@ -45,6 +45,7 @@ from leadscore.store.db import (
     send_together,
 )
 from leadscore.store.schema import (
+    ID,
     aliases,
     events,
     lead_merges,
@@ -255,6 +256,13 @@ def _existing(
     return found
 
 
+# A lead found by an email alone (none has it yet) takes the email as its id, which is
+# shorter: a longer email cannot name a new lead.
+_LONG_EMAIL = (
+    f"an email longer than {ID} characters cannot be a new lead's id: send a lead_id with it"
+)
+
+
 def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> list[ItemOutcome]:
     """Create or update leads; each item's outcome in order (``error`` items change nothing)."""
     emails = [e for i in items if (e := email_key(i.email))]
@@ -267,6 +275,9 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
         lead_id = item.lead_id or (by_email.get(email) if email else None) or email
         if lead_id is None:
             outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
+            continue
+        if len(lead_id) > ID:
+            outcomes.append(ItemOutcome(index, "error", error=_LONG_EMAIL))
             continue
         if item.stage is not None and item.stage.strip().lower() not in STAGES:
             error = f"unknown stage {item.stage!r}; stages are {', '.join(STAGES)}"
@@ -724,6 +735,9 @@ def insert_events(
             seen.add(item.message_id)
         email = email_key(item.email)
         lead_id = item.lead_id or (by_email.get(email) if email else None) or email
+        if lead_id is not None and len(lead_id) > ID:
+            outcomes.append(ItemOutcome(index, "error", error=_LONG_EMAIL))
+            continue
         if lead_id is None and item.anonymous_id:
             lead_id = linked.get(item.anonymous_id)
         if lead_id is not None:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from leadscore.errors import Conflict, NotFound
+from leadscore.errors import Conflict, ModelError, ModelIssue, NotFound
 from leadscore.spec import Model, parse_model
-from leadscore.store.schema import model_versions
+from leadscore.store.schema import ID, model_versions
 
 __all__ = [
     "ModelVersion",
@@ -64,6 +64,14 @@ def add_version(conn: Connection, model: Model, yaml_text: str, now_us: int) -> 
 
     Posting the same text as the newest version again stores nothing and returns that version.
     """
+    if len(model.name) > ID:  # the spec sets no limit; the store's column does
+        raise ModelError(
+            [
+                ModelIssue(
+                    model.source, None, "name", f"the store keeps names of at most {ID} characters"
+                )
+            ]
+        )
     newest = conn.execute(
         sa.select(model_versions)
         .where(model_versions.c.name == model.name)
