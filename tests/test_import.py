@@ -129,3 +129,25 @@ def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None
     code, out = run("serve", "--db", pg, "--ingest-processes", "2", "--no-ingest-process")
     assert code == 2 and "--no-ingest-process" in out
     assert not Path(db).exists()  # refused before the store was made
+
+
+def test_serve_checks_its_model_and_triggers_files_before_it_starts(tmp_path: Path) -> None:
+    """A broken --model or --triggers file is reported as validate reports it (exit 1),
+    before the server starts, not as a traceback of the server's start-up."""
+    db = str(tmp_path / "s.db")
+    model = tmp_path / "pit.yaml"
+    model.write_text(
+        "version: 1\nname: p\nprofile:\n  - id: c\n    if: {field: country, in: [US, NO]}\n"
+        "    points: 1\nbands: {cold: 0}\n"
+    )
+    code, out = run("serve", "--db", db, "--port", "9", "--no-auth", "--model", str(model))
+    assert code == 1 and "pit.yaml:5: profile[0].if.in: YAML read a value here as false" in out
+    assert "Traceback" not in out and "serving on" not in out
+    triggers = tmp_path / "t.yaml"
+    triggers.write_text(
+        "triggers:\n  - id: x\n    sheet: nosheet\n    when: {becomes_mql: true}\n"
+        "    actions: [{set_stage: sql}]\n"
+    )
+    code, out = run("serve", "--db", db, "--port", "9", "--no-auth", "--triggers", str(triggers))
+    assert code == 1 and "t.yaml:3: triggers[0].sheet: no sheet 'nosheet'" in out
+    assert "sheets are b2b-default" in out and "serving on" not in out

@@ -20,6 +20,7 @@ from rich.table import Table
 from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
+from leadscore.spec import load_model
 
 if TYPE_CHECKING:
     from leadscore.store import Store
@@ -246,7 +247,16 @@ def serve(
     if cached_events is not None:
         settings.cached_events = cached_events
     store = open_store(db)  # create or migrate before the workers start; fail early
-    store.db.dispose()
+    try:  # the files the server would read at start, checked here: errors as validate has them
+        given = {m.name: m for m in (load_model(p) for p in model or [])}
+        if not given:
+            store.ensure_a_model()  # as the server does at start
+        if triggers:
+            from leadscore.store.triggers import load_triggers
+
+            load_triggers(triggers, sheets={**{s.name: s.model for s in store.sheets()}, **given})
+    finally:
+        store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()
     err.print(
         f"leadscore serving on http://{host}:{port} (web interface: http://{host}:{port}/, "
