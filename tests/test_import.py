@@ -76,11 +76,12 @@ def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
 def test_store_commands(tmp_path: Path) -> None:
     """keys, triggers, publish and rescore against one SQLite store."""
     db = str(tmp_path / "s.db")
-    code, out = run("keys", "create", "website", "--scope", "ingest", "--db", db)
-    assert code == 0 and "lsk_" in out
+    name = "website forms of the marketing team in europe, middle east and africa [emea]"
+    code, out = run("keys", "create", name, "--scope", "ingest", "--db", db)
+    assert code == 0 and "lsk_" in out and f"for {name!r}" in out
     key_id = out.split("lsk_")[1].split("_")[0]
     code, out = run("keys", "list", "--db", db)
-    assert key_id in out and "website" in out
+    assert key_id in out and "website" in out and "[emea]" in out  # the id whole, however narrow
     assert run("keys", "revoke", key_id, "--db", db)[0] == 0
     code, out = run("keys", "revoke", key_id, "--db", db)
     assert code == 2 and "already revoked" in out

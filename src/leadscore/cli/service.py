@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
@@ -421,7 +422,9 @@ def keys_create(
 
     with _opened(db) as store, store.db.write() as conn:
         key, text = create_key(conn, name, scope or ["ingest"], store.clock())
-    err.print(f"key {key.id} for {key.name!r}, scopes: {' '.join(sorted(key.scopes))}")
+    err.print(
+        f"key {key.id} for {key.name!r}, scopes: {' '.join(sorted(key.scopes))}", markup=False
+    )
     err.print("store it now: it cannot be shown again", markup=False)
     out.print(text, markup=False)
 
@@ -434,12 +437,16 @@ def keys_list(db: DbOpt = DEFAULT_DB) -> None:
 
     with _opened(db) as store, store.db.read() as conn:
         keys = list_keys(conn)
-    table = Table("id", "name", "scopes", "created", "last used", "revoked")
+    table = Table("name", "scopes", "created", "last used", "revoked")
+    # the id whole, whatever the terminal's width: `keys revoke` takes it
+    table.columns.insert(
+        0, Column("id", no_wrap=True, min_width=max((len(k.id) for k in keys), default=2))
+    )
     for k in keys:
         used = _when(k.last_used_us) if k.last_used_us is not None else ""
         revoked = _when(k.revoked_us) if k.revoked_us is not None else ""
         scopes = " ".join(sorted(k.scopes))
-        table.add_row(k.id, k.name, scopes, _when(k.created_us), used, revoked)
+        table.add_row(k.id, escape(k.name), scopes, _when(k.created_us), used, revoked)
     out.print(table)
 
 
