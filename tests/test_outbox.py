@@ -8,6 +8,7 @@ Retry times are exact with ``jitter=0``: after the n-th failure the next attempt
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -109,13 +110,24 @@ def test_signature_is_hmac_sha256_hex() -> None:
 
 
 def test_retries_with_backoff_after_500_then_delivers(
-    store: Store, clock: Clock, receiver: Receiver, deliverer: Deliverer
+    store: Store,
+    clock: Clock,
+    receiver: Receiver,
+    deliverer: Deliverer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """500, 500, then 200: due again after 10 s, then after 20 s; nothing is sent early."""
+    """500, 500, then 200: due again after 10 s, then after 20 s; nothing is sent early.
+    Each failed attempt is logged."""
     receiver.answer(500, times=2)
     oid = queue(store, receiver.url)
     start = clock.now
-    assert deliverer.deliver_due() == 1
+    with caplog.at_level(logging.WARNING, logger="leadscore.store.outbox"):
+        assert deliverer.deliver_due() == 1
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"webhook {oid} to {shown_url(receiver.url)}, attempt 1 of 4 failed: "
+        "HTTP 500: receiver says no; retried in 10 s"
+    )
     e = entry(store, oid)
     assert (e["status"], e["attempts"], e["next_attempt_us"]) == ("pending", 1, start + 10 * SECOND)
     assert e["last_error"] == "HTTP 500: receiver says no"

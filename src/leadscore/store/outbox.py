@@ -322,6 +322,16 @@ class Deliverer:
             log.warning(
                 "webhook %s to %s is dead: %s", claim.outbox_id, shown_url(claim.url), result.error
             )
+        elif not result.ok:
+            log.warning(
+                "webhook %s to %s, attempt %d of %d failed: %s; retried in %.0f s",
+                claim.outbox_id,
+                shown_url(claim.url),
+                claim.attempt,
+                self.policy.max_attempts,
+                result.error,
+                wait / 1e6,
+            )
         return str(status)
 
     def deliver_one(self) -> Attempt | None:
