@@ -282,6 +282,19 @@ def test_what_cannot_be_stored_as_an_id_is_refused_by_item(serve: Serve) -> None
     assert "the store keeps names of at most 200 characters" in str(err)
 
 
+def test_profile_fields_whose_names_hold_quotes_filter_the_list(serve: Serve) -> None:
+    """SQLite's JSON paths cannot name a key with a double quote in it (a 500 before); both
+    stores find the lead by such a field, true/false spelt as the evaluators spell them."""
+    api = serve(no_auth=True)
+    api.post("/api/v1/leads", json=[{"lead_id": "Q1", 'we"ird': "v", 'is"ok': True}])
+    api.post("/api/v1/leads", json=[{"lead_id": "Q2", 'we"ird': "w", 'is"ok': False}])
+    for query, expected in (('we"ird=v', ["Q1"]), ('is"ok=true', ["Q1"]), ('is"ok=false', ["Q2"])):
+        name, value = query.split("=")
+        r = api.get("/api/v1/leads", params={name: value, "sort": "lead_id"})
+        assert r.status_code == 200, r.text
+        assert [i["lead_id"] for i in r.json()["items"]] == expected, query
+
+
 def test_lead_list_filters_and_pages(serve: Serve) -> None:
     api = serve(no_auth=True)
     leads = [

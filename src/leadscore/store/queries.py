@@ -175,10 +175,17 @@ def _decode(cursor: str) -> tuple[Any, str]:
 def _profile_text(conn: Connection, name: str) -> sa.ColumnElement[Any]:
     """A profile field as text, the same on both databases: PostgreSQL's ``->>`` (and the
     evaluators) spell JSON booleans ``true``/``false``, where SQLite's json_extract gives 1/0."""
-    text = sa.cast(leads.c.profile[name].as_string(), sa.String)
     if conn.dialect.name != "sqlite":
-        return text
-    kind = sa.func.json_type(leads.c.profile, f'$."{name}"')  # the path SQLAlchemy writes
+        return sa.cast(leads.c.profile[name].as_string(), sa.String)
+    kind: sa.ColumnElement[Any]
+    if '"' in name:  # SQLite's JSON paths cannot name such a key: the object's entries
+        entry = sa.func.json_each(leads.c.profile).table_valued("key", "value", "type")
+        found = sa.select(entry.c.value, entry.c.type).where(entry.c.key == name)
+        text = sa.cast(found.with_only_columns(entry.c.value).scalar_subquery(), sa.String)
+        kind = found.with_only_columns(entry.c.type).scalar_subquery()
+    else:
+        text = sa.cast(leads.c.profile[name].as_string(), sa.String)
+        kind = sa.func.json_type(leads.c.profile, f'$."{name}"')  # the path SQLAlchemy writes
     return sa.case((kind == "true", "true"), (kind == "false", "false"), else_=text)
 
 
