@@ -475,6 +475,19 @@ def test_lead_ids_with_slashes_and_manual_rescore(serve: Serve) -> None:
     r = api.post("/api/v1/leads/acme/emea 7/rescore").json()
     assert r["changed"] == 0 and r["scores"]["b2b-default"]["score"] == 20.0
     assert api.post("/v1/screen", json={"userId": "acme/emea 7", "name": "Home"}).status_code == 200
+    # an escaped slash is the id's own: R/history is not the history of R
+    api.post("/api/v1/leads", json=[{"lead_id": "R"}, {"lead_id": "R/history"}])
+    assert api.get("/api/v1/leads/R%2Fhistory").json()["lead_id"] == "R/history"
+    assert api.get("/api/v1/leads/R%2fhistory/history").json()["lead_id"] == "R/history"
+    assert api.get("/api/v1/leads/R/history").json()["lead_id"] == "R"
+    r = api.post("/api/v1/leads/S%2Frescore")  # no lead S/rescore (and no POST to a lead)
+    assert r.status_code in (404, 405) and "no lead 'S'" not in r.text
+    api.post("/api/v1/leads", json={"lead_id": "S/rescore"})
+    r = api.post("/api/v1/leads/S%2Frescore/rescore")
+    assert r.status_code == 200 and "b2b-default" in r.json()["scores"], r.text
+    r = api.post("/api/v1/leads/S%2Frescore/stage", json={"stage": "sql"})
+    assert r.status_code == 200, r.text
+    assert api.get("/api/v1/leads/S%2Frescore").json()["stage"] == "sql"
     assert api.post("/v1/group", json={"userId": "u", "groupId": "g"}).json()["ignored"] == 1
 
 

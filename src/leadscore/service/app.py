@@ -12,11 +12,12 @@ whole store, runs in a child process when the service opened the store itself:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -89,13 +90,27 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 def _nul_refusal(scope: Scope) -> JSONResponse | None:
     """A URL whose path or query holds the NUL character (``%00``) is refused: PostgreSQL
-    text cannot hold it, so no id, name or filter value contains it."""
+    text cannot hold it, so no id, name or filter value contains it.
+
+    That leaves NUL free to stand for a slash that a lead's URL escaped (``%2F``): a lead
+    ``R/history`` is ``/api/v1/leads/R%2Fhistory``, which the router would otherwise read as
+    the history of lead ``R`` (it routes the unescaped path). The ``lead`` convertor of the
+    lead routes turns it back into a slash (:class:`~leadscore.service.views.LeadIdConvertor`)."""
     if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
         return JSONResponse(
             error_body("bad_request", "the URL may not contain the NUL character (%00)"),
             status_code=400,
         )
+    raw = scope.get("raw_path")
+    if raw and scope["path"].startswith(LEAD_PATHS) and ESCAPED_SLASH.search(raw):
+        scope["path"] = "\x00".join(
+            unquote(part.decode("ascii", "replace")) for part in ESCAPED_SLASH.split(raw)
+        )
     return None
+
+
+LEAD_PATHS = "/api/v1/leads/"
+ESCAPED_SLASH = re.compile(rb"%2[fF]")
 
 
 class LocalModeGuard:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import QueryParams
 
 from leadscore.engine.timeutil import iso_utc
@@ -43,6 +44,22 @@ __all__ = ["iso_times", "lead_data", "lead_query", "leads_csv", "leads_data", "r
 
 DETAIL_HISTORY = 500  # score changes on a lead's page
 DETAIL_EVENTS = 200  # events on a lead's page
+
+
+class LeadIdConvertor(Convertor[str]):
+    """A lead id in a path: a slash that the URL escaped is one of the id's characters, not
+    a step of the route (see :func:`leadscore.service.app._nul_refusal`)."""
+
+    regex = ".+"
+
+    def convert(self, value: str) -> str:
+        return value.replace("\x00", "/")
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("lead", LeadIdConvertor())
 
 router = APIRouter()
 
@@ -258,7 +275,7 @@ def list_check(store: Store, query: LeadQuery) -> None:
         list_leads(conn, replace(query, limit=1), [s.name for s in store.sheets(conn)])
 
 
-@router.get("/api/v1/leads/{lead_id:path}/history", tags=["leads"])
+@router.get("/api/v1/leads/{lead_id:lead}/history", tags=["leads"])
 async def get_history(
     request: Request,
     lead_id: str,
@@ -283,7 +300,7 @@ class DispositionIn(Body):
     amount: float | None = Field(None, allow_inf_nan=False)
 
 
-@router.post("/api/v1/leads/{lead_id:path}/disposition", tags=["leads"])
+@router.post("/api/v1/leads/{lead_id:lead}/disposition", tags=["leads"])
 async def post_disposition(
     request: Request,
     lead_id: str,
@@ -314,7 +331,7 @@ class StageIn(Body):
     reason: str | None = Field(None, max_length=2000)
 
 
-@router.post("/api/v1/leads/{lead_id:path}/stage", tags=["leads"])
+@router.post("/api/v1/leads/{lead_id:lead}/stage", tags=["leads"])
 async def post_stage(
     request: Request, lead_id: str, body: StageIn, key: ApiKey = Depends(require("ingest"))
 ) -> dict[str, Any]:
@@ -331,7 +348,7 @@ async def post_stage(
     return {"lead_id": lead_id, "stage": body.stage.strip().lower(), "changed": changed}
 
 
-@router.post("/api/v1/leads/{lead_id:path}/rescore", tags=["leads"])
+@router.post("/api/v1/leads/{lead_id:lead}/rescore", tags=["leads"])
 async def post_rescore_lead(
     request: Request, lead_id: str, _: ApiKey = Depends(require("admin"))
 ) -> dict[str, Any]:
@@ -368,7 +385,7 @@ def lead_data(
 
 
 # Last: a lead id may contain "/", so this route would also match the ones above.
-@router.get("/api/v1/leads/{lead_id:path}", tags=["leads"])
+@router.get("/api/v1/leads/{lead_id:lead}", tags=["leads"])
 async def get_lead(
     request: Request,
     lead_id: str,
