@@ -392,6 +392,14 @@ def test_search_finds_ids_emails_and_profile_values_and_follows_changes(
     assert found("0% p") == ["S2"] and found("pure_c") == ["S2"]  # % and _ taken literally
     assert found("pur_") == [] and found("%") == ["S2"]  # "_" is no wildcard
     assert found("zürich") == ["S3"] and found("gmbh") == ["S3"]
+    # letters outside ASCII in any case too (SQLite's index and lower() fold ASCII only)
+    assert found("ZÜRICH") == ["S3"] and found("ünïcode") == ["S3"] and found("ÜNÏ") == ["S3"]
+    assert found("Ünïcode gmbh") == ["S3"] and found("zÜr") == ["S3"]
+    assert found("ÜÜÜÜÜ") == []  # more spellings than looked up: the leads read instead
+    assert found("ünïcode gmbh ünïcode ünï") == []
+    store.upsert_leads([LeadInput("S5", fields={"street": "ÄÖÜÄÖ-Straße"})])
+    assert found("äöüäö-str") == ["S5"] and found("ÄÖÜäö") == ["S5"]  # 32 spellings: read
+    assert found("straSSe") == [] and found("straße") == ["S5"]
     assert found("z") == ["S1", "S3"]  # shorter than a trigram: still found
     store.upsert_leads([LeadInput("S1", fields={"company": "Basalt Ltd"})])
     assert found("basalt") == ["S1"] and found("quartz") == ["S1"]  # the email still says so

@@ -757,6 +757,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
     @sa.event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -773,6 +777,8 @@ def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
         cur.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        # the lead search's lower() for every letter, not only ASCII ones (SQLite's)
+        dbapi_conn.create_function("leadscore_lower", 1, _lower, deterministic=True)
 
     @sa.event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:

@@ -207,6 +207,28 @@ PG_SEARCH_TEXT = sa.literal_column(
 )
 
 
+MAX_SPELLINGS = 16  # more: the leads are read (see _search)
+
+
+def _spellings(term: str) -> list[str]:
+    """``term`` in every case of its letters outside ASCII (``Ärger``: ``Ärger``, ``ärger``),
+    or as many as :data:`MAX_SPELLINGS` and one more when there are more."""
+    out = [""]
+    for c in term:
+        cases = {c} if c.isascii() else {c, c.lower(), c.upper()}
+        out = [s + x for s in out for x in sorted(cases)]
+        if len(out) > MAX_SPELLINGS:
+            return out[: MAX_SPELLINGS + 1]
+    return out
+
+
+def _escaped(text: str) -> str:
+    """``text`` matched literally by a LIKE with ESCAPE '\\'."""
+    for special in ("\\", "%", "_"):
+        text = text.replace(special, "\\" + special)
+    return text
+
+
 def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
     """Leads whose id, email or a profile value contains ``search`` (any case, literally).
 
@@ -218,21 +240,29 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
     where pg_trgm could be added; its statistics, sampled from 1,000 leads' texts, tell it
     whether few leads or many hold the term) and reading the leads in the list's order."""
     literal = not any(c in search for c in "\\%_")
-    text = search.lower()
-    for special in ("\\", "%", "_"):  # the user's text is matched literally
-        text = text.replace(special, "\\" + special)
-    pattern = f"%{text}%"
+    pattern = f"%{_escaped(search.lower())}%"  # the user's text is matched literally
     if conn.dialect.name == "sqlite":
-        column = LEAD_SEARCH.c.text
-        match = column.like(f"%{search}%") if literal else column.like(pattern, escape="\\")
-        found = (
-            sa.select(LEAD_SEARCH_IDS.c.lead_id)
-            .join_from(LEAD_SEARCH, LEAD_SEARCH_IDS, LEAD_SEARCH_IDS.c.id == LEAD_SEARCH.c.rowid)
-            .where(match)
-        )
-        few = sa.select(sa.func.count()).select_from(found.limit(FEW_MATCHES).subquery())
-        if conn.execute(few).scalar_one() < FEW_MATCHES:
-            return leads.c.lead_id.in_(found)
+        # The index folds the case of ASCII letters only: a term with other letters that have
+        # a case is looked up in each of its spellings (Ärger: also ärger), up to a few.
+        spellings = _spellings(search)
+        if len(spellings) <= MAX_SPELLINGS:
+            column = LEAD_SEARCH.c.text
+            each = [
+                sa.select(LEAD_SEARCH_IDS.c.lead_id)
+                .join_from(
+                    LEAD_SEARCH, LEAD_SEARCH_IDS, LEAD_SEARCH_IDS.c.id == LEAD_SEARCH.c.rowid
+                )
+                .where(
+                    column.like(f"%{term}%")
+                    if literal
+                    else column.like(f"%{_escaped(term)}%", escape="\\")
+                )
+                for term in spellings
+            ]
+            found = each[0] if len(each) == 1 else sa.select(sa.union(*each).subquery().c.lead_id)
+            few = sa.select(sa.func.count()).select_from(found.limit(FEW_MATCHES).subquery())
+            if conn.execute(few).scalar_one() < FEW_MATCHES:
+                return leads.c.lead_id.in_(found)
         # A common term: reading the leads in the list's order finds a page of them sooner
         # than collecting every match. The same text as the index's (migration 0004).
         values = (
@@ -242,7 +272,8 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
         )
         email = sa.func.coalesce(leads.c.email, "")
         whole = leads.c.lead_id + " " + email + " " + sa.func.coalesce(values, "")
-        return sa.func.lower(whole).like(pattern, escape="\\")
+        # lower() as Python has it (SQLite's folds ASCII letters only): see leadscore.store.db
+        return sa.func.leadscore_lower(whole).like(pattern, escape="\\")
     if len(search) >= 3:  # pg_trgm's index answers no shorter term
         return PG_SEARCH_TEXT.like(pattern, escape="\\")
     return sa.or_(  # the same match, in a form the index does not answer
