@@ -97,6 +97,15 @@ def test_bad_triggers_file_is_rejected_with_lines(serve: Serve) -> None:
     assert err["code"] == "invalid_configuration"
     assert all(d["line"] for d in err["details"]), err
     assert api.get("/api/v1/triggers").json()["items"] == []
+    # an empty body does not drop every trigger; `triggers: []` does
+    good = "triggers:\n  - id: x\n    when: {becomes_mql: true}\n    actions: [{set_stage: sql}]\n"
+    assert api.put("/api/v1/triggers", content=good, headers=YAML).status_code == 200
+    for empty in ("", "  \n"):
+        r = api.put("/api/v1/triggers", content=empty, headers=YAML)
+        assert r.status_code == 400 and "`triggers: []` removes every trigger" in r.text
+    assert [t["id"] for t in api.get("/api/v1/triggers").json()["items"]] == ["x"]
+    r = api.put("/api/v1/triggers", content="triggers: []\n", headers=YAML)
+    assert r.status_code == 200 and r.json()["items"] == []
 
 
 def test_publish_does_not_fire_triggers_unless_asked(serve: Serve) -> None:

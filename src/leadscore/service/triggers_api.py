@@ -69,6 +69,10 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "the triggers file is not UTF-8 text") from None
+    if not text.strip():  # most likely a mistake, not a wish to drop every trigger
+        raise ApiError(
+            400, "the body is empty: send the triggers file (`triggers: []` removes every trigger)"
+        )
 
     def run() -> list[dict[str, Any]]:
         sheets = {s.name: s.model for s in state.store.sheets()}
