@@ -40,6 +40,12 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     assert "0 events stored, 3 already there" in out
     code, out = run("import", "outcomes", str(tmp_path / "outcomes.csv"), "--db", db_url)
     assert code == 0 and "1 outcomes stored" in out, out
+    assert "name a lead the store does not hold" not in out
+    more = "lead_id,outcome,ts\nL1,lost,2026-11-23\nl2,won,2026-11-23\n"
+    (tmp_path / "more.csv").write_text(more)
+    code, out = run("import", "outcomes", str(tmp_path / "more.csv"), "--db", db_url)
+    assert code == 0 and "2 outcomes stored" in out, out
+    assert "1 outcome(s) name a lead the store does not hold: kept" in out  # l2, not L2
     store = Store(open_database(db_url))
     try:
         with store.db.read() as conn:

@@ -366,19 +366,22 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     good.write_text(
         "lead_id,outcome,ts,amount\n"
         + "".join(f"{lead['lead_id']},won,{yesterday},1000\n" for lead in top)
+        + f"NOT-OURS,won,{yesterday},1000\n"  # kept, and said
     )
     stored = _get(url + "/api/v1/validation")["stored_outcomes"]
     won_before = next((o["count"] for o in stored if o["outcome"] == "won"), 0)
     page.set_input_files("#outcomes-form input[type=file]", str(good))
     page.click("#outcomes-form button")
     page.wait_for_selector("#outcomes-status.ok")
-    assert "Imported won.csv: 3 new outcome(s)" in page.locator("#outcomes-status").inner_text()
+    said = page.locator("#outcomes-status").inner_text()
+    assert "Imported won.csv: 4 new outcome(s)" in said
+    assert "1 name a lead the store does not hold (kept; check the lead ids)" in said
     # the report run again counts them; the page shows what its twin says
     page.click("#validation-form button[type=submit]")
     page.wait_for_load_state("networkidle")
     twin = _get(url + "/api/v1/validation")
     won_after = next(o["count"] for o in twin["stored_outcomes"] if o["outcome"] == "won")
-    assert won_after == won_before + 3
+    assert won_after == won_before + 4
     row = page.locator("#stored-outcomes tr", has_text="won").locator("td").nth(1).inner_text()
     assert _number(row) == won_after
     tiles = page.locator(".report .tile b").all_inner_texts()

@@ -40,7 +40,7 @@ from leadscore.spec.conditions import to_text
 from leadscore.store import EventInput, ItemOutcome, LeadInput, OutcomeInput
 from leadscore.store.bulk import ImportReport, import_outcomes
 from leadscore.store.keys import ApiKey
-from leadscore.store.lifecycle import add_outcomes
+from leadscore.store.lifecycle import add_outcomes, outcomes_for_unknown_leads
 
 __all__ = ["router"]
 
@@ -225,6 +225,7 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
             "received": report.rows,
             "added": report.stored,
             "repeated": report.repeated,
+            "outcomes_for_unknown_leads": report.unknown,
             "errors": [],
         }
     items, _many = _items(
@@ -243,12 +244,18 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
     if errors and not good:
         raise ApiError(422, "no outcome is valid", details=errors)
 
-    def write() -> int:
+    def write() -> tuple[int, int]:
         with state.store.db.write() as conn:
-            return add_outcomes(conn, good, "api")
+            return add_outcomes(conn, good, "api"), outcomes_for_unknown_leads(conn, good)
 
-    added = await run_in_threadpool(write)
-    return {"received": len(items), "added": added, "repeated": len(good) - added, "errors": errors}
+    added, unknown = await run_in_threadpool(write)
+    return {
+        "received": len(items),
+        "added": added,
+        "repeated": len(good) - added,
+        "outcomes_for_unknown_leads": unknown,
+        "errors": errors,
+    }
 
 
 # --- Segment ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from leadscore.inputs import (
 )
 from leadscore.store.keeper import RescoreReport, Store
 from leadscore.store.leads import STAGES, EventInput, LeadInput
-from leadscore.store.lifecycle import OutcomeInput, add_outcomes
+from leadscore.store.lifecycle import OutcomeInput, add_outcomes, outcomes_for_unknown_leads
 
 __all__ = ["ImportReport", "import_events", "import_leads", "import_outcomes"]
 
@@ -41,6 +41,7 @@ class ImportReport:
     rows: int = 0
     stored: int = 0  # new or updated rows
     repeated: int = 0  # events whose id was already stored, outcomes already recorded
+    unknown: int = 0  # outcomes for leads the store does not hold (kept)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     rescore: RescoreReport | None = None
@@ -219,11 +220,17 @@ def import_outcomes(
     for start in _chunks(len(items)):
         with store.db.write() as conn:
             added = add_outcomes(conn, items[start : start + CHUNK], "import")
+            report.unknown += outcomes_for_unknown_leads(conn, items[start : start + CHUNK])
         store.db.let_others_write()
         report.stored += added
         report.repeated += len(items[start : start + CHUNK]) - added
         if progress:
             progress("storing outcomes", min(start + CHUNK, len(items)), len(items))
+    if report.unknown:
+        report.warnings.append(
+            f"{report.unknown:,} outcome(s) name a lead the store does not hold: kept, and "
+            "counted once such a lead is stored (is the lead id spelt as the store's?)"
+        )
     return report
 
 

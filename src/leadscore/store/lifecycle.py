@@ -24,6 +24,7 @@ __all__ = [
     "OutcomeInput",
     "add_outcomes",
     "check_stage",
+    "outcomes_for_unknown_leads",
     "record_disposition",
     "set_stage",
 ]
@@ -158,3 +159,16 @@ def add_outcomes(conn: Connection, items: Sequence[OutcomeInput], source: str) -
     if rows:
         conn.execute(outcomes.insert(), rows)
     return len(rows)
+
+
+def outcomes_for_unknown_leads(conn: Connection, items: Sequence[OutcomeInput]) -> int:
+    """How many of ``items`` name a lead the store does not hold (nor merged into another):
+    kept all the same (the lead may arrive later), but worth telling whoever sent them, since
+    a lead id spelt otherwise than the store's matches nothing."""
+    wanted = sorted({i.lead_id for i in items})
+    known: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        q = sa.select(leads.c.lead_id).where(leads.c.lead_id.in_(wanted[start : start + 500]))
+        known.update(str(r) for (r,) in conn.execute(q))
+    known.update(merged_into(conn, set(wanted) - known))
+    return sum(i.lead_id not in known for i in items)

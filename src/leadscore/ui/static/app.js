@@ -413,7 +413,10 @@ if (outcomesForm) {
     try {
       const r = await api("POST", `/api/v1/outcomes?filename=${encodeURIComponent(file.name)}`, file, "text/csv");
       stop();
-      say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome(s), ${r.repeated.toLocaleString("en")} already stored. Run the report again to include them.`, "ok");
+      const unknown = r.outcomes_for_unknown_leads
+        ? ` ${r.outcomes_for_unknown_leads.toLocaleString("en")} name a lead the store does not hold (kept; check the lead ids).`
+        : "";
+      say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome(s), ${r.repeated.toLocaleString("en")} already stored.${unknown} Run the report again to include them.`, "ok");
     } catch (e) {
       stop();
       say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
