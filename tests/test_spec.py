@@ -216,6 +216,24 @@ def test_an_alias_inside_the_node_it_names_is_an_error_not_a_crash(text: str, li
     )
 
 
+def test_aliases_that_expand_a_small_file_beyond_reason_are_an_error() -> None:
+    """Seven levels of nine aliases each: 400 bytes, 5 million values written out (seconds
+    and gigabytes to walk). Refused before any walk."""
+    lines = ["version: 1", "name: bomb", "x0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    for i in range(1, 8):
+        lines.append(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    with pytest.raises(ModelError, match="written out, make more than 200,000 values"):
+        parse_model("\n".join(lines), "x.yaml")
+
+
+def test_true_is_not_a_number_of_points() -> None:
+    """YAML reads `points: yes` as true, which pydantic would have taken as 1."""
+    body = "profile:\n  - id: a\n    if: {field: x, exists: true}\n    points: yes\n"
+    with pytest.raises(ModelError) as info:
+        parse_model("version: 1\nname: x\n" + body, "x.yaml")
+    assert "x.yaml:6: profile[0].points: a number is needed here, not true/false" in str(info.value)
+
+
 def test_aliases_that_name_a_node_twice_are_fine() -> None:
     model = parse_model(
         "version: 1\nname: x\nbands: {cold: 0, hot: 40}\nprofile:\n"

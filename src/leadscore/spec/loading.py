@@ -130,6 +130,18 @@ def validate_yaml(
         problem = getattr(exc, "problem", None) or str(exc)
         raise error([ModelIssue(source, line, "", f"not valid YAML: {problem}")]) from None
     loop = _alias_loop(node)
+    if loop is None and _expanded_size(node) > MAX_EXPANDED_NODES:
+        raise error(
+            [
+                ModelIssue(
+                    source,
+                    None,
+                    "",
+                    f"not valid here: its aliases (*name), written out, make more than "
+                    f"{MAX_EXPANDED_NODES:,} values",
+                )
+            ]
+        )
     if loop is not None:
         raise error(
             [
@@ -292,6 +304,34 @@ def _alias_loop(root: yaml.Node | None) -> int | None:
                 return int(child.start_mark.line) + 1
             stack.append((child, False))
     return None
+
+
+MAX_EXPANDED_NODES = 200_000  # values and keys, each alias counted as what it names
+
+
+def _expanded_size(root: yaml.Node | None) -> int:
+    """How many nodes ``root`` (which holds no loop) has with every alias written out: the
+    walks after it (line numbers, the schema) visit that many. Each node is sized once."""
+    if root is None:
+        return 0
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in size:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if ready:
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+    return size[id(root)]
 
 
 def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:

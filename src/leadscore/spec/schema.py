@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +42,17 @@ Scalar = str | int | float | bool
 class _Strict(BaseModel):
     # No NaN or infinity anywhere but in grade and band thresholds (ModelSpec says where).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``points: yes`` is YAML's true, which pydantic would take as 1: a number is asked
+        for, not true/false (fields that take true/false are left alone)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = str(cls.model_fields[info.field_name].annotation)
+            if ("float" in annotation or "int" in annotation) and "bool" not in annotation:
+                raise ValueError("a number is needed here, not true/false")
+        return value
 
 
 # A threshold may be infinite (`cold: -.inf`), never NaN.
