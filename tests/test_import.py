@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from leadscore.cli import app
@@ -63,12 +64,37 @@ def test_import_refuses_rows_the_api_would_refuse(db_url: str, tmp_path: Path) -
     (tmp_path / "events.csv").write_text(bad)
     code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
     assert code == 1
-    assert "row 4" in out and "longer than 200" in out and "nothing was imported" in out
+    assert "events.csv: line 5: column 'type': longer than 200" in out
+    assert "nothing was imported" in out
     code, out = run(
         "import", "events", str(tmp_path / "events.csv"), "--db", db_url, "--skip-bad-rows"
     )
     assert code == 0, out
     assert "3 events stored" in out and "skipped:" in out
+    # NUL in any column (PostgreSQL cannot keep it), found before anything is stored; the
+    # line counted as the file has it (a value over two lines, a blank line)
+    nul = (
+        "lead_id,type,ts,note,event_id\n"
+        'L7,x,2026-11-20,"two\nlines",n1\n\n'
+        "L7,x,2026-11-21,a\x00b,n2\n"
+    )
+    (tmp_path / "nul.csv").write_text(nul)
+    code, out = run("import", "events", str(tmp_path / "nul.csv"), "--db", db_url)
+    assert code == 1 and "nul.csv: line 5: column 'note': holds the NUL character" in out, out
+    code, out = run(
+        "import", "events", str(tmp_path / "nul.csv"), "--db", db_url, "--skip-bad-rows"
+    )
+    assert code == 0 and "1 events stored" in out, out
+    # an unknown stage is a bad row like the others: named by line, skipped on request
+    leads = "lead_id,stage,note\nS1,lead,x\nS2,bogus,y\nS3,sql,z\x00\n"
+    (tmp_path / "leads.csv").write_text(leads)
+    code, out = run("import", "leads", str(tmp_path / "leads.csv"), "--db", db_url)
+    assert code == 1 and "leads.csv: line 3: column 'stage': unknown stage 'bogus'" in out
+    assert "leads.csv: line 4: column 'note': holds the NUL character" in out
+    code, out = run(
+        "import", "leads", str(tmp_path / "leads.csv"), "--db", db_url, "--skip-bad-rows"
+    )
+    assert code == 0 and "1 leads stored" in out, out
 
 
 def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
@@ -158,3 +184,57 @@ def test_serve_checks_its_model_and_triggers_files_before_it_starts(tmp_path: Pa
     code, out = run("serve", "--db", db, "--port", "9", "--no-auth", "--triggers", str(triggers))
     assert code == 1 and "t.yaml:3: triggers[0].sheet: no sheet 'nosheet'" in out
     assert "sheets are b2b-default" in out and "serving on" not in out
+
+
+def test_an_import_stopped_part_way_says_what_the_store_holds(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (here: as the second chunk's progress is shown) leaves the chunks committed
+    before it; the command says how many, that they are not rescored, what a second import
+    does, and exits 130 without a traceback."""
+    from leadscore.cli.service import Bar
+
+    rows = "".join(f"L{i % 50},page_view,2026-11-20T10:00:00Z\n" for i in range(5000))
+    (tmp_path / "events.csv").write_text("lead_id,type,ts\n" + rows)
+    shown = Bar.__call__
+
+    def interrupted(self: Bar, what: str, done: int, total: int) -> None:
+        shown(self, what, done, total)
+        if what == "storing events" and done >= 4000:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bar, "__call__", interrupted)
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
+    assert code == 130 and "Traceback" not in out, out
+    assert "stopped while storing events: the first 4,000 of 5,000 rows are stored" in out
+    assert f"not yet rescored: run `leadscore rescore --db {db_url}`" in out
+    assert "stores them twice when it has not" in out
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one() == 4000
+    finally:
+        store.db.dispose()
+
+
+def test_file_and_database_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    model = tmp_path / "m.yaml"
+    model.write_text("version: 1\nname: m\nbands: {cold: 0}\n")
+    leads = tmp_path / "leads.csv"
+    leads.write_text("lead_id\nL1\n")
+    out_file = tmp_path / "no" / "such" / "dir" / "out.csv"
+    code, out = run("score", str(model), "--leads", str(leads), "-o", str(out_file))
+    assert code == 1 and f"Error: {out_file}: No such file or directory" in out, out
+    code, out = run("score", str(model), "--leads", str(leads), "-o", str(tmp_path))
+    assert code == 1 and "Is a directory" in out, out
+    code, out = run("rescore", "--db", str(leads))  # a CSV file is no SQLite database
+    assert code == 1 and "Error: the database refused: file is not a database" in out, out
+    code, out = run("demo", "--leads", "5", "--events", "10", "--seed", "-1")
+    assert code == 2 and "--seed" in out
+    db = str(tmp_path / "s.db")
+    code, out = run("keys", "create", "n" * 201, "--db", db)
+    assert code == 2 and "a key's name has at most 200 characters, not 201" in out
+    empty = tmp_path / "t.yaml"
+    empty.write_text("\n")
+    code, out = run("triggers", "set", str(empty), "--db", db)
+    assert code == 2 and "to remove every trigger, set a file holding `triggers: []`" in out

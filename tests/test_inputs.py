@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from leadscore import InputError, prepare
-from leadscore.inputs import normalize_events, normalize_leads
+from leadscore.inputs import NamedData, normalize_events, normalize_leads
 
 
 def write(path: Path, text: str) -> Path:
@@ -47,6 +47,44 @@ def test_bad_rows_are_listed_by_line(tmp_path: Path) -> None:
     assert "column 'ts': 2 lines have a missing or unreadable timestamp" in text
     assert "lines 2 ('yesterday'), 3 (None)" in text
     assert "--skip-bad-rows" in text
+
+
+def test_lines_are_counted_as_the_file_has_them(tmp_path: Path) -> None:
+    """A value over several lines and blank lines (which the readers skip) move the lines of
+    the rows after them; the numbers shown are the file's own. Uploads alike."""
+    text = (
+        "lead_id,type,ts,note\n"
+        'a,page_view,2026-06-01,"multi\nline\nnote"\n'  # lines 2-4
+        "\n"  # line 5
+        "b,page_view,2026-06-02,x\n"  # line 6
+        "c,page_view,BAD,y\n"  # line 7
+        ",page_view,2026-06-02,z"  # line 8, no line break at the end
+    )
+    for source in (write(tmp_path / "e.csv", text), NamedData("up.csv", text.encode())):
+        with pytest.raises(InputError) as info:
+            normalize_events(source)
+        assert "line 7 ('BAD')" in str(info.value) and "no lead id: line 8" in str(info.value)
+    jsonl = '{"lead_id": "a", "type": "x", "ts": "2026-06-01"}\n\n\n{"lead_id": "b", "type": "x"}\n'
+    with pytest.raises(InputError) as info:
+        normalize_events(write(tmp_path / "e.jsonl", jsonl))
+    assert "line 4 (None)" in str(info.value)
+
+
+def test_lines_with_too_many_values_and_text_not_utf8_are_named_by_line(
+    tmp_path: Path,
+) -> None:
+    text = 'lead_id,job_title,employees\nL1,VP,200\nL2,"multi\nline",3\nL3,VP,200,extra\nL4,x\n'
+    for source in (write(tmp_path / "l.csv", text), NamedData("up.csv", text.encode())):
+        with pytest.raises(InputError) as info:
+            normalize_leads(source)
+        message = str(info.value)
+        assert "line 5: 4 values where the header names 3" in message
+        assert "line 6: 2 values where the header names 3" in message
+        assert "needs double quotes" in message
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("lead_id,city\nL1,Zürich\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.csv: line 2 is not UTF-8 text \(byte 0xfc\)"):
+        normalize_leads(latin)
 
 
 def test_skip_bad_rows_keeps_the_good_ones(tmp_path: Path) -> None:

@@ -435,6 +435,11 @@ def test_a_page_among_page_views_and_rising_visits_get_rules_of_their_own() -> N
     _, sources, _ = activity_features(prepare(leads, events).events, lead_ids, as_of, 30, set())
     on_src = sorted(str(s.where["eq"]) for s in sources.values() if s.where and "eq" in s.where)
     assert len(on_src) == 3 and on_src[1:] == ["Ads", "Email"] and float(on_src[0]) == 1
+    # an as-of before every event: no activity column (a TypeError before)
+    columns, sources, log = activity_features(
+        prepare(leads, events).events, lead_ids, as_of - 400 * 86_400_000_000, 30, set()
+    )
+    assert columns == {} and sources == {} and log.counts({"page_view"}).sum() == 0
     model = parse_model(result.yaml)
     outcomes = run_examples(model)
     assert len(outcomes) == 3 and all(o.passed for o in outcomes), [o.problems for o in outcomes]

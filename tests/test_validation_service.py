@@ -91,7 +91,7 @@ def test_outcomes_as_csv(serve: Serve) -> None:
     error = r.json()["error"]
     assert error["message"] == (
         "the file has 1 problem; nothing was stored: "
-        "crm.csv: row 1: column 'lead_id': longer than 200 characters"
+        "crm.csv: line 2: column 'lead_id': longer than 200 characters"
     )
 
 

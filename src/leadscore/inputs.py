@@ -17,8 +17,9 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ def read_data(source: NamedData) -> pa.Table:
             text = source.data.decode("utf-8-sig")
             header = next(csv.reader(io.StringIO(text, newline="")), None)
             options = _csv_options(source.name, header)
-            return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
+            try:
+                return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
+            except pa.ArrowInvalid as exc:
+                _uneven_lines(source.name, io.StringIO(text, newline=""), exc)
+                raise
         if kind == "parquet":
             return pq.read_table(io.BytesIO(source.data))
         return _jsonl_table(source.name, source.data.decode("utf-8-sig"))
@@ -106,14 +111,64 @@ def read_data(source: NamedData) -> pa.Table:
 class _Source:
     name: str
     kind: str  # csv | jsonl | parquet | arrow
+    # the line each row starts on, where rows and lines do not go one to one (see _row_lines)
+    lines: pa.Array | None = None
 
     def where(self, index: int) -> int:
-        """The row number shown to people for a 0-based row index."""
+        """The line (row) number shown to people for a 0-based row index."""
+        if self.lines is not None:
+            return int(self.lines[index].as_py())
         return index + 2 if self.kind == "csv" else index + 1
+
+    def shown(self, numbers: pa.Array) -> pa.Array:
+        """:meth:`where` of each of ``numbers`` (0-based row indexes)."""
+        if self.lines is not None:
+            return pc.take(self.lines, numbers)
+        return pc.add(numbers, self.where(0))
 
     @property
     def unit(self) -> str:
         return "line" if self.kind in ("csv", "jsonl") else "row"
+
+
+def _row_lines(
+    chunks: Iterable[bytes], text: Callable[[], Iterable[str]], kind: str, rows: int
+) -> pa.Array | None:
+    """The line each of a file's ``rows`` starts on, when that is not the row's number plus
+    the header's line: blank lines (which the readers skip) or values that hold line breaks
+    move the rows after them. None when each row is one line (told by counting the file's
+    line breaks, ``chunks`` of its bytes; ``text`` opens it as text only when they do not
+    add up), or when the rows found do not add up to ``rows`` (read otherwise than Arrow)."""
+    if kind not in ("csv", "jsonl"):
+        return None
+    breaks = 0
+    last = b"\n"
+    for chunk in chunks:
+        if chunk:
+            breaks += chunk.count(b"\n")
+            last = chunk[-1:]
+    header = 1 if kind == "csv" else 0
+    if breaks == rows + header - (last != b"\n"):
+        return None
+    starts: list[int] = []
+    if kind == "csv":
+        reader = csv.reader(text())
+        before = 0
+        try:
+            for record in reader:
+                if record:  # a blank line: Arrow skips it
+                    starts.append(before + 1)
+                before = reader.line_num
+        except csv.Error:
+            return None
+        starts = starts[1:]  # the header
+    else:
+        lines = text()
+        first = next(iter(lines), "")
+        if first.lstrip().startswith("["):  # a JSON array: rows are its items
+            return None
+        starts = [n for n, line in enumerate(chain([first], lines), start=1) if line.strip()]
+    return pa.array(starts, pa.int64()) if len(starts) == rows else None
 
 
 def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
@@ -135,7 +190,17 @@ def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
         return _read_jsonl(p)
     except InputError:
         raise
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        with p.open("rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    byte = line[bad.start : bad.start + 1].hex()
+                    problem = f"line {n} is not UTF-8 text (byte 0x{byte}): save the file as UTF-8"
+                    raise InputError([InputProblem(str(p), problem)]) from None
+        raise InputError([InputProblem(str(p), f"cannot read as {kind}: {exc}")]) from None
+    except (pa.ArrowInvalid, OSError, ValueError) as exc:
         raise InputError([InputProblem(str(p), f"cannot read as {kind}: {exc}")]) from None
 
 
@@ -157,7 +222,40 @@ def _read_csv(p: Path) -> pa.Table:
     # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
     with p.open(encoding="utf-8-sig", newline="") as fh:
         header = next(csv.reader(fh), None)
-    return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
+    try:
+        return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
+    except pa.ArrowInvalid as exc:
+        with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+            _uneven_lines(str(p), fh, exc)
+        raise
+
+
+def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
+    """Arrow refused a CSV file for a line with more or fewer values than the header names
+    (it says which text, not which line): raise the lines that have, up to :data:`SHOWN`,
+    by number. Returns when that was not the refusal, or no such line is found."""
+    if "Expected" not in str(exc) or "columns, got" not in str(exc):
+        return
+    reader = csv.reader(text)
+    width: int | None = None
+    problems: list[InputProblem] = []
+    before = 0
+    for record in reader:
+        if record:  # not a blank line
+            if width is None:
+                width = len(record)
+            elif len(record) != width:
+                problems.append(
+                    InputProblem(
+                        name,
+                        f"line {before + 1}: {len(record)} values where the header names {width}",
+                    )
+                )
+        before = reader.line_num
+    if problems:
+        more = _more(len(problems))
+        hint = "A value holding a comma needs double quotes around it."
+        raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
 
 
 def _read_jsonl(p: Path) -> pa.Table:
@@ -239,10 +337,20 @@ def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.T
         return source, _Source(label, "arrow")
     if isinstance(source, NamedData):
         kind = FORMATS.get(Path(source.name).suffix.lower(), "csv")
-        return read_data(source), _Source(source.name, kind)
+        table = read_data(source)
+        data = source.data
+
+        def decoded() -> Iterable[str]:
+            return io.StringIO(data.decode("utf-8-sig", "replace"), newline="")
+
+        return table, _Source(source.name, kind, _row_lines([data], decoded, kind, table.num_rows))
     p = Path(source)
     table = read_table(p)
-    return table, _Source(str(p), FORMATS.get(p.suffix.lower(), "csv"))
+    kind = FORMATS.get(p.suffix.lower(), "csv")
+    with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as text:
+        chunks = iter(lambda: fh.read(1 << 24), b"")
+        lines = _row_lines(chunks, lambda: text, kind, table.num_rows)
+    return table, _Source(str(p), kind, lines)
 
 
 def _require(table: pa.Table, src: _Source, column: str, what: str, hint: str = "") -> None:
@@ -303,8 +411,7 @@ def _drop(
         keep = pc.invert(pc.is_in(numbers, pa.array(rows, pa.int64())))
         table = table.filter(keep)
         numbers = numbers.filter(keep)
-    shown = pc.add(numbers, src.where(0))
-    report.sources[label] = (src.name, src.unit, shown)
+    report.sources[label] = (src.name, src.unit, src.shown(numbers))
     return table
 
 

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -69,8 +71,40 @@ def _edge(func: F) -> F:
         except LeadscoreError as exc:
             err.print(f"Error: {exc}", markup=False)
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+            _quiet_stdout()
+            raise typer.Exit(141) from None
+        except OSError as exc:  # a file or directory that cannot be written, a full disk...
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"Error: {where}{exc.strerror or exc}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            refused = database_refusal(exc)
+            if refused is None:
+                raise
+            err.print(f"Error: {refused}", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def database_refusal(exc: BaseException) -> str | None:
+    """What a database said when it refused (a file that is no database, one that is read
+    only, a value it cannot keep), for a message; None for an error of another kind."""
+    orig = getattr(exc, "orig", None)
+    if orig is None or not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    said = str(orig).strip().splitlines()
+    return f"the database refused: {said[0] if said else type(orig).__name__}"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second error."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 ModelsArg = Annotated[
@@ -282,6 +316,7 @@ def test_models(models: ModelsArg) -> None:
 
 
 @app.command()
+@_edge
 def schema() -> None:
     """Print the model file's JSON Schema (for editors and YAML language servers)."""
     sys.stdout.write(json.dumps(model_json_schema(), indent=2) + "\n")
@@ -344,7 +379,7 @@ def demo(
     events_count: Annotated[
         int, typer.Option("--events", min=0, help="Events to generate.")
     ] = 400_000,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    seed: Annotated[int, typer.Option(help="Generator seed.", min=0)] = 7,
     keep: Annotated[
         Path | None, typer.Option(help="Keep the generated data in this directory.")
     ] = None,

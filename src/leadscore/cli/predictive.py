@@ -54,7 +54,7 @@ def fit(
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", min=0.01, max=0.9, help="The share kept apart.")
     ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random holdout.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random holdout.", min=0)] = 0,
     pdo: Annotated[
         float, typer.Option("--points-to-double-odds", min=0.1, help="The points scale.")
     ] = 10.0,

@@ -57,6 +57,7 @@ class Bar:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        self.last: tuple[str, int, int] | None = None  # the latest (what, done, total)
 
     def __enter__(self) -> Bar:
         self.progress.start()
@@ -66,6 +67,7 @@ class Bar:
         self.progress.stop()
 
     def __call__(self, what: str, done: int, total: int) -> None:
+        self.last = (what, done, total)
         # nothing to do (an empty store) shows as 0/0, the bar full: done, not waiting
         total = max(total, done, 0)
         task = self.tasks.get(what)
@@ -312,8 +314,9 @@ def import_(
     if kind not in ("leads", "events", "outcomes"):
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
     store = _open(db)
+    bar = Bar()
     try:
-        with Bar() as bar:
+        with bar:
             if kind == "leads":
                 report = import_leads(
                     store,
@@ -341,8 +344,51 @@ def import_(
                     progress=bar,
                 )
         _print_import(report)
+    except BaseException as exc:
+        _what_was_stored(kind, bar.last, db)
+        if _interrupted(exc):
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        raise
     finally:
         store.db.dispose()
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, or an error that cleaning up after it raised."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _what_was_stored(kind: str, last: tuple[str, int, int] | None, db: str) -> None:
+    """After an import stopped part way: what of the file the store now holds (it stores a
+    chunk of rows per transaction, then rescores), and what to do about it."""
+    if last is None:
+        return
+    what, done, total = last
+    rescore = f"`leadscore rescore{'' if db == DEFAULT_DB else ' --db ' + db}`"
+    if what.startswith("storing") and done:
+        again = (
+            " Importing the file again skips the events it has stored when the file has an "
+            "event_id column, and stores them twice when it has not."
+            if kind == "events"
+            else " Importing the file again is safe."
+        )
+        err.print(
+            f"stopped while {what}: the first {done:,} of {total:,} rows are stored (a whole "
+            f"number of chunks), not yet rescored: run {rescore}.{again}",
+            markup=False,
+        )
+    elif not what.startswith("storing"):
+        err.print(
+            f"stopped while {what}: every row of the file is stored; run {rescore} to bring "
+            "the scores up to date",
+            markup=False,
+        )
 
 
 @app.command()
@@ -502,6 +548,10 @@ def triggers_set(
     """Replace the store's triggers with the file's (a running server uses them at once)."""
     from leadscore.store.triggers import load_triggers, save_triggers
 
+    if file.is_file() and not file.read_text(encoding="utf-8", errors="replace").strip():
+        raise UsageError(  # most likely a mistake, not a wish to drop every trigger
+            f"{file} is empty: to remove every trigger, set a file holding `triggers: []`"
+        )
     with _opened(db) as store:
         specs = load_triggers(file, sheets={s.name: s.model for s in store.sheets()})
         with store.db.write() as conn:

@@ -240,7 +240,9 @@ def activity_features(
     age = age_all[keep]
     types = np.asarray(kept.column("type").to_pylist(), dtype=object)
     index = {lead: i for i, lead in enumerate(lead_ids)}
-    lead_index = np.array([index.get(x, -1) for x in kept.column("lead_id").to_pylist()])
+    lead_index = np.array(  # int64 also when no event is left (as_of before them all)
+        [index.get(x, -1) for x in kept.column("lead_id").to_pylist()], dtype=np.int64
+    )
     known = lead_index >= 0
     n = len(lead_ids)
     fields = {

@@ -51,34 +51,70 @@ class ImportReport:
 LIMITS = {"lead_id": 200, "type": 200, "item": 2000, "email": 320, "owner": 200}
 
 
+@dataclass
+class _Places:
+    """How people find an input's rows: the unit (``line`` of a CSV or JSON-lines file,
+    ``row`` otherwise) and each row's number, kept in step with the rows left out."""
+
+    unit: str
+    numbers: pa.Array
+
+    @classmethod
+    def of(cls, load: LoadReport, label: str, rows: int) -> _Places:
+        if label in load.sources:
+            _, unit, numbers = load.sources[label]
+            return cls(unit, numbers)
+        return cls("row", pa.array(range(1, rows + 1), pa.int64()))
+
+    def __call__(self, index: int) -> str:
+        return f"{self.unit} {self.numbers[index].as_py()}"
+
+
 def _within_limits(
     table: pa.Table,
     label: str,
     skip_bad_rows: bool,
     report: ImportReport,
+    places: _Places,
     limits: dict[str, int] = LIMITS,
+    stages: bool = False,
 ) -> pa.Table:
-    """``table`` without rows whose ids, types or items are too long or hold a NUL character
-    (reported as errors, or skipped and listed with ``skip_bad_rows``)."""
+    """``table`` without rows that the store cannot keep (reported as errors naming their
+    line, or skipped and listed with ``skip_bad_rows``): ids, types or items too long, text
+    holding the NUL character (PostgreSQL cannot store it), and with ``stages`` a stage that
+    is not one of :data:`STAGES`. ``places`` follows the rows kept."""
+    for name in table.column_names:
+        if "\x00" in name:
+            raise InputError(
+                [InputProblem(label, f"a column's name holds the NUL character: {name!r}")]
+            )
     bad: dict[int, str] = {}
     for column, limit in limits.items():
         if column not in table.column_names:
             continue
-        values = table.column(column).to_pylist()
-        for i, v in enumerate(values):
-            if v is None or i in bad:
-                continue
-            if len(v) > limit:
+        for i, v in enumerate(table.column(column).to_pylist()):
+            if v is not None and i not in bad and len(v) > limit:
                 bad[i] = f"column {column!r}: longer than {limit} characters"
-            elif "\x00" in v:
-                bad[i] = f"column {column!r}: holds the NUL character"
+    for column in table.column_names:
+        values = table.column(column)
+        if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+            continue
+        nul = pc.fill_null(pc.match_substring(values, "\x00"), False)
+        if pc.any(nul).as_py():
+            for i in pc.indices_nonzero(nul).to_pylist():
+                bad.setdefault(i, f"column {column!r}: holds the NUL character")
+    if stages and "stage" in table.column_names:
+        for i, v in enumerate(table.column("stage").to_pylist()):
+            if v is not None and v.strip().lower() not in STAGES and i not in bad:
+                bad[i] = f"column 'stage': unknown stage {v!r}; stages are {', '.join(STAGES)}"
     if not bad:
         return table
-    problems = [InputProblem(label, msg, i + 1) for i, msg in sorted(bad.items())]
+    problems = [InputProblem(label, f"{places(i)}: {msg}") for i, msg in sorted(bad.items())]
     if not skip_bad_rows:
         raise InputError(problems[:20], f"{len(bad)} bad row(s); nothing was imported")
     report.errors += [str(p) for p in problems]
     keep = pa.array([i not in bad for i in range(table.num_rows)])
+    places.numbers = places.numbers.filter(keep)
     return table.filter(keep)
 
 
@@ -102,23 +138,8 @@ def import_leads(
     )
     report = ImportReport("leads", rows=table.num_rows, warnings=list(load.warnings))
     report.errors += [str(p) for p in load.problems]
-    table = _within_limits(table, _label(source), skip_bad_rows, report)
-    if "stage" in table.column_names:
-        bad = [
-            i
-            for i, v in enumerate(table.column("stage").to_pylist())
-            if v is not None and v.strip().lower() not in STAGES
-        ]
-        if bad:
-            raise InputError(
-                [
-                    InputProblem(
-                        _label(source), f"unknown stage {table['stage'][i]}", i + 1, "stage"
-                    )
-                    for i in bad[:10]
-                ],
-                f"stages are {', '.join(STAGES)}",
-            )
+    places = _Places.of(load, "leads", table.num_rows)  # (as normalize_leads keeps them)
+    table = _within_limits(table, _label(source), skip_bad_rows, report, places, stages=True)
     rows = table.to_pylist()
     for start in _chunks(len(rows)):
         items = []
@@ -132,7 +153,7 @@ def import_leads(
         store.db.let_others_write()
         report.stored += sum(o.status != "error" for o in outcomes)
         report.errors += [
-            f"row {start + o.index + 1}: {o.error}" for o in outcomes if o.status == "error"
+            f"{places(start + o.index)}: {o.error}" for o in outcomes if o.status == "error"
         ]
         if progress:
             progress("storing leads", min(start + CHUNK, len(rows)), len(rows))
@@ -156,7 +177,8 @@ def import_events(
         source, lead_id_column, skip_bad_rows=skip_bad_rows, report=load, label=_label(source)
     )
     report = ImportReport("events", rows=table.num_rows, warnings=list(load.warnings))
-    table = _within_limits(table, _label(source), skip_bad_rows, report)
+    places = _Places.of(load, "events", table.num_rows)  # (as normalize_events keeps them)
+    table = _within_limits(table, _label(source), skip_bad_rows, report, places)
     id_column = next((c for c in EVENT_ID_COLUMNS if c in table.column_names), None)
     stamps = pc.cast(table.column("ts"), pa.int64()).to_pylist()
     rest = [c for c in table.column_names if c not in ("lead_id", "type", "ts", "item", id_column)]
@@ -205,6 +227,7 @@ def import_outcomes(
         _label(source),
         skip_bad_rows,
         report,
+        _Places.of(load, _label(source), table.num_rows),
         {"lead_id": LIMITS["lead_id"], "outcome": LIMITS["type"]},
     )
     items = [

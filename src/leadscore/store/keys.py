@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
-from leadscore.store.schema import api_keys
+from leadscore.store.schema import ID, api_keys
 
 __all__ = [
     "SCOPES",
@@ -78,6 +78,8 @@ def create_key(conn: Connection, name: str, scopes: list[str], now_us: int) -> t
         )
     if not name.strip():
         raise UsageError("a key needs a name (who or what uses it)")
+    if len(name) > ID:
+        raise UsageError(f"a key's name has at most {ID} characters, not {len(name):,}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
     conn.execute(
