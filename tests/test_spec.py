@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from leadscore import ModelError, load_model, load_models, model_json_schema, parse_model
+from leadscore.errors import ConfigError
+from leadscore.store.trigger_config import parse_triggers
 
 BAD = textwrap.dedent(
     """\
@@ -224,6 +226,27 @@ def test_aliases_that_expand_a_small_file_beyond_reason_are_an_error() -> None:
         lines.append(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
     with pytest.raises(ModelError, match="written out, make more than 200,000 values"):
         parse_model("\n".join(lines), "x.yaml")
+
+
+def test_text_no_store_can_keep_is_an_error_at_its_line() -> None:
+    """YAML's escapes write the NUL character and lone surrogate halves, which JSON bodies
+    are refused for: a model holding them (PostgreSQL failed to store its scores, and every
+    write after the publish failed with it) is refused, each at its line. Triggers alike."""
+    text = (
+        'version: 1\nname: x\nbands: {"c\\0ld": 0}\nprofile:\n  - id: a\n'
+        '    if: {field: x, eq: "a\\ud800"}\n    points: 1\n'
+    )
+    with pytest.raises(ModelError) as info:
+        parse_model(text, "x.yaml")
+    message = str(info.value)
+    assert "x.yaml:3: bands.c\x00ld: a key: text may not contain the NUL character" in message
+    assert "x.yaml:6: profile[0].if.eq: text may not contain half of a UTF-16 surrogate" in message
+    triggers = (
+        'triggers:\n  - id: t\n    description: "a\\0b"\n    when: {becomes_mql: true}\n'
+        "    actions: [{set_stage: sql}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"t.yaml:3: triggers\[0\].description: text may not"):
+        parse_triggers(triggers, "t.yaml")
 
 
 def test_true_is_not_a_number_of_points() -> None:

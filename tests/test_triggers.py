@@ -484,7 +484,13 @@ def test_file_level_problems(tmp_path: Path) -> None:
         parse_triggers("triggers:\n  - {id: [\n", "t.yaml")
     with pytest.raises(ConfigError, match=r"t.yaml:1: a triggers file must be a mapping"):
         parse_triggers("- a\n", "t.yaml")
-    assert parse_triggers("") == []
+    # a file that says nothing drops no trigger by mistake; `triggers: []` does on purpose
+    for empty in ("", "# triggers:\n#   - id: x\n", "---\n"):
+        with pytest.raises(ConfigError, match=r"t.yaml:1: the file is empty"):
+            parse_triggers(empty, "t.yaml")
+    with pytest.raises(ConfigError, match=r"t.yaml:1: triggers: required"):
+        parse_triggers("{}\n", "t.yaml")
+    assert parse_triggers("triggers: []\n") == []
 
 
 def test_a_score_creeping_across_a_number_fires(store: Store, clock: Clock) -> None:

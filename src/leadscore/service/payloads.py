@@ -26,7 +26,7 @@ from pydantic import (
 from leadscore.engine.timeutil import parse_instant
 from leadscore.service.errors import ApiError, loc_text
 from leadscore.service.state import Settings
-from leadscore.spec.conditions import to_text
+from leadscore.spec.conditions import text_problem, to_text
 from leadscore.store import EventInput, LeadInput
 
 __all__ = [
@@ -111,18 +111,6 @@ def check_json(value: Any, depth: int = 0, where: str = "body") -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             check_json(v, depth + 1, f"{where}[{i}]")
-
-
-def text_problem(text: str) -> str | None:
-    """What makes ``text`` impossible to store (see :func:`check_json`), or None."""
-    if "\x00" in text:
-        return "text may not contain the NUL character (\\u0000)"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "text may not contain half of a UTF-16 surrogate pair alone (such as \\ud800)"
-    return None
 
 
 class Body(BaseModel):

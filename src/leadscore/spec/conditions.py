@@ -51,6 +51,7 @@ __all__ = [
     "operand_texts",
     "parse_number",
     "text_filter",
+    "text_problem",
     "to_text",
     "walk_fields",
 ]
@@ -78,6 +79,20 @@ OPERATORS = (
 Scalar = str | int | float | bool
 Record = Mapping[str, str | None]
 Predicate = Callable[[Record], bool]
+
+
+def text_problem(text: str) -> str | None:
+    """What makes ``text`` impossible to store, or None: the NUL character (PostgreSQL text
+    cannot hold it) or half of a UTF-16 surrogate pair alone (``\\ud800``: no UTF-8 text,
+    which JSON and YAML escapes can write)."""
+    if "\x00" in text:
+        return "text may not contain the NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text may not contain half of a UTF-16 surrogate pair alone (such as \\ud800)"
+    return None
 
 
 def to_text(value: Any) -> str | None:

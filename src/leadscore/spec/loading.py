@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from leadscore.errors import LeadscoreError, ModelError, ModelIssue
-from leadscore.spec.conditions import OPERATORS
+from leadscore.spec.conditions import OPERATORS, text_problem
 from leadscore.spec.model import Loc, Model, fmt_loc, resolve, semantic_issues
 from leadscore.spec.schema import (
     ActivityRuleSpec,
@@ -164,6 +164,8 @@ def validate_yaml(
     lines: dict[Loc, int] = {}
     if node is not None:
         _index_lines(node, (), lines, issues, source)
+    for loc, problem in _unstorable(raw, ()):
+        issues.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), problem))
     spec: S | None = None
     try:
         spec = schema.model_validate(raw)
@@ -271,6 +273,24 @@ def _index_lines(
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index_lines(item, (*loc, i), lines, issues, source)
+
+
+def _unstorable(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Text that no store can keep (:func:`~leadscore.spec.conditions.text_problem`), which
+    YAML's escapes can write ("\\0", "\\ud800"), where it is in the file's data."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem:
+            yield loc, problem
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key_problem = text_problem(k) if isinstance(k, str) else None
+            if key_problem:
+                yield (*loc, k), f"a key: {key_problem}"
+            yield from _unstorable(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _unstorable(v, (*loc, i))
 
 
 def _alias_loop(root: yaml.Node | None) -> int | None:

@@ -221,7 +221,9 @@ class TriggerSpec(_Strict):
 
 class TriggersFileSpec(_Strict):
     version: Literal[1] = 1
-    triggers: list[TriggerSpec] = Field(default_factory=list)
+    # required: a file that says nothing (empty, comments only) drops no trigger by mistake;
+    # `triggers: []` removes them all on purpose
+    triggers: list[TriggerSpec]
 
 
 _KNOWN_KEYS = sorted(
@@ -265,7 +267,6 @@ def parse_triggers(
         what="a triggers file",
         known_keys=_KNOWN_KEYS,
         semantic=lambda raw, spec: _semantic_issues(raw, spec, sheets),
-        empty_is_error=False,
         reword=_on_hint,
     )
     return spec.triggers
