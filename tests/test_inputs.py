@@ -68,6 +68,10 @@ def test_lines_are_counted_as_the_file_has_them(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         normalize_events(write(tmp_path / "e.jsonl", jsonl))
     assert "line 4 (None)" in str(info.value)
+    # a value holding U+2028 (a line break to str.splitlines, not to JSON lines) stays whole
+    sep = '{"lead_id": "a", "type": "x", "ts": "2026-06-01", "note": "a\u2028b"}\n'
+    table = normalize_events(write(tmp_path / "sep.jsonl", sep))
+    assert table.column("note").to_pylist() == ["a\u2028b"]
 
 
 def test_lines_with_too_many_values_and_text_not_utf8_are_named_by_line(

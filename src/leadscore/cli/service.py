@@ -371,6 +371,14 @@ def _what_was_stored(kind: str, last: tuple[str, int, int] | None, db: str) -> N
         return
     what, done, total = last
     rescore = f"`leadscore rescore{'' if db == DEFAULT_DB else ' --db ' + db}`"
+    if kind == "outcomes":  # nothing to rescore
+        if done:
+            err.print(
+                f"stopped while {what}: the first {done:,} of {total:,} outcomes are stored; "
+                "importing the file again stores the rest (repeats are ignored)",
+                markup=False,
+            )
+        return
     if what.startswith("storing") and done:
         again = (
             " Importing the file again skips the events it has stored when the file has an "

@@ -103,9 +103,12 @@ def _nul_refusal(scope: Scope) -> JSONResponse | None:
         )
     raw = scope.get("raw_path")
     if raw and scope["path"].startswith(LEAD_PATHS) and ESCAPED_SLASH.search(raw):
-        scope["path"] = "\x00".join(
+        raw = raw.split(b"?", 1)[0]  # (ASGI's raw_path has no query; should a server add it)
+        kept = "\x00".join(
             unquote(part.decode("ascii", "replace")) for part in ESCAPED_SLASH.split(raw)
         )
+        if kept.replace("\x00", "/") == scope["path"]:  # the same path, its slashes told apart
+            scope["path"] = kept
     return None
 
 

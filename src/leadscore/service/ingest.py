@@ -280,8 +280,9 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
                 if k in page:
                     props.setdefault(k, page[k])
     item = props.pop("item", None)
-    if isinstance(item, (dict, list)):  # as the native API answers it
-        raise ValueError("properties.item must be text, a number or null")
+    if isinstance(item, (dict, list)):  # Segment's senders name their properties as they
+        props["item"] = item  # like: kept as a property, the event has no item
+        item = None
     native = EventIn(
         type=etype,
         ts=m.timestamp,
@@ -294,6 +295,13 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
     return to_event(native, settings, now_us)
 
 
+def _trait_text(value: Any) -> str:
+    """One value of a trait's list: an object or a list as JSON (as written, not escaped)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(to_text(value))
+
+
 def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
     fields: dict[str, Any] = {}
 
@@ -302,9 +310,7 @@ def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
             for k, v in value.items():
                 flatten(f"{prefix}.{k}" if prefix else str(k), v)
         elif isinstance(value, list):  # a list of objects or lists: as JSON, not Python's
-            fields[prefix] = ", ".join(
-                json.dumps(v) if isinstance(v, (dict, list)) else str(to_text(v)) for v in value
-            )
+            fields[prefix] = ", ".join(_trait_text(v) for v in value)
         else:
             fields[prefix] = value
 

@@ -50,7 +50,7 @@ class LeadIdConvertor(Convertor[str]):
     """A lead id in a path: a slash that the URL escaped is one of the id's characters, not
     a step of the route (see :func:`leadscore.service.app._nul_refusal`)."""
 
-    regex = ".+"
+    regex = r"[\s\S]+"  # any character, a line break too
 
     def convert(self, value: str) -> str:
         return value.replace("\x00", "/")

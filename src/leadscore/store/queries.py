@@ -178,7 +178,8 @@ def _profile_text(conn: Connection, name: str) -> sa.ColumnElement[Any]:
     if conn.dialect.name != "sqlite":
         return sa.cast(leads.c.profile[name].as_string(), sa.String)
     kind: sa.ColumnElement[Any]
-    if '"' in name:  # SQLite's JSON paths cannot name such a key: the object's entries
+    if '"' in name or "\\" in name:  # keys SQLite's JSON paths cannot name (or, from 3.45,
+        # read as escapes): the object's entries
         entry = sa.func.json_each(leads.c.profile).table_valued("key", "value", "type")
         found = sa.select(entry.c.value, entry.c.type).where(entry.c.key == name)
         text = sa.cast(found.with_only_columns(entry.c.value).scalar_subquery(), sa.String)
@@ -207,21 +208,6 @@ PG_SEARCH_TEXT = sa.literal_column(
 )
 
 
-MAX_SPELLINGS = 16  # more: the leads are read (see _search)
-
-
-def _spellings(term: str) -> list[str]:
-    """``term`` in every case of its letters outside ASCII (``Ärger``: ``Ärger``, ``ärger``),
-    or as many as :data:`MAX_SPELLINGS` and one more when there are more."""
-    out = [""]
-    for c in term:
-        cases = {c} if c.isascii() else {c, c.lower(), c.upper()}
-        out = [s + x for s in out for x in sorted(cases)]
-        if len(out) > MAX_SPELLINGS:
-            return out[: MAX_SPELLINGS + 1]
-    return out
-
-
 def _escaped(text: str) -> str:
     """``text`` matched literally by a LIKE with ESCAPE '\\'."""
     for special in ("\\", "%", "_"):
@@ -242,24 +228,24 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
     literal = not any(c in search for c in "\\%_")
     pattern = f"%{_escaped(search.lower())}%"  # the user's text is matched literally
     if conn.dialect.name == "sqlite":
-        # The index folds the case of ASCII letters only: a term with other letters that have
-        # a case is looked up in each of its spellings (Ärger: also ärger), up to a few.
-        spellings = _spellings(search)
-        if len(spellings) <= MAX_SPELLINGS:
-            column = LEAD_SEARCH.c.text
-            each = [
+        # The index's LIKE folds the case of ASCII letters only (and misses terms of one or
+        # two other letters); its MATCH, a phrase of the term's trigrams, folds every letter's.
+        # A term with other letters is looked up so when it has three characters or more,
+        # and matched against the leads (by Python's lower()) when it is shorter.
+        column = LEAD_SEARCH.c.text
+        match: sa.ColumnElement[bool] | None = None
+        if search.isascii():
+            match = column.like(f"%{search}%") if literal else column.like(pattern, escape="\\")
+        elif len(search) >= 3:
+            match = column.op("MATCH")('"' + search.replace('"', '""') + '"')
+        if match is not None:
+            found = (
                 sa.select(LEAD_SEARCH_IDS.c.lead_id)
                 .join_from(
                     LEAD_SEARCH, LEAD_SEARCH_IDS, LEAD_SEARCH_IDS.c.id == LEAD_SEARCH.c.rowid
                 )
-                .where(
-                    column.like(f"%{term}%")
-                    if literal
-                    else column.like(f"%{_escaped(term)}%", escape="\\")
-                )
-                for term in spellings
-            ]
-            found = each[0] if len(each) == 1 else sa.select(sa.union(*each).subquery().c.lead_id)
+                .where(match)
+            )
             few = sa.select(sa.func.count()).select_from(found.limit(FEW_MATCHES).subquery())
             if conn.execute(few).scalar_one() < FEW_MATCHES:
                 return leads.c.lead_id.in_(found)
