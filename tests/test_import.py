@@ -132,10 +132,11 @@ def test_store_commands(tmp_path: Path) -> None:
     assert code == 1 and "t.yaml:3" in out and "warm" in out
     triggers.write_text(
         "triggers:\n  - id: hot\n    when: {enters_band: hot}\n    actions: [{set_stage: mql}]\n"
+        "  - id: mql\n    when: {becomes_mql: true}\n    actions: [{set_stage: mql}]\n"
     )
     assert run("triggers", "set", str(triggers), "--db", db)[0] == 0
     code, out = run("triggers", "list", "--db", db)
-    assert "enters_band: hot" in out
+    assert "enters_band: hot" in out and "becomes_mql: true" in out
     code, out = run("rescore", "--db", db)
     assert code == 0 and "rescored 0 leads" in out
     assert "0/0" in out and "0/1" not in out  # no leads: nothing left to wait for

@@ -7,6 +7,7 @@ or the ``LEADSCORE_DB`` environment variable).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -578,7 +579,11 @@ def triggers_list(db: DbOpt = DEFAULT_DB) -> None:
     table = Table("id", "enabled", "sheet", "when", "actions")
     for t in stored:
         d: dict[str, Any] = t.summary()["definition"]
-        when = ", ".join(f"{k}: {v}" for k, v in (d.get("when") or {}).items() if v is not None)
+        when = ", ".join(  # as the file says it (true, not Python's True)
+            f"{k}: {json.dumps(v) if isinstance(v, bool) else v}"
+            for k, v in (d.get("when") or {}).items()
+            if v is not None
+        )
         actions = ", ".join(next(iter(a)) for a in d.get("actions", []) if a)
         table.add_row(t.id, "yes" if t.enabled else "no", d.get("sheet") or "all", when, actions)
     out.print(table)
