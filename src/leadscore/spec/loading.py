@@ -293,6 +293,15 @@ def _unstorable(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
             yield from _unstorable(v, (*loc, i))
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """A node's keys and values (a mapping's), items (a sequence's), or none."""
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _alias_loop(root: yaml.Node | None) -> int | None:
     """The line of a node that contains itself (``a: &x [*x]``: YAML allows it, a model
     cannot hold it), or None. Each node is walked once, however many aliases name it."""
@@ -313,12 +322,7 @@ def _alias_loop(root: yaml.Node | None) -> int | None:
             return int(node.start_mark.line) + 1
         open_.add(id(node))
         stack.append((node, True))
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        else:
-            children = []
+        children = _children(node)
         for child in reversed(children):
             if id(child) in open_:
                 return int(child.start_mark.line) + 1
@@ -340,12 +344,7 @@ def _expanded_size(root: yaml.Node | None) -> int:
         node, ready = stack.pop()
         if id(node) in size:
             continue
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        else:
-            children = []
+        children = _children(node)
         if ready:
             size[id(node)] = 1 + sum(size[id(c)] for c in children)
         else:
