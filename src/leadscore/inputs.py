@@ -62,7 +62,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)  # gathered, then raised
     # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
-    sources: dict[str, tuple[str, str, pa.Array]] = field(default_factory=dict)
+    sources: dict[str, tuple[str, str, _Shown]] = field(default_factory=dict)
 
     def name(self, label: str) -> str:
         """The file (or label) an input was read from."""
@@ -73,7 +73,7 @@ class LoadReport:
         if label not in self.sources:
             return f"row {index + 1}"
         _, unit, rows = self.sources[label]
-        return f"{unit} {rows[index].as_py()}"
+        return f"{unit} {rows[index]}"
 
 
 @dataclass(frozen=True)
@@ -107,28 +107,42 @@ def read_data(source: NamedData) -> pa.Table:
         raise InputError([InputProblem(source.name, f"cannot read as {kind}: {exc}")]) from None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Source:
     name: str
     kind: str  # csv | jsonl | parquet | arrow
-    # the line each row starts on, where rows and lines do not go one to one (see _row_lines)
-    lines: pa.Array | None = None
+    # the line each row starts on (see _row_lines), worked out when a row is first named:
+    # reading the file again costs, and most inputs have no row to name
+    find_lines: Callable[[], pa.Array | None] | None = None
+    _lines: list[pa.Array | None] = field(default_factory=list)
 
     def where(self, index: int) -> int:
         """The line (row) number shown to people for a 0-based row index."""
-        if self.lines is not None:
-            return int(self.lines[index].as_py())
+        if not self._lines:
+            self._lines.append(self.find_lines() if self.find_lines is not None else None)
+        lines = self._lines[0]
+        if lines is not None:
+            return int(lines[index].as_py())
         return index + 2 if self.kind == "csv" else index + 1
-
-    def shown(self, numbers: pa.Array) -> pa.Array:
-        """:meth:`where` of each of ``numbers`` (0-based row indexes)."""
-        if self.lines is not None:
-            return pc.take(self.lines, numbers)
-        return pc.add(numbers, self.where(0))
 
     @property
     def unit(self) -> str:
         return "line" if self.kind in ("csv", "jsonl") else "row"
+
+
+class _Shown:
+    """The numbers people know the kept rows of an input by (see :meth:`_Source.where`)."""
+
+    def __init__(self, src: _Source, kept: pa.Array) -> None:
+        self.src = src
+        self.kept = kept  # the kept rows' 0-based indexes in the input as read
+
+    def __getitem__(self, index: int) -> int:
+        return self.src.where(int(self.kept[index].as_py()))
+
+    def filter(self, mask: pa.Array) -> _Shown:
+        """Those of the rows that ``mask`` keeps."""
+        return _Shown(self.src, self.kept.filter(mask))
 
 
 def _row_lines(
@@ -343,14 +357,18 @@ def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.T
         def decoded() -> Iterable[str]:
             return io.StringIO(data.decode("utf-8-sig", "replace"), newline="")
 
-        return table, _Source(source.name, kind, _row_lines([data], decoded, kind, table.num_rows))
+        rows = table.num_rows
+        return table, _Source(source.name, kind, lambda: _row_lines([data], decoded, kind, rows))
     p = Path(source)
     table = read_table(p)
     kind = FORMATS.get(p.suffix.lower(), "csv")
-    with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as text:
-        chunks = iter(lambda: fh.read(1 << 24), b"")
-        lines = _row_lines(chunks, lambda: text, kind, table.num_rows)
-    return table, _Source(str(p), kind, lines)
+    rows = table.num_rows
+
+    def lines_of_file() -> pa.Array | None:
+        with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as tx:
+            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, rows)
+
+    return table, _Source(str(p), kind, lines_of_file)
 
 
 def _require(table: pa.Table, src: _Source, column: str, what: str, hint: str = "") -> None:
@@ -411,7 +429,7 @@ def _drop(
         keep = pc.invert(pc.is_in(numbers, pa.array(rows, pa.int64())))
         table = table.filter(keep)
         numbers = numbers.filter(keep)
-    report.sources[label] = (src.name, src.unit, src.shown(numbers))
+    report.sources[label] = (src.name, src.unit, _Shown(src, numbers))
     return table
 
 
