@@ -104,6 +104,8 @@ def test_bad_triggers_file_is_rejected_with_lines(serve: Serve) -> None:
         r = api.put("/api/v1/triggers", content=empty, headers=YAML)
         assert r.status_code == 400 and "`triggers: []` removes every trigger" in r.text
     assert [t["id"] for t in api.get("/api/v1/triggers").json()["items"]] == ["x"]
+    r = api.patch("/api/v1/triggers/x", json={"enabled": "no"})  # true or false, not "no"
+    assert r.status_code == 422 and api.get("/api/v1/triggers").json()["items"][0]["enabled"]
     r = api.put("/api/v1/triggers", content="triggers: []\n", headers=YAML)
     assert r.status_code == 200 and r.json()["items"] == []
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
@@ -85,7 +85,7 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
 
 
 class EnabledIn(Body):
-    enabled: bool
+    enabled: StrictBool  # true or false, not "no" or 0
 
 
 @router.patch("/api/v1/triggers/{trigger_id}")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
-from leadscore.store.leads import no_lead
+from leadscore.store.leads import STAGES, no_lead
 from leadscore.store.schema import (
     ID,
     events,
@@ -273,7 +273,7 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
     sheet = query.sheet if query.sheet is not None else (sheets[0] if sheets else None)
     if sheet is not None and sheet not in sheets:
         raise NotFound(f"no active score sheet {sheet!r} (active: {', '.join(sheets) or 'none'})")
-    key = query.sort.lstrip("-")
+    key = query.sort.removeprefix("-")  # one "-" only: "--score" is no sort
     if key not in SORTS:
         raise UsageError(
             f"cannot sort by {key!r}; use one of {', '.join(SORTS)} (- for descending)"
@@ -306,7 +306,11 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         if query.max_score is not None:
             q = q.where(scores.c.score <= query.max_score)
     if query.stage:
-        q = q.where(leads.c.stage.in_(query.stage))
+        stages = [s.strip().lower() for s in query.stage]
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise UsageError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+        q = q.where(leads.c.stage.in_(stages))
     if query.owner is not None:
         q = q.where(leads.c.owner == query.owner)
     for name, value in query.fields.items():
