@@ -40,7 +40,7 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
     assert "0 events stored, 3 already there" in out
     code, out = run("import", "outcomes", str(tmp_path / "outcomes.csv"), "--db", db_url)
-    assert code == 0 and "1 outcomes stored" in out, out
+    assert code == 0 and "1 outcome stored" in out, out
     assert "name a lead the store does not hold" not in out
     more = "lead_id,outcome,ts\nL1,lost,2026-11-23\nl2,won,2026-11-23\n"
     (tmp_path / "more.csv").write_text(more)
@@ -84,7 +84,7 @@ def test_import_refuses_rows_the_api_would_refuse(db_url: str, tmp_path: Path) -
     code, out = run(
         "import", "events", str(tmp_path / "nul.csv"), "--db", db_url, "--skip-bad-rows"
     )
-    assert code == 0 and "1 events stored" in out, out
+    assert code == 0 and "1 event stored" in out, out
     # an unknown stage is a bad row like the others: named by line, skipped on request
     leads = "lead_id,stage,note\nS1,lead,x\nS2,bogus,y\nS3,sql,z\x00\n"
     (tmp_path / "leads.csv").write_text(leads)
@@ -94,7 +94,7 @@ def test_import_refuses_rows_the_api_would_refuse(db_url: str, tmp_path: Path) -
     code, out = run(
         "import", "leads", str(tmp_path / "leads.csv"), "--db", db_url, "--skip-bad-rows"
     )
-    assert code == 0 and "1 leads stored" in out, out
+    assert code == 0 and "1 lead stored" in out, out
 
 
 def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:

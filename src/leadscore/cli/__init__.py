@@ -215,9 +215,9 @@ def _print_top(table: pa.Table, sheet_prefix: str, top: int, title: str) -> None
             str(r[p + "priority"] or ""),
         )
     out.print(view)
-    counts = ", ".join(f"{b}: {n}" for b, n in _band_counts(table, f"{sheet_prefix}band"))
+    counts = ", ".join(f"{b}: {n:,}" for b, n in _band_counts(table, f"{sheet_prefix}band"))
     mqls = pc.sum(table.column(f"{sheet_prefix}mql").cast(pa.int64())).as_py() or 0
-    out.print(f"{table.num_rows} leads; bands: {counts}; MQLs: {mqls}", markup=False)
+    out.print(f"{table.num_rows:,} leads; bands: {counts}; MQLs: {mqls:,}", markup=False)
 
 
 @app.command()

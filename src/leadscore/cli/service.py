@@ -279,18 +279,24 @@ def serve(
     )
 
 
+def _counted(n: int, things: str) -> str:
+    """``1 lead``, ``2 leads`` (``things`` in the plural)."""
+    return f"{n:,} {things if n != 1 else things.removesuffix('s')}"
+
+
 def _print_import(report: ImportReport) -> None:
-    parts = [f"{report.stored:,} {report.kind} stored"]
+    parts = [f"{_counted(report.stored, report.kind)} stored"]
     if report.repeated:
         parts.append(f"{report.repeated:,} already there")
-    out.print(f"{report.rows:,} rows read: " + ", ".join(parts), markup=False)
+    out.print(f"{_counted(report.rows, 'rows')} read: " + ", ".join(parts), markup=False)
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
     for e in report.errors[:20]:
         err.print(f"skipped: {e}", markup=False)
     if report.rescore is not None:
         r = report.rescore
-        out.print(f"rescored {r.leads:,} leads: {r.changed:,} score changes recorded", markup=False)
+        changes = _counted(r.changed, "score changes")
+        out.print(f"rescored {_counted(r.leads, 'leads')}: {changes} recorded", markup=False)
 
 
 @app.command("import")
@@ -422,7 +428,8 @@ def rescore(
                 "decay", sheets=sheet or None, fire_triggers=fire_triggers, progress=bar
             )
         out.print(
-            f"rescored {report.leads:,} leads: {report.changed:,} score changes recorded"
+            f"rescored {_counted(report.leads, 'leads')}: "
+            f"{_counted(report.changed, 'score changes')} recorded"
             + (f", {report.skipped:,} kept (rescored live meanwhile)" if report.skipped else ""),
             markup=False,
         )
@@ -452,8 +459,9 @@ def publish(
                 draft.name, draft.version, fire_triggers=fire_triggers, progress=bar
             )
         out.print(
-            f"published {draft.name} version {draft.version}: rescored {report.leads:,} leads, "
-            f"{report.changed:,} score changes recorded",
+            f"published {draft.name} version {draft.version}: rescored "
+            f"{_counted(report.leads, 'leads')}, "
+            f"{_counted(report.changed, 'score changes')} recorded",
             markup=False,
         )
 
