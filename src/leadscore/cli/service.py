@@ -309,7 +309,11 @@ def import_(
         str, typer.Option(help="Name of the lead id column (may contain spaces).")
     ] = "lead_id",
     skip_bad_rows: Annotated[
-        bool, typer.Option(help="Skip rows with missing ids or unreadable times, and list them.")
+        bool,
+        typer.Option(
+            help="Skip bad rows (a missing id, an unreadable time, a value the store cannot "
+            "keep, an unknown stage) and list them, instead of importing nothing."
+        ),
     ] = False,
     fire_triggers: Annotated[
         bool, typer.Option(help="Let the score changes of this import fire triggers.")
