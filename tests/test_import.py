@@ -235,6 +235,12 @@ def test_file_and_database_errors_are_messages_not_tracebacks(tmp_path: Path) ->
     db = str(tmp_path / "s.db")
     code, out = run("keys", "create", "n" * 201, "--db", db)
     assert code == 2 and "a key's name has at most 200 characters, not 201" in out
+    # a mistyped store: not made empty by a command that reads or changes what one holds
+    typo = tmp_path / "typo.db"
+    for args in (["rescore"], ["keys", "list"], ["keys", "revoke", "x"], ["triggers", "list"]):
+        code, out = run(*args, "--db", str(typo))
+        assert code == 2 and f"no store at {typo}" in out, (args, out)
+    assert not typo.exists()
     empty = tmp_path / "t.yaml"
     empty.write_text("\n")
     code, out = run("triggers", "set", str(empty), "--db", db)

@@ -83,9 +83,27 @@ def open_store(db: str) -> Store:
     return open_(db)
 
 
+def _must_exist(db: str) -> None:
+    """For commands that read or change what a store holds: a SQLite file that is not there
+    is a mistyped --db (or the wrong directory), not a store to create empty."""
+    from leadscore.store.db import database_url
+
+    url = database_url(db)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise UsageError(
+                f"no store at {path}: `leadscore serve`, `import` or `publish` makes one "
+                "(or give the store with --db or LEADSCORE_DB)"
+            )
+
+
 @contextmanager
-def _opened(db: str) -> Iterator[Store]:
-    """The store at ``db``, closed when the block ends."""
+def _opened(db: str, *, existing: bool = False) -> Iterator[Store]:
+    """The store at ``db`` (with ``existing``, only one that is already there), closed when
+    the block ends."""
+    if existing:
+        _must_exist(db)
     store = open_store(db)
     try:
         yield store
@@ -425,6 +443,7 @@ def rescore(
 
     Uses the batch evaluator; changes go to the history with reason `decay`.
     """
+    _must_exist(db)
     store = _open(db)
     try:
         with Bar() as bar:
@@ -502,7 +521,7 @@ def keys_list(db: DbOpt = DEFAULT_DB) -> None:
     """List API keys (never their secrets)."""
     from leadscore.store.keys import list_keys
 
-    with _opened(db) as store, store.db.read() as conn:
+    with _opened(db, existing=True) as store, store.db.read() as conn:
         keys = list_keys(conn)
     table = Table("name", "scopes", "created", "last used", "revoked")
     # the id whole, whatever the terminal's width: `keys revoke` takes it
@@ -526,7 +545,7 @@ def keys_revoke(
     """Revoke an API key (running servers stop accepting it within 30 seconds)."""
     from leadscore.store.keys import revoke_key
 
-    with _opened(db) as store, store.db.write() as conn:
+    with _opened(db, existing=True) as store, store.db.write() as conn:
         key = revoke_key(conn, key_id, store.clock())
     out.print(f"revoked key {key.id} ({key.name})", markup=False)
 
@@ -586,7 +605,7 @@ def triggers_list(db: DbOpt = DEFAULT_DB) -> None:
     """List the store's triggers (webhook secrets masked)."""
     from leadscore.store.triggers import list_triggers
 
-    with _opened(db) as store, store.db.read() as conn:
+    with _opened(db, existing=True) as store, store.db.read() as conn:
         stored = list_triggers(conn)
     table = Table("id", "enabled", "sheet", "when", "actions")
     for t in stored:
