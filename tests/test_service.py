@@ -489,6 +489,9 @@ def test_lead_ids_with_slashes_and_manual_rescore(serve: Serve) -> None:
     r = api.post("/api/v1/leads/acme/emea 7/rescore").json()
     assert r["changed"] == 0 and r["scores"]["b2b-default"]["score"] == 20.0
     assert api.post("/v1/screen", json={"userId": "acme/emea 7", "name": "Home"}).status_code == 200
+    # ids are trimmed of ASCII whitespace, as imports trim them; a no-break space is the id's
+    r = api.post("/api/v1/leads", json=[{"lead_id": " T1\t"}, {"lead_id": "T1\u00a0"}])
+    assert [i["lead_id"] for i in r.json()["items"]] == ["T1", "T1\u00a0"]
     # an id with a line break in it is reached too
     api.post("/api/v1/leads", json={"lead_id": "a\nb"})
     assert api.get("/api/v1/leads/a%0Ab").json()["lead_id"] == "a\nb"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Request
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictFloat,
@@ -26,7 +27,7 @@ from pydantic import (
 from leadscore.engine.timeutil import parse_instant
 from leadscore.service.errors import ApiError, loc_text
 from leadscore.service.state import Settings
-from leadscore.spec.conditions import text_problem, to_text
+from leadscore.spec.conditions import WHITESPACE, text_problem, to_text
 from leadscore.store import EventInput, LeadInput
 
 __all__ = [
@@ -44,7 +45,13 @@ __all__ = [
     "to_lead",
 ]
 
-Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Trimmed of the whitespace imports trim (ASCII's, as every comparison does), not of all of
+# Unicode's: "L1" plus a no-break space is the same lead however it arrives.
+Id = Annotated[
+    str,
+    BeforeValidator(lambda v: v.strip(WHITESPACE) if isinstance(v, str) else v),
+    StringConstraints(min_length=1, max_length=200),
+]
 Scalar = str | int | float | bool | None
 # strict: `true` is not the time 1 second after 1970
 Timestamp = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
