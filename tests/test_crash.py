@@ -321,3 +321,31 @@ def test_serve_refuses_a_request_with_oversized_headers(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_ctrl_c_stops_the_demo_as_it_should_be_stopped(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) is how `leadscore demo --serve` (make demo) is stopped: it shuts down
+    and exits 0, with no "interrupted" (uvicorn raises the signal again once it is down)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(LEADSCORE, "demo", "--serve", "--port", str(port)),
+            *("--leads", "300", "--events", "3000", "--db", str(tmp_path / "demo.db")),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _started.append(proc)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "is serving 300 leads" in out.decode() and "interrupted" not in err.decode()

@@ -7,6 +7,7 @@ through the store, printing each lead that becomes hot, until Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 import threading
@@ -214,7 +215,9 @@ def run_demo_server(
     say(f"streaming {rate:g} events a second; leads that turn hot are listed below. Ctrl-C stops.")
     streamer.start()
     try:
-        server.run()
+        # Ctrl-C is how the demo is stopped: uvicorn shuts down, then raises the signal again
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
     finally:
         stop.set()
         streamer.join(timeout=5)
