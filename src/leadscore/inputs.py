@@ -36,6 +36,7 @@ __all__ = [
     "FORMATS",
     "LoadReport",
     "NamedData",
+    "RowNumbers",
     "normalize_events",
     "normalize_leads",
     "normalize_outcomes",
@@ -62,7 +63,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)  # gathered, then raised
     # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
-    sources: dict[str, tuple[str, str, _Shown]] = field(default_factory=dict)
+    sources: dict[str, tuple[str, str, RowNumbers]] = field(default_factory=dict)
 
     def name(self, label: str) -> str:
         """The file (or label) an input was read from."""
@@ -130,7 +131,7 @@ class _Source:
         return "line" if self.kind in ("csv", "jsonl") else "row"
 
 
-class _Shown:
+class RowNumbers:
     """The numbers people know the kept rows of an input by (see :meth:`_Source.where`)."""
 
     def __init__(self, src: _Source, kept: pa.Array) -> None:
@@ -140,9 +141,14 @@ class _Shown:
     def __getitem__(self, index: int) -> int:
         return self.src.where(int(self.kept[index].as_py()))
 
-    def filter(self, mask: pa.Array) -> _Shown:
+    def filter(self, mask: pa.Array) -> RowNumbers:
         """Those of the rows that ``mask`` keeps."""
-        return _Shown(self.src, self.kept.filter(mask))
+        return RowNumbers(self.src, self.kept.filter(mask))
+
+    @classmethod
+    def plain(cls, rows: int) -> RowNumbers:
+        """Rows of an input that has no lines (a table handed in): numbered 1, 2, 3..."""
+        return cls(_Source("", "arrow"), pa.array(range(rows), pa.int64()))
 
 
 def _row_lines(
@@ -429,7 +435,7 @@ def _drop(
         keep = pc.invert(pc.is_in(numbers, pa.array(rows, pa.int64())))
         table = table.filter(keep)
         numbers = numbers.filter(keep)
-    report.sources[label] = (src.name, src.unit, _Shown(src, numbers))
+    report.sources[label] = (src.name, src.unit, RowNumbers(src, numbers))
     return table
 
 

@@ -19,6 +19,7 @@ from leadscore.errors import InputError, InputProblem
 from leadscore.inputs import (
     LoadReport,
     NamedData,
+    RowNumbers,
     normalize_events,
     normalize_leads,
     normalize_outcomes,
@@ -57,30 +58,17 @@ class _Places:
     ``row`` otherwise) and each row's number, kept in step with the rows left out."""
 
     unit: str
-    numbers: Any  # each row's number: [i] and .filter(mask), as a pyarrow array has them
+    numbers: RowNumbers
 
     @classmethod
     def of(cls, load: LoadReport, label: str, rows: int) -> _Places:
         if label in load.sources:
             _, unit, numbers = load.sources[label]
             return cls(unit, numbers)
-        return cls("row", _Numbered(pa.array(range(1, rows + 1), pa.int64())))
+        return cls("row", RowNumbers.plain(rows))
 
     def __call__(self, index: int) -> str:
         return f"{self.unit} {self.numbers[index]}"
-
-
-class _Numbered:
-    """Row numbers of an input read without them (a table handed in): 1, 2, 3..."""
-
-    def __init__(self, numbers: pa.Array) -> None:
-        self.numbers = numbers
-
-    def __getitem__(self, index: int) -> int:
-        return int(self.numbers[index].as_py())
-
-    def filter(self, mask: pa.Array) -> _Numbered:
-        return _Numbered(self.numbers.filter(mask))
 
 
 def _within_limits(
