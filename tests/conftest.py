@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.store import Store, database_url, open_database, schema
+from tests.webhook_receiver import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -169,10 +169,7 @@ class RunningServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)

@@ -28,17 +28,11 @@ import sqlalchemy as sa
 from leadscore.service.writer import SPLIT_ABOVE
 from leadscore.store import Store, open_database
 from leadscore.store.schema import events, outbox, trigger_firings
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, free_port
 
 pytestmark = pytest.mark.slow
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _started: list[subprocess.Popen[bytes]] = []

@@ -8,11 +8,13 @@ started again on the same port, it is back up.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -22,11 +24,35 @@ class Received:
     body: bytes
 
 
+_ports = random.Random()  # its own: a test that seeds the module's generator does not repeat it
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port nothing is bound to, below the range the kernel picks outgoing
+    connections' ports from. A server killed and started again on its port (tests/test_crash.py),
+    or a receiver stopped and started, then does not find the port taken meanwhile as the local
+    end of some client's connection (as a restart once did in CI: "Address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(100 if low > 21_000 else 0):
+        port = _ports.randrange(20_000, low)  # above the services' ports (PostgreSQL, ...)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 class Receiver:
