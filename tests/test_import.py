@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from leadscore.cli import app
@@ -103,6 +104,43 @@ def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
     assert code == 2 and "leads, events or outcomes" in out
     code, out = run("import", "leads", str(tmp_path / "nope.csv"), "--db", db)
     assert code == 1 and "nope.csv" in out
+
+
+def test_a_publish_that_fails_part_way_says_what_it_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rescoring of `leadscore publish` fails (the disk is full): the message says so and
+    that the version is active with some leads not rescored; publishing the file again says
+    how many still have the old version's scores; `leadscore rescore` brings them over."""
+    db = str(tmp_path / "s.db")
+    (tmp_path / "leads.csv").write_text(LEADS)
+    assert run("import", "leads", str(tmp_path / "leads.csv"), "--db", db)[0] == 0
+    model = tmp_path / "m.yaml"
+    model.write_text("version: 1\nname: b2b-default\nbands: {cold: -.inf, hot: 10}\nmql: hot\n")
+
+    def full(self: Store, *args: object, **kwargs: object) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database or disk is full"))
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "rescore_all", full)
+        code, out = run("publish", str(model), "--db", db)
+    assert code == 1
+    assert "Error: the database refused: database or disk is full" in out
+    assert "b2b-default version 2 is active, but its rescoring stopped part way" in out
+    code, out = run("publish", str(model), "--db", db)
+    assert code == 0 and "b2b-default version 2 is already active" in out
+    assert "2 leads still have a score of a version it replaced: `leadscore rescore`" in out
+    code, out = run("rescore", "--db", db)
+    assert code == 0 and "rescored 2 leads: 2 score changes recorded" in out
+    code, out = run("publish", str(model), "--db", db)
+    assert code == 0 and "still" not in out
+    store = Store(open_database(db))
+    try:
+        with store.db.read() as conn:
+            reasons = [r["reason"] for r in score_history_of(conn, "L1", limit=10)]
+    finally:
+        store.db.dispose()
+    assert reasons == ["model change", "profile"]
 
 
 def test_store_commands(tmp_path: Path) -> None:

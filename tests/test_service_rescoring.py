@@ -5,6 +5,7 @@ itself, with the triggers and errors they have in the server's own thread."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import (
@@ -291,3 +293,91 @@ def test_the_scheduled_rescoring_runs_apart_and_ends_with_the_service(
         assert app.state.leadscore.rescorer.apart
         assert api.get("/api/v1/leads/L1").json()["stage"] == "recycled"
     assert rescoring_children() == []
+
+
+def _full(self: Store, *args: object, **kwargs: object) -> None:
+    raise sa.exc.OperationalError("UPDATE scores", {}, Exception("database or disk is full"))
+
+
+def publish_stopped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """L1 scored by tiny version 1; version 2 (the VP worth 35) published, but its rescoring
+    fails before any lead is written: L1 keeps version 1's score."""
+    store.ensure_published(MODEL, "tiny.yaml")
+    store.upsert_leads([LeadInput("L1", fields={"title": "VP Sales"})])
+    store.add_model(MODEL.replace("points: 30", "points: 35"), "tiny-2.yaml")
+    with monkeypatch.context() as m:
+        m.setattr(Store, "rescore_all", _full)
+        with pytest.raises(sa.exc.OperationalError):
+            store.publish("tiny")
+    assert [s.version.version for s in store.sheets()] == [2]
+    assert store.replaced_scores() == 1
+
+
+def test_a_publish_that_fails_part_way_is_answered_with_what_it_left(
+    serve: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST .../publish whose rescoring fails: 500, saying the version is active and how many
+    leads keep the old version's scores; POST /api/v1/rescore brings them over."""
+    publish_stopped(store, monkeypatch)
+    api = serve(no_auth=True)
+    store.add_model(MODEL.replace("points: 30", "points: 40"), "tiny-3.yaml")
+    monkeypatch.setattr(Store, "rescore_all", _full)
+    r = api.post("/api/v1/models/tiny/publish")
+    assert r.status_code == 500, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("publishing tiny failed: (builtins.Exception) database or disk")
+    assert "The new version is active, but 1 lead keeps its score of the version before" in message
+    monkeypatch.undo()
+    r = api.post("/api/v1/rescore")
+    assert (r.status_code, r.json()["changed"]) == (200, 1)
+    assert current(store)["score"] == 40.0
+    history = api.get("/api/v1/leads/L1/history").json()["items"]
+    assert [h["reason"] for h in history] == ["model change", "profile"]
+
+
+def test_a_failed_publish_in_a_child_keeps_its_note(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child (run here, its process-wide setup left out) turns an error that does not
+    pickle as it is into a RuntimeError: the note of what the publish left goes with it."""
+    store.ensure_published(MODEL, "tiny.yaml")
+    store.add_model(MODEL.replace("points: 30", "points: 35"), "tiny-2.yaml")
+    monkeypatch.setattr(Store, "rescore_all", _full)
+    monkeypatch.setattr("leadscore.service.rescoring.signal.signal", lambda *a: None)
+    monkeypatch.setattr("leadscore.service.rescoring._end_with", lambda server: None)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    child_main(sender, db_url, False, "publish", {"name": "tiny"}, os.getpid())
+    kind, error = receiver.recv()
+    assert kind == "error" and isinstance(error, RuntimeError)
+    assert str(error).startswith("publish failed: OperationalError: ")
+    assert error.__notes__[0].startswith("tiny version 2 is active, but its rescoring stopped")
+
+
+@pytest.mark.parametrize("scheduled", [True, False])
+def test_the_server_finishes_a_stopped_publish_at_start(
+    store: Store,
+    serve: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    scheduled: bool,
+) -> None:
+    """Started on a store where a publish's rescoring stopped part way, the server says so in
+    its log and, with its scheduled rescoring on, rescores at once (not an hour later); with
+    it off (--rescore-every 0), the log says what to run."""
+    publish_stopped(store, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="leadscore.service"):
+        serve(no_auth=True, rescore_interval=3600 if scheduled else 0)
+        deadline = time.monotonic() + 30
+        while scheduled and store.replaced_scores():
+            assert time.monotonic() < deadline, "not rescored at start"
+            time.sleep(0.05)
+        while "no longer active" not in caplog.text:
+            assert time.monotonic() < deadline, "nothing logged"
+            time.sleep(0.05)
+    if scheduled:
+        assert current(store)["score"] == 35.0
+        assert "1 lead has a score of a model version no longer active" in caplog.text
+        assert "rescoring every lead now" in caplog.text
+    else:
+        assert store.replaced_scores() == 1
+        assert "run `leadscore rescore` or POST /api/v1/rescore" in caplog.text

@@ -740,6 +740,61 @@ def test_a_publish_during_a_rescoring_in_parts_is_not_undone(store: Store, clock
     assert close(current(store, "L5", "dw")["score"], 30 * 0.5**0.1)
 
 
+def test_a_publish_whose_rescoring_stops_is_finished_by_the_next_rescoring(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DW published anew (pricing worth 30); its rescoring (in parts of 2) fails after the
+    first part. The error says the version is active and what that leaves: 4 of 6 leads keep
+    the replaced version's scores. The next (decay) rescoring brings them over, recorded as
+    model change (as the publish would have), so that the triggers on decay do not fire on a
+    re-baseline."""
+    publish(store, DW)
+    ids = [f"L{i}" for i in range(6)]
+    store.ingest_events(
+        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
+    )
+    old = store.sheets()[0].version.id
+    clock.advance(days=1)
+    draft = store.add_model(DW.replace("points: 20", "points: 30"))
+    whole = store.rescore_all
+    monkeypatch.setattr(store, "rescore_all", lambda *a, **k: whole(*a, **k, part=2))
+    parts = 0
+
+    def failing(what: str, done: int, total: int) -> None:
+        nonlocal parts
+        if what == "writing scores" and done:
+            parts += 1
+            if parts == 1:
+                raise sa.exc.OperationalError("UPDATE", {}, Exception("database or disk is full"))
+
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        store.publish(draft.name, draft.version, progress=failing)
+    assert raised.value.__notes__ == [
+        "dw version 2 is active, but its rescoring stopped part way: the leads it did not reach "
+        "keep their scores of the version before until the next rescoring (`leadscore rescore`, "
+        "POST /api/v1/rescore, the server's schedule, or the server's start) brings them over, "
+        "recorded as model change"
+    ]
+    new = store.sheets()[0].version.id
+    assert new != old
+    assert store.replaced_scores() == store.replaced_scores("dw") == 4
+    assert store.replaced_scores("other") == 0
+    with store.db.read() as conn:
+        versions = dict(conn.execute(sa.select(scores.c.lead_id, scores.c.model_version_id)).all())
+    assert versions == {"L0": new, "L1": new} | dict.fromkeys(ids[2:], old)
+
+    changes: list[Any] = []
+    store.listener = lambda conn, c, now, fire: changes.extend(c)
+    report = store.rescore_all("decay")
+    assert (report.leads, report.changed) == (6, 4)
+    assert {(c.lead_id, c.reason) for c in changes} == {(i, "model change") for i in ids[2:]}
+    assert store.replaced_scores() == 0
+    for i in ids:
+        assert history(store, i)[0][0] == "model change"
+    assert_matches_per_lead(store, ids, clock.now)
+    assert close(current(store, "L5", "dw")["score"], 30 * 0.5**0.1)
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_rescore_all_reads_a_store_of_one_part_whole(store: Store, clock: Clock, n: int) -> None:
     """Up to ``part`` leads (here 3): read in one go, in the tables' order (no range of lead

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import wraps
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +47,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _edge(func: F) -> F:
-    """Turn leadscore's own errors into a message and an exit code, never a traceback."""
+    """Turn leadscore's own errors into a message and an exit code, never a traceback. Notes
+    an error carries (what a publish that stopped part way left: Store.publish) follow its
+    message."""
+
+    def fail(code: int, exc: BaseException) -> NoReturn:
+        for note in getattr(exc, "__notes__", ()):
+            err.print(f"  {note}", markup=False)
+        raise typer.Exit(code) from None
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,36 +64,36 @@ def _edge(func: F) -> F:
             err.print(f"Error: the model is invalid ({len(exc.issues)} problem(s)):", markup=False)
             for issue in exc.issues:
                 err.print(f"  {issue}", markup=False)
-            raise typer.Exit(1) from None
+            fail(1, exc)
         except InputError as exc:
             err.print("Error: the input cannot be used:", markup=False)
             for problem in exc.problems:
                 err.print(f"  {problem}", markup=False)
             if exc.hint:
                 err.print(f"  {exc.hint}", markup=False)
-            raise typer.Exit(1) from None
+            fail(1, exc)
         except UsageError as exc:
             err.print(f"Error: {exc}", markup=False)
-            raise typer.Exit(2) from None
+            fail(2, exc)
         except LeadscoreError as exc:
             err.print(f"Error: {exc}", markup=False)
-            raise typer.Exit(1) from None
+            fail(1, exc)
         except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
             _quiet_stdout()
             raise typer.Exit(141) from None
         except OSError as exc:  # a file or directory that cannot be written, a full disk...
             where = f"{exc.filename}: " if exc.filename else ""
             err.print(f"Error: {where}{exc.strerror or exc}", markup=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+            fail(1, exc)
+        except KeyboardInterrupt as exc:
             err.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+            fail(130, exc)
         except Exception as exc:
             refused = database_refusal(exc)
             if refused is None:
                 raise
             err.print(f"Error: {refused}", markup=False)
-            raise typer.Exit(1) from None
+            fail(1, exc)
 
     return wrapper  # type: ignore[return-value]
 

@@ -476,6 +476,14 @@ def publish(
         draft = store.add_model(model.read_text(encoding="utf-8"), str(model))
         if draft.status == "published":
             out.print(f"{draft.name} version {draft.version} is already active", markup=False)
+            left = store.replaced_scores(draft.name)
+            if left:  # its publish's rescoring stopped part way
+                out.print(
+                    f"{_counted(left, 'leads')} still {'has' if left == 1 else 'have'} a score "
+                    "of a version it replaced: `leadscore rescore` brings "
+                    f"{'it' if left == 1 else 'them'} over",
+                    markup=False,
+                )
             return
         with Bar() as bar:
             report = store.publish(

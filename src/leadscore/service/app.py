@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -212,11 +212,22 @@ def ingest_processes(settings: Settings, sqlite: bool) -> int:
     return n
 
 
-def _every(interval: float, stop: threading.Event, job: str, run: object) -> threading.Thread:
+def _every(
+    interval: float,
+    stop: threading.Event,
+    job: str,
+    run: Callable[[], object],
+    at_once: Callable[[], bool] | None = None,
+) -> threading.Thread:
+    """A thread that calls ``run`` every ``interval`` seconds until ``stop``; first at once
+    when ``at_once`` (asked in the thread; it must not raise) says so."""
+
     def loop() -> None:
-        while not stop.wait(interval):
+        first = at_once is not None and at_once()
+        while first or not stop.wait(interval):
+            first = False
             try:
-                run()  # type: ignore[operator]
+                run()
             except Stopped:  # the service stops
                 return
             except Exception:  # keep the loop alive; the next pass retries
@@ -225,6 +236,28 @@ def _every(interval: float, stop: threading.Event, job: str, run: object) -> thr
     thread = threading.Thread(target=loop, name=f"leadscore-{job}", daemon=True)
     thread.start()
     return thread
+
+
+def _replaced_at_start(store: Store, scheduled: bool) -> bool:
+    """Whether some leads still have scores of a model version no longer active (a publish
+    whose rescoring stopped part way: Store.publish), logged; the scheduled rescoring then
+    runs at once and brings them over (recorded as model change)."""
+    try:
+        left = store.replaced_scores()
+    except Exception:  # the server goes on; the next rescoring brings them over all the same
+        log.exception("checking the scores' model versions at start failed")
+        return False
+    if left:
+        log.warning(
+            "%s %s a score of a model version no longer active (a publish whose rescoring "
+            "stopped part way): %s",
+            f"{left:,} lead{'s' if left != 1 else ''}",
+            "has" if left == 1 else "have",
+            "rescoring every lead now"
+            if scheduled
+            else "run `leadscore rescore` or POST /api/v1/rescore to bring them over",
+        )
+    return left > 0
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -272,15 +305,23 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
         app.state.leadscore = ServiceState(settings, s, KeyCache(), writer, rescorer)
         threads = []
-        if settings.rescore_interval > 0:
+        scheduled = settings.rescore_interval > 0
+        if scheduled:
             threads.append(
                 _every(
                     settings.rescore_interval,
                     stop,
                     "rescore",
                     lambda: rescorer.rescore("decay"),
+                    at_once=lambda: _replaced_at_start(s, scheduled),
                 )
             )
+        else:
+            thread = threading.Thread(
+                target=_replaced_at_start, args=(s, scheduled), name="leadscore-check", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
         policy = RetryPolicy(
             timeout_s=settings.webhook_timeout, first_delay_s=settings.retry_first_delay
         )

@@ -28,7 +28,7 @@ from pydantic import (
 from leadscore.engine.explain import explanation_text
 from leadscore.engine.lead import Event, score_lead
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
-from leadscore.errors import ModelError, ModelIssue
+from leadscore.errors import LeadscoreError, ModelError, ModelIssue
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError, from_leadscore, loc_text
 from leadscore.service.payloads import Scalar, read_json
@@ -253,9 +253,27 @@ async def publish_model(
     """Make a version the active one and rescore every lead with it from its events; each
     change is recorded with reason ``model change``. Triggers do not fire unless asked."""
     state = _state(request)
-    report = await _whole_store(
-        lambda: state.rescorer.publish(name, version, fire_triggers=fire_triggers)
-    )
+    try:
+        report = await _whole_store(
+            lambda: state.rescorer.publish(name, version, fire_triggers=fire_triggers)
+        )
+    except ApiError:
+        raise  # the server stops (503)
+    except Exception as e:
+        if isinstance(e, LeadscoreError) and not getattr(e, "__notes__", None):
+            raise  # no such model or version, ...: nothing changed (Store.publish's note else)
+        # the rescoring failed (the version is active from its start) or its process died
+        left = await run_in_threadpool(state.store.replaced_scores, name)
+        said = str(e).strip().splitlines()  # a database error's first line, not its SQL
+        message = f"publishing {name} failed: {said[0] if said else type(e).__name__}"
+        if left:
+            message += (
+                f". The new version is active, but {left:,} lead"
+                f"{' keeps its score' if left == 1 else 's keep their scores'} of the version "
+                "before until the next rescoring (POST /api/v1/rescore, the schedule, or the "
+                "server's start) brings them over, recorded as model change"
+            )
+        raise ApiError(500, message) from None
     with state.store.db.read() as conn:
         active = get_version(conn, name)
     return iso_times({"published": active.summary(), "rescore": asdict(report)})  # type: ignore[no-any-return]

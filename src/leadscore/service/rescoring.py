@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import Any, TypeVar
 
 from leadscore.errors import LeadscoreError, StoreError
 from leadscore.service.writer import with_triggers
@@ -155,7 +155,7 @@ def child_main(
         answer = ("error", _portable(e))
     except Exception as e:
         log.exception("%s failed", action)
-        answer = ("error", RuntimeError(f"{action} failed: {type(e).__name__}: {e}"))
+        answer = ("error", _noted(RuntimeError(f"{action} failed: {type(e).__name__}: {e}"), e))
     try:
         out.send(answer)
     except OSError:  # the server is gone
@@ -175,13 +175,24 @@ def _end_with(server: int) -> None:
     os._exit(1)
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def _noted(error: E, source: BaseException) -> E:
+    """``error`` with the notes of ``source`` (what a publish that stopped part way left:
+    Store.publish)."""
+    for note in getattr(source, "__notes__", ()):
+        error.add_note(note)
+    return error
+
+
 def _portable(e: LeadscoreError) -> LeadscoreError:
-    """``e``, or a StoreError with its message when ``e`` does not survive pickling as it is
-    (an error with fields of its own)."""
+    """``e``, or a StoreError with its message (and notes) when ``e`` does not survive
+    pickling as it is (an error with fields of its own)."""
     try:
         copy = pickle.loads(pickle.dumps(e))
     except Exception:
-        return StoreError(str(e))
+        return _noted(StoreError(str(e)), e)
     if type(copy) is not type(e) or str(copy) != str(e) or copy.__dict__ != e.__dict__:
-        return StoreError(str(e))
+        return _noted(StoreError(str(e)), e)
     return copy

@@ -71,6 +71,7 @@ from leadscore.store.scores import (
     ScoreChange,
     current_scores,
     current_scores_statements,
+    leads_on_replaced_versions,
     write_scores,
 )
 from leadscore.store.versions import (
@@ -277,7 +278,13 @@ class Store:
         fire_triggers: bool = False,
         progress: Progress | None = None,
     ) -> RescoreReport:
-        """Make a version active (default: the newest) and rescore every lead with it."""
+        """Make a version active (default: the newest) and rescore every lead with it.
+
+        The version is active from the start of the rescoring. Should the rescoring stop part
+        way (an error, an interrupt), the error raised carries a note saying so: the leads it
+        did not reach keep their scores of the version before until the next rescoring, which
+        records their changes as ``model change`` (:func:`~leadscore.store.scores.write_scores`;
+        see :meth:`replaced_scores`)."""
         with self.db.write() as conn:
             if version is None:
                 newest = conn.execute(
@@ -290,9 +297,25 @@ class Store:
                 version = int(newest)
             mark_published(conn, get_version(conn, name, version), self.clock())
         self.forget_sheets()
-        return self.rescore_all(
-            "model change", sheets=[name], fire_triggers=fire_triggers, progress=progress
-        )
+        try:
+            return self.rescore_all(
+                "model change", sheets=[name], fire_triggers=fire_triggers, progress=progress
+            )
+        except BaseException as exc:
+            exc.add_note(
+                f"{name} version {version} is active, but its rescoring stopped part way: the "
+                "leads it did not reach keep their scores of the version before until the next "
+                "rescoring (`leadscore rescore`, POST /api/v1/rescore, the server's schedule, "
+                "or the server's start) brings them over, recorded as model change"
+            )
+            raise
+
+    def replaced_scores(self, sheet: str | None = None) -> int:
+        """How many leads have a score (on ``sheet``, or on any sheet that has an active
+        version) that a version no longer active made: what a publish whose rescoring stopped
+        part way leaves."""
+        with self.db.read() as conn:
+            return leads_on_replaced_versions(conn, sheet)
 
     def ensure_published(self, yaml_text: str, source: str) -> ModelVersion | None:
         """Publish ``yaml_text`` unless it is already the active version of its sheet.

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.engine.result import ScoreResult
@@ -23,7 +24,7 @@ from leadscore.store.db import (
     in_list,
     write_together,
 )
-from leadscore.store.schema import score_history, scores
+from leadscore.store.schema import model_versions, score_history, scores
 
 __all__ = [
     "HISTORY_MIN_DELTA",
@@ -32,6 +33,7 @@ __all__ = [
     "ScoreChange",
     "current_scores",
     "current_scores_statements",
+    "leads_on_replaced_versions",
     "write_scores",
 ]
 
@@ -158,6 +160,23 @@ def current_scores(
     return found
 
 
+def leads_on_replaced_versions(conn: Connection, sheet: str | None = None) -> int:
+    """How many leads have a current score (on ``sheet``, or on any sheet with an active
+    model version) that another version made: what a publish whose rescoring stopped part way
+    leaves (the next rescoring brings them over: :func:`write_scores`). One pass over the
+    scores."""
+    active = model_versions.alias("active")
+    on_sheet = sa.and_(active.c.name == scores.c.sheet, active.c.status == "published")
+    q = (
+        sa.select(sa.func.count(sa.distinct(scores.c.lead_id)))
+        .select_from(scores.join(active, on_sheet))
+        .where(scores.c.model_version_id != active.c.id)
+    )
+    if sheet is not None:
+        q = q.where(scores.c.sheet == sheet)
+    return int(conn.execute(q).scalar_one())
+
+
 def current_scores_statements(
     conn: Connection, lead_ids: Iterable[str], sheet: str | None = None
 ) -> list[Statement]:
@@ -252,6 +271,11 @@ def write_scores(
     flag and model version updates the current row and leaves no history; it is still returned
     (with ``recorded=False``) so that a trigger on a number (``crosses: 50``) sees a score
     that creeps across it.
+
+    A ``decay`` rescoring that moves a score to another model version records the change as
+    ``model change``: it finishes the rescoring of a publish that stopped part way (a killed
+    process, a failed write), as that publish would have recorded it (and as such a change
+    fires only the triggers that ask for model changes).
     """
     assert reason in REASONS, reason
     if current is None:
@@ -279,6 +303,9 @@ def write_scores(
         recorded = old is None or not (
             same_labels and abs(old["score"] - n.score) < HISTORY_MIN_DELTA
         )
+        why = reason
+        if reason == "decay" and old is not None and old["model_version_id"] != n.model_version_id:
+            why = "model change"
         change = ScoreChange(
             n.lead_id,
             n.sheet,
@@ -291,7 +318,7 @@ def write_scores(
             n.grade,
             None if old is None else bool(old["mql"]),
             n.mql,
-            reason,
+            why,
             detail,
             recorded,
         )
@@ -312,7 +339,7 @@ def write_scores(
                 n.grade,
                 change.old_mql,
                 n.mql,
-                reason,
+                why,
                 detail,
                 now_us,
             )
