@@ -67,6 +67,12 @@ def test_score_writes_every_format(conformance: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     assert code == 0 and pq.read_table(tmp_path / "out.parquet").num_rows == 300
+    # a name whose format cannot be told is refused before any work, rather than given CSV
+    code, _, err = run(*args, "--output", str(tmp_path / "out.xlsx"))
+    assert code == 2 and "--output out.xlsx: the format cannot be told from .xlsx" in err
+    assert not (tmp_path / "out.xlsx").exists()
+    code, _, err = run(*args, "--output", str(tmp_path / "out.xlsx"), "--format", "csv")
+    assert code == 0 and (tmp_path / "out.xlsx").read_text().startswith("lead_id,")
 
 
 def test_score_table_and_sheets(conformance: Path, tmp_path: Path) -> None:

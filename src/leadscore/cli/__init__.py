@@ -174,9 +174,14 @@ def _infer_format(output: Path | None, fmt: str | None) -> str:
     if output is None:
         return "table"
     suffix = output.suffix.lower().lstrip(".")
-    return {"parquet": "parquet", "pq": "parquet", "json": "json", "jsonl": "jsonl"}.get(
-        suffix, "csv"
-    )
+    known = {"": "csv", "csv": "csv", "parquet": "parquet", "pq": "parquet"}
+    known |= {"json": "json", "jsonl": "jsonl"}
+    if suffix not in known:  # .xlsx would get CSV, .gz plain text
+        raise UsageError(
+            f"--output {output.name}: the format cannot be told from .{suffix}; name the file "
+            ".csv, .parquet, .json or .jsonl, or give --format"
+        )
+    return known[suffix]
 
 
 def _write(table: pa.Table, output: Path | None, fmt: str) -> None:
