@@ -142,6 +142,26 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path) -> None:
         "tomorrow",
     )
     assert code == 2 and "--as-of: not a time: 'tomorrow'" in err
+    # a year alone would be read as seconds after 1970: refused, as by the commands of outcomes
+    scored = ("score", str(MODELS / "b2b-default.yaml"), "--leads", str(leads))
+    code, _, err = run(*scored, "--lead-id-column", "id", "--as-of", "2026")
+    assert code == 2 and "--as-of: '2026' is not a time (a year alone is not one)" in err
+    assert "such as 2026-01-01 or 2026-01-01T12:00:00Z" in err
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("id,outcome,ts\n1,won,2026-01-05\n")
+    code, _, err = run(
+        "report",
+        *scored[1:],
+        "--lead-id-column",
+        "id",
+        "--outcomes",
+        str(outcomes),
+        "--as-of",
+        "26",
+    )
+    assert code == 2 and "--as-of: '26' is not a time" in err and "2026-06-30" in err
+    code, _, err = run(*scored, "--lead-id-column", "id", "--as-of", "1767225600")
+    assert code == 0, err  # epoch seconds: 2026-01-01
 
 
 def test_test_schema_and_init(tmp_path: Path) -> None:

@@ -88,10 +88,26 @@ def prepare(
 def _as_of_micros(as_of: datetime | str | None) -> int:
     if as_of is None:
         return now_micros()
+    return given_instant(as_of, "--as-of")
+
+
+def given_instant(value: datetime | str, option: str) -> int:
+    """An instant a person gave (``--as-of``, ``--from``...): ISO 8601, or epoch seconds
+    (milliseconds...) as :func:`~leadscore.engine.timeutil.parse_instant` reads them, but not
+    a number of up to four digits: ``--as-of 2026`` is a year to the person who typed it and
+    33 minutes past midnight on 1970-01-01 as epoch seconds. UsageError naming ``option``."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        digits = value.strip()
+        if len(digits) <= 4:
+            example = f"{digits}-01-01" if len(digits) == 4 else "2026-06-30"
+            raise UsageError(
+                f"{option}: {digits!r} is not a time (a year alone is not one): give a date such "
+                f"as {example} or {example}T12:00:00Z (epoch seconds have ten digits)"
+            )
     try:
-        return parse_instant(as_of)
+        return parse_instant(value)
     except ValueError as exc:
-        raise UsageError(f"--as-of: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def _quote(name: str) -> str:

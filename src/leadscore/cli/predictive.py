@@ -10,9 +10,8 @@ import numpy as np
 import typer
 
 from leadscore.cli import IdOpt, SkipOpt, _edge, _Quiet, app, err
-from leadscore.cli.validation import instant
 from leadscore.errors import UsageError
-from leadscore.scoring import prepare
+from leadscore.scoring import given_instant, prepare
 from leadscore.validation.outcomes import parse_conversion
 
 __all__ = ["fit"]
@@ -100,7 +99,7 @@ def fit(
         prepared = prepare(
             leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
         )
-        as_of_us = None if as_of is None else instant(as_of, "--as-of")
+        as_of_us = None if as_of is None else given_instant(as_of, "--as-of")
         y = None
         if outcomes is not None:
             from leadscore.cli.validation import load_outcomes

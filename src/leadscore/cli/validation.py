@@ -25,10 +25,10 @@ from leadscore.cli import (
     out,
 )
 from leadscore.cli.service import Bar
-from leadscore.engine.timeutil import iso_utc, parse_instant
+from leadscore.engine.timeutil import iso_utc
 from leadscore.errors import UsageError
 from leadscore.inputs import LoadReport, normalize_outcomes
-from leadscore.scoring import prepare
+from leadscore.scoring import given_instant, prepare
 from leadscore.spec import load_model
 from leadscore.validation.backtest import run_backtest
 from leadscore.validation.drift import drift as drift_report
@@ -36,7 +36,7 @@ from leadscore.validation.html import num, pct, render_html
 from leadscore.validation.outcomes import parse_conversion, parse_days
 from leadscore.validation.report import default_as_of, report_from_inputs
 
-__all__ = ["instant", "load_outcomes"]
+__all__ = ["load_outcomes"]
 
 OutcomesOpt = Annotated[
     Path,
@@ -64,13 +64,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print every figure as JSO
 HtmlOpt = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
 ]
-
-
-def instant(text: str, option: str) -> int:
-    try:
-        return parse_instant(text)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
 
 
 WIDE = 220  # columns a table may use when the output is not a terminal (a file, a pipe)
@@ -273,7 +266,7 @@ def report(
     for w in warnings:
         err.print(f"warning: {w}", markup=False)
     if as_of is not None:
-        t_us = instant(as_of, "--as-of")
+        t_us = given_instant(as_of, "--as-of")
     else:
         found = default_as_of(table, conv, prepared.events)
         if found is None:
@@ -403,12 +396,12 @@ def backtest(
     for w in [*prepared.report.warnings, *warnings]:
         err.print(f"warning: {w}", markup=False)
     if end is not None:
-        end_us = instant(end, "--to")
+        end_us = given_instant(end, "--to")
     elif prepared.events.num_rows:
         end_us = int(pc.max(prepared.events.column("ts").cast(pa.int64())).as_py())
     else:
         raise UsageError("without events there is no latest event: pass --to")
-    start_us = instant(start, "--from") if start is not None else end_us - 26 * step_us
+    start_us = given_instant(start, "--from") if start is not None else end_us - 26 * step_us
     with Bar() as bar:
         result = run_backtest(
             loaded,
@@ -495,7 +488,7 @@ def drift(
 ) -> None:
     """Has the score distribution moved between two dates? PSI per score, group, band, grade."""
     m = load_model(model)
-    base_us, current_us = instant(start, "--from"), instant(end, "--to")
+    base_us, current_us = given_instant(start, "--from"), given_instant(end, "--to")
     with err.status("reading inputs...") if err.is_terminal else _Quiet():
         prepared = prepare(
             leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
