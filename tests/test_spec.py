@@ -257,6 +257,28 @@ def test_true_is_not_a_number_of_points() -> None:
     assert "x.yaml:6: profile[0].points: a number is needed here, not true/false" in str(info.value)
 
 
+def test_true_is_no_number_inside_a_mapping_a_list_or_a_condition() -> None:
+    """Thresholds (`bands: {hot: yes}`), expected points, numeric operators and `between`
+    take numbers only: each true/false is named at its own place."""
+    text = (
+        "version: 1\nname: x\ngrades: {A: on, B: 10}\nbands:\n  cold: -.inf\n  hot: yes\n"
+        "mql: hot\nprofile:\n  - {id: a, if: {field: n, gte: yes}, points: 1}\n"
+        "  - {id: b, if: {field: n, between: [0, on]}, points: 1}\nexamples:\n"
+        "  - name: e\n    as_of: 2026-01-01T00:00:00Z\n    expect: {rules: {a: yes}}\n"
+    )
+    with pytest.raises(ModelError) as info:
+        parse_model(text, "x.yaml")
+    lines = str(info.value).splitlines()
+    for where in (
+        "x.yaml:3: grades.A",
+        "x.yaml:6: bands.hot",
+        "x.yaml:9: profile[0].if.gte",
+        "x.yaml:10: profile[1].if.between[1]",
+        "x.yaml:14: examples[0].expect.rules.a",
+    ):
+        assert f"{where}: a number is needed here, not true/false" in lines, (where, lines)
+
+
 def test_aliases_that_name_a_node_twice_are_fine() -> None:
     model = parse_model(
         "version: 1\nname: x\nbands: {cold: 0, hot: 40}\nprofile:\n"

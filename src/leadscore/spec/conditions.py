@@ -24,6 +24,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -42,11 +43,13 @@ __all__ = [
     "Condition",
     "FieldCondition",
     "NotCondition",
+    "Number",
     "Predicate",
     "TextFilter",
     "compile_condition",
     "condition_fields",
     "fold",
+    "not_true_or_false",
     "numeric_fields",
     "operand_texts",
     "parse_number",
@@ -148,6 +151,18 @@ def operand_texts(value: Scalar | list[Scalar]) -> list[str]:
     return out
 
 
+def not_true_or_false(value: Any) -> Any:
+    """YAML reads yes, no, on, off... as true/false, which pydantic would take as 1 and 0
+    where a number is asked for (``gte: yes``, ``bands: {hot: yes}``): refused."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed here, not true/false")
+    return value
+
+
+# A number of a condition, a list or a mapping (true/false refused, the error at its place).
+Number = Annotated[float, BeforeValidator(not_true_or_false)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=False, allow_inf_nan=False
@@ -167,11 +182,11 @@ class FieldCondition(_Strict):
     starts_with: Scalar | list[Scalar] | None = None
     ends_with: Scalar | list[Scalar] | None = None
     matches: str | None = None
-    gt: float | None = None
-    gte: float | None = None
-    lt: float | None = None
-    lte: float | None = None
-    between: tuple[float, float] | None = None
+    gt: Number | None = None
+    gte: Number | None = None
+    lt: Number | None = None
+    lte: Number | None = None
+    between: tuple[Number, Number] | None = None
     exists: bool | None = None
     missing: bool | None = None
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from leadscore.spec.conditions import Condition
+from leadscore.spec.conditions import Condition, Number, not_true_or_false
 
 __all__ = [
     "ID_PATTERN",
@@ -56,7 +57,7 @@ class _Strict(BaseModel):
 
 
 # A threshold may be infinite (`cold: -.inf`), never NaN.
-Threshold = Annotated[float, AllowInfNan(True)]
+Threshold = Annotated[float, AllowInfNan(True), BeforeValidator(not_true_or_false)]
 
 
 def _check_range(low: float | None, high: float | None, what: str) -> None:
@@ -211,8 +212,8 @@ class ExampleExpectSpec(_Strict):
     band: str | None = None
     mql: bool | None = None
     priority: str | None = None
-    rules: dict[str, float] | None = None
-    groups: dict[str, float] | None = None
+    rules: dict[str, Number] | None = None
+    groups: dict[str, Number] | None = None
 
 
 class ExampleSpec(_Strict):
