@@ -41,6 +41,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
+WIDE = 220  # columns a table may use when the output is not a terminal (a file, a pipe)
+if not out.is_terminal and "COLUMNS" not in os.environ:  # rich would wrap tables at 80
+    out.width = WIDE
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -229,7 +232,8 @@ def _print_top(table: pa.Table, sheet_prefix: str, top: int, title: str) -> None
     out.print(view)
     counts = ", ".join(f"{b}: {n:,}" for b, n in _band_counts(table, f"{sheet_prefix}band"))
     mqls = pc.sum(table.column(f"{sheet_prefix}mql").cast(pa.int64())).as_py() or 0
-    out.print(f"{table.num_rows:,} leads; bands: {counts}; MQLs: {mqls:,}", markup=False)
+    leads = f"{table.num_rows:,} lead{'s' if table.num_rows != 1 else ''}"
+    out.print(f"{leads}; bands: {counts}; MQLs: {mqls:,}", markup=False)
 
 
 @app.command()

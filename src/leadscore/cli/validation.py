@@ -66,13 +66,6 @@ HtmlOpt = Annotated[
 ]
 
 
-WIDE = 220  # columns a table may use when the output is not a terminal (a file, a pipe)
-
-
-def _show(table: Table) -> None:
-    out.print(table, width=None if out.is_terminal else WIDE)
-
-
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, c in enumerate(columns):
@@ -108,14 +101,14 @@ def print_report(r: dict[str, Any]) -> None:
     )
     out.print()
     cells = ["leads", "conversions", "rate"]
-    _show(
+    out.print(
         _table(
             "By band",
             ["band", "from", "leads", "converted", "rate"],
             [[b["band"], num(b["lower"]), *_counts(b, cells)] for b in r["bands"]],
         )
     )
-    _show(
+    out.print(
         _table(
             "By grade",
             ["grade", "leads", "converted", "rate"],
@@ -124,7 +117,7 @@ def print_report(r: dict[str, Any]) -> None:
     )
     bands = [b["band"] for b in r["bands"]]
     lookup = {(c["grade"], c["band"]): c for c in r["cells"]}
-    _show(
+    out.print(
         _table(
             "Grade x band: rate (converted/leads)",
             ["grade", *bands],
@@ -140,7 +133,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    _show(
+    out.print(
         _table(
             "By score decile (1 = highest scores)",
             ["decile", "scores", "leads", "converted", "rate", "lift", "gains"],
@@ -156,7 +149,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    _show(
+    out.print(
         _table(
             "Calibration: conversion by score range",
             ["points", "leads", "converted", "rate"],
@@ -166,7 +159,7 @@ def print_report(r: dict[str, Any]) -> None:
             ],
         )
     )
-    _show(
+    out.print(
         _table(
             "Rules: conversion of the leads each rule gave points to, against the rest",
             ["rule", "group", "fired", "their rate", "others", "lift", "mean points"],
@@ -337,7 +330,7 @@ def print_backtest(r: dict[str, Any]) -> None:
         ["days first touch to MQL", *[speed(m) for m in models]],
     ]
     out.print()
-    _show(_table("Summary", ["", *names], rows))
+    out.print(_table("Summary", ["", *names], rows))
     columns = ["cut-off"]
     for name in names:
         prefix = f"{name}: " if len(names) > 1 else ""
@@ -351,7 +344,9 @@ def print_backtest(r: dict[str, Any]) -> None:
             row += [num(q["new_mqls"]), num(q["converted"]), pct(q["rate"]), num(q["missed"])]
         row.append(num(p["conversions"]))
         period_rows.append(row)
-    _show(_table("Per period (* = the horizon runs past the last outcome)", columns, period_rows))
+    out.print(
+        _table("Per period (* = the horizon runs past the last outcome)", columns, period_rows)
+    )
 
 
 @app.command()
@@ -443,7 +438,9 @@ def print_drift(r: dict[str, Any]) -> None:
                 means,
             ]
         )
-    _show(_table("Population stability index (PSI)", ["column", "PSI", "reading", "mean"], rows))
+    out.print(
+        _table("Population stability index (PSI)", ["column", "PSI", "reading", "mean"], rows)
+    )
     bins = r["columns"]["score"]["bins"]
 
     def edge(low: float | None, high: float | None) -> str:
@@ -453,7 +450,7 @@ def print_drift(r: dict[str, Any]) -> None:
             return f"{num(low, 2)} and above"
         return f"{num(low, 2)} to {num(high, 2)}"
 
-    _show(
+    out.print(
         _table(
             "Score bins (cut at the baseline's deciles)",
             ["score", "baseline", "current", "PSI part"],
