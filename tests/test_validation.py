@@ -311,7 +311,7 @@ def test_report_and_backtest_commands_take_a_creation_column(tmp_path: Path) -> 
     result = runner.invoke(app, ["report", *args, "--created-column", "created at"])
     assert result.exit_code == 0, result.stderr
     assert "9 leads, 3 converted" in result.stdout
-    assert "1 leads created after the reference time are left out" in result.stdout
+    assert "1 lead created after the reference time is left out" in result.stdout
     result = runner.invoke(
         app,
         [
@@ -323,7 +323,7 @@ def test_report_and_backtest_commands_take_a_creation_column(tmp_path: Path) -> 
     )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["notes"][0].startswith(
-        "1 leads were created after the last cut-off and take no part"
+        "1 lead was created after the last cut-off and takes no part"
     )
 
 
@@ -485,7 +485,7 @@ def test_backtest_challenger_side_by_side(backtest: dict) -> None:
     assert [p["converted"] for p in challenger["periods"]] == [0, 1, 0, 0]  # C
     assert (challenger["caught"], challenger["missed"]) == (3, 1)  # A B C | E
     assert challenger["speed"]["median_days"] == 5
-    assert backtest["notes"] == ["1 leads converted before the first cut-off and are left out"]
+    assert backtest["notes"] == ["1 lead converted before the first cut-off and is left out"]
     json.dumps(backtest, allow_nan=False)
 
 
@@ -612,8 +612,8 @@ def test_report_judges_only_the_leads_created_by_the_reference_time() -> None:
     assert (result["leads"], result["conversions"]) == (9, 3)  # L1 L3 L8; L10 not judged
     assert result["outcomes_for_unknown_leads"] == 1  # X9 only: L10's and L11's went too
     notes = result["notes"]
-    assert any(n.startswith("1 leads created after the reference time are left out") for n in notes)
-    assert "1 leads have no readable 'created' and are left out" in notes
+    assert any(n.startswith("1 lead created after the reference time is left out") for n in notes)
+    assert "1 lead has no readable 'created' and is left out" in notes
     assert result["suggested_threshold"]["capacity"]["leads"] is not None
     with pytest.raises(UsageError, match=r"--created-column: the leads have no column 'born'"):
         report_from_inputs(
@@ -679,14 +679,14 @@ def test_backtest_takes_leads_in_from_their_creation() -> None:
     assert [p["new_mqls"] for p in champion["periods"]] == [1, 1, 1, 0]  # A | F | D | -
     assert challenger["mql_at_start"] == 2  # A, B
     assert [p["new_mqls"] for p in challenger["periods"]] == [0, 2, 1, 0]  # - | C F | D | -
-    assert "1 leads were created after the last cut-off and take no part" in result["notes"]
+    assert "1 lead was created after the last cut-off and takes no part" in result["notes"]
     assert result["leads"] == 7  # H is not counted
     # a lead whose creation cannot be read is in no cut-off's population: its conversion is
     # neither caught nor missed (A's, in the champion's third period, goes)
     unread = replay(["someday", *created[1:]], CHAMPION)
     assert (champion["conversions"], champion["caught"]) == (4, 2)
     assert (unread["models"][0]["conversions"], unread["models"][0]["caught"]) == (3, 1)
-    assert "1 leads have no readable 'created' and are left out" in unread["notes"]
+    assert "1 lead has no readable 'created' and is left out" in unread["notes"]
     assert unread["leads"] == 6
 
 
@@ -703,7 +703,7 @@ def test_drift_population_by_creation_time() -> None:
         created_column="created",
     )
     assert (result["baseline_leads"], result["current_leads"]) == (9, 10)
-    assert any("1 leads have no readable 'created'" in n for n in result["notes"])
+    assert any("1 lead has no readable 'created'" in n for n in result["notes"])
 
 
 # --- the worked example on real data ----------------------------------------------------------

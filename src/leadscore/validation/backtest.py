@@ -40,6 +40,7 @@ from leadscore.validation.outcomes import (
     conversion_times,
     created_note,
     created_times,
+    leads_counted,
 )
 from leadscore.validation.report import day_quantiles, rate
 
@@ -204,13 +205,18 @@ def run_backtest(
         con.disconnect()
     notes: list[str] = []
     if int(left_out.sum()):
+        early = int(left_out.sum())
         notes.append(
-            f"{int(left_out.sum()):,} leads converted before the first cut-off and are left out"
+            f"{leads_counted(early)} converted before the first cut-off and "
+            f"{'is' if early == 1 else 'are'} left out"
         )
     if created_column is not None:
         later = int((absent & (created != NEVER)).sum())
         if later:
-            notes.append(f"{later:,} leads were created after the last cut-off and take no part")
+            notes.append(
+                f"{leads_counted(later)} {'was' if later == 1 else 'were'} created after the "
+                f"last cut-off and take{'s' if later == 1 else ''} no part"
+            )
         notes += created_note(unread, created_column)
     if known_until is None:
         notes.append("no outcomes: conversion rates cannot be judged")

@@ -22,6 +22,7 @@ __all__ = [
     "created_by",
     "created_note",
     "created_times",
+    "leads_counted",
     "parse_conversion",
     "parse_days",
     "unknown_leads",
@@ -162,11 +163,17 @@ def created_by(scores: pa.Table, leads: pa.Table, created: I64, cut_us: int) -> 
     return scores.filter(pa.array(created_at(scores, leads, created) <= cut_us, pa.bool_()))
 
 
+def leads_counted(n: int) -> str:
+    """``1 lead``, ``2 leads``: for the notes of the reports."""
+    return f"{n:,} lead" if n == 1 else f"{n:,} leads"
+
+
 def created_note(unread: int, column: str) -> list[str]:
     """The note for leads left out because their creation time cannot be read."""
     if not unread:
         return []
-    return [f"{unread:,} leads have no readable {column!r} and are left out"]
+    has, are = ("has", "is") if unread == 1 else ("have", "are")
+    return [f"{leads_counted(unread)} {has} no readable {column!r} and {are} left out"]
 
 
 def unknown_leads(outcomes: pa.Table, lead_ids: pa.Array | pa.ChunkedArray) -> int:

@@ -42,6 +42,7 @@ from leadscore.validation.outcomes import (
     created_by,
     created_note,
     created_times,
+    leads_counted,
     unknown_leads,
 )
 
@@ -500,9 +501,10 @@ def report_from_inputs(
         scores = created_by(scores, prepared.leads, created, as_of_us)
         later = run.table.num_rows - scores.num_rows - unread
         if later:
+            are, they = ("is", "it") if later == 1 else ("are", "they")
             notes.append(
-                f"{later:,} leads created after the reference time are left out (they did "
-                "not exist to be scored then)"
+                f"{leads_counted(later)} created after the reference time {are} left out "
+                f"({they} did not exist to be scored then)"
             )
         notes += created_note(unread, created_column)
     earlier = None
