@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_score_table_and_sheets(conformance: Path, tmp_path: Path) -> None:
     assert "other.rule:webinar" in header
     code, out, _ = run(*args, "--top", "3")
     assert code == 0 and "Top leads - sheet other" in out and "300 leads; bands:" in out
+    # the bands in the model's order, highest first, whatever their counts
+    assert re.search(r"300 leads; bands: hot: [\d,]+, warm: [\d,]+, cold: [\d,]+; MQLs", out)
 
 
 def test_explain_text_and_json(conformance: Path) -> None:

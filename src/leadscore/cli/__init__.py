@@ -31,7 +31,7 @@ from leadscore.errors import InputError, LeadscoreError, ModelError, UsageError
 from leadscore.examples import run_examples
 from leadscore.inputs import csv_text
 from leadscore.scoring import explain_lead, prepare, score_run
-from leadscore.spec import load_model, load_models, model_json_schema
+from leadscore.spec import Model, load_model, load_models, model_json_schema
 
 app = typer.Typer(
     name="leadscore",
@@ -205,12 +205,17 @@ def _write(table: pa.Table, output: Path | None, fmt: str) -> None:
         output.write_text(text, encoding="utf-8")
 
 
-def _band_counts(table: pa.Table, column: str) -> list[tuple[str, int]]:
-    counts = pc.value_counts(table.column(column)).to_pylist()
-    return sorted(((str(c["values"]), int(c["counts"])) for c in counts), key=lambda x: -x[1])
+def _band_counts(table: pa.Table, column: str, model: Model) -> list[tuple[str, int]]:
+    """Leads per band, the model's highest band first (every band, none left out for want
+    of leads); leads in no band (a model without bands, or below its lowest) last, as -."""
+    found = {
+        c["values"]: int(c["counts"]) for c in pc.value_counts(table.column(column)).to_pylist()
+    }
+    counts = [(name, found.pop(name, 0)) for name, _ in reversed(model.bands)]
+    return counts + [(str(b) if b is not None else "-", n) for b, n in found.items()]
 
 
-def _print_top(table: pa.Table, sheet_prefix: str, top: int, title: str) -> None:
+def _print_top(table: pa.Table, model: Model, sheet_prefix: str, top: int, title: str) -> None:
     col = f"{sheet_prefix}score"
     order = pc.sort_indices(table, sort_keys=[(col, "descending"), ("lead_id", "ascending")])
     best = table.take(order[:top]).to_pylist()
@@ -230,7 +235,8 @@ def _print_top(table: pa.Table, sheet_prefix: str, top: int, title: str) -> None
             str(r[p + "priority"] or ""),
         )
     out.print(view)
-    counts = ", ".join(f"{b}: {n:,}" for b, n in _band_counts(table, f"{sheet_prefix}band"))
+    bands = _band_counts(table, f"{sheet_prefix}band", model)
+    counts = ", ".join(f"{b}: {n:,}" for b, n in bands)
     mqls = pc.sum(table.column(f"{sheet_prefix}mql").cast(pa.int64())).as_py() or 0
     leads = f"{table.num_rows:,} lead{'s' if table.num_rows != 1 else ''}"
     out.print(f"{leads}; bands: {counts}; MQLs: {mqls:,}", markup=False)
@@ -271,7 +277,7 @@ def score(
         stamp = run.as_of.isoformat().replace("+00:00", "Z")
         for m in loaded:
             prefix = f"{m.name}." if len(loaded) > 1 else ""
-            _print_top(run.table, prefix, top, f"Top leads - sheet {m.name}, as of {stamp}")
+            _print_top(run.table, m, prefix, top, f"Top leads - sheet {m.name}, as of {stamp}")
         return
     _write(run.table, output, kind)
     if output is not None:
@@ -436,7 +442,7 @@ def demo(
         prepared = prepare(files.leads, files.events)
         run = score_run(model, prepared, DEFAULT_AS_OF)
         stamp = DEFAULT_AS_OF.isoformat().replace("+00:00", "Z")
-        _print_top(run.table, "", 10, f"Top leads - default B2B model, as of {stamp}")
+        _print_top(run.table, model, "", 10, f"Top leads - default B2B model, as of {stamp}")
         best = run.table.take(pc.sort_indices(run.table, [("score", "descending")])[:1])
         lead_id = best.column("lead_id")[0].as_py()
         out.print("", markup=False)
