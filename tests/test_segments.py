@@ -82,6 +82,8 @@ def test_queries_a_lead_list_accepts_are_kept(query: str, kept: str) -> None:
         ("q=%ff", "not a URL query string"),  # not UTF-8
         ("=US", "without a name"),
         ("sort=colour", "sort='colour'"),
+        ("sort=--score", "sort='--score' is not a sort"),  # one "-" only, as the list
+        ("stage=lead,foo", "stage='foo' is not a stage; stages are subscriber, lead"),
         ("mql=maybe", "mql='maybe' must be true or false"),
         ("mql=on", "mql='on' must be true or false"),
         ("min_score=high", "min_score='high' must be a number"),
@@ -123,6 +125,18 @@ def test_any_other_name_is_fine() -> None:
 
 
 # --- the store ----------------------------------------------------------------------------------
+
+
+def test_a_query_naming_a_sheet_that_is_not_active_is_refused(store: Store, clock: Clock) -> None:
+    """Opened, the segment would answer 404, as the lead list does for that sheet."""
+    store.ensure_a_model()
+    with store.db.write() as conn:
+        with pytest.raises(
+            UsageError, match=r"sheet='nope' is no active score sheet \(active: b2b"
+        ):
+            save_segment(conn, "x", "sheet=nope&band=hot", clock())
+        segment, _ = save_segment(conn, "x", "sheet=b2b-default&stage=Lead,MQL", clock())
+    assert segment.query == "sheet=b2b-default&stage=Lead,MQL"
 
 
 def test_save_replace_list_and_delete(store: Store, clock: Clock) -> None:

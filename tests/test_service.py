@@ -329,7 +329,7 @@ def test_lead_list_filters_and_pages(serve: Serve) -> None:
     assert len(seen) == 7
     # one "-" only; stages are a fixed list, in any case
     err = _envelope(api.get("/api/v1/leads", params={"sort": "--score"}), 400, "bad_request")
-    assert "cannot sort by '-score'" in err["message"]
+    assert "cannot sort by '--score'" in err["message"]
     err = _envelope(api.get("/api/v1/leads", params={"stage": "nope"}), 400, "bad_request")
     assert "unknown stage 'nope'; stages are subscriber, lead" in err["message"]
     assert len(api.get("/api/v1/leads", params={"stage": "LEAD"}).json()["items"]) == 7

@@ -276,7 +276,7 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
     key = query.sort.removeprefix("-")  # one "-" only: "--score" is no sort
     if key not in SORTS:
         raise UsageError(
-            f"cannot sort by {key!r}; use one of {', '.join(SORTS)} (- for descending)"
+            f"cannot sort by {query.sort!r}; use one of {', '.join(SORTS)} (- for descending)"
         )
     if not 1 <= query.limit <= MAX_LIMIT:
         raise UsageError(f"limit must be between 1 and {MAX_LIMIT}, got {query.limit}")

@@ -23,8 +23,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
+from leadscore.store.leads import STAGES
 from leadscore.store.queries import LIST_PARAMETERS, SORTS
 from leadscore.store.schema import ID, TEXT_FIELD, segments
+from leadscore.store.versions import active_versions
 
 __all__ = [
     "LIST_PARAMETERS",
@@ -88,11 +90,17 @@ def check_name(name: str) -> str:
 
 def _check_value(key: str, value: str) -> None:
     """A lead list parameter's value, as the list would accept it."""
-    if key == "sort" and value.lstrip("-") not in SORTS:
+    if key == "sort" and value.removeprefix("-") not in SORTS:  # one "-" only, as the list
         raise UsageError(
             f"the query's sort={value!r} is not a sort of the lead list; "
             f"use one of {', '.join(SORTS)} (- for descending)"
         )
+    if key == "stage":
+        unknown = [v for v in value.split(",") if v.strip().lower() not in STAGES]
+        if unknown:
+            raise UsageError(
+                f"the query's stage={unknown[0]!r} is not a stage; stages are {', '.join(STAGES)}"
+            )
     if key == "mql" and value.lower() not in MQL_VALUES:
         raise UsageError(f"the query's mql={value!r} must be true or false")
     if key in ("min_score", "max_score"):
@@ -192,11 +200,16 @@ def save_segment(
     """Create the segment ``name``, or replace its query and description (keeping when it was
     created). Returns the segment as stored and whether it is new."""
     name = check_name(name)
-    values = {
-        "query": check_query(query),
-        "description": _check_description(description),
-        "updated_us": now_us,
-    }
+    text = check_query(query)
+    sheet = dict(parse_qsl(text)).get("sheet")
+    if sheet is not None:  # opened, the list would answer 404
+        active = [v.name for v in active_versions(conn)]
+        if sheet not in active:
+            raise UsageError(
+                f"the query's sheet={sheet!r} is no active score sheet "
+                f"(active: {', '.join(active) or 'none'})"
+            )
+    values = {"query": text, "description": _check_description(description), "updated_us": now_us}
     existed = conn.execute(sa.select(segments.c.id).where(segments.c.name == name)).first()
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(segments)
     # an upsert: two requests creating one name at once both succeed, the later one winning
