@@ -333,6 +333,17 @@ def test_lead_list_filters_and_pages(serve: Serve) -> None:
     err = _envelope(api.get("/api/v1/leads", params={"stage": "nope"}), 400, "bad_request")
     assert "unknown stage 'nope'; stages are subscriber, lead" in err["message"]
     assert len(api.get("/api/v1/leads", params={"stage": "LEAD"}).json()["items"]) == 7
+    # bands and grades as the sheet's model names them, in any case; - for none
+    assert [i["lead_id"] for i in api.get("/api/v1/leads?band=HOT,Cold").json()["items"]] == [
+        i["lead_id"] for i in api.get("/api/v1/leads?band=hot,cold").json()["items"]
+    ]
+    err = _envelope(api.get("/api/v1/leads", params={"band": "purple"}), 400, "bad_request")
+    assert err["message"] == (
+        "unknown band 'purple' on this sheet: bands are hot, warm, cold (- for none)"
+    )
+    err = _envelope(api.get("/api/v1/leads.csv", params={"grade": "Z"}), 400, "bad_request")
+    assert "unknown grade 'Z' on this sheet: grades are A, B, C, D, F" in err["message"]
+    assert api.get("/api/v1/leads", params={"grade": "-"}).json()["items"] == []
 
 
 def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:

@@ -219,6 +219,14 @@ def test_pages_hold_up_at_the_edges(
     twin = c.get("/api/v1/overview?sheet=narrow").json()
     assert {b["band"]: b["leads"] for b in twin["bands"]} == {"warm": 0, "hot": 1, "-": 2}
     assert twin["matrix"]["counts"]["A"] == {"warm": 0, "hot": 1, "-": 0}
+    # each cell of the matrix links to its leads, "-" (no band) included
+    for grade, row in twin["matrix"]["counts"].items():
+        for band, n in row.items():
+            link = f"/?sheet=narrow&grade={grade}&band={band}"
+            if n:
+                assert link in page.text
+            listed = c.get(f"/api/v1/leads?sheet=narrow&grade={grade}&band={band}").json()
+            assert len(listed["items"]) == n, (grade, band)
     assert c.put("/api/v1/segments/all", json={"query": ""}).status_code in (200, 201)
     r = c.get("/?segment=all", follow_redirects=False)
     assert r.status_code == 200 and "Leads" in r.text  # the whole list, not a redirect loop

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from leadscore.service.auth import require
 from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.store import DISPOSITIONS, LeadQuery, Store
+from leadscore.store.keeper import Sheet
 from leadscore.store.keys import ApiKey
 from leadscore.store.lifecycle import record_disposition, set_stage
 from leadscore.store.queries import (
@@ -135,12 +136,17 @@ def lead_query(params: Mapping[str, str] | QueryParams) -> LeadQuery:
     )
 
 
+def sheet_labels(sheets: Sequence[Sheet]) -> dict[str, tuple[Sequence[str], Sequence[str]]]:
+    """Each sheet's band and grade names, for the lead list's filters."""
+    return {s.name: (s.model.band_names, s.model.grade_names) for s in sheets}
+
+
 def leads_data(store: Store, query: LeadQuery, spark_days: int = 0) -> dict[str, Any]:
     """One page of a lead list: the leads with their score on the sheet, the time of their
     last event and, with ``spark_days``, their score over that many days (``spark``)."""
     with store.db.read() as conn:
         sheets = store.sheets(conn)
-        page = list_leads(conn, query, [s.name for s in sheets])
+        page = list_leads(conn, query, [s.name for s in sheets], sheet_labels(sheets))
         ids = [item["lead_id"] for item in page.items]
         activity = last_activity(conn, ids)
         lines: dict[str, list[tuple[int, float]]] = {}
@@ -272,7 +278,8 @@ async def get_leads_csv(
 
 def list_check(store: Store, query: LeadQuery) -> None:
     with store.db.read() as conn:
-        list_leads(conn, replace(query, limit=1), [s.name for s in store.sheets(conn)])
+        sheets = store.sheets(conn)
+        list_leads(conn, replace(query, limit=1), [s.name for s in sheets], sheet_labels(sheets))
 
 
 @router.get("/api/v1/leads/{lead_id:lead}/history", tags=["leads"])

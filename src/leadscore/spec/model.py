@@ -207,6 +207,18 @@ class Model:
             names.update(events or ())
         object.__setattr__(self, "event_types", frozenset(names))
 
+    @property
+    def grade_names(self) -> tuple[str, ...]:
+        """Every grade a lead can get, best first: the model's and, below them, F (none for
+        a model without grades)."""
+        names = tuple(name for name, _ in self.grades)
+        return names if not names or FALLBACK_GRADE in names else (*names, FALLBACK_GRADE)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """The model's bands, highest first."""
+        return tuple(name for name, _ in reversed(self.bands))
+
     def grade_for(self, fit: float) -> str | None:
         if not self.grades:
             return None

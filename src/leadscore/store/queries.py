@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,8 +268,41 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
     )
 
 
-def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPage:
-    """One page of leads matching ``query``, with their score on the chosen sheet."""
+def _labelled(
+    column: sa.ColumnElement[Any], wanted: Sequence[str], known: Sequence[str] | None, what: str
+) -> sa.ColumnElement[bool]:
+    """The test of a band or grade filter: the names ``wanted`` (in any case, as the
+    model spells them in ``known``, when given: another name is an error), ``-`` for none
+    (a score below the lowest band or on a sheet without grades, as the overview shows it)."""
+    names: list[str] = []
+    none = False
+    for value in wanted:
+        value = value.strip()
+        if value == "-":
+            none = True
+            continue
+        if known is not None:
+            spelt = next((k for k in known if k.lower() == value.lower()), None)
+            if spelt is None:
+                listed = f"{what}s are {', '.join(known)}" if known else f"it has no {what}s"
+                raise UsageError(f"unknown {what} {value!r} on this sheet: {listed} (- for none)")
+            value = spelt
+        names.append(value)
+    tests = [column.in_(names)] if names else []
+    if none:
+        tests.append(column.is_(None))
+    return sa.or_(*tests)
+
+
+def list_leads(
+    conn: Connection,
+    query: LeadQuery,
+    sheets: Sequence[str],
+    labels: Mapping[str, tuple[Sequence[str], Sequence[str]]] | None = None,
+) -> LeadPage:
+    """One page of leads matching ``query``, with their score on the chosen sheet. With
+    ``labels`` (sheet -> its model's band and grade names), the band and grade filters take
+    those names in any case and refuse others."""
     sheet = query.sheet if query.sheet is not None else (sheets[0] if sheets else None)
     if sheet is not None and sheet not in sheets:
         raise NotFound(f"no active score sheet {sheet!r} (active: {', '.join(sheets) or 'none'})")
@@ -295,10 +328,11 @@ def list_leads(conn: Connection, query: LeadQuery, sheets: list[str]) -> LeadPag
         q = sa.select(leads, *score_columns).join(
             scores, sa.and_(scores.c.lead_id == leads.c.lead_id, sheet_column == sheet)
         )
+        bands, grades = (None, None) if labels is None else labels[sheet]
         if query.band:
-            q = q.where(scores.c.band.in_(query.band))
+            q = q.where(_labelled(scores.c.band, query.band, bands, "band"))
         if query.grade:
-            q = q.where(scores.c.grade.in_(query.grade))
+            q = q.where(_labelled(scores.c.grade, query.grade, grades, "grade"))
         if query.mql is not None:
             q = q.where(scores.c.mql == query.mql)
         if query.min_score is not None:

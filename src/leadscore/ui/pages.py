@@ -25,8 +25,6 @@ from leadscore.service.overview import overview_data
 from leadscore.service.state import ServiceState
 from leadscore.service.validation_api import DRIFT_DAYS, ValidationQuery, validation_data
 from leadscore.service.views import RESERVED_QUERY, lead_data, lead_query, leads_data
-from leadscore.spec import Model
-from leadscore.spec.model import FALLBACK_GRADE
 from leadscore.store import DISPOSITIONS, STAGES, Store
 from leadscore.store.keys import ApiKey, list_keys
 from leadscore.store.outbox import delivery_log
@@ -192,8 +190,8 @@ def _leads_page(store: Store, request: Request) -> dict[str, Any]:
         sort_urls[key] = _url_with(request, sort=flip)
     return {
         **data,
-        "bands": [b for b, _ in sheet.model.bands][::-1] if sheet else [],
-        "grades": _grades(sheet.model) if sheet else [],
+        "bands": list(sheet.model.band_names) if sheet else [],
+        "grades": list(sheet.model.grade_names) if sheet else [],
         "stages": STAGES,
         "segments": segments,
         "filters": filters,
@@ -206,12 +204,6 @@ def _leads_page(store: Store, request: Request) -> dict[str, Any]:
         "segment": request.query_params.get("segment", ""),
         "spark_days": SPARK_DAYS,
     }
-
-
-def _grades(model: Model) -> list[str]:
-    """The model's grades, best first, and the one below them all."""
-    names = [g for g, _ in model.grades]
-    return names if FALLBACK_GRADE in names else [*names, FALLBACK_GRADE]
 
 
 def _url_with(request: Request, /, **changes: str | None) -> str:
