@@ -250,6 +250,14 @@ def test_charts_survive_degenerate_data() -> None:
     assert nice_ticks(0, 7, 4, whole=True) == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert "<rect" in bar_chart([("a", 0, "a"), ("b", 0, "b")], x_label="x", y_label="y")
     assert "<circle" in step_chart([(1, 1e-11, "decay")], until_us=1)
+    # thresholds of one value share a line and a label; a history of one minute shows its
+    # time once; the last date ends at the chart's right edge
+    chart = step_chart(
+        [(0, 10.0, "event")], until_us=60_000_000, thresholds=[("hot", 75), ("MQL", 75)]
+    )
+    assert chart.count('class="threshold"') == 1 and ">hot, MQL 75<" in chart
+    assert chart.count(">01 Jan 00:00<") == 1
+    assert 'text-anchor="end">01 Jan 00:01<' in chart
     assert "<path" in sparkline([(5, 3.0)])
     assert "&lt;b&gt;" in bar_chart([("<b>", 1, "<b>")], x_label="<b>", y_label="y")
 

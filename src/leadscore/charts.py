@@ -198,19 +198,32 @@ def step_chart(
             f'class="grid"/><text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
             f"{_num(tick)}</text>"
         )
+    # one line and one label per value: the MQL threshold is often a band's lower bound
+    named: dict[float, list[str]] = {}
     for name, value in thresholds:
         if lo <= value <= hi:
-            parts.append(
-                f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-                f'class="threshold"/><text x="{width - right - 4}" y="{y(value) - 4:.1f}" '
-                f'text-anchor="end" class="threshold-label">{escape(name)} {_num(value)}</text>'
-            )
-    span_days = (t1 - t0) / 86_400e6
-    for i in range(5):
-        t = t0 + (t1 - t0) * i // 4
+            named.setdefault(value, []).append(name)
+    for value, names in named.items():
+        label = f"{', '.join(names)} {_num(value)}"
         parts.append(
-            f'<text x="{x(t):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
-            f"{_date(t, with_time=span_days < 3)}</text>"
+            f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+            f'class="threshold"/><text x="{width - right - 4}" y="{y(value) - 4:.1f}" '
+            f'text-anchor="end" class="threshold-label">{escape(label)}</text>'
+        )
+    span_days = (t1 - t0) / 86_400e6
+    stamps = [t0 + (t1 - t0) * i // 4 for i in range(5)]
+    texts = [_date(t, with_time=span_days < 3) for t in stamps]
+    # a short history repeats a minute: each text once, the first and the last kept
+    keep = [0, *(i for i in (1, 2, 3) if texts[i] not in (texts[0], texts[4]))]
+    keep += [4] if texts[4] != texts[0] else []
+    for i in keep:
+        if i in (1, 2, 3) and texts[i] in {texts[j] for j in keep if j < i}:
+            continue
+        # the first and last labels stay inside the chart
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        parts.append(
+            f'<text x="{x(stamps[i]):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}">'
+            f"{texts[i]}</text>"
         )
     d = f"M{x(points[0][0]):.1f},{y(points[0][1]):.1f}"
     for t, v, _ in points[1:]:
