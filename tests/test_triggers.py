@@ -34,6 +34,7 @@ from leadscore.store.triggers import (
     save_triggers,
     set_trigger_enabled,
 )
+from leadscore.store.webhooks import slack_message
 from tests.conftest import Clock
 from tests.webhook_receiver import Receiver
 
@@ -597,3 +598,33 @@ def test_round_robin_positions_are_locked_in_name_order(
     with store.db.read() as conn:
         owner = conn.execute(sa.select(leads.c.owner).where(leads.c.lead_id == "L1")).scalar()
     assert owner == "cy"  # t1 gave ann, then t2 (reassign) cy
+
+
+def test_a_slack_message_escapes_what_leads_send_in_its_text_too() -> None:
+    """The notification text Slack shows (and parses) escapes as the blocks do: an email
+    holding <!channel> pings nobody, a lead id in <...|...> is no disguised link."""
+    payload = {
+        "trigger": "hot",
+        "sheet": "s<1>",
+        "reason": "event",
+        "fired_at": "2026-06-30T12:00:00Z",
+        "transition": {"text": "entered band hot"},
+        "lead": {"lead_id": "<https://evil.example|Click>", "email": "<!channel>@x.io"},
+        "score": {
+            "score": 80.0,
+            "fit": 30.0,
+            "engagement": 50.0,
+            "grade": "A",
+            "band": "hot",
+            "mql": True,
+            "priority": None,
+            "previous_score": None,
+        },
+    }
+    message = slack_message(payload)
+    text = json.dumps(message)
+    assert "<!channel>" not in text and "<https://evil" not in text
+    assert message["text"] == (
+        "Lead &lt;!channel&gt;@x.io entered band hot on s&lt;1&gt;: score 80 (band hot, grade A)"
+    )
+    assert "(`&lt;https://evil.example|Click&gt;`)" in message["blocks"][0]["text"]["text"]

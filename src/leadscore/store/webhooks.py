@@ -161,26 +161,30 @@ def _num(x: Any) -> str:
 
 
 def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A Slack incoming-webhook message (``text`` plus ``blocks``) summarising a firing body."""
+    """A Slack incoming-webhook message (``text`` plus ``blocks``) summarising a firing body.
+    Every value is escaped, in the notification's ``text`` as in the blocks: a lead's email or
+    id comes from whoever filled in a form, and ``<!channel>`` there must not ping anyone."""
+    e = _slack_escape
     lead = payload["lead"]
     score = payload["score"]
-    who = lead.get("email") or lead["lead_id"]
-    what = payload.get("transition", {}).get("text") or "changed"
+    who = e(str(lead.get("email") or lead["lead_id"]))
+    what = e(payload.get("transition", {}).get("text") or "changed")
+    sheet = e(str(payload["sheet"]))
+    band, grade = e(score["band"] or "-"), e(score["grade"] or "-")
     headline = (
-        f"Lead {who} {what} on {payload['sheet']}: score {_num(score['score'])} "
-        f"(band {score['band'] or '-'}, grade {score['grade'] or '-'})"
+        f"Lead {who} {what} on {sheet}: score {_num(score['score'])} (band {band}, grade {grade})"
     )
     was = (
         "first score"
         if score.get("previous_score") is None
-        else f"was {_num(score['previous_score'])}, band {score.get('previous_band') or '-'}"
+        else f"was {_num(score['previous_score'])}, band {e(score.get('previous_band') or '-')}"
     )
     summary = (
-        f"*{_slack_escape(str(payload['trigger']))}*: lead *{_slack_escape(str(who))}* "
-        f"(`{_slack_escape(str(lead['lead_id']))}`) {_slack_escape(what)}\n"
+        f"*{e(str(payload['trigger']))}*: lead *{who}* "
+        f"(`{e(str(lead['lead_id']))}`) {what}\n"
         f"Score *{_num(score['score'])}* ({was}) = fit {_num(score['fit'])} + engagement "
-        f"{_num(score['engagement'])}; band *{score['band'] or '-'}*, grade "
-        f"*{score['grade'] or '-'}*, priority {score['priority'] or '-'}, "
+        f"{_num(score['engagement'])}; band *{band}*, grade "
+        f"*{grade}*, priority {e(score['priority'] or '-')}, "
         f"MQL {'yes' if score['mql'] else 'no'}"
     )
     reasons = top_reasons(payload.get("explanation", {}))
@@ -201,7 +205,7 @@ def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": f"sheet {_slack_escape(str(payload['sheet']))} · reason "
+                    "text": f"sheet {sheet} · reason "
                     f"{payload['reason']} · fired {payload['fired_at']}",
                 }
             ],
