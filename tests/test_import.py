@@ -200,6 +200,15 @@ def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None
     pg = "postgresql://postgres@127.0.0.1:9/nowhere"
     code, out = run("serve", "--db", pg, "--ingest-processes", "2", "--no-ingest-process")
     assert code == 2 and "--no-ingest-process" in out
+    # waits in seconds: a webhook retried at once forever, or given no time to answer, is
+    # no setting
+    for option, value, says in (
+        ("--webhook-retry", "-1", "more than 0, not -1"),
+        ("--webhook-timeout", "0", "more than 0, not 0"),
+        ("--rescore-every", "-5", "0 (never) or more, not -5"),
+    ):
+        code, out = run("serve", "--db", db, "--no-auth", option, value)
+        assert code == 2 and f"{option} takes seconds, {says}" in out, out
     assert not Path(db).exists()  # refused before the store was made
 
 

@@ -4,10 +4,13 @@ and again only after it cooled down and turned hot again."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
 
 from leadscore.store import Store
 from leadscore.store.outbox import verify_signature
@@ -137,6 +140,25 @@ def test_webhook_test_button(serve: Serve) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["status_code"] == 200
         assert "text" in json.loads(receiver.requests[0].body)
+        # a URL or secret a triggers file would refuse is refused here too
+        for bad in ({"url": "http://"}, {"url": receiver.url, "secret": ""}):
+            assert api.post("/api/v1/webhooks/test", json=bad).status_code == 422, bad
+        assert api.post("/api/v1/webhooks/test", json={"url": "HTTP" + receiver.url[4:]}).json()[
+            "ok"
+        ]
+    finally:
+        receiver.stop()
+
+
+def test_webhook_test_button_waits_as_long_as_a_real_call(serve: Serve) -> None:
+    """A receiver slower than --webhook-timeout fails the test, as it would fail a firing."""
+    receiver = Receiver().start()
+    receiver.answers = [(200, 2.0)]
+    try:
+        api = serve(no_auth=True, webhook_timeout=0.5)
+        r = api.post("/api/v1/webhooks/test", json={"url": receiver.url})
+        assert r.status_code == 200, r.text
+        assert not r.json()["ok"] and "timed out" in r.json()["error"], r.json()
     finally:
         receiver.stop()
 
@@ -174,3 +196,22 @@ def test_webhook_urls_are_shown_without_their_credentials(serve_ui: Serve) -> No
         assert "AbCdEf0123456789xyz" not in api.get("/leads/L1").text
     finally:
         receiver.stop()
+
+
+def test_a_start_with_a_triggers_file_says_what_it_undid(
+    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--triggers makes the file the triggers at every start: a trigger switched off over the
+    API since is on again, and the log says so rather than nothing."""
+    path = tmp_path / "triggers.yaml"
+    path.write_text(triggers_file("https://hooks.example/x"))
+    api = serve(no_auth=True, triggers=str(path))
+    r = api.patch("/api/v1/triggers/hot-to-sales", json={"enabled": False})
+    assert r.status_code == 200, r.text
+    with caplog.at_level(logging.WARNING, logger="leadscore.service"):
+        again = serve(no_auth=True, triggers=str(path))
+    assert again.get("/api/v1/triggers").json()["items"][0]["enabled"] is True
+    assert (
+        f"the triggers file {path} replaced the stored triggers: 'hot-to-sales' switched on "
+        "again (leave out --triggers to keep triggers changed over the API or the web page)"
+    ) in caplog.text

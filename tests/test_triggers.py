@@ -460,6 +460,30 @@ def test_file_errors_are_all_reported_with_lines(tmp_path: Path) -> None:
     ]
 
 
+def test_urls_owners_and_numbers_are_checked(tmp_path: Path) -> None:
+    """A URL that cannot be sent to, an owner without a name, true for a number of points."""
+    path = tmp_path / "triggers.yaml"
+    path.write_text(
+        "triggers:\n  - id: a\n    when: {crosses: true}\n    actions:\n"
+        '      - webhook: {url: "https://exa mple.com/x"}\n'
+        '      - webhook: {url: "http://127.0.0.1:99999/x"}\n'
+        '      - assign_owner: {round_robin: [alice, " "]}\n'
+        '      - assign_owner: {by_field: country, default: ""}\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_triggers(path)
+    f = str(path)
+    assert [str(i) for i in e.value.issues] == [
+        f"{f}:3: triggers[0].when.crosses: a number is needed here, not true/false",
+        f"{f}:5: triggers[0].actions[0].webhook.url: a URL may not hold spaces or control "
+        "characters (a space is %20), got 'https://exa mple.com/x'",
+        f"{f}:6: triggers[0].actions[1].webhook.url: the port must be a number from 1 to "
+        "65535, got 'http://127.0.0.1:99999/x'",
+        f"{f}:7: triggers[0].actions[2].assign_owner.round_robin: an owner's name may not be empty",
+        f"{f}:8: triggers[0].actions[3].assign_owner.default: an owner's name may not be empty",
+    ]
+
+
 def test_names_are_checked_against_the_sheets() -> None:
     text = """\
 triggers:

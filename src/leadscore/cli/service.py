@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,6 +249,14 @@ def serve(
             )
     if no_auth and not _loopback(host):
         raise UsageError(f"--no-auth serves without API keys: only on 127.0.0.1, not on {host}")
+    for option, seconds, zero in (
+        ("--rescore-every", rescore_every, True),
+        ("--webhook-retry", webhook_retry, False),
+        ("--webhook-timeout", webhook_timeout, False),
+    ):
+        if not (seconds >= 0 if zero else seconds > 0) or not math.isfinite(seconds):
+            least = "0 (never) or more" if zero else "more than 0"
+            raise UsageError(f"{option} takes seconds, {least}, not {seconds:g}")
     check_port_free(host, port)
     for path in [*(model or []), *([triggers] if triggers else [])]:
         if not path.is_file():

@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from fastapi import FastAPI
@@ -51,7 +52,8 @@ from leadscore.service.writer import (
 )
 from leadscore.store import Store, open_store
 from leadscore.store.outbox import Deliverer, RetryPolicy
-from leadscore.store.triggers import load_triggers, save_triggers
+from leadscore.store.trigger_config import TriggerSpec
+from leadscore.store.triggers import list_triggers, load_triggers, save_triggers
 
 APIDOCS = Path(__file__).parent / "apidocs"  # Swagger UI from npm (see its README.md)
 
@@ -75,14 +77,38 @@ def _publish_start_models(store: Store, settings: Settings) -> None:
         log.info("no model in the store: published the shipped b2b-default model")
 
 
+def _what_it_does(spec: TriggerSpec) -> dict[str, Any]:
+    """A trigger's definition but whether it is enabled."""
+    definition = spec.definition()
+    definition.pop("enabled", None)
+    return definition
+
+
 def _load_start_triggers(store: Store, settings: Settings) -> None:
     if settings.triggers is None:
         return
     sheets = {s.name: s.model for s in store.sheets()}
     specs = load_triggers(settings.triggers, sheets=sheets)
     with store.db.write() as conn:
+        before = {t.spec.id: (_what_it_does(t.spec), t.enabled) for t in list_triggers(conn)}
         save_triggers(conn, specs, store.clock())
     log.info("loaded %d trigger(s) from %s", len(specs), settings.triggers)
+    # The file wins at every start: say what it undid of changes made over the API or the
+    # web page since (a trigger switched off, a PUT), rather than undo them silently.
+    after = {s.id: (_what_it_does(s), s.enabled) for s in specs}
+    undone = [f"{i!r} removed" for i in before if i not in after]
+    for i, (definition, enabled) in after.items():
+        if i in before and before[i][0] != definition:
+            undone.append(f"{i!r} changed")
+        elif i in before and before[i][1] != enabled:
+            undone.append(f"{i!r} switched {'on' if enabled else 'off'} again")
+    if undone:
+        log.warning(
+            "the triggers file %s replaced the stored triggers: %s (leave out --triggers to "
+            "keep triggers changed over the API or the web page)",
+            settings.triggers,
+            ", ".join(undone),
+        )
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")

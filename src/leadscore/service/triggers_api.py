@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field, StrictBool
+from pydantic import Field, StrictBool, field_validator
 
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
@@ -24,7 +24,7 @@ from leadscore.store.triggers import (
     save_triggers,
     set_trigger_enabled,
 )
-from leadscore.store.webhooks import shown_url
+from leadscore.store.webhooks import MAX_URL, check_webhook_url, shown_url
 
 __all__ = ["router"]
 
@@ -170,9 +170,14 @@ async def post_redeliver(
 
 
 class WebhookTestIn(Body):
-    url: str = Field(pattern=r"^https?://", max_length=2000)
-    secret: str | None = Field(None, max_length=200)
+    url: str = Field(max_length=MAX_URL)
+    secret: str | None = Field(None, min_length=1, max_length=200)
     format: Literal["json", "slack"] = "json"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_webhook_url(value)  # as a triggers file's webhook
 
 
 @router.post("/api/v1/webhooks/test")
@@ -180,9 +185,13 @@ async def post_webhook_test(
     request: Request, body: WebhookTestIn, _: ApiKey = ADMIN
 ) -> dict[str, Any]:
     """POST a sample firing (a made-up lead) to a URL once, signed like a real one, and say
-    what the receiver answered. Nothing is stored."""
+    what the receiver answered (within the server's --webhook-timeout, as a real call).
+    Nothing is stored."""
+    state = _state(request)
     attempt = await run_in_threadpool(
-        lambda: send_test(body.url, body.secret, body.format, timeout_s=10.0)
+        lambda: send_test(
+            body.url, body.secret, body.format, timeout_s=state.settings.webhook_timeout
+        )
     )
     return attempt.summary()
 
@@ -204,7 +213,9 @@ async def post_trigger_test(request: Request, trigger_id: str, _: ApiKey = ADMIN
         return [
             {
                 "url": shown_url(h.url),
-                **send_test(h.url, h.secret, h.format, timeout_s=10.0).summary(),
+                **send_test(
+                    h.url, h.secret, h.format, timeout_s=state.settings.webhook_timeout
+                ).summary(),
             }
             for h in hooks
         ]

@@ -47,17 +47,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leadscore.errors import ConfigError, ModelIssue
 from leadscore.spec import Model
+from leadscore.spec.conditions import Number
 from leadscore.spec.loading import validate_yaml
 from leadscore.spec.model import FALLBACK_GRADE, Loc
 from leadscore.spec.schema import ID_PATTERN
 from leadscore.store.leads import STAGES
-from leadscore.store.webhooks import MASK, Format, shown_url
+from leadscore.store.schema import ID
+from leadscore.store.webhooks import MASK, Format, check_webhook_url, shown_url
 
 __all__ = [
     "DEFAULT_REASONS",
@@ -109,10 +110,7 @@ class WebhookSpec(_Strict):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.strip()
+        return check_webhook_url(value)
 
 
 class AssignOwnerSpec(_Strict):
@@ -124,6 +122,24 @@ class AssignOwnerSpec(_Strict):
     map: dict[str, str] | None = None
     default: str | None = None
     reassign: bool = False
+
+    @field_validator("round_robin", "map", "default")
+    @classmethod
+    def _owners_named(cls, value: Any) -> Any:
+        """An owner is a name: not empty, not only spaces, at most 200 characters."""
+        names = (
+            value.values()
+            if isinstance(value, dict)
+            else value
+            if isinstance(value, list)
+            else [value]
+        )
+        for name in names:
+            if name is not None and not name.strip():
+                raise ValueError("an owner's name may not be empty")
+            if name is not None and len(name) > ID:
+                raise ValueError(f"an owner's name has at most {ID} characters, got {len(name)}")
+        return value
 
     @model_validator(mode="after")
     def _one_way(self) -> AssignOwnerSpec:
@@ -173,8 +189,8 @@ class WhenSpec(_Strict):
     stops_being_mql: Literal[True] | None = None
     grade_changes: Literal[True] | None = None
     enters_grade: str | None = Field(default=None, min_length=1)
-    crosses: float | None = None
-    drops_below: float | None = None
+    crosses: Number | None = None
+    drops_below: Number | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> WhenSpec:
