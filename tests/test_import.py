@@ -168,6 +168,20 @@ def test_store_commands(tmp_path: Path) -> None:
     )
     code, out = run("triggers", "check", str(triggers), "--db", db)
     assert code == 1 and "t.yaml:3" in out and "warm" in out
+    # without a store, the names are not checked, and the answer says so
+    code, out = run("triggers", "check", str(triggers))
+    assert code == 0 and "1 trigger, valid (sheet, band and grade names unchecked: --db)" in out
+    code, out = run("triggers", "check", str(triggers), "--db", str(tmp_path / "none.db"))
+    assert code == 2 and "no store at" in out and not (tmp_path / "none.db").exists()
+    code, out = run("triggers", "check", str(tmp_path))
+    assert code == 1 and "is a directory, not a file" in out
+    triggers.write_text(
+        "triggers:\n  - id: hot\n    when: {enters_band: hot}\n    actions:\n"
+        f"      - webhook: {{url: 'https://x.example/h', secret: {'s3cret' * 40}}}\n"
+    )
+    code, out = run("triggers", "check", str(triggers))
+    assert code == 1 and "secret: string should have at most 200 characters" in out
+    assert "s3cret" not in out  # an error does not repeat a secret
     triggers.write_text(
         "triggers:\n  - id: hot\n    when: {enters_band: hot}\n    actions: [{set_stage: mql}]\n"
         "  - id: mql\n    when: {becomes_mql: true}\n    actions: [{set_stage: mql}]\n"

@@ -587,13 +587,11 @@ def triggers_check(
 
     sheets = None
     if db is not None:
-        store = open_store(db)
-        try:
+        with _opened(db, existing=True) as store:
             sheets = {s.name: s.model for s in store.sheets()}
-        finally:
-            store.db.dispose()
     specs = load_triggers(file, sheets=sheets)
-    out.print(f"{file}: {len(specs)} trigger(s), valid", markup=False)
+    unchecked = "" if sheets is not None else " (sheet, band and grade names unchecked: --db)"
+    out.print(f"{file}: {_counted(len(specs), 'triggers')}, valid{unchecked}", markup=False)
 
 
 @triggers_app.command("set")

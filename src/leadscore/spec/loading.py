@@ -444,11 +444,18 @@ _BOUNDS = {
 }
 
 
+_SHOWN = 80  # characters of a value repeated in an error
+
+
 def _message(err: Any, loc: Loc, known_keys: Sequence[str]) -> str:
     kind: str = err["type"]
     given = err.get("input")
     ctx = err.get("ctx") or {}
     got = f", got {given!r}" if isinstance(given, (str, int, float, bool)) or given is None else ""
+    if loc and loc[-1] == "secret":  # a webhook's secret is not repeated in an error
+        got = ""
+    elif isinstance(given, str) and len(given) > _SHOWN:
+        got = f", got {given[:_SHOWN]!r}... ({len(given):,} characters)"
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":

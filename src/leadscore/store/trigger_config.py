@@ -295,8 +295,10 @@ def load_triggers(
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise ConfigError([ModelIssue(str(p), None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ModelIssue(str(p), None, "", "is a directory, not a file")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([ModelIssue(str(p), None, "", f"not UTF-8 text: {exc}")]) from None
     return parse_triggers(text, source=str(p), sheets=sheets)
