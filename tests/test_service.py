@@ -371,6 +371,8 @@ def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:
     assert lead["scores"]["mini"]["score"] == 5.0
     history = api.get("/api/v1/leads/L1/history", params={"sheet": "mini"}).json()["items"]
     assert [(h["reason"], h["new_score"]) for h in history] == [("model change", 5.0)]
+    err = _envelope(api.get("/api/v1/leads/L1/history?sheet=maxi"), 404, "not_found")
+    assert err["message"] == "no score sheet 'maxi' (no model of that name was ever stored)"
     assert api.get("/api/v1/models/mini/yaml").text == good
     sheets = {m["name"]: m["active"] for m in api.get("/api/v1/models").json()["items"]}
     assert sheets == {"b2b-default": 1, "mini": 1}

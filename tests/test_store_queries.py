@@ -107,6 +107,12 @@ def cursor(value: Any, lead_id: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps([value, lead_id]).encode()).decode().rstrip("=")
 
 
+def made_for(value: Any, lead_id: str, sort: str, sheet: str) -> str:
+    """A cursor as the list of ``sort`` on ``sheet`` gives it out."""
+    text = json.dumps([value, lead_id, sort, sheet])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 # --- one lead -----------------------------------------------------------------------------------
 
 
@@ -166,7 +172,8 @@ def _check_score_history(store: Store, clock: Clock) -> None:
         )
         assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
         assert score_history_of(conn, "A2", "q", limit=1) == rows[:1]
-        assert score_history_of(conn, "A2", "other") == []
+        with pytest.raises(NotFound, match="no score sheet 'other'"):  # a sheet never stored
+            score_history_of(conn, "A2", "other")
         with pytest.raises(NotFound):
             score_history_of(conn, "nobody")
 
@@ -313,6 +320,13 @@ BAD_QUERIES: list[tuple[LeadQuery, str]] = [
     (LeadQuery(cursor=cursor(30.0, 7)), "cursor"),  # the lead id is not text
     (LeadQuery(cursor=cursor("thirty", "A3")), "cursor"),  # a score that is not a number
     (LeadQuery(cursor=cursor(True, "A3")), "cursor"),
+    (LeadQuery(cursor=cursor(1.0, "A3") + "x"), "cursor"),
+    # a cursor of the list by creation time, handed to the list by score
+    (
+        LeadQuery(cursor=made_for(1.0, "A3", "created", "q")),
+        r"belongs to the list sorted by 'created' on sheet 'q', not by '-score' on 'q'",
+    ),
+    (LeadQuery(cursor=made_for(1.0, "A3", "-score", "other")), "on sheet 'other'"),
     (LeadQuery(sort="rank"), "cannot sort by 'rank'"),
     (LeadQuery(sort="-"), "cannot sort by '-'"),
     (LeadQuery(limit=0), "limit must be between 1 and 1000, got 0"),

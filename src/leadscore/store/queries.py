@@ -17,6 +17,7 @@ from leadscore.store.schema import (
     ID,
     events,
     leads,
+    model_versions,
     outcomes,
     score_history,
     scores,
@@ -124,6 +125,11 @@ def score_history_of(
         raise no_lead(conn, lead_id)
     q = sa.select(score_history).where(score_history.c.lead_id == lead_id)
     if sheet is not None:
+        # a sheet no model ever named is a mistake (404, as the lead list answers it); one
+        # no longer active still has its history
+        known = sa.select(model_versions.c.id).where(model_versions.c.name == sheet).limit(1)
+        if conn.execute(known).first() is None:
+            raise NotFound(f"no score sheet {sheet!r} (no model of that name was ever stored)")
         q = q.where(score_history.c.sheet == sheet)
     q = q.order_by(score_history.c.id.desc()).limit(min(limit, MAX_LIMIT))
     return [
@@ -157,18 +163,29 @@ class LeadPage:
     next_cursor: str | None
 
 
-def _encode(value: Any, lead_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([value, lead_id]).encode()).decode().rstrip("=")
+def _encode(value: Any, lead_id: str, sort: str, sheet: str | None) -> str:
+    """A page's cursor: where the next page starts, in the list of this sort and sheet."""
+    text = json.dumps([value, lead_id, sort, sheet])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _decode(cursor: str) -> tuple[Any, str]:
+def _decode(cursor: str, sort: str, sheet: str | None) -> tuple[Any, str]:
+    """The sort value and lead id a cursor starts after, if it belongs to a list of ``sort``
+    on ``sheet`` (one of another sort would start a page at a meaningless place). Cursors
+    of before the sort and sheet were in them ([value, lead id]) are taken as they are."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value, lead_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        found = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        value, lead_id, *made_for = found
     except (ValueError, TypeError) as e:
         raise UsageError(f"cursor {cursor!r} is not one this server gave out") from e
-    if not isinstance(lead_id, str):
+    if not isinstance(lead_id, str) or len(made_for) not in (0, 2):
         raise UsageError(f"cursor {cursor!r} is not one this server gave out")
+    if made_for and made_for != [sort, sheet]:
+        raise UsageError(
+            f"the cursor belongs to the list sorted by {made_for[0]!r} on sheet "
+            f"{made_for[1]!r}, not by {sort!r} on {sheet!r}: ask for the first page again"
+        )
     return value, lead_id
 
 
@@ -367,7 +384,7 @@ def list_leads(
     # the same lead id, but the one of the sorted column's table: the index has it
     tie = scores.c.lead_id if column.table is scores else leads.c.lead_id
     if query.cursor:
-        value, after = _decode(query.cursor)
+        value, after = _decode(query.cursor, query.sort, sheet)
         if key != "lead_id" and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise UsageError(f"cursor {query.cursor!r} is not one this server gave out")
         if key == "lead_id":
@@ -391,7 +408,7 @@ def list_leads(
     if len(rows) > query.limit:
         last = rows[query.limit - 1]
         sort_value = last["lead_id"] if key == "lead_id" else last[column.name]
-        next_cursor = _encode(sort_value, last["lead_id"])
+        next_cursor = _encode(sort_value, last["lead_id"], query.sort, sheet)
     return LeadPage(sheet, items, next_cursor)
 
 

@@ -159,7 +159,10 @@ def _filters(request: Request) -> dict[str, Any]:
         "grade": [v for g in params.getlist("grade") for v in g.split(",") if v],
         "stage": [v for s in params.getlist("stage") for v in s.split(",") if v],
         "owner": params.get("owner", ""),
-        "mql": params.get("mql", ""),
+        # as the list reads it (a segment saved with mql=yes shows "MQL only")
+        "mql": {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(
+            params.get("mql", "").lower(), params.get("mql", "").lower()
+        ),
         "min_score": params.get("min_score", ""),
         "max_score": params.get("max_score", ""),
         "sort": params.get("sort", "-score"),
