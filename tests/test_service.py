@@ -11,11 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from leadscore.engine.timeutil import iso_utc
 from leadscore.store import Store
 from leadscore.store.keys import create_key
 from tests.conftest import Clock
 
 Serve = Callable[..., httpx.Client]
+DAY = 86_400_000_000
 VP = {"lead_id": "L1", "email": "ann@acme.com", "job_title": "VP Sales", "country": "US"}
 
 
@@ -221,6 +223,55 @@ def test_segment_calls(serve: Serve) -> None:
     assert r.json()["items"][0]["lead_id"] == "u1"
     err = _envelope(api.post("/v1/track", json={"event": "x"}), 422, "invalid")
     assert "userId" in err["message"]
+
+
+def test_a_sender_clock_running_ahead_does_not_hide_its_events(
+    serve: Serve, store: Store, clock: Clock
+) -> None:
+    """A demo request stamped a minute ahead of the server's clock (the sender's clock runs
+    fast) counts at once, stored as now; one stamped a day ahead counts from its time on.
+    Segment's sentAt corrects a sender's clock as Segment does: the event's time less how
+    far the sender's clock was ahead when it sent the message (sentAt less the time received),
+    sentAt on the message or on the batch."""
+    api = serve(no_auth=True)
+    now = clock.now
+    api.post(
+        "/api/v1/events",
+        json={"lead_id": "F1", "type": "demo_request", "ts": iso_utc(now + 60_000_000)},
+    )
+    assert api.get("/api/v1/leads/F1").json()["scores"]["b2b-default"]["engagement"] == 50.0
+    api.post(
+        "/api/v1/events", json={"lead_id": "F2", "type": "demo_request", "ts": iso_utc(now + DAY)}
+    )
+    assert api.get("/api/v1/leads/F2").json()["scores"]["b2b-default"]["engagement"] < 50.0
+    ahead = 3_600_000_000  # the sender's clock runs an hour fast
+    track = {"type": "track", "userId": "S1", "event": "demo_request", "messageId": "s1"}
+    api.post(
+        "/v1/track",
+        json={
+            **track,
+            "timestamp": iso_utc(now + ahead - 7_000_000),
+            "sentAt": iso_utc(now + ahead),
+        },
+    )
+    batch = [
+        {**track, "userId": "S2", "messageId": "s2", "timestamp": iso_utc(now + ahead - 9_000_000)}
+    ]
+    api.post("/v1/batch", json={"batch": batch, "sentAt": iso_utc(now + ahead)})
+    with store.db.read() as conn:
+        stamps = dict(conn.exec_driver_sql("SELECT lead_id, ts_us FROM events").all())
+    assert stamps == {
+        "F1": now,
+        "F2": now + DAY,
+        "S1": now - 7_000_000,
+        "S2": now - 9_000_000,
+    }
+    err = _envelope(
+        api.post("/v1/track", json={**track, "timestamp": iso_utc(now), "sentAt": "soon"}),
+        422,
+        "invalid",
+    )
+    assert "sentAt" in err["message"] or "sentAt" in str(err["details"])
 
 
 def test_segment_routes_say_what_a_call_is_and_nested_values_stay_json(serve: Serve) -> None:

@@ -292,7 +292,7 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
         properties=props,
         event_id=m.messageId,
     )
-    return to_event(native, settings, now_us)
+    return to_event(native, settings, now_us, m.skew_us(now_us))
 
 
 def _trait_text(value: Any) -> str:
@@ -435,6 +435,12 @@ async def segment_batch(request: Request, _: ApiKey = Depends(require("ingest"))
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
         raise ApiError(400, 'a batch is {"batch": [message, ...]}')
     messages = body["batch"]
+    sent = body.get("sentAt")
+    if sent is not None:  # the batch's, for its messages without their own
+        messages = [
+            {"sentAt": sent, **m} if isinstance(m, dict) and "sentAt" not in m else m
+            for m in messages
+        ]
     if not messages:
         raise ApiError(400, "the batch is empty")
     if len(messages) > state.settings.max_batch:

@@ -150,13 +150,24 @@ def item_error(index: int | None, e: ValidationError | ValueError) -> dict[str, 
     return out
 
 
-def _timestamp(value: Timestamp | None, now_us: int) -> int:
+# A time at most this far ahead of the server's clock is read as now: the sender's clock runs
+# fast. Stamped later, an event counts from its time on (Store: future events), and the score
+# the request answers with would leave out, say, a demo request sent from a browser whose clock
+# is a minute ahead, until the lead's next event or the next rescoring.
+FUTURE_SKEW_US = 5 * 60 * 1_000_000
+
+
+def _timestamp(value: Timestamp | None, now_us: int, skew_us: int = 0) -> int:
+    """An event's time: ``value`` (now if None), less ``skew_us`` (how far the sender's
+    clock is ahead: Segment's sentAt), and now when that is ahead by less than
+    :data:`FUTURE_SKEW_US`."""
     if value is None:
         return now_us
     try:
-        return parse_instant(value)
+        ts = parse_instant(value) - skew_us
     except ValueError as e:  # named like the schema's errors: "ts: ..."
         raise ValueError(f"ts: {e}") from None
+    return now_us if now_us < ts <= now_us + FUTURE_SKEW_US else ts
 
 
 def check_size(value: dict[str, Any], what: str, limit: int) -> None:
@@ -227,7 +238,7 @@ class EventIn(BaseModel):
     event_id: Id | None = Field(None, description="makes retries idempotent")
 
 
-def to_event(item: EventIn, settings: Settings, now_us: int) -> EventInput:
+def to_event(item: EventIn, settings: Settings, now_us: int, skew_us: int = 0) -> EventInput:
     props = dict(item.properties)
     props.update(item.model_extra or {})
     check_size(props, "the properties", settings.max_properties_bytes)
@@ -235,7 +246,7 @@ def to_event(item: EventIn, settings: Settings, now_us: int) -> EventInput:
         raise ValueError("an event needs a lead_id, an email or an anonymous_id")
     return EventInput(
         type=item.type,
-        ts_us=_timestamp(item.ts, now_us),
+        ts_us=_timestamp(item.ts, now_us, skew_us),
         lead_id=item.lead_id,
         email=item.email,
         anonymous_id=item.anonymous_id,
@@ -259,7 +270,18 @@ class SegmentMessage(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     timestamp: Timestamp | None = None
+    sentAt: Timestamp | None = None  # when the sender sent it, by its own clock
     messageId: Id | None = None
+
+    def skew_us(self, now_us: int) -> int:
+        """How far the sender's clock runs ahead of the server's, as Segment corrects it:
+        ``sentAt`` less the time received (0 without a sentAt)."""
+        if self.sentAt is None or self.timestamp is None:
+            return 0
+        try:
+            return parse_instant(self.sentAt) - now_us
+        except ValueError as e:
+            raise ValueError(f"sentAt: {e}") from None
 
     def check_ids(self) -> None:
         if self.type == "alias":
