@@ -413,3 +413,24 @@ bands: {cold: -.inf, hot: 10}
     for mql, every in (("", False), ("mql: -.inf", True), ("mql: .inf", False)):
         run = score_run(parse_model(text + mql), prepare(leads, events), AS_OF).table
         assert run.column("mql").to_pylist() == [every, every], mql
+
+
+def test_a_group_of_thousands_of_rules_scores_alike_in_both_evaluators() -> None:
+    """A fitted or generated model may hold thousands of rules in one group: the batch
+    evaluator adds them without one expression nested as deep (a RecursionError at about
+    1,000 before), and agrees with the per-lead evaluator."""
+    n = 1_200
+    rules = "".join(
+        f"  - {{id: r{i}, if: {{field: employees, gte: {i}}}, points: {1 + i % 7 / 10}}}\n"
+        for i in range(n)
+    )
+    model = parse_model(f"version: 1\nname: many\nprofile:\n{rules}bands: {{cold: -.inf}}\n")
+    employees = {"a": "0", "b": "1234", "c": "99999"}
+    leads = pa.table({"lead_id": list(employees), "employees": list(employees.values())})
+    table = score_leads(model, leads, as_of="2026-06-30T00:00:00Z")
+    for row in table.to_pylist():
+        lead = {"lead_id": row["lead_id"], "employees": employees[row["lead_id"]]}
+        one = score_lead(model, lead, [], as_of="2026-06-30T00:00:00Z", explain=False)
+        assert math.isclose(row["score"], one.score, rel_tol=1e-9, abs_tol=1e-9), row["lead_id"]
+    every = sum(1 + i % 7 / 10 for i in range(n))
+    assert math.isclose(table.column("score").to_pylist()[2], every, rel_tol=1e-9)
