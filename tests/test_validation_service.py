@@ -148,6 +148,21 @@ def test_backtest_of_a_draft_next_to_the_active_model(serve: Serve) -> None:
     # warm from 30: six leads are MQL from the start; L5 joins at day -7 and converts too late
     assert challenger["mql_at_start"] == 6
     assert (challenger["new_mqls"], challenger["converted"], challenger["missed"]) == (1, 0, 0)
+    # a lead's first touch is its first event of any type, also one no rule reads (the store
+    # gives the backtest only the types the models read): L1's email, 60 days before its
+    # MQL cut-off at day -7, makes its time to MQL 53 days
+    before = active["speed"]
+    email = {"lead_id": "L1", "type": "email_send", "ts": day(-60).isoformat()}
+    assert client.post("/api/v1/events", json=email).status_code == 200
+    r = client.post(
+        "/api/v1/models/backtest",
+        params={"from": start, "to": AS_OF.isoformat(), "every": "7d"},
+        content=draft,
+        headers=YAML,
+    )
+    after = r.json()["models"][0]["speed"]  # 0, 0, 2 days before; 0, 2, 53 after
+    assert before == {"leads": 3, "median_days": 0.0, "p25_days": 0.0, "p75_days": 1.0}
+    assert after == {"leads": 3, "median_days": 2.0, "p25_days": 1.0, "p75_days": 27.5}
     bad = client.post(
         "/api/v1/models/backtest", content="version: 1\nname: x\nbands: 3\n", headers=YAML
     )

@@ -21,7 +21,7 @@ from leadscore.errors import NotFound, UsageError
 from leadscore.scoring import PreparedInputs
 from leadscore.spec import Model
 from leadscore.store.keeper import Sheet, Store, _export
-from leadscore.store.schema import outcomes
+from leadscore.store.schema import events, outcomes
 from leadscore.store.versions import ModelVersion
 from leadscore.validation.backtest import run_backtest
 from leadscore.validation.drift import drift
@@ -157,6 +157,13 @@ def store_backtest(
         sheets = [sheet] if active is None else [active, sheet]
         prepared = PreparedInputs(*_export(conn, sheets))
         stored = export_outcomes(conn)
+        # the export holds the event types the models read; a lead's first touch is its
+        # first event of any type, as a backtest of files counts it
+        touch = dict(
+            conn.execute(
+                sa.select(events.c.lead_id, sa.func.min(events.c.ts_us)).group_by(events.c.lead_id)
+            ).all()
+        )
     if prepared.leads.num_rows == 0:
         raise UsageError("the store holds no leads to replay")
     result = run_backtest(
@@ -168,6 +175,7 @@ def store_backtest(
         every_us,
         conversion,
         progress=progress,
+        first_touch=touch,
     )
     labels = ["draft"]
     if active is not None:

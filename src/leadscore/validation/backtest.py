@@ -18,7 +18,7 @@ Definitions (docs/validation.md has them with an example):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ibis
@@ -158,11 +158,14 @@ def run_backtest(
     *,
     progress: Progress | None = None,
     created_column: str | None = None,
+    first_touch: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Replay ``prepared`` at every cut-off for each model (at most two); a dictionary with one
     summary per model (``models``), each with its ``periods``, JSON as is. With
     ``created_column`` (a time column of the leads), a lead takes part in the cut-offs from its
-    creation on: one created later cannot have been an MQL before."""
+    creation on: one created later cannot have been an MQL before. ``first_touch`` gives each
+    lead's first event of any type where ``prepared`` holds only the types the models read
+    (the store's export)."""
     if not 1 <= len(models) <= 2:
         raise UsageError("a backtest compares one model or two (champion and challenger)")
     cuts = cutoffs(start_us, end_us, every_us)
@@ -170,7 +173,12 @@ def run_backtest(
     n = len(lead_ids)
     conv = conversion_times(outcomes, lead_ids, conversion)
     left_out = conv <= cuts[0]
-    touch = _first_touch(prepared, lead_ids)
+    if first_touch is None:
+        touch = _first_touch(prepared, lead_ids)
+    else:
+        touch = np.array(
+            [first_touch.get(lid, NEVER) for lid in lead_ids.to_pylist()], dtype=np.int64
+        )
     created = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     unread = 0
     if created_column is not None:
