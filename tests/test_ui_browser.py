@@ -8,6 +8,7 @@ stays text.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -276,6 +277,14 @@ def test_edit_a_model_preview_and_publish(tab: Page, site: tuple[str, Any]) -> N
     line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("bands:"))) + 1
     assert str(line) in problems
     assert page.locator(".gutter .bad").count() >= 1
+    # every line number stays beside its line below a flagged one (a flagged number had
+    # taken a line of its own, pushing the rest down a line each)
+    tops = page.evaluate(
+        "() => [...document.querySelectorAll('#gutter span')].map("
+        "s => s.getBoundingClientRect().top)"
+    )
+    steps = {round(b - a) for a, b in itertools.pairwise(tops)}
+    assert steps <= {17, 18, 19}, steps
     # a lower hot threshold: more hot leads and more MQLs in the preview
     changed = text.replace(
         "bands: {cold: -.inf, warm: 40, hot: 75}", "bands: {cold: -.inf, warm: 40, hot: 60}"
