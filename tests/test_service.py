@@ -453,6 +453,20 @@ def test_disposition_stage_and_outcomes(serve: Serve) -> None:
         ],
     ).json()
     assert (r["added"], r["repeated"]) == (1, 1)
+    # ids trimmed as an import's are; a blank id or outcome is refused by item, as in a CSV
+    r = api.post(
+        "/api/v1/outcomes",
+        json=[
+            {"lead_id": " L1 ", "outcome": "Lost ", "ts": "2026-07-02"},
+            {"lead_id": " ", "outcome": "won", "ts": "2026-07-02"},
+            {"lead_id": "L1", "outcome": " ", "ts": "2026-07-02"},
+        ],
+    ).json()
+    assert (r["added"], r["outcomes_for_unknown_leads"]) == (1, 0)
+    assert [(e["index"], e["fields"][0]["loc"]) for e in r["errors"]] == [
+        (1, "lead_id"),
+        (2, "outcome"),
+    ]
 
 
 def test_openapi_is_published(serve: Serve) -> None:

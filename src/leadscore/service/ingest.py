@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError
@@ -25,6 +25,7 @@ from leadscore.service.errors import ApiError
 from leadscore.service.payloads import (
     Amount,
     EventIn,
+    Id,
     LeadIn,
     SegmentMessage,
     Timestamp,
@@ -179,8 +180,9 @@ async def post_events(request: Request, _: ApiKey = Depends(require("ingest"))) 
 
 class OutcomeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    lead_id: str = Field(min_length=1, max_length=200)
-    outcome: str = Field(min_length=1, max_length=200)
+    # trimmed as an import's columns are, and never empty (" " is no id and no outcome)
+    lead_id: Id
+    outcome: Id
     ts: Timestamp
     amount: Amount | None = None
 
