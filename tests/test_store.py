@@ -142,7 +142,7 @@ mql: hot
     assert type(row["mql"]) is bool
 
 
-@pytest.mark.parametrize("link_by", ["identify", "event"])
+@pytest.mark.parametrize("link_by", ["identify", "event", "email"])
 def test_anonymous_events_join_the_lead_when_linked(
     store: Store, clock: Clock, link_by: str
 ) -> None:
@@ -151,8 +151,13 @@ def test_anonymous_events_join_the_lead_when_linked(
     assert out[0].status == "anonymous"
     if link_by == "identify":
         store.identify(LeadInput("L9"), anonymous_id="a1")
-    else:
+    elif link_by == "event":
         store.ingest_events([EventInput("email_open", clock.now, "L9", anonymous_id="a1")])
+    else:  # an event naming its lead by email: the email's lead, which L9 then claims
+        store.ingest_events(
+            [EventInput("email_open", clock.now, email="kim@x.io", anonymous_id="a1")]
+        )
+        store.upsert_leads([LeadInput("L9", "kim@x.io")])
     later = store.ingest_events([EventInput("form_submit", clock.now, anonymous_id="a1")])
     assert later[0].lead_id == "L9"
     with store.db.read() as conn:

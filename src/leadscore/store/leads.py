@@ -744,7 +744,7 @@ def insert_events(
             wanted.setdefault(lead_id, email)
             if email:
                 by_email.setdefault(email, lead_id)
-            if item.anonymous_id and item.lead_id:
+            if item.anonymous_id and (item.lead_id or email):  # named by both: linked
                 links.append((item.anonymous_id, lead_id))
         elif not item.anonymous_id:
             outcomes.append(
