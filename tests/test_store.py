@@ -166,6 +166,22 @@ def test_anonymous_events_join_the_lead_when_linked(
     assert engagement == (60.0 if link_by == "identify" else 62.0)
 
 
+def test_a_request_that_names_a_lead_by_email_and_claims_the_email_makes_one_lead(
+    store: Store, clock: Clock
+) -> None:
+    """A form's lead (email only) and the CRM's (its id and that email) in one request: one
+    lead, Z1, with both items' fields, as when they come in two requests."""
+    out = store.upsert_leads(
+        [LeadInput(email="Z@m.io", fields={"job_title": "CEO"}), LeadInput("Z1", "z@m.io")]
+    )
+    assert [(o.index, o.lead_id) for o in out] == [(0, "Z1"), (1, "Z1")]
+    with store.db.read() as conn:
+        ids = [lid for (lid,) in conn.exec_driver_sql("SELECT lead_id FROM leads")]
+        view = lead_view(conn, "Z1")
+    assert ids == ["Z1"]
+    assert (view["email"], view["profile"]["job_title"]) == ("z@m.io", "CEO")
+
+
 def test_batch_rescoring_keeps_a_score_written_in_real_time_meanwhile(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -268,11 +268,23 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     emails = [e for i in items if (e := email_key(i.email))]
     lock_identities(conn, emails)  # see there: a concurrent event by email waits for a merge
     by_email = _find_by_email(conn, emails)
+    # An email the store does not know yet that an item of this request claims for a lead id:
+    # the request's items with that email alone are that lead's (rather than an email-keyed
+    # lead made here and left beside the one that claims its email).
+    claimed_here: dict[str, str] = {}
+    for item in items:
+        email = email_key(item.email)
+        if item.lead_id and email and email not in by_email:
+            claimed_here.setdefault(email, item.lead_id)
     outcomes: list[ItemOutcome] = []
     resolved: list[tuple[int, str, LeadInput]] = []
     for index, item in enumerate(items):
         email = email_key(item.email)
-        lead_id = item.lead_id or (by_email.get(email) if email else None) or email
+        lead_id = (
+            item.lead_id
+            or (by_email.get(email) or claimed_here.get(email) if email else None)
+            or email
+        )
         if lead_id is None:
             outcomes.append(ItemOutcome(index, "error", error="a lead needs a lead_id or an email"))
             continue
