@@ -334,6 +334,14 @@ def test_what_cannot_be_stored_as_an_id_is_refused_by_item(serve: Serve) -> None
     )
     err = _envelope(r, 422, "invalid_model")
     assert "the store keeps names of at most 200 characters" in str(err)
+    assert err["details"][0]["line"] == 2
+    # the editor's check says so too (it said valid, and posting failed)
+    checked = api.post(
+        "/api/v1/models/check",
+        content=f"version: 1\nname: {name}\nbands: {{cold: 0}}\n",
+        headers={"Content-Type": "application/yaml"},
+    ).json()
+    assert not checked["valid"] and checked["errors"][0]["line"] == 2
 
 
 def test_profile_fields_whose_names_hold_quotes_filter_the_list(serve: Serve) -> None:

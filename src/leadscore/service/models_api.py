@@ -40,7 +40,7 @@ from leadscore.spec.conditions import to_text
 from leadscore.store import RescoreReport
 from leadscore.store.keys import ApiKey
 from leadscore.store.leads import event_fields
-from leadscore.store.versions import get_version, list_versions
+from leadscore.store.versions import get_version, list_versions, unstorable_name
 from leadscore.store.whatif import model_diff, preview_model
 
 __all__ = ["router"]
@@ -98,6 +98,9 @@ async def check_model(request: Request, _: ApiKey = Depends(require("read"))) ->
     text = await _model_text(request, state)
     try:
         model = await run_in_threadpool(_parse, text)
+        issue = unstorable_name(model, text)  # as posting it would answer
+        if issue is not None:
+            raise ModelError([issue])
     except ModelError as e:
         return {"valid": False, "errors": from_leadscore(e).details}
     return {

@@ -3,6 +3,7 @@ the active version of its score sheet (the sheet is the model's ``name``)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ __all__ = [
     "get_version",
     "list_versions",
     "mark_published",
+    "unstorable_name",
 ]
 
 
@@ -59,19 +61,28 @@ def _row(r: sa.Row[tuple[object, ...]]) -> ModelVersion:
     )
 
 
+def unstorable_name(model: Model, yaml_text: str) -> ModelIssue | None:
+    """The problem of a model name the store cannot keep (the spec sets no limit; the store's
+    column does), at the line of the file's top-level ``name:``; None if there is none."""
+    if len(model.name) <= ID:
+        return None
+    line = next(
+        (n for n, text in enumerate(yaml_text.splitlines(), 1) if re.match(r"name\s*:", text)),
+        None,
+    )
+    return ModelIssue(
+        model.source, line, "name", f"the store keeps names of at most {ID} characters"
+    )
+
+
 def add_version(conn: Connection, model: Model, yaml_text: str, now_us: int) -> ModelVersion:
     """Store ``yaml_text`` (already validated as ``model``) as the next draft of its sheet.
 
     Posting the same text as the newest version again stores nothing and returns that version.
     """
-    if len(model.name) > ID:  # the spec sets no limit; the store's column does
-        raise ModelError(
-            [
-                ModelIssue(
-                    model.source, None, "name", f"the store keeps names of at most {ID} characters"
-                )
-            ]
-        )
+    issue = unstorable_name(model, yaml_text)
+    if issue is not None:
+        raise ModelError([issue])
     newest = conn.execute(
         sa.select(model_versions)
         .where(model_versions.c.name == model.name)
