@@ -544,6 +544,11 @@ def test_backtest_command(tmp_path: Path) -> None:
     assert [m["new_mqls"] for m in data["models"]] == [4, 4]
     result = runner.invoke(app, [*args[:2], *args[3:], "--every", "40d"])
     assert result.exit_code == 2 and "less than one step" in result.stderr
+    # a step under a day is told in hours (it was "every 0.0 days")
+    hourly = [*args[:9], "--from", "2026-01-28", "--to", "2026-01-29", "--every", "6h"]
+    result = runner.invoke(app, [*hourly, "--horizon", "30d"])
+    assert result.exit_code == 0, result.stderr
+    assert "5 cut-offs every 6 hours" in result.stdout
 
 
 # --- drift ------------------------------------------------------------------------------------

@@ -66,6 +66,16 @@ HtmlOpt = Annotated[
 ]
 
 
+def _span(days: float) -> str:
+    """A step between cut-offs as a person would say it: 7 days, 1 day, 6 hours."""
+    if days >= 1 or days == 0:
+        return f"{num(days)} day{'s' if days != 1 else ''}"
+    hours = days * 24
+    if hours >= 1:
+        return f"{num(hours)} hour{'s' if hours != 1 else ''}"
+    return f"{num(hours * 60)} minutes"
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, c in enumerate(columns):
@@ -299,7 +309,7 @@ def print_backtest(r: dict[str, Any]) -> None:
     models = r["models"]
     out.print(
         f"Backtest from {r['from']} to {r['to']}: {r['cutoffs']} cut-offs every "
-        f"{num(r['every_days'])} days, {num(r['leads'])} leads; a conversion is "
+        f"{_span(r['every_days'])}, {num(r['leads'])} leads; a conversion is "
         f"{' or '.join(conv['outcomes'])} within {num(conv['horizon_days'])} days of becoming MQL.",
         markup=False,
     )
