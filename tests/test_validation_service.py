@@ -142,6 +142,7 @@ def test_backtest_of_a_draft_next_to_the_active_model(serve: Serve) -> None:
     assert result["cutoffs"] == 5
     active, challenger = result["models"]
     assert active["label"] == "active (version 1)" and challenger["label"] == "draft"
+    assert (active["model_version"], challenger["model_version"]) == (1, None)
     # hot from 60: L1 and L2 at day -7 (a demo), L11 at day 0 (a demo at -2, won at -5)
     assert [p["new_mqls"] for p in active["periods"]] == [0, 0, 2, 1]
     assert (active["converted"], active["conversions"], active["caught"]) == (2, 1, 1)
@@ -202,6 +203,12 @@ def test_drift_of_the_stored_scores(serve: Serve, store: Store, clock: Clock) ->
     assert [b["baseline_leads"] for b in band["bins"]] == [0, 6, 5]
     assert [b["current_leads"] for b in band["bins"]] == [3, 4, 4]
     assert r.json()["drift"]["days"] == 30
+    assert r.json()["drift"]["model_version"] == r.json()["model_version"] == 1
+    # the stored version, not the file format's `version: 1`
+    client.post("/api/v1/models", content=MODEL_YAML + "# v2\n", headers=YAML)
+    assert client.post("/api/v1/models/hand/publish").status_code == 200
+    again = client.get("/api/v1/validation", params={"sheet": "hand"}).json()
+    assert again["drift"]["model_version"] == again["model_version"] == 2
     off = client.get("/api/v1/validation", params={"sheet": "hand", "drift_days": 0}).json()
     assert "drift" not in off
     bad = client.get("/api/v1/validation", params={"drift_days": -1})

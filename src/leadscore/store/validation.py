@@ -128,6 +128,7 @@ def store_report(
             active.model, prepared, now - round(drift_days * MICROS_PER_DAY), now
         )
         report["drift"]["days"] = drift_days
+        report["drift"]["model_version"] = active.version.version  # the stored version
     if stored.num_rows == 0:
         report["notes"].append(
             "no outcomes are stored yet: import them (leadscore import outcomes, POST "
@@ -180,8 +181,10 @@ def store_backtest(
     labels = ["draft"]
     if active is not None:
         labels.insert(0, f"active (version {active.version.version})")
-    for summary, label in zip(result["models"], labels, strict=True):
+    for summary, label, sheet in zip(result["models"], labels, sheets, strict=True):
         summary["label"] = label
+        # the stored version (the file's `version` is its format's); a draft has none
+        summary["model_version"] = sheet.version.version if sheet.version.id else None
     if active is None:
         result["notes"].append(f"no active version of {draft.name!r}: the draft is shown alone")
     if stored.num_rows == 0:
