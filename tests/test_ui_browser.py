@@ -352,6 +352,19 @@ def test_try_a_hypothetical_lead(tab: Page) -> None:
     page.wait_for_selector("#try-result:not([hidden])")
     assert _number(page.locator("#try-score").inner_text()) > 0
     assert page.locator("#try-rules tbody tr").count() >= 1
+    # a line it cannot read is an error, and the earlier result goes rather than stay on
+    # show as if it were this one's
+    for bad, says in (
+        ("page_view abc", "the number of days ago"),
+        ("page_view 3 url", "write a property as name=value"),
+    ):
+        page.fill("#try-form [name=events]", bad)
+        page.click("#try-form button")
+        page.wait_for_selector("#try-result", state="hidden")
+        assert says in page.locator("#try-status").inner_text()
+        page.fill("#try-form [name=events]", "page_view 3")
+        page.click("#try-form button")
+        page.wait_for_selector("#try-result:not([hidden])")
 
 
 def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_path: Path) -> None:

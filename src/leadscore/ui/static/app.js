@@ -43,6 +43,12 @@ function problem(detail) {
   return detail.text || [detail.loc || detail.path, detail.message].filter(Boolean).join(": ");
 }
 
+// An error's message and the details it does not already say (they often repeat it).
+function errorText(e) {
+  const extra = (e.details || []).map(problem).filter((t) => t && !e.message.includes(t));
+  return extra.length ? `${e.message}: ${extra.join("; ")}` : e.message;
+}
+
 function fmt(value) {
   if (value === null || value === undefined) return "–";
   const rounded = Math.round(value * 100) / 100 || 0; // no "-0"
@@ -208,7 +214,7 @@ if (yaml) {
       }
       say($("#preview-hint"), "Scores every stored lead with the text in the editor and compares with their current scores. Nothing is saved.");
     } catch (e) {
-      say($("#preview-hint"), e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+      say($("#preview-hint"), errorText(e), "error");
     } finally { stop(); button.disabled = false; }
   };
   $("#preview-button").addEventListener("click", preview);
@@ -222,7 +228,7 @@ if (yaml) {
     try {
       const v = await save();
       say(status, `Saved as ${v.name} version ${v.version} (${v.status}).`, "ok");
-    } catch (e) { say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error"); }
+    } catch (e) { say(status, errorText(e), "error"); }
   });
   $("#publish-button").addEventListener("click", async () => {
     const status = $("#publish-status");
@@ -238,7 +244,7 @@ if (yaml) {
       setTimeout(() => { window.location.href = `/model?name=${encodeURIComponent(v.name)}`; }, 1500);
     } catch (e) {
       stop();
-      say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+      say(status, errorText(e), "error");
     } finally { button.disabled = false; }
   });
 
@@ -267,27 +273,29 @@ if (yaml) {
   tryForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const status = $("#try-status");
+    // an error leaves no earlier result on show, to be taken for this one
+    const fail = (text) => { $("#try-result").hidden = true; say(status, text, "error"); };
     const lead = {};
     for (const line of tryForm.elements.fields.value.split("\n")) {
+      if (!line.trim()) continue;
       const at = line.indexOf(":");
-      if (line.trim() && at > 0) lead[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+      if (at <= 0) return fail(`"${line.trim()}": write a field as name: value`);
+      lead[line.slice(0, at).trim()] = line.slice(at + 1).trim();
     }
     const events = [];
     for (const line of tryForm.elements.events.value.split("\n")) {
       const parts = line.trim().split(/\s+/).filter(Boolean);
       if (!parts.length) continue;
       const days = Number(parts[1] || 0);
-      if (!Number.isFinite(days)) {
-        say($("#try-status"), `"${line.trim()}": the second word is the number of days ago`, "error");
-        return;
+      if (!Number.isFinite(days) || days < 0) {
+        return fail(`"${line.trim()}": the second word is the number of days ago (0 or more)`);
       }
       const e = { type: parts[0], days_ago: days, properties: {} };
       for (const p of parts.slice(2)) {
         const eq = p.indexOf("=");
-        if (eq > 0) {
-          const k = p.slice(0, eq), v = p.slice(eq + 1);
-          if (k === "item") e.item = v; else e.properties[k] = v;
-        }
+        if (eq <= 0) return fail(`"${p}" in "${line.trim()}": write a property as name=value`);
+        const k = p.slice(0, eq), v = p.slice(eq + 1);
+        if (k === "item") e.item = v; else e.properties[k] = v;
       }
       events.push(e);
     }
@@ -308,7 +316,7 @@ if (yaml) {
       }
       say(status, "");
     } catch (e) {
-      say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+      fail(errorText(e));
     }
   });
 }
@@ -387,7 +395,7 @@ if (keyForm) {
       table.appendChild(row);
       keyForm.reset();
       say($("#key-status"), `Created ${r.name || keyForm.elements.name.value}.`, "ok");
-    } catch (e) { say($("#key-status"), e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error"); }
+    } catch (e) { say($("#key-status"), errorText(e), "error"); }
   });
 }
 function wireRevoke(button) {
@@ -419,7 +427,7 @@ if (outcomesForm) {
       say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome(s), ${r.repeated.toLocaleString("en")} already stored.${unknown} Run the report again to include them.`, "ok");
     } catch (e) {
       stop();
-      say(status, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+      say(status, errorText(e), "error");
     } finally { button.disabled = false; }
   });
 }
@@ -503,7 +511,7 @@ if (backtestForm) {
       say(hint, `${r.cutoffs} cut-offs from ${r.from.slice(0, 10)} to ${r.to.slice(0, 10)}, ${r.leads.toLocaleString("en")} leads; a conversion is ${r.conversion.outcomes.join(" or ")} within ${fmt(r.conversion.horizon_days)} days of becoming MQL. Nothing was saved.`);
     } catch (e) {
       stop();
-      say(hint, e.message + ((e.details || []).length ? ": " + e.details.map(problem).join("; ") : ""), "error");
+      say(hint, errorText(e), "error");
     } finally { button.disabled = false; }
   });
 }
