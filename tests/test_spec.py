@@ -279,6 +279,21 @@ def test_true_is_no_number_inside_a_mapping_a_list_or_a_condition() -> None:
         assert f"{where}: a number is needed here, not true/false" in lines, (where, lines)
 
 
+def test_a_key_written_beside_a_merge_overrides_the_merged_one() -> None:
+    """YAML's merge key: `{<<: *base, id: big2}` takes base's keys, its own id and points
+    first; a key written twice in one mapping is still a duplicate."""
+    text = (
+        "version: 1\nname: m\nprofile:\n"
+        "  - &r {id: big, if: {field: employees, gte: 1000}, points: 10}\n"
+        "  - {<<: *r, id: big2, points: 5}\n"
+        "bands: {cold: -.inf, hot: 10}\nmql: hot\n"
+    )
+    assert [(r.id, r.points) for r in parse_model(text).rules] == [("big", 10.0), ("big2", 5.0)]
+    twice = text.replace("points: 5}", "points: 5, id: big3}")
+    with pytest.raises(ModelError, match=r"<model>:5: profile\[1\].id: duplicate key"):
+        parse_model(twice)
+
+
 def test_aliases_that_name_a_node_twice_are_fine() -> None:
     model = parse_model(
         "version: 1\nname: x\nbands: {cold: 0, hot: 40}\nprofile:\n"

@@ -249,6 +249,12 @@ def _index_lines(
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
+
+        def own(key_node: yaml.Node) -> bool:
+            """Written in this mapping, not merged into it (``<<: *base``): PyYAML puts the
+            merged pairs first, and a key written here overrides one merged."""
+            return bool(node.start_mark.index <= key_node.start_mark.index < node.end_mark.index)
+
         for key_node, value_node in node.value:
             key = key_node.value
             if key_node.tag.endswith(":bool"):
@@ -261,13 +267,14 @@ def _index_lines(
                         "rename it",
                     )
                 )
-            if key in seen:
+            if key in seen and own(key_node):
                 issues.append(
                     ModelIssue(
                         source, key_node.start_mark.line + 1, fmt_loc((*loc, key)), "duplicate key"
                     )
                 )
-            seen.add(key)
+            if own(key_node):
+                seen.add(key)
             lines[(*loc, key)] = key_node.start_mark.line + 1
             _index_lines(value_node, (*loc, key), lines, issues, source)
     elif isinstance(node, yaml.SequenceNode):
