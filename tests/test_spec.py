@@ -279,6 +279,23 @@ def test_true_is_no_number_inside_a_mapping_a_list_or_a_condition() -> None:
         assert f"{where}: a number is needed here, not true/false" in lines, (where, lines)
 
 
+def test_an_example_that_could_never_pass_is_an_error() -> None:
+    """An expected band, grade or priority the model cannot give, an event after as_of."""
+    text = (
+        "version: 1\nname: m\nbands: {cold: -.inf, hot: 10}\nmql: hot\nexamples:\n"
+        "  - name: e\n    as_of: 2026-01-01T00:00:00Z\n    events: [{type: x, days_ago: -1}]\n"
+        "    expect: {band: tepid, grade: Z, priority: A1}\n"
+    )
+    with pytest.raises(ModelError) as info:
+        parse_model(text, "m.yaml")
+    assert str(info.value).splitlines() == [
+        "m.yaml:8: examples[0].events[0].days_ago: must be >= 0, got -1",
+        "m.yaml:9: examples[0].expect.band: unknown band 'tepid' (cold, hot)",
+        "m.yaml:9: examples[0].expect.grade: unknown grade 'Z' (the model has no grades)",
+        "m.yaml:9: examples[0].expect.priority: the model has no priority matrix",
+    ]
+
+
 def test_a_key_written_beside_a_merge_overrides_the_merged_one() -> None:
     """YAML's merge key: `{<<: *base, id: big2}` takes base's keys, its own id and points
     first; a key written twice in one mapping is still a duplicate."""

@@ -480,6 +480,24 @@ def semantic_issues(raw: Any) -> list[tuple[Loc, str]]:
             expect = ex.get("expect")
             if not isinstance(expect, Mapping):
                 continue
+            # an expected label the model cannot give: the example could never pass
+            every_grade = (
+                {*map(str, grades), FALLBACK_GRADE} if isinstance(grades, Mapping) else set()
+            )
+            for key, labels, what in (
+                ("band", band_names, "band"),
+                ("grade", every_grade, "grade"),
+            ):
+                value = expect.get(key)
+                if isinstance(value, str) and value not in labels:
+                    listed = ", ".join(sorted(labels)) or f"the model has no {what}s"
+                    issues.append(
+                        (("examples", i, "expect", key), f"unknown {what} {value!r} ({listed})")
+                    )
+            if isinstance(expect.get("priority"), str) and not isinstance(priority, Mapping):
+                issues.append(
+                    (("examples", i, "expect", "priority"), "the model has no priority matrix")
+                )
             for key, known_ids, what in (
                 ("rules", rule_ids, "rule"),
                 ("groups", group_ids, "group"),

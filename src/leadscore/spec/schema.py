@@ -191,7 +191,7 @@ class ExampleEventSpec(BaseModel):
 
     type: str = Field(min_length=1)
     ts: datetime | None = None
-    days_ago: float | None = None
+    days_ago: float | None = Field(default=None, ge=0)  # before as_of (a later event is none)
     item: Scalar | None = None
 
     @model_validator(mode="after")
