@@ -97,6 +97,8 @@ def test_batch_reports_bad_items_by_index_and_keeps_the_good(serve: Serve) -> No
     assert [i["status"] for i in body["items"]] == ["accepted", "duplicate"]
     assert [i["index"] for i in body["items"]] == [0, 4]
     assert [e["index"] for e in body["errors"]] == [1, 2, 3]
+    # the counts add up to what was received
+    assert (body["received"], body["accepted"], body["duplicate"], body["error"]) == (5, 1, 1, 3)
     assert "type" in body["errors"][0]["message"]
     assert "lead_id" in body["errors"][1]["message"]
     assert body["errors"][2]["message"].startswith("ts: not a time: 'not a time'")

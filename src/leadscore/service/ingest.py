@@ -83,7 +83,10 @@ def _result(
         raise ApiError(422, message, details=errors)
     counts: dict[str, int] = {}
     for o in outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
+        if o.status != "error":  # counted below with the items refused before the store
+            counts[o.status] = counts.get(o.status, 0) + 1
+    if errors:
+        counts["error"] = len(errors)  # so that the counts add up to what was received
     return {
         "received": total,
         **counts,
