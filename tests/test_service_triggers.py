@@ -150,6 +150,16 @@ def test_webhook_test_button(serve: Serve) -> None:
         receiver.stop()
 
 
+def test_a_triggers_file_is_sent_as_yaml(serve: Serve) -> None:
+    api = serve(no_auth=True)
+    body = "triggers: []\n"
+    r = api.put("/api/v1/triggers", content=body, headers={"content-type": "image/png"})
+    assert r.status_code == 415 and "application/yaml" in r.json()["error"]["message"]
+    for kind in ("application/yaml", "text/yaml", "text/plain", "application/json"):
+        r = api.put("/api/v1/triggers", content=body, headers={"content-type": kind})
+        assert r.status_code == 200, (kind, r.text)
+
+
 def test_webhook_test_button_waits_as_long_as_a_real_call(serve: Serve) -> None:
     """A receiver slower than --webhook-timeout fails the test, as it would fail a firing."""
     receiver = Receiver().start()

@@ -12,6 +12,7 @@ from pydantic import Field, StrictBool, field_validator
 
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
+from leadscore.service.models_api import YAML_TYPES
 from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
 from leadscore.service.views import iso_times
@@ -62,6 +63,9 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
     """Replace every trigger with the triggers file in the body (YAML). Errors come back all
     at once with their lines; nothing changes unless the whole file is valid."""
     state = _state(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind and kind not in (*YAML_TYPES, "application/json"):  # as a model file
+        raise ApiError(415, f"send the triggers file as application/yaml, not {kind}")
     body = await request.body()
     if len(body) > state.settings.max_body_bytes:
         raise ApiError(413, f"the file is larger than {state.settings.max_body_bytes:,} bytes")
