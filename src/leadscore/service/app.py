@@ -25,7 +25,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import leadscore
 from leadscore.errors import UsageError
@@ -183,6 +183,55 @@ class LocalModeGuard:
                 status_code=403,
             )
         return None
+
+
+class BodyLimit:
+    """A body over the limit is answered 413 before its key is checked or the body read: at
+    once when its declared length (``Content-Length``) says so, else as soon as the bytes
+    that arrived pass it (a body sent in chunks). A route reading its body into a model would
+    otherwise take any size from anyone. ``larger`` gives some paths a limit of their own (the
+    outcomes upload)."""
+
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int]) -> None:
+        self.app = app
+        self.limit = limit
+        self.larger = larger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.larger.get(scope["path"], self.limit)
+        too_large = JSONResponse(
+            error_body("payload_too_large", f"the body is over {limit:,} bytes"), status_code=413
+        )
+        declared = Headers(scope=scope).get("content-length", "")  # digits: the parser's
+        if declared.isdigit() and int(declared) > limit:
+            await too_large(scope, receive, send)
+            return
+        seen = 0
+        answered = started = False
+
+        async def counted() -> Message:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request" and not answered:
+                seen += len(message.get("body", b""))
+                if seen > limit:  # answered here; the route is told the client left
+                    answered = True
+                    if not started:
+                        await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_answered(message: Message) -> None:
+            nonlocal started
+            if answered and not started:
+                return  # what the route says after the 413 (its error) goes nowhere
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, unless_answered)
 
 
 class CrossSiteGuard:
@@ -386,6 +435,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     install_error_handlers(app)
     app.add_middleware(LocalModeGuard if settings.no_auth else CrossSiteGuard)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        larger={"/api/v1/outcomes": max(settings.max_upload_bytes, settings.max_body_bytes)},
+    )
     app.include_router(ingest.router)
     app.include_router(views.router)
     app.include_router(overview.router)
