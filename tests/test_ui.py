@@ -164,6 +164,10 @@ def test_csv_export_has_every_matching_lead_and_no_formulas(
     assert l3["company"] == "'=HYPERLINK(1)"
     assert l3["first_name"] == EVIL
     assert c.get("/api/v1/leads.csv?sort=nope").status_code == 400
+    # a profile field's name is a column's header: no formula there either
+    c.post("/api/v1/leads", json={"lead_id": "L9", "=cmd|x!A1": "v"})
+    header = c.get("/api/v1/leads.csv").text.splitlines()[0].split(",")
+    assert "'=cmd|x!A1" in header and "=cmd|x!A1" not in header
 
 
 def test_overview_counts_worked_out_by_hand(

@@ -227,7 +227,7 @@ def leads_csv(store: Store, query: LeadQuery) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     extra = [f for f in fields if f not in CSV_COLUMNS]
-    writer.writerow([*CSV_COLUMNS, "last_activity", *extra])
+    writer.writerow([*CSV_COLUMNS, "last_activity", *map(_csv_value, extra)])  # names too
     while True:
         page = leads_data(store, replace(query, cursor=cursor))
         for item in page["items"]:
