@@ -32,7 +32,7 @@ from leadscore.store.outbox import (
     verify_signature,
 )
 from leadscore.store.schema import outbox
-from leadscore.store.webhooks import shown_url
+from leadscore.store.webhooks import shown_url, without_url_secrets
 from tests.conftest import Clock
 from tests.webhook_receiver import Receiver, free_port
 
@@ -350,6 +350,19 @@ def test_send_test_to_a_receiver_that_is_down() -> None:
     result = send_test(f"http://127.0.0.1:{free_port()}/x", timeout_s=1)
     assert not result.ok
     assert result.status_code is None and result.error is not None
+    # a host name no resolver takes is a failed attempt too, not an error of the server
+    result = send_test("http://xn--ls8h.invalid/x", timeout_s=1)
+    assert not result.ok and result.error is not None
+
+
+def test_a_receiver_repeating_the_url_does_not_put_its_secrets_on_show() -> None:
+    """Express answers 404 "Cannot POST /hook/SECRETPATH?token=SECRETQ"."""
+    url = "http://bot:pa55@127.0.0.1:9/hook/SECRETPATH?token=SECRETQ"
+    said = f"HTTP 404: Cannot POST /hook/SECRETPATH?token=SECRETQ (at {url}; user bot, pa55)"
+    shown = without_url_secrets(said, url)
+    for secret in ("SECRETPATH", "SECRETQ", "pa55"):
+        assert secret not in shown, shown
+    assert "http://***@127.0.0.1:9/hook/***?token=***" in shown
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,13 @@ from leadscore.errors import NotFound
 from leadscore.store.db import Database
 from leadscore.store.schema import deliveries, outbox, trigger_firings
 from leadscore.store.triggers import inserted_id
-from leadscore.store.webhooks import Format, encode_body, sample_payload, shown_url
+from leadscore.store.webhooks import (
+    Format,
+    encode_body,
+    sample_payload,
+    shown_url,
+    without_url_secrets,
+)
 
 __all__ = [
     "INTERRUPTED",
@@ -183,15 +189,17 @@ def _post(
     except httpx.TimeoutException:
         error = f"timed out after {timeout_s:g} s"
         return Attempt(False, None, error, (time.perf_counter() - start) * 1000)
-    except httpx.HTTPError as e:
-        error = f"{type(e).__name__}: {e}".replace(url, shown_url(url))[:MAX_ERROR]
+    except Exception as e:  # refused, reset, a host name no resolver takes (idna), ...
+        error = without_url_secrets(f"{type(e).__name__}: {e}", url)[:MAX_ERROR]
         return Attempt(False, None, error, (time.perf_counter() - start) * 1000)
     duration = (time.perf_counter() - start) * 1000
     if 200 <= response.status_code < 300:
         return Attempt(True, response.status_code, None, duration)
     answer = response.text.strip().replace("\n", " ")
     error = f"HTTP {response.status_code}" + (f": {answer}" if answer else "")
-    return Attempt(False, response.status_code, error[:MAX_ERROR], duration)
+    return Attempt(
+        False, response.status_code, without_url_secrets(error, url)[:MAX_ERROR], duration
+    )
 
 
 class Deliverer:

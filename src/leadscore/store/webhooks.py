@@ -42,6 +42,7 @@ __all__ = [
     "shown_url",
     "slack_message",
     "top_reasons",
+    "without_url_secrets",
 ]
 
 Format = Literal["json", "slack"]
@@ -86,6 +87,28 @@ def shown_url(url: str) -> str:
         for key, sep, _ in (p.partition("=") for p in parts.query.split("&") if p)
     )
     return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def without_url_secrets(text: str, url: str) -> str:
+    """``text`` (an error, a receiver's answer) with the parts of ``url`` that
+    :func:`shown_url` hides written as it shows them: a receiver that repeats the path it was
+    sent to ("Cannot POST /hooks/T0001/...") must not put the token back on show."""
+    try:
+        parts = urlsplit(url)
+        secrets = [url, parts.username, parts.password]
+    except ValueError:
+        return text.replace(url, MASK)
+    segments = parts.path.split("/")[1:] if parts.path.startswith("/") else []
+    hidden_path = "/".join(segments[1:]) if len(segments) > 1 else "/".join(segments)
+    if hidden_path:
+        secrets.append(hidden_path)
+    for piece in parts.query.split("&"):
+        key, sep, value = piece.partition("=")
+        secrets.append(value if sep else key)
+    out = text.replace(url, shown_url(url))
+    for secret in sorted({s for s in secrets[1:] if s and len(s) >= 3}, key=len, reverse=True):
+        out = out.replace(secret, MASK)
+    return out
 
 
 TOP_REASONS = 5
