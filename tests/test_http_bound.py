@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from leadscore.service import http
 from leadscore.service.http import MAX_HEAD_BYTES, MAX_PIPELINED, BoundedHttpTools
 from tests.webhook_receiver import free_port
 
@@ -291,3 +292,46 @@ def test_bodies_do_not_count_against_the_bound() -> None:
         assert not transport.closed
 
     with_protocol(check)
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deadlines of half a second (read when they are set, so the running server uses them)."""
+    monkeypatch.setattr(http, "HEAD_SECONDS", 0.5)
+    monkeypatch.setattr(http, "BODY_IDLE_SECONDS", 0.5)
+
+
+def _answer_and_close(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.mark.usefixtures("short_deadlines")
+def test_a_request_that_never_finishes_its_head_is_cut_off(port: int) -> None:
+    """A slow client holding connections open with unfinished heads (or nothing at all) is
+    answered 408 and closed, rather than held for ever."""
+    for sent in (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", b""):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            start = time.monotonic()
+            s.sendall(sent)
+            answer = _answer_and_close(s)
+            assert time.monotonic() - start < 5
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+@pytest.mark.usefixtures("short_deadlines")
+def test_a_body_that_stalls_is_cut_off_and_one_that_trickles_is_served(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request("/", body=b"x" * 10)[:-5])  # 5 bytes of the body never come
+        assert _answer_and_close(s).startswith(b"HTTP/1.1 408")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        whole = request("/", body=b"y" * 8)
+        head, body = whole[:-8], whole[-8:]
+        s.sendall(head)
+        for byte in body:  # a byte every 0.2 s: 1.6 s in all, never 0.5 s without one
+            time.sleep(0.2)
+            s.sendall(bytes([byte]))
+        [answer] = read_answers(s, 1)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.split(b" | ")[1].split()[0] == b"8"

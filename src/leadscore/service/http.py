@@ -17,13 +17,25 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_PIPELINED", "BoundedHttpTools"]
+__all__ = [
+    "BODY_IDLE_SECONDS",
+    "HEAD_SECONDS",
+    "MAX_HEAD_BYTES",
+    "MAX_PIPELINED",
+    "BoundedHttpTools",
+]
 
 # request line and headers (and trailers) of one request, at most (h11's buffer, which uvicorn
 # uses otherwise, is 16 KiB)
 MAX_HEAD_BYTES = 64 * 1024
 # requests read ahead of the one being answered on a connection (HTTP pipelining), at most
 MAX_PIPELINED = 32
+# seconds a connection has to send a request's line and headers (from its first byte, or from
+# the connection's start), and a body may send nothing: a client that holds a connection open
+# with a request it never finishes is cut off (uvicorn waits for ever, and enough of them use
+# up the process's file descriptors)
+HEAD_SECONDS = 30.0
+BODY_IDLE_SECONDS = 60.0
 
 
 class _PipelineFlow(FlowControl):
@@ -59,6 +71,9 @@ class BoundedHttpTools(HttpToolsProtocol):
       answered, and of a read that brings more than ``MAX_PIPELINED`` of them the rest is
       dropped: the requests kept are answered, then the connection is closed (as HTTP lets a
       server do; the client sends the others again).
+    - A request's line and headers must arrive within ``HEAD_SECONDS`` of its first byte
+      (or of the connection's start), and its body may not stall for ``BODY_IDLE_SECONDS``:
+      else it hears 408 and the connection is closed.
     """
 
     def __init__(
@@ -73,13 +88,62 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._idle_bytes = 0  # of the reads in a row that made no progress
         self._progress = False  # the current read carried body, or ended a head or request
         self._refused = False
+        self._timer: asyncio.TimerHandle | None = None  # the deadline of the head or body
+        self._body_at = 0.0  # when body last arrived (the loop's clock)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _PipelineFlow(transport, self)
+        self._arm(HEAD_SECONDS)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._deadline)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline(self) -> None:
+        """The head did not arrive in time, or the body stalled: 408, and the connection is
+        closed (a body that sent something meanwhile gets the rest of its time)."""
+        self._timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self.headers is not None and self.cycle is not None:  # in the body
+            idle = self.loop.time() - self._body_at
+            if idle < BODY_IDLE_SECONDS:
+                self._timer = self.loop.call_later(BODY_IDLE_SECONDS - idle, self._deadline)
+                return
+        self._refused = True
+        busy = self.pipeline or (
+            self.cycle is not None
+            and self.cycle.response_started
+            and not self.cycle.response_complete
+        )
+        if not busy:
+            message = b"the request did not arrive in time"
+            self.transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[408],
+                        b"content-type: text/plain; charset=utf-8\r\n",
+                        b"content-length: %d\r\n" % len(message),
+                        b"connection: close\r\n\r\n",
+                        message,
+                    ]
+                )
+            )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0
+        self._arm(HEAD_SECONDS)
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -98,14 +162,19 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.cycle.keep_alive = False
             raise _Refused
         self._progress = True
+        # the head's deadline, when it comes, now looks at how long the body has been idle
+        # (one timer a request, not one more for its body)
+        self._body_at = self.loop.time()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
+        self._body_at = self.loop.time()  # the deadline moves on (checked when it comes)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._progress = True
+        self._disarm()
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
