@@ -182,6 +182,46 @@ def test_a_request_that_names_a_lead_by_email_and_claims_the_email_makes_one_lea
     assert (view["email"], view["profile"]["job_title"]) == ("z@m.io", "CEO")
 
 
+def test_events_linking_an_anonymous_id_by_email_at_once_all_land(
+    store: Store, clock: Clock
+) -> None:
+    """Four requests at once, each an event naming its lead by email and the visitor's
+    anonymous id: the id is locked for the link from the start (taken shared, then upgraded,
+    the requests deadlocked on PostgreSQL)."""
+    store.ensure_a_model()
+    failures: list[BaseException] = []
+
+    def post(k: int, round_: int) -> None:
+        try:
+            store.ingest_events(
+                [EventInput("page_view", clock.now, email="kim@x.io", anonymous_id=f"a{round_}")]
+            )
+        except BaseException as e:
+            failures.append(e)
+
+    for round_ in range(5):
+        threads = [threading.Thread(target=post, args=(k, round_)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:1]
+    with store.db.read() as conn:
+        count = conn.exec_driver_sql("SELECT count(*) FROM events WHERE lead_id = 'kim@x.io'")
+        assert count.scalar() == 20
+
+
+def test_an_item_refused_claims_no_email(store: Store) -> None:
+    """The claim of an email by a lead id counts only when its item is stored."""
+    out = store.upsert_leads(
+        [LeadInput(email="z@m.io", fields={"x": "1"}), LeadInput("Z1", "z@m.io", stage="bogus")]
+    )
+    assert [(o.status, o.lead_id) for o in out] == [("created", "z@m.io"), ("error", "Z1")]
+    with store.db.read() as conn:
+        ids = [lid for (lid,) in conn.exec_driver_sql("SELECT lead_id FROM leads")]
+    assert ids == ["z@m.io"]
+
+
 def test_batch_rescoring_keeps_a_score_written_in_real_time_meanwhile(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

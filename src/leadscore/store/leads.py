@@ -274,7 +274,10 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     claimed_here: dict[str, str] = {}
     for item in items:
         email = email_key(item.email)
-        if item.lead_id and email and email not in by_email:
+        valid = len(item.lead_id or "") <= ID and (
+            item.stage is None or item.stage.strip().lower() in STAGES
+        )  # an item refused below claims nothing
+        if item.lead_id and email and email not in by_email and valid:
             claimed_here.setdefault(email, item.lead_id)
     outcomes: list[ItemOutcome] = []
     resolved: list[tuple[int, str, LeadInput]] = []
@@ -719,7 +722,8 @@ def insert_events(
     with_email = {i.lead_id: e for i in items if i.lead_id and (e := email_key(i.email))}
     exist = _known(conn, with_email) if with_email and conn.dialect.name != "sqlite" else set()
     claiming = {e for lid, e in with_email.items() if lid not in exist}
-    linking = {i.anonymous_id for i in items if i.anonymous_id and i.lead_id}
+    # an anonymous id named beside a lead id or an email is linked to that lead (below)
+    linking = {i.anonymous_id for i in items if i.anonymous_id and (i.lead_id or i.email)}
     lock_identities(
         conn,
         claiming,
@@ -756,7 +760,11 @@ def insert_events(
             wanted.setdefault(lead_id, email)
             if email:
                 by_email.setdefault(email, lead_id)
-            if item.anonymous_id and (item.lead_id or email):  # named by both: linked
+            if (
+                item.anonymous_id
+                and (item.lead_id or email)  # named by both: linked, unless it is already
+                and linked.get(item.anonymous_id) != lead_id
+            ):
                 links.append((item.anonymous_id, lead_id))
         elif not item.anonymous_id:
             outcomes.append(
