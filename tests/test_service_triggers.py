@@ -225,3 +225,31 @@ def test_a_start_with_a_triggers_file_says_what_it_undid(
         f"the triggers file {path} replaced the stored triggers: 'hot-to-sales' switched on "
         "again (leave out --triggers to keep triggers changed over the API or the web page)"
     ) in caplog.text
+
+
+def test_triggers_stored_under_laxer_checks_stay_readable(
+    serve: Serve, store: Store, tmp_path: Path
+) -> None:
+    """A trigger saved before owners needed names and URLs their stricter check is read back
+    as it is: listed, switched, and replaced by a file at start, not a 500."""
+    from leadscore.store.schema import triggers
+
+    old = {
+        "id": "old",
+        "when": {"enters_band": "hot"},
+        "actions": [
+            {"assign_owner": {"round_robin": ["alice", " "]}},
+            {"webhook": {"url": "https://exa mple.com/x"}},
+        ],
+        "enabled": True,
+    }
+    with store.db.write() as conn:
+        conn.execute(triggers.insert().values(id="old", definition=old, enabled=True, updated_us=1))
+    api = serve(no_auth=True)
+    r = api.get("/api/v1/triggers")
+    assert r.status_code == 200 and r.json()["items"][0]["id"] == "old"
+    assert api.patch("/api/v1/triggers/old", json={"enabled": False}).status_code == 200
+    path = tmp_path / "triggers.yaml"
+    path.write_text(triggers_file("https://hooks.example/x"))
+    again = serve(no_auth=True, triggers=str(path))
+    assert [t["id"] for t in again.get("/api/v1/triggers").json()["items"]] == ["hot-to-sales"]

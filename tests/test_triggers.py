@@ -445,7 +445,7 @@ def test_file_errors_are_all_reported_with_lines(tmp_path: Path) -> None:
         "got enters_band and crosses",
         f"{f}:4: triggers[0].reasons: YAML reads the key 'on' as true/false: name it 'reasons'",
         f"{f}:6: triggers[0].actions[0].webhook.url: must be an http:// or https:// URL, "
-        "got 'ftp://hooks.example/x'",
+        "got 'ftp://hooks.example/***'",
         f"{f}:7: triggers[0].actions[1].set_stage: unknown stage 'customerr'; stages are "
         "subscriber, lead, mql, sql, opportunity, customer, disqualified, recycled",
         f"{f}:8: triggers[1].id: duplicate id 'hot-to-sales' (see item 0)",
@@ -476,9 +476,8 @@ def test_urls_owners_and_numbers_are_checked(tmp_path: Path) -> None:
     assert [str(i) for i in e.value.issues] == [
         f"{f}:3: triggers[0].when.crosses: a number is needed here, not true/false",
         f"{f}:5: triggers[0].actions[0].webhook.url: a URL may not hold spaces or control "
-        "characters (a space is %20), got 'https://exa mple.com/x'",
-        f"{f}:6: triggers[0].actions[1].webhook.url: the port must be a number from 1 to "
-        "65535, got 'http://127.0.0.1:99999/x'",
+        "characters (a space is %20), got 'https://exa mple.com/***'",
+        f"{f}:6: triggers[0].actions[1].webhook.url: the port must be a number from 1 to 65535",
         f"{f}:7: triggers[0].actions[2].assign_owner.round_robin: an owner's name may not be empty",
         f"{f}:8: triggers[0].actions[3].assign_owner.default: an owner's name may not be empty",
     ]

@@ -48,7 +48,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from leadscore.errors import ConfigError, ModelIssue
 from leadscore.spec import Model
@@ -100,6 +107,16 @@ def _exactly_one(obj: BaseModel, names: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs exactly one of {', '.join(names)}; got {got}")
 
 
+STORED = {"stored": True}  # the validation context of a trigger read back from the store
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """Whether a trigger is read back from the store (``STORED``): what it was checked
+    against when it was saved stands, so that a stricter check of a later version does not
+    make a store's triggers unreadable (they are replaced only by a new file)."""
+    return bool(info.context and info.context.get("stored"))
+
+
 class WebhookSpec(_Strict):
     """POST the firing to ``url`` (through the outbox), signed with ``secret`` if given."""
 
@@ -109,7 +126,9 @@ class WebhookSpec(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        if _stored(info):  # checked when it was saved, perhaps by an older, laxer check
+            return value
         return check_webhook_url(value)
 
 
@@ -125,8 +144,11 @@ class AssignOwnerSpec(_Strict):
 
     @field_validator("round_robin", "map", "default")
     @classmethod
-    def _owners_named(cls, value: Any) -> Any:
-        """An owner is a name: not empty, not only spaces, at most 200 characters."""
+    def _owners_named(cls, value: Any, info: ValidationInfo) -> Any:
+        """An owner is a name: not empty, not only spaces, at most 200 characters (a trigger
+        stored before this was checked is read as it is)."""
+        if _stored(info):
+            return value
         names = (
             value.values()
             if isinstance(value, dict)

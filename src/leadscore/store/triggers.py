@@ -46,6 +46,7 @@ from leadscore.store.schema import counters, leads, outbox, scores, trigger_firi
 from leadscore.store.scores import ScoreChange
 from leadscore.store.trigger_config import (
     DEFAULT_REASONS,
+    STORED,
     WHEN_KINDS,
     AssignOwnerSpec,
     TriggerSpec,
@@ -139,7 +140,9 @@ def list_triggers(conn: Connection) -> list[StoredTrigger]:
     rows = conn.execute(sa.select(triggers).order_by(triggers.c.id)).mappings()
     return [
         StoredTrigger(
-            TriggerSpec.model_validate(r["definition"]), bool(r["enabled"]), r["updated_us"]
+            TriggerSpec.model_validate(r["definition"], context=STORED),
+            bool(r["enabled"]),
+            r["updated_us"],
         )
         for r in rows
     ]
@@ -158,7 +161,7 @@ def set_trigger_enabled(
         .where(triggers.c.id == trigger_id)
         .values(definition=definition, enabled=enabled, updated_us=now_us)
     )
-    return StoredTrigger(TriggerSpec.model_validate(definition), enabled, now_us)
+    return StoredTrigger(TriggerSpec.model_validate(definition, context=STORED), enabled, now_us)
 
 
 def firings(
@@ -373,7 +376,7 @@ class TriggerEngine:
             parsed = []
             for trigger_id, definition in rows:
                 try:
-                    parsed.append(TriggerSpec.model_validate(definition))
+                    parsed.append(TriggerSpec.model_validate(definition, context=STORED))
                 except ValidationError as e:  # stored by an older or newer version: skip, loudly
                     log.warning("trigger %s is not valid and was skipped: %s", trigger_id, e)
             self._cache = (rows, parsed)

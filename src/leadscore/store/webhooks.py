@@ -182,23 +182,25 @@ MAX_URL = 2000
 def check_webhook_url(value: str) -> str:
     """A webhook's URL as sent (stripped), or ValueError saying what is wrong with it: an
     http:// or https:// URL (in any case) with a host, a port from 1 to 65535 if given, and
-    neither spaces nor control characters."""
+    neither spaces nor control characters. The error shows the URL as :func:`shown_url`
+    does (it is often a credential)."""
     url = value.strip()
     if len(url) > MAX_URL:
         raise ValueError(f"a URL has at most {MAX_URL:,} characters, got {len(url):,}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {shown_url(url)!r}")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ValueError(
-            f"a URL may not hold spaces or control characters (a space is %20), got {value!r}"
+            "a URL may not hold spaces or control characters (a space is %20), got "
+            f"{shown_url(url)!r}"
         )
     try:
         port = parts.port
     except ValueError:
         port = 0
     if port == 0:
-        raise ValueError(f"the port must be a number from 1 to 65535, got {value!r}")
+        raise ValueError("the port must be a number from 1 to 65535")
     return url
 
 
