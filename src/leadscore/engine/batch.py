@@ -570,15 +570,9 @@ class _Builder:
             raw_g = _sum([scored[f"rule:{r.id}"] for r in g.rules])
             groups[f"group:{g.id}"] = _clip(raw_g, g.min, g.max) * _num(g.weight)
         scored = scored.mutate(**groups)
-        total: ir.FloatingValue = _num(0.0)
-        fit: ir.FloatingValue = _num(0.0)
-        engagement: ir.FloatingValue = _num(0.0)
-        for g in model.groups:
-            total = total + scored[f"group:{g.id}"]
-            if g.kind == "profile":
-                fit = fit + scored[f"group:{g.id}"]
-            else:
-                engagement = engagement + scored[f"group:{g.id}"]
+        total = _sum([scored[f"group:{g.id}"] for g in model.groups])
+        fit = _sum([scored[f"group:{g.id}"] for g in model.groups if g.kind == "profile"])
+        engagement = _sum([scored[f"group:{g.id}"] for g in model.groups if g.kind != "profile"])
         scored = scored.mutate(
             score=_clip(total, model.min, model.max), fit=fit, engagement=engagement
         )
