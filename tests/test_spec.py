@@ -309,6 +309,12 @@ def test_a_key_written_beside_a_merge_overrides_the_merged_one() -> None:
     twice = text.replace("points: 5}", "points: 5, id: big3}")
     with pytest.raises(ModelError, match=r"<model>:5: profile\[1\].id: duplicate key"):
         parse_model(twice)
+    # a merge of a mapping written in place (inside the one it merges into)
+    inline = (
+        "version: 1\nname: m\nprofile:\n  - <<: {points: 1}\n    id: a\n"
+        "    if: {field: x, eq: y}\n    points: 5\nbands: {cold: -.inf}\n"
+    )
+    assert [r.points for r in parse_model(inline).rules] == [5.0]
 
 
 def test_aliases_that_name_a_node_twice_are_fine() -> None:

@@ -65,12 +65,33 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_FLOW_BRACKETS = 2000
 
 
-def _compose(text: str, loader_class: type[Any]) -> tuple[yaml.Node | None, Any]:
-    """One pass: the document's nodes (for line numbers) and the data built from them."""
+Written = dict[int, set[int]]  # mapping node id -> ids of the key nodes written in it
+
+
+def _compose(text: str, loader_class: type[Any]) -> tuple[yaml.Node | None, Any, Written]:
+    """One pass: the document's nodes (for line numbers), the data built from them, and the
+    key nodes each mapping holds as written (its merge keys, ``<<``, left out): PyYAML's
+    constructor adds the merged pairs to the mapping's nodes (flatten_mapping), and only
+    keys written twice in the mapping itself are duplicates."""
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
+        if node is None:
+            return None, None, {}
+        written: Written = {}
+        seen: set[int] = set()
+        todo = [node]
+        while todo:  # a node that aliases name is walked once (aliases may even loop)
+            current = todo.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if isinstance(current, yaml.MappingNode):
+                written[id(current)] = {
+                    id(k) for k, _ in current.value if k.tag != "tag:yaml.org,2002:merge"
+                }
+            todo.extend(_children(current))
+        return node, loader.construct_document(node), written
     finally:
         loader.dispose()
 
@@ -114,14 +135,15 @@ def validate_yaml(
     the file's own terms.
     """
     node = raw = None
+    written: Written = {}
     try:
         if text.count("[") + text.count("{") <= MAX_FLOW_BRACKETS:
-            node, raw = _compose(text, _Loader)
+            node, raw, written = _compose(text, _Loader)
     except yaml.YAMLError:
         pass
     try:  # a broken file again with PyYAML's own parser: its messages and lines are the better
         if node is None and text.strip():
-            node, raw = _compose(text, yaml.SafeLoader)
+            node, raw, written = _compose(text, yaml.SafeLoader)
     except RecursionError:
         raise error([ModelIssue(source, None, "", "not valid YAML: nested too deeply")]) from None
     except yaml.YAMLError as exc:
@@ -163,7 +185,7 @@ def validate_yaml(
     issues: list[ModelIssue] = []
     lines: dict[Loc, int] = {}
     if node is not None:
-        _index_lines(node, (), lines, issues, source)
+        _index_lines(node, (), lines, issues, source, written)
     for loc, problem in _unstorable(raw, ()):
         issues.append(ModelIssue(source, _line(lines, loc), fmt_loc(loc), problem))
     spec: S | None = None
@@ -244,16 +266,23 @@ def model_json_schema() -> dict[str, Any]:
 
 
 def _index_lines(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], issues: list[ModelIssue], source: str
+    node: yaml.Node,
+    loc: Loc,
+    lines: dict[Loc, int],
+    issues: list[ModelIssue],
+    source: str,
+    written: Written,
 ) -> None:
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
 
+        keys = written.get(id(node))
+
         def own(key_node: yaml.Node) -> bool:
             """Written in this mapping, not merged into it (``<<: *base``): PyYAML puts the
             merged pairs first, and a key written here overrides one merged."""
-            return bool(node.start_mark.index <= key_node.start_mark.index < node.end_mark.index)
+            return keys is None or id(key_node) in keys
 
         for key_node, value_node in node.value:
             key = key_node.value
@@ -276,10 +305,10 @@ def _index_lines(
             if own(key_node):
                 seen.add(key)
             lines[(*loc, key)] = key_node.start_mark.line + 1
-            _index_lines(value_node, (*loc, key), lines, issues, source)
+            _index_lines(value_node, (*loc, key), lines, issues, source, written)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, (*loc, i), lines, issues, source)
+            _index_lines(item, (*loc, i), lines, issues, source, written)
 
 
 def _unstorable(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
