@@ -148,7 +148,7 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     # a year alone would be read as seconds after 1970: refused, as by the commands of outcomes
     scored = ("score", str(MODELS / "b2b-default.yaml"), "--leads", str(leads))
     code, _, err = run(*scored, "--lead-id-column", "id", "--as-of", "2026")
-    assert code == 2 and "--as-of: '2026' is not a time (a year alone is not one)" in err
+    assert code == 2 and "--as-of: '2026' is not a time" in err
     assert "such as 2026-01-01 or 2026-01-01T12:00:00Z" in err
     outcomes = tmp_path / "outcomes.csv"
     outcomes.write_text("id,outcome,ts\n1,won,2026-01-05\n")
@@ -163,6 +163,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path) -> None:
         "26",
     )
     assert code == 2 and "--as-of: '26' is not a time" in err and "2026-06-30" in err
+    code, _, err = run(*scored, "--lead-id-column", "id", "--as-of", "20260630")
+    assert code == 2 and "such as 2026-06-30 or 2026-06-30T12:00:00Z" in err
     code, _, err = run(*scored, "--lead-id-column", "id", "--as-of", "1767225600")
     assert code == 0, err  # epoch seconds: 2026-01-01
 

@@ -771,9 +771,9 @@ def test_a_publish_whose_rescoring_stops_is_finished_by_the_next_rescoring(
         store.publish(draft.name, draft.version, progress=failing)
     assert raised.value.__notes__ == [
         "dw version 2 is active, but its rescoring stopped part way: the leads it did not reach "
-        "keep their scores of the version before until the next rescoring (`leadscore rescore`, "
-        "POST /api/v1/rescore, the server's schedule, or the server's start) brings them over, "
-        "recorded as model change"
+        "keep their scores of the version before until the next rescoring of every lead "
+        "(`leadscore rescore`, POST /api/v1/rescore, the server's schedule, or its start with "
+        "the schedule on) brings them over, recorded as model change"
     ]
     new = store.sheets()[0].version.id
     assert new != old
@@ -785,7 +785,7 @@ def test_a_publish_whose_rescoring_stops_is_finished_by_the_next_rescoring(
 
     changes: list[Any] = []
     store.listener = lambda conn, c, now, fire: changes.extend(c)
-    report = store.rescore_all("decay")
+    report = store.rescore_all("profile")  # as an import's rescoring: any reason alike
     assert (report.leads, report.changed) == (6, 4)
     assert {(c.lead_id, c.reason) for c in changes} == {(i, "model change") for i in ids[2:]}
     assert store.replaced_scores() == 0

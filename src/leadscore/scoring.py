@@ -94,15 +94,22 @@ def _as_of_micros(as_of: datetime | str | None) -> int:
 def given_instant(value: datetime | str, option: str) -> int:
     """An instant a person gave (``--as-of``, ``--from``...): ISO 8601, or epoch seconds
     (milliseconds...) as :func:`~leadscore.engine.timeutil.parse_instant` reads them, but not
-    a number of up to four digits: ``--as-of 2026`` is a year to the person who typed it and
-    33 minutes past midnight on 1970-01-01 as epoch seconds. UsageError naming ``option``."""
+    a whole number of fewer than nine digits: ``--as-of 2026`` is a year and ``20260630`` a
+    date to the person who typed them, and minutes or months after 1970-01-01 as epoch
+    seconds (epoch seconds of this century have ten digits). UsageError naming ``option``."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         digits = value.strip()
-        if len(digits) <= 4:
-            example = f"{digits}-01-01" if len(digits) == 4 else "2026-06-30"
+        if len(digits) < 9:
+            example = (
+                f"{digits}-01-01"
+                if len(digits) == 4
+                else f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
+                if len(digits) == 8
+                else "2026-06-30"
+            )
             raise UsageError(
-                f"{option}: {digits!r} is not a time (a year alone is not one): give a date such "
-                f"as {example} or {example}T12:00:00Z (epoch seconds have ten digits)"
+                f"{option}: {digits!r} is not a time: give a date such as {example} or "
+                f"{example}T12:00:00Z (epoch seconds have ten digits)"
             )
     try:
         return parse_instant(value)

@@ -73,7 +73,8 @@ def _span(days: float) -> str:
     hours = days * 24
     if hours >= 1:
         return f"{num(hours)} hour{'s' if hours != 1 else ''}"
-    return f"{num(hours * 60)} minutes"
+    minutes = hours * 60
+    return f"{num(minutes)} minute{'s' if minutes != 1 else ''}"
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:

@@ -7,6 +7,7 @@ stored versions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -45,6 +46,8 @@ from leadscore.store.whatif import model_diff, preview_model
 
 __all__ = ["router"]
 
+log = logging.getLogger("leadscore.service")
+
 router = APIRouter()
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
@@ -67,7 +70,7 @@ def _state(request: Request) -> ServiceState:
 
 async def _model_text(request: Request, state: ServiceState) -> str:
     """The model file sent as the request's body (YAML, or JSON, which is YAML too)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in (*YAML_TYPES, "application/json"):
         raise ApiError(415, f"send the model file as application/yaml, not {kind}")
     body = await request.body()
@@ -266,9 +269,14 @@ async def publish_model(
         if isinstance(e, LeadscoreError) and not getattr(e, "__notes__", None):
             raise  # no such model or version, ...: nothing changed (Store.publish's note else)
         # the rescoring failed (the version is active from its start) or its process died
+        log.error("publishing %s failed", name, exc_info=e)
         left = await run_in_threadpool(state.store.replaced_scores, name)
         said = str(e).strip().splitlines()  # a database error's first line, not its SQL
-        message = f"publishing {name} failed: {said[0] if said else type(e).__name__}"
+        first = said[0].removeprefix("publish failed: ") if said else type(e).__name__
+        message = f"publishing {name} failed: {first}"
+        notes = getattr(e, "__notes__", None)
+        if not left and notes:  # it stopped after the last lead: the version is active
+            message += ". " + notes[0]
         if left:
             message += (
                 f". The new version is active, but {left:,} lead"

@@ -63,7 +63,7 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
     """Replace every trigger with the triggers file in the body (YAML). Errors come back all
     at once with their lines; nothing changes unless the whole file is valid."""
     state = _state(request)
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in (*YAML_TYPES, "application/json"):  # as a model file
         raise ApiError(415, f"send the triggers file as application/yaml, not {kind}")
     body = await request.body()

@@ -305,8 +305,9 @@ class Store:
             exc.add_note(
                 f"{name} version {version} is active, but its rescoring stopped part way: the "
                 "leads it did not reach keep their scores of the version before until the next "
-                "rescoring (`leadscore rescore`, POST /api/v1/rescore, the server's schedule, "
-                "or the server's start) brings them over, recorded as model change"
+                "rescoring of every lead (`leadscore rescore`, POST /api/v1/rescore, the "
+                "server's schedule, or its start with the schedule on) brings them over, "
+                "recorded as model change"
             )
             raise
 
@@ -653,7 +654,9 @@ class Store:
                     report.skipped += 1
                     continue
                 new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
-        changes = write_scores(conn, new, report.reason, now, current=current)
+        changes = write_scores(
+            conn, new, report.reason, now, current=current, finishing_publish=True
+        )
         for c in changes:
             if c.recorded:
                 report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1

@@ -264,6 +264,7 @@ def write_scores(
     detail: str | None = None,
     *,
     current: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    finishing_publish: bool = False,
 ) -> list[ScoreChange]:
     """Store ``new`` as the current scores; record and return what changed.
 
@@ -272,10 +273,11 @@ def write_scores(
     (with ``recorded=False``) so that a trigger on a number (``crosses: 50``) sees a score
     that creeps across it.
 
-    A ``decay`` rescoring that moves a score to another model version records the change as
-    ``model change``: it finishes the rescoring of a publish that stopped part way (a killed
-    process, a failed write), as that publish would have recorded it (and as such a change
-    fires only the triggers that ask for model changes).
+    With ``finishing_publish`` (a rescoring of every lead: Store.rescore_all, whatever its
+    reason), a score moved to another model version is recorded as ``model change``: the
+    rescoring finishes a publish that stopped part way (a killed process, a failed write), as
+    that publish would have recorded it (and such a change fires only the triggers that ask
+    for model changes).
     """
     assert reason in REASONS, reason
     if current is None:
@@ -304,7 +306,7 @@ def write_scores(
             same_labels and abs(old["score"] - n.score) < HISTORY_MIN_DELTA
         )
         why = reason
-        if reason == "decay" and old is not None and old["model_version_id"] != n.model_version_id:
+        if finishing_publish and old is not None and old["model_version_id"] != n.model_version_id:
             why = "model change"
         change = ScoreChange(
             n.lead_id,
