@@ -136,6 +136,10 @@ def test_a_query_naming_a_sheet_that_is_not_active_is_refused(store: Store, cloc
         ):
             save_segment(conn, "x", "sheet=nope&band=hot", clock())
         segment, _ = save_segment(conn, "x", "sheet=b2b-default&stage=Lead,MQL", clock())
+        # bands and grades as the list takes them: the sheet's, in any case, - for none
+        with pytest.raises(UsageError, match="band='purple' is not a band of sheet 'b2b-default'"):
+            save_segment(conn, "y", "band=hot,purple", clock())
+        save_segment(conn, "y", "band=HOT,-&grade=a&stage=lead,", clock())
     assert segment.query == "sheet=b2b-default&stage=Lead,MQL"
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import NotFound, UsageError
+from leadscore.spec import parse_model
 from leadscore.store.leads import STAGES
 from leadscore.store.queries import LIST_PARAMETERS, SORTS
 from leadscore.store.schema import ID, TEXT_FIELD, segments
@@ -95,8 +96,8 @@ def _check_value(key: str, value: str) -> None:
             f"the query's sort={value!r} is not a sort of the lead list; "
             f"use one of {', '.join(SORTS)} (- for descending)"
         )
-    if key == "stage":
-        unknown = [v for v in value.split(",") if v.strip().lower() not in STAGES]
+    if key == "stage":  # empty parts are dropped, as the list drops them
+        unknown = [v for v in value.split(",") if v.strip() and v.strip().lower() not in STAGES]
         if unknown:
             raise UsageError(
                 f"the query's stage={unknown[0]!r} is not a stage; stages are {', '.join(STAGES)}"
@@ -201,14 +202,27 @@ def save_segment(
     created). Returns the segment as stored and whether it is new."""
     name = check_name(name)
     text = check_query(query)
-    sheet = dict(parse_qsl(text)).get("sheet")
-    if sheet is not None:  # opened, the list would answer 404
-        active = [v.name for v in active_versions(conn)]
-        if sheet not in active:
-            raise UsageError(
-                f"the query's sheet={sheet!r} is no active score sheet "
-                f"(active: {', '.join(active) or 'none'})"
-            )
+    params = parse_qsl(text)
+    sheet = dict(params).get("sheet")
+    versions = {v.name: v for v in active_versions(conn)}
+    if sheet is not None and sheet not in versions:  # opened, the list would answer 404
+        raise UsageError(
+            f"the query's sheet={sheet!r} is no active score sheet "
+            f"(active: {', '.join(versions) or 'none'})"
+        )
+    # bands and grades as the list takes them: the sheet's model's (in any case), - for none
+    chosen = versions.get(sheet) if sheet is not None else next(iter(versions.values()), None)
+    if chosen is not None:
+        model = parse_model(chosen.yaml, chosen.name)
+        for key, names in (("band", model.band_names), ("grade", model.grade_names)):
+            known = {n.lower() for n in names}
+            for value in (v.strip() for k, vs in params if k == key for v in vs.split(",")):
+                if value and value != "-" and value.lower() not in known:
+                    listed = ", ".join(names) or f"it has no {key}s"
+                    raise UsageError(
+                        f"the query's {key}={value!r} is not a {key} of sheet {chosen.name!r}: "
+                        f"{listed} (- for none)"
+                    )
     values = {"query": text, "description": _check_description(description), "updated_us": now_us}
     existed = conn.execute(sa.select(segments.c.id).where(segments.c.name == name)).first()
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(segments)
