@@ -213,12 +213,11 @@ def step_chart(
     span_days = (t1 - t0) / 86_400e6
     stamps = [t0 + (t1 - t0) * i // 4 for i in range(5)]
     texts = [_date(t, with_time=span_days < 3) for t in stamps]
-    # a short history repeats a minute: each text once, the first and the last kept
-    keep = [0, *(i for i in (1, 2, 3) if texts[i] not in (texts[0], texts[4]))]
-    keep += [4] if texts[4] != texts[0] else []
-    for i in keep:
-        if i in (1, 2, 3) and texts[i] in {texts[j] for j in keep if j < i}:
-            continue
+    # a short history repeats a minute: each text once, the first's and the last's kept
+    shown: dict[str, int] = {}
+    for i in (0, 4, 1, 2, 3):
+        shown.setdefault(texts[i], i)
+    for i in sorted(shown.values()):
         # the first and last labels stay inside the chart
         anchor = "start" if i == 0 else "end" if i == 4 else "middle"
         parts.append(

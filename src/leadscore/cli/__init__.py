@@ -164,7 +164,7 @@ def validate(models: ModelsArg) -> None:
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _infer_format(output: Path | None, fmt: str | None) -> str:
@@ -238,8 +238,7 @@ def _print_top(table: pa.Table, model: Model, sheet_prefix: str, top: int, title
     bands = _band_counts(table, f"{sheet_prefix}band", model)
     counts = ", ".join(f"{b}: {n:,}" for b, n in bands)
     mqls = pc.sum(table.column(f"{sheet_prefix}mql").cast(pa.int64())).as_py() or 0
-    leads = f"{table.num_rows:,} lead{'s' if table.num_rows != 1 else ''}"
-    out.print(f"{leads}; bands: {counts}; MQLs: {mqls:,}", markup=False)
+    out.print(f"{_count(table.num_rows, 'lead')}; bands: {counts}; MQLs: {mqls:,}", markup=False)
 
 
 @app.command()

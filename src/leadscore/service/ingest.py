@@ -31,7 +31,6 @@ from leadscore.service.payloads import (
     Timestamp,
     check_size,
     item_error,
-    read_body,
     read_json,
     to_event,
     to_lead,
@@ -211,7 +210,7 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind in CSV_TYPES:
         name = request.query_params.get("filename") or "outcomes.csv"
-        data = await read_body(request, state.settings, state.settings.max_upload_bytes)
+        data = await request.body()  # up to max_upload_bytes (app.BodyLimit)
 
         def load() -> ImportReport:
             return import_outcomes(state.store, NamedData(_csv_name(name), data))

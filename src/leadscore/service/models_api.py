@@ -73,9 +73,7 @@ async def _model_text(request: Request, state: ServiceState) -> str:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in (*YAML_TYPES, "application/json"):
         raise ApiError(415, f"send the model file as application/yaml, not {kind}")
-    body = await request.body()
-    if len(body) > state.settings.max_body_bytes:
-        raise ApiError(413, f"the model is larger than {state.settings.max_body_bytes:,} bytes")
+    body = await request.body()  # bounded before the route (app.BodyLimit)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:

@@ -38,7 +38,6 @@ __all__ = [
     "Scalar",
     "SegmentMessage",
     "item_error",
-    "read_body",
     "read_json",
     "text_problem",
     "to_event",
@@ -58,23 +57,9 @@ Timestamp = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=F
 Amount = Annotated[float, Field(allow_inf_nan=False)]
 
 
-async def read_body(request: Request, settings: Settings, limit: int | None = None) -> bytes:
-    """The request's body, within the size limit (``limit``, default the settings')."""
-    most = settings.max_body_bytes if limit is None else limit
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > most:
-        raise ApiError(413, f"the body is larger than {most:,} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > most:
-            raise ApiError(413, f"the body is larger than {most:,} bytes")
-    return bytes(body)
-
-
 async def read_json(request: Request, settings: Settings) -> Any:
-    """The request's JSON body, within the size limit."""
-    body = await read_body(request, settings)
+    """The request's JSON body (its size was bounded before the route: app.BodyLimit)."""
+    body = await request.body()
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if kind not in ("application/json", "text/plain", ""):
         raise ApiError(415, f"send JSON (Content-Type: application/json), not {kind}")

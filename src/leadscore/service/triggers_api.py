@@ -66,9 +66,7 @@ async def put_triggers(request: Request, _: ApiKey = ADMIN) -> dict[str, Any]:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in (*YAML_TYPES, "application/json"):  # as a model file
         raise ApiError(415, f"send the triggers file as application/yaml, not {kind}")
-    body = await request.body()
-    if len(body) > state.settings.max_body_bytes:
-        raise ApiError(413, f"the file is larger than {state.settings.max_body_bytes:,} bytes")
+    body = await request.body()  # bounded before the route (app.BodyLimit)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -285,6 +285,12 @@ def _search(conn: Connection, search: str) -> sa.ColumnElement[bool]:
     )
 
 
+def spelt_label(value: str, known: Sequence[str]) -> str | None:
+    """A band or grade named in any case, as the model spells it in ``known`` (None if the
+    model has no such name)."""
+    return next((k for k in known if k.lower() == value.lower()), None)
+
+
 def _labelled(
     column: sa.ColumnElement[Any], wanted: Sequence[str], known: Sequence[str] | None, what: str
 ) -> sa.ColumnElement[bool]:
@@ -299,7 +305,7 @@ def _labelled(
             none = True
             continue
         if known is not None:
-            spelt = next((k for k in known if k.lower() == value.lower()), None)
+            spelt = spelt_label(value, known)
             if spelt is None:
                 listed = f"{what}s are {', '.join(known)}" if known else f"it has no {what}s"
                 raise UsageError(f"unknown {what} {value!r} on this sheet: {listed} (- for none)")

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from leadscore.errors import NotFound, UsageError
 from leadscore.spec import parse_model
 from leadscore.store.leads import STAGES
-from leadscore.store.queries import LIST_PARAMETERS, SORTS
+from leadscore.store.queries import LIST_PARAMETERS, SORTS, spelt_label
 from leadscore.store.schema import ID, TEXT_FIELD, segments
 from leadscore.store.versions import active_versions
 
@@ -215,9 +215,8 @@ def save_segment(
     if chosen is not None:
         model = parse_model(chosen.yaml, chosen.name)
         for key, names in (("band", model.band_names), ("grade", model.grade_names)):
-            known = {n.lower() for n in names}
             for value in (v.strip() for k, vs in params if k == key for v in vs.split(",")):
-                if value and value != "-" and value.lower() not in known:
+                if value and value != "-" and spelt_label(value, names) is None:
                     listed = ", ".join(names) or f"it has no {key}s"
                     raise UsageError(
                         f"the query's {key}={value!r} is not a {key} of sheet {chosen.name!r}: "
