@@ -419,6 +419,18 @@ def test_lead_list_filters_and_pages(serve: Serve) -> None:
     assert api.get("/api/v1/leads", params={"grade": "-"}).json()["items"] == []
 
 
+def test_owner_names_are_kept_without_spaces_around(serve: Serve) -> None:
+    """An owner typed with a stray space is the same owner in the lead and in the filter;
+    an empty owner clears it."""
+    api = serve(no_auth=True)
+    api.post("/api/v1/leads", json=[{"lead_id": "L1", "owner": " Ann "}, {"lead_id": "L2"}])
+    assert api.get("/api/v1/leads/L1").json()["owner"] == "Ann"
+    listed = api.get("/api/v1/leads", params={"owner": "Ann "}).json()["items"]
+    assert [i["lead_id"] for i in listed] == ["L1"]
+    api.post("/api/v1/leads", json={"lead_id": "L1", "owner": "  "})
+    assert api.get("/api/v1/leads/L1").json()["owner"] is None
+
+
 def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:
     api = serve(no_auth=True)
     api.post("/api/v1/leads", json=VP)

@@ -483,6 +483,24 @@ def test_urls_owners_and_numbers_are_checked(tmp_path: Path) -> None:
     ]
 
 
+def test_owner_names_are_kept_without_spaces_around() -> None:
+    text = """\
+triggers:
+  - id: a
+    when: {becomes_mql: true}
+    actions:
+      - assign_owner: {round_robin: [" alice", "bob "]}
+      - assign_owner: {by_field: country, map: {DE: " Jan "}, default: " Eve"}
+"""
+    actions = parse_triggers(text, "t.yaml")[0].actions
+    assert [a.assign_owner.round_robin for a in actions if a.assign_owner] == [
+        ["alice", "bob"],
+        None,
+    ]
+    by_field = actions[1].assign_owner
+    assert by_field is not None and (by_field.map, by_field.default) == ({"DE": "Jan"}, "Eve")
+
+
 def test_names_are_checked_against_the_sheets() -> None:
     text = """\
 triggers:

@@ -205,7 +205,8 @@ def to_lead(item: LeadIn, settings: Settings) -> LeadInput:
     check_size(fields, "the profile fields", settings.max_properties_bytes)
     if item.lead_id is None and not (item.email and item.email.strip()):
         raise ValueError("a lead needs a lead_id or an email")
-    return LeadInput(item.lead_id, item.email, fields, item.stage, item.owner)
+    owner = None if item.owner is None else item.owner.strip()  # "" clears the owner
+    return LeadInput(item.lead_id, item.email, fields, item.stage, owner)
 
 
 class EventIn(BaseModel):

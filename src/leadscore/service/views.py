@@ -124,7 +124,7 @@ def lead_query(params: Mapping[str, str] | QueryParams) -> LeadQuery:
         band=_split(multi("band")),
         grade=_split(multi("grade")),
         stage=_split(multi("stage")),
-        owner=params.get("owner") or None,
+        owner=params.get("owner", "").strip() or None,
         mql=None if mql_text == "" else mql_text in ("true", "1", "yes"),
         min_score=number("min_score"),
         max_score=number("max_score"),

@@ -145,23 +145,25 @@ class AssignOwnerSpec(_Strict):
     @field_validator("round_robin", "map", "default")
     @classmethod
     def _owners_named(cls, value: Any, info: ValidationInfo) -> Any:
-        """An owner is a name: not empty, not only spaces, at most 200 characters (a trigger
-        stored before this was checked is read as it is)."""
-        if _stored(info):
+        """An owner is a name, kept without the spaces around it (`" Ann"` is Ann): not
+        empty, at most 200 characters (a trigger stored before this was checked is read as
+        it is)."""
+        if _stored(info) or value is None:
             return value
-        names = (
-            value.values()
-            if isinstance(value, dict)
-            else value
-            if isinstance(value, list)
-            else [value]
-        )
-        for name in names:
-            if name is not None and not name.strip():
+
+        def named(name: str) -> str:
+            name = name.strip()
+            if not name:
                 raise ValueError("an owner's name may not be empty")
-            if name is not None and len(name) > ID:
+            if len(name) > ID:
                 raise ValueError(f"an owner's name has at most {ID} characters, got {len(name)}")
-        return value
+            return name
+
+        if isinstance(value, dict):
+            return {key: named(name) for key, name in value.items()}
+        if isinstance(value, list):
+            return [named(name) for name in value]
+        return named(value)
 
     @model_validator(mode="after")
     def _one_way(self) -> AssignOwnerSpec:
