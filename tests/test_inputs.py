@@ -207,7 +207,7 @@ def test_timestamps_in_every_shape(tmp_path: Path) -> None:
     epochs = write(
         tmp_path / "epochs.csv",
         "lead_id,type,ts\na,x,1767225600\na,x,1767225600000\na,x,1767225600000000\n"
-        "a,x,1767225600000000000\n",
+        "a,x,1767225600000000000\na,x,2026-01-01t00:00:00z\n",  # RFC 3339's lower case
     )
     for path in (tmp_path / "ns.parquet", tmp_path / "dates.parquet", epochs):
         stamps = normalize_events(path).column("ts").cast(pa.int64()).to_pylist()

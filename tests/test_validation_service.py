@@ -170,6 +170,13 @@ def test_backtest_of_a_draft_next_to_the_active_model(serve: Serve) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["line"] == 3
     r = client.post("/api/v1/models/backtest?every=0d", content=draft, headers=YAML)
     assert r.status_code == 422 and "every" in r.text
+    # a year is not seconds after 1970; RFC 3339's lower-case t and z are times
+    r = client.post("/api/v1/models/backtest?from=2026", content=draft, headers=YAML)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith("from: '2026' is not a time: give a date")
+    lower = {"from": start.lower().replace("+00:00", "z"), "to": "2026-06-30t12:00:00z"}
+    r = client.post("/api/v1/models/backtest", params=lower, content=draft, headers=YAML)
+    assert r.status_code == 200 and r.json()["cutoffs"] == 5, r.text
 
 
 def test_no_published_model(store: Store) -> None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from leadscore.engine.batch import BatchPlan, plan_for
 from leadscore.engine.lead import Event, score_lead
 from leadscore.engine.result import ScoreResult
-from leadscore.engine.timeutil import from_micros, now_micros, parse_instant
+from leadscore.engine.timeutil import from_micros, now_micros, typed_instant
 from leadscore.errors import UsageError
 from leadscore.inputs import LoadReport, normalize_events, normalize_leads
 from leadscore.spec.conditions import NUMBER_PATTERN, WHITESPACE
@@ -92,27 +92,10 @@ def _as_of_micros(as_of: datetime | str | None) -> int:
 
 
 def given_instant(value: datetime | str, option: str) -> int:
-    """An instant a person gave (``--as-of``, ``--from``...): ISO 8601, or epoch seconds
-    (milliseconds...) as :func:`~leadscore.engine.timeutil.parse_instant` reads them, but not
-    a whole number of fewer than nine digits: ``--as-of 2026`` is a year and ``20260630`` a
-    date to the person who typed them, and minutes or months after 1970-01-01 as epoch
-    seconds (epoch seconds of this century have ten digits). UsageError naming ``option``."""
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        digits = value.strip()
-        if len(digits) < 9:
-            example = (
-                f"{digits}-01-01"
-                if len(digits) == 4
-                else f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
-                if len(digits) == 8
-                else "2026-06-30"
-            )
-            raise UsageError(
-                f"{option}: {digits!r} is not a time: give a date such as {example} or "
-                f"{example}T12:00:00Z (epoch seconds have ten digits)"
-            )
+    """An instant a person gave (``--as-of``, ``--from``...), as
+    :func:`~leadscore.engine.timeutil.typed_instant` reads it; UsageError naming ``option``."""
     try:
-        return parse_instant(value)
+        return typed_instant(value)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}") from None
 

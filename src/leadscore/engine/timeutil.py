@@ -68,8 +68,8 @@ def parse_instant(value: object) -> int:
         text = value.strip()
         if _NUMERIC.fullmatch(text):
             return _epoch(float(text), value)
-        try:
-            parsed = datetime.fromisoformat(text)
+        try:  # RFC 3339 allows a lower-case t and z, which fromisoformat does not
+            parsed = datetime.fromisoformat(text.upper())
         except ValueError:
             raise ValueError(
                 f"not a time: {value!r} (expected ISO 8601 such as 2026-06-30T12:00:00Z, "
@@ -77,6 +77,28 @@ def parse_instant(value: object) -> int:
             ) from None
         return _in_range(to_micros(parsed), value)
     raise ValueError(f"not a time: {value!r}")
+
+
+def typed_instant(value: datetime | str) -> int:
+    """An instant a person typed (``--as-of``, an API's ``from``...): as
+    :func:`parse_instant`, but not a whole number of fewer than nine digits: ``2026`` is a
+    year and ``20260630`` a date to the person who typed them, not minutes or months after
+    1970-01-01 as epoch seconds (epoch seconds of this century have ten digits)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        digits = value.strip()
+        if len(digits) < 9:
+            example = (
+                f"{digits}-01-01"
+                if len(digits) == 4
+                else f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
+                if len(digits) == 8
+                else "2026-06-30"
+            )
+            raise ValueError(
+                f"{digits!r} is not a time: give a date such as {example} or "
+                f"{example}T12:00:00Z (epoch seconds have ten digits)"
+            )
+    return parse_instant(value)
 
 
 def _in_range(micros: int, original: object) -> int:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from leadscore.engine.timeutil import parse_instant
+from leadscore.engine.timeutil import typed_instant
 from leadscore.errors import UsageError
 from leadscore.service.auth import require
 from leadscore.service.errors import ApiError
@@ -39,7 +39,7 @@ def _instant(value: str | None, name: str) -> int | None:
     if value is None or not value.strip():
         return None
     try:
-        return parse_instant(value.strip())
+        return typed_instant(value.strip())
     except ValueError as exc:
         raise ApiError(422, f"{name}: {exc}") from None
 
