@@ -154,7 +154,8 @@ def test_check_empty_and_unreadable_bodies(serve: Serve) -> None:
 
 
 def test_scopes(serve: Serve, store: Store) -> None:
-    """check, score and diff need `read`; preview scores every lead: `admin`."""
+    """check, score with an active sheet and diff need `read`; preview scores every lead and
+    scoring with a model's text runs its regular expressions: `admin`."""
     api = serve()
     read = {"Authorization": f"Bearer {_key(store, 'read')}"}
     admin = {"Authorization": f"Bearer {_key(store, 'admin')}"}
@@ -166,6 +167,11 @@ def test_scopes(serve: Serve, store: Store) -> None:
     r = api.post("/api/v1/models/preview", content=MINI, headers={**YAML, **admin})
     assert r.status_code == 200
     assert api.post("/api/v1/score", json={}, headers=read).status_code == 200
+    text = MINI.decode() if isinstance(MINI, bytes) else MINI
+    err = _error(api.post("/api/v1/score", json={"yaml": text}, headers=read), 403, "forbidden")
+    assert "scoring with a model file's text (`yaml`) needs 'admin'" in err["message"]
+    r = api.post("/api/v1/score", json={"yaml": text}, headers=admin)
+    assert r.status_code == 200 and r.json()["version"] is None
     assert api.get("/api/v1/models/b2b-default/diff", headers=read).status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/models/check", "/api/v1/models/preview", "/api/v1/score"):

@@ -421,12 +421,14 @@ def _field_error(loc: str, message: str) -> ApiError:
     },
 )
 async def score_hypothetical(
-    request: Request, _: ApiKey = Depends(require("read"))
+    request: Request, key: ApiKey = Depends(require("read"))
 ) -> dict[str, Any]:
     """Score a lead that is not stored ("a VP in the US who viewed pricing twice") with the
     per-lead evaluator: its profile fields and events in the body, scored with an active
-    sheet or a model file's text. The answer has the score, band, grade, MQL flag and the
-    explanation of every point, as a stored lead's does. Stores nothing."""
+    sheet (scope ``read``) or a model file's text (``admin``, as previews of drafts are: a
+    model's regular expressions run in the server, and one can be made to run for hours).
+    The answer has the score, band, grade, MQL flag and the explanation of every point, as a
+    stored lead's does. Stores nothing."""
     state = _state(request)
     data = await read_json(request, state.settings)
     try:
@@ -435,6 +437,12 @@ async def score_hypothetical(
         raise _invalid(e) from None
     if body.sheet is not None and body.yaml is not None:
         raise _field_error("yaml", "give `sheet` or `yaml`, not both")
+    if body.yaml is not None and not key.allows("admin"):
+        raise ApiError(
+            403,
+            f"the key {key.name!r} has scopes {', '.join(sorted(key.scopes))}; scoring with "
+            "a model file's text (`yaml`) needs 'admin' (with 'read': an active `sheet`)",
+        )
     as_of_us = state.store.clock() if body.as_of is None else body.as_of
     events: list[Event] = []
     for i, ev in enumerate(body.events):
