@@ -510,6 +510,12 @@ def test_openapi_is_published(serve: Serve) -> None:
         assert path in spec["paths"]
     page = api.get("/docs")
     assert page.status_code == 200
+    # the web pages' protections: no site frames it, only its own scripts run (its inline
+    # one by hash; the browser test runs the page under this policy)
+    assert page.headers["x-frame-options"] == "DENY"
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy.split(";")[1]
+    assert len(re.findall(r"'sha256-[A-Za-z0-9+/=]{44}'", policy)) == 1
     # Swagger UI comes from the server itself, not a CDN (the machine may have no internet)
     loaded = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert loaded and all(url.startswith("/docs/assets/") for url in loaded), loaded
