@@ -639,12 +639,21 @@ def test_local_mode_refuses_other_hosts_and_web_pages(serve: Serve) -> None:
         headers={"Origin": "https://evil.example"},
     )
     _envelope(r, 403, "forbidden")
-    r = api.post(
-        "/api/v1/events",
-        json={"lead_id": "L1", "type": "x"},
-        headers={"Origin": "http://localhost:8000"},
-    )
-    assert r.status_code == 200
+    # this server's own pages may write; another server's on this machine may not (a page of
+    # a development server on another port is "same-site" to the browser)
+    own = f"http://{api.base_url.netloc.decode()}"
+    event = {"lead_id": "L1", "type": "x"}
+    assert api.post("/api/v1/events", json=event, headers={"Origin": own}).status_code == 200
+    for headers in (
+        {"Origin": "http://localhost:1"},
+        {"Origin": "null"},  # a sandboxed frame or a file on disk
+        {"Sec-Fetch-Site": "same-site"},
+    ):
+        r = api.post("/api/v1/events", json=event, headers=headers)
+        err = _envelope(r, 403, "forbidden")
+        assert "only this server's own pages may write" in err["message"], headers
+    assert api.get("/api/v1/leads", headers={"Origin": "http://localhost:1"}).status_code == 200
+    assert api.post("/api/v1/events", json=event).status_code == 200  # curl, scripts
 
 
 def test_a_key_records_when_it_was_last_used(serve: Serve, store: Store, clock: Clock) -> None:

@@ -191,15 +191,21 @@ class LocalModeGuard:
                 ),
                 status_code=400,
             )
-        if (
-            origin is not None
-            and urlsplit(origin).hostname not in LOOPBACK_NAMES
-            and scope["method"] not in ("GET", "HEAD", "OPTIONS")
-        ):
+        # a write from a web page must come from this server's own pages: not from another
+        # site, nor from another server on this machine (another port: a page of a
+        # development server the user runs is "same-site" to the browser, not same-origin)
+        other_page = (
+            urlsplit(origin).netloc != headers.get("host", "")
+            if origin is not None
+            else headers.get("sec-fetch-site") in ("cross-site", "same-site")
+        )
+        if other_page and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            source = origin or "another site"
             return JSONResponse(
                 error_body(
                     "forbidden",
-                    f"in local mode (--no-auth) requests from web pages of {origin} are refused",
+                    f"in local mode (--no-auth) writes from web pages of {source} are refused "
+                    "(only this server's own pages may write)",
                 ),
                 status_code=403,
             )
