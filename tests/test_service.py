@@ -188,12 +188,31 @@ def test_keys_and_scopes(serve: Serve, store: Store) -> None:
     _envelope(api.get("/api/v1/leads/L1", headers=as_ingest), 403, "forbidden")
     as_read = {"Authorization": f"Bearer {read}"}
     assert api.get("/api/v1/leads/L1", headers=as_read).status_code == 200
+    # a key that may only ingest (it may sit in a web form) cannot tell whether an email is
+    # a known lead, nor learn a lead's id: created and updated are both "stored"
+    known = {"email": "ANN@acme.com", "job_title": "CTO"}
+    for new in ({"email": "kim@acme.com"}, known):
+        r = api.post("/api/v1/leads", json=new, headers=as_ingest).json()
+        assert (r["stored"], r["items"]) == (1, [{"index": 0, "status": "stored"}]), r
+    r = api.post("/api/v1/events", json={**known, "type": "x"}, headers=as_ingest).json()
+    assert r["items"] == [{"index": 0, "status": "accepted"}]
+    r = api.post(
+        "/api/v1/outcomes", json={"lead_id": "L9", "outcome": "won", "ts": 0}, headers=as_ingest
+    ).json()
+    assert r == {"received": 1, "added": 1, "repeated": 0, "errors": []}
+    crm = {"Authorization": f"Bearer {_key(store, 'ingest', 'read')}"}
+    r = api.post("/api/v1/leads", json=known, headers=crm).json()
+    assert r["items"] == [{"index": 0, "status": "updated", "lead_id": "L1"}]
+    r = api.post("/api/v1/outcomes", json={"lead_id": "L8", "outcome": "won", "ts": 0}, headers=crm)
+    assert r.json()["outcomes_for_unknown_leads"] == 1
     _envelope(api.post("/api/v1/events", json={}, headers=as_read), 403, "forbidden")
     _envelope(api.post("/api/v1/models", content="x", headers=as_ingest), 403, "forbidden")
     # Segment senders pass the write key as the Basic user name
     basic = {"Authorization": "Basic " + base64.b64encode(f"{ingest}:".encode()).decode()}
     r = api.post("/v1/track", json={"userId": "L1", "event": "demo_request"}, headers=basic)
-    assert r.json()["success"] is True
+    assert r.json()["success"] is True and r.json()["items"] == [{"index": 0, "status": "accepted"}]
+    r = api.post("/v1/identify", json={"userId": "L1", "traits": {"a": 1}}, headers=basic)
+    assert r.json()["items"] == [{"index": 0, "status": "stored"}]
     # a body over the limit is refused before the key is looked at, on every route (routes
     # reading a body into a model read it whole before), sent whole or in chunks
     huge = b"[" + b" " * 2_000_000 + b"]"

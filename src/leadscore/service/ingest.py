@@ -69,9 +69,18 @@ def _items(body: Any, key: str, max_batch: int) -> tuple[list[Any], bool]:
     return items, many
 
 
+def _blind(key: ApiKey) -> bool:
+    """Whether answers to ``key`` must not tell what the store holds: a key that may only
+    ingest (it may sit in a web page's form) learns nothing it did not send, so it cannot
+    find out whether an email is a known lead, nor a lead's id."""
+    return not key.allows("read")
+
+
 def _result(
-    outcomes: Sequence[ItemOutcome], errors: list[dict[str, Any]], total: int
+    outcomes: Sequence[ItemOutcome], errors: list[dict[str, Any]], total: int, blind: bool
 ) -> dict[str, Any]:
+    """The answer to an ingest request; ``blind`` (:func:`_blind`): a lead created or updated
+    is ``stored``, and no item names the lead it went to."""
     errors = errors + [
         {"index": o.index, "message": o.error} for o in outcomes if o.status == "error"
     ]
@@ -80,18 +89,23 @@ def _result(
         what = "item is" if total == 1 else f"{total} items are"
         message = errors[0]["message"] if total == 1 else f"all {what} invalid"
         raise ApiError(422, message, details=errors)
+
+    def status(o: ItemOutcome) -> str:
+        return "stored" if blind and o.status in ("created", "updated") else o.status
+
     counts: dict[str, int] = {}
     for o in outcomes:
         if o.status != "error":  # counted below with the items refused before the store
-            counts[o.status] = counts.get(o.status, 0) + 1
+            counts[status(o)] = counts.get(status(o), 0) + 1
     if errors:
         counts["error"] = len(errors)  # so that the counts add up to what was received
     return {
         "received": total,
         **counts,
         "items": [
-            {"index": o.index, "status": o.status, "lead_id": o.lead_id}
-            | ({"merged": o.merged} if o.merged else {})
+            {"index": o.index, "status": status(o)}
+            | ({} if blind else {"lead_id": o.lead_id})
+            | ({"merged": o.merged} if o.merged and not blind else {})
             for o in sorted(outcomes, key=lambda o: o.index)
             if o.status != "error"
         ],
@@ -138,7 +152,7 @@ EVENTS_SCHEMA: dict[str, Any] = {
 
 
 @router.post("/api/v1/leads", tags=["ingest"], openapi_extra=LEADS_SCHEMA)
-async def post_leads(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+async def post_leads(request: Request, key: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
     """Create or update leads (one, or a list), matched by ``lead_id`` or else by email.
     Other fields are profile fields; each lead is rescored at once."""
     state = _state(request)
@@ -155,11 +169,11 @@ async def post_leads(request: Request, _: ApiKey = Depends(require("ingest"))) -
         except (ValidationError, ValueError) as e:
             errors.append(item_error(i, e))
     outcomes = await run_in_threadpool(state.store.upsert_leads, good) if good else []
-    return _result(_reindex(outcomes, positions), errors, len(items))
+    return _result(_reindex(outcomes, positions), errors, len(items), _blind(key))
 
 
 @router.post("/api/v1/events", tags=["ingest"], openapi_extra=EVENTS_SCHEMA)
-async def post_events(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+async def post_events(request: Request, key: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
     """Store events (one, or a list) and rescore their leads before answering. A repeated
     ``event_id`` is acknowledged as ``duplicate`` and not counted again."""
     state = _state(request)
@@ -177,7 +191,7 @@ async def post_events(request: Request, _: ApiKey = Depends(require("ingest"))) 
         except (ValidationError, ValueError) as e:
             errors.append(item_error(i, e))
     outcomes = await state.writer.ingest(good) if good else []
-    return _result(_reindex(outcomes, positions), errors, len(items))
+    return _result(_reindex(outcomes, positions), errors, len(items), _blind(key))
 
 
 class OutcomeIn(BaseModel):
@@ -199,7 +213,9 @@ def _csv_name(name: str) -> str:
 
 
 @router.post("/api/v1/outcomes", tags=["ingest"])
-async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+async def post_outcomes(
+    request: Request, key: ApiKey = Depends(require("ingest"))
+) -> dict[str, Any]:
     """Record outcomes (``sql``, ``opportunity``, ``won``, ``lost``, ...) with their time and
     an optional amount; a repeat of (lead, outcome, time) is ignored.
 
@@ -229,9 +245,8 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
             "received": report.rows,
             "added": report.stored,
             "repeated": report.repeated,
-            "outcomes_for_unknown_leads": report.unknown,
             "errors": [],
-        }
+        } | ({} if _blind(key) else {"outcomes_for_unknown_leads": report.unknown})
     items, _many = _items(
         await read_json(request, state.settings), "outcomes", state.settings.max_batch
     )
@@ -257,9 +272,8 @@ async def post_outcomes(request: Request, _: ApiKey = Depends(require("ingest"))
         "received": len(items),
         "added": added,
         "repeated": len(good) - added,
-        "outcomes_for_unknown_leads": unknown,
         "errors": errors,
-    }
+    } | ({} if _blind(key) else {"outcomes_for_unknown_leads": unknown})
 
 
 # --- Segment ------------------------------------------------------------------------------------
@@ -329,7 +343,9 @@ def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
     return LeadInput(m.userId, email, fields)
 
 
-async def _segment(request: Request, messages: list[Any], kind: str | None) -> dict[str, Any]:
+async def _segment(
+    request: Request, messages: list[Any], kind: str | None, blind: bool
+) -> dict[str, Any]:
     state = _state(request)
     store = state.store
     now = store.clock()
@@ -337,7 +353,8 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
         isinstance(m, dict) and (kind or m.get("type") or "track") in ("track", "page", "screen")
         for m in messages
     ):  # only events (the common case): they join the other requests' events in one commit
-        return {"success": True, **(await _segment_events(state, messages, kind, now))}
+        answer = await _segment_events(state, messages, kind, now, blind)
+        return {"success": True, **answer}
     errors: list[dict[str, Any]] = []
     outcomes: list[ItemOutcome] = []
     pending: list[EventInput] = []
@@ -383,12 +400,12 @@ async def _segment(request: Request, messages: list[Any], kind: str | None) -> d
         flush()
 
     await run_in_threadpool(run)
-    result = _result(outcomes, errors, len(messages))
+    result = _result(outcomes, errors, len(messages), blind)
     return {"success": True, **result}
 
 
 async def _segment_events(
-    state: ServiceState, messages: list[Any], kind: str | None, now: int
+    state: ServiceState, messages: list[Any], kind: str | None, now: int, blind: bool
 ) -> dict[str, Any]:
     good: list[EventInput] = []
     positions: list[int] = []
@@ -402,7 +419,7 @@ async def _segment_events(
         except (ValidationError, ValueError) as e:
             errors.append(item_error(i, e))
     outcomes = await state.writer.ingest(good) if good else []
-    return _result(_reindex(outcomes, positions), errors, len(messages))
+    return _result(_reindex(outcomes, positions), errors, len(messages), blind)
 
 
 SEGMENT_CALLS = {
@@ -417,9 +434,10 @@ SEGMENT_CALLS = {
 
 
 def _segment_route(kind: str, doc: str) -> None:
-    async def call(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+    async def call(request: Request, key: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
         state = _state(request)
-        return await _segment(request, [await read_json(request, state.settings)], kind)
+        message = await read_json(request, state.settings)
+        return await _segment(request, [message], kind, _blind(key))
 
     call.__doc__ = doc
     router.add_api_route(
@@ -432,7 +450,9 @@ for _kind, _doc in SEGMENT_CALLS.items():
 
 
 @router.post("/v1/batch", tags=["segment"])
-async def segment_batch(request: Request, _: ApiKey = Depends(require("ingest"))) -> dict[str, Any]:
+async def segment_batch(
+    request: Request, key: ApiKey = Depends(require("ingest"))
+) -> dict[str, Any]:
     """Segment `batch`: ``{"batch": [messages with their "type"]}``, processed in order."""
     state = _state(request)
     body = await read_json(request, state.settings)
@@ -449,4 +469,4 @@ async def segment_batch(request: Request, _: ApiKey = Depends(require("ingest"))
         raise ApiError(400, "the batch is empty")
     if len(messages) > state.settings.max_batch:
         raise ApiError(413, f"a batch holds at most {state.settings.max_batch:,} messages")
-    return await _segment(request, messages, None)
+    return await _segment(request, messages, None, _blind(key))
