@@ -103,7 +103,19 @@ def test_import_unknown_kind_and_missing_file(tmp_path: Path) -> None:
     code, out = run("import", "deals", "x.csv", "--db", db)
     assert code == 2 and "leads, events or outcomes" in out
     code, out = run("import", "leads", str(tmp_path / "nope.csv"), "--db", db)
-    assert code == 1 and "nope.csv" in out
+    assert code == 1 and "nope.csv: no such file" in out
+    code, out = run("import", "events", str(tmp_path), "--db", db)
+    assert code == 1 and "is a directory, not a file" in out
+    assert not Path(db).exists()  # a mistyped name creates no store (nor publishes a model)
+    # a model or triggers file that is not there is an invalid input (1), as everywhere
+    for args in (["publish", "nope.yaml"], ["serve", "--model", "nope.yaml"]):
+        code, out = run(*args, "--db", db)
+        assert (code, out.splitlines()) == (
+            1,
+            ["Error: the model is invalid (1 problem):", "  nope.yaml: no such file"],
+        ), args
+    code, out = run("serve", "--triggers", "nope.yaml", "--db", db)
+    assert (code, out.strip()) == (1, "Error: nope.yaml: no such file")
 
 
 def test_a_publish_that_fails_part_way_says_what_it_left(

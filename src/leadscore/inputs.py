@@ -191,17 +191,25 @@ def _row_lines(
     return pa.array(starts, pa.int64()) if len(starts) == rows else None
 
 
-def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
-    """Read a CSV, Parquet or JSON-lines file; every CSV value stays text."""
+def table_format(path: str | Path, fmt: str | None = None) -> str:
+    """The format :func:`read_table` reads ``path`` in; InputError when there is no such
+    file, or it is a directory, or its format is unknown (checked before any work starts)."""
     p = Path(path)
-    kind = fmt or FORMATS.get(p.suffix.lower())
-    if kind is None:
-        known = ", ".join(sorted(FORMATS))
-        raise InputError([InputProblem(str(p), f"unknown file format {p.suffix!r} (use {known})")])
     if not p.exists():
         raise InputError([InputProblem(str(p), "no such file")])
     if p.is_dir():
         raise InputError([InputProblem(str(p), "is a directory, not a file")])
+    kind = fmt or FORMATS.get(p.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(FORMATS))
+        raise InputError([InputProblem(str(p), f"unknown file format {p.suffix!r} (use {known})")])
+    return kind
+
+
+def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
+    """Read a CSV, Parquet or JSON-lines file; every CSV value stays text."""
+    p = Path(path)
+    kind = table_format(p, fmt)
     try:
         if kind == "csv":
             return _read_csv(p)

@@ -64,7 +64,9 @@ def _edge(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ModelError as exc:
-            err.print(f"Error: the model is invalid ({len(exc.issues)} problem(s)):", markup=False)
+            err.print(
+                f"Error: the model is invalid ({_count(len(exc.issues), 'problem')}):", markup=False
+            )
             for issue in exc.issues:
                 err.print(f"  {issue}", markup=False)
             fail(1, exc)
@@ -149,7 +151,7 @@ def validate(models: ModelsArg) -> None:
             loaded = load_models([path])
         except ModelError as exc:
             failed += 1
-            err.print(f"invalid: {path} ({len(exc.issues)} problem(s))", markup=False)
+            err.print(f"invalid: {path} ({_count(len(exc.issues), 'problem')})", markup=False)
             for issue in exc.issues:
                 err.print(f"  {issue}", markup=False)
             continue

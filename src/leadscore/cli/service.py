@@ -22,7 +22,7 @@ from rich.table import Column, Table
 
 from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
-from leadscore.errors import UsageError
+from leadscore.errors import ConfigError, ModelError, ModelIssue, UsageError
 from leadscore.spec import load_model
 
 if TYPE_CHECKING:
@@ -257,10 +257,12 @@ def serve(
         if not (seconds >= 0 if zero else seconds > 0) or not math.isfinite(seconds):
             least = "0 (never) or more" if zero else "more than 0"
             raise UsageError(f"{option} takes seconds, {least}, not {seconds:g}")
+    for path in model or []:
+        if not path.is_file():  # as a model file that cannot be read is reported everywhere
+            raise ModelError([ModelIssue(str(path), None, "", "no such file")])
+    if triggers is not None and not triggers.is_file():
+        raise ConfigError([ModelIssue(str(triggers), None, "", "no such file")])
     check_port_free(host, port)
-    for path in [*(model or []), *([triggers] if triggers else [])]:
-        if not path.is_file():
-            raise UsageError(f"no such file: {path}")
     settings = Settings(
         db=db,
         no_auth=no_auth,
@@ -347,10 +349,12 @@ def import_(
     ] = False,
 ) -> None:
     """Bulk-load leads, events or outcomes into the store, then rescore (progress shown)."""
+    from leadscore.inputs import table_format
     from leadscore.store.bulk import import_events, import_leads, import_outcomes
 
     if kind not in ("leads", "events", "outcomes"):
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
+    table_format(file)  # a mistyped name opens (or creates) no store
     store = _open(db)
     bar = Bar()
     try:
@@ -480,7 +484,7 @@ def publish(
 ) -> None:
     """Store a model file as a new version, make it active and rescore every lead with it."""
     if not model.is_file():
-        raise UsageError(f"no such file: {model}")
+        raise ModelError([ModelIssue(str(model), None, "", "no such file")])
     with _opened(db) as store:
         draft = store.add_model(model.read_text(encoding="utf-8"), str(model))
         if draft.status == "published":
