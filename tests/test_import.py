@@ -155,6 +155,71 @@ def test_a_publish_that_fails_part_way_says_what_it_left(
     assert reasons == ["model change", "profile"]
 
 
+def test_command_line_score_changes_fire_the_stored_triggers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`import --fire-triggers`, `publish --fire-triggers` and `rescore` fire the stored
+    triggers as the server does: a stage set in the same transaction, a webhook queued in the
+    outbox (sent by a running server). Without --fire-triggers an import or publish fires
+    nothing."""
+    from leadscore.cli import service as cli_service
+    from leadscore.engine.timeutil import parse_instant
+
+    now = [parse_instant("2026-11-22T12:00:00Z")]
+    opened = cli_service.open_store
+
+    def at_now(db: str) -> Store:
+        store = opened(db)
+        store.clock = lambda: now[0]
+        return store
+
+    monkeypatch.setattr(cli_service, "open_store", at_now)
+    db = str(tmp_path / "s.db")
+    (tmp_path / "leads.csv").write_text(LEADS)
+    (tmp_path / "events.csv").write_text(EVENTS)
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text(
+        "triggers:\n"
+        "  - id: hot\n"
+        "    when: {enters_band: hot}\n"
+        "    reasons: [event, model change]\n"
+        "    actions:\n"
+        "      - set_stage: sql\n"
+        '      - webhook: {url: "http://127.0.0.1:9/hook"}\n'
+        "  - id: cooled\n"
+        "    when: {leaves_band: hot}\n"
+        "    reasons: [decay]\n"
+        "    actions: [set_stage: recycled]\n"
+    )
+    assert run("import", "leads", str(tmp_path / "leads.csv"), "--db", db)[0] == 0
+    assert run("triggers", "set", str(triggers), "--db", db)[0] == 0
+
+    def state() -> tuple[list[str], int, str]:
+        engine = sa.create_engine(f"sqlite:///{db}")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT trigger_id FROM trigger_firings ORDER BY id"))
+            firings = [r[0] for r in rows]
+            queued = conn.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
+            stage = conn.execute(sa.text("SELECT stage FROM leads WHERE lead_id = 'L1'"))
+            result = (firings, queued, stage.scalar_one())
+        engine.dispose()
+        return result
+
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db)
+    assert code == 0 and state() == ([], 0, "lead"), out  # an import is a back-fill
+    cold = tmp_path / "cold.yaml"  # the shipped model with hot out of reach
+    cold.write_text(_SHIPPED.read_text().replace("hot: 75}", "hot: 750}"))
+    assert run("publish", str(cold), "--db", db)[0] == 0  # L1 leaves hot: no --fire-triggers
+    code, out = run("publish", str(_SHIPPED), "--db", db, "--fire-triggers")
+    assert code == 0 and state() == (["hot"], 1, "sql"), out
+    now[0] = parse_instant("2027-06-01T00:00:00Z")  # the demo request has long decayed
+    code, out = run("rescore", "--db", db)
+    assert code == 0 and state() == (["hot", "cooled"], 1, "recycled"), out
+
+
+_SHIPPED = Path(__file__).parents[1] / "src" / "leadscore" / "models" / "b2b-default.yaml"
+
+
 def test_store_commands(tmp_path: Path) -> None:
     """keys, triggers, publish and rescore against one SQLite store."""
     db = str(tmp_path / "s.db")

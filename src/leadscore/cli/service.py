@@ -79,9 +79,15 @@ class Bar:
 
 
 def open_store(db: str) -> Store:
+    """The store at ``db``, its score changes shown to the stored triggers as the server's
+    are: a rescoring, import or publish from the command line fires them where it may (a
+    webhook is queued in the outbox, which a running server sends within a second)."""
     from leadscore.store import open_store as open_
+    from leadscore.store.triggers import TriggerEngine
 
-    return open_(db)
+    store = open_(db)
+    TriggerEngine.attach(store)
+    return store
 
 
 def _must_exist(db: str) -> None:
