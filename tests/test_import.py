@@ -220,6 +220,13 @@ def test_command_line_score_changes_fire_the_stored_triggers(
 _SHIPPED = Path(__file__).parents[1] / "src" / "leadscore" / "models" / "b2b-default.yaml"
 
 
+def test_an_empty_store_name_is_refused() -> None:
+    """`--db "$UNSET"` named a store kept in memory: keys printed and imports counted, all lost."""
+    for args in (["keys", "create", "x"], ["rescore"], ["serve"]):
+        code, out = run(*args, "--db", " ")
+        assert code == 2 and "no store given (--db or LEADSCORE_DB is empty)" in out, args
+
+
 def test_store_commands(tmp_path: Path) -> None:
     """keys, triggers, publish and rescore against one SQLite store."""
     db = str(tmp_path / "s.db")

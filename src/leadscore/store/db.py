@@ -29,7 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-from leadscore.errors import StoreError
+from leadscore.errors import StoreError, UsageError
 
 __all__ = [
     "ARRAYS_ABOVE",
@@ -119,6 +119,11 @@ def database_url(db: str | Path | None) -> str:
     'postgresql+psycopg://postgres@127.0.0.1/test'
     """
     text = str(db) if db is not None else DEFAULT_DB
+    if not text.strip():  # `--db "$UNSET"`: SQLAlchemy would take a store kept in memory
+        raise UsageError(
+            "no store given (--db or LEADSCORE_DB is empty): give a SQLite file path or a "
+            "database URL such as postgresql://user@host/db"
+        )
     if "://" not in text:
         return f"sqlite:///{text}"
     scheme, rest = text.split("://", 1)
