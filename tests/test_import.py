@@ -290,6 +290,9 @@ def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None
         assert code == 2 and "Choose another with --port" in out
         code, out = run("demo", "--serve", "--port", port, "--db", str(tmp_path / "d.db"))
         assert code == 2 and "Choose another with --port" in out
+    for command in ("serve", "demo"):  # not a traceback from bind()
+        code, out = run(command, "--port", "99999")
+        assert code == 2 and "Invalid value for '--port'" in out, out
     code, out = run("serve", "--db", db, "--host", "0.0.0.0", "--no-auth")
     assert code == 2 and "only on 127.0.0.1" in out
     # several ingest processes: PostgreSQL only, and with the ingest process

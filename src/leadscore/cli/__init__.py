@@ -413,7 +413,7 @@ def demo(
             help="Instead: load the data into a store, start the service and stream events.",
         ),
     ] = False,
-    port: Annotated[int, typer.Option(help="With --serve: the port.")] = 8000,
+    port: Annotated[int, typer.Option(help="With --serve: the port.", min=1, max=65535)] = 8000,
     db: Annotated[
         Path, typer.Option(help="With --serve: the demo store (a SQLite file, recreated).")
     ] = Path("leadscore-demo.db"),

@@ -164,7 +164,7 @@ def _loopback(host: str) -> bool:
 def serve(
     db: DbOpt = DEFAULT_DB,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Local mode without API keys (127.0.0.1 only).")
     ] = False,
