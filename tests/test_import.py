@@ -227,6 +227,16 @@ def test_an_empty_store_name_is_refused() -> None:
         assert code == 2 and "no store given (--db or LEADSCORE_DB is empty)" in out, args
 
 
+def test_rescore_of_an_unknown_sheet_is_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    (tmp_path / "leads.csv").write_text(LEADS)
+    assert run("import", "leads", str(tmp_path / "leads.csv"), "--db", db)[0] == 0
+    code, out = run("rescore", "--db", db, "--sheet", "b2b-defualt")
+    assert code == 2 and "--sheet: no active sheet 'b2b-defualt' (active: b2b-default)" in out
+    code, out = run("rescore", "--db", db, "--sheet", "b2b-default")
+    assert code == 0 and "rescored 2 leads" in out, out
+
+
 def test_store_commands(tmp_path: Path) -> None:
     """keys, triggers, publish and rescore against one SQLite store."""
     db = str(tmp_path / "s.db")

@@ -465,6 +465,12 @@ def rescore(
     _must_exist(db)
     store = _open(db)
     try:
+        active = [s.name for s in store.sheets()]
+        unknown = [name for name in sheet or [] if name not in active]
+        if unknown:
+            raise UsageError(
+                f"--sheet: no active sheet {unknown[0]!r} (active: {', '.join(active)})"
+            )
         with Bar() as bar:
             report = store.rescore_all(
                 "decay", sheets=sheet or None, fire_triggers=fire_triggers, progress=bar
