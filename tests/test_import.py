@@ -264,7 +264,10 @@ def test_store_commands(tmp_path: Path) -> None:
     assert code == 1 and "t.yaml:3" in out and "warm" in out
     # without a store, the names are not checked, and the answer says so
     code, out = run("triggers", "check", str(triggers))
-    assert code == 0 and "1 trigger, valid (sheet, band and grade names unchecked: --db)" in out
+    assert code == 0 and "1 trigger, valid (sheet, band and grade names not checked: give " in out
+    # LEADSCORE_DB names the store, as for every command
+    result = CliRunner().invoke(app, ["triggers", "check", str(triggers)], env={"LEADSCORE_DB": db})
+    assert result.exit_code == 1 and "warm" in result.stdout + result.stderr
     code, out = run("triggers", "check", str(triggers), "--db", str(tmp_path / "none.db"))
     assert code == 2 and "no store at" in out and not (tmp_path / "none.db").exists()
     code, out = run("triggers", "check", str(tmp_path))

@@ -594,7 +594,9 @@ def triggers_check(
     db: Annotated[
         str | None,
         typer.Option(
-            "--db", help="Also check sheet, band and grade names against this store's models."
+            "--db",
+            envvar="LEADSCORE_DB",
+            help="Also check sheet, band and grade names against this store's models.",
         ),
     ] = None,
 ) -> None:
@@ -606,7 +608,11 @@ def triggers_check(
         with _opened(db, existing=True) as store:
             sheets = {s.name: s.model for s in store.sheets()}
     specs = load_triggers(file, sheets=sheets)
-    unchecked = "" if sheets is not None else " (sheet, band and grade names unchecked: --db)"
+    unchecked = (
+        ""
+        if sheets is not None
+        else " (sheet, band and grade names not checked: give the store with --db to check them)"
+    )
     out.print(f"{file}: {_counted(len(specs), 'triggers')}, valid{unchecked}", markup=False)
 
 
