@@ -24,6 +24,13 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def test_version() -> None:
+    import leadscore
+
+    code, out, _ = run("--version")
+    assert (code, out.strip()) == (0, f"leadscore {leadscore.__version__}")
+
+
 def test_validate_ok_and_invalid(tmp_path: Path) -> None:
     code, out, _ = run("validate", str(MODELS / "b2b-default.yaml"))
     assert code == 0 and "ok:" in out and "sheet b2b-default" in out

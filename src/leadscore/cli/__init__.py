@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import leadscore
 from leadscore.engine.explain import explanation_text
 from leadscore.errors import InputError, LeadscoreError, ModelError, UsageError
 from leadscore.examples import run_examples
@@ -45,6 +46,25 @@ WIDE = 220  # columns a table may use when the output is not a terminal (a file,
 if not out.is_terminal and "COLUMNS" not in os.environ:  # rich would wrap tables at 80
     out.width = WIDE
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"leadscore {leadscore.__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Transparent lead scoring: models as YAML, every point explained."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
