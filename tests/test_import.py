@@ -249,6 +249,8 @@ def test_store_commands(tmp_path: Path) -> None:
     assert run("keys", "revoke", key_id, "--db", db)[0] == 0
     code, out = run("keys", "revoke", key_id, "--db", db)
     assert code == 2 and "already revoked" in out
+    code, out = run("keys", "revoke", "nope", "--db", db)
+    assert code == 2 and "no API key 'nope'" in out
     assert run("keys", "create", "x", "--scope", "root", "--db", db)[0] == 2
 
     model = tmp_path / "m.yaml"

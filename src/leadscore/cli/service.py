@@ -22,7 +22,7 @@ from rich.table import Column, Table
 
 from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
-from leadscore.errors import ConfigError, ModelError, ModelIssue, UsageError
+from leadscore.errors import ConfigError, ModelError, ModelIssue, NotFound, UsageError
 from leadscore.spec import load_model
 
 if TYPE_CHECKING:
@@ -578,8 +578,11 @@ def keys_revoke(
     """Revoke an API key (running servers stop accepting it within 30 seconds)."""
     from leadscore.store.keys import revoke_key
 
-    with _opened(db, existing=True) as store, store.db.write() as conn:
-        key = revoke_key(conn, key_id, store.clock())
+    try:
+        with _opened(db, existing=True) as store, store.db.write() as conn:
+            key = revoke_key(conn, key_id, store.clock())
+    except NotFound as exc:  # a mistyped id: called wrongly (2), as an already revoked one
+        raise UsageError(str(exc)) from None
     out.print(f"revoked key {key.id} ({key.name})", markup=False)
 
 
