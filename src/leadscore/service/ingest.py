@@ -303,7 +303,7 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
         item = None
     native = EventIn(
         type=etype,
-        ts=m.timestamp,
+        ts=m.time,
         lead_id=m.userId,
         anonymous_id=m.anonymousId,
         item=to_text(item),

@@ -242,32 +242,64 @@ def to_event(item: EventIn, settings: Settings, now_us: int, skew_us: int = 0) -
     )
 
 
+def _segment_id(value: Any) -> Any:
+    """An id as Segment's senders write it: a number is its text (analytics libraries long
+    took numbers, and raw senders still send them), and an empty id is no id."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and not value.strip(WHITESPACE):
+        return None
+    return value
+
+
+SegmentId = Annotated[Id | None, BeforeValidator(_segment_id)]
+# null for an object (properties, traits, context) is an empty one
+SegmentObject = Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)]
+# How far sentAt may be from the time received and still be read as the sender's clock
+# running off: further, the message was sent long ago (a replay of an archive, a queue
+# drained late, a forward) and its own time stands.
+MAX_CLOCK_SKEW_US = 24 * 3600 * 1_000_000
+
+
 class SegmentMessage(BaseModel):
     """A Segment HTTP tracking API message (track, identify, page, screen, alias)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     type: Literal["track", "identify", "page", "screen", "alias", "group"] | None = None
-    userId: Id | None = None
-    anonymousId: Id | None = None
-    previousId: Id | None = None
+    userId: SegmentId = None
+    anonymousId: SegmentId = None
+    previousId: SegmentId = None
     event: Id | None = None
     name: str | None = None
-    properties: dict[str, Any] = Field(default_factory=dict)
-    traits: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
+    properties: SegmentObject = Field(default_factory=dict)
+    traits: SegmentObject = Field(default_factory=dict)
+    context: SegmentObject = Field(default_factory=dict)
     timestamp: Timestamp | None = None
+    originalTimestamp: Timestamp | None = None  # the sender's time when timestamp is absent
     sentAt: Timestamp | None = None  # when the sender sent it, by its own clock
-    messageId: Id | None = None
+    receivedAt: Timestamp | None = None  # when a forwarder (Segment itself) received it
+    messageId: SegmentId = None
+
+    @property
+    def time(self) -> Timestamp | None:
+        """When it happened by the sender's clock: ``timestamp``, else ``originalTimestamp``
+        (what RudderStack's senders fill)."""
+        return self.timestamp if self.timestamp is not None else self.originalTimestamp
 
     def skew_us(self, now_us: int) -> int:
-        """How far the sender's clock runs ahead of the server's, as Segment corrects it:
-        ``sentAt`` less the time received (0 without a sentAt)."""
-        if self.sentAt is None or self.timestamp is None:
+        """How far the sender's clock runs ahead, as Segment corrects it: ``sentAt`` less the
+        time received (``receivedAt`` when a forwarder gives it, else now). 0 without a
+        time or a readable sentAt, or when they are more than a day apart
+        (:data:`MAX_CLOCK_SKEW_US`: sent long ago, not a clock running off)."""
+        if self.sentAt is None or self.time is None:
             return 0
         try:
-            return parse_instant(self.sentAt) - now_us
-        except ValueError as e:
-            raise ValueError(f"sentAt: {e}") from None
+            sent = parse_instant(self.sentAt)
+            received = now_us if self.receivedAt is None else parse_instant(self.receivedAt)
+        except ValueError:  # no correction, as a sender's unreadable sentAt is its own affair
+            return 0
+        skew = sent - received
+        return skew if abs(skew) <= MAX_CLOCK_SKEW_US else 0
 
     def check_ids(self) -> None:
         if self.type == "alias":
