@@ -322,6 +322,37 @@ def test_a_sender_clock_running_ahead_does_not_hide_its_events(
     }
 
 
+def test_gzip_bodies_are_read_and_bounded_when_inflated(serve: Serve) -> None:
+    """Segment's and RudderStack's senders may gzip their bodies; the limit counts what the
+    body inflates to (a few kilobytes of zeros inflating to megabytes are refused)."""
+    import gzip
+    import json as json_
+
+    api = serve(no_auth=True)
+    batch = {"batch": [{"type": "track", "userId": "Z1", "event": "demo_request"}]}
+    zipped = {**JSON_TYPE, "Content-Encoding": "gzip"}
+    r = api.post("/v1/batch", content=gzip.compress(json_.dumps(batch).encode()), headers=zipped)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    events = [{"lead_id": "Z2", "type": "x"}]
+    r = api.post(
+        "/api/v1/events", content=gzip.compress(json_.dumps(events).encode()), headers=zipped
+    )
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    bomb = gzip.compress(b"[" + b" " * 20_000_000 + b"]")
+    assert len(bomb) < 100_000
+    _envelope(api.post("/api/v1/events", content=bomb, headers=zipped), 413, "payload_too_large")
+    err = _envelope(api.post("/v1/batch", content=b"not gzip", headers=zipped), 400, "bad_request")
+    assert "not valid gzip" in err["message"]
+    cut = gzip.compress(json_.dumps(batch).encode())[:-12]
+    err = _envelope(api.post("/v1/batch", content=cut, headers=zipped), 400, "bad_request")
+    assert err["message"] == "the gzip body is cut short"
+    brotli = {**JSON_TYPE, "Content-Encoding": "br"}
+    err = _envelope(
+        api.post("/v1/batch", content=b"x", headers=brotli), 415, "unsupported_media_type"
+    )
+    assert "'br' is not taken" in err["message"]
+
+
 def test_segment_messages_as_senders_write_them(serve: Serve) -> None:
     """Numbers as ids are their text, null objects are empty ones, an empty userId beside an
     anonymousId is an anonymous message: Segment's senders write all of these."""

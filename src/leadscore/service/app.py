@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -217,7 +218,11 @@ class BodyLimit:
     once when its declared length (``Content-Length``) says so, else as soon as the bytes
     that arrived pass it (a body sent in chunks). A route reading its body into a model would
     otherwise take any size from anyone. ``larger`` gives some paths a limit of their own (the
-    outcomes upload)."""
+    outcomes upload).
+
+    A body sent with ``Content-Encoding: gzip`` (as Segment's and RudderStack's senders may
+    send) reaches the routes decompressed, the limit counting the decompressed bytes (a small
+    body that inflates to gigabytes is refused as it inflates); another encoding is a 415."""
 
     def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int]) -> None:
         self.app = app
@@ -229,36 +234,96 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.larger.get(scope["path"], self.limit)
-        too_large = JSONResponse(
-            error_body("payload_too_large", f"the body is over {limit:,} bytes"), status_code=413
-        )
-        declared = Headers(scope=scope).get("content-length", "")  # digits: the parser's
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")  # digits: the parser's
         if declared.isdigit() and int(declared) > limit:
-            await too_large(scope, receive, send)
+            await _refusal(413, "payload_too_large", f"the body is over {limit:,} bytes")(
+                scope, receive, send
+            )
             return
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "x-gzip"):
+            problem = f"Content-Encoding {encoding!r} is not taken: send the body as is or gzip"
+            await _refusal(415, "unsupported_media_type", problem)(scope, receive, send)
+            return
+        inflate = None
+        if encoding in ("gzip", "x-gzip"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            scope = {  # the routes see the body as it was before it was compressed
+                **scope,
+                "headers": [
+                    (k, v)
+                    for k, v in scope["headers"]
+                    if k.lower() not in (b"content-encoding", b"content-length")
+                ],
+            }
+        # The body is read here, whole (every route reads it whole), so that a refusal is
+        # answered before the route starts: stopped part way, a route would raise, and the
+        # server close the connection under a client that goes on using it.
+        parts: list[bytes] = []
         seen = 0
-        answered = started = False
-
-        async def counted() -> Message:
-            nonlocal seen, answered
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request" and not answered:
-                seen += len(message.get("body", b""))
-                if seen > limit:  # answered here; the route is told the client left
-                    answered = True
-                    if not started:
-                        await too_large(scope, receive, send)
-                    return {"type": "http.disconnect"}
-            return message
+            if message["type"] != "http.request":
+                return  # the client left
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if inflate is not None:
+                try:  # at most the limit and one byte more: enough to know it is over
+                    body = inflate.decompress(body, limit - seen + 1)
+                except zlib.error as e:
+                    refusal = _refusal(400, "bad_request", f"the body is not valid gzip: {e}")
+                    await _drained(receive, more, refusal)(scope, receive, send)
+                    return
+            seen += len(body)
+            if seen > limit:
+                problem = f"the body is over {limit:,} bytes"
+                refusal = _refusal(413, "payload_too_large", problem)
+                await _drained(receive, more, refusal)(scope, receive, send)
+                return
+            parts.append(body)
+        if inflate is not None and not inflate.eof:
+            await _refusal(400, "bad_request", "the gzip body is cut short")(scope, receive, send)
+            return
+        whole: Message | None = {"type": "http.request", "body": b"".join(parts)}
 
-        async def unless_answered(message: Message) -> None:
-            nonlocal started
-            if answered and not started:
-                return  # what the route says after the 413 (its error) goes nowhere
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replayed() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()  # after the body: the client leaving
 
-        await self.app(scope, counted, unless_answered)
+        await self.app(scope, replayed, send)
+
+
+def _drained(receive: Receive, more: bool, refusal: JSONResponse) -> ASGIApp:
+    """``refusal``, sent once the rest of the body is read (up to :data:`DRAIN_BYTES`): a
+    connection closed with bytes unread is reset, and the client could lose the answer; past
+    that much, it is told to close."""
+
+    async def answer(scope: Scope, receive_: Receive, send: Send) -> None:
+        nonlocal more
+        drained = 0
+        while more and drained <= DRAIN_BYTES:
+            rest = await receive()
+            drained += len(rest.get("body", b""))
+            more = rest["type"] == "http.request" and bool(rest.get("more_body", False))
+        if more:
+            refusal.headers["Connection"] = "close"
+        await refusal(scope, receive_, send)
+
+    return answer
+
+
+# How much of a refused body's rest is read before the answer (BodyLimit): more, and the
+# connection is closed with it unread
+DRAIN_BYTES = 1_000_000
+
+
+def _refusal(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status)
 
 
 class CrossSiteGuard:
