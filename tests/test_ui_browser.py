@@ -494,3 +494,33 @@ def test_the_api_docs_render_without_the_internet(browser: Any, site: tuple[str,
     status = health.locator(".live-responses-table .response .response-col_status")
     assert status.first.inner_text().strip() == "200"
     tab.close()
+
+
+def test_a_page_opened_by_a_link_can_use_the_api_with_its_key(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With keys on, the browser resends the key it was given for a page only below that
+    page's path (/leads/), but answers a challenge of the same realm with it: the API's 401
+    must be that challenge, or the buttons of a page opened by a link (a bookmark, a lead
+    shared in chat) fail. The key goes in the first URL, as a user typing it in the
+    browser's prompt would (Playwright's own credentials would answer any challenge)."""
+    from leadscore.store.keys import create_key
+
+    with running_site(tmp_path_factory.mktemp("keys"), no_auth=False) as (url, store):
+        with store.db.write() as conn:
+            key = create_key(conn, "ui", ["admin"], store.clock())[1]
+        context = browser.new_context()
+        page = context.new_page()
+        host = url.removeprefix("http://")
+        assert page.goto(f"http://{key}:@{host}/leads/evil-1").status == 200
+        assert page.goto(f"{url}/leads/evil-1").status == 200  # the key is remembered
+        statuses = page.evaluate(
+            """async () => [
+              (await fetch('/api/v1/leads/evil-1')).status,
+              (await fetch('/api/v1/leads/evil-1/disposition', {method: 'POST',
+                headers: {'Content-Type': 'application/json'},
+                body: JSON.stringify({disposition: 'recycle'})})).status,
+            ]"""
+        )
+        context.close()
+    assert statuses == [200, 200]

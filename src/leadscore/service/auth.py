@@ -22,6 +22,11 @@ from leadscore.store.keys import ApiKey, touch_key, verify_key
 __all__ = ["CACHE_SECONDS", "LOCAL_KEY", "KeyCache", "require"]
 
 CACHE_SECONDS = 30.0
+# The challenge of every 401, the API's too: a browser that was given a key for a page of the
+# web interface (HTTP Basic, realm "leadscore") resends it only below that page's path, but
+# answers a challenge of the same realm with it; under a Bearer challenge the buttons of a
+# page opened by a link (/leads/L9) failed. Bearer keys work all the same.
+BASIC_CHALLENGE = 'Basic realm="leadscore", charset="UTF-8"'
 LOCAL_KEY = ApiKey("local", "no-auth mode", frozenset({"admin"}), 0, None, None)
 
 
@@ -94,7 +99,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
                 401,
                 "an API key is required: send `Authorization: Bearer <key>` "
                 "(create one with `leadscore keys create`)",
-                headers={"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": BASIC_CHALLENGE},
             )
 
         def verify(t: str) -> ApiKey | None:

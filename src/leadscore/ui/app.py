@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore.errors import LeadscoreError
 from leadscore.service.app import create_app as create_service
+from leadscore.service.auth import BASIC_CHALLENGE
 from leadscore.service.errors import ApiError, from_leadscore, loc_text
 from leadscore.service.state import Settings
 from leadscore.store import Store
@@ -33,7 +34,7 @@ def is_page(request: Request) -> bool:
 def _error_page(request: Request, e: ApiError) -> Response:
     headers = dict(e.headers or {})
     if e.status == 401:  # the browser asks for the key (user name: the key, no password)
-        headers["WWW-Authenticate"] = 'Basic realm="leadscore", charset="UTF-8"'
+        headers["WWW-Authenticate"] = BASIC_CHALLENGE
     return pages.render(
         request,
         "error.html",
