@@ -10,6 +10,7 @@ import ipaddress
 import json
 import math
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,8 +133,6 @@ def _open(db: str) -> Store:
 
 def check_port_free(host: str, port: int) -> None:
     """A clear error now, rather than a server that starts loading and then cannot listen."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -298,12 +297,25 @@ def serve(
         store.db.dispose()
     os.environ[ENV_SETTINGS] = settings.to_env()
     err.print(
-        f"leadscore serving on http://{host}:{port} (web interface: http://{host}:{port}/, "
-        f"API docs: http://{host}:{port}/docs; "
-        f"store: {store.db.url}{'; no auth' if no_auth else ''})",
+        f"leadscore starting on http://{host}:{port} "
+        f"(store: {store.db.url}{'; no auth' if no_auth else ''})",
         markup=False,
     )
-    uvicorn.run(
+    ready = (
+        f"leadscore serving on http://{host}:{port} (web interface: http://{host}:{port}/, "
+        f"API docs: http://{host}:{port}/docs): ready"
+    )
+
+    class Announced(uvicorn.Server):
+        """Says the service is ready once it listens (its start takes seconds: the store's
+        check, the ingest and scoring processes), not before."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                err.print(ready, markup=False)
+
+    config = uvicorn.Config(
         "leadscore.ui.app:app_from_env",
         factory=True,
         host=host,
@@ -312,6 +324,7 @@ def serve(
         # httptools, with bounds on heads, trailers and pipelining (leadscore.service.http)
         http=BoundedHttpTools,
     )
+    Announced(config).run()
 
 
 def _counted(n: int, things: str) -> str:
