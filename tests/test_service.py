@@ -128,6 +128,17 @@ def test_limits_and_malformed_bodies(serve: Serve) -> None:
     _envelope(api.get("/api/v1/leads", params={"sort": "colour"}), 400, "bad_request")
     _envelope(api.get("/api/v1/leads", params={"limit": 0}), 422, "invalid")
     _envelope(api.get("/api/v1/nothing-here"), 404, "not_found")
+    # JSON sent as text/plain or with no type is read on every route, not only the ingest
+    # ones; a form (curl -d's default type) is a 415 that says what to send
+    api.post("/api/v1/leads", json={"lead_id": "L1"})
+    body = b'{"disposition": "recycle"}'
+    for headers in ({"content-type": "text/plain"}, {}):
+        r = api.post("/api/v1/leads/L1/disposition", content=body, headers=headers)
+        assert r.status_code == 200 and r.json()["stage"] == "recycled", (headers, r.text)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = api.post("/api/v1/leads/L1/disposition", content=body, headers=form)
+    err = _envelope(r, 415, "unsupported_media_type")
+    assert err["message"].startswith("send JSON (Content-Type: application/json)")
 
 
 def test_properties_over_the_limit_are_refused_per_item(serve: Serve) -> None:

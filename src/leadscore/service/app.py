@@ -246,17 +246,30 @@ class BodyLimit:
             problem = f"Content-Encoding {encoding!r} is not taken: send the body as is or gzip"
             await _refusal(415, "unsupported_media_type", problem)(scope, receive, send)
             return
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in FORM_TYPES:  # curl -d's default: every body here is JSON, YAML or CSV
+            problem = (
+                f"send JSON (Content-Type: application/json), or a model or triggers file as "
+                f"YAML (application/yaml), not {kind}"
+            )
+            await _refusal(415, "unsupported_media_type", problem)(scope, receive, send)
+            return
         inflate = None
         if encoding in ("gzip", "x-gzip"):
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            scope = {  # the routes see the body as it was before it was compressed
-                **scope,
-                "headers": [
-                    (k, v)
-                    for k, v in scope["headers"]
-                    if k.lower() not in (b"content-encoding", b"content-length")
-                ],
-            }
+        as_json = kind == "text/plain" or (not kind and scope["method"] in ("POST", "PUT", "PATCH"))
+        if inflate is not None or as_json:
+            # the routes see the body as it was before it was compressed, and text/plain or
+            # no type (as some senders post JSON) as the JSON it is
+            dropped = (b"content-type", b"content-encoding", b"content-length")
+            kept = [
+                (k, v)
+                for k, v in scope["headers"]
+                if k.lower() not in dropped[: 1 + 2 * (inflate is not None)]
+            ]
+            if as_json or kind:
+                kept.append((b"content-type", b"application/json" if as_json else kind.encode()))
+            scope = {**scope, "headers": kept}
         # The body is read here, whole (every route reads it whole), so that a refusal is
         # answered before the route starts: stopped part way, a route would raise, and the
         # server close the connection under a client that goes on using it.
@@ -317,6 +330,7 @@ def _drained(receive: Receive, more: bool, refusal: JSONResponse) -> ASGIApp:
     return answer
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # How much of a refused body's rest is read before the answer (BodyLimit): more, and the
 # connection is closed with it unread
 DRAIN_BYTES = 1_000_000
