@@ -227,6 +227,23 @@ def test_an_empty_store_name_is_refused() -> None:
         assert code == 2 and "no store given (--db or LEADSCORE_DB is empty)" in out, args
 
 
+def test_triggers_set_on_a_new_store(tmp_path: Path) -> None:
+    """A new store gets the shipped model first (as serve gives it), so a triggers file naming
+    its sheet is set; a file wrong in itself creates no store."""
+    db = tmp_path / "s.db"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("triggers:\n  - id: x\n    when: {nope: 1}\n    actions: [set_stage: mql]\n")
+    code, out = run("triggers", "set", str(bad), "--db", str(db))
+    assert code == 1 and "unknown key 'nope'" in out and not db.exists()
+    good = tmp_path / "t.yaml"
+    good.write_text(
+        "triggers:\n  - id: hot\n    sheet: b2b-default\n    when: {enters_band: hot}\n"
+        "    actions: [set_stage: mql]\n"
+    )
+    code, out = run("triggers", "set", str(good), "--db", str(db))
+    assert code == 0 and "1 trigger set from" in out and "published the shipped" in out, out
+
+
 def test_rescore_of_an_unknown_sheet_is_refused(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     (tmp_path / "leads.csv").write_text(LEADS)

@@ -645,11 +645,15 @@ def triggers_set(
         raise UsageError(  # most likely a mistake, not a wish to drop every trigger
             f"{file} is empty: to remove every trigger, set a file holding `triggers: []`"
         )
-    with _opened(db) as store:
+    load_triggers(file)  # a file that is wrong in itself opens (or creates) no store
+    store = _open(db)  # a new store gets the shipped model, as serve gives it: names to check
+    try:
         specs = load_triggers(file, sheets={s.name: s.model for s in store.sheets()})
         with store.db.write() as conn:
             save_triggers(conn, specs, store.clock())
-    out.print(f"{len(specs)} trigger(s) set from {file}", markup=False)
+    finally:
+        store.db.dispose()
+    out.print(f"{_counted(len(specs), 'triggers')} set from {file}", markup=False)
 
 
 @triggers_app.command("list")
