@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from leadscore.cli import app
-from leadscore.store import open_database
+from leadscore.engine.timeutil import parse_instant
+from leadscore.store import EventInput, open_database
 from leadscore.store.keeper import Store
 from leadscore.store.queries import lead_view, score_history_of
 
@@ -242,6 +243,42 @@ def test_triggers_set_on_a_new_store(tmp_path: Path) -> None:
     )
     code, out = run("triggers", "set", str(good), "--db", str(db))
     assert code == 0 and "1 trigger set from" in out and "published the shipped" in out, out
+
+
+def test_nested_json_in_an_import_is_read_as_posted_events_are(tmp_path: Path) -> None:
+    """An object in a JSON-lines event gives its keys as `product.sku` fields, as the same
+    event posted to the API does: a `where` on them scores the same either way."""
+    db = str(tmp_path / "s.db")
+    model = tmp_path / "m.yaml"
+    model.write_text(
+        "version: 1\nname: m\nbands: {cold: -.inf, hot: 10}\nmql: hot\nactivity:\n"
+        "  - {id: sku, event: purchase, points: 10, where: {field: product.sku, eq: A}}\n"
+        "  - {id: tag, event: purchase, points: 1, where: {field: tags, contains: '\"b\"'}}\n"
+    )
+    assert run("publish", str(model), "--db", db)[0] == 0
+    (tmp_path / "e.jsonl").write_text(
+        '{"lead_id": "P1", "type": "purchase", "ts": "2026-12-01T10:00:00Z",'
+        ' "product": {"sku": "A"}, "tags": ["a", "b"]}\n'
+    )
+    code, out = run("import", "events", str(tmp_path / "e.jsonl"), "--db", db)
+    assert code == 0, out
+    store = Store(open_database(db))
+    try:
+        store.ingest_events(
+            [
+                EventInput(
+                    "purchase",
+                    parse_instant("2026-12-01T10:00:00Z"),
+                    "P2",
+                    properties={"product": {"sku": "A"}, "tags": ["a", "b"]},
+                )
+            ]
+        )
+        with store.db.read() as conn:
+            scores = [lead_view(conn, p)["scores"]["m"]["score"] for p in ("P1", "P2")]
+    finally:
+        store.db.dispose()
+    assert scores == [11.0, 11.0]
 
 
 def test_rescore_of_an_unknown_sheet_is_refused(tmp_path: Path) -> None:

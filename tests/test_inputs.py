@@ -216,6 +216,14 @@ def test_timestamps_in_every_shape(tmp_path: Path) -> None:
         normalize_events(write(tmp_path / "far.csv", "lead_id,type,ts\na,x,1e30\n"))
 
 
+def test_column_names_are_read_without_the_spaces_around_them(tmp_path: Path) -> None:
+    events = write(tmp_path / "e.csv", "lead_id , type ,ts\nL1,demo_request,2026-01-01\n")
+    assert normalize_events(events).column_names[:3] == ["lead_id", "type", "ts"]
+    # unless two columns would then share a name
+    leads = write(tmp_path / "l.csv", "lead_id,a,a \nL1,1,2\n")
+    assert normalize_leads(leads).column_names == ["lead_id", "a", "a "]
+
+
 def test_byte_order_mark_and_json_arrays(tmp_path: Path) -> None:
     bom = tmp_path / "bom.csv"
     bom.write_bytes("\ufefflead_id,zip\n007,02134\n".encode())

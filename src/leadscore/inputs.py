@@ -316,7 +316,10 @@ def _jsonl_table(name: str, text: str) -> pa.Table:
             what = "item of the array" if unit_row else "line"
             problems.append(InputProblem(name, f"each {what} must be a JSON object", row=n))
             continue
-        rows.append({k: _json_text(v) for k, v in value.items()})
+        row: dict[str, str | None] = {}
+        for k, v in value.items():
+            _json_fields(k, v, row)
+        rows.append(row)
     if problems:
         raise InputError(problems[:SHOWN], _more(len(problems)))
     names: dict[str, None] = {}
@@ -325,10 +328,18 @@ def _jsonl_table(name: str, text: str) -> pa.Table:
     return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
 
 
-def _json_text(value: Any) -> str | None:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return to_text(value)
+def _json_fields(name: str, value: Any, row: dict[str, str | None]) -> None:
+    """A JSON value as the columns it gives, as a posted event's properties give fields
+    (:func:`leadscore.store.leads.event_fields`): an object is its JSON text and, for each of
+    its keys, ``name.key``; a list is its JSON text; anything else its text."""
+    if isinstance(value, dict):
+        row[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        for k, v in value.items():
+            _json_fields(f"{name}.{k}", v, row)
+    elif isinstance(value, list):
+        row[name] = json.dumps(value, separators=(",", ":"))
+    else:
+        row[name] = to_text(value)
 
 
 def _more(total: int) -> str | None:
@@ -360,12 +371,21 @@ def _trim(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.utf8_trim(column, WHITESPACE)
 
 
+def _trimmed_names(table: pa.Table) -> pa.Table:
+    """Column names without the spaces around them (`lead_id ,type` is a spreadsheet's
+    header, not a column named 'lead_id '), unless that would give two columns one name."""
+    names = [name.strip(WHITESPACE) for name in table.column_names]
+    if names == table.column_names or len(set(names)) < len(names):
+        return table
+    return table.rename_columns(names)
+
+
 def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.Table, _Source]:
     if isinstance(source, pa.Table):
         return source, _Source(label, "arrow")
     if isinstance(source, NamedData):
         kind = FORMATS.get(Path(source.name).suffix.lower(), "csv")
-        table = read_data(source)
+        table = _trimmed_names(read_data(source))
         data = source.data
 
         def decoded() -> Iterable[str]:
@@ -374,7 +394,7 @@ def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.T
         rows = table.num_rows
         return table, _Source(source.name, kind, lambda: _row_lines([data], decoded, kind, rows))
     p = Path(source)
-    table = read_table(p)
+    table = _trimmed_names(read_table(p))
     kind = FORMATS.get(p.suffix.lower(), "csv")
     rows = table.num_rows
 
