@@ -41,6 +41,7 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     assert "3 rows read: 3 events stored" in out
     code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db_url)
     assert "0 events stored, 3 already there" in out
+    assert "no event_id column" not in out
     code, out = run("import", "outcomes", str(tmp_path / "outcomes.csv"), "--db", db_url)
     assert code == 0 and "1 outcome stored" in out, out
     assert "name a lead the store does not hold" not in out
@@ -59,6 +60,12 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     assert view["email"] == "ann@acme.com"
     assert view["scores"]["b2b-default"]["mql"] is True  # a demo request and pricing: hot
     assert [h["reason"] for h in history] == ["event", "profile"]
+    without_ids = tmp_path / "no-ids.csv"
+    without_ids.write_text(
+        "\n".join(line.rsplit(",", 1)[0] for line in EVENTS.splitlines()) + "\n"
+    )
+    code, out = run("import", "events", str(without_ids), "--db", db_url)
+    assert code == 0 and "warning: the file has no event_id column: importing it again" in out
 
 
 def test_import_refuses_rows_the_api_would_refuse(db_url: str, tmp_path: Path) -> None:

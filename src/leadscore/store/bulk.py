@@ -181,6 +181,11 @@ def import_events(
     places = _Places.of(load, "events", table.num_rows)  # (as normalize_events keeps them)
     table = _within_limits(table, _label(source), skip_bad_rows, report, places)
     id_column = next((c for c in EVENT_ID_COLUMNS if c in table.column_names), None)
+    if id_column is None and table.num_rows:
+        report.warnings.append(
+            "the file has no event_id column: importing it again would store its events a "
+            "second time (an event_id, or a messageId, makes a re-import skip them)"
+        )
     stamps = pc.cast(table.column("ts"), pa.int64()).to_pylist()
     rest = [c for c in table.column_names if c not in ("lead_id", "type", "ts", "item", id_column)]
     for start in _chunks(table.num_rows):
