@@ -311,3 +311,22 @@ def test_validation_page_agrees_with_its_twin(
     assert bad.status_code == 422 and "target precision" in bad.text
     percent = c.get("/validation", params={**query, "target_precision": "50%"})
     assert "<b>40 points</b>" in percent.text
+
+
+def test_triggers_page_says_when_as_the_file_does(
+    store: Store, clock: Clock, serve_ui: Callable[..., httpx.Client]
+) -> None:
+    """`becomes_mql: true` reads "becomes MQL", not "becomes mql True"."""
+    from leadscore.store.triggers import parse_triggers, save_triggers
+
+    _seed(store, clock)
+    text = (
+        "triggers:\n"
+        "  - {id: a, when: {becomes_mql: true}, actions: [set_stage: sql]}\n"
+        "  - {id: b, when: {enters_band: hot}, actions: [set_stage: sql]}\n"
+    )
+    with store.db.write() as conn:
+        save_triggers(conn, parse_triggers(text), clock.now)
+    page = serve_ui(no_auth=True).get("/settings/triggers").text
+    assert "<td>becomes MQL</td>" in page and "enters band <b>hot</b>" in page
+    assert "True" not in page
