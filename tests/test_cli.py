@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -254,3 +255,22 @@ def test_init_onto_a_file(tmp_path: Path) -> None:
     target.write_text("x")
     code, _, err = run("init", str(target))
     assert code == 2 and "exists and is not a directory" in err
+
+
+def test_no_help_text_holds_brackets() -> None:
+    """Help is drawn with rich, whose markup takes `[default: 2]` for a tag and drops it."""
+    from typer.main import get_command
+
+    found: list[str] = []
+
+    def walk(command: Any, path: str) -> None:
+        for param in getattr(command, "params", []):
+            if "[" in (getattr(param, "help", None) or ""):
+                found.append(f"{path} {param.name}")
+        if "[" in (command.help or ""):
+            found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(get_command(app), "leadscore")
+    assert found == []

@@ -202,8 +202,8 @@ def serve(
             min=0,
             show_default=False,
             help="Decoded events of recently rescored leads kept in memory, so that "
-            "rescoring reads only their new events [default: 1,000,000; about 220 bytes "
-            "each; 0: none].",
+            "rescoring reads only their new events (default: 1,000,000; about 220 bytes "
+            "each; 0: none).",
         ),
     ] = None,
     ingest_process: Annotated[
@@ -229,8 +229,8 @@ def serve(
             max=32,
             show_default=False,
             help="PostgreSQL: ingest processes writing at once; a request of many leads is "
-            "shared out among them by lead [default: 2 on PostgreSQL; 1 on SQLite, its only "
-            "value].",
+            "shared out among them by lead (default: 2 on PostgreSQL; 1 on SQLite, its only "
+            "value).",
         ),
     ] = None,
 ) -> None:
