@@ -61,9 +61,7 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     assert view["scores"]["b2b-default"]["mql"] is True  # a demo request and pricing: hot
     assert [h["reason"] for h in history] == ["event", "profile"]
     without_ids = tmp_path / "no-ids.csv"
-    without_ids.write_text(
-        "\n".join(line.rsplit(",", 1)[0] for line in EVENTS.splitlines()) + "\n"
-    )
+    without_ids.write_text("\n".join(line.rsplit(",", 1)[0] for line in EVENTS.splitlines()) + "\n")
     code, out = run("import", "events", str(without_ids), "--db", db_url)
     assert code == 0 and "warning: the file has no event_id column: importing it again" in out
 
@@ -366,6 +364,8 @@ def test_serve_refuses_a_busy_port_and_no_auth_elsewhere(tmp_path: Path) -> None
         assert code == 2 and "Choose another with --port" in out
         code, out = run("demo", "--serve", "--port", port, "--db", str(tmp_path / "d.db"))
         assert code == 2 and "Choose another with --port" in out
+    code, out = run("serve", "--db", db, "--log-level", "loud")
+    assert code == 2 and "--log-level is warning, info or debug, not 'loud'" in out
     for command in ("serve", "demo"):  # not a traceback from bind()
         code, out = run(command, "--port", "99999")
         assert code == 2 and "Invalid value for '--port'" in out, out

@@ -381,3 +381,31 @@ def test_the_server_finishes_a_stopped_publish_at_start(
     else:
         assert store.replaced_scores() == 1
         assert "run `leadscore rescore` or POST /api/v1/rescore" in caplog.text
+
+
+def test_the_schedule_counts_from_one_start_to_the_next(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--rescore-every 10` starts a rescoring every 10 s, however long each takes (one of 3 s
+    is followed by a wait of 7, one of 12 s by none), and logs each run."""
+    from leadscore.service import app as service_app
+
+    now = [100.0]
+    waits: list[float] = []
+    took = iter([3.0, 12.0, 1.0])
+
+    class Clockwork(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(round(timeout or 0.0, 6))
+            now[0] += timeout or 0.0
+            return len(waits) > 3  # stop after three runs
+
+    def run() -> str:
+        now[0] += next(took)
+        return "done"
+
+    monkeypatch.setattr(service_app.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger=service_app.log.name):
+        service_app._every(10.0, Clockwork(), "rescore", run).join(5)
+    assert waits == [10.0, 7.0, 0.0, 9.0]
+    assert [r.getMessage() for r in caplog.records].count("rescore done in 3.0 s: done") == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import os
 import socket
@@ -188,6 +189,13 @@ def serve(
     webhook_timeout: Annotated[
         float, typer.Option(help="Seconds a webhook receiver has to answer.")
     ] = 10.0,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            help="What the server logs (standard error): warning (problems only), info (also "
+            "each request and each scheduled rescoring with its counts), or debug."
+        ),
+    ] = "warning",
     fast_commits: Annotated[
         bool,
         typer.Option(
@@ -267,6 +275,9 @@ def serve(
             raise ModelError([ModelIssue(str(path), None, "", "no such file")])
     if triggers is not None and not triggers.is_file():
         raise ConfigError([ModelIssue(str(triggers), None, "", "no such file")])
+    level = log_level.strip().lower()
+    if level not in ("warning", "info", "debug"):
+        raise UsageError(f"--log-level is warning, info or debug, not {log_level!r}")
     check_port_free(host, port)
     settings = Settings(
         db=db,
@@ -315,12 +326,17 @@ def serve(
             if self.started:
                 err.print(ready, markup=False)
 
+    if level != "warning":  # uvicorn logs its own; leadscore's lines go to standard error too
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("leadscore").addHandler(handler)
+        logging.getLogger("leadscore").setLevel(level.upper())
     config = uvicorn.Config(
         "leadscore.ui.app:app_from_env",
         factory=True,
         host=host,
         port=port,
-        log_level="warning",
+        log_level=level,
         # httptools, with bounds on heads, trailers and pipelining (leadscore.service.http)
         http=BoundedHttpTools,
     )

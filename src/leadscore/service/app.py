@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +55,7 @@ from leadscore.service.writer import (
     with_triggers,
 )
 from leadscore.store import Store, open_store
+from leadscore.store.keeper import RescoreReport
 from leadscore.store.outbox import Deliverer, RetryPolicy
 from leadscore.store.trigger_config import TriggerSpec
 from leadscore.store.triggers import list_triggers, load_triggers, save_triggers
@@ -400,23 +402,37 @@ def _every(
     run: Callable[[], object],
     at_once: Callable[[], bool] | None = None,
 ) -> threading.Thread:
-    """A thread that calls ``run`` every ``interval`` seconds until ``stop``; first at once
-    when ``at_once`` (asked in the thread; it must not raise) says so."""
+    """A thread that calls ``run`` every ``interval`` seconds until ``stop``, counted from
+    one start to the next (a run that takes longer is followed by the next at once, never
+    overlapped); first at once when ``at_once`` (asked in the thread; it must not raise)
+    says so. Each run is logged (INFO) with its time and what ``run`` returned."""
 
     def loop() -> None:
         first = at_once is not None and at_once()
-        while first or not stop.wait(interval):
-            first = False
+        due = time.monotonic() + (0 if first else interval)
+        while not stop.wait(max(0.0, due - time.monotonic())):
+            started = time.monotonic()
+            due = started + interval
             try:
-                run()
+                result = run()
             except Stopped:  # the service stops
                 return
             except Exception:  # keep the loop alive; the next pass retries
                 log.exception("%s failed", job)
+            else:
+                log.info("%s done in %.1f s: %s", job, time.monotonic() - started, result)
 
     thread = threading.Thread(target=loop, name=f"leadscore-{job}", daemon=True)
     thread.start()
     return thread
+
+
+def _rescored(report: RescoreReport) -> str:
+    """A scheduled rescoring as its log line says it."""
+    kept = f", {report.skipped:,} kept (rescored live meanwhile)" if report.skipped else ""
+    leads = f"{report.leads:,} lead{'' if report.leads == 1 else 's'}"
+    changes = f"{report.changed:,} score change{'' if report.changed == 1 else 's'}"
+    return f"{leads} rescored, {changes}{kept}"
 
 
 def _replaced_at_start(store: Store, scheduled: bool) -> bool:
@@ -493,7 +509,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                     settings.rescore_interval,
                     stop,
                     "rescore",
-                    lambda: rescorer.rescore("decay"),
+                    lambda: _rescored(rescorer.rescore("decay")),
                     at_once=lambda: _replaced_at_start(s, scheduled),
                 )
             )
