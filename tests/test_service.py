@@ -4,6 +4,7 @@ limits and the error envelope."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -362,6 +363,32 @@ def test_gzip_bodies_are_read_and_bounded_when_inflated(serve: Serve) -> None:
         api.post("/v1/batch", content=b"x", headers=brotli), 415, "unsupported_media_type"
     )
     assert "'br' is not taken" in err["message"]
+
+
+def test_segment_senders_of_every_kind_reach_it(serve: Serve, store: Store) -> None:
+    """Segment's browser library posts from the site's pages (any origin: CORS) to short
+    paths with the write key in the body; analytics-ruby posts batches to /v1/import. A
+    browser's own credentials (a Basic header it resends) still cannot write cross-site."""
+    api = serve()
+    key = _key(store, "ingest")
+    site = {"Origin": "https://www.example.com", "Sec-Fetch-Site": "cross-site"}
+    r = api.options("/v1/t", headers={**site, "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+    track = {"userId": "W1", "event": "demo_request", "writeKey": key}
+    r = api.post("/v1/t", content=json.dumps(track), headers={**site, "Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert r.headers["access-control-allow-origin"] == "*"
+    r = api.post("/v1/t", json={**track, "writeKey": "lsk_nope_nope"}, headers=site)
+    _envelope(r, 401, "unauthorized")
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    r = api.post("/v1/t", json={"userId": "W1", "event": "x"}, headers={**site, **basic})
+    _envelope(r, 403, "forbidden")
+    batch = {"batch": [{"type": "identify", "userId": "W2", "traits": {"a": 1}}]}
+    r = api.post("/v1/import", json=batch, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    with store.db.read() as conn:
+        stored = conn.exec_driver_sql("SELECT lead_id, properties FROM events").all()
+    assert [r[0] for r in stored] == ["W1"] and "lsk_" not in str(stored)  # no key kept
 
 
 def test_segment_messages_as_senders_write_them(serve: Serve) -> None:

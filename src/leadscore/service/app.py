@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -357,14 +357,25 @@ class CrossSiteGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["path"].startswith(SEGMENT_PREFIX):
+            # Segment's browser senders (analytics.js) post from the site's own pages, with
+            # the write key in the body: any origin may, without credentials (CORS)
+            if scope["method"] == "OPTIONS":
+                await Response(status_code=204, headers=SEGMENT_PREFLIGHT)(scope, receive, send)
+                return
+            send = _with_headers(send, SEGMENT_CORS)
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             headers = Headers(scope=scope)
             origin = headers.get("origin")
             cross = headers.get("sec-fetch-site") == "cross-site" or (
                 origin is not None and urlsplit(origin).netloc != headers.get("host", "")
             )
-            bearer = headers.get("authorization", "").lower().startswith("bearer ")
-            if cross and not bearer:
+            authorization = headers.get("authorization")
+            # no header at all: a Segment call whose write key is in its body, which no
+            # browser adds on its own (a key the browser resends is a header)
+            keyed = authorization is None and scope["path"].startswith(SEGMENT_PREFIX)
+            bearer = (authorization or "").lower().startswith("bearer ")
+            if cross and not (bearer or keyed):
                 refusal = JSONResponse(
                     error_body(
                         "forbidden",
@@ -376,6 +387,27 @@ class CrossSiteGuard:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+SEGMENT_PREFIX = "/v1/"
+SEGMENT_CORS = [(b"access-control-allow-origin", b"*")]
+SEGMENT_PREFLIGHT = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` adding ``extra`` headers to the response."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def ingest_processes(settings: Settings, sqlite: bool) -> int:

@@ -8,6 +8,7 @@ time in a running server.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,19 @@ def _token(request: Request) -> str | None:
             return None
         return user or None
     return None
+
+
+async def _write_key(request: Request) -> str | None:
+    """The ``writeKey`` in a Segment call's body: how Segment's browser library sends its key
+    (a body without one, or not JSON, has none: the route says what is wrong with it)."""
+    if request.method != "POST":
+        return None
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return None
+    key = body.get("writeKey") if isinstance(body, dict) else None
+    return key.strip() or None if isinstance(key, str) else None
 
 
 class KeyCache:
@@ -94,6 +108,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
         if state.settings.no_auth:
             return LOCAL_KEY
         text = _token(request)
+        if text is None and request.url.path.startswith("/v1/"):
+            text = await _write_key(request)
         if text is None:
             raise ApiError(
                 401,

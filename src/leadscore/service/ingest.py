@@ -443,6 +443,10 @@ def _segment_route(kind: str, doc: str) -> None:
     router.add_api_route(
         f"/v1/{kind}", call, methods=["POST"], tags=["segment"], name=f"segment_{kind}"
     )
+    # the short path Segment's browser library posts to (/v1/t: fewer ad blockers stop it)
+    router.add_api_route(
+        f"/v1/{kind[0]}", call, methods=["POST"], include_in_schema=False, name=f"segment_{kind[0]}"
+    )
 
 
 for _kind, _doc in SEGMENT_CALLS.items():
@@ -450,6 +454,8 @@ for _kind, _doc in SEGMENT_CALLS.items():
 
 
 @router.post("/v1/batch", tags=["segment"])
+@router.post("/v1/import", tags=["segment"], description="`batch` (analytics-ruby's default path).")
+@router.post("/v1/b", include_in_schema=False)
 async def segment_batch(
     request: Request, key: ApiKey = Depends(require("ingest"))
 ) -> dict[str, Any]:
