@@ -49,7 +49,13 @@ def test_import_leads_events_outcomes_and_again(db_url: str, tmp_path: Path) -> 
     (tmp_path / "more.csv").write_text(more)
     code, out = run("import", "outcomes", str(tmp_path / "more.csv"), "--db", db_url)
     assert code == 0 and "2 outcomes stored" in out, out
-    assert "1 outcome(s) name a lead the store does not hold: kept" in out  # l2, not L2
+    assert "1 outcome names a lead the store does not hold: kept" in out  # l2, not L2
+    assert "outcomes named otherwise" not in out
+    (tmp_path / "crm.csv").write_text("lead_id,outcome,ts\nL1,Closed Won,2026-11-24\n")
+    code, out = run("import", "outcomes", str(tmp_path / "crm.csv"), "--db", db_url)
+    assert code == 0 and "1 outcome stored" in out, out
+    assert "outcomes named otherwise than sql, opportunity, won, lost, rejected: " in out
+    assert "'closed won' (1)" in out
     store = Store(open_database(db_url))
     try:
         with store.db.read() as conn:

@@ -396,7 +396,7 @@ def test_import_outcomes_then_validate(tab: Page, site: tuple[str, Any], tmp_pat
     page.click("#outcomes-form button")
     page.wait_for_selector("#outcomes-status.ok")
     said = page.locator("#outcomes-status").inner_text()
-    assert "Imported won.csv: 4 new outcome(s)" in said
+    assert "Imported won.csv: 4 new outcomes" in said
     assert "1 name a lead the store does not hold (kept; check the lead ids)" in said
     # the report run again counts them; the page shows what its twin says
     page.click("#validation-form button[type=submit]")

@@ -69,6 +69,7 @@ def test_outcomes_as_csv(serve: Serve) -> None:
         "repeated": 0,
         "outcomes_for_unknown_leads": 1,  # X9
         "errors": [],
+        "warnings": [],
     }
     again = client.post("/api/v1/outcomes", content=outcomes_csv(), headers=CSV).json()
     assert (again["added"], again["repeated"]) == (0, 7)
@@ -93,6 +94,9 @@ def test_outcomes_as_csv(serve: Serve) -> None:
         "the file has 1 problem; nothing was stored: "
         "crm.csv: line 2: column 'lead_id': longer than 200 characters"
     )
+    crm = "lead_id,outcome,ts\nL1,Closed Won,2026-07-01\n"
+    warnings = client.post("/api/v1/outcomes", content=crm, headers=CSV).json()["warnings"]
+    assert len(warnings) == 1 and "'closed won' (1)" in warnings[0]
 
 
 def test_report_of_the_active_model(serve: Serve) -> None:

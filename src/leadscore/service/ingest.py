@@ -246,6 +246,7 @@ async def post_outcomes(
             "added": report.stored,
             "repeated": report.repeated,
             "errors": [],
+            "warnings": [w for w in report.warnings if w.startswith("outcomes named otherwise")],
         } | ({} if _blind(key) else {"outcomes_for_unknown_leads": report.unknown})
     items, _many = _items(
         await read_json(request, state.settings), "outcomes", state.settings.max_batch

@@ -7,6 +7,7 @@ leads are rescored once at the end with the batch evaluator, instead of once per
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class ImportReport:
     rescore: RescoreReport | None = None
 
 
+# The outcomes leadscore itself records or counts by default (dispositions, --conversion)
+USUAL_OUTCOMES = ("sql", "opportunity", "won", "lost", "rejected")
 # What the API refuses, refused here too: the store keeps ids, types and items this long.
 LIMITS = {"lead_id": 200, "type": 200, "item": 2000, "email": 320, "owner": 200}
 
@@ -246,6 +249,15 @@ def import_outcomes(
             strict=True,
         )
     ]
+    others = Counter(i.outcome for i in items if i.outcome not in USUAL_OUTCOMES)
+    if others:
+        named = ", ".join(f"{o!r} ({n:,})" for o, n in others.most_common(5))
+        more = f" and {len(others) - 5:,} more" if len(others) > 5 else ""
+        report.warnings.append(
+            f"outcomes named otherwise than {', '.join(USUAL_OUTCOMES)}: {named}{more}; they "
+            "are kept, and count as conversions only where --conversion names them (default "
+            "won,opportunity): 'closed won' from a CRM is not 'won'"
+        )
     for start in _chunks(len(items)):
         with store.db.write() as conn:
             added = add_outcomes(conn, items[start : start + CHUNK], "import")
@@ -257,7 +269,8 @@ def import_outcomes(
             progress("storing outcomes", min(start + CHUNK, len(items)), len(items))
     if report.unknown:
         report.warnings.append(
-            f"{report.unknown:,} outcome(s) name a lead the store does not hold: kept, and "
+            f"{report.unknown:,} {'outcome names' if report.unknown == 1 else 'outcomes name'} "
+            "a lead the store does not hold: kept, and "
             "counted once such a lead is stored (is the lead id spelt as the store's?)"
         )
     return report

@@ -424,7 +424,8 @@ if (outcomesForm) {
       const unknown = r.outcomes_for_unknown_leads
         ? ` ${r.outcomes_for_unknown_leads.toLocaleString("en")} name a lead the store does not hold (kept; check the lead ids).`
         : "";
-      say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome(s), ${r.repeated.toLocaleString("en")} already stored.${unknown} Run the report again to include them.`, "ok");
+      const named = (r.warnings || []).filter((w) => w.startsWith("outcomes named otherwise")).map((w) => ` Note: ${w}.`).join("");
+      say(status, `Imported ${file.name}: ${r.added.toLocaleString("en")} new outcome${r.added === 1 ? "" : "s"}, ${r.repeated.toLocaleString("en")} already stored.${unknown}${named} Run the report again to include them.`, "ok");
     } catch (e) {
       stop();
       say(status, errorText(e), "error");
