@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -88,7 +89,8 @@ def test_delivered_with_headers_and_signature(
     first, second = receiver.requests
     assert first.body == body.encode()
     assert first.headers["Content-Type"] == "application/json"
-    assert first.headers["X-Leadscore-Delivery"] == str(signed)
+    # its id and creation time: a rebuilt store (ids from 1 again) does not repeat old ids
+    assert first.headers["X-Leadscore-Delivery"] == f"{signed}-{entry(store, signed)['created_us']}"
     assert first.headers["X-Leadscore-Timestamp"] == str(clock.now // SECOND)
     assert first.headers["X-Leadscore-Signature"] == sign("s3cret", body.encode())
     assert verify_signature("s3cret", first.body, first.headers["X-Leadscore-Signature"])
@@ -285,7 +287,7 @@ def test_concurrent_deliverers_send_each_row_once(
     finally:
         other_db.dispose()
     assert sum(counts) == 30
-    sent = sorted(int(r.headers["X-Leadscore-Delivery"]) for r in receiver.requests)
+    sent = sorted(int(r.headers["X-Leadscore-Delivery"].split("-")[0]) for r in receiver.requests)
     assert sent == ids
     with store.db.read() as conn:
         statuses = conn.execute(
@@ -335,7 +337,7 @@ def test_send_test(receiver: Receiver, clock: Clock, fmt: str) -> None:
     result = send_test(receiver.url, "s3cret", fmt, timeout_s=2, now_us=clock.now)  # type: ignore[arg-type]
     assert result.ok and result.status_code == 200
     (req,) = receiver.requests
-    assert req.headers["X-Leadscore-Delivery"] == "test"
+    assert re.fullmatch("test-[0-9a-f]{16}", req.headers["X-Leadscore-Delivery"])
     assert verify_signature("s3cret", req.body, req.headers["X-Leadscore-Signature"])
     body = json.loads(req.body)
     if fmt == "json":

@@ -199,6 +199,7 @@ def test_webhook_urls_are_shown_without_their_credentials(serve_ui: Serve) -> No
         assert shown.replace("&", "&amp;") in page
         test = api.post("/api/v1/triggers/hot-to-sales/test").json()
         assert test["items"][0]["url"] == shown
+        assert json.loads(receiver.requests[-1].body)["trigger"] == "hot-to-sales"
         (firing,) = api.get("/api/v1/firings").json()["items"]
         webhooks = [a for a in firing["detail"]["actions"] if a["action"] == "webhook"]
         assert [w["url"] for w in webhooks] == [shown]

@@ -216,7 +216,11 @@ async def post_trigger_test(request: Request, trigger_id: str, _: ApiKey = ADMIN
             {
                 "url": shown_url(h.url),
                 **send_test(
-                    h.url, h.secret, h.format, timeout_s=state.settings.webhook_timeout
+                    h.url,
+                    h.secret,
+                    h.format,
+                    timeout_s=state.settings.webhook_timeout,
+                    trigger_id=trigger_id,
                 ).summary(),
             }
             for h in hooks

@@ -29,8 +29,9 @@ Receivers check the signature with :func:`verify_signature`::
         ...
 
 Headers sent: ``Content-Type: application/json``, ``User-Agent: leadscore-webhooks``,
-``X-Leadscore-Delivery: <outbox id>``, ``X-Leadscore-Timestamp: <unix seconds>`` and, when the
-trigger has a secret, ``X-Leadscore-Signature: sha256=<hex HMAC-SHA256 of the body>``.
+``X-Leadscore-Delivery: <outbox id>-<its creation time in µs>`` (:func:`delivery_id`),
+``X-Leadscore-Timestamp: <unix seconds>`` and, when the trigger has a secret,
+``X-Leadscore-Signature: sha256=<hex HMAC-SHA256 of the body>``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import hashlib
 import hmac
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -145,6 +147,7 @@ class Claim:
     body: str
     secret: str | None
     at_us: int
+    created_us: int  # the row's: with its id, the delivery id receivers see
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,12 @@ class Deliverer:
             now = self.clock()
             row = conn.execute(
                 sa.select(
-                    outbox.c.id, outbox.c.url, outbox.c.body, outbox.c.secret, outbox.c.attempts
+                    outbox.c.id,
+                    outbox.c.url,
+                    outbox.c.body,
+                    outbox.c.secret,
+                    outbox.c.attempts,
+                    outbox.c.created_us,
                 )
                 .where(outbox.c.status == "pending", outbox.c.next_attempt_us <= now)
                 .order_by(outbox.c.next_attempt_us, outbox.c.id)
@@ -268,14 +276,16 @@ class Deliverer:
                 .where(outbox.c.id == row.id)
                 .values(attempts=attempt, next_attempt_us=now + self.policy.lease_us)
             )
-            delivery_id = inserted_id(
+            attempt_id = inserted_id(
                 conn.execute(
                     deliveries.insert().values(
                         outbox_id=row.id, at_us=now, error=INTERRUPTED, duration_ms=0.0
                     )
                 )
             )
-        return Claim(int(row.id), delivery_id, attempt, row.url, row.body, row.secret, now)
+        return Claim(
+            int(row.id), attempt_id, attempt, row.url, row.body, row.secret, now, row.created_us
+        )
 
     def attempt(self, claim: Claim) -> Attempt:
         """POST a claimed row (no database work)."""
@@ -284,7 +294,7 @@ class Deliverer:
             claim.url,
             claim.body,
             claim.secret,
-            str(claim.outbox_id),
+            delivery_id(claim.outbox_id, claim.created_us),
             claim.at_us // 1_000_000,
             self.policy.timeout_s,
         )
@@ -409,17 +419,28 @@ def send_test(
     timeout_s: float = 10.0,
     now_us: int | None = None,
     client: httpx.Client | None = None,
+    trigger_id: str = "test",
 ) -> Attempt:
-    """POST a sample firing (a made-up lead) to ``url`` once, signed like a real one.
+    """POST a sample firing (a made-up lead) of ``trigger_id`` to ``url`` once, signed like a
+    real one, with a delivery id of its own (``test-`` and random hex: a receiver dropping
+    repeats by that id does not drop the next test).
 
     Nothing is stored; the result says what the receiver answered.
     """
     now = now_micros() if now_us is None else now_us
-    body = encode_body(sample_payload(now), format)
+    body = encode_body(sample_payload(now, trigger_id), format)
+    delivery = f"test-{secrets.token_hex(8)}"
     if client is not None:
-        return _post(client, url, body, secret, "test", now // 1_000_000, timeout_s)
+        return _post(client, url, body, secret, delivery, now // 1_000_000, timeout_s)
     with httpx.Client(follow_redirects=False) as own:
-        return _post(own, url, body, secret, "test", now // 1_000_000, timeout_s)
+        return _post(own, url, body, secret, delivery, now // 1_000_000, timeout_s)
+
+
+def delivery_id(outbox_id: int, created_us: int) -> str:
+    """The ``X-Leadscore-Delivery`` id of an outbox row: its id and creation time (in µs), the
+    same on every attempt, and not that of a row of another store or of a store rebuilt (whose
+    ids start again at 1)."""
+    return f"{outbox_id}-{created_us}"
 
 
 # --- the delivery log -------------------------------------------------------------------------
