@@ -391,6 +391,32 @@ def test_segment_senders_of_every_kind_reach_it(serve: Serve, store: Store) -> N
     assert [r[0] for r in stored] == ["W1"] and "lsk_" not in str(stored)  # no key kept
 
 
+def test_segment_reserved_traits_are_the_profile_fields_models_read(serve: Serve) -> None:
+    """A standard identify (title, company.industry, company.employee_count, address.country)
+    scores as the same person sent with flat fields; traits in the context count too."""
+    api = serve(no_auth=True)
+    reserved = {
+        "title": "CEO",
+        "email": "ceo@bigco.com",
+        "company": {"name": "BigCo", "industry": "Software", "employee_count": 1200},
+        "address": {"country": "US"},
+    }
+    flat = {"job_title": "CEO", "company": "BigCo", "industry": "Software", "employees": 1200}
+    api.post("/v1/identify", json={"userId": "R1", "traits": reserved})
+    api.post("/v1/identify", json={"userId": "R2", "context": {"traits": reserved}})
+    api.post("/api/v1/leads", json={"lead_id": "R3", **flat, "country": "US"})
+    scores = [api.get(f"/api/v1/leads/R{i}").json()["scores"]["b2b-default"] for i in (1, 2, 3)]
+    assert [(s["fit"], s["grade"]) for s in scores] == [(scores[2]["fit"], scores[2]["grade"])] * 3
+    assert scores[2]["fit"] >= 50
+    lead = api.get("/api/v1/leads/R1").json()
+    assert lead["email"] == "ceo@bigco.com" and lead["profile"]["title"] == "CEO"
+    # a field the message gives itself is kept
+    api.post(
+        "/v1/identify", json={"userId": "R4", "traits": {"title": "CEO", "job_title": "Intern"}}
+    )
+    assert api.get("/api/v1/leads/R4").json()["profile"]["job_title"] == "Intern"
+
+
 def test_segment_messages_as_senders_write_them(serve: Serve) -> None:
     """Numbers as ids are their text, null objects are empty ones, an empty userId beside an
     anonymousId is an anonymous message: Segment's senders write all of these."""

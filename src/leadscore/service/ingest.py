@@ -314,6 +314,22 @@ def _segment_event(m: SegmentMessage, now_us: int, settings: Any) -> EventInput:
     return to_event(native, settings, now_us, m.skew_us(now_us))
 
 
+# Profile fields (as the shipped models and the sample data name them) given the value of
+# Segment's reserved identify traits when a message does not give them itself: a standard
+# identify ({"title": "CEO", "company": {"industry": ...}}) is scored as the flat fields would be.
+SEGMENT_TRAITS = {
+    "job_title": "title",
+    "company": "company.name",
+    "industry": "company.industry",
+    "employees": "company.employee_count",
+    "country": "address.country",
+    "city": "address.city",
+    "state": "address.state",
+    "first_name": "firstName",
+    "last_name": "lastName",
+}
+
+
 def _trait_text(value: Any) -> str:
     """One value of a trait's list: an object or a list as JSON (as written, not escaped)."""
     if isinstance(value, (dict, list)):
@@ -333,7 +349,12 @@ def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
         else:
             fields[prefix] = value
 
-    flatten("", m.traits)
+    # an identify whose traits came in its context (as some senders put them) has them there
+    traits = m.traits or m.context.get("traits") or {}
+    flatten("", traits if isinstance(traits, dict) else {})
+    for field, trait in SEGMENT_TRAITS.items():  # Segment's reserved traits, as models name
+        if field not in fields and fields.get(trait) not in (None, ""):  # the fields
+            fields[field] = fields[trait]
     for k in fields:
         if len(k) > 200:
             raise ValueError(f"trait name {k[:40]!r}... is longer than 200 characters")
