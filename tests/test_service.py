@@ -417,6 +417,27 @@ def test_segment_reserved_traits_are_the_profile_fields_models_read(serve: Serve
     assert api.get("/api/v1/leads/R4").json()["profile"]["job_title"] == "Intern"
 
 
+def test_identifies_in_a_batch_are_taken_in_order(serve: Serve) -> None:
+    """Identifies in a row are stored together (1,000 took 7 s one by one), in the batch's
+    order with the events between them: the last word on a field wins."""
+    api = serve(no_auth=True)
+    batch = [
+        {"type": "identify", "userId": "B1", "traits": {"plan": "free"}},
+        {"type": "identify", "userId": "B1", "traits": {"plan": "pro", "email": "b1@x.com"}},
+        {"type": "track", "userId": "B1", "event": "demo_request"},
+        {"type": "identify", "userId": "B1", "traits": {"plan": "enterprise"}},
+        {"type": "identify", "userId": "B2"},
+        {"type": "identify", "anonymousId": "a-9", "userId": "B2", "traits": {"x": 1}},
+    ]
+    r = api.post("/v1/batch", json={"batch": batch})
+    assert r.status_code == 200 and r.json()["errors"] == [], r.text
+    assert [i["index"] for i in r.json()["items"]] == list(range(6))
+    b1 = api.get("/api/v1/leads/B1").json()
+    assert (b1["profile"]["plan"], b1["email"]) == ("enterprise", "b1@x.com")
+    assert b1["scores"]["b2b-default"]["engagement"] == 50.0
+    assert api.get("/api/v1/leads/B2").json()["profile"]["x"] == 1
+
+
 def test_segment_messages_as_senders_write_them(serve: Serve) -> None:
     """Numbers as ids are their text, null objects are empty ones, an empty userId beside an
     anonymousId is an anonymous message: Segment's senders write all of these."""

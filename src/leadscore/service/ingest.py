@@ -382,12 +382,20 @@ async def _segment(
     pending: list[EventInput] = []
     positions: list[int] = []
 
+    leads: list[LeadInput] = []  # identifies in a row without an anonymousId: one upsert
+    lead_positions: list[int] = []
+
     def flush() -> None:
         if pending:
             done = store.ingest_events(list(pending))
             outcomes.extend(_reindex(done, list(positions)))
             pending.clear()
             positions.clear()
+        if leads:
+            done = store.upsert_leads(list(leads))
+            outcomes.extend(_reindex(done, list(lead_positions)))
+            leads.clear()
+            lead_positions.clear()
 
     def run() -> None:
         for i, raw in enumerate(messages):
@@ -398,15 +406,24 @@ async def _segment(
                 m.check_ids()
                 t = m.type or kind or "track"
                 if t in ("track", "page", "screen"):
+                    if leads:
+                        flush()  # in order: the leads before these events
                     pending.append(_segment_event(m, now, state.settings))
                     positions.append(i)
                     continue
-                flush()
                 if t == "identify":
                     lead = _segment_traits(m, state.settings)
                     if lead.lead_id is None and lead.email is None:
                         outcomes.append(ItemOutcome(i, "anonymous"))
                         continue
+                    if m.anonymousId is None:
+                        if pending:
+                            flush()  # in order: the events before this lead
+                        leads.append(lead)
+                        lead_positions.append(i)
+                        continue
+                flush()
+                if t == "identify":
                     outcome, _ = store.identify(lead, m.anonymousId)
                     outcome.index = i
                     outcomes.append(outcome)
