@@ -263,12 +263,10 @@ class BodyLimit:
         if inflate is not None or as_json:
             # the routes see the body as it was before it was compressed, and text/plain or
             # no type (as some senders post JSON) as the JSON it is
-            dropped = (b"content-type", b"content-encoding", b"content-length")
-            kept = [
-                (k, v)
-                for k, v in scope["headers"]
-                if k.lower() not in dropped[: 1 + 2 * (inflate is not None)]
-            ]
+            dropped = {b"content-type"}
+            if inflate is not None:  # the inflated body has no encoding, and another length
+                dropped |= {b"content-encoding", b"content-length"}
+            kept = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
             if as_json or kind:
                 kept.append((b"content-type", b"application/json" if as_json else kind.encode()))
             scope = {**scope, "headers": kept}
