@@ -292,6 +292,20 @@ def test_nested_json_in_an_import_is_read_as_posted_events_are(tmp_path: Path) -
     assert scores == [11.0, 11.0]
 
 
+def test_delete_lead_from_the_command_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    (tmp_path / "leads.csv").write_text(LEADS)
+    (tmp_path / "events.csv").write_text(EVENTS)
+    run("import", "leads", str(tmp_path / "leads.csv"), "--db", db)
+    run("import", "events", str(tmp_path / "events.csv"), "--db", db)
+    code, out = run("delete-lead", "L1", "--db", db)
+    assert code == 0 and out.startswith(
+        "deleted lead L1 with 2 events, 1 score, 2 score changes"
+    ), out
+    code, out = run("delete-lead", "L1", "--db", db)
+    assert code == 2 and "no lead 'L1'" in out
+
+
 def test_rescore_of_an_unknown_sheet_is_refused(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     (tmp_path / "leads.csv").write_text(LEADS)

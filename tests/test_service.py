@@ -600,6 +600,56 @@ def test_owner_names_are_kept_without_spaces_around(serve: Serve) -> None:
     assert api.get("/api/v1/leads/L1").json()["owner"] is None
 
 
+def test_a_lead_is_erased_with_everything_recorded_about_it(serve: Serve, store: Store) -> None:
+    """DELETE /api/v1/leads/ID (admin) removes the lead, its events (also those it sent while
+    anonymous), scores, history, outcomes, stage changes, firings and webhook calls; the other
+    leads keep theirs."""
+    from leadscore.store.triggers import parse_triggers, save_triggers
+
+    api = serve(no_auth=True)
+    hook = "{webhook: {url: 'http://127.0.0.1:9/h'}}"
+    triggers = f"triggers:\n  - {{id: t, when: {{crosses: 30}}, actions: [{hook}]}}\n"
+    with store.db.write() as conn:
+        save_triggers(conn, parse_triggers(triggers), store.clock())
+    api.post("/v1/track", json={"anonymousId": "anon-1", "event": "page_view"})
+    api.post("/v1/identify", json={"userId": "E1", "anonymousId": "anon-1"})
+    api.post("/api/v1/leads", json=[{"lead_id": "E1", "email": "e1@x.com"}, {"lead_id": "E2"}])
+    for lead in ("E1", "E2"):
+        api.post("/api/v1/events", json={"lead_id": lead, "type": "demo_request"})
+        api.post(f"/api/v1/leads/{lead}/disposition", json={"disposition": "won"})
+    r = api.delete("/api/v1/leads/E1")
+    assert r.status_code == 200, r.text
+    deleted = r.json()["deleted"]
+    assert (deleted["leads"], deleted["events"], deleted["trigger firings"]) == (1, 2, 1)
+    assert deleted["webhook calls"] == 1 and deleted["outcomes"] == 1
+    _envelope(api.get("/api/v1/leads/E1"), 404, "not_found")
+    _envelope(api.delete("/api/v1/leads/E1"), 404, "not_found")
+    with store.db.read() as conn:
+        for table in (
+            "events",
+            "scores",
+            "score_history",
+            "outcomes",
+            "stage_changes",
+            "trigger_firings",
+            "aliases",
+        ):
+            left = conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE lead_id = 'E1'")
+            assert left.scalar_one() == 0, table
+        assert conn.exec_driver_sql("SELECT count(*) FROM outbox").scalar_one() == 1  # E2's
+    assert api.get("/api/v1/leads/E2").json()["scores"]["b2b-default"]["engagement"] == 50.0
+    # anonymous events that arrive later under the erased id's alias make no ghost of it
+    api.post("/v1/track", json={"anonymousId": "anon-1", "event": "page_view"})
+    _envelope(api.get("/api/v1/leads/E1"), 404, "not_found")
+    # the id used again is a new lead: no cache of the server remembers the old one's events
+    for lead in ("E1", "E3"):
+        api.post("/api/v1/events", json={"lead_id": lead, "type": "webinar_attended"})
+    again, fresh = (
+        api.get(f"/api/v1/leads/{i}").json()["scores"]["b2b-default"] for i in ("E1", "E3")
+    )
+    assert again["engagement"] == fresh["engagement"] < 50.0
+
+
 def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:
     api = serve(no_auth=True)
     api.post("/api/v1/leads", json=VP)

@@ -615,6 +615,26 @@ def keys_revoke(
     out.print(f"revoked key {key.id} ({key.name})", markup=False)
 
 
+@app.command("delete-lead")
+@_edge
+def delete_lead(
+    lead_id: Annotated[str, typer.Argument(help="The lead's id.")],
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Erase a lead and everything recorded about it (a person's request to be forgotten):
+    events, scores and history, outcomes, stage changes, trigger firings and their webhook
+    calls, anonymous and merged ids."""
+    from leadscore.store.lifecycle import erase_lead
+
+    try:
+        with _opened(db, existing=True) as store, store.db.write() as conn:
+            counts = erase_lead(conn, lead_id)
+    except NotFound as exc:  # a mistyped id: called wrongly (2)
+        raise UsageError(str(exc)) from None
+    gone = ", ".join(_counted(n, what) for what, n in counts.items() if n and what != "leads")
+    out.print(f"deleted lead {lead_id}" + (f" with {gone}" if gone else ""), markup=False)
+
+
 triggers_app = typer.Typer(help="Thresholds and actions: check, set, list.", no_args_is_help=True)
 app.add_typer(triggers_app, name="triggers")
 

@@ -28,7 +28,7 @@ from leadscore.service.state import ServiceState
 from leadscore.store import DISPOSITIONS, LeadQuery, Store
 from leadscore.store.keeper import Sheet
 from leadscore.store.keys import ApiKey
-from leadscore.store.lifecycle import record_disposition, set_stage
+from leadscore.store.lifecycle import erase_lead, record_disposition, set_stage
 from leadscore.store.queries import (
     LIST_PARAMETERS,
     MAX_LIMIT,
@@ -353,6 +353,22 @@ async def post_stage(
 
     changed = await run_in_threadpool(run)
     return {"lead_id": lead_id, "stage": body.stage.strip().lower(), "changed": changed}
+
+
+@router.delete("/api/v1/leads/{lead_id:lead}", tags=["leads"])
+async def delete_lead(
+    request: Request, lead_id: str, _: ApiKey = Depends(require("admin"))
+) -> dict[str, Any]:
+    """Erase a lead and everything recorded about it (a person's request to be forgotten):
+    events, scores and history, outcomes, stage changes, trigger firings and their webhook
+    calls, anonymous and merged ids. The answer counts what went of each."""
+    state = _state(request)
+
+    def run() -> dict[str, int]:
+        with state.store.db.write() as conn:
+            return erase_lead(conn, lead_id)
+
+    return {"lead_id": lead_id, "deleted": await run_in_threadpool(run)}
 
 
 @router.post("/api/v1/leads/{lead_id:lead}/rescore", tags=["leads"])

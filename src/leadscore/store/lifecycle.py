@@ -16,14 +16,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import UsageError
+from leadscore.store.db import journal_of
 from leadscore.store.leads import STAGES, lock_identities, lock_leads, merged_into, no_lead
-from leadscore.store.schema import leads, outcomes, stage_changes
+from leadscore.store.schema import (
+    aliases,
+    deliveries,
+    events,
+    lead_merges,
+    leads,
+    outbox,
+    outcomes,
+    score_history,
+    scores,
+    stage_changes,
+    trigger_firings,
+)
 
 __all__ = [
     "DISPOSITIONS",
     "OutcomeInput",
     "add_outcomes",
     "check_stage",
+    "erase_lead",
     "outcomes_for_unknown_leads",
     "record_disposition",
     "set_stage",
@@ -172,3 +186,42 @@ def outcomes_for_unknown_leads(conn: Connection, items: Sequence[OutcomeInput]) 
         known.update(str(r) for (r,) in conn.execute(q))
     known.update(merged_into(conn, set(wanted) - known))
     return sum(i.lead_id not in known for i in items)
+
+
+def erase_lead(conn: Connection, lead_id: str) -> dict[str, int]:
+    """Delete a lead and everything recorded about it (a person's request to be forgotten):
+    its events (those it sent before it was known by its id too), scores and their history,
+    outcomes, stage changes, trigger firings and their webhook calls (whose bodies hold its
+    data, sent or not), anonymous ids and the ids merged into it. How many rows of each went.
+
+    NotFound when there is no such lead (naming the lead it was merged into, if so). Sent
+    webhooks and backups are beyond reach; an event or upsert naming the lead later makes a
+    new one."""
+    if not lock_leads(conn, [lead_id]):
+        raise no_lead(conn, lead_id)
+    anonymous = sa.select(aliases.c.anonymous_id).where(aliases.c.lead_id == lead_id)
+    firings = sa.select(trigger_firings.c.id).where(trigger_firings.c.lead_id == lead_id)
+    calls = sa.select(outbox.c.id).where(outbox.c.firing_id.in_(firings))
+    steps: list[tuple[str, sa.Delete]] = [
+        ("webhook attempts", deliveries.delete().where(deliveries.c.outbox_id.in_(calls))),
+        ("webhook calls", outbox.delete().where(outbox.c.firing_id.in_(firings))),
+        ("trigger firings", trigger_firings.delete().where(trigger_firings.c.lead_id == lead_id)),
+        (
+            "events",
+            events.delete().where(
+                sa.or_(events.c.lead_id == lead_id, events.c.anonymous_id.in_(anonymous))
+            ),
+        ),
+        ("anonymous ids", aliases.delete().where(aliases.c.lead_id == lead_id)),
+        ("merged ids", lead_merges.delete().where(lead_merges.c.into_id == lead_id)),
+        ("scores", scores.delete().where(scores.c.lead_id == lead_id)),
+        ("score changes", score_history.delete().where(score_history.c.lead_id == lead_id)),
+        ("outcomes", outcomes.delete().where(outcomes.c.lead_id == lead_id)),
+        ("stage changes", stage_changes.delete().where(stage_changes.c.lead_id == lead_id)),
+        ("leads", leads.delete().where(leads.c.lead_id == lead_id)),
+    ]
+    counts = {what: conn.execute(statement).rowcount for what, statement in steps}
+    journal = journal_of(conn)
+    if journal is not None:  # its events are gone: the caches read it again
+        journal.changed(lead_id)
+    return counts
