@@ -41,7 +41,7 @@ def test_library_snippet_runs_in_an_init_directory(
 
 def test_cli_commands_in_the_readme_exist() -> None:
     documented = README.split("## Not there yet")[0]  # what is not built is named after it
-    names = set(re.findall(r"`leadscore (\w+)", documented))
+    names = set(re.findall(r"`leadscore ([\w-]+)", documented))
     assert names >= {"validate", "score", "explain", "test", "schema", "init", "demo"}
     for name in names:
         assert CliRunner().invoke(app, [name, "--help"]).exit_code == 0, name
