@@ -292,6 +292,24 @@ def test_nested_json_in_an_import_is_read_as_posted_events_are(tmp_path: Path) -
     assert scores == [11.0, 11.0]
 
 
+def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """Two servers on one SQLite file each trusted their caches, and scored leads without the
+    events the other had just stored; the second now stops before it starts."""
+    import os
+
+    from leadscore.cli import service as cli_service
+
+    db = str(tmp_path / "s.db")
+    cli_service._one_server_per_sqlite_file(db)  # as a running server holds it
+    try:
+        code, out = run("serve", "--db", db, "--no-auth")
+        assert code == 2, out
+        assert f"another `leadscore serve` uses the store {db} (process {os.getpid()})" in out
+    finally:
+        os.close(cli_service._SERVE_LOCKS.pop())
+    assert run("keys", "create", "k", "--db", db)[0] == 0  # commands are not servers
+
+
 def test_delete_lead_from_the_command_line(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     (tmp_path / "leads.csv").write_text(LEADS)

@@ -6,6 +6,7 @@ or the ``LEADSCORE_DB`` environment variable).
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -130,6 +131,40 @@ def _open(db: str) -> Store:
             markup=False,
         )
     return store
+
+
+_SERVE_LOCKS: list[int] = []  # the lock files' descriptors, held while the server runs
+
+
+def _one_server_per_sqlite_file(db: str) -> None:
+    """On SQLite, refuse a second server on the same file (``<file>.serve-lock``, locked while
+    the server runs): two would each keep caches the other's writes make stale, and score
+    leads without events the other just stored. Commands (import, rescore...) may run beside
+    a server; PostgreSQL takes several servers."""
+    from leadscore.store.db import database_url
+
+    url = database_url(db)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    lock = path.with_name(path.name + ".serve-lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a directory that is not there or not writable: the store says
+        raise UsageError(f"cannot use the store {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"another `leadscore serve` uses the store {path}"
+            + (f" (process {other})" if other else "")
+            + ": SQLite takes one server; stop it first, or serve from PostgreSQL"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _SERVE_LOCKS.append(fd)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -279,6 +314,7 @@ def serve(
     if level not in ("warning", "info", "debug"):
         raise UsageError(f"--log-level is warning, info or debug, not {log_level!r}")
     check_port_free(host, port)
+    _one_server_per_sqlite_file(db)
     settings = Settings(
         db=db,
         no_auth=no_auth,
