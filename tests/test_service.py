@@ -237,6 +237,9 @@ def test_keys_and_scopes(serve: Serve, store: Store) -> None:
     headers = {**as_ingest, "content-type": "text/csv"}
     r = api.post("/api/v1/outcomes", content=csv_file, headers=headers)
     assert len(csv_file) > 1_000_000 and r.status_code == 200, r.text[:200]
+    # without a key it is refused before it is read (the key is checked first)
+    r = api.post("/api/v1/outcomes", content=csv_file, headers={"content-type": "text/csv"})
+    _envelope(r, 401, "unauthorized")
 
 
 def test_segment_calls(serve: Serve) -> None:
@@ -358,6 +361,21 @@ def test_gzip_bodies_are_read_and_bounded_when_inflated(serve: Serve) -> None:
     cut = gzip.compress(json_.dumps(batch).encode())[:-12]
     err = _envelope(api.post("/v1/batch", content=cut, headers=zipped), 400, "bad_request")
     assert err["message"] == "the gzip body is cut short"
+    # gzip members one after another are one body; other bytes after the gzip data are not
+    halves = json_.dumps(batch).encode()
+    two = gzip.compress(halves[:20]) + gzip.compress(halves[20:])
+    r = api.post("/v1/batch", content=two, headers=zipped)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    tail = gzip.compress(halves) + b"GARBAGE"
+    err = _envelope(api.post("/v1/batch", content=tail, headers=zipped), 400, "bad_request")
+    assert err["message"] == "the body holds bytes after its gzip data"
+    # the outcomes upload, whose limit is larger, streams to its route (read after the key's
+    # check): not gzip there
+    csv_zipped = {"Content-Type": "text/csv", "Content-Encoding": "gzip"}
+    r = api.post(
+        "/api/v1/outcomes", content=gzip.compress(b"lead_id,outcome,ts\n"), headers=csv_zipped
+    )
+    assert _envelope(r, 415, "unsupported_media_type")["message"].endswith("send the body as is")
     brotli = {**JSON_TYPE, "Content-Encoding": "br"}
     err = _envelope(
         api.post("/v1/batch", content=b"x", headers=brotli), 415, "unsupported_media_type"

@@ -219,12 +219,18 @@ class BodyLimit:
     """A body over the limit is answered 413 before its key is checked or the body read: at
     once when its declared length (``Content-Length``) says so, else as soon as the bytes
     that arrived pass it (a body sent in chunks). A route reading its body into a model would
-    otherwise take any size from anyone. ``larger`` gives some paths a limit of their own (the
-    outcomes upload).
+    otherwise take any size from anyone.
+
+    Up to the usual limit the body is read here, whole (every route reads it whole), so that a
+    refusal is answered before the route starts (stopped part way, a route raises, and the
+    server closes the connection under a client that goes on using it). ``larger`` gives some
+    paths a limit of their own (the outcomes upload): there the body streams to the route,
+    which reads it only once the key is checked, counted as it comes.
 
     A body sent with ``Content-Encoding: gzip`` (as Segment's and RudderStack's senders may
-    send) reaches the routes decompressed, the limit counting the decompressed bytes (a small
-    body that inflates to gigabytes is refused as it inflates); another encoding is a 415."""
+    send) reaches the routes inflated, the limit counting the inflated bytes (a small body
+    that inflates to gigabytes is refused as it inflates); gzip members one after another are
+    one body. Another encoding, or gzip on a path of its own limit, is a 415."""
 
     def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int]) -> None:
         self.app = app
@@ -235,7 +241,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.larger.get(scope["path"], self.limit)
+        larger = self.larger.get(scope["path"])
+        limit = self.limit if larger is None else larger
         headers = Headers(scope=scope)
         declared = headers.get("content-length", "")  # digits: the parser's
         if declared.isdigit() and int(declared) > limit:
@@ -244,36 +251,38 @@ class BodyLimit:
             )
             return
         encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("identity", "", "gzip", "x-gzip"):
-            problem = f"Content-Encoding {encoding!r} is not taken: send the body as is or gzip"
+        gzipped = encoding in ("gzip", "x-gzip")
+        if encoding not in ("identity", "") and not (gzipped and larger is None):
+            problem = f"Content-Encoding {encoding!r} is not taken here: send the body as is"
+            if larger is None:
+                problem += " or gzip"
             await _refusal(415, "unsupported_media_type", problem)(scope, receive, send)
             return
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind in FORM_TYPES:  # curl -d's default: every body here is JSON, YAML or CSV
+        has_body = scope["method"] in ("POST", "PUT", "PATCH")
+        if kind in FORM_TYPES and has_body:  # curl -d's default: bodies here are JSON, YAML, CSV
             problem = (
                 f"send JSON (Content-Type: application/json), or a model or triggers file as "
                 f"YAML (application/yaml), not {kind}"
             )
             await _refusal(415, "unsupported_media_type", problem)(scope, receive, send)
             return
-        inflate = None
-        if encoding in ("gzip", "x-gzip"):
-            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        as_json = kind == "text/plain" or (not kind and scope["method"] in ("POST", "PUT", "PATCH"))
-        if inflate is not None or as_json:
+        as_json = kind == "text/plain" or (not kind and has_body)
+        if gzipped or as_json:
             # the routes see the body as it was before it was compressed, and text/plain or
             # no type (as some senders post JSON) as the JSON it is
             dropped = {b"content-type"}
-            if inflate is not None:  # the inflated body has no encoding, and another length
+            if gzipped:  # the inflated body has no encoding, and another length
                 dropped |= {b"content-encoding", b"content-length"}
             kept = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
             if as_json or kind:
                 kept.append((b"content-type", b"application/json" if as_json else kind.encode()))
             scope = {**scope, "headers": kept}
-        # The body is read here, whole (every route reads it whole), so that a refusal is
-        # answered before the route starts: stopped part way, a route would raise, and the
-        # server close the connection under a client that goes on using it.
+        if larger is not None:
+            await _streamed(self.app, limit, scope, receive, send)
+            return
         parts: list[bytes] = []
+        inflated = _Inflated(limit) if gzipped else None
         seen = 0
         more = True
         while more:
@@ -282,11 +291,11 @@ class BodyLimit:
                 return  # the client left
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            if inflate is not None:
-                try:  # at most the limit and one byte more: enough to know it is over
-                    body = inflate.decompress(body, limit - seen + 1)
-                except zlib.error as e:
-                    refusal = _refusal(400, "bad_request", f"the body is not valid gzip: {e}")
+            if inflated is not None:
+                try:
+                    body = inflated.more(body)
+                except ValueError as e:
+                    refusal = _refusal(400, "bad_request", str(e))
                     await _drained(receive, more, refusal)(scope, receive, send)
                     return
             seen += len(body)
@@ -296,7 +305,7 @@ class BodyLimit:
                 await _drained(receive, more, refusal)(scope, receive, send)
                 return
             parts.append(body)
-        if inflate is not None and not inflate.eof:
+        if inflated is not None and not inflated.done:
             await _refusal(400, "bad_request", "the gzip body is cut short")(scope, receive, send)
             return
         whole: Message | None = {"type": "http.request", "body": b"".join(parts)}
@@ -309,6 +318,66 @@ class BodyLimit:
             return await receive()  # after the body: the client leaving
 
         await self.app(scope, replayed, send)
+
+
+class _Inflated:
+    """A gzip body inflated as it arrives, never to more than ``limit`` bytes and one (enough
+    to know it is over): members one after another are one body, other bytes after a member
+    are an error (ValueError)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit + 1
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def done(self) -> bool:
+        return self.inflate.eof and not self.inflate.unused_data
+
+    def more(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        while data and self.left > 0:
+            try:
+                chunk = self.inflate.decompress(data, self.left)
+            except zlib.error as e:
+                raise ValueError(f"the body is not valid gzip: {e}") from None
+            out.append(chunk)
+            self.left -= len(chunk)
+            data = self.inflate.unconsumed_tail
+            if self.inflate.eof and self.inflate.unused_data:  # another member, or not gzip
+                data = self.inflate.unused_data
+                if not data.startswith(b"\x1f\x8b"):
+                    raise ValueError("the body holds bytes after its gzip data")
+                self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return b"".join(out)
+
+
+async def _streamed(app: ASGIApp, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+    """``app`` with its body streamed to it, refused (413) once more than ``limit`` bytes came:
+    the route is then told that the client left, and what it says after goes nowhere."""
+    seen = 0
+    answered = started = False
+
+    async def counted() -> Message:
+        nonlocal seen, answered
+        message = await receive()
+        if message["type"] == "http.request" and not answered:
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                answered = True
+                if not started:
+                    problem = f"the body is over {limit:,} bytes"
+                    await _refusal(413, "payload_too_large", problem)(scope, receive, send)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def unless_answered(message: Message) -> None:
+        nonlocal started
+        if answered and not started:
+            return
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    await app(scope, counted, unless_answered)
 
 
 def _drained(receive: Receive, more: bool, refusal: JSONResponse) -> ASGIApp:
