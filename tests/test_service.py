@@ -306,11 +306,19 @@ def test_a_sender_clock_running_ahead_does_not_hide_its_events(
         {**track, "userId": "S2", "messageId": "s2", "timestamp": iso_utc(now + ahead - 9_000_000)},
         # RudderStack's senders give originalTimestamp, not timestamp
         {**track, "userId": "S3", "messageId": "s3", "originalTimestamp": iso_utc(now + ahead)},
-        # a forward (Segment's own webhook) says when it was received: sent 2 s after it
-        # happened by a clock 5 s fast; received 10 s ago
+        # a forward (Segment's own webhook) says when it was received, and its timestamp is
+        # corrected already: it happened 10 s ago by the forwarder's clock (2 s before it was
+        # sent, by a sender's clock 5 s fast)
         {
             **track,
             **{"userId": "S4", "messageId": "s4", "timestamp": iso_utc(now - 10_000_000)},
+            **{"originalTimestamp": iso_utc(now - 5_000_000)},
+            **{"sentAt": iso_utc(now - 3_000_000), "receivedAt": iso_utc(now - 8_000_000)},
+        },
+        # a forward with only the sender's times is corrected against receivedAt
+        {
+            **track,
+            **{"userId": "S7", "messageId": "s7", "originalTimestamp": iso_utc(now - 5_000_000)},
             **{"sentAt": iso_utc(now - 3_000_000), "receivedAt": iso_utc(now - 8_000_000)},
         },
         # a replay of an archive: sent a month ago, its own time stands
@@ -331,7 +339,8 @@ def test_a_sender_clock_running_ahead_does_not_hide_its_events(
         "S1": now - 7_000_000,
         "S2": now - 9_000_000,
         "S3": now,
-        "S4": now - 15_000_000,
+        "S4": now - 10_000_000,
+        "S7": now - 10_000_000,
         "S5": now - 30 * DAY,
         "S6": now,
     }

@@ -290,8 +290,12 @@ class SegmentMessage(BaseModel):
         """How far the sender's clock runs ahead, as Segment corrects it: ``sentAt`` less the
         time received (``receivedAt`` when a forwarder gives it, else now). 0 without a
         time or a readable sentAt, or when they are more than a day apart
-        (:data:`MAX_CLOCK_SKEW_US`: sent long ago, not a clock running off)."""
+        (:data:`MAX_CLOCK_SKEW_US`: sent long ago, not a clock running off), and for a
+        forwarded message's ``timestamp`` (with a ``receivedAt``: the forwarder corrected it
+        already; only an ``originalTimestamp`` alone is corrected then)."""
         if self.sentAt is None or self.time is None:
+            return 0
+        if self.receivedAt is not None and self.timestamp is not None:
             return 0
         try:
             sent = parse_instant(self.sentAt)
