@@ -410,6 +410,12 @@ def test_segment_senders_of_every_kind_reach_it(serve: Serve, store: Store) -> N
     basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
     r = api.post("/v1/t", json={"userId": "W1", "event": "x"}, headers={**site, **basic})
     _envelope(r, 403, "forbidden")
+    # what no key looks like is refused as unknown, without a lookup; every 401 challenges
+    for body in (b"[" * 100_000, json.dumps({"writeKey": "lsk_a\u0000b_x"}).encode()):
+        r = api.post("/v1/t", content=body, headers=JSON_TYPE)
+        assert r.status_code in (400, 401), r.text  # not a 500
+    r = api.post("/v1/t", json={"writeKey": "lsk_nope_nope", "userId": "W1", "event": "x"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
     batch = {"batch": [{"type": "identify", "userId": "W2", "traits": {"a": 1}}]}
     r = api.post("/v1/import", json=batch, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text

@@ -28,6 +28,8 @@ CACHE_SECONDS = 30.0
 # answers a challenge of the same realm with it; under a Bearer challenge the buttons of a
 # page opened by a link (/leads/L9) failed. Bearer keys work all the same.
 BASIC_CHALLENGE = 'Basic realm="leadscore", charset="UTF-8"'
+CHALLENGE = {"WWW-Authenticate": BASIC_CHALLENGE}
+MAX_KEY_TEXT = 200  # a key is lsk_, 12 hex digits, _ and 43 characters: far less
 LOCAL_KEY = ApiKey("local", "no-auth mode", frozenset({"admin"}), 0, None, None)
 
 
@@ -55,7 +57,7 @@ async def _write_key(request: Request) -> str | None:
         return None
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: the route says so
         return None
     key = body.get("writeKey") if isinstance(body, dict) else None
     return key.strip() or None if isinstance(key, str) else None
@@ -115,7 +117,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
                 401,
                 "an API key is required: send `Authorization: Bearer <key>` "
                 "(create one with `leadscore keys create`)",
-                headers={"WWW-Authenticate": BASIC_CHALLENGE},
+                headers=CHALLENGE,
             )
 
         def verify(t: str) -> ApiKey | None:
@@ -126,11 +128,13 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
                     touch_key(conn, key.id, state.store.clock())
             return key
 
+        if len(text) > MAX_KEY_TEXT or "\x00" in text:  # no key looks so: no lookup
+            raise ApiError(401, "the API key is unknown or revoked", headers=CHALLENGE)
         found, key = state.keys.cached(text)
         if not found:
             key = await run_in_threadpool(state.keys.get, text, verify)
         if key is None:
-            raise ApiError(401, "the API key is unknown or revoked")
+            raise ApiError(401, "the API key is unknown or revoked", headers=CHALLENGE)
         if not key.allows(scope):
             raise ApiError(
                 403,
