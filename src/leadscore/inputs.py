@@ -316,10 +316,7 @@ def _jsonl_table(name: str, text: str) -> pa.Table:
             what = "item of the array" if unit_row else "line"
             problems.append(InputProblem(name, f"each {what} must be a JSON object", row=n))
             continue
-        row: dict[str, str | None] = {}
-        for k, v in value.items():
-            _json_fields(k, v, row)
-        rows.append(row)
+        rows.append({k: _json_text(v) for k, v in value.items()})
     if problems:
         raise InputError(problems[:SHOWN], _more(len(problems)))
     names: dict[str, None] = {}
@@ -328,18 +325,23 @@ def _jsonl_table(name: str, text: str) -> pa.Table:
     return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
 
 
-def _json_fields(name: str, value: Any, row: dict[str, str | None]) -> None:
-    """A JSON value as the columns it gives, as a posted event's properties give fields
-    (:func:`leadscore.store.leads.event_fields`): an object is its JSON text and, for each of
-    its keys, ``name.key``; a list is its JSON text; anything else its text."""
-    if isinstance(value, dict):
-        row[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
-        for k, v in value.items():
-            _json_fields(f"{name}.{k}", v, row)
-    elif isinstance(value, list):
-        row[name] = json.dumps(value, separators=(",", ":"))
-    else:
-        row[name] = to_text(value)
+def _json_text(value: Any) -> str | None:
+    """A JSON value as the text of a column: an object or a list as its JSON (a store's import
+    reads it back as the object: :func:`json_value`), anything else as text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return to_text(value)
+
+
+def json_value(text: str | None) -> Any:
+    """A column's text from a JSON-lines file as the value it was: an object or a list read
+    back (as a posted event's properties keep them), any other text as it is."""
+    if text and text[0] in "{[" and text[-1] in "}]":
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
 
 
 def _more(total: int) -> str | None:

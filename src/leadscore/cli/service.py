@@ -314,7 +314,6 @@ def serve(
     if level not in ("warning", "info", "debug"):
         raise UsageError(f"--log-level is warning, info or debug, not {log_level!r}")
     check_port_free(host, port)
-    _one_server_per_sqlite_file(db)
     settings = Settings(
         db=db,
         no_auth=no_auth,
@@ -342,6 +341,7 @@ def serve(
             load_triggers(triggers, sheets={**{s.name: s.model for s in store.sheets()}, **given})
     finally:
         store.db.dispose()
+    _one_server_per_sqlite_file(db)  # after the checks: a refused start holds no lock
     os.environ[ENV_SETTINGS] = settings.to_env()
     err.print(
         f"leadscore starting on http://{host}:{port} "

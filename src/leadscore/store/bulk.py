@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 
 from leadscore.errors import InputError, InputProblem
 from leadscore.inputs import (
+    FORMATS,
     LoadReport,
     NamedData,
     RowNumbers,
+    json_value,
     normalize_events,
     normalize_leads,
     normalize_outcomes,
@@ -191,6 +193,9 @@ def import_events(
         )
     stamps = pc.cast(table.column("ts"), pa.int64()).to_pylist()
     rest = [c for c in table.column_names if c not in ("lead_id", "type", "ts", "item", id_column)]
+    # in JSON lines an object or a list is one (as posted events keep them; a where on
+    # `product.sku` reads it so), in CSV any value is text
+    value = json_value if _format(source) == "jsonl" else _same
     for start in _chunks(table.num_rows):
         part = table.slice(start, CHUNK)
         cols: dict[str, list[Any]] = {c: part.column(c).to_pylist() for c in part.column_names}
@@ -200,7 +205,7 @@ def import_events(
                 ts_us=stamps[start + i],
                 lead_id=cols["lead_id"][i],
                 item=cols["item"][i],
-                properties={c: cols[c][i] for c in rest if cols[c][i] is not None},
+                properties={c: value(cols[c][i]) for c in rest if cols[c][i] is not None},
                 message_id=cols[id_column][i] if id_column else None,
             )
             for i in range(part.num_rows)
@@ -274,6 +279,18 @@ def import_outcomes(
             "counted once such a lead is stored (is the lead id spelt as the store's?)"
         )
     return report
+
+
+def _format(source: str | Path | pa.Table | NamedData) -> str | None:
+    """The format a file source is read in (as inputs reads it), None for a table."""
+    if isinstance(source, pa.Table):
+        return None
+    name = source.name if isinstance(source, NamedData) else str(source)
+    return FORMATS.get(Path(name).suffix.lower(), "csv")
+
+
+def _same(text: str | None) -> str | None:
+    return text
 
 
 def _label(source: str | Path | pa.Table | NamedData) -> str:
