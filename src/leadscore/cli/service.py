@@ -376,7 +376,10 @@ def serve(
         # httptools, with bounds on heads, trailers and pipelining (leadscore.service.http)
         http=BoundedHttpTools,
     )
-    Announced(config).run()
+    server = Announced(config)
+    server.run()
+    if not server.started:  # its start failed (the log says why): a supervisor restarts it
+        raise typer.Exit(3)
 
 
 def _counted(n: int, things: str) -> str:
@@ -692,13 +695,19 @@ def triggers_check(
     from leadscore.store.triggers import load_triggers
 
     sheets = None
+    missing = ""
     if db is not None:
-        with _opened(db, existing=True) as store:
-            sheets = {s.name: s.model for s in store.sheets()}
+        try:
+            with _opened(db, existing=True) as store:
+                sheets = {s.name: s.model for s in store.sheets()}
+        except UsageError:  # LEADSCORE_DB may name a store not made yet: the file is checked
+            missing = f"no store at {db} yet"
     specs = load_triggers(file, sheets=sheets)
     unchecked = (
         ""
         if sheets is not None
+        else f" (sheet, band and grade names not checked: {missing})"
+        if missing
         else " (sheet, band and grade names not checked: give the store with --db to check them)"
     )
     out.print(f"{file}: {_counted(len(specs), 'triggers')}, valid{unchecked}", markup=False)

@@ -353,7 +353,7 @@ def _segment_traits(m: SegmentMessage, settings: Settings) -> LeadInput:
     traits = m.traits or m.context.get("traits") or {}
     flatten("", traits if isinstance(traits, dict) else {})
     for field, trait in SEGMENT_TRAITS.items():  # Segment's reserved traits, as models name
-        if field not in fields and fields.get(trait) not in (None, ""):  # the fields
+        if field not in fields and trait in fields:  # the fields (null removes both)
             fields[field] = fields[trait]
     for k in fields:
         if len(k) > 200:
@@ -392,10 +392,15 @@ async def _segment(
             pending.clear()
             positions.clear()
         if leads:
-            done = store.upsert_leads(list(leads))
-            outcomes.extend(_reindex(done, list(lead_positions)))
-            leads.clear()
-            lead_positions.clear()
+            try:
+                done = store.upsert_leads(list(leads))
+            except ValueError as e:  # each of them, not the message after them, is refused
+                errors.extend(item_error(i, e) for i in lead_positions)
+            else:
+                outcomes.extend(_reindex(done, list(lead_positions)))
+            finally:
+                leads.clear()
+                lead_positions.clear()
 
     def run() -> None:
         for i, raw in enumerate(messages):
