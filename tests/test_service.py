@@ -206,8 +206,18 @@ def test_keys_and_scopes(serve: Serve, store: Store) -> None:
     for new in ({"email": "kim@acme.com"}, known):
         r = api.post("/api/v1/leads", json=new, headers=as_ingest).json()
         assert (r["stored"], r["items"]) == (1, [{"index": 0, "status": "stored"}]), r
-    r = api.post("/api/v1/events", json={**known, "type": "x"}, headers=as_ingest).json()
-    assert r["items"] == [{"index": 0, "status": "accepted"}]
+    r = api.post("/api/v1/events", json={**known, "type": "x", "event_id": "e1"}, headers=as_ingest)
+    assert r.json()["items"] == [{"index": 0, "status": "stored"}]  # not accepted/anonymous
+    r = api.post("/api/v1/events", json={**known, "type": "x", "event_id": "e1"}, headers=as_ingest)
+    assert r.json()["items"] == [{"index": 0, "status": "stored"}]  # nor duplicate
+    # a lead's routes do not name the lead a merged id became
+    api.post("/api/v1/events", json={"email": "kim@corp.com", "type": "x"}, headers=as_ingest)
+    admin = {"Authorization": f"Bearer {_key(store, 'admin')}"}
+    api.post("/api/v1/leads", json={"lead_id": "CRM-42", "email": "kim@corp.com"}, headers=admin)
+    r = api.post("/api/v1/leads/kim@corp.com/stage", json={"stage": "sql"}, headers=admin)
+    assert "it was merged into 'CRM-42'" in _envelope(r, 404, "not_found")["message"]
+    r = api.post("/api/v1/leads/kim@corp.com/stage", json={"stage": "sql"}, headers=as_ingest)
+    assert _envelope(r, 404, "not_found")["message"] == "no lead 'kim@corp.com'"
     r = api.post(
         "/api/v1/outcomes", json={"lead_id": "L9", "outcome": "won", "ts": 0}, headers=as_ingest
     ).json()
@@ -222,7 +232,7 @@ def test_keys_and_scopes(serve: Serve, store: Store) -> None:
     # Segment senders pass the write key as the Basic user name
     basic = {"Authorization": "Basic " + base64.b64encode(f"{ingest}:".encode()).decode()}
     r = api.post("/v1/track", json={"userId": "L1", "event": "demo_request"}, headers=basic)
-    assert r.json()["success"] is True and r.json()["items"] == [{"index": 0, "status": "accepted"}]
+    assert r.json()["success"] is True and r.json()["items"] == [{"index": 0, "status": "stored"}]
     r = api.post("/v1/identify", json={"userId": "L1", "traits": {"a": 1}}, headers=basic)
     assert r.json()["items"] == [{"index": 0, "status": "stored"}]
     # a body over the limit is refused before the key is looked at, on every route (routes
@@ -403,7 +413,7 @@ def test_segment_senders_of_every_kind_reach_it(serve: Serve, store: Store) -> N
     assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
     track = {"userId": "W1", "event": "demo_request", "writeKey": key}
     r = api.post("/v1/t", content=json.dumps(track), headers={**site, "Content-Type": "text/plain"})
-    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     assert r.headers["access-control-allow-origin"] == "*"
     r = api.post("/v1/t", json={**track, "writeKey": "lsk_nope_nope"}, headers=site)
     _envelope(r, 401, "unauthorized")

@@ -79,8 +79,9 @@ def _blind(key: ApiKey) -> bool:
 def _result(
     outcomes: Sequence[ItemOutcome], errors: list[dict[str, Any]], total: int, blind: bool
 ) -> dict[str, Any]:
-    """The answer to an ingest request; ``blind`` (:func:`_blind`): a lead created or updated
-    is ``stored``, and no item names the lead it went to."""
+    """The answer to an ingest request; ``blind`` (:func:`_blind`): every item taken is
+    ``stored`` (not created or updated, accepted, anonymous or duplicate), and none names the
+    lead it went to."""
     errors = errors + [
         {"index": o.index, "message": o.error} for o in outcomes if o.status == "error"
     ]
@@ -90,8 +91,8 @@ def _result(
         message = errors[0]["message"] if total == 1 else f"all {what} invalid"
         raise ApiError(422, message, details=errors)
 
-    def status(o: ItemOutcome) -> str:
-        return "stored" if blind and o.status in ("created", "updated") else o.status
+    def status(o: ItemOutcome) -> str:  # blind: not whether a lead, an anonymous id's
+        return "stored" if blind else o.status  # link or an event id was known already
 
     counts: dict[str, int] = {}
     for o in outcomes:

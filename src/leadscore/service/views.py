@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import QueryParams
 
 from leadscore.engine.timeutil import iso_utc
-from leadscore.errors import UsageError
+from leadscore.errors import NotFound, UsageError
 from leadscore.service.auth import require
 from leadscore.service.payloads import Body
 from leadscore.service.state import ServiceState
@@ -319,7 +320,7 @@ async def post_disposition(
     state = _state(request)
 
     def run() -> dict[str, Any]:
-        with state.store.db.write() as conn:
+        with state.store.db.write() as conn, _unnamed(lead_id, key):
             return record_disposition(
                 conn,
                 lead_id,
@@ -331,6 +332,18 @@ async def post_disposition(
             )
 
     return await run_in_threadpool(run)
+
+
+@contextmanager
+def _unnamed(lead_id: str, key: ApiKey) -> Iterator[None]:
+    """For a key that may not read (an ingest key, perhaps in a web form), "no lead" names no
+    other lead: not the one a merged id became (its CRM id, say)."""
+    try:
+        yield
+    except NotFound:
+        if key.allows("read"):
+            raise
+        raise NotFound(f"no lead {lead_id!r}") from None
 
 
 class StageIn(Body):
@@ -346,7 +359,7 @@ async def post_stage(
     state = _state(request)
 
     def run() -> bool:
-        with state.store.db.write() as conn:
+        with state.store.db.write() as conn, _unnamed(lead_id, key):
             return set_stage(
                 conn, lead_id, body.stage, state.store.clock(), reason=body.reason, actor=key.name
             )
