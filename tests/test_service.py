@@ -14,6 +14,7 @@ import pytest
 
 from leadscore.engine.timeutil import iso_utc
 from leadscore.store import Store
+from leadscore.store.db import database_url
 from leadscore.store.keys import create_key
 from tests.conftest import Clock
 
@@ -691,6 +692,44 @@ def test_a_lead_is_erased_with_everything_recorded_about_it(serve: Serve, store:
         api.get(f"/api/v1/leads/{i}").json()["scores"]["b2b-default"] for i in ("E1", "E3")
     )
     assert again["engagement"] == fresh["engagement"] < 50.0
+
+
+def test_a_store_out_of_reach_is_a_503_with_the_reason(serve: Serve, store: Store) -> None:
+    """PostgreSQL refusing connections: ingest and reads answer 503 with the reason and a
+    Retry-After (a sender's cue to send again), not a 500 that drops the connection; once it
+    is back, so is the service."""
+    if store.db.is_sqlite:
+        pytest.skip("PostgreSQL's connections are cut here (SQLite has none)")
+    import sqlalchemy as sa
+
+    from tests.conftest import PG_SERVER
+
+    api = serve(no_auth=True)
+    assert api.post("/api/v1/events", json={"lead_id": "D1", "type": "x"}).status_code == 200
+    name = store.db.engine.url.database
+    admin = sa.create_engine(database_url(PG_SERVER), isolation_level="AUTOCOMMIT")
+    cut = (
+        f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+    )
+    try:
+        with admin.connect() as conn:
+            for statement in cut:
+                conn.exec_driver_sql(statement)
+        for request in (
+            lambda: api.post("/api/v1/events", json={"lead_id": "D1", "type": "y"}),
+            lambda: api.get("/api/v1/leads/D1"),
+        ):
+            r = request()
+            err = _envelope(r, 503, "unavailable")
+            assert err["message"].startswith("the store cannot be reached or written now: ")
+            assert r.headers["retry-after"] == "5"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.dispose()
+    assert api.post("/api/v1/events", json={"lead_id": "D1", "type": "y"}).status_code == 200
 
 
 def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:

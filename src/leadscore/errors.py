@@ -8,6 +8,7 @@
      +-- StoreError                the store cannot be opened or does not hold what was asked
           +-- NotFound             no such lead, model, key, ...
           +-- Conflict             the request contradicts what the store holds
+          +-- StoreUnavailable     the store cannot be reached or written now (try again)
 
 The command line turns these into ``Error: ...`` messages and an exit code; only code at that
 edge catches them.
@@ -27,6 +28,7 @@ __all__ = [
     "ModelIssue",
     "NotFound",
     "StoreError",
+    "StoreUnavailable",
     "UsageError",
 ]
 
@@ -105,6 +107,11 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request contradicts what the store holds (e.g. publishing a retired version)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written now (a database server down, a disk full): the
+    request may be sent again later."""
 
 
 class ConfigError(LeadscoreError):

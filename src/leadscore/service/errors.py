@@ -8,8 +8,12 @@ individual problems (a field, a line of a model file, an item of a batch) where 
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,10 +26,12 @@ from leadscore.errors import (
     LeadscoreError,
     ModelError,
     NotFound,
+    StoreUnavailable,
     UsageError,
 )
 
-__all__ = ["ApiError", "error_body", "install_error_handlers"]
+__all__ = ["ApiError", "error_body", "install_error_handlers", "unavailable"]
+log = logging.getLogger(__name__)
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -84,6 +90,8 @@ def loc_text(loc: tuple[int | str, ...] | list[int | str]) -> str:
 
 
 def from_leadscore(e: LeadscoreError) -> ApiError:
+    if isinstance(e, StoreUnavailable):  # a sender's cue to try again
+        return ApiError(503, str(e), headers={"Retry-After": "5"})
     if isinstance(e, NotFound):
         return ApiError(404, str(e))
     if isinstance(e, Conflict):
@@ -105,6 +113,22 @@ def from_leadscore(e: LeadscoreError) -> ApiError:
     if isinstance(e, UsageError):
         return ApiError(400, str(e))
     return ApiError(500, str(e))
+
+
+_LOGGED: dict[str, float] = {}  # a store's failure reason -> when it was last logged
+
+
+def unavailable(e: BaseException) -> StoreUnavailable:
+    """A database's connection or disk error as the request hears it (its first line), logged
+    at most once a minute for the same reason: a store down under load failed every request
+    with a traceback (155,000 lines in 13 s)."""
+    orig = getattr(e, "orig", None) or e
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    now = time.monotonic()
+    if now - _LOGGED.get(reason, -math.inf) >= 60:
+        _LOGGED[reason] = now
+        log.warning("the store cannot be reached or written: %s", reason)
+    return StoreUnavailable(f"the store cannot be reached or written now: {reason}")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -132,6 +156,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return _response(ApiError(e.status_code, str(e.detail), headers=dict(e.headers or {})))
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def store_down(_: Request, e: Exception) -> JSONResponse:
+        """The database cannot be reached or written (a server down, a disk full): a 503
+        with the reason, not a 500 that closes the connection, logged once in a while."""
+        return _response(from_leadscore(unavailable(e)))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, e: Exception) -> JSONResponse:  # pragma: no cover

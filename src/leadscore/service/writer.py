@@ -46,10 +46,11 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import LeadscoreError, StoreError
-from leadscore.service.errors import ApiError, from_leadscore
+from leadscore.service.errors import ApiError, from_leadscore, unavailable
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
@@ -183,6 +184,9 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
     try:
         outcomes = _ingest(store, merged)
     except Exception as e:
+        if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            # the store is down or full: every request hears why, and may send again
+            return [unavailable(e) for _ in jobs]
         if len(jobs) == 1:
             if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
                 return [e]
@@ -350,7 +354,8 @@ def _from_wire(result: _Wire) -> Outcome:
         return result
     if result[0] == "api" and len(result) == 5:
         _, status, message, code, details = result
-        return ApiError(status, message, code=code, details=details)
+        again = {"Retry-After": "5"} if status == 503 else None  # (StoreUnavailable)
+        return ApiError(status, message, code=code, details=details, headers=again)
     return RuntimeError(str(result[-1]))
 
 
