@@ -30,7 +30,7 @@ from leadscore.errors import (
     UsageError,
 )
 
-__all__ = ["ApiError", "error_body", "install_error_handlers", "unavailable"]
+__all__ = ["ApiError", "error_body", "install_error_handlers", "store_down", "unavailable"]
 log = logging.getLogger(__name__)
 
 _STATUS_CODES = {
@@ -118,6 +118,18 @@ def from_leadscore(e: LeadscoreError) -> ApiError:
 _LOGGED: dict[str, float] = {}  # a store's failure reason -> when it was last logged
 
 
+def store_down(e: BaseException) -> bool:
+    """Whether ``e`` says the database cannot be reached or written (a connection lost or
+    refused, a disk full, a read-only file), not that a transaction met another (a deadlock or
+    a serialization failure, SQLSTATE class 40, which is run again or reported as such)."""
+    if isinstance(e, sa.exc.InterfaceError):
+        return True
+    if not isinstance(e, sa.exc.OperationalError):
+        return False
+    sqlstate = str(getattr(e.orig, "sqlstate", "") or "")
+    return not sqlstate.startswith("40")
+
+
 def unavailable(e: BaseException) -> StoreUnavailable:
     """A database's connection or disk error as the request hears it (its first line), logged
     at most once a minute for the same reason: a store down under load failed every request
@@ -159,9 +171,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)
-    async def store_down(_: Request, e: Exception) -> JSONResponse:
+    async def database_error(_: Request, e: Exception) -> JSONResponse:
         """The database cannot be reached or written (a server down, a disk full): a 503
         with the reason, not a 500 that closes the connection, logged once in a while."""
+        if not store_down(e):
+            log.error("a database error", exc_info=e)
+            return _response(ApiError(500, f"internal error: {type(e).__name__}"))
         return _response(from_leadscore(unavailable(e)))
 
     @app.exception_handler(Exception)

@@ -46,11 +46,10 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import LeadscoreError, StoreError
-from leadscore.service.errors import ApiError, from_leadscore, unavailable
+from leadscore.service.errors import ApiError, from_leadscore, store_down, unavailable
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
@@ -184,7 +183,7 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
     try:
         outcomes = _ingest(store, merged)
     except Exception as e:
-        if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        if store_down(e):
             # the store is down or full: every request hears why, and may send again
             return [unavailable(e) for _ in jobs]
         if len(jobs) == 1:
