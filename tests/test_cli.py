@@ -274,3 +274,31 @@ def test_no_help_text_holds_brackets() -> None:
 
     walk(get_command(app), "leadscore")
     assert found == []
+
+
+def test_what_ctrl_c_breaks_on_its_way_out_is_an_interruption(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C during a publish or rescore can surface as the error it caused (a connection
+    closed under a statement, DuckDB's interrupted query): "interrupted", exit 130, no
+    traceback."""
+    import typer
+
+    from leadscore.cli import _edge
+
+    def closed() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("This Connection is closed") from None
+
+    def duckdb() -> None:
+        raise RuntimeError("INTERRUPT Error: Query interrupted")
+
+    for broken in (closed, duckdb):
+        with pytest.raises(typer.Exit) as e:
+            _edge(broken)()
+        assert e.value.exit_code == 130
+        assert capsys.readouterr().err.strip() == "interrupted"
+    with pytest.raises(RuntimeError):  # any other error is not hidden
+        _edge(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))()

@@ -114,6 +114,9 @@ def _edge(func: F) -> F:
             err.print("interrupted", markup=False)
             fail(130, exc)
         except Exception as exc:
+            if _interrupted(exc):  # what Ctrl-C broke on its way out (a closed connection,
+                err.print("interrupted", markup=False)  # DuckDB's interrupted query)
+                fail(130, exc)
             refused = database_refusal(exc)
             if refused is None:
                 raise
@@ -121,6 +124,17 @@ def _edge(func: F) -> F:
             fail(1, exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` came of Ctrl-C: a KeyboardInterrupt in its chain, or the error DuckDB
+    raises for a query it was told to stop."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) or "Query interrupted" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def database_refusal(exc: BaseException) -> str | None:

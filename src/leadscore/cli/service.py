@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from leadscore.cli import _edge, app, err, out
+from leadscore.cli import _edge, _interrupted, app, err, out
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import ConfigError, ModelError, ModelIssue, NotFound, UsageError
 from leadscore.spec import load_model
@@ -468,16 +468,6 @@ def import_(
         raise
     finally:
         store.db.dispose()
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is Ctrl-C, or an error that cleaning up after it raised."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__context__
-    return False
 
 
 def _what_was_stored(kind: str, last: tuple[str, int, int] | None, db: str) -> None:
