@@ -176,7 +176,7 @@ def test_a_child_that_dies_is_reported(tmp_path: Path, clock: Clock) -> None:
         with holder.write():
             future, child = child_under_way(Rescorer(store, url, durable=False, apart=True))
             os.kill(child.pid, signal.SIGKILL)
-            with pytest.raises(RuntimeError, match=r"ended without finishing \(exit code -9\)"):
+            with pytest.raises(StoreError, match=r"ended without finishing \(exit code -9\)"):
                 future.result(timeout=30)
     finally:
         holder.dispose()

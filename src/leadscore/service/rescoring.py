@@ -127,7 +127,7 @@ def _wait(
                 raise RuntimeError(f"the rescoring process answered {answer!r}")
         except EOFError:  # it ended without an answer
             child.join(EXIT_SECONDS)
-            raise RuntimeError(
+            raise StoreError(  # a LeadscoreError: the API's 500 says this, not its type
                 f"the rescoring process ended without finishing (exit code {child.exitcode}); "
                 "what it committed stays, and the next rescoring does the rest"
             ) from None
