@@ -161,6 +161,34 @@ def test_a_killed_ingest_process_fails_the_requests_it_held_and_is_replaced(
         store.db.dispose()
 
 
+def test_a_deleted_sqlite_file_is_not_made_anew_by_a_new_ingest_process(tmp_path: Path) -> None:
+    """The store's file deleted under a running server, then its ingest process replaced: the
+    new one refuses to create an empty store (whose writes the server would never read), and
+    the request hears why."""
+    db = f"sqlite:///{tmp_path / 'gone.db'}"
+    open_database(db).dispose()
+    w = ProcessWriter(db, durable=False, cached_events=0)
+    try:
+        assert asyncio.run(w.ingest(page_views(["G1"], "g-")))[0].status == "accepted"
+        for name in ("gone.db", "gone.db-wal", "gone.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        os.kill(w.pid or 0, signal.SIGKILL)
+        with pytest.raises(ApiError) as e:
+            for _ in range(3):  # the one held when it was killed, then the new start's
+                asyncio.run(w.ingest(page_views(["G1"], "h-")))
+        deadline = time.monotonic() + 30
+        while "is not there" not in e.value.message and time.monotonic() < deadline:
+            time.sleep(1)
+            with pytest.raises(ApiError) as e:
+                asyncio.run(w.ingest(page_views(["G1"], "h-")))
+        assert (
+            e.value.status == 503 and "gone.db is not there (deleted or moved?)" in e.value.message
+        )
+        assert not (tmp_path / "gone.db").exists()
+    finally:
+        w.close()
+
+
 def test_close_lets_the_ingest_process_finish_and_exit(db_url: str) -> None:
     w = ProcessWriter(db_url, durable=False, cached_events=0)
     pid = w.pid

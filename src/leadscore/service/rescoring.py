@@ -143,7 +143,7 @@ def child_main(
     threading.Thread(target=_end_with, args=(server,), name="leadscore-orphan", daemon=True).start()
     answer: tuple[str, Any]
     try:
-        store = open_store(db, durable=durable, cached_events=0)
+        store = open_store(db, durable=durable, cached_events=0, create=False)
         try:
             with_triggers(store)
             publish = action == "publish"

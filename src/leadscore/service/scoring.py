@@ -77,7 +77,7 @@ def scoring_process(pipe: Pipe, db: str | None, durable: bool, cached: int) -> N
         return
     epoch: int | None = opening[1]
     try:
-        store = open_store(db, durable=durable, cached_events=cached)
+        store = open_store(db, durable=durable, cached_events=cached, create=False)
     except LeadscoreError as e:
         pipe.send(("failed", str(e), {}))
         return

@@ -399,7 +399,7 @@ def _ingest_process(
     link = ScorerLink(scoring) if scoring is not None else None
     try:
         # with a scoring process, that process keeps the leads' events, this one none
-        store = open_store(db, durable=durable, cached_events=0 if link else cached)
+        store = open_store(db, durable=durable, cached_events=0 if link else cached, create=False)
     except LeadscoreError as e:
         if link is not None:
             link.stop()

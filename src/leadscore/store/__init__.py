@@ -44,7 +44,9 @@ def open_store(
     *,
     durable: bool = True,
     cached_events: int = DEFAULT_CACHED_EVENTS,
+    create: bool = True,
 ) -> Store:
     """Open (creating or upgrading) the store at ``db``: a SQLite path or a database URL.
-    ``cached_events``: how many decoded events real-time rescoring keeps in memory (0: none)."""
-    return Store(open_database(db, durable=durable), cached_events=cached_events)
+    ``cached_events``: how many decoded events real-time rescoring keeps in memory (0: none);
+    without ``create``, only a store that is there (:func:`open_database`)."""
+    return Store(open_database(db, durable=durable, create=create), cached_events=cached_events)

@@ -29,7 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-from leadscore.errors import StoreError, UsageError
+from leadscore.errors import StoreError, StoreUnavailable, UsageError
 
 __all__ = [
     "ARRAYS_ABOVE",
@@ -863,10 +863,20 @@ def connection_lost(error: BaseException) -> bool:
 
 
 def open_database(
-    db: str | Path | None = None, *, migrate: bool = True, durable: bool = True
+    db: str | Path | None = None,
+    *,
+    migrate: bool = True,
+    durable: bool = True,
+    create: bool = True,
 ) -> Database:
-    """Open (and by default create or upgrade) the store at ``db`` (a URL or a SQLite path)."""
+    """Open (and by default create or upgrade) the store at ``db`` (a URL or a SQLite path).
+    Without ``create``, a SQLite file that is not there is StoreUnavailable: a server's
+    processes open the store its start made, and one deleted meanwhile is not made anew."""
     url = database_url(db)
+    if not create and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise StoreUnavailable(f"the store's file {path} is not there (deleted or moved?)")
     try:
         engine = sa.create_engine(
             url,
