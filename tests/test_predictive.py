@@ -340,6 +340,33 @@ def test_fit_command(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--target COLUMN or --outcomes FILE" in r.stderr
     r = runner.invoke(app, [*args[:3], "--target", "region"])
     assert r.exit_code == 2 and "name the converted value with --positive" in r.stderr
+    r = runner.invoke(app, [*args, "--positive", "yes", "-o", str(tmp_path / "leads.csv")])
+    assert r.exit_code == 2 and "is the --leads file: it would be overwritten" in r.stderr
+    # a column without a name (pandas' index) is left out, not a model that cannot load
+    (tmp_path / "indexed.csv").write_text(
+        "\n".join(
+            [",".join(["", *rows[0].split(",")])] + [f"{i},{r}" for i, r in enumerate(rows[1:])]
+        )
+        + "\n"
+    )
+    r = runner.invoke(
+        app, ["fit", "--leads", str(tmp_path / "indexed.csv"), *args[3:], "--positive", "yes"]
+    )
+    assert r.exit_code == 0 and "1 column without a name left out" in r.stderr, r.stderr
+
+
+def test_a_time_column_that_cannot_be_read_is_said() -> None:
+    X, y = two_groups()
+    n = len(y)
+    us = [f"{1 + i % 12:02d}/15/2023" for i in range(n)]  # a US date: not read
+    with pytest.raises(UsageError, match=r"--time-column 'when': no value reads as a time"):
+        fit_scorecard(pa.table({**X, "when": us}), y, time_column="when")
+    half = [f"2023-{1 + i % 12:02d}-15" if i % 2 else us[i] for i in range(n)]
+    notes = fit_scorecard(pa.table({**X, "when": half}), y, time_column="when").notes
+    assert any(
+        note.startswith(f"'when' of {n // 2} leads could not be read as a time or a number")
+        for note in notes
+    ), notes
 
 
 def test_activity_counts_become_count_rules_that_both_evaluators_score_alike() -> None:
@@ -490,3 +517,42 @@ def test_awkward_values_still_give_a_model_that_loads_and_agrees() -> None:
         fit_scorecard(leads, y, name="my model")
     with pytest.raises(UsageError, match="no lead has it"):
         fit_scorecard(leads, None, target_column="plan", positive="enterprise")
+
+
+def test_holdout_figures_do_not_depend_on_the_order_of_the_rows() -> None:
+    """A scorecard gives many leads one score: the lift counts the leads tied at the top
+    tenth's cut in part, and the calibration error keeps equal predictions in one group, so a
+    file sorted by the outcome gives the figures of the same file shuffled."""
+    from leadscore.predictive.fit import expected_calibration_error, top_decile_lift
+
+    rng = np.random.default_rng(3)
+    scores = rng.choice([10.0, 20.0, 30.0], size=3000, p=[0.5, 0.45, 0.05])
+    chance = np.where(scores > 25, 0.5, np.where(scores > 15, 0.2, 0.05))
+    converted = rng.random(3000) < chance
+    figures = set()
+    for order in (np.argsort(converted), np.argsort(~converted), rng.permutation(3000)):
+        s, c = scores[order], converted[order]
+        figures.add(
+            (
+                round(top_decile_lift(s, c) or 0, 9),
+                round(expected_calibration_error(chance[order], c) or 0, 9),
+            )
+        )
+    assert len(figures) == 1
+    # by hand: the 50 leads tied at the cut (score 5, 10 of them converted) share the 10
+    # places of the top tenth of 100: 2 conversions expected there, while 15 of 100 convert
+    tied = np.array([5.0] * 50 + [1.0] * 50)
+    won = np.array([True] * 10 + [False] * 40 + [True] * 5 + [False] * 45)
+    assert top_decile_lift(tied, won) == pytest.approx((2 / 10) / 0.15)
+
+
+def test_the_chance_line_reads_well_at_the_ends() -> None:
+    from leadscore.engine.explain import _chance
+
+    assert [_chance(p) for p in (0.0, 0.004, 0.23, 0.996, 1.0)] == [
+        "about 0%",
+        "under 1%",
+        "about 23%",
+        "over 99%",
+        "about 100%",
+    ]

@@ -90,6 +90,9 @@ def fit(
         raise UsageError("say who converted: --target COLUMN or --outcomes FILE (one of them)")
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise UsageError(f"--output: cannot write {output}")
+    for given, option in ((leads, "--leads"), (events, "--events"), (outcomes, "--outcomes")):
+        if output is not None and given is not None and output.resolve() == given.resolve():
+            raise UsageError(f"--output {output} is the {option} file: it would be overwritten")
     with err.status("reading inputs...") if err.is_terminal else _Quiet() as live:
 
         def say(text: str) -> None:

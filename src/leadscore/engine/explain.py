@@ -73,11 +73,12 @@ def _rule_detail(model: Model, c: RuleContribution) -> list[str]:
 
 
 def _chance(p: float) -> str:
+    """As the explanation's line says it: "about 23%", "under 1%", "over 99%"."""
     if p < 0.01:
-        return "under 1%" if p > 0 else "0%"
+        return "under 1%" if p > 0 else "about 0%"
     if p > 0.99:
-        return "over 99%" if p < 1 else "100%"
-    return f"{p:.0%}"
+        return "over 99%" if p < 1 else "about 100%"
+    return f"about {p:.0%}"
 
 
 def explanation_text(model: Model, result: ScoreResult) -> str:
@@ -96,7 +97,7 @@ def explanation_text(model: Model, result: ScoreResult) -> str:
     ]
     chance = model.probability(result.score)
     if chance is not None:
-        out.append(f"Score {_n(result.score)}: about {_chance(chance)} chance to convert")
+        out.append(f"Score {_n(result.score)}: {_chance(chance)} chance to convert")
     out.append("")
     by_group: dict[str, list[RuleContribution]] = {}
     for c in result.rules:

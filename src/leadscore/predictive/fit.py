@@ -58,26 +58,39 @@ class FitResult:
 
 
 def top_decile_lift(scores: F64, positive: Bools) -> float | None:
-    """The conversion rate of the top 10% of scores (ties by order) over the overall rate."""
+    """The conversion rate of the top 10% of scores over the overall rate. Leads tied at the
+    cut count in part (each the share of the places left for them), so the figure does not
+    depend on the order of the rows: a scorecard gives many leads the same score."""
     n = len(scores)
     if n < 10 or not positive.any():
         return None
-    order = np.argsort(-scores, kind="stable")
-    top = positive[order[: max(1, n // 10)]]
-    return float(top.mean() / positive.mean())
+    k = max(1, n // 10)
+    cut = float(np.sort(scores)[::-1][k - 1])
+    above = scores > cut
+    at = scores == cut
+    share = (k - int(above.sum())) / int(at.sum())
+    converted = float(positive[above].sum()) + share * float(positive[at].sum())
+    return (converted / k) / float(positive.mean())
 
 
 def expected_calibration_error(p: F64, positive: Bools, bins: int = 10) -> float | None:
-    """Mean |predicted - observed| over ten equal-count bins of the predictions, weighted by
-    their size."""
+    """Mean |predicted - observed| over ten groups of the predictions of about equal size,
+    weighted by their size. Equal predictions stay in one group (a group may be larger), so
+    the figure does not depend on the order of the rows."""
     n = len(p)
     if n == 0:
         return None
+    values, starts = np.unique(np.sort(p), return_index=True)
     order = np.argsort(p, kind="stable")
+    ends = [*starts[1:], n]
     total = 0.0
-    for part in np.array_split(order, min(bins, n)):
-        if len(part):
+    first = 0  # the group under way starts here (in sorted order)
+    for i, end in enumerate(ends):
+        # close the group once it reaches the next tenth, or at the last value
+        if end >= (np.floor(first * bins / n) + 1) * n / bins or i == len(values) - 1:
+            part = order[first:end]
             total += len(part) / n * abs(float(p[part].mean()) - float(positive[part].mean()))
+            first = end
     return total
 
 
@@ -100,6 +113,10 @@ def _target(values: list[Any], positive: str | None, column: str) -> Bools:
         f"--target {column}: its values ({shown}) are not yes/no, true/false or 1/0: "
         "name the converted value with --positive"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _order_key(value: Any) -> float:
@@ -349,6 +366,11 @@ def fit_scorecard(
     columns = leads.to_pydict()
     n = leads.num_rows
     notes: list[str] = []
+    unnamed = [c for c in columns if not c.strip(WHITESPACE)]
+    if unnamed:  # a spreadsheet's index column (pandas' to_csv): no rule can name it
+        for c in unnamed:
+            del columns[c]
+        notes.append(f"{_count(len(unnamed), 'column')} without a name left out")
     log: EventLog | None = None
     sources: ActivityColumns = {}
     if not ID_RE.fullmatch(name):
@@ -394,6 +416,21 @@ def fit_scorecard(
         if time_column == target_column:
             raise UsageError("--time-column: the target cannot also be the time")
         keys = np.array([_order_key(v) for v in columns[time_column]])
+        unread = [v for v, k in zip(columns[time_column], keys, strict=True) if k == -np.inf]
+        if len(unread) == n:
+            shown = next((repr(v) for v in unread if v is not None and str(v).strip()), "blank")
+            raise UsageError(
+                f"--time-column {time_column!r}: no value reads as a time or a number (such "
+                f"as {shown}): give ISO 8601 dates (2023-05-31) or epoch seconds"
+            )
+        if unread:
+            texts = (v for v in unread if v is not None and str(v).strip())
+            shown = next((f" (such as {v!r})" for v in texts), "")
+            notes.append(
+                f"{time_column!r} of {_count(len(unread), 'lead')} could not be read as a time "
+                f"or a number{shown}: they count as the oldest, in the fitting part (ISO 8601 "
+                "dates and epoch seconds are read)"
+            )
         order = np.argsort(keys, kind="stable")
         exclude = (*exclude, time_column)
         split = "the most recent"
