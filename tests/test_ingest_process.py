@@ -190,6 +190,7 @@ def test_a_deleted_sqlite_file_is_not_made_anew_by_a_new_ingest_process(tmp_path
 
 
 def test_close_lets_the_ingest_process_finish_and_exit(db_url: str) -> None:
+    open_database(db_url).dispose()  # made, as the server makes it before its processes start
     w = ProcessWriter(db_url, durable=False, cached_events=0)
     pid = w.pid
     assert asyncio.run(w.ingest(page_views(["C1"], "c-")))[0].status == "accepted"

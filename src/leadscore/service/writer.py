@@ -48,7 +48,7 @@ from typing import Any, cast
 
 from sqlalchemy.engine import Connection
 
-from leadscore.errors import LeadscoreError, StoreError
+from leadscore.errors import LeadscoreError, StoreError, StoreUnavailable
 from leadscore.service.errors import ApiError, from_leadscore, store_down, unavailable
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.service.survivors import collect_rarely, freeze_survivors
@@ -184,8 +184,17 @@ def write_jobs(store: Store, jobs: Sequence[Sequence[EventInput]]) -> list[Outco
         outcomes = _ingest(store, merged)
     except Exception as e:
         if store_down(e):
-            # the store is down or full: every request hears why, and may send again
-            return [unavailable(e) for _ in jobs]
+            # the store is down or full: every request hears why; as the connection may have
+            # gone with the commit under way, the events may be stored (their ids make a
+            # repeat safe)
+            down = unavailable(e)
+            return [
+                StoreUnavailable(
+                    f"{down}; the events may or may not be stored: send them again (with their "
+                    "event_id a repeat is not stored twice)"
+                )
+                for _ in jobs
+            ]
         if len(jobs) == 1:
             if isinstance(e, LeadscoreError):  # the request's to hear (a 409: send again)
                 return [e]
