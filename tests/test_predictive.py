@@ -364,6 +364,26 @@ def test_fit_command(tmp_path: Path) -> None:
     assert runner.invoke(app, ["test", str(out)]).exit_code == 0
 
 
+def test_outcomes_that_convert_no_lead_say_why(tmp_path: Path) -> None:
+    X, _ = two_groups()
+    (tmp_path / "leads.csv").write_text(
+        "lead_id,region\n"
+        + "".join(f"{i},{r}\n" for i, r in zip(X["lead_id"], X["region"], strict=True))
+    )
+    leads = ["fit", "--leads", str(tmp_path / "leads.csv")]
+    (tmp_path / "other.csv").write_text("lead_id,outcome,ts\nl0,won,2026-01-01\n")
+    r = CliRunner().invoke(app, [*leads, "--outcomes", str(tmp_path / "other.csv")])
+    assert r.exit_code == 2 and "no outcome names a lead of the leads file" in r.stderr, r.stderr
+    assert "such as 'l0'" in r.stderr
+    (tmp_path / "crm.csv").write_text("lead_id,outcome,ts\nL0,closed won,2026-01-01\n")
+    r = CliRunner().invoke(app, [*leads, "--outcomes", str(tmp_path / "crm.csv")])
+    assert r.exit_code == 2, r.stderr
+    assert (
+        "no outcome of the leads is one of opportunity, won (their outcomes: closed won)"
+        in r.stderr
+    )
+
+
 def test_a_time_column_that_cannot_be_read_is_said() -> None:
     X, y = two_groups()
     n = len(y)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -114,6 +114,8 @@ def fit(
             conv = parse_conversion(conversion)  # ever: conversion_times ignores the horizon
             ids = prepared.leads.column("lead_id").combine_chunks()
             y = conversion_times(table, ids, conv) != NEVER
+            if not y.any():  # say why, rather than "too few conversions to fit: 0"
+                raise UsageError(_no_conversion(table, ids, conv.outcomes, conversion))
         result = fit_scorecard(
             prepared.leads,
             None if y is None else np.asarray(y),
@@ -157,3 +159,22 @@ def fit(
     else:
         output.write_text(result.yaml, encoding="utf-8")
         err.print(f"wrote {output}; check it with: leadscore test {output}", markup=False)
+
+
+def _no_conversion(table: Any, ids: Any, wanted: Any, conversion: str) -> str:
+    """Why no lead converted by the outcomes: no outcome names a lead of the file, or none is
+    one of the --conversion outcomes."""
+    lead_ids = set(ids.to_pylist())
+    named = [i for i in table.column("lead_id").to_pylist() if i in lead_ids]
+    if not named:
+        theirs = next(iter(table.column("lead_id").to_pylist()), None)
+        ours = next(iter(lead_ids), None)
+        return (
+            f"--outcomes: no outcome names a lead of the leads file (outcomes name leads such as "
+            f"{theirs!r}, the leads file's ids look like {ours!r}): are the ids the same?"
+        )
+    kinds = ", ".join(sorted({str(o) for o in table.column("outcome").to_pylist()})[:8])
+    return (
+        f"--conversion {conversion!r}: no outcome of the leads is one of "
+        f"{', '.join(sorted(wanted))} (their outcomes: {kinds})"
+    )
