@@ -96,16 +96,14 @@ def open_store(db: str) -> Store:
 def _must_exist(db: str) -> None:
     """For commands that read or change what a store holds: a SQLite file that is not there
     is a mistyped --db (or the wrong directory), not a store to create empty."""
-    from leadscore.store.db import database_url
+    from leadscore.store.db import sqlite_file
 
-    url = database_url(db)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise UsageError(
-                f"no store at {path}: `leadscore serve`, `import` or `publish` makes one "
-                "(or give the store with --db or LEADSCORE_DB)"
-            )
+    path = sqlite_file(db)
+    if path is not None and not path.exists():
+        raise UsageError(
+            f"no store at {path}: `leadscore serve`, `import` or `publish` makes one "
+            "(or give the store with --db or LEADSCORE_DB)"
+        )
 
 
 @contextmanager
@@ -141,12 +139,11 @@ def _one_server_per_sqlite_file(db: str) -> None:
     the server runs): two would each keep caches the other's writes make stale, and score
     leads without events the other just stored. Commands (import, rescore...) may run beside
     a server; PostgreSQL takes several servers."""
-    from leadscore.store.db import database_url
+    from leadscore.store.db import sqlite_file
 
-    url = database_url(db)
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    path = sqlite_file(db)
+    if path is None:
         return
-    path = Path(url.removeprefix("sqlite:///"))
     lock = path.with_name(path.name + ".serve-lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)

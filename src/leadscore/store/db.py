@@ -59,6 +59,7 @@ __all__ = [
     "open_database",
     "prefetched",
     "send_together",
+    "sqlite_file",
     "start_journal",
     "write_together",
     "writers_epoch",
@@ -130,6 +131,14 @@ def database_url(db: str | Path | None) -> str:
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return text
+
+
+def sqlite_file(db: str | Path | None) -> Path | None:
+    """The file of a SQLite store (None for another database, or SQLite kept in memory)."""
+    url = database_url(db)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///"))
 
 
 # keep_for_transaction's key for the enabled triggers (id, definition) by id, read on
@@ -873,10 +882,9 @@ def open_database(
     Without ``create``, a SQLite file that is not there is StoreUnavailable: a server's
     processes open the store its start made, and one deleted meanwhile is not made anew."""
     url = database_url(db)
-    if not create and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise StoreUnavailable(f"the store's file {path} is not there (deleted or moved?)")
+    path = None if create else sqlite_file(db)
+    if path is not None and not path.exists():
+        raise StoreUnavailable(f"the store's file {path} is not there (deleted or moved?)")
     try:
         engine = sa.create_engine(
             url,
