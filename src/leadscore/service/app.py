@@ -260,6 +260,9 @@ class BodyLimit:
             return
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = scope["method"] in ("POST", "PUT", "PATCH")
+        if not has_body and not gzipped and kind not in ("text/plain", *FORM_TYPES):
+            await self.app(scope, receive, send)  # a read: nothing to hold (the hot path)
+            return
         if kind in FORM_TYPES and has_body:  # curl -d's default: bodies here are JSON, YAML, CSV
             problem = (
                 f"send JSON (Content-Type: application/json), or a model or triggers file as "
