@@ -281,7 +281,7 @@ class BodyLimit:
             if as_json or kind:
                 kept.append((b"content-type", b"application/json" if as_json else kind.encode()))
             scope = {**scope, "headers": kept}
-        if larger is not None:
+        if larger is not None or not gzipped:  # (as it comes, counted: the hot path)
             await _streamed(self.app, limit, scope, receive, send)
             return
         parts: list[bytes] = []
