@@ -114,7 +114,8 @@ def micros(when: datetime) -> int:
 
 
 def hand_sql(as_of_us: int) -> str:
-    """model.yaml as an expert would write it by hand over the ``leads``/``events`` views.
+    """model.yaml as an expert would write it by hand over the ``leads``/``events`` views
+    (whose fields ``register_inputs`` names ``"f:url"``, ...: see ``lead_column``).
 
     MODEL_SPEC.md, for this model: text is compared trimmed (ASCII whitespace) and lower-cased.
     A trimmed needle occurs in the trimmed text exactly when it occurs in the untrimmed text, so
@@ -131,9 +132,9 @@ def hand_sql(as_of_us: int) -> str:
 WITH event_totals AS (
   SELECT lead_id,
     sum(15 * pow(0.5, {age} / 30))
-      FILTER (type = 'page_view' AND contains(lower(url), '/pricing')) AS pricing,
+      FILTER (type = 'page_view' AND contains(lower("f:url"), '/pricing')) AS pricing,
     count(*) FILTER (type = 'email_open' AND ts_us > {t - 90 * MICROS_PER_DAY}) AS email_opens,
-    bool_or(type = 'page_view' AND contains(lower(url), '/careers')) AS careers,
+    bool_or(type = 'page_view' AND contains(lower("f:url"), '/careers')) AS careers,
     bool_or(type = 'unsubscribe') AS unsubscribed,
     max(ts_us) AS last_ts
   FROM events
@@ -157,10 +158,10 @@ webinars AS (
 ),
 profile AS (
   SELECT lead_id,
-    lower(job_title) AS title,
-    lower(trim(industry, '{WS}')) AS industry,
-    trim(employees, '{WS}') AS employees,
-    lower(rtrim(email, '{WS}')) AS email
+    lower("f:job_title") AS title,
+    lower(trim("f:industry", '{WS}')) AS industry,
+    trim("f:employees", '{WS}') AS employees,
+    lower(rtrim("f:email", '{WS}')) AS email
   FROM leads
 ),
 rules AS (

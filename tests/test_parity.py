@@ -434,3 +434,71 @@ def test_a_group_of_thousands_of_rules_scores_alike_in_both_evaluators() -> None
         assert math.isclose(row["score"], one.score, rel_tol=1e-9, abs_tol=1e-9), row["lead_id"]
     every = sum(1 + i % 7 / 10 for i in range(n))
     assert math.isclose(table.column("score").to_pylist()[2], every, rel_tol=1e-9)
+
+
+CASED = """
+version: 1
+name: cased
+groups:
+  Fit: {kind: profile}
+  fit: {kind: profile, weight: 2}
+  web: {kind: activity}
+profile:
+  - {id: North, group: Fit, if: {field: Region, eq: north}, points: 10}
+  - {id: north, group: fit, if: {field: region, eq: north}, points: 3}
+  - {id: ID, group: fit, if: {field: LEAD_ID, eq: x}, points: 100}
+  - {id: cafe, group: fit, if: {field: Café, eq: "yes"}, points: 1}
+activity:
+  - {id: Pv, group: web, event: page_view, where: {field: Item, eq: a}, points: 7}
+  - {id: pv, group: web, event: page_view, where: {field: item, eq: a}, points: 2}
+  - {id: kind, group: web, event: page_view, where: {field: TYPE, eq: demo}, points: 40}
+bands: {cold: -.inf}
+"""
+
+
+def test_names_differing_only_in_case_stay_apart_in_the_batch_evaluator() -> None:
+    """DuckDB matches names ignoring case, even quoted: the batch evaluator read `region` as
+    `Region` (and crashed on rules `North`/`north`). Worked out:
+    L1: Region north -> North 10 (group Fit); region south; LEAD_ID y (not the id); Café yes
+      (café no) -> cafe 1, group fit 1 * 2 = 2; its view has item a (pv 2), Item b and TYPE
+      demo (kind 40): score 10 + 2 + 42 = 54.
+    L2: region north -> north 3, * 2 = 6; Café missing; its view has Item a (Pv 7), item b,
+      TYPE view: score 6 + 7 = 13.
+    """
+    leads = pa.table(
+        {
+            "lead_id": ["L1", "L2"],
+            "Region": ["north", "south"],
+            "region": ["south", "north"],
+            "LEAD_ID": ["y", "y"],
+            "Café": ["yes", None],
+            "café": ["no", "yes"],
+        }
+    )
+    events = pa.table(
+        {
+            "lead_id": ["L1", "L2"],
+            "type": ["page_view", "page_view"],
+            "ts": ["2026-06-01T00:00:00Z"] * 2,
+            "item": ["a", "b"],
+            "Item": ["b", "a"],
+            "TYPE": ["demo", "view"],
+        }
+    )
+    model = parse_model(CASED)
+    prepared = prepare(leads, events)
+    batch = {r["lead_id"]: r for r in score_run(model, prepared, AS_OF).table.to_pylist()}
+    assert batch["L1"]["score"] == 54.0
+    assert (batch["L1"]["rule:North"], batch["L1"]["rule:north"]) == (10.0, 0.0)
+    assert (batch["L1"]["group:Fit"], batch["L1"]["group:fit"]) == (10.0, 2.0)
+    assert (batch["L1"]["rule:Pv"], batch["L1"]["rule:pv"], batch["L1"]["rule:kind"]) == (
+        0.0,
+        2.0,
+        40.0,
+    )
+    assert batch["L2"]["score"] == 13.0
+    assert (batch["L2"]["rule:North"], batch["L2"]["rule:north"]) == (0.0, 3.0)
+    assert (batch["L2"]["rule:Pv"], batch["L2"]["rule:pv"]) == (7.0, 0.0)
+    for lead, lead_events in iter_lead_events(prepared):
+        one = score_lead(model, lead, lead_events, as_of=AS_OF)
+        assert one.score == batch[lead["lead_id"]]["score"], lead["lead_id"]

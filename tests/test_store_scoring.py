@@ -661,6 +661,43 @@ def test_rescore_all_keeps_lead_ids_exactly_as_stored(store: Store, clock: Clock
     assert_matches_per_lead(store, ["L1", " L1"], clock.now)
 
 
+def test_rescore_all_tells_fields_apart_by_case(store: Store, clock: Clock) -> None:
+    """Profiles with `Region` and `region`, events with `item` and a property `Item`: the
+    batch (DuckDB, which matches names ignoring case) scores what the per-lead evaluator does.
+    A day later: C1 Region north 10 + a view of item a 2 = 12; C2 region north 3 + a view
+    whose Item is a 7 = 10."""
+    publish(
+        store,
+        """
+version: 1
+name: cased
+profile:
+  - {id: North, if: {field: Region, eq: north}, points: 10}
+  - {id: north, if: {field: region, eq: north}, points: 3}
+activity:
+  - {id: Pv, event: page_view, where: {field: Item, eq: a}, points: 7}
+  - {id: pv, event: page_view, where: {field: item, eq: a}, points: 2}
+""",
+    )
+    store.upsert_leads(
+        [
+            LeadInput("C1", fields={"Region": "north", "region": "south"}),
+            LeadInput("C2", fields={"Region": "south", "region": "north"}),
+        ]
+    )
+    store.ingest_events(
+        [
+            EventInput("page_view", clock.now, "C1", item="a", properties={"Item": "b"}),
+            EventInput("page_view", clock.now, "C2", item="b", properties={"Item": "a"}),
+        ]
+    )
+    clock.advance(days=1)
+    store.rescore_all()
+    assert current(store, "C1", "cased")["score"] == 12.0
+    assert current(store, "C2", "cased")["score"] == 10.0
+    assert_matches_per_lead(store, ["C1", "C2"], clock.now)
+
+
 def test_rescore_all_reads_the_leads_in_parts(store: Store, clock: Clock) -> None:
     """A full rescoring reads and scores ``part`` leads at a time, in lead id order (ids
     whose order differs between byte and collation order included), each part as of when it

@@ -17,7 +17,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore.engine.batch import BatchPlan, plan_for
+from leadscore.engine.batch import BatchPlan, event_column, lead_column, plan_for
 from leadscore.engine.lead import Event, score_lead
 from leadscore.engine.result import ScoreResult
 from leadscore.engine.timeutil import from_micros, now_micros, typed_instant
@@ -105,20 +105,28 @@ def _quote(name: str) -> str:
 
 
 def register_inputs(con: Any, prepared: PreparedInputs, plans: Sequence[BatchPlan]) -> None:
-    """Views named ``leads`` and ``events`` with the columns every plan reads, as text."""
+    """Views named ``leads`` and ``events`` with the columns every plan reads, as text
+    (named by :func:`~leadscore.engine.batch.lead_column` and ``event_column``)."""
     raw = con.con
-    raw.register("_leadscore_leads", prepared.leads)
-    raw.register("_leadscore_events", prepared.events)
-    lead_cols = set(prepared.leads.column_names)
-    event_cols = set(prepared.events.column_names)
+    # registered with positional column names: DuckDB would read `region` as `Region`
+    leads, events = (_positional(t) for t in (prepared.leads, prepared.events))
+    raw.register("_leadscore_leads", leads)
+    raw.register("_leadscore_events", events)
+    lead_cols = _positions(prepared.leads)
+    event_cols = _positions(prepared.events)
     lead_fields = dict.fromkeys(f for p in plans for f in p.lead_fields)
     event_fields = dict.fromkeys(f for p in plans for f in p.event_fields)
-    lead_sel = ["lead_id"] + [
-        f"{_quote(f)}" if f in lead_cols else f"CAST(NULL AS VARCHAR) AS {_quote(f)}"
+    lead_sel = [f"{lead_cols['lead_id']} AS lead_id"] + [
+        f"{lead_cols.get(f, 'CAST(NULL AS VARCHAR)')} AS {_quote(lead_column(f))}"
         for f in lead_fields
     ]
-    event_sel = ["lead_id", "type", "epoch_us(ts) AS ts_us", "item"] + [
-        f"{_quote(f)}" if f in event_cols else f"CAST(NULL AS VARCHAR) AS {_quote(f)}"
+    event_sel = [
+        f"{event_cols['lead_id']} AS lead_id",
+        f"{event_cols['type']} AS type",
+        f"epoch_us({event_cols['ts']}) AS ts_us",
+        f"{event_cols['item']} AS item",
+    ] + [
+        f"{event_cols.get(f, 'CAST(NULL AS VARCHAR)')} AS {_quote(event_column(f))}"
         for f in event_fields
     ]
     raw.execute(
@@ -127,6 +135,18 @@ def register_inputs(con: Any, prepared: PreparedInputs, plans: Sequence[BatchPla
     raw.execute(
         f"CREATE OR REPLACE VIEW events AS SELECT {', '.join(event_sel)} FROM _leadscore_events"
     )
+
+
+def _positional(table: pa.Table) -> pa.Table:
+    return table.rename_columns([f"c{i}" for i in range(table.num_columns)])
+
+
+def _positions(table: pa.Table) -> dict[str, str]:
+    """Each column's positional name (the first of equal names, as a lookup by name reads)."""
+    found: dict[str, str] = {}
+    for i, name in enumerate(table.column_names):
+        found.setdefault(name, f"c{i}")
+    return found
 
 
 def score_run(
@@ -231,7 +251,7 @@ def _event_notes(con: Any, models: Sequence[Model], report: LoadReport) -> list[
     known = sorted({t for m in models for t in m.event_types})
     raw = con.con
     rows = raw.execute(
-        "SELECT type, count(*) FROM _leadscore_events WHERE NOT list_contains(?, type) "
+        "SELECT type, count(*) FROM events WHERE NOT list_contains(?, type) "
         "GROUP BY type ORDER BY 2 DESC",
         [known],
     ).fetchall()
@@ -243,7 +263,7 @@ def _event_notes(con: Any, models: Sequence[Model], report: LoadReport) -> list[
         name = report.name("events")
         notes.append(f"{name}: column 'type': types no rule uses were ignored: {listed}")
     orphans = raw.execute(
-        "SELECT count(*) FROM _leadscore_events e ANTI JOIN _leadscore_leads l USING (lead_id)"
+        "SELECT count(*) FROM events e ANTI JOIN leads l USING (lead_id)"
     ).fetchall()[0][0]
     if orphans:
         name = report.name("events")

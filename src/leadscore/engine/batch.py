@@ -10,6 +10,11 @@ The tables it expects (the :mod:`leadscore.scoring` layer prepares them from fil
 - ``events``: ``lead_id``, ``type``, ``ts_us`` (int64 microseconds since the epoch, UTC),
   ``item`` and every field a ``where`` reads, all text.
 
+Fields are columns named by :func:`lead_column` and :func:`event_column`, and rules and groups
+are named inside the plan the same way: DuckDB matches names ignoring case, even quoted ones, so
+a model reading both ``Region`` and ``region`` (or with rules ``Web`` and ``web``) would read
+one column for both.
+
 Each rule is computed the way MODEL_SPEC.md says. Rules that count every event without
 diminishing returns, ``once`` rules and inactivity rules share one aggregate pass over the
 events. Rules whose counted events need a rank (``diminishing``, ``once_per_item``) are a pass
@@ -58,7 +63,15 @@ from leadscore.spec.model import (
     Rule,
 )
 
-__all__ = ["BatchPlan", "compile_model", "output_columns", "plan_for"]
+__all__ = [
+    "BatchPlan",
+    "column_name",
+    "compile_model",
+    "event_column",
+    "lead_column",
+    "output_columns",
+    "plan_for",
+]
 
 MICROS_PER_DAY_F = 86_400_000_000.0
 RESERVED_EVENT_COLUMNS = ("lead_id", "type", "ts_us", "item")
@@ -66,11 +79,38 @@ RESERVED_EVENT_COLUMNS = ("lead_id", "type", "ts_us", "item")
 Column = Callable[[str], ir.StringValue]
 
 
+def column_name(name: str) -> str:
+    """``name`` written so that names differing only in case stay apart in SQL: an upper-case
+    ASCII letter as ``^`` and the letter in lower case, other letters with a case as
+    ``^#<hex code point>;``, ``^`` as ``^^`` (``Region`` -> ``^region``; one name per name)."""
+    out = []
+    for c in name:
+        if c == "^":
+            out.append("^^")
+        elif c.isascii():
+            out.append("^" + c.lower() if c.isupper() else c)
+        elif c.lower() != c.upper():
+            out.append(f"^#{ord(c):x};")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def lead_column(field: str) -> str:
+    """The ``leads`` table's column holding a profile field (``lead_id`` is itself)."""
+    return field if field == "lead_id" else "f:" + column_name(field)
+
+
+def event_column(field: str) -> str:
+    """The ``events`` table's column holding a field a ``where`` reads."""
+    return field if field in RESERVED_EVENT_COLUMNS else "f:" + column_name(field)
+
+
 def output_columns(model: Model) -> list[str]:
     """The columns of a plan's result, in order."""
     cols = ["lead_id", "score", "fit", "engagement", "grade", "band", "mql", "priority"]
-    cols += [f"group:{g.id}" for g in model.groups]
-    cols += [f"rule:{r.id}" for r in model.rules]
+    cols += [f"group:{_key(g.id)}" for g in model.groups]
+    cols += [f"rule:{_key(r.id)}" for r in model.rules]
     return cols
 
 
@@ -149,7 +189,7 @@ class BatchPlan:
 
         lead_view = leads.select(
             lead_id=leads.lead_id.cast("string").strip(),
-            **{f: text(leads, f) for f in self.lead_fields},
+            **{lead_column(f): text(leads, f) for f in self.lead_fields},
         )
         epoch = ibis.timestamp("1970-01-01 00:00:00+00:00")
         event_view = events.select(
@@ -157,7 +197,7 @@ class BatchPlan:
             type=events.type.cast("string").strip(),
             ts_us=events.ts.delta(epoch, unit="microsecond"),
             item=text(events, "item"),
-            **{f: text(events, f) for f in self.event_fields},
+            **{event_column(f): text(events, f) for f in self.event_fields},
         )
         root = self.expr.op()
         replacements = {
@@ -213,7 +253,7 @@ def compile_model(
     event_fields = list(dict.fromkeys(event_fields))
 
     leads = ibis.table(
-        {"lead_id": "string", **{f: "string" for f in lead_fields}}, name=leads_table
+        {"lead_id": "string", **{lead_column(f): "string" for f in lead_fields}}, name=leads_table
     )
     events = ibis.table(
         {
@@ -221,7 +261,7 @@ def compile_model(
             "type": "string",
             "ts_us": "int64",
             "item": "string",
-            **{f: "string" for f in event_fields},
+            **{event_column(f): "string" for f in event_fields},
         },
         name=events_table,
     )
@@ -433,7 +473,7 @@ class _Builder:
         if rule.window_days is not None:
             m = m & (ev._age < rule.window_days)
         if rule.where is not None:
-            m = m & condition_expr(rule.where, lambda f: ev[f])
+            m = m & condition_expr(rule.where, lambda f: ev[event_column(f)])
         return m
 
     @staticmethod
@@ -447,41 +487,41 @@ class _Builder:
         flags: dict[str, ir.BooleanValue] = {}
         simple = [r for r in self.activity if not _ranked(r)]
         for r in simple:
-            flags[f"_m:{r.id}"] = self.matches(r, ev)
+            flags[f"_m:{_key(r.id)}"] = self.matches(r, ev)
         ev = ev.mutate(**flags) if flags else ev
 
         metrics: dict[str, ir.Value] = {}
         for r in simple:
-            m = ev[f"_m:{r.id}"]
+            m = ev[f"_m:{_key(r.id)}"]
             if r.trend is not None:
                 recent = ev._age < _num(r.trend.recent_days)
                 earlier = (ev._age >= _num(r.trend.recent_days)) & (
                     ev._age < _num(r.trend.until_days)
                 )
-                metrics[f"_rc:{r.id}"] = ev.ts_us.count(where=m & recent)
-                metrics[f"_bc:{r.id}"] = ev.ts_us.count(where=m & earlier)
+                metrics[f"_rc:{_key(r.id)}"] = ev.ts_us.count(where=m & recent)
+                metrics[f"_bc:{_key(r.id)}"] = ev.ts_us.count(where=m & earlier)
                 continue
             if r.count is not None:
                 if r.frequency == "once_per_item":
                     key = ev.item.strip().fill_null("")
-                    metrics[f"_n:{r.id}"] = key.nunique(where=m)
+                    metrics[f"_n:{_key(r.id)}"] = key.nunique(where=m)
                 else:
-                    metrics[f"_n:{r.id}"] = ev.ts_us.count(where=m)
+                    metrics[f"_n:{_key(r.id)}"] = ev.ts_us.count(where=m)
                 continue
             decay = self.decay(r, ev._age)
             if r.frequency == "once":
-                metrics[f"_last:{r.id}"] = ev.ts_us.max(where=m)
+                metrics[f"_last:{_key(r.id)}"] = ev.ts_us.max(where=m)
                 continue
             # ifelse makes the constant a column, so it can be summed
             value: ir.FloatingValue = ibis.ifelse(m, _num(r.points), _num(0.0))
             if decay is not None:
                 value = value * decay
-            metrics[f"_raw:{r.id}"] = value.sum(where=m)
+            metrics[f"_raw:{_key(r.id)}"] = value.sum(where=m)
         for q in self.inactivity:
             if q.events is None:
-                metrics[f"_last:{q.id}"] = ev.ts_us.max()
+                metrics[f"_last:{_key(q.id)}"] = ev.ts_us.max()
             else:
-                metrics[f"_last:{q.id}"] = ev.ts_us.max(where=ev.type.isin(list(q.events)))
+                metrics[f"_last:{_key(q.id)}"] = ev.ts_us.max(where=ev.type.isin(list(q.events)))
         if not metrics:
             return None
         return ev.group_by("lead_id").aggregate(**metrics)
@@ -506,7 +546,7 @@ class _Builder:
         if decay is not None:
             value = value * decay
         ranked = latest.mutate(_v=value)
-        return ranked.group_by("lead_id").aggregate(**{f"_raw:{rule.id}": ranked._v.sum()})
+        return ranked.group_by("lead_id").aggregate(**{f"_raw:{_key(rule.id)}": ranked._v.sum()})
 
     def build(self) -> ir.Table:
         model = self.model
@@ -520,35 +560,35 @@ class _Builder:
         for a in self.activity:
             if _ranked(a):
                 sub = self.ranked(a)
-                table = table.left_join(sub, "lead_id").select(table, sub[f"_raw:{a.id}"])
+                table = table.left_join(sub, "lead_id").select(table, sub[f"_raw:{_key(a.id)}"])
 
         cols: dict[str, ir.Value] = {}
         for r in model.rules:
             if isinstance(r, ProfileRule):
-                hit = condition_expr(r.condition, lambda f: _lead_col(table, f))
-                cols[f"rule:{r.id}"] = ibis.ifelse(hit, _num(r.points), _num(0.0))
+                hit = condition_expr(r.condition, lambda f: _lead_col(table, lead_column(f)))
+                cols[f"rule:{_key(r.id)}"] = ibis.ifelse(hit, _num(r.points), _num(0.0))
             elif isinstance(r, ActivityRule) and r.trend is not None:
-                rc = table[f"_rc:{r.id}"].fill_null(0)
-                bc = table[f"_bc:{r.id}"].fill_null(0)
+                rc = table[f"_rc:{_key(r.id)}"].fill_null(0)
+                bc = table[f"_bc:{_key(r.id)}"].fill_null(0)
                 # the per-lead evaluator's comparison, operation for operation
                 rises = rc.cast("float64") * _num(r.trend.baseline_days) >= (
                     _num(r.trend.ratio) * bc.cast("float64")
                 ) * _num(r.trend.recent_days)
                 fires = (rc >= r.trend.min_recent) & rises
                 raw = ibis.ifelse(fires, _num(r.points), _num(0.0))
-                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
+                cols[f"rule:{_key(r.id)}"] = _clip(raw, r.min_points, r.max_points)
             elif isinstance(r, ActivityRule) and r.count is not None:
-                n = table[f"_n:{r.id}"].fill_null(0)
+                n = table[f"_n:{_key(r.id)}"].fill_null(0)
                 if r.frequency == "once":
                     n = ibis.ifelse(n > 0, 1, 0)
                 holds: ir.BooleanValue = ibis.literal(True)
                 for op, value in r.count:
                     holds = holds & COUNT_TESTS[op](n, value)
                 raw = ibis.ifelse(holds, _num(r.points), _num(0.0))
-                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
+                cols[f"rule:{_key(r.id)}"] = _clip(raw, r.min_points, r.max_points)
             elif isinstance(r, ActivityRule):
                 if r.frequency == "once":
-                    last = table[f"_last:{r.id}"]
+                    last = table[f"_last:{_key(r.id)}"]
                     age = _age_days(self.as_of, last)
                     decay = self.decay(r, age)
                     once_value: ir.FloatingValue = _num(r.points)
@@ -556,23 +596,24 @@ class _Builder:
                         once_value = once_value * decay
                     raw = ibis.ifelse(last.notnull(), once_value, _num(0.0))
                 else:
-                    raw = table[f"_raw:{r.id}"].fill_null(_num(0.0))
-                cols[f"rule:{r.id}"] = _clip(raw, r.min_points, r.max_points)
+                    raw = table[f"_raw:{_key(r.id)}"].fill_null(_num(0.0))
+                cols[f"rule:{_key(r.id)}"] = _clip(raw, r.min_points, r.max_points)
             else:
-                last = table[f"_last:{r.id}"]
+                last = table[f"_last:{_key(r.id)}"]
                 age = _age_days(self.as_of, last)
                 inactive = last.isnull() | (age >= r.no_activity_days)
-                cols[f"rule:{r.id}"] = ibis.ifelse(inactive, _num(r.points), _num(0.0))
+                cols[f"rule:{_key(r.id)}"] = ibis.ifelse(inactive, _num(r.points), _num(0.0))
         scored = table.select("lead_id", **cols)
 
         groups: dict[str, ir.Value] = {}
         for g in model.groups:
-            raw_g = _sum([scored[f"rule:{r.id}"] for r in g.rules])
-            groups[f"group:{g.id}"] = _clip(raw_g, g.min, g.max) * _num(g.weight)
+            raw_g = _sum([scored[f"rule:{_key(r.id)}"] for r in g.rules])
+            groups[f"group:{_key(g.id)}"] = _clip(raw_g, g.min, g.max) * _num(g.weight)
         scored = scored.mutate(**groups)
-        total = _sum([scored[f"group:{g.id}"] for g in model.groups])
-        fit = _sum([scored[f"group:{g.id}"] for g in model.groups if g.kind == "profile"])
-        engagement = _sum([scored[f"group:{g.id}"] for g in model.groups if g.kind != "profile"])
+        group = {g.id: scored[f"group:{_key(g.id)}"] for g in model.groups}
+        total = _sum([group[g.id] for g in model.groups])
+        fit = _sum([group[g.id] for g in model.groups if g.kind == "profile"])
+        engagement = _sum([group[g.id] for g in model.groups if g.kind != "profile"])
         scored = scored.mutate(
             score=_clip(total, model.min, model.max), fit=fit, engagement=engagement
         )
@@ -583,7 +624,10 @@ class _Builder:
             else ibis.literal(False)
         )
         scored = scored.mutate(mql=mql, priority=self.priority(scored.grade, scored.band))
-        return scored.select(*output_columns(model))
+        named = [scored[c] for c in output_columns(model)[:8]]
+        named += [scored[f"group:{_key(g.id)}"].name(f"group:{g.id}") for g in model.groups]
+        named += [scored[f"rule:{_key(r.id)}"].name(f"rule:{r.id}") for r in model.rules]
+        return scored.select(*named)
 
     def grade(self, fit: ir.FloatingValue) -> ir.StringValue:
         if not self.model.grades:
@@ -606,6 +650,10 @@ class _Builder:
         if not cells:
             return ibis.null("string")
         return ibis.cases(*cells, else_=ibis.null("string"))
+
+
+def _key(rule_or_group_id: str) -> str:
+    return column_name(rule_or_group_id)
 
 
 def _lead_col(table: ir.Table, name: str) -> ir.StringValue:
