@@ -33,6 +33,9 @@ def conformance() -> Path:
 # --- stores: every store test runs on SQLite and on the real PostgreSQL -------------------------
 
 PG_SERVER = os.environ.get("LEADSCORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+# The names of the databases the tests make on that server begin with this (developers sharing
+# one server each take a prefix of their own)
+PG_PREFIX = os.environ.get("LEADSCORE_TEST_PG_PREFIX", "leadscore")
 
 
 def _pg_reachable() -> str | None:
@@ -60,7 +63,7 @@ def pg_database() -> Iterator[str]:
     why = _pg_reachable()
     if why:
         skip_or_fail(why)
-    name = f"leadscore_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{PG_PREFIX}_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(database_url(PG_SERVER), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')

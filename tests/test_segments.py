@@ -41,7 +41,7 @@ from leadscore.store.segments import (
     list_segments,
     save_segment,
 )
-from tests.conftest import PG_SERVER, ROOT, Clock, _pg_reachable, skip_or_fail
+from tests.conftest import PG_PREFIX, PG_SERVER, ROOT, Clock, _pg_reachable, skip_or_fail
 
 Serve = Callable[..., httpx.Client]
 
@@ -311,7 +311,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     why = _pg_reachable()
     if why:
         skip_or_fail(why)
-    name = f"leadscore_migrate_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{PG_PREFIX}_migrate_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(database_url(PG_SERVER), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
