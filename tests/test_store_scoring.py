@@ -370,7 +370,8 @@ def test_a_score_written_with_the_replaced_model_during_a_publish_is_rescored(
     """While the publish of RT with the demo worth 45 rescores every lead, another process
     that read the active versions just before the publish committed (PostgreSQL's read
     committed allows it) rescores R1 with version 1 (VP 30 + demo 40 = 70). The batch must
-    not keep that row as "rescored meanwhile": R1 ends on version 2 with 30 + 45 = 75."""
+    not keep that row as "rescored meanwhile": R1 ends on version 2 with 30 + 45 = 75, a
+    change the publish counts."""
     publish(store, RT)
     store.upsert_leads([LeadInput("R1", fields={"title": "VP Sales"})])
     store.ingest_events([EventInput("demo_request", clock.now, "R1")])
@@ -388,7 +389,7 @@ def test_a_score_written_with_the_replaced_model_during_a_publish_is_rescored(
                 other.rescore_leads(conn, ["R1"], "event", clock.now)
 
     try:
-        store.publish(draft.name, draft.version, progress=meanwhile)
+        report = store.publish(draft.name, draft.version, progress=meanwhile)
         with store.db.read() as conn:
             row = conn.execute(
                 sa.select(scores.c.score, scores.c.model_version_id).where(scores.c.lead_id == "R1")
@@ -397,6 +398,7 @@ def test_a_score_written_with_the_replaced_model_during_a_publish_is_rescored(
         other.db.dispose()
     assert row.model_version_id == store.sheets()[0].version.id
     assert row.score == 75.0
+    assert (report.leads, report.changed, report.skipped) == (1, 1, 0)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -775,6 +777,60 @@ def test_a_publish_during_a_rescoring_in_parts_is_not_undone(store: Store, clock
     assert versions == dict.fromkeys(ids, new)
     assert_matches_per_lead(store, ids, clock.now)
     assert close(current(store, "L5", "dw")["score"], 30 * 0.5**0.1)
+
+
+def test_a_publish_while_a_scheduled_rescoring_writes_counts_every_change(
+    store: Store, clock: Clock
+) -> None:
+    """DW; six leads viewed /pricing (20 points, half-life 10 days). A day later a scheduled
+    rescoring has read and scored every lead with version 1 when DW is published anew
+    (pricing worth 30); the publish reads and scores them too, and only then does the
+    scheduled run write. It must not write version 1's scores over a sheet published since
+    it began (the publish would find them "rescored meanwhile" and redo them uncounted:
+    `changed: 0`). So the publish reports six changes, none kept, and each lead's newest
+    history row is the model change 20 -> 30 * 0.5^0.1 (no decay row of version 1 is written
+    after the publish began)."""
+    publish(store, DW)
+    ids = [f"L{i}" for i in range(6)]
+    store.ingest_events(
+        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
+    )
+    clock.advance(days=1)
+    draft = store.add_model(DW.replace("points: 20", "points: 30"))
+    scheduled_scored, publish_scored, scheduled_done = (threading.Event() for _ in range(3))
+    reports: list[Any] = []
+
+    def scheduled_waits(what: str, done: int, total: int) -> None:
+        if what == "scoring" and done:
+            scheduled_scored.set()
+            assert publish_scored.wait(20)
+
+    def scheduled() -> None:
+        try:
+            reports.append(store.rescore_all("decay", progress=scheduled_waits))
+        finally:
+            scheduled_done.set()
+
+    def publish_waits(what: str, done: int, total: int) -> None:
+        if what == "scoring" and done:
+            publish_scored.set()
+            assert scheduled_done.wait(20)
+
+    running = threading.Thread(target=scheduled)
+    running.start()
+    try:
+        assert scheduled_scored.wait(20)
+        report = store.publish(draft.name, draft.version, progress=publish_waits)
+    finally:
+        publish_scored.set()
+        running.join(20)
+    assert (report.leads, report.changed, report.skipped, report.per_sheet) == (6, 6, 0, {"dw": 6})
+    assert [(r.leads, r.changed) for r in reports] == [(6, 0)]
+    for i in ids:
+        (reason, old, new), *_ = history(store, i)
+        assert reason == "model change"
+        assert old == 20.0 and close(new, 30 * 0.5**0.1)
+    assert_matches_per_lead(store, ids, clock.now)
 
 
 def test_a_publish_whose_rescoring_stops_is_finished_by_the_next_rescoring(

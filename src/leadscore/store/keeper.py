@@ -589,19 +589,34 @@ class Store:
             # written: left to the garbage collector, each of its full passes would walk them
             # all (0.1 s for 10,000 leads) inside a chunk's transaction, holding SQLite's write
             # lock.
+            prefixed = len(active) > 1  # the rows' columns (_batch_rows)
             with _out_of_gc_passes():
                 for begin in range(0, len(rows), chunk):
                     piece = rows[begin : begin + chunk]
                     with self.db.write() as conn:
-                        self._write_chunk(
-                            conn, piece, active, version_of, seen, part_us, report, fire_triggers
-                        )
+                        # A sheet published anew since the part was read is the publish's to
+                        # write from now on (see _still_published)
+                        active = _still_published(conn, active, version_of)
+                        if active:
+                            self._write_chunk(
+                                conn,
+                                piece,
+                                active,
+                                version_of,
+                                seen,
+                                part_us,
+                                report,
+                                fire_triggers,
+                                prefixed,
+                            )
+                    if not active:
+                        break
                     self.db.let_others_write()
                     written += len(piece)
                     tell("writing scores", written)
             del rows, seen  # before the next part is read
             after = ids[-1]
-            if not more:
+            if not more or not active:
                 break
         if progress:  # fewer leads than counted at the start (merged away meanwhile): all done
             for what, done in (
@@ -623,8 +638,10 @@ class Store:
         t_us: int,
         report: RescoreReport,
         fire_triggers: bool,
+        prefixed: bool,
     ) -> None:
-        """:meth:`rescore_all`: write the scores of a chunk of its rows."""
+        """:meth:`rescore_all`: write the scores of a chunk of its rows (whose columns are
+        prefixed with the sheet's name when ``prefixed``: scored on several sheets)."""
         now = self.clock()
         # Real-time rescoring of these leads waits until this chunk commits, so it is
         # never overwritten by the batch's older value; a lead merged away since the
@@ -644,27 +661,49 @@ class Store:
                 and current[lead, sheet]["model_version_id"] != version_of[sheet]
             }
         )
-        multi = len(active) > 1
         new: list[NewScore] = []
         for r in part:
             if r["lead_id"] not in present:
                 continue
             for s in active:
                 if (r["lead_id"], s.name) in fresh:
-                    report.skipped += 1
+                    if r["lead_id"] not in replaced:  # (those are rescored below)
+                        report.skipped += 1
                     continue
-                new.append(_new_score(r, s, t_us, f"{s.name}." if multi else ""))
+                new.append(_new_score(r, s, t_us, f"{s.name}." if prefixed else ""))
         changes = write_scores(
             conn, new, report.reason, now, current=current, finishing_publish=True
         )
-        for c in changes:
-            if c.recorded:
-                report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
-                report.changed += 1
         if self.listener is not None and changes:
             self.listener(conn, changes, now, fire_triggers)
         if replaced:
-            self.rescore_leads(conn, replaced, report.reason, now, fire_triggers=fire_triggers)
+            changes += self.rescore_leads(
+                conn, replaced, report.reason, now, fire_triggers=fire_triggers
+            )
+        for c in changes:  # those of the run's sheets (a replaced lead's others are its own)
+            if c.recorded and c.sheet in version_of:
+                report.per_sheet[c.sheet] = report.per_sheet.get(c.sheet, 0) + 1
+                report.changed += 1
+
+
+def _still_published(
+    conn: Connection, active: Sequence[Sheet], version_of: dict[str, int]
+) -> list[Sheet]:
+    """The sheets of ``active`` whose version (``version_of``) is still the published one, in
+    a write transaction of a whole-store rescoring: a sheet published anew since is left to
+    that publish's own rescoring, whose snapshot may have been read already (its scores,
+    written over with the replaced model's now, would be found rescored meanwhile and redone
+    one by one, uncounted). On PostgreSQL the published versions' rows are locked in share
+    mode until the chunk commits: a publish retires a version only after the chunks that
+    read it as published, so its snapshot comes after them."""
+    q = sa.select(model_versions.c.id).where(
+        model_versions.c.status == "published",
+        model_versions.c.id.in_(sorted({version_of[s.name] for s in active})),
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.order_by(model_versions.c.id).with_for_update(read=True)
+    published = {int(i) for i in conn.execute(q).scalars()}
+    return [s for s in active if version_of[s.name] in published]
 
 
 _frozen_lock = threading.Lock()
