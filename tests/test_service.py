@@ -284,6 +284,36 @@ def test_segment_calls(serve: Serve) -> None:
     assert "userId" in err["message"]
 
 
+def test_a_segment_alias_of_an_identified_lead_merges_the_two(serve: Serve) -> None:
+    """u7 was identified (a CTO in the US, kim@acme.com) and requested a demo; the CRM knows
+    the same person as crm-7 (no events yet). An alias with previousId u7 and userId crm-7
+    merges u7 into crm-7: crm-7 has the events, the profile and so u7's score (the same
+    profile and events at the same time), its item says what was merged, u7's addresses
+    answer that it was merged, and what is sent for u7 afterwards goes to crm-7."""
+    api = serve(no_auth=True)
+    traits = {"email": "kim@acme.com", "job_title": "CTO", "country": "US"}
+    api.post("/v1/identify", json={"userId": "u7", "traits": traits})
+    api.post("/v1/track", json={"userId": "u7", "event": "demo_request"})
+    api.post("/v1/identify", json={"userId": "crm-7", "traits": {"plan": "pro"}})
+    before = api.get("/api/v1/leads/u7").json()["scores"]["b2b-default"]["score"]
+    r = api.post("/v1/alias", json={"previousId": "u7", "userId": "crm-7"})
+    assert r.json()["items"] == [
+        {"index": 0, "status": "updated", "lead_id": "crm-7", "merged": "u7"}
+    ]
+    lead = api.get("/api/v1/leads/crm-7?detail=true").json()
+    assert lead["scores"]["b2b-default"]["score"] == before > 0
+    assert (lead["email"], lead["profile"]["job_title"], lead["profile"]["plan"]) == (
+        "kim@acme.com",
+        "CTO",
+        "pro",
+    )
+    assert [e["type"] for e in lead["events"]] == ["demo_request"]
+    err = _envelope(api.get("/api/v1/leads/u7"), 404, "not_found")
+    assert err["message"] == "no lead 'u7': it was merged into 'crm-7'"
+    r = api.post("/v1/track", json={"userId": "u7", "event": "webinar_attended"})
+    assert r.json()["items"][0]["lead_id"] == "crm-7"
+
+
 def test_a_sender_clock_running_ahead_does_not_hide_its_events(
     serve: Serve, store: Store, clock: Clock
 ) -> None:

@@ -782,6 +782,133 @@ def test_anonymous_events_join_the_lead_on_identify(store: Store, clock: Clock) 
     assert joined is False
 
 
+def test_an_alias_of_an_identified_lead_merges_it_into_the_user_id_lead(
+    store: Store, clock: Clock
+) -> None:
+    """P1 (VP, p@x.com, an anonymous id, a demo request 40: 70, an outcome, stage sql) and U1
+    (region EU, no events: 0) are one person: an alias with previousId P1 and userId U1 merges
+    P1 into U1. U1 keeps its own profile values and stage, gains P1's title and email, takes
+    its events (vp 30 + demo 40 = 70, an event change), anonymous id, outcome, stage change
+    and history; P1 is gone, and what is sent for it later, by its id, its email or its
+    anonymous id, goes to U1. The same alias again changes nothing."""
+    publish(store, V1)
+    store.upsert_leads([LeadInput("P1", "p@x.com", {"title": "VP", "region": "US"})])
+    store.identify(LeadInput("P1"), anonymous_id="anon-p")
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, "P1")])
+    store.upsert_leads([LeadInput("U1", fields={"region": "EU"})])
+    with store.db.write() as conn:
+        add_outcomes(conn, [OutcomeInput("P1", "sql", clock.now - SECOND)], "api")
+        set_stage(conn, "P1", "sql", clock.now - SECOND, reason="test")
+    assert (score(store, "P1"), score(store, "U1")) == (70.0, 0.0)
+
+    out = store.alias("U1", "P1")
+    assert (out.status, out.lead_id, out.merged) == ("updated", "U1", "P1")
+    lead = view(store, "U1")
+    assert (lead["email"], lead["profile"], lead["stage"]) == (
+        "p@x.com",
+        {"region": "EU", "title": "VP", "email": "p@x.com"},
+        "lead",
+    )
+    assert [(c["from_stage"], c["to_stage"]) for c in lead["stage_changes"]] == [("lead", "sql")]
+    assert score(store, "U1") == 70.0
+    assert history(store, "U1") == [  # U1's own and P1's, moved over
+        ("event", 0.0, 70.0),
+        ("profile", None, 0.0),
+        ("event", 30.0, 70.0),
+        ("profile", None, 30.0),
+    ]
+    assert outcome_rows(store) == [("U1", "sql", clock.now - SECOND)]
+    with pytest.raises(NotFound, match="it was merged into 'U1'"):
+        view(store, "P1")
+    with store.db.read() as conn:
+        assert conn.execute(sa.select(leads.c.lead_id)).scalars().all() == ["U1"]
+        assert conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all() == ["U1"]
+    later = store.ingest_events(
+        [
+            EventInput("page_view", clock.now, lead_id="P1"),
+            EventInput("page_view", clock.now, email="P@x.com"),
+            EventInput("page_view", clock.now, anonymous_id="anon-p"),
+        ]
+    )
+    assert [o.lead_id for o in later] == ["U1", "U1", "U1"]
+    (up,) = store.upsert_leads([LeadInput("P1", fields={"size": "200"})])
+    assert (up.status, up.lead_id) == ("updated", "U1")
+    with store.db.write() as conn:
+        add_outcomes(conn, [OutcomeInput("P1", "won", clock.now)], "api")
+    assert ("U1", "won", clock.now) in outcome_rows(store)
+
+    again = store.alias("U1", "P1")
+    assert (again.status, again.lead_id, again.merged) == ("updated", "U1", None)
+    assert score(store, "U1") == 70.0
+
+
+@pytest.mark.parametrize(
+    "how", ["event by email", "event by id", "event by alias", "upsert by id", "outcome by id"]
+)
+def test_a_request_naming_a_lead_an_alias_is_merging_goes_to_the_lead_it_becomes(
+    store: Store, clock: Clock, how: str
+) -> None:
+    """While an alias merges P9 (p@x.com, anonymous id anon-p9) into U9 (not yet committed),
+    a request names P9 by its email, its id or its anonymous id: it waits for the merge, then
+    goes to U9 (not to a lead that is gone, nor to a re-created P9)."""
+    publish(store, V1)
+    store.identify(LeadInput("P9", "p@x.com"), anonymous_id="anon-p9")
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, "P9")])
+    store.upsert_leads([LeadInput("U9")])
+
+    def send() -> list[str | None]:
+        if how == "event by email":
+            sent = store.ingest_events([EventInput("email_open", clock.now, email="p@x.com")])
+        elif how == "event by id":
+            sent = store.ingest_events([EventInput("email_open", clock.now, lead_id="P9")])
+        elif how == "event by alias":
+            sent = store.ingest_events(
+                [EventInput("email_open", clock.now, anonymous_id="anon-p9")]
+            )
+        elif how == "upsert by id":
+            sent = store.upsert_leads([LeadInput("P9", fields={"title": "VP"})])
+        else:
+            with store.db.write() as conn:
+                add_outcomes(conn, [OutcomeInput("P9", "won", clock.now)], "api")
+            return [row[0] for row in outcome_rows(store)]
+        return [o.lead_id for o in sent]
+
+    got: list[str | None] = []
+    sending = threading.Thread(target=lambda: got.extend(send()))
+    with held_open(store, lambda conn: store_leads.alias_lead(conn, "U9", "P9", clock.now)):
+        sending.start()
+        assert_waits(store, sending)  # for the merge
+    sending.join(20)
+    assert got == ["U9"]
+    with store.db.read() as conn:
+        ids = conn.execute(sa.select(leads.c.lead_id)).scalars().all()
+        owners = conn.execute(sa.select(events.c.lead_id).distinct()).scalars().all()
+    assert (ids, owners) == (["U9"], ["U9"])
+    if how == "upsert by id":
+        assert view(store, "U9")["profile"]["title"] == "VP"
+
+
+def test_an_alias_to_a_new_user_id_takes_the_lead_over(store: Store, clock: Clock) -> None:
+    """P2 is hot (VP 30 + demo 40 = 70) and owned by kim; an alias makes it N2, a user id not
+    stored yet: N2 takes P2's stage, owner and scores, so its history goes on in one chain
+    (no second "enters hot"), and P2's old id finds N2. An alias of an id that names no lead
+    (an anonymous id) merges nothing."""
+    publish(store, V1)
+    store.upsert_leads([LeadInput("P2", fields={"title": "VP"}, owner="kim", stage="mql")])
+    store.ingest_events([EventInput("demo_request", clock.now - SECOND, "P2")])
+    before = history(store, "P2")
+    out = store.alias("N2", "P2")
+    assert (out.status, out.lead_id, out.merged) == ("created", "N2", "P2")
+    lead = view(store, "N2")
+    assert (lead["owner"], lead["stage"], score(store, "N2")) == ("kim", "mql", 70.0)
+    assert history(store, "N2") == before
+    with pytest.raises(NotFound, match="it was merged into 'N2'"):
+        view(store, "P2")
+    plain = store.alias("N3", "anon-never-a-lead")
+    assert (plain.status, plain.lead_id, plain.merged) == ("created", "N3", None)
+    assert score(store, "N3") == 0.0
+
+
 # --- lifecycle ----------------------------------------------------------------------------------
 
 

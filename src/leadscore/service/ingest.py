@@ -435,7 +435,7 @@ async def _segment(
                     outcomes.append(outcome)
                 elif t == "alias":
                     assert m.userId is not None and m.previousId is not None
-                    outcome, _ = store.identify(LeadInput(m.userId), m.previousId)
+                    outcome = store.alias(m.userId, m.previousId)
                     outcome.index = i
                     outcomes.append(outcome)
                 else:  # group: acknowledged, not used
@@ -473,7 +473,8 @@ SEGMENT_CALLS = {
     "linked to the ``userId`` and its earlier events join the lead.",
     "page": "Segment `page`: stored as a ``page_view`` event with the page's properties.",
     "screen": "Segment `screen`: stored as a ``screen_view`` event with its properties.",
-    "alias": "Segment `alias`: ``previousId`` (an anonymous id) becomes the lead ``userId``.",
+    "alias": "Segment `alias`: ``previousId`` becomes the lead ``userId``: an anonymous id "
+    "is linked to it, a lead stored under that id is merged into it.",
     "group": "Segment `group`: acknowledged and not used (company traits are not scored yet).",
 }
 

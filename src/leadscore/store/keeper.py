@@ -54,6 +54,7 @@ from leadscore.store.leads import (
     ItemOutcome,
     LeadInput,
     ProfileCache,
+    alias_lead,
     email_key,
     event_fields,
     insert_events,
@@ -390,6 +391,19 @@ class Store:
                 reason = "event" if joined else "profile"
                 self.rescore_leads(conn, [outcome.lead_id], reason, now, current=True)
         return outcome, joined
+
+    def alias(self, user_id: str, previous_id: str) -> ItemOutcome:
+        """Segment's ``alias``: ``previous_id`` is another id of the lead ``user_id``. A lead
+        stored under ``previous_id`` is merged into it (see
+        :func:`~leadscore.store.leads.alias_lead`), an anonymous id of that name linked to it,
+        and the lead rescored."""
+        with self.db.write() as conn:
+            now = self.clock()
+            outcome, joined = alias_lead(conn, user_id, previous_id, now)
+            assert outcome.lead_id is not None
+            reason = "event" if joined else "profile"
+            self.rescore_leads(conn, [outcome.lead_id], reason, now, current=True)
+        return outcome
 
     # --- scoring ------------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ A lead first known by its email alone (an event or an upsert with an email and n
 ``lead_id``) gets the email as its id. When a ``lead_id`` later arrives with that email (the
 CRM's upsert, Segment's identify), that email-keyed lead is merged into it: its events,
 aliases, outcomes, stage changes, firings and score history move over, profile fields the
-lead lacks are filled from it, and it is gone (:func:`upsert_leads`). The merge is kept
-(``lead_merges``): an event, upsert or outcome sent later for the old id goes to the lead it
-became.
+lead lacks are filled from it, and it is gone (:func:`upsert_leads`). A Segment ``alias``
+whose ``previousId`` is a lead's id merges that lead into its ``userId``'s the same way
+(:func:`alias_lead`). The merge is kept (``lead_merges``): an event, upsert or outcome sent
+later for the old id goes to the lead it became.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ __all__ = [
     "ItemOutcome",
     "LeadInput",
     "ProfileCache",
+    "alias_lead",
     "email_key",
     "event_fields",
     "insert_events",
@@ -513,7 +515,8 @@ def _email_keyed(conn: Connection, emails: Sequence[str]) -> list[str]:
 
 
 def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, fresh: bool) -> None:
-    """Merge the email-keyed lead ``stub`` into ``target`` (whose row exists and is locked).
+    """Merge the lead ``stub`` (an email-keyed lead, or one a Segment alias names by its old
+    id: :func:`alias_lead`) into ``target`` (whose row exists and is locked, as is the stub's).
 
     Everything recorded for the stub moves to the target. A ``fresh`` target (created by this
     upsert) takes over the stub's stage, owner, creation time and current scores, so that its
@@ -559,6 +562,49 @@ def _merge(conn: Connection, stub: sa.RowMapping, target: str, now_us: int, *, f
     conn.execute(lead_merges.update().where(lead_merges.c.into_id == old).values(into_id=target))
     conn.execute(lead_merges.delete().where(lead_merges.c.lead_id == old))
     conn.execute(lead_merges.insert().values(lead_id=old, into_id=target, merged_us=now_us))
+
+
+def alias_lead(
+    conn: Connection, user_id: str, previous_id: str, now_us: int
+) -> tuple[ItemOutcome, bool]:
+    """Segment's ``alias``: ``previous_id`` is another id of the lead ``user_id`` (created if
+    need be). A lead stored under ``previous_id`` (or the lead it was merged into) is merged
+    into ``user_id``'s as an email-keyed lead is into the lead id that claims its email
+    (:func:`_merge`): its events, anonymous ids, outcomes, stage changes, firings and score
+    history move over, profile fields the lead lacks are filled from it, a lead created by
+    this call takes over its stage, owner and scores, and what is sent later for the old id
+    goes to the lead it became. ``previous_id`` is also linked as an anonymous id, and the
+    events kept for it join the lead (:func:`link_alias`).
+
+    The item's outcome (``merged``: the lead id merged away, if any), and whether events
+    joined the lead (it is to be rescored)."""
+    moved = merged_into(conn, [user_id, previous_id])
+    target, old = moved.get(user_id, user_id), moved.get(previous_id, previous_id)
+    # As a merge by upsert: the identities that find the old lead first (its email, and its
+    # id as an outcome's lock names it: lifecycle.add_outcomes), then the leads' rows.
+    found = _existing(conn, [old]).get(old) if old != target else None
+    emails = {old, email_key(found["email"]) or old} if found is not None else set()
+    lock_identities(conn, emails, [previous_id])
+    for attempt in range(RESOLVE_ATTEMPTS):
+        savepoint = conn.begin_nested() if conn.dialect.name != "sqlite" else None
+        created = _placeholders(conn, [target], now_us)
+        # in one pass in lead id order, as every locker does
+        existing = _existing(conn, {target, old}, lock=True)
+        if savepoint is None:
+            break
+        late = _merged_meanwhile(conn, savepoint, {target, old}, existing, created, attempt)
+        if not late:
+            break
+        target, old = late.get(target, target), late.get(old, old)
+    outcome = ItemOutcome(0, "created" if target in created else "updated", target)
+    joined = False
+    if old != target and old in existing:
+        _merge(conn, existing[old], target, now_us, fresh=target in created)
+        outcome.merged = old
+        joined = True
+    if link_alias(conn, previous_id, target, now_us):
+        joined = True
+    return outcome, joined
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:

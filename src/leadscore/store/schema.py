@@ -82,8 +82,9 @@ aliases = Table(
     Column("created_us", Micros, nullable=False),
 )
 
-# An email-keyed lead merged into the lead id that claimed its email: what was sent for the
-# old id (an event, an upsert) goes to the lead it became. One hop: merging a lead that others
+# A lead merged into another (an email-keyed lead into the lead id that claimed its email, a
+# lead into the userId of a Segment alias naming it): what was sent for the old id (an event,
+# an upsert) goes to the lead it became. One hop: merging a lead that others
 # were merged into points them on as well.
 lead_merges = Table(
     "lead_merges",
