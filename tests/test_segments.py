@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from leadscore.errors import NotFound, UsageError
 from leadscore.store import (
     Database,
+    EventInput,
     LeadInput,
     LeadQuery,
     Store,
@@ -478,3 +479,56 @@ def test_migrate_0007_goes_on_without_the_index_where_pg_trgm_may_not_be_added(
                 conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
                 conn.exec_driver_sql(f'DROP ROLE "{role}"')
         admin.dispose()
+
+
+def test_migrate_0008_stores_emails_in_their_composed_form(empty_url: str) -> None:
+    """A store of before 0008 holds `josé@x.com` written as `e` and a combining accent: the
+    email-keyed lead of that name, and L3, whose profile's email field says something else.
+    The migration composes both emails (and the profile field that is the same text; not
+    other fields, nor the lead's id). Then the email found either way finds the lead kept
+    under its old id, and a lead id claiming it merges that lead."""
+    nfd, nfc = "jose\u0301@x.com", "jos\u00e9@x.com"
+    db = open_database(empty_url, migrate=False)
+    try:
+        _to_revision(db, "0007")
+        with db.write() as conn:
+            for lead_id, email, profile in (
+                (nfd, nfd, {"email": nfd, "name": "Jose\u0301"}),
+                ("L2", "ana@x.com", {"email": "ana@x.com"}),
+                ("L3", "rene\u0301@x.com", {"email": "someone else"}),
+            ):
+                conn.execute(
+                    schema.leads.insert().values(
+                        lead_id=lead_id,
+                        email=email,
+                        profile=profile,
+                        stage="lead",
+                        stage_us=1,
+                        created_us=1,
+                        updated_us=1,
+                    )
+                )
+        db.migrate()
+        with db.read() as conn:
+            rows = conn.execute(
+                sa.select(schema.leads.c.lead_id, schema.leads.c.email, schema.leads.c.profile)
+            ).all()
+        assert sorted((r[0], r[1], r[2]) for r in rows) == [
+            ("L2", "ana@x.com", {"email": "ana@x.com"}),
+            ("L3", "ren\u00e9@x.com", {"email": "someone else"}),
+            (nfd, nfc, {"email": nfc, "name": "Jose\u0301"}),
+        ]
+    finally:
+        db.dispose()
+    store = Store(open_database(empty_url))
+    try:
+        for email in (nfc, nfd.upper()):
+            (found,) = store.ingest_events([EventInput("email_open", 2, email=email)])
+            assert found.lead_id == nfd
+        (claimed,) = store.upsert_leads([LeadInput("C1", email=nfd)])
+        assert (claimed.status, claimed.lead_id, claimed.merged) == ("created", "C1", nfd)
+        with store.db.read() as conn:
+            ids = conn.execute(sa.select(schema.leads.c.lead_id)).scalars().all()
+        assert sorted(ids) == ["C1", "L2", "L3"]
+    finally:
+        store.db.dispose()

@@ -7,6 +7,7 @@ import base64
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from leadscore.engine.timeutil import iso_utc
 from leadscore.store import Store
+from leadscore.store.bulk import import_leads
 from leadscore.store.db import database_url
 from leadscore.store.keys import create_key
 from tests.conftest import Clock
@@ -312,6 +314,38 @@ def test_a_segment_alias_of_an_identified_lead_merges_the_two(serve: Serve) -> N
     assert err["message"] == "no lead 'u7': it was merged into 'crm-7'"
     r = api.post("/v1/track", json={"userId": "u7", "event": "webinar_attended"})
     assert r.json()["items"][0]["lead_id"] == "crm-7"
+
+
+def test_an_email_is_one_whichever_way_its_accents_are_written(
+    serve: Serve, store: Store, tmp_path: Path
+) -> None:
+    """`josé@acme.com` with its `é` as one character (NFC) or as `e` and a combining accent
+    (NFD), in any case and with spaces around it, is one email, whichever way it comes in: an
+    event by email makes the lead keyed by the composed form, the other form's events and
+    upsert find it, a CRM file's import claims it for CRM-1 (merging it), and Segment's
+    identify and later events find CRM-1. One lead in the end, with the composed email."""
+    api = serve(no_auth=True)
+    composed, decomposed = "Jos\u00e9@Acme.com", "Jose\u0301@acme.COM"
+    key = "jos\u00e9@acme.com"
+
+    def lead_of(r: httpx.Response) -> str:
+        assert r.status_code == 200, r.text
+        return str(r.json()["items"][0]["lead_id"])
+
+    assert lead_of(api.post("/api/v1/events", json={"email": decomposed, "type": "x"})) == key
+    assert lead_of(api.post("/api/v1/events", json={"email": composed, "type": "x"})) == key
+    r = api.post("/api/v1/leads", json={"email": f" {decomposed} ", "job_title": "CTO"})
+    assert r.json()["items"] == [{"index": 0, "status": "updated", "lead_id": key}]
+    crm = tmp_path / "crm.csv"
+    crm.write_text(f"lead_id,email\nCRM-1,{decomposed.upper()}\n", encoding="utf-8")
+    assert import_leads(store, crm).stored == 1
+    r = api.post("/v1/identify", json={"userId": "CRM-1", "traits": {"email": composed}})
+    assert r.json()["items"] == [{"index": 0, "status": "updated", "lead_id": "CRM-1"}]
+    assert lead_of(api.post("/api/v1/events", json={"email": decomposed, "type": "x"})) == "CRM-1"
+    leads = api.get("/api/v1/leads").json()["items"]
+    assert [lead["lead_id"] for lead in leads] == ["CRM-1"]
+    lead = api.get("/api/v1/leads/CRM-1?detail=true").json()
+    assert (lead["email"], lead["profile"]["email"], lead["events_total"]) == (key, key, 3)
 
 
 def test_a_sender_clock_running_ahead_does_not_hide_its_events(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,10 +134,16 @@ RESOLVE_ATTEMPTS = 3
 
 
 def email_key(value: str | None) -> str | None:
-    """An email as leads are found by it: trimmed and lower-cased (None when blank)."""
+    """An email as leads are found by it (None when blank): trimmed, lower-cased and in
+    Unicode's composed form (NFC), so that an ``é`` typed as one character or as ``e`` and a
+    combining accent is one email, whichever way it came in (the API, Segment, an import).
+
+    >>> email_key(" Jose\u0301@Example.com ") == "jos\u00e9@example.com"
+    True
+    """
     if value is None:
         return None
-    value = value.strip().lower()
+    value = unicodedata.normalize("NFC", value.strip().lower())
     return value or None
 
 
@@ -316,7 +323,11 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
             if item.lead_id and email and email != lead_id:
                 claims.setdefault(email, lead_id)
         taken = set(ids)
-        stubs = _email_keyed(conn, [e for e in claims if e not in taken])
+        stubs = {
+            stub: email
+            for stub, email in _email_keyed(conn, [e for e in claims if e not in taken]).items()
+            if stub not in taken
+        }
         # Locked: a merge must read the profile that the previous merge wrote, not the one
         # before; all in one pass in lead id order, as every locker does.
         existing = _existing(conn, [*ids, *stubs], lock=True)
@@ -329,13 +340,13 @@ def upsert_leads(conn: Connection, items: Sequence[LeadInput], now_us: int) -> l
     merged_targets: set[str] = set()
     for stub in sorted(stubs):
         if stub in existing:
-            target = claims[stub]
+            target = claims[stubs[stub]]
             # Only the first stub merged into a new lead gives it its stage and scores.
             fresh = target in created and target not in merged_targets
             _merge(conn, existing[stub], target, now_us, fresh=fresh)
             merged_targets.add(target)
             for index, lead_id, item in resolved:
-                if lead_id == target and email_key(item.email) == stub:
+                if lead_id == target and email_key(item.email) == stubs[stub]:
                     outcomes[index].merged = stub
     existing = _existing(conn, ids)
     state: dict[str, dict[str, Any]] = {
@@ -503,14 +514,19 @@ def _follow(
     return [(index, moved.get(lead_id, lead_id), item) for index, lead_id, item in resolved]
 
 
-def _email_keyed(conn: Connection, emails: Sequence[str]) -> list[str]:
-    """The leads among ``emails`` whose id is their email: leads first known by email alone."""
-    found: list[str] = []
+def _email_keyed(conn: Connection, emails: Sequence[str]) -> dict[str, str]:
+    """The leads with one of ``emails`` whose id is their email (as emails are matched:
+    :func:`email_key`), each with its email: leads first known by email alone. (By the
+    email, not the id: a store from before emails were NFC-normalized keeps such a lead's id
+    as it came, its email normalized by migration 0008.)"""
+    found: dict[str, str] = {}
     for start in range(0, len(emails), 500):
-        q = sa.select(leads.c.lead_id).where(
-            leads.c.lead_id.in_(emails[start : start + 500]), leads.c.email == leads.c.lead_id
+        q = sa.select(leads.c.lead_id, leads.c.email).where(
+            leads.c.email.in_(emails[start : start + 500])
         )
-        found += [str(i) for (i,) in conn.execute(q)]
+        found.update(
+            {str(i): str(e) for i, e in conn.execute(q) if i == e or email_key(str(i)) == e}
+        )
     return found
 
 
