@@ -207,8 +207,46 @@ def test_dead_after_max_attempts_and_redelivered_by_hand(
         redeliver(conn, oid, clock.now)
     assert deliverer.deliver_due() == 1
     e = entry(store, oid)
-    assert (e["status"], e["attempts"]) == ("delivered", 1)
+    assert (e["status"], e["attempts"], e["resends"]) == ("delivered", 1, 1)
     assert [a["status_code"] for a in e["attempts_log"]] == [503, 503, 503, 503, 200]
+
+
+def test_a_call_sent_again_by_hand_is_a_new_delivery(
+    store: Store, clock: Clock, receiver: Receiver, deliverer: Deliverer
+) -> None:
+    """A call's retries keep its delivery id, so that a receiver drops repeats by it. Sent
+    again by hand once it gave up, or once delivered, it is a new delivery, which such a
+    receiver must take: `-1`, then `-2` after the id (each kept across that re-send's own
+    retries), as the delivery log shows. A call still pending, sent again, is the same
+    delivery, tried now."""
+    receiver.answer(503, times=5)
+    oid = queue(store, receiver.url)
+    first = f"{oid}-{entry(store, oid)['created_us']}"
+    for _ in range(4):  # 503 until it is dead
+        deliverer.deliver_due()
+        clock.now = entry(store, oid)["next_attempt_us"]
+    assert entry(store, oid)["status"] == "dead"
+    with store.db.write() as conn:
+        redeliver(conn, oid, clock.now)
+    deliverer.deliver_due()  # 503: retried under the same new id
+    clock.now = entry(store, oid)["next_attempt_us"]
+    deliverer.deliver_due()  # 200
+    with store.db.write() as conn:
+        redeliver(conn, oid, clock.now)  # delivered: sent again all the same
+    deliverer.deliver_due()
+    sent = [r.headers["X-Leadscore-Delivery"] for r in receiver.requests]
+    assert sent == [first] * 4 + [f"{first}-1"] * 2 + [f"{first}-2"]
+    e = entry(store, oid)
+    assert (e["status"], e["resends"], e["delivery_id"]) == ("delivered", 2, f"{first}-2")
+    receiver.answer(503)
+    with store.db.write() as conn:
+        redeliver(conn, oid, clock.now)
+    deliverer.deliver_due()  # 503: pending, to be retried
+    with store.db.write() as conn:
+        redeliver(conn, oid, clock.now)  # pending: the same delivery, now
+    deliverer.deliver_due()
+    assert [r.headers["X-Leadscore-Delivery"] for r in receiver.requests[7:]] == [f"{first}-3"] * 2
+    assert entry(store, oid)["resends"] == 3
 
 
 def test_backoff_schedule_and_jitter() -> None:

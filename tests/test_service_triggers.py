@@ -87,6 +87,18 @@ def test_hot_lead_is_handed_to_sales_once(serve: Serve, store: Store, clock: Clo
         wait_for(lambda: statuses() == ["delivered", "delivered"])
         time.sleep(0.3)
         assert len(receiver.requests) == 2
+        # "Send again" (the Triggers page's button) is a new delivery, with an id of its own
+        # that a receiver dropping repeats by id takes, and the same signed body
+        first = api.get("/api/v1/deliveries").json()["items"][-1]
+        assert first["delivery_id"] == receiver.requests[0].headers["X-Leadscore-Delivery"]
+        again = api.post(f"/api/v1/deliveries/{first['id']}/redeliver").json()
+        assert (again["status"], again["resends"]) == ("pending", 1)
+        assert again["delivery_id"] == f"{first['delivery_id']}-1"
+        wait_for(lambda: len(receiver.requests) == 3)
+        resent = receiver.requests[2]
+        assert resent.headers["X-Leadscore-Delivery"] == again["delivery_id"]
+        assert resent.body == receiver.requests[0].body
+        assert verify_signature("s3cret", resent.body, resent.headers["X-Leadscore-Signature"])
     finally:
         receiver.stop()
 

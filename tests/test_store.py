@@ -29,7 +29,7 @@ DAY = 86_400_000_000
 
 
 def test_migrations_reach_head(store: Store) -> None:
-    assert store.db.revision() == store.db.head() == "0008"
+    assert store.db.revision() == store.db.head() == "0009"
 
 
 def test_event_rescores_its_lead_in_the_same_call(store: Store, clock: Clock) -> None:

@@ -160,7 +160,9 @@ async def get_deliveries(
 async def post_redeliver(
     request: Request, outbox_id: Annotated[int, Path(ge=1, le=2**63 - 1)], _: ApiKey = ADMIN
 ) -> dict[str, Any]:
-    """Send a webhook call again (e.g. one that gave up, status ``dead``) at the next pass."""
+    """Send a webhook call again (e.g. one that gave up, status ``dead``) at the next pass.
+    One delivered or dead goes as a new delivery, with a new ``delivery_id`` (the
+    ``X-Leadscore-Delivery`` header), which a receiver that drops repeats by id takes."""
     state = _state(request)
 
     def run() -> dict[str, Any]:

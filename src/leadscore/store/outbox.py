@@ -16,7 +16,8 @@ it exists exactly when the change does. :class:`Deliverer` sends due rows:
 
 Delivery is *at least once*: a receiver that answered but whose answer was lost (a timeout, a
 crash before step 3) gets the body again. Each row keeps its ``X-Leadscore-Delivery`` id
-across attempts, so receivers can drop repeats.
+across attempts, so receivers can drop repeats. A row sent again by hand (:func:`redeliver`)
+after it was delivered or gave up is a new delivery, with an id of its own.
 
 Receivers check the signature with :func:`verify_signature`::
 
@@ -29,7 +30,8 @@ Receivers check the signature with :func:`verify_signature`::
         ...
 
 Headers sent: ``Content-Type: application/json``, ``User-Agent: leadscore-webhooks``,
-``X-Leadscore-Delivery: <outbox id>-<its creation time in µs>`` (:func:`delivery_id`),
+``X-Leadscore-Delivery: <outbox id>-<its creation time in µs>``, plus ``-<n>`` for its n-th
+re-send by hand (:func:`delivery_id`),
 ``X-Leadscore-Timestamp: <unix seconds>`` and, when the trigger has a secret,
 ``X-Leadscore-Signature: sha256=<hex HMAC-SHA256 of the body>``.
 """
@@ -147,7 +149,8 @@ class Claim:
     body: str
     secret: str | None
     at_us: int
-    created_us: int  # the row's: with its id, the delivery id receivers see
+    created_us: int  # the row's: with its id and resends, the delivery id receivers see
+    resends: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ class Deliverer:
                     outbox.c.secret,
                     outbox.c.attempts,
                     outbox.c.created_us,
+                    outbox.c.resends,
                 )
                 .where(outbox.c.status == "pending", outbox.c.next_attempt_us <= now)
                 .order_by(outbox.c.next_attempt_us, outbox.c.id)
@@ -284,7 +288,15 @@ class Deliverer:
                 )
             )
         return Claim(
-            int(row.id), attempt_id, attempt, row.url, row.body, row.secret, now, row.created_us
+            int(row.id),
+            attempt_id,
+            attempt,
+            row.url,
+            row.body,
+            row.secret,
+            now,
+            row.created_us,
+            int(row.resends),
         )
 
     def attempt(self, claim: Claim) -> Attempt:
@@ -294,7 +306,7 @@ class Deliverer:
             claim.url,
             claim.body,
             claim.secret,
-            delivery_id(claim.outbox_id, claim.created_us),
+            delivery_id(claim.outbox_id, claim.created_us, claim.resends),
             claim.at_us // 1_000_000,
             self.policy.timeout_s,
         )
@@ -436,11 +448,16 @@ def send_test(
         return _post(own, url, body, secret, delivery, now // 1_000_000, timeout_s)
 
 
-def delivery_id(outbox_id: int, created_us: int) -> str:
+def delivery_id(outbox_id: int, created_us: int, resends: int = 0) -> str:
     """The ``X-Leadscore-Delivery`` id of an outbox row: its id and creation time (in µs), the
     same on every attempt, and not that of a row of another store or of a store rebuilt (whose
-    ids start again at 1)."""
-    return f"{outbox_id}-{created_us}"
+    ids start again at 1); after its n-th re-send by hand (:func:`redeliver`), ``-n`` more: a
+    new delivery, which a receiver that drops repeats by their id takes.
+
+    >>> delivery_id(7, 1764547200000000), delivery_id(7, 1764547200000000, 2)
+    ('7-1764547200000000', '7-1764547200000000-2')
+    """
+    return f"{outbox_id}-{created_us}" + (f"-{resends}" if resends else "")
 
 
 # --- the delivery log -------------------------------------------------------------------------
@@ -467,6 +484,7 @@ def _entries(conn: sa.Connection, q: sa.Select[Any]) -> list[dict[str, Any]]:
                 }
             )
     for r in rows:
+        r["delivery_id"] = delivery_id(r["id"], r["created_us"], r["resends"])
         r["signed"] = r.pop("secret") is not None  # the secret itself is never shown
         r["url"] = shown_url(r["url"])  # nor the whole URL (it is often a credential too)
         r["attempts_log"] = attempts[r["id"]]
@@ -488,6 +506,7 @@ def _select() -> sa.Select[Any]:
         outbox.c.last_error,
         outbox.c.created_us,
         outbox.c.delivered_us,
+        outbox.c.resends,
     ).select_from(outbox.outerjoin(trigger_firings, outbox.c.firing_id == trigger_firings.c.id))
 
 
@@ -503,7 +522,8 @@ def delivery_log(
     """Outbox rows, newest first, each with its attempts (oldest first) in ``attempts_log``.
 
     Each row: ``id, firing_id, trigger_id, lead_id, url, body, signed, status, attempts,
-    next_attempt_us, last_error, created_us, delivered_us, attempts_log``; ``before_id`` pages.
+    next_attempt_us, last_error, created_us, delivered_us, resends, delivery_id,
+    attempts_log``; ``before_id`` pages.
     """
     q = _select().order_by(outbox.c.id.desc()).limit(limit)
     if status is not None:
@@ -526,12 +546,23 @@ def outbox_entry(conn: sa.Connection, outbox_id: int) -> dict[str, Any]:
 
 
 def redeliver(conn: sa.Connection, outbox_id: int, now_us: int) -> None:
-    """Queue a row again now, with a fresh count of attempts (a "retry" button for dead rows;
-    the earlier attempts stay in the log)."""
+    """Queue a row again now, with a fresh count of attempts (the "Send again" button; the
+    earlier attempts stay in the log). A row delivered or dead is sent as a new delivery: its
+    ``resends`` count grows, and with it its delivery id (:func:`delivery_id`), since a
+    receiver that dropped repeats by that id would drop it (a delivered call's receiver has
+    seen it). A pending row is the same delivery, tried now."""
     done = conn.execute(
         outbox.update()
         .where(outbox.c.id == outbox_id)
-        .values(status="pending", attempts=0, next_attempt_us=now_us, delivered_us=None)
+        .values(
+            status="pending",
+            attempts=0,
+            next_attempt_us=now_us,
+            delivered_us=None,
+            resends=sa.case(
+                (outbox.c.status == "pending", outbox.c.resends), else_=outbox.c.resends + 1
+            ),
+        )
     )
     if not done.rowcount:
         raise NotFound(f"no webhook delivery {outbox_id}")

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -247,6 +248,9 @@ outbox = Table(
     Column("last_error", String(TEXT_FIELD), nullable=True),
     Column("created_us", Micros, nullable=False),
     Column("delivered_us", Micros, nullable=True),
+    # times sent again by hand after it was delivered or gave up: each is a new delivery, with
+    # a delivery id of its own (leadscore.store.outbox.delivery_id)
+    Column("resends", Integer, nullable=False, server_default=text("0")),
     Index("ix_outbox_due", "status", "next_attempt_us"),
 )
 
