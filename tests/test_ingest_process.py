@@ -625,6 +625,45 @@ def test_an_ingest_process_that_cannot_start_again_is_retried_after_a_back_off(
     assert (writer._backoff, writer._start_error) == (0.0, "")
 
 
+def test_an_ingest_process_whose_start_fails_says_why(
+    writer: ProcessWriter, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest process ends, and its successor opens the store but fails before it is
+    ready (here: a table it reads at start is gone; on a real server a disk full, the
+    database going away, memory): the request hears 503 with the database's reason, not
+    only that the process stopped while starting, and so do those within the back-off; the
+    health page says the same. Once the table is back a start succeeds."""
+    monkeypatch.setattr(writer_module, "RESTART_FIRST_SECONDS", 5.0)  # ample on a slow machine
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    writer._child.process.join(30)
+    db = open_database(db_url, migrate=False)
+    try:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE counters RENAME TO counters_away")
+        try:
+            for prefix in ("c1-", "c2-"):  # the failed start, then the back-off
+                with pytest.raises(ApiError) as info:
+                    asyncio.run(writer.ingest(page_views(["C1"], prefix)))
+                assert info.value.status == 503
+                message = info.value.message
+                assert message.startswith("the events could not be stored: ")
+                assert "counters" in message, message  # the database's own words
+                assert "stopped while starting" not in message
+            problem = writer.problem()
+            assert problem is not None and "counters" in problem.message
+        finally:
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE counters_away RENAME TO counters")
+    finally:
+        db.dispose()
+    time.sleep(max(0.0, writer._retry_at - time.monotonic()) + 0.1)
+    outcomes = asyncio.run(writer.ingest(page_views(["C1"], "c3-")))
+    assert [o.status for o in outcomes] == ["accepted"]
+    assert writer.problem() is None
+
+
 def test_the_ingest_process_reads_recent_leads_events_ahead_while_idle(db_url: str) -> None:
     """Started on a SQLite store with events, the ingest process reads the leads' events into
     its cache between requests: the first event of such a lead finds its list there, current

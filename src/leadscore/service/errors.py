@@ -30,7 +30,15 @@ from leadscore.errors import (
     UsageError,
 )
 
-__all__ = ["ApiError", "error_body", "install_error_handlers", "store_down", "unavailable"]
+__all__ = [
+    "ApiError",
+    "error_body",
+    "install_error_handlers",
+    "reason_of",
+    "start_failure",
+    "store_down",
+    "unavailable",
+]
 log = logging.getLogger(__name__)
 
 _STATUS_CODES = {
@@ -130,12 +138,30 @@ def store_down(e: BaseException) -> bool:
     return not sqlstate.startswith("40")
 
 
+def reason_of(e: BaseException) -> str:
+    """What went wrong, in a line: a database error's own first line (not SQLAlchemy's
+    wrapping, nor the statement), else the error's; its type when it says nothing."""
+    orig = getattr(e, "orig", None) or e
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+
+
+def start_failure(e: BaseException) -> str:
+    """Why something failed to start, for the request that hears it: a leadscore error as it
+    says it, the store out of reach as :func:`unavailable` says it, anything else with its
+    type (``UndefinedTable: relation "counters" does not exist``)."""
+    if isinstance(e, LeadscoreError):
+        return str(e)
+    if store_down(e):
+        return f"the store cannot be reached or written now: {reason_of(e)}"
+    orig = getattr(e, "orig", None) or e
+    return f"{type(orig).__name__}: {reason_of(e)}"
+
+
 def unavailable(e: BaseException) -> StoreUnavailable:
     """A database's connection or disk error as the request hears it (its first line), logged
     at most once a minute for the same reason: a store down under load failed every request
     with a traceback (155,000 lines in 13 s)."""
-    orig = getattr(e, "orig", None) or e
-    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    reason = reason_of(e)
     now = time.monotonic()
     if now - _LOGGED.get(reason, -math.inf) >= 60:
         _LOGGED[reason] = now

@@ -49,7 +49,13 @@ from typing import Any, cast
 from sqlalchemy.engine import Connection
 
 from leadscore.errors import LeadscoreError, StoreError, StoreUnavailable
-from leadscore.service.errors import ApiError, from_leadscore, store_down, unavailable
+from leadscore.service.errors import (
+    ApiError,
+    from_leadscore,
+    start_failure,
+    store_down,
+    unavailable,
+)
 from leadscore.service.scoring import ScorerLink, preload, scoring_process
 from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.store import EventInput, ItemOutcome, Store, open_store
@@ -308,6 +314,10 @@ class IngestWriter:
         """The statistics of the event cache that rescoring after ingest uses."""
         return self.store.event_cache.stats()
 
+    def problem(self) -> ApiError | None:
+        """None: a thread of the server process needs no start (see ProcessWriter.problem)."""
+        return None
+
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=STOP_SECONDS)
@@ -409,23 +419,27 @@ def _ingest_process(
     try:
         # with a scoring process, that process keeps the leads' events, this one none
         store = open_store(db, durable=durable, cached_events=0 if link else cached, create=False)
-    except LeadscoreError as e:
+    except Exception as e:
         if link is not None:
             link.stop()
-        results_out.send(("failed", str(e)))
+        results_out.send(("failed", f"could not open the store: {start_failure(e)}"))
         return
-    with_triggers(store)
     try:
-        # the leads of events stored and never rescored before the last stop (see
-        # leadscore.store.deferred), whether or not this process has a scoring process
-        settled = settle(store)
-        if settled:
-            log.warning("rescored %d leads whose scores were not written before", settled)
-        if link is not None and not (store.db.is_sqlite and link.start(store.db.epoch)):
-            link.stop()
-        if link is None or not link.alive:
-            store.keep_events(cached)
-        freeze_survivors()  # the modules, the store, the cache read so far
+        try:
+            with_triggers(store)
+            # the leads of events stored and never rescored before the last stop (see
+            # leadscore.store.deferred), whether or not this process has a scoring process
+            settled = settle(store)
+            if settled:
+                log.warning("rescored %d leads whose scores were not written before", settled)
+            if link is not None and not (store.db.is_sqlite and link.start(store.db.epoch)):
+                link.stop()
+            if link is None or not link.alive:
+                store.keep_events(cached)
+            freeze_survivors()  # the modules, the store, the cache read so far
+        except Exception as e:  # the server's requests hear why (it logs it)
+            results_out.send(("failed", f"could not start: {start_failure(e)}"))
+            return
         results_out.send(("ready", _stats(store, link)))
         _write_loop(store, link, jobs_in, results_out, max_items, cached, state, inline_events)
     finally:
@@ -832,10 +846,11 @@ class _Child:
         except (EOFError, OSError):
             self.process.join(timeout=5)
             raise StoreError(
-                f"the ingest process stopped while starting (exit code {self.process.exitcode})"
+                f"the ingest process stopped while starting ({_ended(self.process.exitcode)}; "
+                "the server's log has what it said)"
             ) from None
         if kind != "ready":
-            raise StoreError(f"the ingest process could not open the store: {detail}")
+            raise StoreError(f"the ingest process {detail}")
         self.stats = detail
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -1029,6 +1044,18 @@ class _Child:
             done.wait(STOP_SECONDS)
 
 
+def _ended(exitcode: int | None) -> str:
+    """How a process ended, by its exit code (a signal's name for one that killed it)."""
+    if exitcode is None or exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    hint = ": out of memory?" if name == "SIGKILL" else ""
+    return f"killed by {name}{hint}"
+
+
 class _Revive:
     """For the restarting thread: start another ingest process, no request waiting."""
 
@@ -1160,6 +1187,15 @@ class ProcessWriter:
         """Whether its ingest process runs (else one is to be started, or is starting)."""
         return self._child.alive
 
+    def problem(self) -> ApiError | None:
+        """What a request would hear now for want of an ingest process (the last start of one
+        failed, and its back-off is not over), with the reason; None when one runs or is to
+        be started."""
+        wait = self._retry_at - time.monotonic()
+        if self._child.alive or not self._start_error or wait <= 0:
+            return None
+        return _unavailable(f"the events could not be stored: {self._start_error}", wait)
+
     def revive(self) -> None:
         """Have the restarting thread start another ingest process now if this one has
         ended (unless a failed start's back-off is not over), with no request waiting for it:
@@ -1196,10 +1232,11 @@ class ProcessWriter:
             try:
                 if not self._restart_for(job):
                     return
-            except Exception:  # the request hears it; the thread goes on for the next ones
+            except Exception as e:  # the request hears it; the thread goes on for the next ones
                 log.exception("starting the ingest process again failed")
                 if job is not None:
-                    _settle(job, _unavailable("the events could not be stored: see the log"))
+                    message = f"the events could not be stored: {start_failure(e)}"
+                    _settle(job, _unavailable(message))
 
     def _restart_for(self, job: _Job | None) -> bool:
         """One request for the restarting thread (None: stop); whether to go on."""
@@ -1234,16 +1271,17 @@ class ProcessWriter:
             self._child.stop()
             try:
                 self._child = _Child(*self._args)
-            except StoreError as e:
+            except Exception as e:  # (a process that could not be made too: OSError)
                 # each failed start waits twice as long before the next (1 s up to a
                 # minute), so that requests do not start a process each
                 self._backoff = min(
                     RESTART_MAX_SECONDS, max(RESTART_FIRST_SECONDS, 2 * self._backoff)
                 )
                 self._retry_at = time.monotonic() + self._backoff
-                self._start_error = str(e)
-                log.error("%s (next attempt in %.0f s)", e, self._backoff)
-                return _unavailable(f"the events could not be stored: {e}", self._backoff)
+                self._start_error = start_failure(e)
+                log.error("%s (next attempt in %.0f s)", self._start_error, self._backoff)
+                message = f"the events could not be stored: {self._start_error}"
+                return _unavailable(message, self._backoff)
             if self._start_error:
                 log.warning("the ingest process started again")
             self._backoff, self._retry_at, self._start_error = 0.0, 0.0, ""
@@ -1385,6 +1423,12 @@ class ProcessWriterPool:
                 for (_, share), r in zip(shares, results, strict=True)
             ],
         )
+
+    def problem(self) -> ApiError | None:
+        """What a request would hear now when no ingest process can take it (see
+        :meth:`ProcessWriter.problem`): the first one's; None while one can."""
+        problems = [w.problem() for w in self.writers]
+        return problems[0] if all(problems) else None
 
     def cache_stats(self) -> dict[str, int]:
         """The event caches of all the ingest processes, added up."""
