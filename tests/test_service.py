@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from leadscore.engine.timeutil import iso_utc
 from leadscore.store import Store
 from leadscore.store.bulk import import_leads
-from leadscore.store.db import database_url
+from leadscore.store.db import database_url, open_database
 from leadscore.store.keys import create_key
 from tests.conftest import Clock
 
@@ -760,8 +762,9 @@ def test_a_lead_is_erased_with_everything_recorded_about_it(serve: Serve, store:
 
 def test_a_store_out_of_reach_is_a_503_with_the_reason(serve: Serve, store: Store) -> None:
     """PostgreSQL refusing connections: ingest and reads answer 503 with the reason and a
-    Retry-After (a sender's cue to send again), not a 500 that drops the connection; once it
-    is back, so is the service."""
+    Retry-After (a sender's cue to send again), not a 500 that drops the connection; so does
+    the health page, asked first, while the server holds a connection it used a moment ago
+    (closed by the database since); once it is back, so is the service."""
     if store.db.is_sqlite:
         pytest.skip("PostgreSQL's connections are cut here (SQLite has none)")
     import sqlalchemy as sa
@@ -781,7 +784,13 @@ def test_a_store_out_of_reach_is_a_503_with_the_reason(serve: Serve, store: Stor
         with admin.connect() as conn:
             for statement in cut:
                 conn.exec_driver_sql(statement)
+            gone = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
+            for _ in range(100):  # the sessions end a moment after they are told to
+                if conn.exec_driver_sql(gone).scalar_one() == 0:
+                    break
+                time.sleep(0.05)
         for request in (
+            lambda: api.get("/api/v1/health"),  # not "ok" on a connection of before
             lambda: api.post("/api/v1/events", json={"lead_id": "D1", "type": "y"}),
             lambda: api.get("/api/v1/leads/D1"),
         ):
@@ -794,6 +803,52 @@ def test_a_store_out_of_reach_is_a_503_with_the_reason(serve: Serve, store: Stor
             conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         admin.dispose()
     assert api.post("/api/v1/events", json={"lead_id": "D1", "type": "y"}).status_code == 200
+    assert api.get("/api/v1/health").json()["status"] == "ok"
+
+
+def test_the_health_page_says_a_sqlite_file_is_gone_or_unreadable(
+    serve: Serve, store: Store, tmp_path: Path
+) -> None:
+    """The server's connections keep reading a SQLite file deleted, moved or replaced since
+    they opened it, but nothing started from now on would (an ingest process, a command):
+    the health page looks at the file at its path, and answers 503 with the reason while it
+    is gone or another file, and ok once it is back."""
+    if not store.db.is_sqlite:
+        pytest.skip("a SQLite store's file")
+    api = serve(no_auth=True)
+    assert api.post("/api/v1/events", json={"lead_id": "H1", "type": "x"}).status_code == 200
+    assert api.get("/api/v1/health").json()["status"] == "ok"
+    path = Path(str(store.db.engine.url.database))
+    aside = tmp_path / "aside.db"
+    path.rename(aside)
+    try:
+        r = api.get("/api/v1/health")
+        err = _envelope(r, 503, "unavailable")
+        assert err["message"] == f"the store's file {path} is not there (deleted or moved?)"
+        assert r.headers["retry-after"] == "5"
+        path.write_bytes(b"")  # as a new connection would make it: an empty store
+        err = _envelope(api.get("/api/v1/health"), 503, "unavailable")
+        assert err["message"] == (
+            f"the store's file {path} is not the file opened at the start (moved or deleted, "
+            "and another put in its place): restart to use it"
+        )
+    finally:
+        aside.replace(path)
+    assert api.get("/api/v1/health").json()["status"] == "ok"
+
+
+def test_a_sqlite_file_that_is_no_database_fails_the_check(tmp_path: Path) -> None:
+    """The health page's check reads the store's file itself: written over with something
+    that is not a database, it fails with SQLite's words for it."""
+    db = open_database(tmp_path / "s.db")
+    try:
+        db.check()
+        db.dispose()  # its pages all in the file (no write-ahead log left to read them from)
+        (tmp_path / "s.db").write_bytes(b"not a database at all" * 500)
+        with pytest.raises(sqlite3.DatabaseError, match="file is not a database"):
+            db.check()
+    finally:
+        db.dispose()
 
 
 def test_models_post_publish_and_rescore(serve: Serve, clock: Clock) -> None:

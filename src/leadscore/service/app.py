@@ -32,7 +32,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import leadscore
-from leadscore.errors import UsageError
+from leadscore.errors import LeadscoreError, UsageError
 from leadscore.service import (
     ingest,
     keys_api,
@@ -44,7 +44,7 @@ from leadscore.service import (
     views,
 )
 from leadscore.service.auth import KeyCache
-from leadscore.service.errors import error_body, install_error_handlers
+from leadscore.service.errors import error_body, install_error_handlers, unavailable
 from leadscore.service.rescoring import Rescorer, Stopped
 from leadscore.service.state import ServiceState, Settings
 from leadscore.service.survivors import collect_rarely, freeze_survivors
@@ -693,7 +693,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     @app.get("/api/v1/health", tags=["service"])
     def health() -> dict[str, object]:
+        """The service's state: 200 when it can serve; 503 with the reason (and a
+        Retry-After) when its store cannot be reached or read now (a PostgreSQL server down,
+        a SQLite file gone or unreadable), or no ingest process can be started (the back-off
+        after a failed start)."""
         state: ServiceState = app.state.leadscore
+        try:
+            state.store.db.check()
+        except LeadscoreError:
+            raise
+        except Exception as e:  # the driver's: as a request meeting it would hear it
+            raise unavailable(e) from None
+        problem = state.writer.problem()
+        if problem is not None:
+            raise problem
         return {
             "status": "ok",
             "version": leadscore.__version__,

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 import sqlalchemy as sa
 from alembic import command
@@ -100,6 +101,7 @@ WRITER_CACHE_KIB = 65_536
 BUSY_SECONDS = 30.0
 LOCK_TRY_SECONDS = 0.001
 LET_OTHERS_SECONDS = 0.003
+CHECK_SECONDS = 5.0  # Database.check's SQLite read waits for a lock at most this long
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "leadscore_write"
 _AFTER_COMMIT = "leadscore_after_commit"
@@ -520,9 +522,13 @@ class Database:
         self._writer: Connection | None = None  # SQLite: see _writer_connection
         # an in-memory database has no log to copy (and is one connection per thread)
         self._checkpoints = self.is_sqlite and not self.in_memory
+        # SQLite: (device, inode) of the file the first connection opened (see check)
+        self._file_id: tuple[int, int] | None = None
         if self.is_sqlite:
             _configure_sqlite(engine, durable=durable)
             _sqlite_databases.add(self)
+            if not self.in_memory:
+                sa.event.listen(engine, "connect", self._note_file, once=True)
 
     @property
     def in_memory(self) -> bool:
@@ -662,6 +668,52 @@ class Database:
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
+
+    def _note_file(self, _dbapi_conn: Any, _record: Any) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(str(self.engine.url.database))
+            self._file_id = (st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        """Raise if the store cannot be read now (the driver's error, or StoreUnavailable for
+        a SQLite file that is not there, or not the one opened): a statement on a connection
+        that works now, not one kept from before. SQLite: a connection of its own to the file
+        at the store's path, since the pool's keep reading a file deleted, moved or replaced
+        since they opened it (and a new one would make an empty store there); PostgreSQL: a
+        pooled connection, and a new one should that one turn out closed (the server
+        restarted)."""
+        if self.is_sqlite:
+            path = None if self.in_memory else Path(str(self.engine.url.database))
+            if path is None:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one()
+                return
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise StoreUnavailable(
+                    f"the store's file {path} is not there (deleted or moved?)"
+                ) from None
+            if self._file_id not in (None, (st.st_dev, st.st_ino)):
+                raise StoreUnavailable(
+                    f"the store's file {path} is not the file opened at the start (moved or "
+                    "deleted, and another put in its place): restart to use it"
+                )
+            uri = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
+            probe = sqlite3.connect(uri, uri=True, timeout=CHECK_SECONDS)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                probe.close()
+            return
+        for attempt in range(2):
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1").scalar_one()
+                return
+            except sa.exc.DBAPIError as e:
+                if attempt or not connection_lost(e):
+                    raise
 
     def migrate(self) -> None:
         """Bring the tables up to the newest migration (creating them in an empty database)."""
