@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import uvicorn
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import (
@@ -36,11 +37,13 @@ from leadscore.service import Settings, create_app
 from leadscore.service.errors import ApiError
 from leadscore.service.models_api import _whole_store
 from leadscore.service.rescoring import Rescorer, Stopped, _portable, child_main
+from leadscore.service.serving import Server
 from leadscore.store import RescoreReport, Store
 from leadscore.store.db import open_database
 from leadscore.store.leads import EventInput, LeadInput
 from leadscore.store.triggers import firings, parse_triggers, save_triggers
 from tests.conftest import Clock, RunningServer
+from tests.webhook_receiver import free_port
 
 # The demo request counts for 30 days: rescored today, a lead hot from one in 2025 cools.
 MODEL = """
@@ -409,3 +412,84 @@ def test_the_schedule_counts_from_one_start_to_the_next(
         service_app._every(10.0, Clockwork(), "rescore", run).join(5)
     assert waits == [10.0, 7.0, 0.0, 9.0]
     assert [r.getMessage() for r in caplog.records].count("rescore done in 3.0 s: done") == 1
+
+
+def test_a_server_that_begins_to_stop_ends_a_rescoring_a_request_waits_for(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C (here: the server told to exit, as its signal handler tells it) while a request
+    waits for a rescoring of every lead in a child, and an event waits for the store: uvicorn
+    would wait for both requests before the service heard of it, for as long as the
+    rescoring takes (here for ever: the test holds SQLite's write lock). The service is told
+    at once: the rescoring is ended (its request hears 503), the log says so and which
+    request the server still waits for; that one is answered once it can be, and the server
+    ends."""
+    store, url = sqlite_store_with_a_lead(tmp_path, clock)
+    store.db.dispose()
+    settings = Settings(
+        db=url, no_auth=True, rescore_interval=0, deliver_interval=0, ingest_process=False
+    )
+    server = Server(uvicorn.Config(create_app(settings), port=free_port(), log_level="warning"))
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and serving.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    base = f"http://127.0.0.1:{server.config.port}"
+    holder = open_database(url)
+    answers: dict[str, httpx.Response] = {}
+
+    def post(path: str, **kwargs: Any) -> None:
+        answers[path] = httpx.post(base + path, timeout=60, **kwargs)
+
+    caplog.set_level(logging.WARNING, logger="leadscore.service")
+    with holder.write():  # the rescoring, and the event, cannot write
+        rescoring = threading.Thread(target=post, args=("/api/v1/rescore",))
+        rescoring.start()
+        while not rescoring_children():
+            assert time.monotonic() < deadline, "no rescoring child within 30 s"
+            time.sleep(0.01)
+        event = {"lead_id": "L2", "type": "demo_request"}
+        sending = threading.Thread(target=post, args=("/api/v1/events",), kwargs={"json": event})
+        sending.start()
+        time.sleep(0.5)  # (on its way to the store)
+        server.should_exit = True
+        rescoring.join(15)
+        assert not rescoring.is_alive(), "the rescoring's request still waits"
+        r = answers["/api/v1/rescore"]
+        assert r.status_code == 503 and "the server is stopping" in r.text, r.text
+        said = [m for m in caplog.messages if m.startswith("stopping: ")]
+        assert said == [
+            "stopping: a rescoring of every lead (decay) was under way: ended; what it wrote "
+            "stays, and the next rescoring brings the rest up to date",
+            "stopping: waiting for 1 request under way to be answered: POST /api/v1/events "
+            "(press Ctrl-C again to stop at once)",
+        ]
+    sending.join(30)
+    serving.join(30)
+    assert not serving.is_alive()
+    assert answers["/api/v1/events"].status_code == 200
+    assert rescoring_children() == []
+    holder.dispose()
+
+
+def test_a_rescoring_in_the_server_thread_ends_at_its_next_step_once_the_service_stops(
+    store: Store, clock: Clock
+) -> None:
+    """A store handed to the service (the demo, tests) is rescored in a thread of the server,
+    which no one can end from outside: it stops itself between two steps once the service
+    stops. Published meanwhile, the version is active, the lead keeps its score of before."""
+    hot_lead_in_2025(store, clock)
+    stop = threading.Event()
+    rescorer = Rescorer(store, None, durable=False, apart=False, stop=stop)
+    stop.set()
+    with pytest.raises(Stopped):
+        rescorer.rescore("decay")
+    assert current(store)["band"] == "hot"  # nothing written
+    store.add_model(MODEL.replace("points: 30", "points: 35"), "tiny-2.yaml")
+    with pytest.raises(Stopped):
+        rescorer.publish("tiny")
+    assert [s.version.version for s in store.sheets()] == [2]
+    assert current(store)["score"] == 80.0  # version 1's 30 + 50
+    assert rescorer.under_way() == []

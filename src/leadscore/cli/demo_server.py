@@ -181,6 +181,7 @@ def run_demo_server(
 
     from leadscore.service import Settings
     from leadscore.service.http import BoundedHttpTools
+    from leadscore.service.serving import Server
     from leadscore.ui import create_app
 
     check_port_free("127.0.0.1", port)
@@ -198,7 +199,7 @@ def run_demo_server(
         lead_ids = [str(i) for (i,) in conn.execute(sa.select(leads.c.lead_id))]
     store.listener = _announce(say, store.listener)
     app = create_app(Settings(db=str(db), no_auth=True, rescore_interval=600), store=store)
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=BoundedHttpTools)
     )
     stop = threading.Event()

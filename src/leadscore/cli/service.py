@@ -278,6 +278,7 @@ def serve(
     import uvicorn
 
     from leadscore.service.http import BoundedHttpTools
+    from leadscore.service.serving import Server
     from leadscore.service.state import ENV_SETTINGS, Settings
     from leadscore.store.db import database_url
 
@@ -350,9 +351,10 @@ def serve(
         f"API docs: http://{host}:{port}/docs): ready"
     )
 
-    class Announced(uvicorn.Server):
+    class Announced(Server):
         """Says the service is ready once it listens (its start takes seconds: the store's
-        check, the ingest and scoring processes), not before."""
+        check, the ingest and scoring processes), not before; and, stopping, what it ends and
+        waits for (leadscore.service.serving)."""
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)

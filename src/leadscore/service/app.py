@@ -46,6 +46,7 @@ from leadscore.service import (
 from leadscore.service.auth import KeyCache
 from leadscore.service.errors import error_body, install_error_handlers, unavailable
 from leadscore.service.rescoring import Rescorer, Stopped
+from leadscore.service.serving import STOPPING, InFlight
 from leadscore.service.state import ServiceState, Settings
 from leadscore.service.survivors import collect_rarely, freeze_survivors
 from leadscore.service.writer import (
@@ -161,6 +162,9 @@ def _nul_refusal(scope: Scope) -> JSONResponse | None:
             scope["path"] = kept
     return None
 
+
+# The requests of the rescorings of every lead that a server beginning to stop ends
+_ENDED = re.compile(r"POST /api/v1/(rescore|models/.+/publish)$")
 
 LEAD_PATHS = "/api/v1/leads/"
 ESCAPED_SLASH = re.compile(rb"%2[fF]")
@@ -563,9 +567,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The service. Pass a ``store`` to share one (tests); otherwise ``settings.db`` is opened."""
     settings = settings or Settings()
     stop = threading.Event()
+    in_flight: dict[int, str] = {}  # the requests under way (InFlight)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         own = store is None
         s = (
             store
@@ -637,8 +642,25 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if settings.freeze_at_start:
             freeze_survivors()  # all made so far lives as long as the server
             collect_rarely()
+
+        def stopping() -> list[str]:
+            """The server begins to stop (leadscore.service.serving): the rescorings of every
+            lead under way end now, rather than once uvicorn is done waiting for their
+            requests; what was ended, and the requests still awaited, a line each."""
+            ended = rescorer.under_way()
+            stop.set()
+            said = [f"{what} was under way: ended; {left}" for what, left in ended]
+            waiting = sorted(r for r in in_flight.values() if not (ended and _ENDED.match(r)))
+            if waiting:
+                n = len(waiting)
+                said.append(
+                    f"waiting for {n} request{'s' if n > 1 else ''} under way to be answered: "
+                    f"{', '.join(dict.fromkeys(waiting))} (press Ctrl-C again to stop at once)"
+                )
+            return said
+
         try:
-            yield
+            yield {STOPPING: stopping}
         finally:
             stop.set()
             writer.close()
@@ -658,6 +680,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(InFlight, requests=in_flight)  # innermost: the requests routes took
     app.add_middleware(LocalModeGuard if settings.no_auth else CrossSiteGuard)
     app.add_middleware(
         BodyLimit,

@@ -10,12 +10,15 @@ answer with. A store handed to :func:`leadscore.service.create_app` (tests, the 
 memory) is rescored in the calling thread, as before.
 
 When the service stops, a child under way is ended (what it committed, chunk by chunk, stays;
-the next rescoring does the rest); a child whose server is gone (killed) ends itself.
+the next rescoring does the rest), as soon as the server begins to stop (Ctrl-C: see
+:mod:`leadscore.service.serving`); a rescoring in the calling thread ends at its next step;
+a child whose server is gone (killed) ends itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -23,6 +26,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, TypeVar
 
@@ -63,25 +67,65 @@ class Rescorer:
         self.durable = durable
         self.apart = apart
         self.stop = stop
+        # what each rescoring running now does, and what ending it leaves
+        self._under_way: dict[int, tuple[str, str]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def under_way(self) -> list[tuple[str, str]]:
+        """What the rescorings running now do, and what ending one would leave, as a person
+        would say them."""
+        with self._lock:
+            return list(self._under_way.values())
+
+    @contextlib.contextmanager
+    def _doing(self, what: str, left: str) -> Iterator[None]:
+        key = next(self._ids)
+        with self._lock:
+            self._under_way[key] = (what, left)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._under_way[key]
+
+    def _stopping(self, _what: str, _done: int, _total: int) -> None:
+        """In the calling thread: a rescoring's progress, ended (:class:`Stopped`) between two
+        of its steps once the service stops."""
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped
 
     def rescore(self, reason: str = "decay", *, fire_triggers: bool = True) -> RescoreReport:
         """Bring every lead's score up to now (:meth:`Store.rescore_all`)."""
-        if not self.apart:
-            return self.store.rescore_all(reason, fire_triggers=fire_triggers)
-        return self._in_child("rescore", {"reason": reason, "fire_triggers": fire_triggers})
+        left = "what it wrote stays, and the next rescoring brings the rest up to date"
+        with self._doing(f"a rescoring of every lead ({reason})", left):
+            if not self.apart:
+                return self.store.rescore_all(
+                    reason, fire_triggers=fire_triggers, progress=self._stopping
+                )
+            return self._in_child("rescore", {"reason": reason, "fire_triggers": fire_triggers})
 
     def publish(
         self, name: str, version: int | None = None, *, fire_triggers: bool = False
     ) -> RescoreReport:
         """Make a version active and rescore every lead with it (:meth:`Store.publish`)."""
-        if not self.apart:
-            return self.store.publish(name, version, fire_triggers=fire_triggers)
-        try:
-            return self._in_child(
-                "publish", {"name": name, "version": version, "fire_triggers": fire_triggers}
-            )
-        finally:
-            self.store.forget_sheets()  # this process shows the version at once
+        what = f"{name} version {version}" if version is not None else f"{name}'s newest version"
+        left = (
+            "the version is active, and the leads it did not reach keep their scores of the "
+            "version before until the next rescoring of every lead (at the server's next "
+            "start with its schedule on, or `leadscore rescore`)"
+        )
+        with self._doing(f"the publish of {what}", left):
+            if not self.apart:
+                return self.store.publish(
+                    name, version, fire_triggers=fire_triggers, progress=self._stopping
+                )
+            try:
+                return self._in_child(
+                    "publish", {"name": name, "version": version, "fire_triggers": fire_triggers}
+                )
+            finally:
+                self.store.forget_sheets()  # this process shows the version at once
 
     def _in_child(self, action: str, kwargs: dict[str, Any]) -> RescoreReport:
         ctx = multiprocessing.get_context("spawn")
