@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -434,3 +435,32 @@ def test_a_receiver_repeating_the_url_does_not_put_its_secrets_on_show() -> None
 )
 def test_shown_url_masks_what_is_likely_a_credential(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+def test_a_store_out_of_reach_does_not_make_the_delivery_thread_spin(
+    store: Store, clock: Clock, deliverer: Deliverer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every claim fails (the database refuses connections): a pass with several senders
+    raises that error once, rather than counting the senders that died of it as deliveries
+    (which had the loop start the next pass at once, hundreds a second, a traceback each);
+    the loop waits its interval between passes and logs the error once."""
+    claims: list[float] = []
+
+    def refused() -> None:
+        claims.append(time.monotonic())
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    deliverer.claim = refused  # type: ignore[method-assign]
+    with pytest.raises(sa.exc.OperationalError):
+        deliverer.deliver_due(workers=4)
+    claims.clear()
+    stop = threading.Event()
+    running = threading.Thread(target=deliverer.run_forever, args=(stop, 0.2), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="leadscore.store.outbox"):
+        running.start()
+        time.sleep(1.0)
+        stop.set()
+        running.join(5)
+    assert 2 <= len(claims) <= 4 * 7  # a pass or so each 0.2 s, up to 4 senders each
+    failures = [r for r in caplog.records if "delivery pass failed" in r.getMessage()]
+    assert len(failures) == 1

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import random
 import secrets
 import threading
@@ -88,6 +89,7 @@ USER_AGENT = "leadscore-webhooks"
 # What an attempt's log row says until its result is recorded; if it stays, the process died.
 INTERRUPTED = "no result recorded: the delivering process stopped mid-attempt"
 MAX_ERROR = 500  # characters of an error or a receiver's answer kept in the log
+ERROR_LOG_SECONDS = 60.0  # a delivery pass's error, logged again after this long at the soonest
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -386,14 +388,21 @@ class Deliverer:
             return done
         lock = threading.Lock()
         count = [0]
+        failed: list[Exception] = []
 
         def work() -> None:
             while True:
                 with lock:
-                    if count[0] >= limit:
+                    if count[0] >= limit or failed:
                         return
                     count[0] += 1
-                if self.deliver_one() is None:
+                try:
+                    done = self.deliver_one()
+                except Exception as e:  # (the database away): raised below, once
+                    done = None
+                    with lock:
+                        failed.append(e)
+                if done is None:
                     with lock:
                         count[0] -= 1
                     return
@@ -403,6 +412,8 @@ class Deliverer:
             t.start()
         for t in threads:
             t.join()
+        if failed:
+            raise failed[0]
         return count[0]
 
     def run_forever(
@@ -411,13 +422,23 @@ class Deliverer:
         """Deliver until ``stop`` is set, sleeping ``interval`` seconds whenever nothing is due.
 
         Errors (the database away for a moment) are logged and retried, never raised: this is
-        the body of a background thread.
+        the body of a background thread. The same error again is logged once a minute, not at
+        every pass.
         """
+        logged: dict[str, float] = {}  # an error's text -> when it was last logged
         while not stop.is_set():
             try:
                 done = self.deliver_due(batch, workers=workers)
-            except Exception:
-                log.exception("webhook delivery pass failed; retrying in %s s", interval)
+            except Exception as e:
+                said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                now = time.monotonic()
+                if now - logged.get(said, -math.inf) >= ERROR_LOG_SECONDS:
+                    logged[said] = now
+                    log.exception(
+                        "webhook delivery pass failed; retrying every %s s (the same error is "
+                        "logged again in a minute at the soonest)",
+                        interval,
+                    )
                 done = 0
             if done == 0:
                 stop.wait(interval)
