@@ -21,6 +21,7 @@ from leadscore.store.leads import insert_events, lead_events, lead_records, lock
 from leadscore.store.queries import lead_view, score_history_of
 from leadscore.store.schema import scores
 from leadscore.store.scores import HISTORY_MIN_DELTA
+from leadscore.store.versions import ModelVersion
 from tests.conftest import Clock, sent_statements, watching
 
 DAY = 86_400_000_000
@@ -748,18 +749,24 @@ def test_rescore_all_reads_the_leads_in_parts(store: Store, clock: Clock) -> Non
     )
 
 
-def test_a_publish_during_a_rescoring_in_parts_is_not_undone(store: Store, clock: Clock) -> None:
-    """DW is published anew (pricing worth 30) after the first part of a rescoring in parts
-    of 2 was written; its own rescoring writes every lead's score with it. The parts after
-    that must leave the sheet alone: written with the replaced model, the new scores would
-    look like the run's own (they were there before the part was read) and be overwritten."""
+def six_pricing_views_and_a_draft(store: Store, clock: Clock) -> tuple[list[str], ModelVersion]:
+    """DW published; L0 to L5 view /pricing now; a day later, a draft of DW with the pricing
+    view worth 30 (not 20). The leads' ids and the draft."""
     publish(store, DW)
     ids = [f"L{i}" for i in range(6)]
     store.ingest_events(
         [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
     )
     clock.advance(days=1)
-    draft = store.add_model(DW.replace("points: 20", "points: 30"))
+    return ids, store.add_model(DW.replace("points: 20", "points: 30"))
+
+
+def test_a_publish_during_a_rescoring_in_parts_is_not_undone(store: Store, clock: Clock) -> None:
+    """DW is published anew (pricing worth 30) after the first part of a rescoring in parts
+    of 2 was written; its own rescoring writes every lead's score with it. The parts after
+    that must leave the sheet alone: written with the replaced model, the new scores would
+    look like the run's own (they were there before the part was read) and be overwritten."""
+    ids, draft = six_pricing_views_and_a_draft(store, clock)
     parts = 0
 
     def progress(what: str, done: int, total: int) -> None:
@@ -790,13 +797,7 @@ def test_a_publish_while_a_scheduled_rescoring_writes_counts_every_change(
     `changed: 0`). So the publish reports six changes, none kept, and each lead's newest
     history row is the model change 20 -> 30 * 0.5^0.1 (no decay row of version 1 is written
     after the publish began)."""
-    publish(store, DW)
-    ids = [f"L{i}" for i in range(6)]
-    store.ingest_events(
-        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
-    )
-    clock.advance(days=1)
-    draft = store.add_model(DW.replace("points: 20", "points: 30"))
+    ids, draft = six_pricing_views_and_a_draft(store, clock)
     scheduled_scored, publish_scored, scheduled_done = (threading.Event() for _ in range(3))
     reports: list[Any] = []
 
@@ -841,14 +842,8 @@ def test_a_publish_whose_rescoring_stops_is_finished_by_the_next_rescoring(
     the replaced version's scores. The next (decay) rescoring brings them over, recorded as
     model change (as the publish would have), so that the triggers on decay do not fire on a
     re-baseline."""
-    publish(store, DW)
-    ids = [f"L{i}" for i in range(6)]
-    store.ingest_events(
-        [EventInput("page_view", clock.now, i, properties={"url": "/pricing"}) for i in ids]
-    )
+    ids, draft = six_pricing_views_and_a_draft(store, clock)
     old = store.sheets()[0].version.id
-    clock.advance(days=1)
-    draft = store.add_model(DW.replace("points: 20", "points: 30"))
     whole = store.rescore_all
     monkeypatch.setattr(store, "rescore_all", lambda *a, **k: whole(*a, **k, part=2))
     parts = 0
