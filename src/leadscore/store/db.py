@@ -702,7 +702,7 @@ class Database:
             uri = f"file:{pathname2url(str(path.resolve()))}?mode=ro"
             probe = sqlite3.connect(uri, uri=True, timeout=CHECK_SECONDS)
             try:
-                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                probe.execute("PRAGMA schema_version").fetchone()  # reads the header
             finally:
                 probe.close()
             return
