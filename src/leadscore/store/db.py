@@ -527,8 +527,8 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(engine, durable=durable)
             _sqlite_databases.add(self)
-            if not self.in_memory:
-                sa.event.listen(engine, "connect", self._note_file, once=True)
+            if not self.in_memory:  # (through a weak reference: the engine outlives no one)
+                sa.event.listen(engine, "connect", _noting_file(weakref.ref(self)), once=True)
 
     @property
     def in_memory(self) -> bool:
@@ -669,7 +669,7 @@ class Database:
             with conn.begin():
                 yield conn
 
-    def _note_file(self, _dbapi_conn: Any, _record: Any) -> None:
+    def _note_file(self) -> None:
         with contextlib.suppress(OSError):
             st = os.stat(str(self.engine.url.database))
             self._file_id = (st.st_dev, st.st_ino)
@@ -764,6 +764,19 @@ class Database:
             if checkpointer is not None:
                 checkpointer.stop()
         self.engine.dispose()
+
+
+def _noting_file(ref: weakref.ReferenceType[Database]) -> Callable[[Any, Any], None]:
+    """The engine's first connection: its Database notes which file it opened (see
+    Database.check). A listener that held the Database itself would keep it alive (and its
+    checkpoint thread) for as long as SQLAlchemy keeps the engine's listeners."""
+
+    def connected(_dbapi_conn: Any, _record: Any) -> None:
+        db = ref()
+        if db is not None:
+            db._note_file()
+
+    return connected
 
 
 class _Checkpointer:
