@@ -6,6 +6,9 @@ Both evaluators read what this module produces, so they see the same text for ev
 - events: ``lead_id``, ``type``, ``ts`` (timestamp, UTC), ``item`` and every other column as
   text.
 
+A CSV file's separator is found from its first lines: a comma, a semicolon (spreadsheets in
+locales whose decimal mark is a comma) or a tab.
+
 Problems name the source, the column and the rows (CSV and JSONL rows are counted as lines of
 the file, the header being line 1 of a CSV). With ``skip_bad_rows`` bad rows are dropped and
 reported as warnings instead.
@@ -46,6 +49,7 @@ __all__ = [
 
 FORMATS = {
     ".csv": "csv",
+    ".tsv": "csv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".jsonl": "jsonl",
@@ -54,6 +58,32 @@ FORMATS = {
 }
 SHOWN = 5  # rows listed per problem before "and N more"
 TS_TYPE = pa.timestamp("us", tz="UTC")
+DELIMITERS = (",", ";", "\t")  # a tie goes to the first
+SNIFF_CHARS = 1 << 16  # of a CSV file's start, enough for its header and some rows
+
+
+def csv_delimiter(sample: str) -> str:
+    """The separator of a CSV file that starts with ``sample``: of :data:`DELIMITERS`, the one
+    that splits its header into the most columns, preferring one that splits the other lines
+    of the sample into as many (a ``;`` inside a value of a comma file does not); a comma when
+    none splits the header (a file of one column)."""
+    cut = len(sample) >= SNIFF_CHARS and "\n" in sample
+    text = sample[: sample.rfind("\n") + 1] if cut else sample  # whole lines only
+    best, rank = ",", (False, 1)
+    for delimiter in DELIMITERS:
+        try:
+            records = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if cut and len(records) > 1:
+            records.pop()  # the last may be a value cut across lines
+        if not records:
+            continue
+        width = len(records[0])
+        even = all(len(r) == width for r in records[1:])
+        if width > 1 and (even, width) > rank:
+            best, rank = delimiter, (even, width)
+    return best
 
 
 @dataclass
@@ -92,12 +122,17 @@ def read_data(source: NamedData) -> pa.Table:
     try:
         if kind == "csv":
             text = source.data.decode("utf-8-sig")
-            header = next(csv.reader(io.StringIO(text, newline="")), None)
+            delimiter = csv_delimiter(text[:SNIFF_CHARS])
+            header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None)
             options = _csv_options(source.name, header)
             try:
-                return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
+                return pa_csv.read_csv(
+                    io.BytesIO(text.encode("utf-8")),
+                    parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                    convert_options=options,
+                )
             except pa.ArrowInvalid as exc:
-                _uneven_lines(source.name, io.StringIO(text, newline=""), exc)
+                _uneven_lines(source.name, io.StringIO(text, newline=""), exc, delimiter)
                 raise
         if kind == "parquet":
             return pq.read_table(io.BytesIO(source.data))
@@ -152,7 +187,11 @@ class RowNumbers:
 
 
 def _row_lines(
-    chunks: Iterable[bytes], text: Callable[[], Iterable[str]], kind: str, rows: int
+    chunks: Iterable[bytes],
+    text: Callable[[], Iterable[str]],
+    kind: str,
+    rows: int,
+    delimiter: str = ",",
 ) -> pa.Array | None:
     """The line each of a file's ``rows`` starts on, when that is not the row's number plus
     the header's line: blank lines (which the readers skip) or values that hold line breaks
@@ -172,7 +211,7 @@ def _row_lines(
         return None
     starts: list[int] = []
     if kind == "csv":
-        reader = csv.reader(text())
+        reader = csv.reader(text(), delimiter=delimiter)
         before = 0
         try:
             for record in reader:
@@ -246,25 +285,38 @@ def _csv_options(name: str, header: list[str] | None) -> pa_csv.ConvertOptions:
     )
 
 
+def _file_delimiter(p: Path) -> str:
+    """:func:`csv_delimiter` of a file (its first :data:`SNIFF_CHARS` characters)."""
+    with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        return csv_delimiter(fh.read(SNIFF_CHARS))
+
+
 def _read_csv(p: Path) -> pa.Table:
+    delimiter = _file_delimiter(p)
     # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
     with p.open(encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), None)
+        header = next(csv.reader(fh, delimiter=delimiter), None)
     try:
-        return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
+        return pa_csv.read_csv(
+            p,
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+            convert_options=_csv_options(str(p), header),
+        )
     except pa.ArrowInvalid as exc:
         with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
-            _uneven_lines(str(p), fh, exc)
+            _uneven_lines(str(p), fh, exc, delimiter)
         raise
 
 
-def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
+def _uneven_lines(
+    name: str, text: Iterable[str], exc: pa.ArrowInvalid, delimiter: str = ","
+) -> None:
     """Arrow refused a CSV file for a line with more or fewer values than the header names
     (it says which text, not which line): raise the lines that have, up to :data:`SHOWN`,
     by number. Returns when that was not the refusal, or no such line is found."""
     if "Expected" not in str(exc) or "columns, got" not in str(exc):
         return
-    reader = csv.reader(text)
+    reader = csv.reader(text, delimiter=delimiter)
     width: int | None = None
     problems: list[InputProblem] = []
     before = 0
@@ -282,7 +334,8 @@ def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
         before = reader.line_num
     if problems:
         more = _more(len(problems))
-        hint = "A value holding a comma needs double quotes around it."
+        mark = {",": "a comma", ";": "a semicolon", "\t": "a tab"}[delimiter]
+        hint = f"A value holding {mark} (the separator) needs double quotes around it."
         raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
 
 
@@ -393,16 +446,22 @@ def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.T
         def decoded() -> Iterable[str]:
             return io.StringIO(data.decode("utf-8-sig", "replace"), newline="")
 
-        rows = table.num_rows
-        return table, _Source(source.name, kind, lambda: _row_lines([data], decoded, kind, rows))
+        def lines_of_data() -> pa.Array | None:
+            delimiter = csv_delimiter(data.decode("utf-8-sig", "replace")[:SNIFF_CHARS])
+            return _row_lines([data], decoded, kind, table.num_rows, delimiter)
+
+        return table, _Source(source.name, kind, lines_of_data)
     p = Path(source)
     table = _trimmed_names(read_table(p))
     kind = FORMATS.get(p.suffix.lower(), "csv")
     rows = table.num_rows
 
     def lines_of_file() -> pa.Array | None:
+        delimiter = _file_delimiter(p) if kind == "csv" else ","
         with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as tx:
-            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, rows)
+            return _row_lines(
+                iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, rows, delimiter
+            )
 
     return table, _Source(str(p), kind, lines_of_file)
 
