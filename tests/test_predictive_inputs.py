@@ -1,12 +1,15 @@
-"""Reading exports: the separator of a CSV file (`,`, `;` or tab), found from its first lines."""
+"""`leadscore fit` on messy exports: separators, missing markers, numbers written for people,
+dates and ids."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from leadscore import InputError
+from leadscore import InputError, parse_model, run_examples
 from leadscore.inputs import (
     NamedData,
     csv_delimiter,
@@ -14,6 +17,12 @@ from leadscore.inputs import (
     normalize_leads,
     read_table,
 )
+from leadscore.predictive import ScorecardClassifier
+from leadscore.predictive.binning import Feature, bin_column
+from leadscore.predictive.fit import fit_scorecard
+from leadscore.predictive.reading import NumberFormat, id_named, missing_markers, number_format
+from leadscore.spec.conditions import compile_condition
+from leadscore.spec.schema import ProfileRuleSpec
 
 BANK = (
     Path(__file__).resolve().parents[2] / "shared/data/uci_bank_marketing/bank-additional-full.csv"
@@ -23,6 +32,13 @@ BANK = (
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def matches(condition: dict[str, object], value: str | None) -> bool:
+    """Whether the evaluators' meaning of ``condition`` holds for a lead whose field
+    ``x`` is ``value``."""
+    rule = ProfileRuleSpec.model_validate({"id": "r", "if": condition, "points": 1})
+    return compile_condition(rule.if_)({"x": value})
 
 
 # --- separators ------------------------------------------------------------------------------
@@ -67,3 +83,173 @@ def test_the_bank_file_reads_as_its_columns() -> None:
     table = read_table(BANK)
     assert table.num_rows == 41_188 and table.num_columns == 21
     assert table.column("job")[0].as_py() == "housemaid" and table.column_names[-1] == "y"
+
+
+# --- missing markers -------------------------------------------------------------------------
+
+
+def test_missing_markers_are_missing_values_with_a_bin_of_their_own() -> None:
+    """400 numbers and 200 missing ones, written five ways: the column is a column of
+    numbers (a third not numbers made it text before), and the 200 get their own bin, whose
+    condition the evaluators find true of every marker and of a blank, and of nothing else."""
+    numbers = [str(10 + i % 80) for i in range(400)]
+    missing = ["NA"] * 80 + ["?"] * 50 + ["null"] * 30 + ["-"] * 20 + [""] * 10 + ["None"] * 10
+    y = np.array([i % 3 == 0 for i in range(400)] + [i % 2 == 0 for i in range(200)])
+    feature = bin_column("x", numbers + missing, y)
+    assert isinstance(feature, Feature) and feature.kind == "numeric"
+    last = feature.bins[-1]
+    assert last.label == "missing (NA, ?, null, -, None)"
+    assert last.rows == 200 and last.conversions == 100 and last.mask[400:].all()
+    for value in ("NA", " na ", "NULL", "?", "-", None, "  ", "None"):
+        assert matches(last.condition, value), value
+    for value in ("12", "unknown", "N.A."):
+        assert not matches(last.condition, value), value
+    assert all(not b.mask[400:].any() for b in feature.bins[:-1])  # no number bin holds them
+
+
+def test_which_values_are_missing_markers() -> None:
+    assert missing_markers(["NA", "n/a", "#N/A", "NULL", "NaN", "?", "-", "--", "None"]) == {
+        "NA",
+        "n/a",
+        "#N/A",
+        "NULL",
+        "NaN",
+        "?",
+        "-",
+        "--",
+        "None",
+    }
+    assert missing_markers(["none", "unknown", "0", "N.A."]) == set()  # answers, not blanks
+    assert missing_markers(["None", "none", "some"]) == set()  # `in` would not tell them apart
+    assert missing_markers(["NA", "EMEA", "APAC", "LATAM"]) == set()  # North America
+    assert missing_markers(["NA", "yes", "no"]) == {"NA"}
+
+
+def test_the_fit_says_how_many_values_it_read_as_missing() -> None:
+    n = 600
+    rng = np.random.default_rng(2)
+    y = rng.random(n) < 0.3
+    income = [("NA" if i % 5 == 0 else "?") if i % 4 == 0 else str(20 + i % 50) for i in range(n)]
+    leads = pa.table(
+        {
+            "lead_id": [f"L{i}" for i in range(n)],
+            "income": income,
+            "plan": [["free", "pro", "n/a"][i % 3] for i in range(n)],
+            "region": [["NA", "EMEA", "APAC"][i % 3] for i in range(n)],  # codes: NA a value
+        }
+    )
+    notes = fit_scorecard(leads, y, interactions=0).notes
+    said = [n for n in notes if n.startswith("values read as missing")]
+    # income: 150 (i % 4 == 0), 30 of them NA (i % 20 == 0) and 120 '?'; plan: 200 'n/a'
+    assert said == [
+        "values read as missing (as a blank is), by column: 'income' 150 (?, NA); 'plan' 200 (n/a)"
+    ]
+
+
+# --- numbers written for people --------------------------------------------------------------
+
+
+def amounts(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    value = np.round(rng.gamma(2.0, 1500.0, n), 2)
+    return value, rng.random(n) < np.where(value > 3000, 0.35, 0.08)
+
+
+def german(v: float) -> str:
+    """``1.234,50``."""
+    return f"{v:,.2f}".replace(",", "_").replace(".", ",").replace("_", ".")
+
+
+def test_numbers_written_for_people_are_read_as_numbers(tmp_path: Path) -> None:
+    """`$1,234.50`, `12%` and `1.234,50 €` columns are binned as numbers; the rules compare
+    numbers, the examples hold them written plainly (so `leadscore test` passes), and the
+    fitted classifier scores the columns as written."""
+    n = 1500
+    value, y = amounts(n, 1)
+    share = np.arange(n) % 100
+    leads = pa.table(
+        {
+            "lead_id": [f"L{i}" for i in range(n)],
+            "revenue": [f"${v:,.2f}" for v in value],
+            "share": [f"{s}%" for s in share],
+            "umsatz": [german(v) + " €" for v in value],
+        }
+    )
+    result = fit_scorecard(leads, y, interactions=0, seed=1)
+    formats = result.card.number_formats
+    assert sorted(formats) == ["revenue", "share", "umsatz"]
+    assert formats["share"].plain("12%") == "12"
+    assert formats["umsatz"].plain("1.234,50 €") == "1234.5"
+    for rule in result.card.fitted_.rules:
+        parts = rule.condition.get("all", [rule.condition])
+        assert all(set(p) - {"field"} <= {"lt", "gte"} for p in parts), rule.condition
+    assert any(r.column == "revenue" and r.points >= 10 for r in result.card.fitted_.rules)
+    assert any(
+        note.startswith("'revenue' read as numbers ('$") and "need 'revenue' written so" in note
+        for note in result.notes
+    ), result.notes
+    assert "# Columns read as numbers written for people" in result.yaml
+    model = parse_model(result.yaml)
+    assert all(o.passed for o in run_examples(model))
+    example = model.examples[0].lead
+    assert "$" not in str(example.get("revenue", "")) and "%" not in str(example.get("share", ""))
+    # the classifier reads the columns as written, as the fit did
+    plain = {"lead_id": leads.column("lead_id").to_pylist(), "revenue": [f"{v}" for v in value]}
+    raw = {"lead_id": plain["lead_id"], "revenue": leads.column("revenue").to_pylist()}
+    card = ScorecardClassifier(interactions=0).fit(raw, y)
+    assert np.array_equal(card.score_rows(raw), card.score_rows(plain))
+    assert card.score_rows(raw).std() > 0
+
+
+def test_a_column_that_reads_as_numbers_only_in_part_stays_text() -> None:
+    assert number_format({"$3": 90, "call us": 10}) is None  # 90%: not the whole column
+    assert number_format({"12": 50, "7.5": 50}) is None  # plain numbers: nothing to read
+    assert number_format({"1,5": 30, "2,25": 30, "x": 40}) is None
+    fmt = number_format({"1,200": 10, "1.5": 10})
+    assert isinstance(fmt, NumberFormat) and fmt.plain("1,200") == "1200"
+    # `1.200 €` alone could be either; `2,5 €` says the comma is the decimal mark
+    fmt = number_format({"1.200 €": 10, "2,5 €": 10})
+    assert fmt is not None and fmt.plain("1.200 €") == "1200" and fmt.plain("2,5 €") == "2.5"
+    assert fmt.plain("NA") == "NA" and fmt.plain(None) is None
+
+
+# --- dates and ids ---------------------------------------------------------------------------
+
+
+def test_dates_are_left_out_not_made_a_rule_per_day() -> None:
+    """Ten days of 60 leads each made ten `eq` rules, one per day; a date column is left out,
+    whatever way it writes its dates."""
+    n = 600
+    y = np.array([i % 4 == 0 for i in range(n)])
+    for day in (
+        lambda d: f"2026-03-{d:02d}",
+        lambda d: f"{d:02d}/03/2026",
+        lambda d: f"{d} Mar 2026",
+        lambda d: f"2026-03-{d:02d}T09:{d:02d}:00Z",
+    ):
+        values = [day(1 + i % 10) for i in range(n)]
+        why = bin_column("signed up", values, y)
+        assert isinstance(why, str) and why.startswith(f"holds dates (such as {day(1)!r})"), why
+    months = bin_column("month", [["2026-01", "2026-02"][i % 2] for i in range(n)], y)
+    assert isinstance(months, Feature)  # a month is a category, not a day
+
+
+def test_id_like_columns_are_left_out() -> None:
+    n = 400
+    rng = np.random.default_rng(3)
+    y = rng.random(n) < 0.3
+    rows = bin_column("customer number", [str(1000 + i) for i in range(n)], y)
+    assert rows == "looks like an identifier (400 different whole numbers in 400 rows)"
+    sparse_ids = [str(v) for v in rng.choice(10**9, n, replace=False)]
+    assert "identifier" in str(bin_column("Account ID", sparse_ids, y))
+    # the same numbers under another name could be amounts: binned
+    amount = bin_column("amount", sparse_ids, y)
+    assert isinstance(amount, Feature) and amount.kind == "numeric"
+    # ids of a few things are categories: each its own value, not cut at quantiles
+    campaign = bin_column("campaign_id", [str(7 + 5 * (i % 4)) for i in range(n)], y)
+    assert isinstance(campaign, Feature) and campaign.kind == "text"
+    assert sorted(b.condition.get("eq", "") for b in campaign.bins) == ["12", "17", "22", "7"]
+    assert [id_named(c) for c in ("lead_id", "customerId", "CustomerID", "uuid", "ID")] == [
+        True
+    ] * 5
+    assert [id_named(c) for c in ("paid", "PAID", "valid", "Android")] == [False] * 4

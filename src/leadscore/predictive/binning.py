@@ -4,13 +4,16 @@ Numeric columns (at least 95% of their values numbers, read as the evaluators re
 cut at quantiles, small bins merged into their neighbours, and, where the conversion rate
 rises or falls with the value across the bins (Spearman |rho| >= 0.6), adjacent bins that go
 against that direction merged until the rates are monotone. Text columns keep each value with
-enough support (compared as the evaluators compare: trimmed, case ignored); rarer values and
-missing ones fall together with the bin of the lowest conversion rate, which gets no rule.
+enough support (compared as the evaluators compare: trimmed, case ignored); rarer values fall
+together with the bin of the lowest conversion rate, which gets no rule. Missing values (blank,
+or a marker such as ``NA`` or ``?``: :mod:`leadscore.predictive.reading`) get a bin of their
+own when there are enough of them. Columns of dates and of ids are left out, with the reason.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -18,13 +21,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from leadscore.predictive.reading import (
+    NUMERIC_SHARE,
+    date_example,
+    eq_key,
+    id_named,
+    missing_markers,
+)
 from leadscore.spec.conditions import WHITESPACE, fold, parse_number
 
-__all__ = ["Bin", "Feature", "bin_column", "eq_key"]
+__all__ = ["Bin", "Feature", "bin_column", "eq_key", "missing_bin"]
 
 Bools = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
-NUMERIC_SHARE = 0.95
+ID_SHARE = 0.9  # distinct values among a column's numbers that make it look like ids
 
 
 @dataclass
@@ -54,17 +64,33 @@ class Feature:
     span: tuple[float, float] | None = None  # a numeric column's lowest and highest value
 
 
-def eq_key(text: str) -> str:
-    number = parse_number(text)
-    return f"#{number + 0.0!r}" if number is not None else "$" + fold(text)  # -0 is 0
-
-
-def _texts(values: list[Any]) -> list[str | None]:
+def _texts(values: list[Any]) -> tuple[list[str | None], list[str], Counter[str]]:
+    """Each value trimmed, None where missing (blank, or a missing marker); the markers read
+    as missing (as written, the commonest first); the other values' counts."""
     out: list[str | None] = []
     for v in values:
         text = None if v is None else str(v).strip(WHITESPACE)
         out.append(text or None)
-    return out
+    counts = Counter(t for t in out if t is not None)
+    markers = missing_markers(counts)
+    order = sorted(markers, key=lambda m: (-counts[m], m))
+    if markers:
+        out = [None if t in markers else t for t in out]
+        for m in markers:
+            del counts[m]
+    return out, order, counts
+
+
+def missing_bin(column: str, markers: list[str], mask: Bools) -> Bin:
+    """The bin of a column's missing values: blank, or one of ``markers`` (as `in` compares
+    them: case ignored)."""
+    blank: dict[str, Any] = {"field": column, "missing": True}
+    folded = list(dict.fromkeys(fold(m) for m in markers))
+    if not folded:
+        return Bin("missing", blank, mask)
+    written = [next(m for m in markers if fold(m) == f) for f in folded]
+    label = f"missing ({', '.join(written)})"
+    return Bin(label, {"any": [blank, {"field": column, "in": written}]}, mask)
 
 
 def _fmt(x: float) -> float | int:
@@ -202,21 +228,45 @@ def bin_column(
     min_rows: int = 30,
     counts: bool = False,
 ) -> Feature | str:
-    """The bins of one column, or why it cannot be used (a sentence)."""
-    texts = _texts(values)
+    """The bins of one column, or why it cannot be used (a sentence). Missing values (blank,
+    or a missing marker such as ``NA``) get a bin of their own when ``min_rows`` rows or more
+    have one, activity counts (``counts``) aside."""
+    texts, markers, counted = _texts(values)
     n = len(texts)
     present = np.array([t is not None for t in texts])
     if present.sum() < min_rows:
         return f"almost always empty ({int(present.sum())} of {n} rows have a value)"
+    absent = ~present
+    blank = None if counts or absent.sum() < min_rows else missing_bin(column, markers, absent)
     read: dict[str | None, float] = {None: np.nan}
-    for t in set(texts):  # each distinct value read once
-        if t is not None:
-            number = parse_number(t)
-            read[t] = np.nan if number is None else number
+    for t in counted:  # each distinct value read once
+        number = parse_number(t)
+        read[t] = np.nan if number is None else number
     numbers = np.array([read[t] for t in texts], dtype=np.float64)
     numeric_rows = ~np.isnan(numbers)
-    if numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows:
-        if np.unique(numbers[numeric_rows]).size < 2:
+    numeric = numeric_rows.sum() >= NUMERIC_SHARE * present.sum() and numeric_rows.sum() >= min_rows
+    if not numeric and not counts:
+        day = date_example(counted)
+        if day is not None:
+            return (
+                f"holds dates (such as {day!r}): a rule per day would say nothing of new "
+                "leads (a date can be the --time-column, to measure on the most recent leads)"
+            )
+    if numeric and not counts:
+        seen = np.unique(numbers[numeric_rows])
+        whole = bool(np.all(seen == np.round(seen)))
+        many = seen.size >= max(100, ID_SHARE * numeric_rows.sum())
+        # ids count up (row numbers) or are named so; amounts are spread out and repeat
+        dense = seen.size >= 0.5 * (seen[-1] - seen[0] + 1)
+        if whole and many and (dense or id_named(column)):
+            return (
+                f"looks like an identifier ({seen.size:,} different whole numbers in "
+                f"{int(numeric_rows.sum()):,} rows)"
+            )
+        if whole and id_named(column):
+            numeric = False  # ids name things, they do not measure: each its own value
+    if numeric:
+        if np.unique(numbers[numeric_rows]).size < 2 and blank is None:
             return "has one value only"
         bins, direction = _numeric_bins(
             column, numbers, numeric_rows, y, max_bins, min_rows, counts
@@ -226,26 +276,31 @@ def bin_column(
         feature = Feature(column, "numeric", bins, monotone=direction, span=span)
     else:
         # grouped as `eq` compares: numbers as numbers (1 = 01 = 1.0), texts folded
-        keys = [None if t is None else eq_key(t) for t in texts]
+        # (each distinct text read once, in the order of the rows: a value is shown as first
+        # written)
+        key_of = {t: eq_key(t) for t in counted}
         distinct: dict[str, int] = {}
         shown: dict[str, str] = {}
-        for k, t in zip(keys, texts, strict=True):
-            if k is not None:
-                distinct[k] = distinct.get(k, 0) + 1
-                shown.setdefault(k, t or "")
-        if len(distinct) < 2:
+        for t, count in counted.items():
+            distinct[key_of[t]] = distinct.get(key_of[t], 0) + count
+            shown.setdefault(key_of[t], t)
+        if len(distinct) < (1 if blank is not None else 2):
             return "has one value only"
         if len(distinct) > max(100, 0.5 * n):
             return f"looks like an identifier ({len(distinct):,} different values)"
-        keys_arr = np.array([k if k is not None else "" for k in keys], dtype=object)
+        position = {k: i for i, k in enumerate(distinct)}
+        codes = np.array([-1 if t is None else position[key_of[t]] for t in texts], dtype=np.int64)
         bins = []
         for k, count in sorted(distinct.items(), key=lambda kv: -kv[1]):
             if count < min_rows:
                 continue
-            bins.append(Bin(f"= {shown[k]}", {"field": column, "eq": shown[k]}, keys_arr == k))
-        if not bins:
+            condition = {"field": column, "eq": shown[k]}
+            bins.append(Bin(f"= {shown[k]}", condition, codes == position[k]))
+        if not bins and blank is None:
             return f"no value is common enough (each in fewer than {min_rows} rows)"
         feature = Feature(column, "text", bins)
+    if blank is not None:
+        feature.bins.append(blank)
     for b in feature.bins:
         b.rows = int(b.mask.sum())
         b.conversions = int(y[b.mask].sum())

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.predictive.binning import eq_key
+from leadscore.predictive.reading import reading_notes
 from leadscore.predictive.scorecard import (
     TREND,
     ActivityColumns,
@@ -312,8 +313,10 @@ def shift_notes(
     y_test: Bools,
 ) -> list[str]:
     """What differs between the fitting part and the holdout beyond chance: the conversion
-    rate, and numeric columns whose holdout values lie outside what the fit saw."""
+    rate, and numeric columns whose holdout values lie outside what the fit saw (``test`` as
+    the leads hold it: :meth:`ScorecardClassifier.as_read` reads its numbers as the fit did)."""
     notes = []
+    test = card.as_read(test)
     a, b = float(y_train.mean()), float(y_test.mean()) if len(y_test) else 0.0
     pooled = (y_train.sum() + y_test.sum()) / (len(y_train) + len(y_test))
     se = math.sqrt(pooled * (1 - pooled) * (1 / len(y_train) + 1 / max(1, len(y_test))))
@@ -468,6 +471,7 @@ def fit_scorecard(
             f"{len(idle)} activity column(s) too rare or too uniform for a bin in the fitting "
             f"part, left out: {', '.join(idle[:3])}{', ...' if len(idle) > 3 else ''}"
         )
+    notes += reading_notes(leads, card.number_formats, [c for c in columns if c not in exclude])
     notes += shift_notes(card, train, test, y[train_idx], y[test_idx])
     say(f"scoring {n:,} leads with the fitted model (batch evaluator)")
     scores = card.score_rows(columns, events, as_of_us)  # one run of the batch evaluator
@@ -478,6 +482,7 @@ def fit_scorecard(
         f"{split} {test_fraction:.0%} ({len(test_idx):,} leads)"
     )
     used = sorted({c for r in card.fitted_.rules for c in r.fields})
+    test = card.as_read(test)  # the examples' leads hold numbers as the rules read them
     event_types = {r.activity["event"] for r in card.fitted_.rules if r.activity}
     counted = log.counts(event_types)[test_idx] if log is not None else np.zeros(len(test_idx))
     small = counted <= EXAMPLE_EVENTS

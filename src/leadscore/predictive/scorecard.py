@@ -43,6 +43,7 @@ from sklearn.model_selection import StratifiedKFold
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import UsageError
 from leadscore.predictive.binning import Bin, Feature, bin_column
+from leadscore.predictive.reading import NumberFormat, number_format, value_counts
 from leadscore.scoring import prepare, score_run
 from leadscore.spec import Model, parse_model
 from leadscore.validation.report import roc_auc
@@ -369,6 +370,7 @@ class _Fitted:
     dropped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     C: float = 1.0
+    formats: dict[str, NumberFormat] = field(default_factory=dict)  # numbers read from text
 
 
 def _auc(scores: F64, positive: Bools) -> float:
@@ -443,6 +445,23 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             return {str(c): list(X[c]) for c in X.columns}
         return {str(k): list(v) for k, v in dict(X).items()}
 
+    def as_read(self, X: Any) -> dict[str, list[Any]]:
+        """``X``'s columns as the fit read them: the numbers of a column written for people
+        (``$1,234.50``, ``12%``: :attr:`number_formats`) written as the evaluators read
+        numbers (``1234.5``, ``12``); the other values as they are."""
+        columns = self._columns(X)
+        formats = self.fitted_.formats if hasattr(self, "fitted_") else {}
+        for name, fmt in formats.items():
+            if name in columns:
+                columns[name] = [fmt.plain(None if v is None else str(v)) for v in columns[name]]
+        return columns
+
+    @property
+    def number_formats(self) -> dict[str, NumberFormat]:
+        """The columns whose values the fit read as numbers written with thousands
+        separators, percent or currency signs, and how (see :meth:`as_read`)."""
+        return dict(self.fitted_.formats)
+
     def fit(
         self, X: Any, y: Any, progress: Callable[[str], None] | None = None
     ) -> ScorecardClassifier:
@@ -462,10 +481,16 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         dropped: dict[str, str] = {}
         warnings: list[str] = []
         features: list[Feature] = []
+        formats: dict[str, NumberFormat] = {}
         say(f"binning {len(columns):,} columns")
         for name, values in columns.items():
             if name in self.exclude or name == "lead_id":
                 continue
+            if name not in (self.activity_columns or {}):
+                fmt = number_format(value_counts(values))
+                if fmt is not None:  # 1,234.50 or 12%: numbers, for the bins and the rules
+                    formats[name] = fmt
+                    values = [fmt.plain(None if v is None else str(v)) for v in values]
             got = bin_column(
                 name,
                 values,
@@ -476,6 +501,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             )
             if isinstance(got, str):
                 dropped[name] = got
+                formats.pop(name, None)  # no rule reads it
                 continue
             source = (self.activity_columns or {}).get(name)
             if source is not None and source.trend is not None:
@@ -603,6 +629,7 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             dropped,
             warnings,
             penalty,
+            formats,
         )
         self.classes_ = np.array([0, 1])
         self.n_rows_ = len(target)
@@ -630,8 +657,9 @@ class ScorecardClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     ) -> F64:
         """Each row's score, by the batch evaluator on the fitted model (with ``events``, as
         :func:`leadscore.inputs.normalize_events` makes them, as of ``as_of_us``, when the
-        model has activity rules; their ``lead_id`` is X's)."""
-        columns = self._columns(X)
+        model has activity rules; their ``lead_id`` is X's). ``X`` is read as the fit read its
+        own (:meth:`as_read`): its numbers written as they were."""
+        columns = self.as_read(X)
         n = len(next(iter(columns.values()))) if columns else 0
         ids = columns.get("lead_id") or [f"row{i}" for i in range(n)]
         table = pa.table(
@@ -760,6 +788,12 @@ def scorecard_yaml(
     if f.dropped:
         lines.append("# Columns not used:")
         lines += [_comment(f"#   {col}: {why}") for col, why in f.dropped.items()]
+    if f.formats:
+        lines += [
+            "# Columns read as numbers written for people: their rules compare numbers, which",
+            "# the leads scored must hold written plainly (1234.5, not $1,234.50):",
+        ]
+        lines += [_comment(f"#   {col}: {fmt.shown}") for col, fmt in f.formats.items()]
     profile = [r for r in f.rules if r.activity is None]
     activity = [r for r in f.rules if r.activity is not None]
     lines += [
