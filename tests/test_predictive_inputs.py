@@ -1,5 +1,5 @@
 """`leadscore fit` on messy exports: separators, missing markers, numbers written for people,
-dates and ids."""
+dates, ids, targets in their common spellings and small holdouts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
 from leadscore import InputError, parse_model, run_examples
+from leadscore.cli import app
+from leadscore.errors import UsageError
 from leadscore.inputs import (
     NamedData,
     csv_delimiter,
@@ -253,3 +256,106 @@ def test_id_like_columns_are_left_out() -> None:
         True
     ] * 5
     assert [id_named(c) for c in ("paid", "PAID", "valid", "Android")] == [False] * 4
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def region_leads(target: list[str]) -> pa.Table:
+    n = len(target)
+    region = [["a", "b"][i % 2] for i in range(n)]
+    return pa.table({"lead_id": [f"L{i}" for i in range(n)], "region": region, "won": target})
+
+
+@pytest.mark.parametrize(
+    ("yes", "no"),
+    [("1.0", "0.0"), ("t", "f"), ("TRUE", "False"), ("Yes", " n "), ("1", "no")],
+)
+def test_targets_in_their_common_spellings(yes: str, no: str) -> None:
+    y = np.array([i % 3 == 0 for i in range(600)])
+    target = [yes if v else no for v in y]
+    result = fit_scorecard(region_leads(target), target_column="won", interactions=0)
+    assert result.metrics["train"]["conversions"] + result.metrics["holdout"]["conversions"] == 200
+
+
+def test_an_ambiguous_target_names_its_values_and_missing_ones_leave_the_fit() -> None:
+    stages = ["won"] * 150 + ["lost"] * 300 + ["open"] * 50 + ["Lost "] * 20
+    with pytest.raises(UsageError) as info:
+        fit_scorecard(region_leads(stages), target_column="won")
+    assert str(info.value) == (
+        "--target 'won': its values are not yes/no, true/false, t/f, y/n or 1/0 (found: lost "
+        "(320), won (150), open (50)): name the converted value with --positive"
+    )
+    result = fit_scorecard(region_leads(stages), target_column="won", positive=" WON")
+    assert result.metrics["train"]["conversions"] + result.metrics["holdout"]["conversions"] == 150
+    # --positive 1 is the 1.0 of the file, as `eq` compares
+    ones = ["1.0" if i % 3 == 0 else "0.0" for i in range(600)]
+    got = fit_scorecard(region_leads(ones), target_column="won", positive="1", interactions=0)
+    assert got.metrics["train"]["conversions"] + got.metrics["holdout"]["conversions"] == 200
+    with pytest.raises(UsageError, match=r"no lead has it in 'won' \(its values: 0.0 \(400\), 1.0"):
+        fit_scorecard(region_leads(ones), target_column="won", positive="2")
+    marked = [("NA" if i % 10 == 0 else "?") if i % 5 == 0 else v for i, v in enumerate(ones)]
+    notes = fit_scorecard(region_leads(marked), target_column="won", interactions=0).notes
+    assert "120 leads have no value in 'won': left out of the fit" in notes
+    with pytest.raises(UsageError) as info:
+        fit_scorecard(region_leads(["NA", "?", ""] * 200), target_column="won")
+    assert str(info.value) == (
+        "--target 'won': no lead has a value in it (each is blank or a missing marker such as '?')"
+    )
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_the_command_reads_a_messy_semicolon_export(tmp_path: Path) -> None:
+    """A `;` export with NA, `$1,234.50` amounts, a date and a row number: each read as a
+    person would, said on the terminal, and the written model passes its examples."""
+    n = 1200
+    value, y = amounts(n, 4)
+    lines = ["lead_id;amount;signed up;row;industry;converted"]
+    for i in range(n):
+        amount = "NA" if i % 10 == 0 else f"${value[i]:,.2f}"
+        industry = ["software", "retail", "null"][i % 3]
+        lines.append(f"L{i};{amount};2026-02-{1 + i % 28:02d};{i};{industry};{int(y[i])}.0")
+    path = write(tmp_path / "export.csv", "\n".join(lines) + "\n")
+    out = tmp_path / "m.yaml"
+    r = CliRunner().invoke(
+        app, ["fit", "--leads", str(path), "--target", "converted", "-o", str(out)]
+    )
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    said = "values read as missing (as a blank is), by column: 'amount' 120 (NA); 'industry'"
+    assert f"{said} 400 (null)" in err
+    assert "'amount' read as numbers ('$" in err
+    assert "not used: signed up: holds dates (such as '2026-02-01')" in err
+    assert "not used: row: looks like an identifier" in err
+    text = out.read_text()
+    assert "{field: amount, gte:" in text or "{field: amount, lt:" in text
+    assert CliRunner().invoke(app, ["test", str(out)]).exit_code == 0
+
+
+def test_the_command_shows_input_warnings_and_a_small_holdout(tmp_path: Path) -> None:
+    """Rows skipped with --skip-bad-rows are said; a holdout of 100 leads with 6 conversions
+    is said to be too small to trust its figures."""
+    n = 1000
+    y = [i % 50 in (0, 7, 13) for i in range(n)]  # 60 conversions, 6 in every 100 leads
+    lines = ["lead_id,plan,seq,converted"] + [
+        f"L{i},{['free', 'pro'][i % 2]},{i},{'yes' if v else 'no'}" for i, v in enumerate(y)
+    ]
+    lines.insert(5, "L1,pro,1,no")  # a repeated id: line 6
+    path = write(tmp_path / "leads.csv", "\n".join(lines) + "\n")
+    args = ["fit", "--leads", str(path), "--target", "converted", "--skip-bad-rows"]
+    r = CliRunner().invoke(app, [*args, "--test-fraction", "0.1", "--time-column", "seq"])
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert (
+        "warning: "
+        + str(path)
+        + ": column 'lead_id': skipped 1 line repeats an earlier lead id: line 6"
+        in err
+    )
+    said = "warning: the holdout has only 6 conversions (of 100 leads): its figures are rough;"
+    assert f"{said} its ROC AUC could be off by " in err
+    empty = write(tmp_path / "empty.csv", "lead_id;converted\n")
+    r = CliRunner().invoke(app, ["fit", "--leads", str(empty), "--target", "converted"])
+    assert r.exit_code == 2 and f"--leads {empty}: no leads to fit on" in r.stderr

@@ -102,6 +102,10 @@ def fit(
         prepared = prepare(
             leads, events, lead_id_column=lead_id_column, skip_bad_rows=skip_bad_rows
         )
+        for w in prepared.report.warnings:  # rows skipped (--skip-bad-rows)
+            err.print(f"warning: {w}", markup=False)
+        if not prepared.leads.num_rows:
+            raise UsageError(f"--leads {leads}: no leads to fit on (the file holds none)")
         as_of_us = None if as_of is None else given_instant(as_of, "--as-of")
         y = None
         if outcomes is not None:

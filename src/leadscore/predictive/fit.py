@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from leadscore.engine.timeutil import MICROS_PER_DAY, from_micros, parse_instant
 from leadscore.errors import UsageError
 from leadscore.predictive.binning import eq_key
-from leadscore.predictive.reading import reading_notes
+from leadscore.predictive.reading import missing_markers, read_target, reading_notes
 from leadscore.predictive.scorecard import (
     TREND,
     ActivityColumns,
@@ -93,27 +93,6 @@ def expected_calibration_error(p: F64, positive: Bools, bins: int = 10) -> float
             total += len(part) / n * abs(float(p[part].mean()) - float(positive[part].mean()))
             first = end
     return total
-
-
-def _target(values: list[Any], positive: str | None, column: str) -> Bools:
-    texts = [None if v is None else str(v).strip(WHITESPACE).casefold() for v in values]
-    if positive is not None:
-        wanted = positive.strip(WHITESPACE).casefold()
-        if wanted not in texts:
-            shown = ", ".join(sorted({t for t in texts if t})[:6])
-            raise UsageError(
-                f"--positive {positive!r}: no lead has it in {column!r} (values: {shown})"
-            )
-        return np.array([t == wanted for t in texts])
-    kinds = {t for t in texts if t}
-    for yes, no in (("yes", "no"), ("true", "false"), ("1", "0"), ("y", "n")):
-        if kinds <= {yes, no}:
-            return np.array([t == yes for t in texts])
-    shown = ", ".join(sorted(kinds)[:6])
-    raise UsageError(
-        f"--target {column}: its values ({shown}) are not yes/no, true/false or 1/0: "
-        "name the converted value with --positive"
-    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -400,7 +379,14 @@ def fit_scorecard(
         if target_column is None or target_column not in columns:
             known = ", ".join(repr(c) for c in columns)
             raise UsageError(f"--target: no column {target_column!r} (columns: {known})")
-        blank = [v is None or str(v).strip(WHITESPACE) == "" for v in columns[target_column]]
+        values = columns[target_column]
+        markers = missing_markers({str(v).strip(WHITESPACE) for v in values if v is not None})
+        blank = [v is None or (t := str(v).strip(WHITESPACE)) == "" or t in markers for v in values]
+        if blank and all(blank):
+            such = f" or a missing marker such as {sorted(markers)[0]!r}" if markers else ""
+            raise UsageError(
+                f"--target {target_column!r}: no lead has a value in it (each is blank{such})"
+            )
         if any(blank):
             keep = [i for i, b in enumerate(blank) if not b]
             notes.append(
@@ -410,7 +396,7 @@ def fit_scorecard(
             n = len(keep)
             if log is not None:  # the log's rows follow the leads kept
                 log.keep_rows(np.array(keep, dtype=np.int64))
-        y = _target(columns[target_column], positive, target_column)
+        y = read_target(columns[target_column], positive, target_column)
         exclude = (*exclude, target_column)
     else:
         y = np.asarray(target, dtype=bool)
@@ -508,21 +494,51 @@ def fit_scorecard(
     )
     parse_model(text, source=f"{name}.yaml")  # what is written must load
     p_test = card.probability(test_scores)
+    holdout = {
+        "leads": len(test_idx),
+        "conversions": int(y_test.sum()),
+        "roc_auc": roc_auc(test_scores, y_test),
+        "top_decile_lift": top_decile_lift(test_scores, y_test),
+        "calibration_error": expected_calibration_error(p_test, y_test),
+    }
     metrics = {
         "train": {
             "leads": len(train_idx),
             "conversions": int(y[train_idx].sum()),
             "roc_auc": roc_auc(train_scores, y[train_idx]),
         },
-        "holdout": {
-            "leads": len(test_idx),
-            "conversions": int(y_test.sum()),
-            "roc_auc": roc_auc(test_scores, y_test),
-            "top_decile_lift": top_decile_lift(test_scores, y_test),
-            "calibration_error": expected_calibration_error(p_test, y_test),
-        },
+        "holdout": holdout,
         "rules": len(card.fitted_.rules),
         "dropped": {k: v for k, v in card.fitted_.dropped.items() if k not in sources},
         "warnings": card.fitted_.warnings,
     }
+    rough = _small_holdout(holdout)
+    if rough:
+        notes.append(rough)
     return FitResult(text, card, metrics, notes)
+
+
+SMALL_HOLDOUT = 20  # conversions (or leads not converted) under which the figures are rough
+
+
+def _small_holdout(holdout: dict[str, Any]) -> str | None:
+    """A warning when the holdout has too few conversions (or too few leads that did not
+    convert) for its figures to say much, with how far its ROC AUC could be off by chance
+    (two standard errors, Hanley and McNeil's)."""
+    n, won = holdout["leads"], holdout["conversions"]
+    if min(won, n - won) >= SMALL_HOLDOUT:
+        return None
+    auc = holdout["roc_auc"]
+    spread = ""
+    if auc is not None and 0 < won < n:
+        q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+        variance = (
+            auc * (1 - auc) + (won - 1) * (q1 - auc * auc) + (n - won - 1) * (q2 - auc * auc)
+        ) / (won * (n - won))
+        spread = f"; its ROC AUC could be off by {2 * math.sqrt(max(variance, 0)):.2f} by chance"
+    which = _count(won, "conversion") if won < n - won else _count(n - won, "lead")
+    what = "" if won < n - won else " that did not convert"
+    return (
+        f"the holdout has only {which}{what} (of {n:,} leads): its figures are rough{spread} "
+        "(more history, or a larger --test-fraction, gives firmer ones)"
+    )

@@ -13,7 +13,9 @@ the fit decides per column, on all of its values:
   column, is a column of numbers (``12%`` is 12);
 - a column of dates (``2026-01-05``, ``05/01/2026``, ``5 Jan 2026``, with or without a time)
   is told apart, and so is the name of an id column (``lead_id``, ``Account ID``,
-  ``customerId``).
+  ``customerId``);
+- a target column says converted in the common spellings of yes (``yes``, ``y``, ``true``,
+  ``t``, ``1``, ``1.0``) and no, or as ``--positive`` names it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from leadscore.errors import UsageError
 from leadscore.spec.conditions import WHITESPACE, fold, parse_number, to_text
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "id_named",
     "missing_markers",
     "number_format",
+    "read_target",
     "reading_notes",
     "value_counts",
 ]
@@ -208,7 +212,49 @@ def id_named(column: str) -> bool:
     return bool(_ID_NAME.search(column.strip(WHITESPACE)))
 
 
-# --- what the fit says it read -------------------------------------------
+# --- the target and what the fit says it read -------------------------------------------
+
+# a target's values that say converted, or not, without --positive (compared as `eq` does:
+# case and spaces ignored, numbers as numbers: 1.0 is 1)
+CONVERTED = ("yes", "y", "true", "t", "1")
+NOT_CONVERTED = ("no", "n", "false", "f", "0")
+
+
+def _values_found(texts: list[str], limit: int = 8) -> str:
+    """``won (120), lost (300), open (40)``: the commonest values first, as written."""
+    counts: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    for t in texts:
+        k = eq_key(t)
+        counts[k] = counts.get(k, 0) + 1
+        shown.setdefault(k, t)
+    ranked = sorted(counts, key=lambda k: (-counts[k], shown[k]))
+    out = ", ".join(f"{shown[k]} ({counts[k]:,})" for k in ranked[:limit])
+    return out + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
+
+
+def read_target(values: list[Any], positive: str | None, column: str) -> Bools:
+    """Who converted, from the target column's values (none missing): those equal to
+    ``positive`` (as `eq` compares), else the common spellings of yes and no."""
+    texts = [str(v).strip(WHITESPACE) for v in values]
+    keys = [eq_key(t) for t in texts]
+    if positive is not None:
+        wanted = eq_key(positive.strip(WHITESPACE))
+        if wanted not in set(keys):
+            raise UsageError(
+                f"--positive {positive!r}: no lead has it in {column!r} (its values: "
+                f"{_values_found(texts)})"
+            )
+        return np.array([k == wanted for k in keys])
+    yes = {eq_key(t) for t in CONVERTED}
+    known = yes | {eq_key(t) for t in NOT_CONVERTED}
+    if set(keys) <= known:
+        return np.array([k in yes for k in keys])
+    raise UsageError(
+        f"--target {column!r}: its values are not yes/no, true/false, t/f, y/n or 1/0 "
+        f"(found: {_values_found(texts)}): name the converted value with --positive"
+    )
+
 
 MISSING_SHOWN = 6  # columns named in the note of values read as missing
 
