@@ -1,5 +1,5 @@
 """`leadscore fit` on messy exports: separators, missing markers, numbers written for people,
-dates, ids, targets in their common spellings and small holdouts."""
+dates, ids, targets in their common spellings, small holdouts and many columns."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from leadscore.predictive import ScorecardClassifier
 from leadscore.predictive.binning import Feature, bin_column
 from leadscore.predictive.fit import fit_scorecard
 from leadscore.predictive.reading import NumberFormat, id_named, missing_markers, number_format
+from leadscore.predictive.scorecard import PAIR_COLUMNS, strongest_columns
 from leadscore.spec.conditions import compile_condition
 from leadscore.spec.schema import ProfileRuleSpec
 
@@ -359,3 +360,39 @@ def test_the_command_shows_input_warnings_and_a_small_holdout(tmp_path: Path) ->
     empty = write(tmp_path / "empty.csv", "lead_id;converted\n")
     r = CliRunner().invoke(app, ["fit", "--leads", str(empty), "--target", "converted"])
     assert r.exit_code == 2 and f"--leads {empty}: no leads to fit on" in r.stderr
+
+
+# --- the pair search -------------------------------------------------------------------------
+
+
+def wide(n: int, columns: int, seed: int) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Five columns that matter (``a`` and ``b`` together more than apart), the others noise."""
+    rng = np.random.default_rng(seed)
+    X: dict[str, list[str]] = {"lead_id": [f"L{i}" for i in range(n)]}
+    logit = np.full(n, -2.2)
+    flags = []
+    for k in range(columns):
+        v = rng.random(n) < 0.5
+        X[f"c{k:02d}"] = ["yes" if f else "no" for f in v]
+        if k < 5:
+            logit += 0.6 * v
+            flags.append(v)
+    logit += 1.5 * (flags[0] & flags[1])
+    return X, rng.random(n) < 1 / (1 + np.exp(-logit))
+
+
+def test_the_pair_search_looks_among_the_strongest_columns_only() -> None:
+    """30 columns made 435 pairs to test; the 20 strongest alone make 190, and the pair that
+    converts together is among them."""
+    X, y = wide(6000, 30, seed=5)
+    features = [
+        f for k, v in X.items() if k != "lead_id" and isinstance(f := bin_column(k, v, y), Feature)
+    ]
+    top = [features[i].column for i in strongest_columns(features, y, 5)]
+    assert top == ["c00", "c01", "c02", "c03", "c04"]
+    said: list[str] = []
+    card = ScorecardClassifier().fit(X, y, progress=said.append)
+    assert PAIR_COLUMNS == 20
+    assert "testing 190 pairs of columns (the 20 strongest of 30)" in said
+    pairs = {r.fields for r in card.fitted_.rules if len(r.fields) == 2}
+    assert pairs == {("c00", "c01")}
