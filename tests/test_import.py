@@ -508,3 +508,41 @@ def test_file_and_database_errors_are_messages_not_tracebacks(tmp_path: Path) ->
     empty.write_text("\n")
     code, out = run("triggers", "set", str(empty), "--db", db)
     assert code == 2 and "to remove every trigger, set a file holding `triggers: []`" in out
+
+
+def test_bad_json_lines_are_named_by_line_and_skipped_on_request(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A line that is not JSON, or not an object, stopped the import even with
+    --skip-bad-rows. Without the flag the error names the file and each such line (nothing is
+    stored); with it they are left out and listed, and the rows after them keep their lines."""
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text(
+        '{"lead_id": "J1", "type": "demo_request", "ts": "2026-11-20", "event_id": "j1"}\n'
+        '{"lead_id": "J1", "type": "page_view", "ts": 2026-11-21}\n'  # line 2: not JSON
+        "\n"
+        '["J2", "page_view"]\n'  # line 4: JSON, not an object
+        '{"lead_id": "J2", "type": "page_view", "ts": "never", "event_id": "j2"}\n'  # line 5
+        '{"lead_id": "J2", "type": "page_view", "ts": "2026-11-22T10:00:00Z", "event_id": "j3"}\n'
+    )
+    code, out = run("import", "events", str(jsonl), "--db", db_url)
+    assert code == 1, out
+    assert f"{jsonl}: line 2: not JSON: Expecting ',' delimiter at column 50" in out
+    assert f"{jsonl}: line 4: each line must be a JSON object" in out
+    assert "pass --skip-bad-rows to leave them out" in out
+    code, out = run("import", "events", str(jsonl), "--db", db_url, "--skip-bad-rows")
+    assert code == 0, out
+    assert "2 rows read: 2 events stored" in out
+    assert (
+        f"warning: {jsonl}: skipped 2 lines hold no JSON object: lines 2 (not JSON: Expecting ',' "
+        "delimiter at column 50), 4 (each line must be a JSON object)"
+    ) in out
+    assert f"{jsonl}: column 'ts': skipped 1 line has a missing or unreadable timestamp" in out
+    assert "line 5 ('never')" in out  # counted as the file has it, the bad lines included
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            ids = conn.exec_driver_sql("SELECT message_id FROM events ORDER BY 1").scalars()
+            assert list(ids) == ["j1", "j3"]
+    finally:
+        store.db.dispose()

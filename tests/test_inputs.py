@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from leadscore import InputError, prepare
-from leadscore.inputs import NamedData, normalize_events, normalize_leads
+from leadscore.inputs import LoadReport, NamedData, normalize_events, normalize_leads
 
 
 def write(path: Path, text: str) -> Path:
@@ -235,3 +235,24 @@ def test_byte_order_mark_and_json_arrays(tmp_path: Path) -> None:
     ]
     with pytest.raises(InputError, match="each item of the array must be a JSON object"):
         normalize_leads(write(tmp_path / "bad.json", '[{"lead_id": "a"}, 3]'))
+
+
+def test_json_that_holds_no_object_is_skipped_on_request(tmp_path: Path) -> None:
+    """With skip_bad_rows a JSON line that does not parse, or an item of a JSON array that is
+    not an object, is left out and listed (by line, by item) instead of stopping the read."""
+    report = LoadReport()
+    lines = write(tmp_path / "l.jsonl", '{"lead_id": "a"}\n{"lead_id": \n{"lead_id": "b"}\n')
+    table = normalize_leads(lines, skip_bad_rows=True, report=report)
+    assert table.column("lead_id").to_pylist() == ["a", "b"]
+    array = write(tmp_path / "l.json", '[{"lead_id": "a"}, 3, {"lead_id": ""}]')
+    table = normalize_leads(array, skip_bad_rows=True, report=report)
+    assert table.column("lead_id").to_pylist() == ["a"]
+    assert report.warnings == [
+        f"{lines}: skipped 1 line holds no JSON object: line 2 (not JSON: Expecting value at "
+        "column 13)",
+        f"{array}: skipped 1 item holds no JSON object: item 2 (each item of the array must be "
+        "a JSON object)",
+        f"{array}: column 'lead_id': skipped 1 item has no lead id: item 3",
+    ]
+    with pytest.raises(InputError, match="line 2: not JSON: Expecting value at column 13"):
+        normalize_leads(lines)

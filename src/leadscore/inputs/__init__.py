@@ -31,11 +31,14 @@ from leadscore.errors import InputError, InputProblem
 from leadscore.inputs.formats import (
     FORMATS,
     SHOWN,
+    JsonRows,
     NamedData,
     _row_lines,
     csv_text,
     json_value,
     read_data,
+    read_json,
+    read_json_file,
     read_table,
     table_format,
 )
@@ -67,6 +70,11 @@ class LoadReport:
     problems: list[InputProblem] = field(default_factory=list)  # gathered, then raised
     # per input ("leads", "events"): its name, "line" or "row", and each kept row's number
     sources: dict[str, tuple[str, str, RowNumbers]] = field(default_factory=dict)
+    # rows skipped for one reason, by (label, name, column, message): their warning's index in
+    # `warnings`, how many, and the first SHOWN of them (an input read in batches adds up)
+    _skips: dict[tuple[str, str, str | None, str], tuple[int, int, list[str]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def name(self, label: str) -> str:
         """The file (or label) an input was read from."""
@@ -79,6 +87,38 @@ class LoadReport:
         _, unit, rows = self.sources[label]
         return f"{unit} {rows[index]}"
 
+    def skipped(
+        self,
+        label: str,
+        name: str,
+        column: str | None,
+        message: str,
+        unit: str,
+        rows: int,
+        places: Sequence[str],
+    ) -> None:
+        """Note ``rows`` rows of input ``label`` (read from ``name``) left out for one reason,
+        in one warning per input, column and reason however many batches they come in:
+        ``message`` says what they have (its ``{has}``, ``{repeats}`` and ``{holds}`` agree
+        with their number), ``places`` where the first of them are (``"12 ('x')"``)."""
+        key = (label, name, column, message)
+        index, count, shown = self._skips.get(key, (len(self.warnings), 0, []))
+        if index == len(self.warnings):
+            self.warnings.append("")
+        count += rows
+        shown = shown + list(places[: SHOWN - len(shown)])
+        self._skips[key] = (index, count, shown)
+        one = count == 1
+        units = unit if one else f"{unit}s"
+        verbs = message.format(
+            has="has" if one else "have",
+            repeats="repeats" if one else "repeat",
+            holds="holds" if one else "hold",
+        )
+        more = f" and {count - SHOWN} more" if count > SHOWN else ""
+        text = f"skipped {count} {units} {verbs}: {units} {', '.join(shown)}{more}"
+        self.warnings[index] = f"{name}: column {column!r}: {text}" if column else f"{name}: {text}"
+
 
 @dataclass
 class _Source:
@@ -87,6 +127,11 @@ class _Source:
     # the line each row starts on (see _row_lines), worked out when a row is first named:
     # reading the file again costs, and most inputs have no row to name
     find_lines: Callable[[], pa.Array | None] | None = None
+    # the number of the first row when each row is one line (None: 2 in a CSV file, after
+    # its header, 1 otherwise), and what rows are called when not as the kind has it
+    first: int | None = None
+    unit_name: str | None = None
+    label: str = ""  # the input's role ("leads", "events"), which a file may play twice
     _lines: list[pa.Array | None] = field(default_factory=list)
 
     def where(self, index: int) -> int:
@@ -96,10 +141,14 @@ class _Source:
         lines = self._lines[0]
         if lines is not None:
             return int(lines[index].as_py())
+        if self.first is not None:
+            return self.first + index
         return index + 2 if self.kind == "csv" else index + 1
 
     @property
     def unit(self) -> str:
+        if self.unit_name is not None:
+            return self.unit_name
         return "line" if self.kind in ("csv", "jsonl") else "row"
 
 
@@ -157,29 +206,58 @@ def _trimmed_names(table: pa.Table) -> pa.Table:
     return table.rename_columns(names)
 
 
-def _source(source: str | Path | pa.Table | NamedData, label: str) -> tuple[pa.Table, _Source]:
+def _source(
+    source: str | Path | pa.Table | NamedData,
+    label: str,
+    skip_bad_rows: bool,
+    report: LoadReport,
+) -> tuple[pa.Table, _Source]:
     if isinstance(source, pa.Table):
-        return source, _Source(label, "arrow")
+        return source, _Source(label, "arrow", label=label)
+    name = source.name if isinstance(source, NamedData) else str(source)
+    kind = FORMATS.get(Path(name).suffix.lower(), "csv")
+    if kind == "jsonl":
+        if isinstance(source, NamedData):
+            rows = read_json(name, source.data.decode("utf-8-sig", "replace"))
+        else:
+            table_format(source)  # a file that is not there, or a directory
+            rows = read_json_file(Path(source))
+        return _json_source(label, name, rows, skip_bad_rows, report)
     if isinstance(source, NamedData):
-        kind = FORMATS.get(Path(source.name).suffix.lower(), "csv")
         table = _trimmed_names(read_data(source))
         data = source.data
 
         def decoded() -> Iterable[str]:
             return io.StringIO(data.decode("utf-8-sig", "replace"), newline="")
 
-        rows = table.num_rows
-        return table, _Source(source.name, kind, lambda: _row_lines([data], decoded, kind, rows))
+        n = table.num_rows
+        return table, _Source(name, kind, lambda: _row_lines([data], decoded, kind, n), label=label)
     p = Path(source)
     table = _trimmed_names(read_table(p))
-    kind = FORMATS.get(p.suffix.lower(), "csv")
-    rows = table.num_rows
+    n = table.num_rows
 
     def lines_of_file() -> pa.Array | None:
         with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as tx:
-            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, rows)
+            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, n)
 
-    return table, _Source(str(p), kind, lines_of_file)
+    return table, _Source(name, kind, lines_of_file, label=label)
+
+
+def _json_source(
+    label: str, name: str, rows: JsonRows, skip_bad_rows: bool, report: LoadReport
+) -> tuple[pa.Table, _Source]:
+    """The table of JSON objects read from ``name``; the lines (items) that hold none are
+    refused, or with ``skip_bad_rows`` left out and listed in the report's warnings."""
+    if rows.bad and skip_bad_rows:
+        places = [f"{n} ({why})" for n, why in rows.bad[:SHOWN]]
+        report.skipped(
+            label, name, None, "{holds} no JSON object", rows.unit, len(rows.bad), places
+        )
+    else:
+        rows.refuse(name)
+    numbers = pa.array(rows.numbers, pa.int64())
+    src = _Source(name, "jsonl", lambda: numbers, None, rows.unit, label)
+    return _trimmed_names(rows.table), src
 
 
 def _require(table: pa.Table, src: _Source, column: str, what: str, hint: str = "") -> None:
@@ -208,6 +286,13 @@ def _bad_rows(
         rows = [i for i, bad in enumerate(mask) if bad]
     if not rows:
         return rows
+    if skip:
+        places = [
+            f"{src.where(i)}" + (f" ({samples[i]!r})" if samples is not None else "")
+            for i in rows[:SHOWN]
+        ]
+        report.skipped(src.label, src.name, column, message, src.unit, len(rows), places)
+        return rows
     shown = ", ".join(
         f"{src.where(i)}" + (f" ({samples[i]!r})" if samples is not None else "")
         for i in rows[:SHOWN]
@@ -217,10 +302,7 @@ def _bad_rows(
     unit = src.unit if one else f"{src.unit}s"
     verbs = message.format(has="has" if one else "have", repeats="repeats" if one else "repeat")
     text = f"{len(rows)} {unit} {verbs}: {unit} {shown}{more}"
-    if skip:
-        report.warnings.append(f"{src.name}: column {column!r}: skipped {text}")
-    else:
-        report.problems.append(InputProblem(src.name, text, column=column))
+    report.problems.append(InputProblem(src.name, text, column=column))
     return rows
 
 
@@ -268,7 +350,7 @@ def normalize_leads(
 ) -> pa.Table:
     """Leads as ``lead_id`` + text columns; empty and repeated ids are errors (or skipped)."""
     report = report if report is not None else LoadReport()
-    table, src = _source(source, label)
+    table, src = _source(source, label, skip_bad_rows, report)
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
     columns = _text_columns(table, lead_id_column)
     table = pa.table(columns)
@@ -309,7 +391,7 @@ def normalize_events(
 ) -> pa.Table:
     """Events as ``lead_id``, ``type``, ``ts`` (UTC), ``item`` + text columns."""
     report = report if report is not None else LoadReport()
-    table, src = _source(source, label)
+    table, src = _source(source, label, skip_bad_rows, report)
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
     _require(table, src, "type", "event type")
     _require(table, src, "ts", "timestamp")
@@ -368,7 +450,7 @@ def normalize_outcomes(
     (float, null where absent); rows without a lead id, an outcome or a readable time, or with
     an amount that is not a number, are errors (or skipped)."""
     report = report if report is not None else LoadReport()
-    table, src = _source(source, label)
+    table, src = _source(source, label, skip_bad_rows, report)
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
     _require(table, src, "outcome", "outcome", "Outcomes need lead_id, outcome and ts columns.")
     _require(table, src, "ts", "timestamp", "Outcomes need lead_id, outcome and ts columns.")

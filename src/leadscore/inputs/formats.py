@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -26,10 +27,15 @@ from leadscore.spec.conditions import to_text
 __all__ = [
     "FORMATS",
     "SHOWN",
+    "JsonRows",
     "NamedData",
     "csv_text",
+    "json_lines",
+    "json_objects",
     "json_value",
     "read_data",
+    "read_json",
+    "read_json_file",
     "read_table",
     "table_format",
 ]
@@ -69,7 +75,9 @@ def read_data(source: NamedData) -> pa.Table:
                 raise
         if kind == "parquet":
             return pq.read_table(io.BytesIO(source.data))
-        return _jsonl_table(source.name, source.data.decode("utf-8-sig"))
+        rows = read_json(source.name, source.data.decode("utf-8-sig"))
+        rows.refuse(source.name)
+        return rows.table
     except InputError:
         raise
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
@@ -135,12 +143,20 @@ def read_table(path: str | Path, fmt: str | None = None) -> pa.Table:
     """Read a CSV, Parquet or JSON-lines file; every CSV value stays text."""
     p = Path(path)
     kind = table_format(p, fmt)
-    try:
+    if kind == "jsonl":
+        return _read_jsonl(p)
+    with _errors_named(p, kind):
         if kind == "csv":
             return _read_csv(p)
-        if kind == "parquet":
-            return pq.read_table(p)
-        return _read_jsonl(p)
+        return pq.read_table(p)
+
+
+@contextmanager
+def _errors_named(p: Path, kind: str) -> Iterator[None]:
+    """Errors of reading ``p`` as InputError naming the file (and for text that is not UTF-8,
+    the first line that is not)."""
+    try:
+        yield
     except InputError:
         raise
     except UnicodeDecodeError as exc:
@@ -212,42 +228,86 @@ def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
 
 
 def _read_jsonl(p: Path) -> pa.Table:
-    return _jsonl_table(str(p), p.read_text(encoding="utf-8-sig"))
+    rows = read_json_file(p)
+    rows.refuse(str(p))
+    return rows.table
 
 
-def _jsonl_table(name: str, text: str) -> pa.Table:
-    """JSON lines, one object a line; a file holding one JSON array of objects is read too."""
-    rows: list[dict[str, Any]] = []
-    problems: list[InputProblem] = []
+def read_json_file(p: Path) -> JsonRows:
+    """The objects of a JSON-lines file (or of a file holding one JSON array)."""
+    with _errors_named(p, "jsonl"):
+        return read_json(str(p), p.read_text(encoding="utf-8-sig"))
+
+
+@dataclass
+class JsonRows:
+    """The objects of JSON lines (or of a JSON array) as a table of text columns, the number
+    each row has in the file (its line, or its item of an array), and the lines (items) that
+    hold no JSON object, with why."""
+
+    table: pa.Table
+    unit: str  # "line", or "item" of a JSON array
+    numbers: list[int]
+    bad: list[tuple[int, str]]
+
+    def refuse(self, name: str) -> None:
+        """Raise the lines that hold no object (up to :data:`SHOWN`), if there are any."""
+        if self.bad:
+            problems = [InputProblem(name, f"{self.unit} {n}: {why}") for n, why in self.bad]
+            more = _more(len(problems))
+            hint = f"Fix those {self.unit}s, or pass --skip-bad-rows to leave them out."
+            raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
+
+
+def read_json(name: str, text: str) -> JsonRows:
+    """:class:`JsonRows` of a JSON-lines text, one object a line; a text holding one JSON
+    array of objects is read too."""
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError([InputProblem(name, f"not JSON: {exc.msg}", row=exc.lineno)]) from None
-        items = list(enumerate(data, start=1)) if isinstance(data, list) else []
-        unit_row = True
-    else:
-        items = []
-        for n, line in enumerate(text.split("\n"), start=1):  # (not at U+2028 and the like)
+            problem = f"line {exc.lineno}: not JSON: {exc.msg} at column {exc.colno}"
+            raise InputError([InputProblem(name, problem)]) from None
+        return json_objects(enumerate(data, start=1), "item")
+    return json_lines(enumerate(text.split("\n"), start=1))  # (not at U+2028 and the like)
+
+
+def json_lines(lines: Iterable[tuple[int, str]]) -> JsonRows:
+    """:class:`JsonRows` of numbered lines of text, one JSON object a line (blank lines are
+    passed over)."""
+    bad: list[tuple[int, str]] = []
+
+    def values() -> Iterator[tuple[int, Any]]:
+        for n, line in lines:
             if not line.strip():
                 continue
             try:
-                items.append((n, json.loads(line)))
+                yield n, json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(InputProblem(name, f"not JSON: {exc.msg}", row=n))
-        unit_row = False
-    for n, value in items:
+                bad.append((n, f"not JSON: {exc.msg} at column {exc.colno}"))
+
+    rows = json_objects(values(), "line")
+    rows.bad = sorted(rows.bad + bad)
+    return rows
+
+
+def json_objects(values: Iterable[tuple[int, Any]], unit: str) -> JsonRows:
+    """:class:`JsonRows` of numbered JSON values, each of which should be an object."""
+    rows: list[dict[str, str | None]] = []
+    numbers: list[int] = []
+    bad: list[tuple[int, str]] = []
+    what = "line" if unit == "line" else "item of the array"
+    for n, value in values:
         if not isinstance(value, dict):
-            what = "item of the array" if unit_row else "line"
-            problems.append(InputProblem(name, f"each {what} must be a JSON object", row=n))
+            bad.append((n, f"each {what} must be a JSON object"))
             continue
         rows.append({k: _json_text(v) for k, v in value.items()})
-    if problems:
-        raise InputError(problems[:SHOWN], _more(len(problems)))
+        numbers.append(n)
     names: dict[str, None] = {}
     for r in rows:
         names.update(dict.fromkeys(r))
-    return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in names})
+    return JsonRows(table, unit, numbers, bad)
 
 
 def _json_text(value: Any) -> str | None:
