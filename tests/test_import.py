@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from leadscore.cli import app
 from leadscore.engine.timeutil import parse_instant
+from leadscore.errors import InputError
+from leadscore.inputs import LoadReport, normalize_leads
+from leadscore.inputs.batches import InputFile
 from leadscore.store import EventInput, open_database
 from leadscore.store.keeper import Store
 from leadscore.store.queries import lead_view, score_history_of
@@ -546,3 +552,108 @@ def test_bad_json_lines_are_named_by_line_and_skipped_on_request(
             assert list(ids) == ["j1", "j3"]
     finally:
         store.db.dispose()
+
+
+_VALUE = st.text(alphabet='ab ,"\n\r', max_size=6)
+_RAW = st.text(alphabet='ab "', max_size=4).filter(lambda v: not v.startswith('"'))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.tuples(st.booleans(), _VALUE, _RAW, st.booleans()), max_size=12),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    bom=st.booleans(),
+    end=st.booleans(),
+    block=st.integers(1, 80),
+)
+def test_a_csv_read_in_batches_reads_as_read_whole(
+    rows: list[tuple[bool, str, str, bool]],
+    newline: str,
+    bom: bool,
+    end: bool,
+    block: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Read a block of text at a time and cut after its last line break, a CSV file gives the
+    rows it gives read whole, each at the line it starts on, whatever the cuts: values in
+    quotes holding commas, quotes and line breaks (across a cut too), blank lines, a quote
+    inside a value that does not start with one (read as text, as Arrow reads it), CRLF, a
+    byte-order mark, no line break at the end."""
+    lines = ["lead_id,note,raw"]
+    for i, (blank_before, note, raw, quoted) in enumerate(rows):
+        if blank_before:
+            lines.append("")
+        text = '"' + note.replace('"', '""') + '"' if quoted or note else ""
+        lines.append(f"L{i},{text},{raw}")
+    path = tmp_path_factory.mktemp("csv") / "leads.csv"
+    body = newline.join(lines) + (newline if end else "")
+    path.write_bytes(("\ufeff" if bom else "").encode() + body.encode())
+    whole = LoadReport()
+    try:
+        table = normalize_leads(path, report=whole)
+    except InputError:  # (a header alone, without a line break, is no CSV file to Arrow)
+        assume(False)
+    expected = [(r, whole.where("leads", i)) for i, r in enumerate(table.to_pylist())]
+    got = []
+    seen: set[str] = set()
+    for batch in InputFile(str(path), "csv", path=path, block=block).batches():
+        report = LoadReport()
+        part = normalize_leads(batch, report=report, seen=seen)
+        got += [(r, report.where("leads", i)) for i, r in enumerate(part.to_pylist())]
+    assert got == expected
+
+
+def test_an_import_reads_in_batches_and_keeps_those_before_a_bad_row(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is read a batch at a time (here 10 JSON lines) and stored in chunks (here 4
+    rows), never whole; a bad row stops the import at its batch, the batches before it stay
+    stored, and the command says how far it got. Importing it again with --skip-bad-rows
+    stores the rest and repeats nothing."""
+    from leadscore.inputs import batches
+    from leadscore.store import bulk
+
+    monkeypatch.setattr(batches, "BATCH_ROWS", 10)
+    monkeypatch.setattr(bulk, "CHUNK", 4)
+    read: list[int] = []
+    normalize = bulk.normalize_events
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        table = normalize(*args, **kwargs)
+        read.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(bulk, "normalize_events", counted)
+    lines = [
+        f'{{"lead_id": "B{i % 7}", "type": "page_view", "ts": "2026-11-20T10:00:{i % 60:02}Z", '
+        f'"event_id": "b{i}"}}'
+        for i in range(1, 46)
+    ]
+    lines[34] = lines[34].replace("2026-11-20T10:00:35Z", "soon")  # line 35, of the 4th batch
+    events = tmp_path / "e.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    code, out = run("import", "events", str(events), "--db", db_url)
+    assert code == 1, out
+    assert f"{events}: column 'ts': 1 line has a missing or unreadable timestamp" in out
+    assert "line 35 ('soon')" in out
+    assert (
+        "stopped while storing events: the first 30 rows are stored (a whole number of chunks, "
+        f"to line 30 of {events}), not yet rescored: run `leadscore rescore --db {db_url}`"
+    ) in out
+    assert read == [10, 10, 10]  # the 4th batch was refused before its rows were counted
+
+    def stored() -> int:
+        store = Store(open_database(db_url))
+        try:
+            with store.db.read() as conn:
+                return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
+        finally:
+            store.db.dispose()
+
+    assert stored() == 30
+    read.clear()
+    code, out = run("import", "events", str(events), "--db", db_url, "--skip-bad-rows")
+    assert code == 0, out
+    assert "44 rows read: 14 events stored, 30 already there" in out
+    assert read == [10, 10, 10, 9, 5]
+    assert stored() == 44

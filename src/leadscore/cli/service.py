@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from leadscore.cli import _edge, _interrupted, app, err, out
+from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import ConfigError, ModelError, ModelIssue, NotFound, UsageError
 from leadscore.spec import load_model
@@ -414,94 +414,106 @@ def import_(
         bool,
         typer.Option(
             help="Skip bad rows (a missing id, an unreadable time, a value the store cannot "
-            "keep, an unknown stage) and list them, instead of importing nothing."
+            "keep, an unknown stage, a line that is no row) and list them, instead of "
+            "stopping at them."
         ),
     ] = False,
     fire_triggers: Annotated[
         bool, typer.Option(help="Let the score changes of this import fire triggers.")
     ] = False,
 ) -> None:
-    """Bulk-load leads, events or outcomes into the store, then rescore (progress shown)."""
-    from leadscore.inputs import table_format
-    from leadscore.store.bulk import import_events, import_leads, import_outcomes
+    """Bulk-load leads, events or outcomes into the store, then rescore (progress shown).
+
+    The file is read and stored a batch at a time: memory stays bounded however large it
+    is, and should a bad row stop the import, the rows before its batch stay stored."""
+    from leadscore.inputs.batches import open_input
+    from leadscore.store.bulk import ImportReport, import_events, import_leads, import_outcomes
 
     if kind not in ("leads", "events", "outcomes"):
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
-    table_format(file)  # a mistyped name opens (or creates) no store
-    store = _open(db)
-    bar = Bar()
+    source = open_input(file)  # a mistyped name opens (or creates) no store
     try:
-        with bar:
+        store = _open(db)
+    except BaseException:
+        source.close()
+        raise
+    bar = Bar()
+    report = ImportReport(kind)
+    try:
+        with source, bar:
             if kind == "leads":
-                report = import_leads(
+                import_leads(
                     store,
-                    file,
+                    source,
                     lead_id_column=lead_id_column,
                     skip_bad_rows=skip_bad_rows,
                     fire_triggers=fire_triggers,
                     progress=bar,
+                    report=report,
                 )
             elif kind == "events":
-                report = import_events(
+                import_events(
                     store,
-                    file,
+                    source,
                     lead_id_column=lead_id_column,
                     skip_bad_rows=skip_bad_rows,
                     fire_triggers=fire_triggers,
                     progress=bar,
+                    report=report,
                 )
             else:
-                report = import_outcomes(
+                import_outcomes(
                     store,
-                    file,
+                    source,
                     lead_id_column=lead_id_column,
                     skip_bad_rows=skip_bad_rows,
                     progress=bar,
+                    report=report,
                 )
         _print_import(report)
     except BaseException as exc:
-        _what_was_stored(kind, bar.last, db)
-        if _interrupted(exc):
-            err.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+        said = _what_was_stored(report, bar.last, db, source.name)
+        if said:
+            exc.add_note(said)
         raise
     finally:
         store.db.dispose()
 
 
-def _what_was_stored(kind: str, last: tuple[str, int, int] | None, db: str) -> None:
+def _what_was_stored(
+    report: ImportReport, last: tuple[str, int, int] | None, db: str, name: str
+) -> str | None:
     """After an import stopped part way: what of the file the store now holds (it stores a
     chunk of rows per transaction, then rescores), and what to do about it."""
-    if last is None:
-        return
-    what, done, total = last
+    if not report.done:
+        return None
+    what = last[0] if last is not None else f"storing {report.kind}"
     rescore = f"`leadscore rescore{'' if db == DEFAULT_DB else ' --db ' + db}`"
-    if kind == "outcomes":  # nothing to rescore
-        if done:
-            err.print(
-                f"stopped while {what}: the first {done:,} of {total:,} outcomes are stored; "
-                "importing the file again stores the rest (repeats are ignored)",
-                markup=False,
-            )
-        return
-    if what.startswith("storing") and done:
-        again = (
-            " Importing the file again skips the events it has stored when the file has an "
-            "event_id column, and stores them twice when it has not."
-            if kind == "events"
-            else " Importing the file again is safe."
+    of = f" of {report.total:,}" if report.total is not None else ""
+    first = f"the first {report.done:,}{of} rows are stored"
+    to = f"to {report.done_to} of {name}"
+    if report.kind == "outcomes":  # nothing to rescore
+        if report.stored_all:
+            return None
+        return (
+            f"stopped while {what}: {first} ({to}); importing the file again stores the rest "
+            "(repeats are ignored)"
         )
-        err.print(
-            f"stopped while {what}: the first {done:,} of {total:,} rows are stored (a whole "
-            f"number of chunks), not yet rescored: run {rescore}.{again}",
-            markup=False,
-        )
-    elif not what.startswith("storing"):
-        err.print(
+    if report.stored_all:
+        return (
             f"stopped while {what}: every row of the file is stored; run {rescore} to bring "
-            "the scores up to date",
-            markup=False,
+            "the scores up to date"
         )
+    again = (
+        " Importing the file again skips the events it has stored when the file has an "
+        "event_id column, and stores them twice when it has not."
+        if report.kind == "events"
+        else " Importing the file again is safe."
+    )
+    return (
+        f"stopped while {what}: {first} (a whole number of chunks, {to}), not yet rescored: "
+        f"run {rescore}.{again}"
+    )
 
 
 @app.command()

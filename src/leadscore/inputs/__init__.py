@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError, InputProblem
+from leadscore.inputs.batches import Batch
 from leadscore.inputs.formats import (
     FORMATS,
     SHOWN,
-    JsonRows,
     NamedData,
     _row_lines,
     csv_text,
@@ -207,11 +207,13 @@ def _trimmed_names(table: pa.Table) -> pa.Table:
 
 
 def _source(
-    source: str | Path | pa.Table | NamedData,
+    source: str | Path | pa.Table | NamedData | Batch,
     label: str,
     skip_bad_rows: bool,
     report: LoadReport,
 ) -> tuple[pa.Table, _Source]:
+    if isinstance(source, Batch):
+        return _batch_source(label, source, skip_bad_rows, report)
     if isinstance(source, pa.Table):
         return source, _Source(label, "arrow", label=label)
     name = source.name if isinstance(source, NamedData) else str(source)
@@ -222,13 +224,13 @@ def _source(
         else:
             table_format(source)  # a file that is not there, or a directory
             rows = read_json_file(Path(source))
-        return _json_source(label, name, rows, skip_bad_rows, report)
+        return _batch_source(label, Batch.of_json(name, rows), skip_bad_rows, report)
     if isinstance(source, NamedData):
         table = _trimmed_names(read_data(source))
         data = source.data
 
         def decoded() -> Iterable[str]:
-            return io.StringIO(data.decode("utf-8-sig", "replace"), newline="")
+            return io.StringIO(data.decode("utf-8-sig", "replace"), newline="\n")
 
         n = table.num_rows
         return table, _Source(name, kind, lambda: _row_lines([data], decoded, kind, n), label=label)
@@ -237,27 +239,26 @@ def _source(
     n = table.num_rows
 
     def lines_of_file() -> pa.Array | None:
-        with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="") as tx:
+        with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="\n") as tx:
             return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, n)
 
     return table, _Source(name, kind, lines_of_file, label=label)
 
 
-def _json_source(
-    label: str, name: str, rows: JsonRows, skip_bad_rows: bool, report: LoadReport
+def _batch_source(
+    label: str, batch: Batch, skip_bad_rows: bool, report: LoadReport
 ) -> tuple[pa.Table, _Source]:
-    """The table of JSON objects read from ``name``; the lines (items) that hold none are
-    refused, or with ``skip_bad_rows`` left out and listed in the report's warnings."""
-    if rows.bad and skip_bad_rows:
-        places = [f"{n} ({why})" for n, why in rows.bad[:SHOWN]]
+    """The table of a batch; its lines that are not rows (see :attr:`Batch.bad`) are refused,
+    or with ``skip_bad_rows`` left out and listed in the report's warnings."""
+    if batch.bad and skip_bad_rows:
+        places = [f"{n} ({why})" for n, why in batch.bad[:SHOWN]]
         report.skipped(
-            label, name, None, "{holds} no JSON object", rows.unit, len(rows.bad), places
+            label, batch.name, None, batch.bad_message, batch.unit, len(batch.bad), places
         )
     else:
-        rows.refuse(name)
-    numbers = pa.array(rows.numbers, pa.int64())
-    src = _Source(name, "jsonl", lambda: numbers, None, rows.unit, label)
-    return _trimmed_names(rows.table), src
+        batch.refuse()
+    src = _Source(batch.name, batch.kind, batch.lines, batch.first, batch.unit, label)
+    return _trimmed_names(batch.table), src
 
 
 def _require(table: pa.Table, src: _Source, column: str, what: str, hint: str = "") -> None:
@@ -341,14 +342,17 @@ def _text_columns(
 
 
 def normalize_leads(
-    source: str | Path | pa.Table,
+    source: str | Path | pa.Table | Batch,
     lead_id_column: str = "lead_id",
     *,
     skip_bad_rows: bool = False,
     report: LoadReport | None = None,
     label: str = "leads",
+    seen: set[str] | None = None,
 ) -> pa.Table:
-    """Leads as ``lead_id`` + text columns; empty and repeated ids are errors (or skipped)."""
+    """Leads as ``lead_id`` + text columns; empty and repeated ids are errors (or skipped).
+    ``seen``: the ids of the rows before these (of an input read in batches), to which theirs
+    are added."""
     report = report if report is not None else LoadReport()
     table, src = _source(source, label, skip_bad_rows, report)
     _require(table, src, lead_id_column, "lead id", "Name the id column with --lead-id-column.")
@@ -360,7 +364,7 @@ def normalize_leads(
     empty = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, "")).fill_null(True)
     drop = set(_bad_rows(empty, src, lead_id_column, "{has} no lead id", skip_bad_rows, report))
     ids_list = trimmed.to_pylist()
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     dupes = []
     for i, v in enumerate(ids_list):
         dupes.append(i not in drop and v in seen)
@@ -382,7 +386,7 @@ def normalize_leads(
 
 
 def normalize_events(
-    source: str | Path | pa.Table,
+    source: str | Path | pa.Table | Batch,
     lead_id_column: str = "lead_id",
     *,
     skip_bad_rows: bool = False,
@@ -439,7 +443,7 @@ def normalize_events(
 
 
 def normalize_outcomes(
-    source: str | Path | pa.Table | NamedData,
+    source: str | Path | pa.Table | NamedData | Batch,
     lead_id_column: str = "lead_id",
     *,
     skip_bad_rows: bool = False,

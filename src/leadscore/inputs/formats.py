@@ -37,6 +37,7 @@ __all__ = [
     "read_json",
     "read_json_file",
     "read_table",
+    "refuse_lines",
     "table_format",
 ]
 
@@ -71,7 +72,7 @@ def read_data(source: NamedData) -> pa.Table:
             try:
                 return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
             except pa.ArrowInvalid as exc:
-                _uneven_lines(source.name, io.StringIO(text, newline=""), exc)
+                _uneven_lines(source.name, io.StringIO(text, newline="\n"), exc)
                 raise
         if kind == "parquet":
             return pq.read_table(io.BytesIO(source.data))
@@ -194,7 +195,7 @@ def _read_csv(p: Path) -> pa.Table:
     try:
         return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
     except pa.ArrowInvalid as exc:
-        with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        with p.open(encoding="utf-8-sig", errors="replace", newline="\n") as fh:
             _uneven_lines(str(p), fh, exc)
         raise
 
@@ -252,11 +253,17 @@ class JsonRows:
 
     def refuse(self, name: str) -> None:
         """Raise the lines that hold no object (up to :data:`SHOWN`), if there are any."""
-        if self.bad:
-            problems = [InputProblem(name, f"{self.unit} {n}: {why}") for n, why in self.bad]
-            more = _more(len(problems))
-            hint = f"Fix those {self.unit}s, or pass --skip-bad-rows to leave them out."
-            raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
+        refuse_lines(name, self.unit, self.bad)
+
+
+def refuse_lines(name: str, unit: str, bad: list[tuple[int, str]], hint: str = "") -> None:
+    """Raise InputError for the ``bad`` lines (rows, items) of input ``name``, each a number
+    and why, up to :data:`SHOWN` of them; nothing when there is none."""
+    if bad:
+        problems = [InputProblem(name, f"{unit} {n}: {why}") for n, why in bad]
+        more = _more(len(problems))
+        hint += f"Fix those {unit}s, or pass --skip-bad-rows to leave them out."
+        raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
 
 
 def read_json(name: str, text: str) -> JsonRows:
