@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from leadscore.cli import app
 from leadscore.engine.timeutil import parse_instant
 from leadscore.errors import InputError
 from leadscore.inputs import LoadReport, normalize_leads
-from leadscore.inputs.batches import InputFile
+from leadscore.inputs.batches import InputFile, open_input
 from leadscore.store import EventInput, open_database
 from leadscore.store.keeper import Store
 from leadscore.store.queries import lead_view, score_history_of
@@ -657,3 +658,84 @@ def test_an_import_reads_in_batches_and_keeps_those_before_a_bad_row(
     assert "44 rows read: 14 events stored, 30 already there" in out
     assert read == [10, 10, 10, 9, 5]
     assert stored() == 44
+
+
+def test_gzip_files_and_standard_input(db_url: str, tmp_path: Path) -> None:
+    """FILE.csv.gz and FILE.jsonl.gz are read by their inner extension, `-` from standard
+    input (its format given with --format, or told from its first line, gzip-compressed or
+    not), and their bad rows are named by line as a plain file's are."""
+    import gzip
+
+    def invoke(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [*args, "--db", db_url], input=stdin)
+        return result.exit_code, result.stdout + result.stderr
+
+    (tmp_path / "leads.jsonl.gz").write_bytes(
+        gzip.compress(b'{"lead_id": "G1", "job_title": "VP Sales"}\n{"lead_id": "G2"}\n')
+    )
+    code, out = invoke("import", "leads", str(tmp_path / "leads.jsonl.gz"))
+    assert code == 0 and "2 rows read: 2 leads stored" in out, out
+    (tmp_path / "events.csv.gz").write_bytes(gzip.compress(EVENTS.encode()))
+    code, out = invoke("import", "events", str(tmp_path / "events.csv.gz"))
+    assert code == 0 and "3 rows read: 3 events stored" in out, out
+    more = "lead_id,type,ts,event_id\nG1,demo_request,2026-11-20T10:00:00Z,g1\n"
+    code, out = invoke("import", "events", "-", stdin=more.encode())  # told: a comma
+    assert code == 0 and "1 row read: 1 event stored" in out, out
+    code, out = invoke("import", "events", "-", stdin=gzip.compress(more.encode()))
+    assert code == 0 and "1 row read: 0 events stored, 1 already there" in out, out
+    jsonl = b'{"lead_id": "G2", "type": "page_view", "ts": "2026-11-21", "event_id": "g2"}\n'
+    code, out = invoke("import", "events", "-", "--format", "jsonl", stdin=jsonl)
+    assert code == 0 and "1 event stored" in out, out
+    (tmp_path / "dump.gz").write_bytes(gzip.compress(b"\n" + jsonl.replace(b"g2", b"g3")))
+    code, out = invoke("import", "events", str(tmp_path / "dump.gz"))  # told: an object
+    assert code == 0 and "1 event stored" in out, out
+    (tmp_path / "bad.csv.gz").write_bytes(gzip.compress((more + "G1,,2026-11-21,g4\n").encode()))
+    code, out = invoke("import", "events", str(tmp_path / "bad.csv.gz"))
+    assert code == 1 and f"{tmp_path / 'bad.csv.gz'}: column 'type': 1 line has no " in out
+    code, out = invoke("import", "events", "-", stdin=(more + "G1,,2026-11-21,g4\n").encode())
+    assert code == 1 and "<stdin>: column 'type': 1 line has no event type: line 3" in out, out
+    given = io.BytesIO(more.encode())
+    with open_input("-", stdin=given) as piped:
+        assert [batch.table.num_rows for batch in piped.batches()] == [1]
+    assert not given.closed  # standard input is the process's, not the import's to close
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            ids = conn.exec_driver_sql("SELECT message_id FROM events ORDER BY 1").scalars()
+            assert list(ids) == ["e1", "e2", "e3", "g1", "g2", "g3"]
+    finally:
+        store.db.dispose()
+
+
+def test_inputs_that_cannot_be_read_are_refused_before_the_store_is_made(
+    tmp_path: Path,
+) -> None:
+    import gzip
+
+    db = tmp_path / "s.db"
+
+    def invoke(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [*args, "--db", str(db)], input=stdin)
+        return result.exit_code, result.stdout + result.stderr
+
+    code, out = invoke("import", "leads", "-", stdin=b"lead_id\nL1\n")  # one column: no comma
+    assert code == 1, out
+    assert "<stdin>: cannot tell its format from its first line ('lead_id')" in out
+    assert "Give it with --format csv or --format jsonl." in out
+    assert invoke("import", "leads", "-", stdin=b"")[1].endswith("<stdin>: is empty\n")
+    code, out = invoke("import", "leads", "-", "--format", "xml", stdin=b"")
+    assert code == 2 and "--format is csv, jsonl, parquet, not 'xml'" in out
+    (tmp_path / "l.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    code, out = invoke("import", "leads", str(tmp_path / "l.parquet.gz"))
+    assert code == 1 and "Parquet compresses its own columns: give the .parquet file" in out
+    (tmp_path / "l.txt.gz").write_bytes(gzip.compress(b"lead_id\nL1\n"))
+    code, out = invoke("import", "leads", str(tmp_path / "l.txt.gz"))
+    assert code == 1 and "unknown file format '.txt' inside .gz (use .csv.gz, " in out
+    (tmp_path / "l.csv.gz").write_text("lead_id\nL1\n")
+    code, out = invoke("import", "leads", str(tmp_path / "l.csv.gz"))
+    assert code == 1 and "l.csv.gz: is not gzip-compressed (its name ends in .gz)" in out
+    assert not db.exists()
+    # cut short: found as it is read, the store made by then
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"lead_id\nL1\n" * 100)[:40])
+    code, out = invoke("import", "leads", str(tmp_path / "cut.csv.gz"))
+    assert code == 1 and "cut.csv.gz: cannot read as gzip: Compressed file ended before" in out

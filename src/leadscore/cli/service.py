@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column, Table
+from rich.text import Text
 
 from leadscore.cli import _edge, app, err, out
 from leadscore.engine.timeutil import from_micros
@@ -49,14 +58,23 @@ DbOpt = Annotated[
 ]
 
 
+class _Count(ProgressColumn):
+    """``done/total``, or ``done/?`` while the total is not known."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{int(task.total):,}"
+        return Text(f"{int(task.completed):>10,}/{total:<10}")
+
+
 class Bar:
-    """A rich progress bar fed by the store's (what, done, total) callbacks."""
+    """A rich progress bar fed by the store's (what, done, total) callbacks (``total`` -1:
+    not known, as an import's from standard input)."""
 
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("{task.description:<26}"),
             BarColumn(),
-            TextColumn("{task.completed:>10,}/{task.total:<10,}"),
+            _Count(),
             TimeRemainingColumn(),
             console=err,
             transient=False,
@@ -74,11 +92,11 @@ class Bar:
     def __call__(self, what: str, done: int, total: int) -> None:
         self.last = (what, done, total)
         # nothing to do (an empty store) shows as 0/0, the bar full: done, not waiting
-        total = max(total, done, 0)
+        known = max(total, done, 0) if total >= 0 else None
         task = self.tasks.get(what)
         if task is None:
-            task = self.tasks[what] = self.progress.add_task(what, total=total)
-        self.progress.update(task, completed=done, total=total)
+            task = self.tasks[what] = self.progress.add_task(what, total=known)
+        self.progress.update(task, completed=done, total=known)
 
 
 def open_store(db: str) -> Store:
@@ -405,8 +423,22 @@ def _print_import(report: ImportReport) -> None:
 @_edge
 def import_(
     kind: Annotated[str, typer.Argument(help="What the file holds: leads, events or outcomes.")],
-    file: Annotated[Path, typer.Argument(help="CSV, Parquet, JSON lines or a JSON array.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV, Parquet, JSON lines or a JSON array, by its extension; FILE.csv.gz or "
+            "FILE.jsonl.gz: gzip-compressed; -: standard input (compressed or not).",
+        ),
+    ],
     db: DbOpt = DEFAULT_DB,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="The file's format, csv, jsonl or parquet (default: by its extension; for "
+            "standard input or a .gz file without one, told from its first line).",
+        ),
+    ] = None,
     lead_id_column: Annotated[
         str, typer.Option(help="Name of the lead id column (may contain spaces).")
     ] = "lead_id",
@@ -431,7 +463,8 @@ def import_(
 
     if kind not in ("leads", "events", "outcomes"):
         raise UsageError(f"import leads, events or outcomes, not {kind!r}")
-    source = open_input(file)  # a mistyped name opens (or creates) no store
+    # a mistyped name, or an input whose format cannot be told, opens (or creates) no store
+    source = open_input(file, fmt)
     try:
         store = _open(db)
     except BaseException:

@@ -1,6 +1,7 @@
 """Reading an input file in batches of rows, so that a file larger than memory is read with
 memory bounded by a batch: CSV and JSON lines a block of text at a time (cut where a row
-ends), Parquet a row batch at a time.
+ends), Parquet a row batch at a time. Text is read from a file, gzip-compressed or not, or
+from standard input, whose format may be told from its first line (:func:`open_input`).
 
 Each :class:`Batch` knows the line (or row) each of its rows has in the file, as
 :mod:`leadscore.inputs.formats` does for a whole file: blank lines and values that hold line
@@ -14,7 +15,10 @@ names) are kept in :attr:`Batch.bad`, for the caller to refuse or, asked to, ski
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from leadscore.errors import InputError, InputProblem
+from leadscore.errors import InputError, InputProblem, UsageError
 from leadscore.inputs.formats import (
     FORMATS,
     JsonRows,
@@ -36,7 +40,7 @@ from leadscore.inputs.formats import (
     table_format,
 )
 
-__all__ = ["BATCH_BYTES", "BATCH_ROWS", "Batch", "InputFile", "open_input"]
+__all__ = ["BATCH_BYTES", "BATCH_ROWS", "STDIN", "Batch", "InputFile", "open_input"]
 
 # CSV and JSON lines are read this much text at a time (about 45,000 events of a usual file);
 # JSON lines at most BATCH_ROWS lines, Parquet BATCH_ROWS rows, at a time.
@@ -86,10 +90,12 @@ class Batch:
 
 
 class _Counted(io.RawIOBase):
-    """A binary stream that counts the bytes read from it."""
+    """A binary stream that counts the bytes read from it (of a gzip file, the compressed
+    bytes: how far into the file the reading is)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], closes: bool = True) -> None:
         self.raw = raw
+        self.closes = closes  # closing this closes raw (not standard input: not ours)
         self.count = 0
 
     def readable(self) -> bool:
@@ -103,30 +109,61 @@ class _Counted(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        self.raw.close()
+        if self.closes:
+            self.raw.close()
         super().close()
 
 
-Stream = io.BufferedReader
+class _Replayed(io.RawIOBase):
+    """``head`` (bytes already read from ``rest``, to tell its format), then ``rest``."""
+
+    def __init__(self, head: bytes, rest: Stream) -> None:
+        self.head = head
+        self.rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
+
+
+Stream = io.BufferedReader | gzip.GzipFile
+GZIP = b"\x1f\x8b"
 
 
 class InputFile:
-    """An input to read in :meth:`batches` (see :func:`open_input`): a file, or data in
-    memory (read as one batch)."""
+    """An input to read in :meth:`batches` (see :func:`open_input`): a file (plain or
+    gzip-compressed), standard input, or data in memory (read as one batch)."""
 
     def __init__(
         self,
         name: str,
-        kind: str,
+        kind: str | None,
         *,
         path: Path | None = None,
+        stream: IO[bytes] | None = None,
+        gzipped: bool = False,
         data: bytes | None = None,
         table: pa.Table | None = None,
         block: int | None = None,
         rows: int | None = None,
     ) -> None:
+        """``kind`` None: told from the first bytes (:meth:`sniff`)."""
         self.name = name
         self.kind = kind
+        self.gzipped = gzipped
         self.block = block or BATCH_BYTES  # bytes of text read at a time
         self.rows = rows or BATCH_ROWS  # Parquet rows, JSON lines, at most, at a time
         self.at_end = False  # the last batch has been read
@@ -149,10 +186,35 @@ class InputFile:
         elif path is not None:
             self._size = path.stat().st_size
             self._open(path.open("rb"))
+        elif stream is not None:
+            self._open(stream, closes=False)
 
-    def _open(self, raw: IO[bytes]) -> None:
-        self._counted = _Counted(raw)
+    def _open(self, raw: IO[bytes], closes: bool = True) -> None:
+        self._counted = _Counted(raw, closes)
         self._reader = io.BufferedReader(self._counted, buffer_size=1 << 16)
+        if self.gzipped:
+            self._reader = gzip.GzipFile(fileobj=self._reader, mode="rb")
+
+    def sniff(self, formats: str) -> None:
+        """Tell the format from the first bytes (a JSON object or array: JSON lines; a line
+        holding a comma: CSV), and gzip-compressed text from its first two; InputError when
+        it cannot be told (``formats`` names the option that says it)."""
+        assert self._reader is not None
+        head = _head(self._reader)
+        if not self.gzipped and head.startswith(GZIP):
+            self.gzipped = True
+            self._reader = gzip.GzipFile(fileobj=self._replayed(head), mode="rb")
+            try:
+                head = _head(self._reader)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InputError([InputProblem(self.name, f"cannot read as gzip: {exc}")]) from None
+        if self.kind is None:
+            self.kind = _format_of(self.name, head, formats)
+        self._reader = self._replayed(head)
+
+    def _replayed(self, head: bytes) -> io.BufferedReader:
+        assert self._reader is not None
+        return io.BufferedReader(_Replayed(head, self._reader), buffer_size=1 << 16)
 
     def __enter__(self) -> InputFile:
         return self
@@ -188,10 +250,14 @@ class InputFile:
             yield from self._parquet_batches(self._parquet)
             return
         assert self._reader is not None
-        if self.kind == "csv":
-            yield from _CsvBatches(self, self._reader).batches()
-        else:
-            yield from self._json_batches(self._reader)
+        try:
+            if self.kind == "csv":
+                yield from _CsvBatches(self, self._reader).batches()
+            else:
+                yield from self._json_batches(self._reader)
+        except (OSError, EOFError, zlib.error) as exc:  # a gzip file cut short, a pipe broken
+            how = " as gzip" if self.gzipped else ""
+            raise InputError([InputProblem(self.name, f"cannot read{how}: {exc}")]) from None
 
     def _parquet_batches(self, parquet: pq.ParquetFile) -> Iterator[Batch]:
         total = parquet.metadata.num_rows
@@ -442,13 +508,57 @@ class _CsvBatches:
         return batch, used if records else piece.count(b"\n"), rest
 
 
+def _head(stream: Stream) -> bytes:
+    """The first bytes of ``stream`` (up to 64 KiB, fewer at its end), consumed."""
+    head = b""
+    while len(head) < 1 << 16:
+        data = stream.read((1 << 16) - len(head))
+        if not data:
+            break
+        head += data
+    return head
+
+
+def _format_of(name: str, head: bytes, formats: str) -> str:
+    """The format of an input that starts with ``head``; InputError when it cannot be told."""
+    text = head.removeprefix(BOM).lstrip()
+    if not text:
+        raise InputError([InputProblem(name, "is empty")])
+    if text[:1] in (b"{", b"["):
+        return "jsonl"
+    if text.startswith(b"PAR1"):
+        raise InputError(
+            [InputProblem(name, "is Parquet, which is read from a file's end: give its path")]
+        )
+    line = text.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    if "," in line:
+        return "csv"
+    shown = line if len(line) <= 40 else line[:40] + "..."
+    raise InputError(
+        [InputProblem(name, f"cannot tell its format from its first line ({shown!r})")],
+        f"Give it with {formats}.",
+    )
+
+
+FORMAT_NAMES = ("csv", "jsonl", "parquet")
+STDIN = "-"  # a file name that means standard input
+
+
 def open_input(
-    source: str | Path | NamedData | pa.Table, fmt: str | None = None, *, block: int | None = None
+    source: str | Path | NamedData | pa.Table,
+    fmt: str | None = None,
+    *,
+    stdin: IO[bytes] | None = None,
+    block: int | None = None,
 ) -> InputFile:
     """An input to read in batches: a file's path (CSV, Parquet, JSON lines or a JSON array,
-    by its extension or ``fmt``), an upload's bytes (:class:`NamedData`) or an Arrow table
-    (the last two read as one batch). InputError when the file is not there, or is a
-    directory, or its format is unknown."""
+    by its extension or ``fmt``; ``.gz`` after the extension: gzip-compressed), ``-`` for
+    standard input (``stdin``, by default the process's; its format ``fmt`` or told from its
+    first bytes, gzip-compressed or not), an upload's bytes (:class:`NamedData`) or an Arrow
+    table (the last two read as one batch). InputError when the file is not there, or is a
+    directory, or its format is unknown (UsageError for a ``fmt`` that is no format)."""
+    if fmt is not None and fmt not in FORMAT_NAMES:
+        raise UsageError(f"--format is {', '.join(FORMAT_NAMES)}, not {fmt!r}")
     if isinstance(source, pa.Table):
         return InputFile("table", "arrow", table=source)
     if isinstance(source, NamedData):
@@ -462,5 +572,37 @@ def open_input(
                 ) from None
             return InputFile(source.name, "parquet", table=table)
         return InputFile(source.name, kind, data=source.data)
+    formats = "--format csv or --format jsonl"
+    if str(source) == STDIN:
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        if stream.isatty():
+            raise UsageError(
+                "- reads the file from standard input, which is a terminal here: pipe or "
+                "redirect the file into it (leadscore import events - < events.csv)"
+            )
+        if fmt == "parquet":
+            raise UsageError("Parquet is read from a file's end, not from standard input")
+        opened = InputFile("<stdin>", fmt, stream=stream, block=block)
+        opened.sniff(formats)
+        return opened
     path = Path(source)
-    return InputFile(str(path), table_format(path, fmt), path=path, block=block)
+    if path.suffix.lower() != ".gz":
+        return InputFile(str(path), table_format(path, fmt), path=path, block=block)
+    table_format(path, "csv")  # a file that is not there, or a directory
+    inner = Path(path.stem).suffix.lower()  # events.csv.gz: .csv
+    inner_kind = fmt or FORMATS.get(inner)
+    if inner_kind is None and inner:
+        known = ", ".join(f"{e}.gz" for e in sorted(FORMATS))
+        problem = f"unknown file format {inner!r} inside .gz (use {known})"
+        raise InputError([InputProblem(str(path), problem)])
+    if inner_kind == "parquet":
+        problem = "Parquet compresses its own columns: give the .parquet file, not gzipped"
+        raise InputError([InputProblem(str(path), problem)])
+    with path.open("rb") as fh:
+        if fh.read(2) != GZIP:
+            problem = "is not gzip-compressed (its name ends in .gz)"
+            raise InputError([InputProblem(str(path), problem)])
+    opened = InputFile(str(path), inner_kind, path=path, gzipped=True, block=block)
+    if inner_kind is None:
+        opened.sniff(f"{formats}, or name it FILE.csv.gz or FILE.jsonl.gz")
+    return opened
