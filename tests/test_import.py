@@ -30,8 +30,9 @@ EVENTS = (
 )
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
+def run(*args: str, input: str | bytes | None = None) -> tuple[int, str]:
+    """The command's exit code and output; ``input``: its standard input."""
+    result = CliRunner().invoke(app, list(args), input=input)
     return result.exit_code, result.stdout + result.stderr
 
 
@@ -739,3 +740,64 @@ def test_inputs_that_cannot_be_read_are_refused_before_the_store_is_made(
     (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"lead_id\nL1\n" * 100)[:40])
     code, out = invoke("import", "leads", str(tmp_path / "cut.csv.gz"))
     assert code == 1 and "cut.csv.gz: cannot read as gzip: Compressed file ended before" in out
+
+
+def test_without_a_terminal_progress_is_a_line_every_so_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a log (cron, CI) a bar was drawn once, at the end: progress is now a line every
+    EVERY seconds (here every call) and when a step ends; from standard input, whose size
+    is not known, without a total until every row is read."""
+    from leadscore.cli import progress
+    from leadscore.store import bulk
+
+    monkeypatch.setattr(bulk, "CHUNK", 2)
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    db = str(tmp_path / "s.db")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    code, out = run("import", "events", str(tmp_path / "events.csv"), "--db", db)
+    assert code == 0, out
+    steps = ("storing events", "reading leads and events", "scoring", "writing scores")
+    lines = [line.split(", ")[0] for line in out.splitlines() if line.split(":")[0] in steps]
+    assert lines == [  # (each but the first with its rate once a second has gone by)
+        "storing events: 2/3 (67%)",
+        "storing events: 3/3 (100%)",
+        "reading leads and events: 0/2 (0%)",
+        "reading leads and events: 2/2 (100%)",
+        "scoring: 0/2 (0%)",
+        "scoring: 2/2 (100%)",
+        "writing scores: 2/2 (100%)",
+    ]
+    assert "━" not in out
+    monkeypatch.setattr(progress, "EVERY", 10.0)  # only the ends of the steps within 10 s
+    code, out = run("import", "events", "-", "--db", db, "--skip-bad-rows", input=EVENTS)
+    assert code == 0, out
+    assert [line for line in out.splitlines() if line.startswith("storing")] == [
+        "storing events: 3/3 (100%)"
+    ]
+
+
+def test_progress_lines_come_every_so_often_and_a_terminal_keeps_its_bar() -> None:
+    from rich.console import Console
+
+    from leadscore.cli.progress import Bar
+
+    log = Console(file=io.StringIO(), force_terminal=False, width=200)
+    now = [100.0]
+    with Bar(log, clock=lambda: now[0]) as bar:
+        for seconds, done, total in ((0, 1000, -1), (5, 2000, -1), (12, 3000, 9000)):
+            now[0] = 100.0 + seconds
+            bar("storing events", done, total)
+        now[0] = 112.5
+        bar("storing events", 9000, 9000)
+        bar("storing events", 9000, 9000)  # (the end of a step is said once)
+    assert log.file.getvalue().splitlines() == [  # type: ignore[attr-defined]
+        "storing events: 3,000/9,000 (33%), 250/s, about 0:00:24 left",
+        "storing events: 9,000/9,000 (100%), 720/s",
+    ]
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with Bar(terminal) as bar:
+        bar("storing events", 3000, -1)
+        bar("storing events", 9000, 9000)
+    drawn = terminal.file.getvalue()  # type: ignore[attr-defined]
+    assert "━" in drawn and "9,000/9,000" in drawn and "storing events:" not in drawn

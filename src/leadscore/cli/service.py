@@ -20,19 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Column, Table
-from rich.text import Text
 
 from leadscore.cli import _edge, app, err, out
+from leadscore.cli.progress import Bar
 from leadscore.engine.timeutil import from_micros
 from leadscore.errors import ConfigError, ModelError, ModelIssue, NotFound, UsageError
 from leadscore.spec import load_model
@@ -56,47 +47,6 @@ DbOpt = Annotated[
         help="The store: a SQLite file path or a URL such as postgresql://user@host/db.",
     ),
 ]
-
-
-class _Count(ProgressColumn):
-    """``done/total``, or ``done/?`` while the total is not known."""
-
-    def render(self, task: Task) -> Text:
-        total = "?" if task.total is None else f"{int(task.total):,}"
-        return Text(f"{int(task.completed):>10,}/{total:<10}")
-
-
-class Bar:
-    """A rich progress bar fed by the store's (what, done, total) callbacks (``total`` -1:
-    not known, as an import's from standard input)."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description:<26}"),
-            BarColumn(),
-            _Count(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=False,
-        )
-        self.tasks: dict[str, TaskID] = {}
-        self.last: tuple[str, int, int] | None = None  # the latest (what, done, total)
-
-    def __enter__(self) -> Bar:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        self.last = (what, done, total)
-        # nothing to do (an empty store) shows as 0/0, the bar full: done, not waiting
-        known = max(total, done, 0) if total >= 0 else None
-        task = self.tasks.get(what)
-        if task is None:
-            task = self.tasks[what] = self.progress.add_task(what, total=known)
-        self.progress.update(task, completed=done, total=known)
 
 
 def open_store(db: str) -> Store:
