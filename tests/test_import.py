@@ -175,17 +175,12 @@ def test_a_publish_that_fails_part_way_says_what_it_left(
     assert reasons == ["model change", "profile"]
 
 
-def test_command_line_score_changes_fire_the_stored_triggers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`import --fire-triggers`, `publish --fire-triggers` and `rescore` fire the stored
-    triggers as the server does: a stage set in the same transaction, a webhook queued in the
-    outbox (sent by a running server). Without --fire-triggers an import or publish fires
-    nothing."""
+def commands_at(monkeypatch: pytest.MonkeyPatch, start: str) -> list[int]:
+    """The store commands' clock set to ``start``: the list returned holds the time they
+    read (set its item to move them on)."""
     from leadscore.cli import service as cli_service
-    from leadscore.engine.timeutil import parse_instant
 
-    now = [parse_instant("2026-11-22T12:00:00Z")]
+    now = [parse_instant(start)]
     opened = cli_service.open_store
 
     def at_now(db: str) -> Store:
@@ -194,6 +189,17 @@ def test_command_line_score_changes_fire_the_stored_triggers(
         return store
 
     monkeypatch.setattr(cli_service, "open_store", at_now)
+    return now
+
+
+def test_command_line_score_changes_fire_the_stored_triggers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`import --fire-triggers`, `publish --fire-triggers` and `rescore` fire the stored
+    triggers as the server does: a stage set in the same transaction, a webhook queued in the
+    outbox (sent by a running server). Without --fire-triggers an import or publish fires
+    nothing."""
+    now = commands_at(monkeypatch, "2026-11-22T12:00:00Z")
     db = str(tmp_path / "s.db")
     (tmp_path / "leads.csv").write_text(LEADS)
     (tmp_path / "events.csv").write_text(EVENTS)
@@ -801,3 +807,61 @@ def test_progress_lines_come_every_so_often_and_a_terminal_keeps_its_bar() -> No
         bar("storing events", 9000, 9000)
     drawn = terminal.file.getvalue()  # type: ignore[attr-defined]
     assert "━" in drawn and "9,000/9,000" in drawn and "storing events:" not in drawn
+
+
+def test_a_rescore_after_a_stopped_import_says_its_changes_came_from_the_events(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import stopped part way leaves events stored and their leads not rescored; the
+    `leadscore rescore` that follows recorded their changes as `decay`. Changes of leads with
+    events their score does not count yet are `event` (a lead the stopped import created,
+    whose first score it is, too), a lead the stopped import of leads made gets its first
+    score as `profile`, and a lead that only aged is `decay`."""
+    from leadscore.cli.service import Bar
+    from leadscore.store import bulk
+
+    now = commands_at(monkeypatch, "2026-11-22T12:00:00Z")
+    shown = Bar.__call__
+
+    def interrupted(self: Bar, what: str, done: int, total: int) -> None:
+        shown(self, what, done, total)
+        if what.startswith("storing") and done >= 2:
+            raise KeyboardInterrupt
+
+    (tmp_path / "leads.csv").write_text(LEADS)
+    assert run("import", "leads", str(tmp_path / "leads.csv"), "--db", db_url)[0] == 0
+    (tmp_path / "l2.csv").write_text("lead_id,type,ts,url\nL2,page_view,2026-11-20,/pricing\n")
+    assert run("import", "events", str(tmp_path / "l2.csv"), "--db", db_url)[0] == 0
+    now[0] = parse_instant("2026-12-20T12:00:00Z")  # L2's pricing page: half its points
+    (tmp_path / "stopped.csv").write_text(
+        "lead_id,type,ts,event_id\n"
+        "L1,demo_request,2026-12-19,a\n"
+        "L9,demo_request,2026-12-19,b\n"  # (a new lead)
+        "L1,webinar_attended,2026-12-19,c\n"  # (not stored)
+    )
+    (tmp_path / "new.csv").write_text("lead_id,job_title\nN1,VP Sales\nN2,CEO\nN3,CTO\n")
+    with monkeypatch.context() as m:
+        m.setattr(bulk, "CHUNK", 2)
+        m.setattr(Bar, "__call__", interrupted)
+        code, out = run("import", "events", str(tmp_path / "stopped.csv"), "--db", db_url)
+        assert code == 130 and "the first 2 of 3 rows are stored" in out, out
+        code, out = run("import", "leads", str(tmp_path / "new.csv"), "--db", db_url)
+        assert code == 130 and "the first 2 of 3 rows are stored" in out, out
+    code, out = run("rescore", "--db", db_url)
+    assert code == 0, out
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            reasons = {
+                lead: [h["reason"] for h in score_history_of(conn, lead)]
+                for lead in ("L1", "L2", "L9", "N1", "N2")
+            }
+    finally:
+        store.db.dispose()
+    assert reasons == {
+        "L1": ["event", "profile"],
+        "L2": ["decay", "event", "profile"],
+        "L9": ["event"],
+        "N1": ["profile"],
+        "N2": ["profile"],
+    }

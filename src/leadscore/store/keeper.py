@@ -589,9 +589,12 @@ class Store:
                         ).where(scores.c.sheet.in_(names))
                     )
                 }
+                # A change of a lead with events its score does not count yet (stored without
+                # a rescoring: an import stopped part way) is the events' doing, not decay's.
+                unscored: dict[str, int] | None = {} if reason == "decay" else None
                 # Not `prepare`: it trims lead ids (and event types) as for files, which would
                 # score ' L1' as 'L1'; the exported tables are already the evaluators' text.
-                prepared = PreparedInputs(*_export(conn, active, span))
+                prepared = PreparedInputs(*_export(conn, active, span, part_us, unscored))
             report.leads += prepared.leads.num_rows
             tell("reading leads and events", report.leads)
             tell("scoring", scored)
@@ -622,13 +625,14 @@ class Store:
                                 report,
                                 fire_triggers,
                                 prefixed,
+                                unscored,
                             )
                     if not active:
                         break
                     self.db.let_others_write()
                     written += len(piece)
                     tell("writing scores", written)
-            del rows, seen  # before the next part is read
+            del rows, seen, unscored  # before the next part is read
             after = ids[-1]
             if not more or not active:
                 break
@@ -653,9 +657,12 @@ class Store:
         report: RescoreReport,
         fire_triggers: bool,
         prefixed: bool,
+        unscored: dict[str, int] | None = None,
     ) -> None:
         """:meth:`rescore_all`: write the scores of a chunk of its rows (whose columns are
-        prefixed with the sheet's name when ``prefixed``: scored on several sheets)."""
+        prefixed with the sheet's name when ``prefixed``: scored on several sheets).
+        ``unscored``: when each lead's newest event read was stored (see :func:`_export`), for
+        telling a rescoring for decay which changes came of events its scores did not count."""
         now = self.clock()
         # Real-time rescoring of these leads waits until this chunk commits, so it is
         # never overwritten by the batch's older value; a lead merged away since the
@@ -685,8 +692,15 @@ class Store:
                         report.skipped += 1
                     continue
                 new.append(_new_score(r, s, t_us, f"{s.name}." if prefixed else ""))
+        reasons = None if unscored is None else _from_events(new, current, unscored)
         changes = write_scores(
-            conn, new, report.reason, now, current=current, finishing_publish=True
+            conn,
+            new,
+            report.reason,
+            now,
+            current=current,
+            finishing_publish=True,
+            reasons=reasons,
         )
         if self.listener is not None and changes:
             self.listener(conn, changes, now, fire_triggers)
@@ -718,6 +732,29 @@ def _still_published(
         q = q.order_by(model_versions.c.id).with_for_update(read=True)
     published = {int(i) for i in conn.execute(q).scalars()}
     return [s for s in active if version_of[s.name] in published]
+
+
+def _from_events(
+    new: Sequence[NewScore],
+    current: dict[tuple[str, str], dict[str, Any]],
+    unscored: dict[str, int],
+) -> dict[tuple[str, str], str]:
+    """The changes of a rescoring for decay that are not decay's: a lead with events stored
+    after its score was written (by when its newest event was stored, in ``unscored``)
+    changed for them (``event``); a lead without a score gets its first for its events or,
+    without any, for its profile (``profile``). Both were stored without a rescoring (an
+    import stopped part way). (An event stamped ahead of its storing, counted once its time
+    comes, is time's doing: ``decay``.)"""
+    reasons: dict[tuple[str, str], str] = {}
+    for n in new:
+        key = (n.lead_id, n.sheet)
+        old = current.get(key)
+        stored_us = unscored.get(n.lead_id)
+        if old is None:
+            reasons[key] = "profile" if stored_us is None else "event"
+        elif stored_us is not None and stored_us > old["updated_us"]:
+            reasons[key] = "event"
+    return reasons
 
 
 _frozen_lock = threading.Lock()
@@ -842,13 +879,18 @@ def _in_span(q: _Select, column: sa.ColumnElement[Any], span: Span | None) -> _S
 
 
 def _export(
-    conn: Connection, sheets: Sequence[Sheet], span: Span | None = None
+    conn: Connection,
+    sheets: Sequence[Sheet],
+    span: Span | None = None,
+    as_of_us: int | None = None,
+    newest: dict[str, int] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Leads and the events the sheets read, as the tables the batch evaluator takes: every
     lead's, or those of the leads whose ids are in ``span`` (see :func:`_in_span`).
 
     Values become text exactly as the per-lead path makes them (``to_text``), so both
-    evaluators see the same strings.
+    evaluators see the same strings. ``newest`` (with ``as_of_us``) is filled with when each
+    lead's newest event up to ``as_of_us`` was stored (``received_us``).
     """
     profiles: dict[str, list[str | None]] = {"lead_id": []}
     n = 0
@@ -868,7 +910,12 @@ def _export(
                 column.append(None)
     types = event_types(sheets)
     q = sa.select(
-        events.c.lead_id, events.c.type, events.c.ts_us, events.c.item, events.c.properties
+        events.c.lead_id,
+        events.c.type,
+        events.c.ts_us,
+        events.c.item,
+        events.c.properties,
+        events.c.received_us,
     ).where(events.c.lead_id.is_not(None))
     if span is not None and conn.dialect.name == "sqlite":
         # the part's event ids from the (lead, time) index, then the rows in id order: SQLite
@@ -883,7 +930,10 @@ def _export(
         q = q.where(events.c.type.in_(types))
     cols: dict[str, list[Any]] = {"lead_id": [], "type": [], "ts": [], "item": []}
     m = 0
-    for lead_id, etype, ts_us, item, props in conn.execute(q):
+    until = as_of_us if as_of_us is not None else 1 << 62
+    for lead_id, etype, ts_us, item, props, received in conn.execute(q):
+        if newest is not None and ts_us <= until and received > newest.get(lead_id, -1):
+            newest[lead_id] = received
         cols["lead_id"].append(lead_id)
         cols["type"].append(etype)
         cols["ts"].append(ts_us)

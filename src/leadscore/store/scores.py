@@ -265,6 +265,7 @@ def write_scores(
     *,
     current: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     finishing_publish: bool = False,
+    reasons: Mapping[tuple[str, str], str] | None = None,
 ) -> list[ScoreChange]:
     """Store ``new`` as the current scores; record and return what changed.
 
@@ -277,7 +278,7 @@ def write_scores(
     reason), a score moved to another model version is recorded as ``model change``: the
     rescoring finishes a publish that stopped part way (a killed process, a failed write), as
     that publish would have recorded it (and such a change fires only the triggers that ask
-    for model changes).
+    for model changes). ``reasons`` gives some (lead, sheet) another reason than ``reason``.
     """
     assert reason in REASONS, reason
     if current is None:
@@ -305,7 +306,7 @@ def write_scores(
         recorded = old is None or not (
             same_labels and abs(old["score"] - n.score) < HISTORY_MIN_DELTA
         )
-        why = reason
+        why = reason if reasons is None else reasons.get((n.lead_id, n.sheet), reason)
         if finishing_publish and old is not None and old["model_version_id"] != n.model_version_id:
             why = "model change"
         change = ScoreChange(
