@@ -611,6 +611,34 @@ def test_a_csv_read_in_batches_reads_as_read_whole(
     assert got == expected
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_semicolon_or_tab_csv_reads_in_batches_as_read_whole(sep: str, tmp_path: Path) -> None:
+    """A spreadsheet's export separated by semicolons (or tabs) is read in batches as it is
+    read whole: its columns, a value holding a comma, and a line of the wrong width named by
+    its line with the separator it lacks."""
+    path = tmp_path / "leads.csv"
+    rows = [f"lead_id{sep}city{sep}revenue"] + [
+        f'L{i}{sep}"Paris, FR"{sep}1,{i}' for i in range(30)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    whole = normalize_leads(path).to_pylist()
+    assert whole[3] == {"lead_id": "L3", "city": "Paris, FR", "revenue": "1,3"}
+    got: list[dict[str, Any]] = []
+    for batch in InputFile(str(path), "csv", path=path, block=64).batches():
+        got += normalize_leads(batch, seen=set()).to_pylist()
+    assert got == whole
+    path.write_text("\n".join([*rows[:5], f"L9{sep}x{sep}1{sep}extra", *rows[5:]]) + "\n")
+    mark = "a semicolon" if sep == ";" else "a tab"
+    with pytest.raises(InputError) as whole_error:
+        normalize_leads(path)
+    assert "line 6" in str(whole_error.value) and mark in str(whole_error.value)
+    with pytest.raises(InputError) as batch_error:
+        for batch in InputFile(str(path), "csv", path=path, block=64).batches():
+            normalize_leads(batch, seen=set())
+            batch.refuse()
+    assert "line 6" in str(batch_error.value) and mark in str(batch_error.value)
+
+
 def test_an_import_reads_in_batches_and_keeps_those_before_a_bad_row(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

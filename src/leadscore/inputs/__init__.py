@@ -6,6 +6,9 @@ Both evaluators read what this module produces, so they see the same text for ev
 - events: ``lead_id``, ``type``, ``ts`` (timestamp, UTC), ``item`` and every other column as
   text.
 
+A CSV file's separator is found from its first lines: a comma, a semicolon (spreadsheets in
+locales whose decimal mark is a comma) or a tab.
+
 Problems name the source, the column and the rows (CSV and JSONL rows are counted as lines of
 the file, the header being line 1 of a CSV). With ``skip_bad_rows`` bad rows are dropped and
 reported as warnings instead.
@@ -32,9 +35,12 @@ from leadscore.inputs.batches import Batch
 from leadscore.inputs.formats import (
     FORMATS,
     SHOWN,
+    SNIFF_CHARS,
     NamedData,
     _row_lines,
+    csv_delimiter,
     csv_text,
+    file_delimiter,
     json_value,
     read_data,
     read_json,
@@ -49,6 +55,7 @@ __all__ = [
     "LoadReport",
     "NamedData",
     "RowNumbers",
+    "csv_delimiter",
     "csv_text",
     "json_value",
     "normalize_events",
@@ -233,14 +240,20 @@ def _source(
             return io.StringIO(data.decode("utf-8-sig", "replace"), newline="\n")
 
         n = table.num_rows
-        return table, _Source(name, kind, lambda: _row_lines([data], decoded, kind, n), label=label)
+
+        def lines_of_data() -> pa.Array | None:
+            delimiter = csv_delimiter(data.decode("utf-8-sig", "replace")[:SNIFF_CHARS])
+            return _row_lines([data], decoded, kind, n, delimiter)
+
+        return table, _Source(name, kind, lines_of_data, label=label)
     p = Path(source)
     table = _trimmed_names(read_table(p))
     n = table.num_rows
 
     def lines_of_file() -> pa.Array | None:
+        delimiter = file_delimiter(p) if kind == "csv" else ","
         with p.open("rb") as fh, p.open(encoding="utf-8-sig", errors="replace", newline="\n") as tx:
-            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, n)
+            return _row_lines(iter(lambda: fh.read(1 << 24), b""), lambda: tx, kind, n, delimiter)
 
     return table, _Source(name, kind, lines_of_file, label=label)
 

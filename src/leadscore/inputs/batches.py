@@ -31,12 +31,15 @@ import pyarrow.parquet as pq
 from leadscore.errors import InputError, InputProblem, UsageError
 from leadscore.inputs.formats import (
     FORMATS,
+    SNIFF_CHARS,
     JsonRows,
     NamedData,
     _csv_options,
+    csv_delimiter,
     json_lines,
     read_json,
     refuse_lines,
+    separator_hint,
     table_format,
 )
 
@@ -65,11 +68,12 @@ class Batch:
     bad: list[tuple[int, str]] = field(default_factory=list)
     # what the lines in `bad` have, for a message about them: "{holds} no JSON object"
     bad_message: str = ""
+    delimiter: str = ","  # a CSV file's separator
 
     def refuse(self) -> None:
         """Raise the lines that are not rows (the first of them), if there are any."""
-        comma = "A value holding a comma needs double quotes around it. "
-        refuse_lines(self.name, self.unit, self.bad, comma if self.kind == "csv" else "")
+        hint = separator_hint(self.delimiter) + " " if self.kind == "csv" else ""
+        refuse_lines(self.name, self.unit, self.bad, hint)
 
     @classmethod
     def of_json(cls, name: str, rows: JsonRows) -> Batch:
@@ -343,6 +347,7 @@ class _CsvBatches:
         self.eof = False
         self.header: list[str] = []
         self.options: pa_csv.ConvertOptions | None = None
+        self.delimiter = ","  # found from the first lines (csv_delimiter)
 
     def _read(self, pending: bytes) -> bytes:
         chunk = self.stream.read(self.source.block)
@@ -356,6 +361,9 @@ class _CsvBatches:
             pending = self._read(pending)
         if pending.startswith(BOM):  # not part of the first column's name
             pending = pending[len(BOM) :]
+        while len(pending) < SNIFF_CHARS and not self.eof:
+            pending = self._read(pending)
+        self.delimiter = csv_delimiter(pending[:SNIFF_CHARS].decode("utf-8", "replace"))
         pending, line = self._header(pending)
         yielded = need_more = False
         while True:
@@ -397,11 +405,17 @@ class _CsvBatches:
             end = len(pending) if nl < 0 else nl + 1
             text = _decoded(self.name, pending[:end], 1)
             try:
-                records = list(csv.reader(io.StringIO(text, newline="\n"), strict=True))
+                records = list(
+                    csv.reader(
+                        io.StringIO(text, newline="\n"), delimiter=self.delimiter, strict=True
+                    )
+                )
             except csv.Error:
                 if end < len(pending) or not self.eof:
                     continue  # a quoted name goes on on the next line
-                records = list(csv.reader(io.StringIO(text, newline="\n")))
+                records = list(
+                    csv.reader(io.StringIO(text, newline="\n"), delimiter=self.delimiter)
+                )
             header = records[0] if records else None
             self.options = _csv_options(self.name, header)
             assert header is not None
@@ -410,7 +424,7 @@ class _CsvBatches:
 
     def _arrow(self, piece: bytes) -> pa.Table:
         read = pa_csv.ReadOptions(column_names=self.header, use_threads=False)
-        parse = pa_csv.ParseOptions(newlines_in_values=True)
+        parse = pa_csv.ParseOptions(newlines_in_values=True, delimiter=self.delimiter)
         return pa_csv.read_csv(
             io.BytesIO(piece), read_options=read, parse_options=parse, convert_options=self.options
         )
@@ -425,13 +439,18 @@ class _CsvBatches:
         breaks = piece.count(b"\n")
         lines = breaks + (1 if piece and not piece.endswith(b"\n") else 0)
         if not piece.strip(b"\r\n"):
-            return Batch(self.name, "csv", self._empty(), line), breaks, b""
+            return (
+                Batch(self.name, "csv", self._empty(), line, delimiter=self.delimiter),
+                breaks,
+                b"",
+            )
         try:
             table = self._arrow(piece)
         except pa.ArrowInvalid:
             table = None
         if table is not None and table.num_rows == lines and self._ends_a_row(piece):
-            return Batch(self.name, "csv", table, line), breaks, b""  # each row one line
+            batch = Batch(self.name, "csv", table, line, delimiter=self.delimiter)
+            return batch, breaks, b""  # each row one line
         return self._parse_exactly(piece, line)
 
     def _ends_a_row(self, piece: bytes) -> bool:
@@ -444,7 +463,8 @@ class _CsvBatches:
         if b'"' not in last:
             return True
         try:  # a value left open: "unexpected end of data" (Arrow reads quotes as csv does)
-            list(csv.reader(io.StringIO(last.decode("utf-8", "replace"), newline=""), strict=True))
+            last_text = io.StringIO(last.decode("utf-8", "replace"), newline="")
+            list(csv.reader(last_text, delimiter=self.delimiter, strict=True))
         except csv.Error:
             return False
         return True
@@ -454,7 +474,7 @@ class _CsvBatches:
         where each row starts and ends; rows of another width than the header's go to
         :attr:`Batch.bad`; Arrow parses the others."""
         text = _decoded(self.name, piece, line)
-        reader = csv.reader(io.StringIO(text, newline="\n"))
+        reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=self.delimiter)
         records: list[tuple[int, int, int]] = []  # first line, line after it (0-based), width
         before = 0
         try:
@@ -504,6 +524,7 @@ class _CsvBatches:
             lambda: starts,
             bad=bad,
             bad_message="{has} more or fewer values than the header names",
+            delimiter=self.delimiter,
         )
         return batch, used if records else piece.count(b"\n"), rest
 

@@ -29,6 +29,7 @@ __all__ = [
     "SHOWN",
     "JsonRows",
     "NamedData",
+    "csv_delimiter",
     "csv_text",
     "json_lines",
     "json_objects",
@@ -43,6 +44,7 @@ __all__ = [
 
 FORMATS = {
     ".csv": "csv",
+    ".tsv": "csv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".jsonl": "jsonl",
@@ -50,6 +52,38 @@ FORMATS = {
     ".json": "jsonl",
 }
 SHOWN = 5  # rows listed per problem before "and N more"
+DELIMITERS = (",", ";", "\t")  # a tie goes to the first
+SNIFF_CHARS = 1 << 16  # of a CSV file's start, enough for its header and some rows
+
+
+def csv_delimiter(sample: str) -> str:
+    """The separator of a CSV file that starts with ``sample``: of :data:`DELIMITERS`, the one
+    that splits its header into the most columns, preferring one that splits the other lines
+    of the sample into as many (a ``;`` inside a value of a comma file does not); a comma when
+    none splits the header (a file of one column)."""
+    cut = len(sample) >= SNIFF_CHARS and "\n" in sample
+    text = sample[: sample.rfind("\n") + 1] if cut else sample  # whole lines only
+    best, rank = ",", (False, 1)
+    for delimiter in DELIMITERS:
+        try:
+            records = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if cut and len(records) > 1:
+            records.pop()  # the last may be a value cut across lines
+        if not records:
+            continue
+        width = len(records[0])
+        even = all(len(r) == width for r in records[1:])
+        if width > 1 and (even, width) > rank:
+            best, rank = delimiter, (even, width)
+    return best
+
+
+def file_delimiter(p: Path) -> str:
+    """:func:`csv_delimiter` of a file (its first :data:`SNIFF_CHARS` characters)."""
+    with p.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        return csv_delimiter(fh.read(SNIFF_CHARS))
 
 
 @dataclass(frozen=True)
@@ -67,12 +101,17 @@ def read_data(source: NamedData) -> pa.Table:
     try:
         if kind == "csv":
             text = source.data.decode("utf-8-sig")
-            header = next(csv.reader(io.StringIO(text, newline="")), None)
+            delimiter = csv_delimiter(text[:SNIFF_CHARS])
+            header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None)
             options = _csv_options(source.name, header)
             try:
-                return pa_csv.read_csv(io.BytesIO(text.encode("utf-8")), convert_options=options)
+                return pa_csv.read_csv(
+                    io.BytesIO(text.encode("utf-8")),
+                    parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                    convert_options=options,
+                )
             except pa.ArrowInvalid as exc:
-                _uneven_lines(source.name, io.StringIO(text, newline="\n"), exc)
+                _uneven_lines(source.name, io.StringIO(text, newline="\n"), exc, delimiter)
                 raise
         if kind == "parquet":
             return pq.read_table(io.BytesIO(source.data))
@@ -86,7 +125,11 @@ def read_data(source: NamedData) -> pa.Table:
 
 
 def _row_lines(
-    chunks: Iterable[bytes], text: Callable[[], Iterable[str]], kind: str, rows: int
+    chunks: Iterable[bytes],
+    text: Callable[[], Iterable[str]],
+    kind: str,
+    rows: int,
+    delimiter: str = ",",
 ) -> pa.Array | None:
     """The line each of a file's ``rows`` starts on, when that is not the row's number plus
     the header's line: blank lines (which the readers skip) or values that hold line breaks
@@ -106,7 +149,7 @@ def _row_lines(
         return None
     starts: list[int] = []
     if kind == "csv":
-        reader = csv.reader(text())
+        reader = csv.reader(text(), delimiter=delimiter)
         before = 0
         try:
             for record in reader:
@@ -189,24 +232,37 @@ def _csv_options(name: str, header: list[str] | None) -> pa_csv.ConvertOptions:
 
 
 def _read_csv(p: Path) -> pa.Table:
+    delimiter = file_delimiter(p)
     # utf-8-sig: a byte-order mark is not part of the first column's name (Arrow drops it too)
     with p.open(encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), None)
+        header = next(csv.reader(fh, delimiter=delimiter), None)
     try:
-        return pa_csv.read_csv(p, convert_options=_csv_options(str(p), header))
+        return pa_csv.read_csv(
+            p,
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+            convert_options=_csv_options(str(p), header),
+        )
     except pa.ArrowInvalid as exc:
         with p.open(encoding="utf-8-sig", errors="replace", newline="\n") as fh:
-            _uneven_lines(str(p), fh, exc)
+            _uneven_lines(str(p), fh, exc, delimiter)
         raise
 
 
-def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
+def separator_hint(delimiter: str) -> str:
+    """What a CSV file's bad rows most likely lack."""
+    mark = {",": "a comma", ";": "a semicolon", "\t": "a tab"}[delimiter]
+    return f"A value holding {mark} (the separator) needs double quotes around it."
+
+
+def _uneven_lines(
+    name: str, text: Iterable[str], exc: pa.ArrowInvalid, delimiter: str = ","
+) -> None:
     """Arrow refused a CSV file for a line with more or fewer values than the header names
     (it says which text, not which line): raise the lines that have, up to :data:`SHOWN`,
     by number. Returns when that was not the refusal, or no such line is found."""
     if "Expected" not in str(exc) or "columns, got" not in str(exc):
         return
-    reader = csv.reader(text)
+    reader = csv.reader(text, delimiter=delimiter)
     width: int | None = None
     problems: list[InputProblem] = []
     before = 0
@@ -224,7 +280,7 @@ def _uneven_lines(name: str, text: Iterable[str], exc: pa.ArrowInvalid) -> None:
         before = reader.line_num
     if problems:
         more = _more(len(problems))
-        hint = "A value holding a comma needs double quotes around it."
+        hint = separator_hint(delimiter)
         raise InputError(problems[:SHOWN], f"{more} {hint}" if more else hint)
 
 
