@@ -353,12 +353,6 @@ def fit_scorecard(
         for c in unnamed:
             del columns[c]
         notes.append(f"{_count(len(unnamed), 'column')} without a name left out")
-    seen: dict[str, str] = {}
-    for c in list(columns):  # the batch evaluator (DuckDB) tells names apart ignoring case
-        first = seen.setdefault(c.casefold(), c)
-        if first != c:
-            del columns[c]
-            notes.append(f"column {c!r} left out: its name differs from {first!r} only in case")
     log: EventLog | None = None
     sources: ActivityColumns = {}
     if not ID_RE.fullmatch(name):
