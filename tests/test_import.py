@@ -893,3 +893,22 @@ def test_a_rescore_after_a_stopped_import_says_its_changes_came_from_the_events(
         "N1": ["profile"],
         "N2": ["profile"],
     }
+    # every lead has a score now: the events stored since the oldest score are looked at
+    now[0] = parse_instant("2026-12-21T12:00:00Z")
+    (tmp_path / "again.csv").write_text(
+        "lead_id,type,ts,event_id\nL2,demo_request,2026-12-21,d\nL2,trial_signup,2026-12-21,e\n"
+        "L2,webinar_attended,2026-12-21,f\n"
+    )
+    with monkeypatch.context() as m:
+        m.setattr(bulk, "CHUNK", 2)
+        m.setattr(Bar, "__call__", interrupted)
+        code, out = run("import", "events", str(tmp_path / "again.csv"), "--db", db_url)
+        assert code == 130, out
+    assert run("rescore", "--db", db_url)[0] == 0
+    store = Store(open_database(db_url))
+    try:
+        with store.db.read() as conn:
+            reasons = {h["reason"] for h in score_history_of(conn, "L2")[:1]}
+    finally:
+        store.db.dispose()
+    assert reasons == {"event"}
