@@ -718,6 +718,9 @@ def test_gzip_files_and_standard_input(db_url: str, tmp_path: Path) -> None:
     assert code == 0 and "1 row read: 1 event stored" in out, out
     code, out = invoke("import", "events", "-", stdin=gzip.compress(more.encode()))
     assert code == 0 and "1 row read: 0 events stored, 1 already there" in out, out
+    semicolons = "lead_id;type;ts;event_id\nG1;page_view;2026-11-22T10:00:00Z;g5\n"
+    code, out = invoke("import", "events", "-", stdin=semicolons.encode())  # told: a ;
+    assert code == 0 and "1 row read: 1 event stored" in out, out
     jsonl = b'{"lead_id": "G2", "type": "page_view", "ts": "2026-11-21", "event_id": "g2"}\n'
     code, out = invoke("import", "events", "-", "--format", "jsonl", stdin=jsonl)
     assert code == 0 and "1 event stored" in out, out
@@ -737,7 +740,7 @@ def test_gzip_files_and_standard_input(db_url: str, tmp_path: Path) -> None:
     try:
         with store.db.read() as conn:
             ids = conn.exec_driver_sql("SELECT message_id FROM events ORDER BY 1").scalars()
-            assert list(ids) == ["e1", "e2", "e3", "g1", "g2", "g3"]
+            assert list(ids) == ["e1", "e2", "e3", "g1", "g2", "g3", "g5"]
     finally:
         store.db.dispose()
 

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from leadscore.errors import InputError, InputProblem, UsageError
 from leadscore.inputs.formats import (
+    DELIMITERS,
     FORMATS,
     SNIFF_CHARS,
     JsonRows,
@@ -201,8 +202,8 @@ class InputFile:
 
     def sniff(self, formats: str) -> None:
         """Tell the format from the first bytes (a JSON object or array: JSON lines; a line
-        holding a comma: CSV), and gzip-compressed text from its first two; InputError when
-        it cannot be told (``formats`` names the option that says it)."""
+        holding a comma, a semicolon or a tab: CSV), and gzip-compressed text from its first
+        two; InputError when it cannot be told (``formats`` names the option that says it)."""
         assert self._reader is not None
         head = _head(self._reader)
         if not self.gzipped and head.startswith(GZIP):
@@ -552,7 +553,7 @@ def _format_of(name: str, head: bytes, formats: str) -> str:
             [InputProblem(name, "is Parquet, which is read from a file's end: give its path")]
         )
     line = text.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    if "," in line:
+    if any(separator in line for separator in DELIMITERS):  # (the CSV reader finds which)
         return "csv"
     shown = line if len(line) <= 40 else line[:40] + "..."
     raise InputError(
