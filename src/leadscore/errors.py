@@ -30,6 +30,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "UsageError",
+    "reason_of",
 ]
 
 
@@ -124,3 +125,10 @@ class ConfigError(LeadscoreError):
 
     def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ModelIssue]]]:
         return type(self), (self.issues,)
+
+
+def reason_of(e: BaseException) -> str:
+    """What went wrong, in a line: a database error's own first line (not SQLAlchemy's
+    wrapping, nor the statement), else the error's; its type when it says nothing."""
+    orig = getattr(e, "orig", None) or e
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]

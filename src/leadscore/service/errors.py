@@ -28,13 +28,13 @@ from leadscore.errors import (
     NotFound,
     StoreUnavailable,
     UsageError,
+    reason_of,
 )
 
 __all__ = [
     "ApiError",
     "error_body",
     "install_error_handlers",
-    "reason_of",
     "start_failure",
     "store_down",
     "unavailable",
@@ -136,13 +136,6 @@ def store_down(e: BaseException) -> bool:
         return False
     sqlstate = str(getattr(e.orig, "sqlstate", "") or "")
     return not sqlstate.startswith("40")
-
-
-def reason_of(e: BaseException) -> str:
-    """What went wrong, in a line: a database error's own first line (not SQLAlchemy's
-    wrapping, nor the statement), else the error's; its type when it says nothing."""
-    orig = getattr(e, "orig", None) or e
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
 
 
 def start_failure(e: BaseException) -> str:

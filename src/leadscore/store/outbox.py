@@ -54,7 +54,7 @@ import httpx
 import sqlalchemy as sa
 
 from leadscore.engine.timeutil import now_micros
-from leadscore.errors import NotFound
+from leadscore.errors import NotFound, reason_of
 from leadscore.store.db import Database
 from leadscore.store.schema import deliveries, outbox, trigger_firings
 from leadscore.store.triggers import inserted_id
@@ -430,7 +430,7 @@ class Deliverer:
             try:
                 done = self.deliver_due(batch, workers=workers)
             except Exception as e:
-                said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                said = reason_of(e)
                 now = time.monotonic()
                 if now - logged.get(said, -math.inf) >= ERROR_LOG_SECONDS:
                     logged[said] = now
